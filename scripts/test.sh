@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every test of pj: Rust format and lints, Rust tests, the release build, the C examples and C
+# tests through CMake/ctest, and the Go bindings when they exist. Works from any directory.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Configures build/ with Ninja (or Make when ninja is missing); a build/ made by another generator
+# is started afresh, since CMake cannot switch generators in place.
+configure() {
+    local generator="Unix Makefiles"
+    if command -v ninja >/dev/null; then generator=Ninja; fi
+    if [[ -f build/CMakeCache.txt ]] && ! grep -qx "CMAKE_GENERATOR:INTERNAL=$generator" build/CMakeCache.txt; then
+        rm -rf build
+    fi
+    cmake -S . -B build -G "$generator"
+}
+
+step "cargo fmt --check"
+if ! cargo fmt --all -- --check; then
+    echo "error: Rust sources are not formatted: run 'cargo fmt' and commit the result" >&2
+    exit 1
+fi
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --all-targets
+cargo test --doc
+
+step "cargo build --release"
+cargo build --release
+
+step "cmake (build/) + ctest"
+configure
+cmake --build build
+(cd build && ctest --output-on-failure)
+
+if [[ -f bindings/go/go.mod ]]; then
+    step "go vet + go test (bindings/go)"
+    (cd bindings/go && go vet ./... && go test ./...)
+fi

@@ -1,0 +1,73 @@
+//! The worker pools behind one [`Backend`] enum (crossbeam's "flavours" shape).
+//!
+//! A backend only runs batches and reports their outcomes on the call's reply channel; it knows
+//! nothing about batch sizes, ordering or progress. Flavours:
+//! - [`Backend::Sequential`]: runs each batch inline on the caller's thread (n_jobs == 1);
+//! - [`Backend::Threads`]: a fixed pool of worker threads fed by one shared job queue.
+
+mod threads;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crossbeam_channel::Sender;
+
+pub use threads::ThreadPool;
+
+use crate::task::{Batch, BatchOutcome, run_batch};
+
+/// Where a call's batches report back, and the flag that stops its queued work.
+#[derive(Clone, Debug)]
+pub struct CallLink {
+    /// Receives one outcome per dispatched batch, whatever happens to it.
+    pub reply: Sender<BatchOutcome>,
+    /// Raised on the first failure (or cancellation): tasks not yet started are skipped.
+    pub abort: Arc<AtomicBool>,
+}
+
+/// A pool of workers, or none.
+#[derive(Debug)]
+pub enum Backend {
+    /// No workers: batches run inline in the caller's thread.
+    Sequential,
+    /// A pool of worker threads.
+    Threads(ThreadPool),
+}
+
+impl Backend {
+    /// The backend's name as reports and progress lines show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sequential => "sequential",
+            Backend::Threads(_) => "threads",
+        }
+    }
+
+    /// Describes worker number `worker` for error reports.
+    pub fn describe_worker(&self, worker: usize) -> String {
+        match self {
+            Backend::Sequential => "caller thread".to_owned(),
+            Backend::Threads(_) => format!("thread {worker}"),
+        }
+    }
+
+    /// Number of workers running batches concurrently.
+    pub fn workers(&self) -> usize {
+        match self {
+            Backend::Sequential => 1,
+            Backend::Threads(pool) => pool.size(),
+        }
+    }
+
+    /// Hands `batch` to a worker; its outcome arrives on `link.reply` (at once, for sequential).
+    pub fn dispatch(&self, batch: Batch, link: &CallLink) {
+        match self {
+            Backend::Sequential => {
+                let outcome = run_batch(batch, &link.abort, 0);
+                // The receiver lives in the call that is dispatching right now, so this cannot fail.
+                let _ = link.reply.send(outcome);
+            }
+            Backend::Threads(pool) => pool.dispatch(batch, link),
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! Options of a parallel call, in joblib's keywords and spellings: parsing, validation, layering of
+//! scoped defaults, and resolution into the settings one call uses.
+//!
+//! Every value is validated when it is set (so a C caller learns about a typo where it made it, with
+//! the bad value quoted), and again when a [`Config`] is resolved (its fields are public, so
+//! resolution cannot assume they went through the setters). A [`Config`] only records what was set;
+//! joblib's defaults are applied by [`Config::resolve`], which lets scoped defaults be layered with
+//! [`Config::layered_over`] first.
+
+mod pre_dispatch;
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+pub use pre_dispatch::{MAX_EXPR_LEN, MAX_MAGNITUDE, PreDispatchExpr};
+
+/// Where tasks run. joblib's names are accepted as aliases, so code ported from Python keeps working.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Forked worker processes (joblib's `loky` and `multiprocessing`).
+    Processes,
+    /// A pool of threads in the calling process (joblib's `threading`).
+    Threads,
+    /// The caller's thread, one task after another.
+    Sequential,
+}
+
+impl BackendKind {
+    /// pj's canonical spelling, used in messages and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Processes => "processes",
+            BackendKind::Threads => "threads",
+            BackendKind::Sequential => "sequential",
+        }
+    }
+
+    /// joblib's backend class name, for verbose lines that must match joblib's byte for byte
+    /// (`Using backend ThreadingBackend with 2 concurrent workers.`).
+    pub fn joblib_class_name(self) -> &'static str {
+        match self {
+            BackendKind::Processes => "LokyBackend",
+            BackendKind::Threads => "ThreadingBackend",
+            BackendKind::Sequential => "SequentialBackend",
+        }
+    }
+
+    /// Looks a backend up by pj or joblib name (`processes`/`loky`/`multiprocessing`,
+    /// `threads`/`threading`, `sequential`); names are case-sensitive, as in joblib.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "processes" | "loky" | "multiprocessing" => Some(BackendKind::Processes),
+            "threads" | "threading" => Some(BackendKind::Threads),
+            "sequential" => Some(BackendKind::Sequential),
+            _ => None,
+        }
+    }
+
+    /// Whether tasks see the caller's memory (what `require="sharedmem"` asks for).
+    pub fn has_shared_memory(self) -> bool {
+        !matches!(self, BackendKind::Processes)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A soft hint for the backend, used only when none is named: libraries state a preference and
+/// leave the final choice to their users, as joblib recommends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefer {
+    /// Prefer worker processes.
+    Processes,
+    /// Prefer threads.
+    Threads,
+}
+
+impl Prefer {
+    /// joblib's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prefer::Processes => "processes",
+            Prefer::Threads => "threads",
+        }
+    }
+}
+
+impl fmt::Display for Prefer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A hard constraint on the backend: tasks that write to the caller's memory need it to be shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Require {
+    /// Tasks must see the caller's memory: threads or sequential, never processes.
+    SharedMem,
+}
+
+impl Require {
+    /// joblib's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Require::SharedMem => "sharedmem",
+        }
+    }
+}
+
+impl fmt::Display for Require {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many tasks go into one batch: joblib's adaptive heuristic, or a fixed count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchSize {
+    /// Adapt the batch size so that a batch takes 0.2 to 2 seconds.
+    Auto,
+    /// Always this many tasks per batch.
+    Fixed(NonZeroUsize),
+}
+
+impl fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchSize::Auto => f.write_str("auto"),
+            BatchSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// How a worker maps an argument that was passed through a file (above `max_nbytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmapMode {
+    /// Read-only (joblib's default): workers cannot modify shared inputs by accident.
+    R,
+    /// Read-write.
+    RPlus,
+    /// Created or truncated, then read-write.
+    WPlus,
+    /// Copy-on-write: writes stay private to the worker.
+    C,
+}
+
+impl MmapMode {
+    /// The `numpy.memmap` spelling (`r`, `r+`, `w+`, `c`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MmapMode::R => "r",
+            MmapMode::RPlus => "r+",
+            MmapMode::WPlus => "w+",
+            MmapMode::C => "c",
+        }
+    }
+}
+
+impl fmt::Display for MmapMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How results are handed back: all at once, or as they become available.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReturnAs {
+    /// Every result, in input order, once all tasks are done.
+    List,
+    /// Results in input order, each as soon as it and all earlier ones are ready.
+    Generator,
+    /// Results in completion order.
+    GeneratorUnordered,
+}
+
+impl ReturnAs {
+    /// joblib's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReturnAs::List => "list",
+            ReturnAs::Generator => "generator",
+            ReturnAs::GeneratorUnordered => "generator_unordered",
+        }
+    }
+}
+
+impl fmt::Display for ReturnAs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The size above which an argument travels through a memory-mapped file instead of a pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxNbytes {
+    /// Never use files (joblib's `max_nbytes=None`).
+    Disabled,
+    /// Arguments strictly larger than this many bytes use a file.
+    Bytes(u64),
+}
+
+impl fmt::Display for MaxNbytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxNbytes::Disabled => f.write_str("none"),
+            MaxNbytes::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// How many tasks a call reads from its input before the first one completes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PreDispatch {
+    /// Read the whole input up front.
+    All,
+    /// An arithmetic expression on `n_jobs`, evaluated for each call.
+    Expr(PreDispatchExpr),
+}
+
+impl PreDispatch {
+    /// Parses joblib's spellings: `"all"`, or an expression such as `"2*n_jobs"` or `"3"` (see
+    /// [`PreDispatchExpr::parse`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        if text == "all" {
+            Ok(PreDispatch::All)
+        } else {
+            PreDispatchExpr::parse(text).map(PreDispatch::Expr)
+        }
+    }
+
+    /// The number of tasks to read up front for `n_jobs` workers; `None` means the whole input.
+    /// An expression that is invalid for this `n_jobs`, or below 1, is an error.
+    pub fn tasks(&self, n_jobs: usize) -> Result<Option<usize>> {
+        match self {
+            PreDispatch::All => Ok(None),
+            PreDispatch::Expr(expr) => expr.eval(n_jobs).map(Some),
+        }
+    }
+}
+
+impl Default for PreDispatch {
+    /// joblib's default, `"2*n_jobs"`: enough queued work to keep every worker busy while the
+    /// next batches are formed.
+    fn default() -> Self {
+        PreDispatch::Expr(pre_dispatch::default_expr())
+    }
+}
+
+impl fmt::Display for PreDispatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PreDispatch::All => f.write_str("all"),
+            PreDispatch::Expr(expr) => f.write_str(expr.source()),
+        }
+    }
+}
+
+/// The backend used when neither a backend nor a hint is given. joblib's default is processes
+/// (loky); pj switches to processes when its process backend lands.
+pub const DEFAULT_BACKEND: BackendKind = BackendKind::Threads;
+
+/// joblib's default `pre_dispatch`.
+pub const DEFAULT_PRE_DISPATCH: &str = "2*n_jobs";
+
+/// joblib's default `max_nbytes` (`"1M"`).
+pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
+
+/// The largest accepted `n_jobs`. joblib has no cap, but pj starts that many threads or processes,
+/// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
+pub const MAX_N_JOBS: i64 = 65_536;
+
+/// The option keys understood by [`Config::set`], in joblib's spelling.
+pub const KEYS: [&str; 12] = [
+    "n_jobs",
+    "backend",
+    "prefer",
+    "require",
+    "verbose",
+    "timeout",
+    "pre_dispatch",
+    "batch_size",
+    "temp_folder",
+    "max_nbytes",
+    "mmap_mode",
+    "return_as",
+];
+
+/// The options of a call as they were set. Every field `None` means "not set here", so that
+/// scoped defaults can be layered ([`Config::layered_over`]) before joblib's defaults are applied
+/// ([`Config::resolve`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    /// Requested workers: positive, or negative for "all CPUs but |n|-1". Never `Some(0)`.
+    pub n_jobs: Option<i64>,
+    /// An explicit backend; it wins over `prefer`.
+    pub backend: Option<BackendKind>,
+    /// A soft backend hint.
+    pub prefer: Option<Prefer>,
+    /// A hard backend constraint.
+    pub require: Option<Require>,
+    /// joblib's verbosity level (>= 0).
+    pub verbose: Option<i64>,
+    /// `Some(None)`: explicitly no limit; `Some(Some(s))`: a finite limit `s > 0` in seconds.
+    pub timeout: Option<Option<f64>>,
+    /// Tasks read before the first completion.
+    pub pre_dispatch: Option<PreDispatch>,
+    /// Tasks per batch.
+    pub batch_size: Option<BatchSize>,
+    /// Where memory-mapped files go; absolute (made so when set).
+    pub temp_folder: Option<PathBuf>,
+    /// Size above which arguments go through memory-mapped files.
+    pub max_nbytes: Option<MaxNbytes>,
+    /// How workers map those files.
+    pub mmap_mode: Option<MmapMode>,
+    /// How results are handed back.
+    pub return_as: Option<ReturnAs>,
+}
+
+/// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The value the user asked for, kept raw for `[Parallel(n_jobs=N)]` lines; `None` when unset.
+    pub n_jobs_requested: Option<i64>,
+    /// Effective number of workers, >= 1 (1 for the sequential backend).
+    pub n_jobs: usize,
+    /// The backend after backend/prefer/require resolution, before the `n_jobs == 1` fallback to
+    /// sequential (which `sequential` reports).
+    pub backend: BackendKind,
+    /// Whether the call runs in the caller's thread: the sequential backend, or a single worker.
+    pub sequential: bool,
+    /// Verbosity level (default 0).
+    pub verbose: i64,
+    /// Per-task time limit; `None` means none (the default).
+    pub timeout: Option<Duration>,
+    /// Tasks read before the first completion (default `"2*n_jobs"`); valid for `n_jobs`.
+    pub pre_dispatch: PreDispatch,
+    /// Tasks per batch (default auto).
+    pub batch_size: BatchSize,
+    /// An explicit folder for memory-mapped files, if set.
+    pub temp_folder: Option<PathBuf>,
+    /// Size above which arguments go through files (default 1 MiB).
+    pub max_nbytes: MaxNbytes,
+    /// How workers map those files (default read-only).
+    pub mmap_mode: MmapMode,
+    /// How results are handed back (default list).
+    pub return_as: ReturnAs,
+}
+
+impl Resolved {
+    /// The number of tasks to read up front (`None`: the whole input), for this call's `n_jobs`.
+    /// Never fails for a value produced by [`Config::resolve`], which already evaluated it.
+    pub fn pre_dispatch_tasks(&self) -> Result<Option<usize>> {
+        self.pre_dispatch.tasks(self.n_jobs)
+    }
+}
+
+/// The effective number of workers for a requested `n_jobs`, as joblib computes it: unset means 1,
+/// a negative `n` means `cpus + 1 + n` (so -1 is every CPU) but at least 1, positive values are used
+/// as given (never capped at the CPU count, as in joblib) up to [`MAX_N_JOBS`], and 0 has no
+/// meaning.
+pub fn effective_n_jobs(requested: Option<i64>, cpus: usize) -> Result<usize> {
+    match requested {
+        None => Ok(1),
+        Some(n) => {
+            let n = check_n_jobs(n, &n.to_string())?;
+            if n > 0 {
+                // n <= MAX_N_JOBS, so it fits.
+                Ok(usize::try_from(n).unwrap_or(1))
+            } else {
+                let cpus = i128::try_from(cpus).unwrap_or(i128::MAX / 2);
+                let effective = (cpus + 1 + i128::from(n)).max(1);
+                Ok(usize::try_from(effective).unwrap_or(usize::MAX))
+            }
+        }
+    }
+}
+
+fn invalid_value(key: &str, value: &str, detail: impl fmt::Display) -> Error {
+    Error::invalid(format!("invalid {key} \"{value}\": {detail}"))
+}
+
+/// joblib's spelling of "unset" (Python's `None`).
+fn is_none(value: &str) -> bool {
+    value == "none" || value == "None"
+}
+
+/// An optionally signed decimal integer, nothing else (no spaces inside, no `_`, no float).
+fn parse_integer(value: &str) -> Option<i64> {
+    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+fn check_n_jobs(n: i64, shown: &str) -> Result<i64> {
+    if n == 0 {
+        return Err(invalid_value(
+            "n_jobs",
+            shown,
+            "n_jobs == 0 has no meaning; use a positive number of workers, or -1 for all CPUs",
+        ));
+    }
+    if n > MAX_N_JOBS {
+        return Err(invalid_value(
+            "n_jobs",
+            shown,
+            format!("at most {MAX_N_JOBS} workers are supported"),
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_n_jobs(value: &str) -> Result<Option<i64>> {
+    if is_none(value) {
+        return Ok(None);
+    }
+    let n = parse_integer(value)
+        .ok_or_else(|| invalid_value("n_jobs", value, "expected a non-zero integer or \"none\""))?;
+    check_n_jobs(n, value).map(Some)
+}
+
+fn parse_backend(value: &str) -> Result<Option<BackendKind>> {
+    if is_none(value) {
+        return Ok(None);
+    }
+    BackendKind::from_name(value).map(Some).ok_or_else(|| {
+        invalid_value(
+            "backend",
+            value,
+            "expected \"processes\" (or \"loky\", \"multiprocessing\"), \"threads\" (or \"threading\"), \
+             \"sequential\" or \"none\"",
+        )
+    })
+}
+
+fn parse_prefer(value: &str) -> Result<Option<Prefer>> {
+    match value {
+        "processes" => Ok(Some(Prefer::Processes)),
+        "threads" => Ok(Some(Prefer::Threads)),
+        v if is_none(v) => Ok(None),
+        _ => Err(invalid_value(
+            "prefer",
+            value,
+            "not a valid backend hint, expected \"processes\", \"threads\" or \"none\"",
+        )),
+    }
+}
+
+fn parse_require(value: &str) -> Result<Option<Require>> {
+    match value {
+        "sharedmem" => Ok(Some(Require::SharedMem)),
+        v if is_none(v) => Ok(None),
+        _ => Err(invalid_value(
+            "require",
+            value,
+            "not a valid backend constraint, expected \"sharedmem\" or \"none\"",
+        )),
+    }
+}
+
+fn check_verbose(level: i64, shown: &str) -> Result<i64> {
+    if level < 0 {
+        return Err(invalid_value("verbose", shown, "expected an integer >= 0"));
+    }
+    Ok(level)
+}
+
+fn parse_verbose(value: &str) -> Result<Option<i64>> {
+    if is_none(value) {
+        return Ok(None);
+    }
+    let level = parse_integer(value)
+        .ok_or_else(|| invalid_value("verbose", value, "expected an integer >= 0"))?;
+    check_verbose(level, value).map(Some)
+}
+
+/// A timeout in seconds; `+inf` means no limit.
+fn check_timeout(seconds: f64, shown: &str) -> Result<Option<f64>> {
+    if seconds == f64::INFINITY {
+        return Ok(None);
+    }
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(invalid_value(
+            "timeout",
+            shown,
+            "expected a number of seconds > 0, or \"none\" for no limit",
+        ));
+    }
+    Ok(Some(seconds))
+}
+
+fn parse_timeout(value: &str) -> Result<Option<f64>> {
+    if is_none(value) {
+        return Ok(None);
+    }
+    // Rust's float syntax: decimal, exponent, "inf"/"infinity" (any case); "nan" is refused below.
+    let seconds: f64 = value.parse().map_err(|_| {
+        invalid_value(
+            "timeout",
+            value,
+            "expected a number of seconds > 0, or \"none\" for no limit",
+        )
+    })?;
+    check_timeout(seconds, value)
+}
+
+fn batch_size_error(shown: &str) -> Error {
+    Error::invalid(format!(
+        "batch_size must be \"auto\" or a positive integer, got \"{shown}\""
+    ))
+}
+
+fn parse_batch_size(value: &str) -> Result<BatchSize> {
+    if value == "auto" {
+        return Ok(BatchSize::Auto);
+    }
+    parse_integer(value)
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(NonZeroUsize::new)
+        .map(BatchSize::Fixed)
+        .ok_or_else(|| batch_size_error(value))
+}
+
+/// Expands `~` and `~/...` with `$HOME` and makes the path absolute against the current directory,
+/// as joblib does, so that later changes of directory do not move the folder. Existence is checked
+/// when a call needs the folder.
+fn parse_temp_folder(value: &str) -> Result<PathBuf> {
+    if value.is_empty() {
+        return Err(invalid_value(
+            "temp_folder",
+            value,
+            "expected a directory path",
+        ));
+    }
+    if value.contains('\0') {
+        return Err(invalid_value(
+            "temp_folder",
+            value,
+            "a path cannot contain a NUL byte",
+        ));
+    }
+    let path = if value == "~" || value.starts_with("~/") {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| {
+                invalid_value("temp_folder", value, "cannot expand \"~\": HOME is not set")
+            })?;
+        let mut path = PathBuf::from(home);
+        if let Some(rest) = value.strip_prefix("~/") {
+            path.push(rest.trim_start_matches('/'));
+        }
+        path
+    } else if value.starts_with('~') {
+        return Err(invalid_value(
+            "temp_folder",
+            value,
+            "only \"~\" and \"~/...\" are expanded, not \"~user\"",
+        ));
+    } else {
+        PathBuf::from(value)
+    };
+    std::path::absolute(Path::new(&path)).map_err(|e| {
+        invalid_value(
+            "temp_folder",
+            value,
+            format!("cannot make the path absolute: {e}"),
+        )
+    })
+}
+
+fn max_nbytes_error(value: &str) -> Error {
+    invalid_value(
+        "max_nbytes",
+        value,
+        "expected a number of bytes, \"none\", or a size like \"10G\", \"500M\", \"50K\" (binary units, any case)",
+    )
+}
+
+/// A byte count, `none`, or a number followed by `K`, `M` or `G` (binary units; joblib only
+/// accepts upper case, pj either).
+fn parse_max_nbytes(value: &str) -> Result<MaxNbytes> {
+    if is_none(value) {
+        return Ok(MaxNbytes::Disabled);
+    }
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<u64>()
+            .map(MaxNbytes::Bytes)
+            .map_err(|_| max_nbytes_error(value));
+    }
+    let Some(unit) = value.chars().last() else {
+        return Err(max_nbytes_error(value));
+    };
+    let multiplier: u64 = match unit.to_ascii_uppercase() {
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => return Err(max_nbytes_error(value)),
+    };
+    let number = value
+        .strip_suffix(unit)
+        .unwrap_or_default()
+        .trim_matches(|c: char| c.is_ascii_whitespace());
+    let well_formed = number
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
+        && number
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    let amount = number
+        .parse::<f64>()
+        .ok()
+        .filter(|x| well_formed && x.is_finite() && *x >= 0.0);
+    let Some(amount) = amount else {
+        return Err(max_nbytes_error(value));
+    };
+    // Truncated, as joblib's int(float * unit).
+    let bytes = (amount * multiplier as f64).trunc();
+    if bytes >= u64::MAX as f64 {
+        return Err(invalid_value("max_nbytes", value, "too large"));
+    }
+    Ok(MaxNbytes::Bytes(bytes as u64))
+}
+
+fn parse_mmap_mode(value: &str) -> Result<MmapMode> {
+    match value {
+        "r" => Ok(MmapMode::R),
+        "r+" => Ok(MmapMode::RPlus),
+        "w+" => Ok(MmapMode::WPlus),
+        "c" => Ok(MmapMode::C),
+        _ => Err(invalid_value(
+            "mmap_mode",
+            value,
+            "expected \"r\", \"r+\", \"w+\" or \"c\"",
+        )),
+    }
+}
+
+fn parse_return_as(value: &str) -> Result<ReturnAs> {
+    match value {
+        "list" => Ok(ReturnAs::List),
+        "generator" => Ok(ReturnAs::Generator),
+        "generator_unordered" => Ok(ReturnAs::GeneratorUnordered),
+        _ => Err(invalid_value(
+            "return_as",
+            value,
+            "expected \"list\", \"generator\" or \"generator_unordered\"",
+        )),
+    }
+}
+
+impl Config {
+    /// Sets an option from strings, with joblib's keywords and spellings, so that C, C++ and Go
+    /// callers can pass options straight from their own configuration files or command lines.
+    ///
+    /// Keys: `n_jobs` (integer or `none`), `backend`, `prefer`, `require`, `verbose`, `timeout`
+    /// (seconds, `none`/`inf`), `pre_dispatch` (`all` or an expression on `n_jobs`), `batch_size`
+    /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
+    /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`), `return_as` (`list`, `generator`,
+    /// `generator_unordered`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
+    /// offending key or value, and on error the config is left unchanged.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let value = value.trim_matches(|c: char| c.is_ascii_whitespace());
+        match key {
+            "n_jobs" => self.n_jobs = parse_n_jobs(value)?,
+            "backend" => self.backend = parse_backend(value)?,
+            "prefer" => self.prefer = parse_prefer(value)?,
+            "require" => self.require = parse_require(value)?,
+            "verbose" => self.verbose = parse_verbose(value)?,
+            "timeout" => self.timeout = Some(parse_timeout(value)?),
+            "pre_dispatch" => self.pre_dispatch = Some(PreDispatch::parse(value)?),
+            "batch_size" => self.batch_size = Some(parse_batch_size(value)?),
+            "temp_folder" => self.temp_folder = Some(parse_temp_folder(value)?),
+            "max_nbytes" => self.max_nbytes = Some(parse_max_nbytes(value)?),
+            "mmap_mode" => self.mmap_mode = Some(parse_mmap_mode(value)?),
+            "return_as" => self.return_as = Some(parse_return_as(value)?),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "unknown option \"{key}\": expected one of {}",
+                    KEYS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the requested number of workers: positive, or negative for "all CPUs but |n|-1".
+    /// 0 has no meaning (as in joblib), and values above [`MAX_N_JOBS`] are refused because pj
+    /// really starts that many workers.
+    pub fn set_n_jobs(&mut self, n: i64) -> Result<()> {
+        self.n_jobs = Some(check_n_jobs(n, &n.to_string())?);
+        Ok(())
+    }
+
+    /// Sets the backend by pj or joblib name (see [`BackendKind::from_name`]); `none` unsets it.
+    pub fn set_backend(&mut self, name: &str) -> Result<()> {
+        self.backend = parse_backend(name.trim_matches(|c: char| c.is_ascii_whitespace()))?;
+        Ok(())
+    }
+
+    /// Sets a fixed number of tasks per batch. 0 is refused; the adaptive default (`"auto"`) can
+    /// only be restored through [`Config::set`], since it is not a number.
+    pub fn set_batch_size(&mut self, size: usize) -> Result<()> {
+        let size = NonZeroUsize::new(size).ok_or_else(|| batch_size_error(&size.to_string()))?;
+        self.batch_size = Some(BatchSize::Fixed(size));
+        Ok(())
+    }
+
+    /// Sets joblib's verbosity level; negative levels are refused rather than silently meaning 0.
+    pub fn set_verbose(&mut self, level: i64) -> Result<()> {
+        self.verbose = Some(check_verbose(level, &level.to_string())?);
+        Ok(())
+    }
+
+    /// Sets the per-task time limit in seconds. `+inf` means no limit (so C callers can express
+    /// joblib's `None` with a double); 0, negative values and NaN are refused.
+    pub fn set_timeout(&mut self, seconds: f64) -> Result<()> {
+        self.timeout = Some(check_timeout(seconds, &seconds.to_string())?);
+        Ok(())
+    }
+
+    /// Fields set in `self` win over `outer`: this is how scoped defaults stack (object config >
+    /// pushed config > joblib defaults), like joblib's `parallel_config` contexts.
+    pub fn layered_over(&self, outer: &Config) -> Config {
+        Config {
+            n_jobs: self.n_jobs.or(outer.n_jobs),
+            backend: self.backend.or(outer.backend),
+            prefer: self.prefer.or(outer.prefer),
+            require: self.require.or(outer.require),
+            verbose: self.verbose.or(outer.verbose),
+            timeout: self.timeout.or(outer.timeout),
+            pre_dispatch: self
+                .pre_dispatch
+                .clone()
+                .or_else(|| outer.pre_dispatch.clone()),
+            batch_size: self.batch_size.or(outer.batch_size),
+            temp_folder: self
+                .temp_folder
+                .clone()
+                .or_else(|| outer.temp_folder.clone()),
+            max_nbytes: self.max_nbytes.or(outer.max_nbytes),
+            mmap_mode: self.mmap_mode.or(outer.mmap_mode),
+            return_as: self.return_as.or(outer.return_as),
+        }
+    }
+
+    /// The backend joblib would pick (its §2.2 rules, without contexts): an explicit backend wins
+    /// over `prefer` but must honour `require="sharedmem"`; otherwise `require` forces threads and
+    /// `prefer` picks between threads and processes.
+    fn resolve_backend(&self) -> Result<BackendKind> {
+        let shared = self.require == Some(Require::SharedMem);
+        if self.prefer == Some(Prefer::Processes) && shared {
+            return Err(Error::invalid(
+                "prefer == \"processes\" and require == \"sharedmem\" are inconsistent settings",
+            ));
+        }
+        match self.backend {
+            Some(backend) if shared && !backend.has_shared_memory() => {
+                Err(Error::invalid(format!(
+                    "backend \"{backend}\" does not support shared memory (require == \"sharedmem\"); \
+                 use \"threads\" or \"sequential\""
+                )))
+            }
+            Some(backend) => Ok(backend),
+            None if shared => Ok(BackendKind::Threads),
+            None => Ok(match self.prefer {
+                Some(Prefer::Threads) => BackendKind::Threads,
+                Some(Prefer::Processes) => BackendKind::Processes,
+                None => DEFAULT_BACKEND,
+            }),
+        }
+    }
+
+    /// Resolves to the settings a call uses, applying joblib's defaults and checking every rule
+    /// (fields are public, so values that bypassed the setters are checked here too). `cpus` is
+    /// the CPU count that negative `n_jobs` counts from, usually [`crate::cpu::cpu_count`].
+    pub fn resolve(&self, cpus: usize) -> Result<Resolved> {
+        let backend = self.resolve_backend()?;
+        let mut n_jobs = effective_n_jobs(self.n_jobs, cpus)?;
+        if backend == BackendKind::Sequential {
+            n_jobs = 1;
+        }
+        let verbose = match self.verbose {
+            Some(level) => check_verbose(level, &level.to_string())?,
+            None => 0,
+        };
+        let timeout = match self.timeout.flatten() {
+            None => None,
+            Some(seconds) => check_timeout(seconds, &seconds.to_string())?.and_then(|s| {
+                // Beyond Duration's range is "no limit" in practice; a positive limit too small to
+                // represent becomes the smallest one rather than zero.
+                Duration::try_from_secs_f64(s)
+                    .ok()
+                    .map(|d| d.max(Duration::from_nanos(1)))
+            }),
+        };
+        let pre_dispatch = self.pre_dispatch.clone().unwrap_or_default();
+        pre_dispatch.tasks(n_jobs)?;
+        Ok(Resolved {
+            n_jobs_requested: self.n_jobs,
+            n_jobs,
+            backend,
+            sequential: backend == BackendKind::Sequential || n_jobs == 1,
+            verbose,
+            timeout,
+            pre_dispatch,
+            batch_size: self.batch_size.unwrap_or(BatchSize::Auto),
+            temp_folder: self.temp_folder.clone(),
+            max_nbytes: self
+                .max_nbytes
+                .unwrap_or(MaxNbytes::Bytes(DEFAULT_MAX_NBYTES)),
+            mmap_mode: self.mmap_mode.unwrap_or(MmapMode::R),
+            return_as: self.return_as.unwrap_or(ReturnAs::List),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

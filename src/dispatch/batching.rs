@@ -1,0 +1,144 @@
+//! Batch sizing: a fixed size, or joblib's "auto" heuristic.
+//!
+//! joblib's rule, reproduced exactly (joblib-behaviour.md §3.2): keep an exponential moving average
+//! (0.8 old / 0.2 new) of the dispatch-to-completion time of batches of the current size; before each
+//! dispatch, grow at most 2x while batches take less than 0.2 s, shrink when they take more than 2 s,
+//! and reset the average whenever the size changes. Unlike joblib, pj applies it to threads too: a
+//! tiny C task costs nanoseconds, so batching pays on every backend.
+
+use crate::config::BatchSize;
+
+/// Batches shorter than this grow.
+pub const MIN_IDEAL_BATCH_SECONDS: f64 = 0.2;
+/// Batches longer than this shrink.
+pub const MAX_IDEAL_BATCH_SECONDS: f64 = 2.0;
+
+/// A change of batch size, for verbose reporting ("Batch computation too fast ...").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SizeChange {
+    /// The smoothed batch duration that caused the change, in seconds.
+    pub seconds: f64,
+    /// The new batch size.
+    pub size: usize,
+    /// True when the size grew (batches were too fast).
+    pub grew: bool,
+}
+
+/// The batch size policy of one `Parallel` object; its statistics persist across calls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batching {
+    auto: bool,
+    size: usize,
+    smoothed_seconds: f64,
+}
+
+impl Batching {
+    /// Starts with size 1 for "auto", or the fixed size.
+    pub fn new(setting: BatchSize) -> Self {
+        match setting {
+            BatchSize::Auto => Batching { auto: true, size: 1, smoothed_seconds: 0.0 },
+            BatchSize::Fixed(n) => Batching { auto: false, size: n.get(), smoothed_seconds: 0.0 },
+        }
+    }
+
+    /// Starts "auto" at `size` (joblib's tables start some replays above 1).
+    pub fn auto_from(size: usize) -> Self {
+        Batching { auto: true, size: size.max(1), smoothed_seconds: 0.0 }
+    }
+
+    /// The size the next batch gets.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Records that a batch of `batch_size` tasks took `seconds` from dispatch to completion.
+    /// Samples from batches of another size than the current one are ignored, as joblib does.
+    pub fn record(&mut self, batch_size: usize, seconds: f64) {
+        if !self.auto || batch_size != self.size {
+            return;
+        }
+        self.smoothed_seconds = if self.smoothed_seconds == 0.0 {
+            seconds
+        } else {
+            0.8 * self.smoothed_seconds + 0.2 * seconds
+        };
+    }
+
+    /// Recomputes the size before a dispatch; returns the change, if any.
+    pub fn adjust(&mut self) -> Option<SizeChange> {
+        let (old, d) = (self.size, self.smoothed_seconds);
+        if !self.auto {
+            return None;
+        }
+        let new = if d > 0.0 && d < MIN_IDEAL_BATCH_SECONDS {
+            // Float-to-int casts saturate, so a near-zero duration cannot overflow.
+            let ideal = ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize).saturating_mul(2);
+            ideal.min(old.saturating_mul(2)).max(1)
+        } else if d > MAX_IDEAL_BATCH_SECONDS && old >= 2 {
+            ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize).saturating_mul(2).max(1)
+        } else {
+            old
+        };
+        if new == old {
+            return None;
+        }
+        self.size = new;
+        self.smoothed_seconds = 0.0;
+        Some(SizeChange { seconds: d, size: new, grew: new > old })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays joblib's deterministic table: every batch of the current size takes
+    /// `size * per_task` seconds; returns the successive sizes.
+    fn replay(mut batching: Batching, per_task: f64, steps: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        for _ in 0..steps {
+            let size = batching.size();
+            sizes.push(size);
+            batching.record(size, size as f64 * per_task);
+            batching.adjust();
+        }
+        sizes
+    }
+
+    #[test]
+    fn one_millisecond_tasks_double_up_to_256() {
+        let sizes = replay(Batching::new(BatchSize::Auto), 0.001, 11);
+        assert_eq!(sizes, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
+    }
+
+    #[test]
+    fn fifty_millisecond_tasks_settle_at_4() {
+        let sizes = replay(Batching::new(BatchSize::Auto), 0.05, 6);
+        assert_eq!(sizes, vec![1, 2, 4, 4, 4, 4]);
+    }
+
+    #[test]
+    fn hundred_millisecond_tasks_from_64_shrink_to_4() {
+        let sizes = replay(Batching::auto_from(64), 0.1, 4);
+        assert_eq!(sizes, vec![64, 4, 4, 4]);
+    }
+
+    #[test]
+    fn samples_of_another_size_are_ignored_and_fixed_never_changes() {
+        let mut batching = Batching::new(BatchSize::Auto);
+        batching.record(7, 0.001);
+        assert_eq!(batching.adjust(), None);
+        let mut fixed = Batching::new(BatchSize::Fixed(std::num::NonZeroUsize::new(5).unwrap()));
+        fixed.record(5, 0.000_001);
+        assert_eq!(fixed.adjust(), None);
+        assert_eq!(fixed.size(), 5);
+    }
+
+    #[test]
+    fn tiny_durations_do_not_overflow() {
+        let mut batching = Batching::auto_from(usize::MAX / 2);
+        batching.record(usize::MAX / 2, 1e-300);
+        let change = batching.adjust();
+        assert!(change.is_none() || change.unwrap().size >= 1);
+    }
+}

@@ -1,0 +1,167 @@
+//! The one error type of pj.
+//!
+//! An [`Error`] carries a kind (mapped to exactly one C `pj_status` by `ffi`), a one-line message, and
+//! for task failures the task index, the callback's return code and where it ran. The multi-line
+//! [`Error::report`] is pj's counterpart of joblib's remote traceback.
+
+use std::fmt;
+
+/// What went wrong, coarsely. Each kind maps to one C status (see `ffi::status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A required pointer was NULL.
+    NullArgument,
+    /// A value was out of range, malformed, or an option key was unknown.
+    InvalidArgument,
+    /// The object is in use by a call on another thread (or a re-entrant call).
+    Busy,
+    /// The request is valid but not (yet) supported by this build.
+    Unsupported,
+    /// A task callback returned a non-zero code.
+    TaskFailed,
+    /// A task ran longer than the configured timeout.
+    Timeout,
+    /// A worker process died while running a task.
+    WorkerDied,
+    /// The call was cancelled.
+    Cancelled,
+    /// An operating-system call failed.
+    Io,
+    /// A Rust panic was caught at the C boundary.
+    Panic,
+}
+
+impl ErrorKind {
+    /// A short lowercase name, used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NullArgument => "null argument",
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::TaskFailed => "task failed",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::WorkerDied => "worker died",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Io => "i/o error",
+            ErrorKind::Panic => "panic",
+        }
+    }
+}
+
+/// Where a failed task ran: filled in by the dispatcher for task-level errors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskContext {
+    /// Zero-based index of the task in submission order.
+    pub index: usize,
+    /// The callback's non-zero return code, when it returned one.
+    pub code: Option<i32>,
+    /// Backend name ("threads", "sequential", ...).
+    pub backend: &'static str,
+    /// Human description of the worker ("thread 2", "pid 1234").
+    pub worker: String,
+}
+
+/// An error from pj: a kind, a one-line message and, for task errors, the task's context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    task: Option<TaskContext>,
+}
+
+impl Error {
+    /// A new error of `kind` with a one-line `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into(), task: None }
+    }
+
+    /// Shorthand for an [`ErrorKind::InvalidArgument`] error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// Attaches the task context (index, code, backend, worker).
+    pub fn with_task(mut self, task: TaskContext) -> Self {
+        self.task = Some(task);
+        self
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The one-line message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The task context, for task-level errors.
+    pub fn task(&self) -> Option<&TaskContext> {
+        self.task.as_ref()
+    }
+
+    /// The index of the failed task, for task-level errors.
+    pub fn task_index(&self) -> Option<usize> {
+        self.task.as_ref().map(|t| t.index)
+    }
+
+    /// A multi-line report: what failed, where, and how.
+    pub fn report(&self) -> String {
+        let mut out = format!("pj error: {}\n", self.kind.name());
+        if let Some(task) = &self.task {
+            out.push_str(&format!("  task index: {}\n", task.index));
+            out.push_str(&format!("  backend: {}\n", task.backend));
+            if !task.worker.is_empty() {
+                out.push_str(&format!("  worker: {}\n", task.worker));
+            }
+            if let Some(code) = task.code {
+                out.push_str(&format!("  callback returned: {code}\n"));
+            }
+        }
+        out.push_str(&format!("  message: {}\n", self.message));
+        out
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_owned()
+    }
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_names_task_code_and_message() {
+        let err = Error::new(ErrorKind::TaskFailed, "task 5 failed with code 3: bad input").with_task(
+            TaskContext { index: 5, code: Some(3), backend: "threads", worker: "thread 1".into() },
+        );
+        let report = err.report();
+        assert!(report.contains("task index: 5"), "{report}");
+        assert!(report.contains("callback returned: 3"), "{report}");
+        assert!(report.contains("worker: thread 1"), "{report}");
+        assert!(report.contains("bad input"), "{report}");
+        assert_eq!(err.task_index(), Some(5));
+    }
+}

@@ -1,0 +1,166 @@
+//! `pj_config_t`: options for a `pj_parallel_t`, in joblib's keywords and spellings.
+
+use std::ffi::c_char;
+
+use super::{null_argument, out_arg, pj_error_t, pj_status, run, run_value, str_arg};
+use crate::config::Config;
+use crate::error::Error;
+
+/// Options for `pj_parallel_new`: every option starts unset (joblib's defaults apply). Created by
+/// `pj_config_new`, owned by the caller, freed with `pj_config_free`; `pj_parallel_new` copies it, so
+/// it may be changed or freed afterwards. Not thread-safe for writing: do not set options on one
+/// config from two threads at once.
+///
+/// Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
+/// `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
+/// `pj_effective_n_jobs`, `pj_config_free`.
+pub struct pj_config_t {
+    pub(crate) config: Config,
+}
+
+/// Borrows a config handle mutably.
+fn borrow_mut<'a>(config: *mut pj_config_t) -> Result<&'a mut Config, Error> {
+    // SAFETY: a non-NULL handle came from `pj_config_new` and is alive and not used concurrently
+    // (the caller's obligations under the documented ownership and threading rules).
+    unsafe { config.as_mut() }.map(|c| &mut c.config).ok_or_else(|| null_argument("config"))
+}
+
+/// Borrows a config handle for reading; NULL gives None.
+pub(crate) fn borrow<'a>(config: *const pj_config_t) -> Option<&'a Config> {
+    // SAFETY: as for `borrow_mut`; reading only.
+    unsafe { config.as_ref() }.map(|c| &c.config)
+}
+
+/// Creates a config with every option unset and stores it in `*config_out` (owned by the caller:
+/// free it with `pj_config_free`).
+///
+/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_new(config_out: *mut *mut pj_config_t) -> pj_status {
+    run(std::ptr::null_mut(), || {
+        out_arg(config_out, "config_out")?;
+        let config = Box::into_raw(Box::new(pj_config_t { config: Config::default() }));
+        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
+        unsafe { *config_out = config };
+        Ok(())
+    })
+}
+
+/// Frees a config. NULL is a no-op.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
+    run_value((), || {
+        if !config.is_null() {
+            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_config_new`, freed once.
+            drop(unsafe { Box::from_raw(config) });
+        }
+    })
+}
+
+/// Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
+/// `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing"), `prefer`
+/// ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
+/// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
+/// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
+/// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"). Every value is validated
+/// now, also for options whose feature arrives later. On failure the config is unchanged.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string
+/// that is not UTF-8.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set(
+    config: *mut pj_config_t,
+    key: *const c_char,
+    value: *const c_char,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let config = borrow_mut(config)?;
+        // SAFETY: the caller passes NUL-terminated strings that live for the call (contract).
+        let (key, value) = unsafe { (str_arg(key, "key")?, str_arg(value, "value")?) };
+        config.set(key, value)
+    })
+}
+
+/// Sets `n_jobs`: a positive number of workers, or negative for "all CPUs but |n|-1"
+/// (cpus + 1 + n, at least 1), as joblib. Unset means 1.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for 0 (no meaning) or a value beyond the documented limit.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_n_jobs(config: *mut pj_config_t, n_jobs: i64, error_out: *mut *mut pj_error_t) -> pj_status {
+    run(error_out, || borrow_mut(config)?.set_n_jobs(n_jobs))
+}
+
+/// Sets the backend by name: "threads" (alias "threading"), "sequential", or "processes" (aliases
+/// "loky", "multiprocessing"; accepted here, but `pj_parallel_new` returns PJ_STATUS_UNSUPPORTED
+/// until the process backend exists).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT for an unknown name.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_backend(
+    config: *mut pj_config_t,
+    backend: *const c_char,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let config = borrow_mut(config)?;
+        // SAFETY: the caller passes a NUL-terminated string that lives for the call (contract).
+        let backend = unsafe { str_arg(backend, "backend") }?;
+        config.set_backend(backend)
+    })
+}
+
+/// Sets a fixed batch size (tasks per batch). The default is "auto" (joblib's heuristic), which
+/// only the string setter can restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_batch_size(
+    config: *mut pj_config_t,
+    batch_size: usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || borrow_mut(config)?.set_batch_size(batch_size))
+}
+
+/// Sets joblib's verbosity level (0 silent; progress lines on stderr below 50, stdout from 50).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for a negative level.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_verbose(config: *mut pj_config_t, verbose: i64, error_out: *mut *mut pj_error_t) -> pj_status {
+    run(error_out, || borrow_mut(config)?.set_verbose(verbose))
+}
+
+/// Sets the per-task timeout in seconds; INFINITY means no limit (the default).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for 0, a negative value or NaN.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_timeout(config: *mut pj_config_t, seconds: f64, error_out: *mut *mut pj_error_t) -> pj_status {
+    run(error_out, || borrow_mut(config)?.set_timeout(seconds))
+}
+
+/// The number of CPUs pj may use: the smallest of the online CPUs, the process's affinity mask,
+/// its cgroup CPU quota (rounded up) and the PJ_MAX_CPU_COUNT environment variable; at least 1.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_cpu_count() -> usize {
+    run_value(1, crate::cpu::cpu_count)
+}
+
+/// The number of workers a `pj_parallel_t` made from `config` would use (joblib's
+/// `effective_n_jobs`): 1 when n_jobs is unset, the backend is "sequential", or `config` is NULL.
+/// Returns 0 only when the config cannot be resolved (then `pj_parallel_new` reports why).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
+    run_value(0, || {
+        let default = Config::default();
+        let config = borrow(config).unwrap_or(&default);
+        config.resolve(crate::cpu::cpu_count()).map_or(0, |resolved| resolved.n_jobs)
+    })
+}

@@ -1,0 +1,97 @@
+//! `pj_error_t`: an owned error object handed to C through `error_out`.
+
+use std::ffi::{CString, c_char};
+
+use super::{pj_status, run_value};
+use crate::error::Error;
+
+/// An error: a status, a one-line message, a multi-line report and, for task errors, the index of the
+/// failed task. Created by pj (through `error_out`), owned by the caller, freed with `pj_error_free`.
+/// Its functions only read it: several threads may read one error at once.
+///
+/// Methods: `pj_error_status`, `pj_error_message`, `pj_error_report`, `pj_error_task_index`,
+/// `pj_error_callback_code`, `pj_error_free`.
+pub struct pj_error_t {
+    error: Error,
+    message: CString,
+    report: CString,
+}
+
+fn c_string(text: String) -> CString {
+    CString::new(text).unwrap_or_else(|e| {
+        let cleaned: Vec<u8> = e.into_vec().into_iter().filter(|&b| b != 0).collect();
+        CString::new(cleaned).unwrap_or_default()
+    })
+}
+
+impl pj_error_t {
+    /// Boxes `error` for C, with its strings prepared once.
+    pub(crate) fn boxed(error: Error) -> *mut pj_error_t {
+        let message = c_string(error.message().to_owned());
+        let report = c_string(error.report());
+        Box::into_raw(Box::new(pj_error_t { error, message, report }))
+    }
+
+    /// The core error inside.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+}
+
+/// Borrows an error handle, or None for NULL.
+fn borrow<'a>(error: *const pj_error_t) -> Option<&'a pj_error_t> {
+    // SAFETY: a non-NULL handle came from `pj_error_t::boxed` and is alive until `pj_error_free`
+    // (the caller's obligation under the documented ownership rules).
+    unsafe { error.as_ref() }
+}
+
+/// The status this error was returned with. NULL gives PJ_STATUS_NULL_ARGUMENT.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_status(error: *const pj_error_t) -> pj_status {
+    run_value(pj_status::Panic, || borrow(error).map_or(pj_status::NullArgument, |e| pj_status::of(e.error.kind())))
+}
+
+/// The one-line message (UTF-8), e.g. `task 537 failed with code 7: bad input`. The string belongs to
+/// the error and lives until `pj_error_free`. NULL gives an empty static string.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
+    run_value(c"".as_ptr(), || borrow(error).map_or(c"".as_ptr(), |e| e.message.as_ptr()))
+}
+
+/// A multi-line report (UTF-8, each line ending in a newline): the kind of error, and for task
+/// errors the task index, backend, worker and the callback's code, then the message. The string
+/// belongs to the error and lives until `pj_error_free`. NULL gives an empty static string.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_report(error: *const pj_error_t) -> *const c_char {
+    run_value(c"".as_ptr(), || borrow(error).map_or(c"".as_ptr(), |e| e.report.as_ptr()))
+}
+
+/// The index (in submission order, from 0) of the task the error is about, or -1 when the error is
+/// not about one task (or `error` is NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_task_index(error: *const pj_error_t) -> i64 {
+    run_value(-1, || {
+        borrow(error)
+            .and_then(|e| e.error.task_index())
+            .map_or(-1, |index| i64::try_from(index).unwrap_or(i64::MAX))
+    })
+}
+
+/// The non-zero code the failed task's callback returned, or 0 when there is none (the error is not
+/// a callback failure, or `error` is NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
+    run_value(0, || borrow(error).and_then(|e| e.error.task()).and_then(|t| t.code).unwrap_or(0))
+}
+
+/// Frees an error. NULL is a no-op; freeing twice is undefined behaviour.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_free(error: *mut pj_error_t) {
+    run_value((), || {
+        if !error.is_null() {
+            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_error_t::boxed` and is freed
+            // once (double free is excluded by the documented contract).
+            drop(unsafe { Box::from_raw(error) });
+        }
+    })
+}

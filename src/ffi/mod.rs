@@ -1,0 +1,183 @@
+//! The C boundary: the only home of exported `extern "C"` functions.
+//!
+//! Every export checks its pointers, catches panics, converts its arguments, delegates to the safe
+//! core and converts the answer. Conventions (also stated at the top of `include/pj.h`):
+//! - fallible functions return [`pj_status`] and take a last `pj_error_t **error_out` (may be NULL);
+//!   on failure, a non-NULL `error_out` receives an owned error; on success it is left untouched;
+//! - outputs are written only on success;
+//! - a `**out` parameter hands ownership to the caller, who frees it with the matching `_free`.
+
+#![allow(non_camel_case_types)]
+
+mod config;
+mod error;
+mod parallel;
+mod results;
+
+use std::ffi::{CStr, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+pub use config::*;
+pub use error::*;
+pub use parallel::*;
+pub use results::*;
+
+use crate::error::{Error, ErrorKind, panic_message};
+
+/// Every status a pj function can return. The numbers are stable: they never change meaning, and
+/// retired numbers are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum pj_status {
+    /// Success.
+    Ok = 0,
+    /// A stream has no more results (returned by functions that iterate).
+    Done = 1,
+    /// A required pointer argument was NULL.
+    NullArgument = 2,
+    /// An argument or option value was invalid, or an option key unknown; the message quotes it.
+    InvalidArgument = 3,
+    /// The object is running a call on another thread (or the call is re-entrant).
+    Busy = 4,
+    /// The request is valid but not supported by this build or backend.
+    Unsupported = 5,
+    /// A task callback returned a non-zero code (or a producer failed).
+    TaskFailed = 6,
+    /// A task exceeded the configured timeout.
+    Timeout = 7,
+    /// A worker process died while running a task.
+    WorkerDied = 8,
+    /// The call was cancelled.
+    Cancelled = 9,
+    /// An operating-system call failed (threads, files, memory maps).
+    Io = 10,
+    /// pj caught a panic (an internal bug); the message holds the panic text.
+    Panic = 11,
+}
+
+impl pj_status {
+    /// The status a kind of error is reported with: the one mapping from core errors to C statuses.
+    pub fn of(kind: ErrorKind) -> pj_status {
+        match kind {
+            ErrorKind::NullArgument => pj_status::NullArgument,
+            ErrorKind::InvalidArgument => pj_status::InvalidArgument,
+            ErrorKind::Busy => pj_status::Busy,
+            ErrorKind::Unsupported => pj_status::Unsupported,
+            ErrorKind::TaskFailed => pj_status::TaskFailed,
+            ErrorKind::Timeout => pj_status::Timeout,
+            ErrorKind::WorkerDied => pj_status::WorkerDied,
+            ErrorKind::Cancelled => pj_status::Cancelled,
+            ErrorKind::Io => pj_status::Io,
+            ErrorKind::Panic => pj_status::Panic,
+        }
+    }
+
+    /// The status with number `raw`, if any (C hands statuses over as plain integers).
+    pub fn from_raw(raw: u32) -> Option<pj_status> {
+        const ALL: [pj_status; 12] = [
+            pj_status::Ok,
+            pj_status::Done,
+            pj_status::NullArgument,
+            pj_status::InvalidArgument,
+            pj_status::Busy,
+            pj_status::Unsupported,
+            pj_status::TaskFailed,
+            pj_status::Timeout,
+            pj_status::WorkerDied,
+            pj_status::Cancelled,
+            pj_status::Io,
+            pj_status::Panic,
+        ];
+        ALL.get(raw as usize).copied()
+    }
+}
+
+/// Runs an export's body: catches panics, and on failure hands an owned error to `error_out`.
+pub(crate) fn run(error_out: *mut *mut pj_error_t, body: impl FnOnce() -> Result<(), Error>) -> pj_status {
+    let error = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return pj_status::Ok,
+        Ok(Err(error)) => error,
+        Err(panic) => Error::new(ErrorKind::Panic, format!("pj panicked: {}", panic_message(panic.as_ref()))),
+    };
+    let status = pj_status::of(error.kind());
+    if !error_out.is_null() {
+        // SAFETY: a non-NULL `error_out` points to writable storage for one pointer (documented
+        // contract of every function that takes it).
+        unsafe { *error_out = pj_error_t::boxed(error) };
+    }
+    status
+}
+
+/// Runs an export that reports no error object: a panic yields `on_panic`.
+pub(crate) fn run_value<T>(on_panic: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(on_panic)
+}
+
+/// The error for a NULL pointer argument named `name`.
+pub(crate) fn null_argument(name: &str) -> Error {
+    Error::new(ErrorKind::NullArgument, format!("argument `{name}` is NULL"))
+}
+
+/// Borrows a NUL-terminated C string as UTF-8.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string that outlives the returned borrow.
+pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a str, Error> {
+    if ptr.is_null() {
+        return Err(null_argument(name));
+    }
+    // SAFETY: non-NULL and NUL-terminated per this function's contract.
+    let text = unsafe { CStr::from_ptr(ptr) };
+    text.to_str().map_err(|_| Error::invalid(format!("argument `{name}` is not valid UTF-8")))
+}
+
+/// Borrows `len` bytes at `ptr`; `(NULL, 0)` is the empty slice.
+///
+/// # Safety
+/// When `len > 0`, `ptr` must be NULL or point to `len` readable bytes that outlive the borrow.
+pub(crate) unsafe fn bytes_arg<'a>(ptr: *const u8, len: usize, name: &str) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(null_argument(name));
+    }
+    // SAFETY: non-NULL with `len` readable bytes per this function's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Checks that an output pointer is non-NULL.
+pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<(), Error> {
+    if ptr.is_null() { Err(null_argument(name)) } else { Ok(()) }
+}
+
+/// A short, static description of a status: `"PJ_STATUS_TIMEOUT: a task exceeded the timeout"`.
+/// Unknown numbers give `"unknown pj_status"`. The string is static: never free it.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_status_str(status: u32) -> *const c_char {
+    let text: &'static CStr = match pj_status::from_raw(status) {
+        Some(pj_status::Ok) => c"PJ_STATUS_OK: success",
+        Some(pj_status::Done) => c"PJ_STATUS_DONE: no more results",
+        Some(pj_status::NullArgument) => c"PJ_STATUS_NULL_ARGUMENT: a required pointer argument was NULL",
+        Some(pj_status::InvalidArgument) => c"PJ_STATUS_INVALID_ARGUMENT: an argument or option was invalid",
+        Some(pj_status::Busy) => c"PJ_STATUS_BUSY: the object is running a call on another thread",
+        Some(pj_status::Unsupported) => c"PJ_STATUS_UNSUPPORTED: not supported by this build or backend",
+        Some(pj_status::TaskFailed) => c"PJ_STATUS_TASK_FAILED: a task returned a non-zero code",
+        Some(pj_status::Timeout) => c"PJ_STATUS_TIMEOUT: a task exceeded the timeout",
+        Some(pj_status::WorkerDied) => c"PJ_STATUS_WORKER_DIED: a worker process died",
+        Some(pj_status::Cancelled) => c"PJ_STATUS_CANCELLED: the call was cancelled",
+        Some(pj_status::Io) => c"PJ_STATUS_IO: an operating-system call failed",
+        Some(pj_status::Panic) => c"PJ_STATUS_PANIC: pj caught an internal panic",
+        None => c"unknown pj_status",
+    };
+    text.as_ptr()
+}
+
+/// pj's version as a static string, e.g. `"0.1.0"` (equal to the PJ_VERSION_* macros). Never free it.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_version() -> *const c_char {
+    static VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}

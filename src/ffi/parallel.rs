@@ -1,0 +1,207 @@
+//! `pj_parallel_t`: a configured executor running one call at a time.
+
+use std::ffi::c_void;
+
+use super::{
+    borrow as borrow_config, bytes_arg, null_argument, out_arg, pj_config_t, pj_error_t, pj_results_t, pj_status,
+    run, run_value,
+};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::parallel::Parallel;
+use crate::task::{Callback, TaskOutput};
+
+/// A task callback. pj calls it once per task with the `userdata` given at submission, the task's
+/// argument bytes (a copy pj owns: valid only during the call) and `out`, the task's output handle
+/// (write the result with `pj_out_set` or `pj_out_alloc`; valid only during the call). Return 0 for
+/// success or any other value for failure (attach an explanation with `pj_out_error`).
+///
+/// Threading: with the threads backend it runs on pj's worker threads, several at once, possibly
+/// with the same `userdata`: it must be thread-safe. With n_jobs 1 (or the sequential backend) it
+/// runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
+/// `pj_parallel_map`. It must not unwind (no C++ exception, no longjmp out of it) and must not use the
+/// `pj_parallel_t` running it (that gives PJ_STATUS_BUSY).
+pub type pj_task_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, arg: *const u8, arg_len: usize, out: *mut TaskOutput) -> i32>;
+
+/// A producer of task arguments for `pj_parallel_map`, always called on the caller's thread. Return 1
+/// after storing the next argument in `*arg_out` / `*len_out` (pj copies the bytes before calling the
+/// producer again, so a reused buffer is fine; `*arg_out` may be NULL when `*len_out` is 0), 0 when
+/// there are no more arguments, or a negative value to fail the call (PJ_STATUS_TASK_FAILED, the
+/// message quotes the value). pj stops calling it as soon as a task has failed.
+pub type pj_producer_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, arg_out: *mut *const u8, len_out: *mut usize) -> i32>;
+
+/// A configured executor: runs tasks on a pool of workers (or sequentially) and returns their
+/// results in submission order. Created by `pj_parallel_new`, owned by the caller, freed with
+/// `pj_parallel_free`. Its worker pool starts with the first call and is reused by later ones.
+///
+/// Threading: any thread may use it, but it runs one call at a time. A submit/collect call belongs to
+/// the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
+/// is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
+///
+/// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_free`.
+pub struct pj_parallel_t {
+    parallel: Parallel,
+}
+
+fn borrow<'a>(parallel: *const pj_parallel_t) -> Result<&'a Parallel, Error> {
+    // SAFETY: a non-NULL handle came from `pj_parallel_new` and is alive until `pj_parallel_free`
+    // (caller's obligation); `Parallel` itself serialises concurrent use.
+    unsafe { parallel.as_ref() }.map(|p| &p.parallel).ok_or_else(|| null_argument("parallel"))
+}
+
+fn callback(func: pj_task_fn, userdata: *mut c_void) -> Result<Callback, Error> {
+    let func = func.ok_or_else(|| null_argument("fn"))?;
+    // SAFETY: the documented `pj_task_fn` contract makes `func` callable with `userdata` from any
+    // thread until the call that uses it returns.
+    Ok(unsafe { Callback::new(func, userdata) })
+}
+
+/// Creates an executor from `config` (copied: the config may be freed afterwards; NULL means every
+/// default: n_jobs 1, so tasks run sequentially) and stores it in `*parallel_out` (owned by the
+/// caller: free it with `pj_parallel_free`). No worker starts before the first call.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel_out` is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT when the options are inconsistent (e.g. prefer="processes" with
+/// require="sharedmem") or pre_dispatch evaluates below 1; PJ_STATUS_UNSUPPORTED when the resolved
+/// backend is "processes" (not available yet in this build).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_new(
+    config: *const pj_config_t,
+    parallel_out: *mut *mut pj_parallel_t,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        out_arg(parallel_out, "parallel_out")?;
+        let default = Config::default();
+        let parallel = Parallel::new(borrow_config(config).unwrap_or(&default))?;
+        let handle = Box::into_raw(Box::new(pj_parallel_t { parallel }));
+        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
+        unsafe { *parallel_out = handle };
+        Ok(())
+    })
+}
+
+/// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, running
+/// tasks are waited for (so no worker touches your data after this returns), then the workers are
+/// joined. NULL is a no-op. Must not be called while another thread is inside a function on it.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
+    run_value((), || {
+        if !parallel.is_null() {
+            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_parallel_new`, freed once.
+            drop(unsafe { Box::from_raw(parallel) });
+        }
+    })
+}
+
+/// Adds a task to the current call (starting one if none is in flight): `fn(userdata, arg, arg_len,
+/// out)` will run on a worker. The argument bytes are copied now (`arg` may be NULL when `arg_len`
+/// is 0). Tasks are grouped into batches and dispatched as batches fill up; results come back, in
+/// submission order, from `pj_parallel_collect`.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL, or `arg` is NULL
+/// with `arg_len > 0`; PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the
+/// worker threads cannot be started; PJ_STATUS_TASK_FAILED once a task of this call has failed (the
+/// error names it; the task is not added, and `pj_parallel_collect` ends the call with the same error).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_submit(
+    parallel: *mut pj_parallel_t,
+    r#fn: pj_task_fn,
+    userdata: *mut c_void,
+    arg: *const u8,
+    arg_len: usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let parallel = borrow(parallel)?;
+        let callback = callback(r#fn, userdata)?;
+        // SAFETY: the caller guarantees `arg_len` readable bytes at a non-NULL `arg` for the call.
+        let arg = unsafe { bytes_arg(arg, arg_len, "arg") }?;
+        parallel.submit(callback, arg)
+    })
+}
+
+/// Ends the current call: waits for every submitted task and stores their results, in submission
+/// order, in `*results_out` (owned by the caller: free with `pj_results_free`). Without a call in
+/// flight it returns an empty result set. After it returns (whatever the status) the object is ready
+/// for a new call.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
+/// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
+/// the error names the first failed task (by index), its code and message, and tasks queued behind
+/// it never started. `*results_out` is written only on success.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_collect(
+    parallel: *mut pj_parallel_t,
+    results_out: *mut *mut pj_results_t,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let parallel = borrow(parallel)?;
+        out_arg(results_out, "results_out")?;
+        let results = parallel.collect()?;
+        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
+        unsafe { *results_out = pj_results_t::boxed(results) };
+        Ok(())
+    })
+}
+
+/// Runs a whole call: calls `producer(producer_userdata, &arg, &len)` on this thread for each
+/// argument until it returns 0, runs `fn(userdata, arg, len, out)` on each, and stores the results,
+/// in input order, in `*results_out` (owned by the caller: free with `pj_results_free`).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel`, `fn`, `producer` or `results_out`
+/// is NULL, or the producer returned 1 with a NULL argument and a non-zero length;
+/// PJ_STATUS_BUSY when a call is in flight (on any thread); PJ_STATUS_IO when the worker threads
+/// cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
+/// producer is not called again) or the producer returned a negative value (the error quotes it).
+/// `*results_out` is written only on success.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_map(
+    parallel: *mut pj_parallel_t,
+    r#fn: pj_task_fn,
+    userdata: *mut c_void,
+    producer: pj_producer_fn,
+    producer_userdata: *mut c_void,
+    results_out: *mut *mut pj_results_t,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let parallel = borrow(parallel)?;
+        let callback = callback(r#fn, userdata)?;
+        let producer = producer.ok_or_else(|| null_argument("producer"))?;
+        out_arg(results_out, "results_out")?;
+        let results = parallel.map(callback, |sink| {
+            let mut produced = 0usize;
+            loop {
+                let (mut arg, mut len) = (std::ptr::null::<u8>(), 0usize);
+                // SAFETY: the producer contract: callable on this thread with its userdata and two
+                // valid output pointers.
+                let code = unsafe { producer(producer_userdata, &mut arg, &mut len) };
+                match code {
+                    0 => return Ok(()),
+                    1 => {
+                        // SAFETY: the producer guarantees `len` readable bytes at `arg` until it is
+                        // called again; the sink copies them before that.
+                        let bytes = unsafe { bytes_arg(arg, len, "*arg_out (from the producer)") }?;
+                        produced += 1;
+                        if !sink(bytes) {
+                            return Ok(());
+                        }
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::TaskFailed,
+                            format!("the producer failed: it returned {code} after {produced} items"),
+                        ));
+                    }
+                }
+            }
+        })?;
+        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
+        unsafe { *results_out = pj_results_t::boxed(results) };
+        Ok(())
+    })
+}

@@ -1,0 +1,27 @@
+//! pj: joblib's `Parallel` for C, C++ and Go.
+//!
+//! A user hands pj a task callback and many inputs; pj runs them on a worker pool (threads today,
+//! forked processes later) or sequentially, in batches, and returns the results in submission order.
+//! The C ABI lives in [`ffi`] and is described by the generated `include/pj.h`; everything else is the
+//! safe core it delegates to.
+//!
+//! Module map:
+//! - [`config`]: options, joblib spellings, validation and resolution of a call's settings;
+//! - [`cpu`]: the CPU count (affinity, cgroup quotas, `PJ_MAX_CPU_COUNT`);
+//! - [`error`]: the error type;
+//! - [`task`]: what one task is (callback, argument bytes) and where its output goes;
+//! - [`dispatch`]: batching, ordering and fail-fast for one call;
+//! - [`backend`]: the worker pools behind one enum;
+//! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
+//! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
+
+pub mod backend;
+pub mod config;
+pub mod cpu;
+pub mod dispatch;
+pub mod error;
+pub mod ffi;
+pub mod parallel;
+pub mod task;
+
+pub use error::{Error, ErrorKind, Result};

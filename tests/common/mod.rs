@@ -1,0 +1,148 @@
+//! Helpers for driving the C ABI from Rust tests: owned handles and small task callbacks.
+#![allow(dead_code)]
+
+use std::ffi::{CStr, CString, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+/// An error copied out of a `pj_error_t`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CError {
+    pub status: pj_status,
+    pub message: String,
+    pub report: String,
+    pub task_index: i64,
+    pub code: i32,
+}
+
+/// Takes ownership of `err` (may be NULL) and copies it.
+pub fn take_error(status: pj_status, err: *mut pj_error_t) -> CError {
+    assert!(!err.is_null(), "a failing call with error_out must produce an error (status {status:?})");
+    // SAFETY: err is a live error handle produced by pj; strings are NUL-terminated and owned by it.
+    let copied = unsafe {
+        CError {
+            status: pj_error_status(err),
+            message: CStr::from_ptr(pj_error_message(err)).to_string_lossy().into_owned(),
+            report: CStr::from_ptr(pj_error_report(err)).to_string_lossy().into_owned(),
+            task_index: pj_error_task_index(err),
+            code: pj_error_callback_code(err),
+        }
+    };
+    pj_error_free(err);
+    assert_eq!(copied.status, status, "error object status matches the returned status");
+    copied
+}
+
+/// Converts a status + error pair into a Result.
+pub fn check(status: pj_status, err: *mut pj_error_t) -> Result<(), CError> {
+    if status == pj_status::Ok { Ok(()) } else { Err(take_error(status, err)) }
+}
+
+/// An owned `pj_parallel_t`.
+pub struct Par(pub *mut pj_parallel_t);
+
+// SAFETY: pj_parallel_t is documented as usable from any thread (it serialises calls itself).
+unsafe impl Send for Par {}
+// SAFETY: as above; concurrent use yields PJ_STATUS_BUSY rather than data races.
+unsafe impl Sync for Par {}
+
+impl Drop for Par {
+    fn drop(&mut self) {
+        pj_parallel_free(self.0);
+    }
+}
+
+/// Builds a config from string options.
+pub fn config(options: &[(&str, &str)]) -> Result<*mut pj_config_t, CError> {
+    let mut cfg = std::ptr::null_mut();
+    assert_eq!(pj_config_new(&mut cfg), pj_status::Ok);
+    for (key, value) in options {
+        let (k, v) = (CString::new(*key).unwrap(), CString::new(*value).unwrap());
+        let mut err = std::ptr::null_mut();
+        if let Err(e) = check(pj_config_set(cfg, k.as_ptr(), v.as_ptr(), &mut err), err) {
+            pj_config_free(cfg);
+            return Err(e);
+        }
+    }
+    Ok(cfg)
+}
+
+/// Creates an executor from string options.
+pub fn parallel(options: &[(&str, &str)]) -> Result<Par, CError> {
+    let cfg = config(options)?;
+    let mut par = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_new(cfg, &mut par, &mut err);
+    pj_config_free(cfg);
+    check(status, err)?;
+    Ok(Par(par))
+}
+
+impl Par {
+    pub fn submit(&self, f: pj_task_fn, userdata: *mut c_void, arg: &[u8]) -> Result<(), CError> {
+        let mut err = std::ptr::null_mut();
+        check(pj_parallel_submit(self.0, f, userdata, arg.as_ptr(), arg.len(), &mut err), err)
+    }
+
+    pub fn collect(&self) -> Result<Vec<Vec<u8>>, CError> {
+        let mut res = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        check(pj_parallel_collect(self.0, &mut res, &mut err), err)?;
+        Ok(results_to_vec(res))
+    }
+}
+
+/// Copies and frees a results object.
+pub fn results_to_vec(res: *mut pj_results_t) -> Vec<Vec<u8>> {
+    let n = pj_results_len(res);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (mut data, mut len) = (std::ptr::null(), 0usize);
+        assert_eq!(pj_results_get(res, i, &mut data, &mut len), pj_status::Ok);
+        // SAFETY: pj_results_get returned a live (data, len) view into res.
+        out.push(unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
+    }
+    pj_results_free(res);
+    out
+}
+
+/// Reads a task argument as a u64.
+///
+/// # Safety
+/// `arg` must point to `len` readable bytes.
+pub unsafe fn arg_u64(arg: *const u8, len: usize) -> u64 {
+    // SAFETY: per this function's contract.
+    let bytes = unsafe { std::slice::from_raw_parts(arg, len) };
+    u64::from_ne_bytes(bytes.try_into().expect("8-byte argument"))
+}
+
+/// Task: writes 2*x; counts runs in the AtomicUsize `userdata` points to (if any); fails with code 7
+/// and a message when x equals the `FAIL_AT` value stored after the counter.
+pub struct Counter {
+    pub runs: AtomicUsize,
+    pub fail_at: u64,
+}
+
+pub unsafe extern "C" fn double_task(userdata: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+    // SAFETY: tests pass 8-byte arguments.
+    let x = unsafe { arg_u64(arg, len) };
+    if !userdata.is_null() {
+        // SAFETY: tests pass a live Counter as userdata.
+        let counter = unsafe { &*(userdata as *const Counter) };
+        counter.runs.fetch_add(1, Ordering::Relaxed);
+        if x == counter.fail_at {
+            pj_out_error(out, c"cannot handle this one".as_ptr());
+            return 7;
+        }
+    }
+    let y = (2 * x).to_ne_bytes();
+    pj_out_set(out, y.as_ptr(), y.len());
+    0
+}
+
+/// Decodes results of `double_task`.
+pub fn as_u64s(results: &[Vec<u8>]) -> Vec<u64> {
+    results.iter().map(|r| u64::from_ne_bytes(r.as_slice().try_into().unwrap())).collect()
+}
