@@ -9,9 +9,18 @@ use std::time::Instant;
 use pj::ffi::*;
 use pj::task::TaskOutput;
 
-unsafe extern "C" fn double(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+unsafe extern "C" fn double(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
     // SAFETY: 8-byte arguments from this bench.
-    let x = u64::from_ne_bytes(unsafe { std::slice::from_raw_parts(arg, len) }.try_into().unwrap());
+    let x = u64::from_ne_bytes(
+        unsafe { std::slice::from_raw_parts(arg, len) }
+            .try_into()
+            .unwrap(),
+    );
     let y = (2 * x).to_ne_bytes();
     pj_out_set(out, y.as_ptr(), 8);
     0
@@ -41,10 +50,16 @@ fn new_parallel(options: &[(&str, &str)]) -> *mut pj_parallel_t {
     assert_eq!(pj_config_new(&mut cfg), pj_status::Ok);
     for (k, v) in options {
         let (k, v) = (CString::new(*k).unwrap(), CString::new(*v).unwrap());
-        assert_eq!(pj_config_set(cfg, k.as_ptr(), v.as_ptr(), std::ptr::null_mut()), pj_status::Ok);
+        assert_eq!(
+            pj_config_set(cfg, k.as_ptr(), v.as_ptr(), std::ptr::null_mut()),
+            pj_status::Ok
+        );
     }
     let mut par = std::ptr::null_mut();
-    assert_eq!(pj_parallel_new(cfg, &mut par, std::ptr::null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_parallel_new(cfg, &mut par, std::ptr::null_mut()),
+        pj_status::Ok
+    );
     pj_config_free(cfg);
     par
 }
@@ -52,9 +67,16 @@ fn new_parallel(options: &[(&str, &str)]) -> *mut pj_parallel_t {
 fn check(res: *mut pj_results_t, n: u64) {
     assert_eq!(pj_results_len(res), n as usize);
     let (mut data, mut len) = (std::ptr::null(), 0);
-    assert_eq!(pj_results_get(res, (n - 1) as usize, &mut data, &mut len), pj_status::Ok);
+    assert_eq!(
+        pj_results_get(res, (n - 1) as usize, &mut data, &mut len),
+        pj_status::Ok
+    );
     // SAFETY: pj_results_get returned an 8-byte view.
-    let last = u64::from_ne_bytes(unsafe { std::slice::from_raw_parts(data, len) }.try_into().unwrap());
+    let last = u64::from_ne_bytes(
+        unsafe { std::slice::from_raw_parts(data, len) }
+            .try_into()
+            .unwrap(),
+    );
     assert_eq!(last, 2 * (n - 1));
     pj_results_free(res);
 }
@@ -63,18 +85,32 @@ fn via_submit(par: *mut pj_parallel_t, n: u64) -> f64 {
     let start = Instant::now();
     for i in 0..n {
         let arg = i.to_ne_bytes();
-        let status = pj_parallel_submit(par, Some(double), std::ptr::null_mut(), arg.as_ptr(), 8, std::ptr::null_mut());
+        let status = pj_parallel_submit(
+            par,
+            Some(double),
+            std::ptr::null_mut(),
+            arg.as_ptr(),
+            8,
+            std::ptr::null_mut(),
+        );
         assert_eq!(status, pj_status::Ok);
     }
     let mut res = std::ptr::null_mut();
-    assert_eq!(pj_parallel_collect(par, &mut res, std::ptr::null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
+        pj_status::Ok
+    );
     let elapsed = start.elapsed().as_secs_f64();
     check(res, n);
     elapsed * 1e9 / n as f64
 }
 
 fn via_map(par: *mut pj_parallel_t, n: u64) -> f64 {
-    let mut counter = Counter { next: 0, end: n, buf: [0; 8] };
+    let mut counter = Counter {
+        next: 0,
+        end: n,
+        buf: [0; 8],
+    };
     let start = Instant::now();
     let mut res = std::ptr::null_mut();
     let status = pj_parallel_map(
@@ -98,16 +134,33 @@ fn median(mut xs: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let runs = 5;
-    println!("pj per-task overhead, {n} trivial tasks (x*2 on 8 bytes), median of {runs} runs [min-max], ns/task");
+    println!(
+        "pj per-task overhead, {n} trivial tasks (x*2 on 8 bytes), median of {runs} runs [min-max], ns/task"
+    );
     println!("cpus: {}", pj_cpu_count());
     let setups: [(&str, &[(&str, &str)]); 5] = [
-        ("threads n_jobs=2 batch=auto", &[("backend", "threads"), ("n_jobs", "2")]),
-        ("threads n_jobs=2 batch=1", &[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")]),
+        (
+            "threads n_jobs=2 batch=auto",
+            &[("backend", "threads"), ("n_jobs", "2")],
+        ),
+        (
+            "threads n_jobs=2 batch=1",
+            &[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")],
+        ),
         ("sequential batch=auto", &[("backend", "sequential")]),
-        ("sequential batch=1", &[("backend", "sequential"), ("batch_size", "1")]),
-        ("threads n_jobs=1 (inline)", &[("backend", "threads"), ("n_jobs", "1")]),
+        (
+            "sequential batch=1",
+            &[("backend", "sequential"), ("batch_size", "1")],
+        ),
+        (
+            "threads n_jobs=1 (inline)",
+            &[("backend", "threads"), ("n_jobs", "1")],
+        ),
     ];
     for (name, options) in setups {
         let par = new_parallel(options);
@@ -127,5 +180,9 @@ fn main() {
         acc = acc.wrapping_add(std::hint::black_box(i) * 2);
     }
     std::hint::black_box(acc);
-    println!("{:<30} {:>8.2} ns/task", "plain serial loop", start.elapsed().as_secs_f64() * 1e9 / n as f64);
+    println!(
+        "{:<30} {:>8.2} ns/task",
+        "plain serial loop",
+        start.elapsed().as_secs_f64() * 1e9 / n as f64
+    );
 }

@@ -74,7 +74,11 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` with a one-line `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), task: None }
+        Error {
+            kind,
+            message: message.into(),
+            task: None,
+        }
     }
 
     /// Shorthand for an [`ErrorKind::InvalidArgument`] error.
@@ -154,9 +158,16 @@ mod tests {
 
     #[test]
     fn report_names_task_code_and_message() {
-        let err = Error::new(ErrorKind::TaskFailed, "task 5 failed with code 3: bad input").with_task(
-            TaskContext { index: 5, code: Some(3), backend: "threads", worker: "thread 1".into() },
-        );
+        let err = Error::new(
+            ErrorKind::TaskFailed,
+            "task 5 failed with code 3: bad input",
+        )
+        .with_task(TaskContext {
+            index: 5,
+            code: Some(3),
+            backend: "threads",
+            worker: "thread 1".into(),
+        });
         let report = err.report();
         assert!(report.contains("task index: 5"), "{report}");
         assert!(report.contains("callback returned: 3"), "{report}");

@@ -3,8 +3,8 @@
 //! A call is either a `map` (one function call that pulls inputs from a producer on the caller's
 //! thread) or a run of `submit`s ended by `collect`. A submit/collect call belongs to the thread that
 //! made its first submit: any other thread touching the object before `collect` gets
-//! [`ErrorKind::Busy`] at once, as does any use while another thread is inside a pj function on it
-//! (joblib's "This Parallel instance is already running !").
+//! [`ErrorKind::Busy`] at once, as does a task that uses the object running it (joblib's "This
+//! Parallel instance is already running !").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -15,11 +15,13 @@ use crate::dispatch::{Batching, Call, Results};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Callback;
 
-
 /// A configured parallel executor; see the module docs for the one-call-at-a-time rule.
 #[derive(Debug)]
 pub struct Parallel {
     settings: Resolved,
+    /// The thread whose call is in flight (0: none). Only the owner ever locks `state`, so an intruder
+    /// is turned away without touching the lock, and the owner never waits for one.
+    owner: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -28,8 +30,40 @@ struct State {
     backend: Option<Backend>,
     batching: Batching,
     call: Option<Call>,
-    /// The thread that owns the submit/collect call in `call` (0: none).
-    owner: u64,
+}
+
+/// Exclusive access for the owning thread; on drop, ownership ends unless a submit/collect call is
+/// still in flight.
+struct Entered<'a> {
+    owner: &'a AtomicU64,
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl std::ops::Deref for Entered<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl std::ops::DerefMut for Entered<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let call_in_flight = self
+            .guard
+            .as_ref()
+            .is_some_and(|state| state.call.is_some());
+        // Unlock before giving up ownership, so the next owner never finds the lock still held.
+        drop(self.guard.take());
+        if !call_in_flight {
+            self.owner.store(0, Ordering::Release);
+        }
+    }
 }
 
 impl Parallel {
@@ -43,7 +77,16 @@ impl Parallel {
             ));
         }
         let batching = Batching::new(settings.batch_size);
-        Ok(Parallel { settings, state: Mutex::new(State { backend: None, batching, call: None, owner: 0 }) })
+        let state = State {
+            backend: None,
+            batching,
+            call: None,
+        };
+        Ok(Parallel {
+            settings,
+            owner: AtomicU64::new(0),
+            state: Mutex::new(state),
+        })
     }
 
     /// The settings every call of this object uses.
@@ -56,15 +99,12 @@ impl Parallel {
     /// Once a task has failed, this returns that failure and accepts nothing more; `collect` then ends
     /// the call with the same error.
     pub fn submit(&self, callback: Callback, arg: &[u8]) -> Result<()> {
-        let mut guard = self.lock()?;
-        let me = current_thread();
-        let state = &mut *guard;
-        if state.call.is_some() && state.owner != me {
-            return Err(busy());
-        }
+        let mut entered = self.enter()?;
+        let state = &mut *entered;
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = state.call.get_or_insert_with(|| Call::new(state.batching.size()));
-        state.owner = me;
+        let call = state
+            .call
+            .get_or_insert_with(|| Call::new(state.batching.size()));
         call.submit(backend, &mut state.batching, callback, arg);
         if call.failed() {
             // Report the failure now (the producer loop should stop), but keep the call: collect
@@ -77,15 +117,11 @@ impl Parallel {
     /// Ends the current submit/collect call: waits for every task and returns the results in
     /// submission order, or the first failure. Without a call in progress it returns no results.
     pub fn collect(&self) -> Result<Results> {
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
-        if state.call.is_some() && state.owner != current_thread() {
-            return Err(busy());
-        }
+        let mut entered = self.enter()?;
+        let state = &mut *entered;
         let Some(call) = state.call.take() else {
             return Ok(Results::default());
         };
-        state.owner = 0;
         // A call exists only after its backend was created.
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
         call.finish(backend, &mut state.batching)
@@ -100,8 +136,8 @@ impl Parallel {
         callback: Callback,
         feed: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool) -> Result<()>,
     ) -> Result<Results> {
-        let mut guard = self.lock()?;
-        let state = &mut *guard;
+        let mut entered = self.enter()?;
+        let state = &mut *entered;
         if state.call.is_some() {
             return Err(busy());
         }
@@ -121,23 +157,43 @@ impl Parallel {
         call.finish(backend, batching)
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, State>> {
-        match self.state.try_lock() {
-            Ok(guard) => Ok(guard),
-            Err(TryLockError::WouldBlock) => Err(busy()),
+    /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
+    /// another thread's call is in flight or this thread re-enters from inside a task.
+    fn enter(&self) -> Result<Entered<'_>> {
+        let me = current_thread();
+        if self.owner.load(Ordering::Acquire) != me
+            && self
+                .owner
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return Err(busy());
+        }
+        let mut entered = Entered {
+            owner: &self.owner,
+            guard: None,
+        };
+        entered.guard = Some(match self.state.try_lock() {
+            Ok(guard) => guard,
+            // Only the owner locks, so this is the owner re-entering from one of its own tasks; the
+            // outer frame still holds the lock and keeps ownership.
+            Err(TryLockError::WouldBlock) => {
+                std::mem::forget(entered);
+                return Err(busy());
+            }
             // A panic inside pj (reported as PJ_STATUS_PANIC) left the state half-updated: drop the
             // call it was in; the pool and the batch statistics are still sound.
             Err(TryLockError::Poisoned(poisoned)) => {
                 self.state.clear_poison();
                 let mut guard = poisoned.into_inner();
-                if let Some(call) = guard.call.take() {
-                    let state = &mut *guard;
+                let state = &mut *guard;
+                if let Some(call) = state.call.take() {
                     call.abandon(&mut state.batching);
                 }
-                guard.owner = 0;
-                Ok(guard)
+                guard
             }
-        }
+        });
+        Ok(entered)
     }
 }
 
@@ -145,7 +201,10 @@ impl Drop for Parallel {
     fn drop(&mut self) {
         // An unfinished call is abandoned: queued tasks are skipped, running ones are waited for, so no
         // worker uses the caller's data after the object is gone.
-        let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(call) = state.call.take() {
             call.abandon(&mut state.batching);
         }
@@ -157,8 +216,9 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
         let backend = if settings.sequential {
             Backend::Sequential
         } else {
-            let pool = ThreadPool::new(settings.n_jobs)
-                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start worker threads: {e}")))?;
+            let pool = ThreadPool::new(settings.n_jobs).map_err(|e| {
+                Error::new(ErrorKind::Io, format!("cannot start worker threads: {e}"))
+            })?;
             Backend::Threads(pool)
         };
         *slot = Some(backend);

@@ -12,8 +12,12 @@ use std::time::Instant;
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
 ///
 /// This is a type, not an export: the C boundary itself stays in `ffi`.
-pub type TaskFn =
-    unsafe extern "C" fn(userdata: *mut c_void, arg: *const u8, arg_len: usize, out: *mut TaskOutput) -> i32;
+pub type TaskFn = unsafe extern "C" fn(
+    userdata: *mut c_void,
+    arg: *const u8,
+    arg_len: usize,
+    out: *mut TaskOutput,
+) -> i32;
 
 /// A callback plus the `userdata` it is called with.
 #[derive(Clone, Copy, Debug)]
@@ -122,8 +126,19 @@ impl Batch {
         let arg_start = if at == 0 { 0 } else { self.arg_ends[at - 1] };
         let callbacks = self.callbacks.split_off(at);
         let args = self.args.split_off(arg_start);
-        let arg_ends = self.arg_ends.split_off(at).into_iter().map(|end| end - arg_start).collect();
-        Batch { first: self.first + at, callbacks, args, arg_ends, dispatched_at: None }
+        let arg_ends = self
+            .arg_ends
+            .split_off(at)
+            .into_iter()
+            .map(|end| end - arg_start)
+            .collect();
+        Batch {
+            first: self.first + at,
+            callbacks,
+            args,
+            arg_ends,
+            dispatched_at: None,
+        }
     }
 }
 
@@ -166,7 +181,11 @@ impl BatchOutcome {
 /// (set by whichever worker fails first, so queued work stops everywhere).
 pub fn run_batch(batch: Batch, abort: &AtomicBool, worker: usize) -> BatchOutcome {
     let size = batch.len();
-    let mut out = TaskOutput { arena: Vec::new(), start: 0, message: None };
+    let mut out = TaskOutput {
+        arena: Vec::new(),
+        start: 0,
+        message: None,
+    };
     let mut ends = Vec::with_capacity(size);
     let mut failure = None;
     let mut arg_start = 0;
@@ -183,21 +202,43 @@ pub fn run_batch(batch: Batch, abort: &AtomicBool, worker: usize) -> BatchOutcom
         if code != 0 {
             out.arena.truncate(out.start);
             abort.store(true, Ordering::Relaxed);
-            failure = Some((batch.first + offset, TaskFailure::Returned { code, message: out.message.take() }));
+            failure = Some((
+                batch.first + offset,
+                TaskFailure::Returned {
+                    code,
+                    message: out.message.take(),
+                },
+            ));
             break;
         }
         out.message = None;
         ends.push(out.arena.len());
     }
-    let seconds = batch.dispatched_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-    BatchOutcome { first: batch.first, size, data: out.arena, ends, failure, seconds, worker }
+    let seconds = batch
+        .dispatched_at
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    BatchOutcome {
+        first: batch.first,
+        size,
+        data: out.arena,
+        ends,
+        failure,
+        seconds,
+        worker,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    unsafe extern "C" fn double_it(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+    unsafe extern "C" fn double_it(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
         // SAFETY: run_batch passes a valid (arg, len) slice and a live output.
         let (arg, out) = unsafe { (std::slice::from_raw_parts(arg, len), &mut *out) };
         let x = u64::from_ne_bytes(arg.try_into().unwrap());
@@ -227,7 +268,13 @@ mod tests {
         assert_eq!(&outcome.data[..8], &2u64.to_ne_bytes());
         assert_eq!(
             outcome.failure,
-            Some((12, TaskFailure::Returned { code: 7, message: Some("three is bad".into()) }))
+            Some((
+                12,
+                TaskFailure::Returned {
+                    code: 7,
+                    message: Some("three is bad".into())
+                }
+            ))
         );
         assert!(abort.load(Ordering::Relaxed));
     }
@@ -239,8 +286,11 @@ mod tests {
         assert_eq!(tail.first, 6);
         let abort = AtomicBool::new(false);
         let outcome = run_batch(tail, &abort, 0);
-        let values: Vec<u64> =
-            outcome.data.chunks(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect();
+        let values: Vec<u64> = outcome
+            .data
+            .chunks(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(values, vec![4, 8, 10]);
         assert_eq!(run_batch(batch, &abort, 0).completed(), 1);
     }

@@ -12,7 +12,10 @@ use pj::ffi::*;
 use pj::task::TaskOutput;
 
 fn counter(fail_at: u64) -> Box<Counter> {
-    Box::new(Counter { runs: Default::default(), fail_at })
+    Box::new(Counter {
+        runs: Default::default(),
+        fail_at,
+    })
 }
 
 fn ud(counter: &Counter) -> *mut c_void {
@@ -23,7 +26,8 @@ fn ud(counter: &Counter) -> *mut c_void {
 fn ten_thousand_submitted_tasks_come_back_in_order_on_threads() {
     let par = parallel(&[("n_jobs", "2"), ("backend", "threads")]).unwrap();
     for i in 0..10_000u64 {
-        par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes()).unwrap();
+        par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+            .unwrap();
     }
     let out = as_u64s(&par.collect().unwrap());
     assert_eq!(out, (0..10_000u64).map(|i| 2 * i).collect::<Vec<_>>());
@@ -34,14 +38,24 @@ fn every_batch_size_and_backend_keeps_order() {
     for backend in ["threads", "sequential"] {
         for batch in ["auto", "1", "3", "1000"] {
             for n_jobs in ["1", "2", "3", "-1"] {
-                let par = parallel(&[("n_jobs", n_jobs), ("backend", backend), ("batch_size", batch)]).unwrap();
+                let par = parallel(&[
+                    ("n_jobs", n_jobs),
+                    ("backend", backend),
+                    ("batch_size", batch),
+                ])
+                .unwrap();
                 for round in 0..2 {
                     let n: u64 = 257 + round;
                     for i in 0..n {
-                        par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes()).unwrap();
+                        par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                            .unwrap();
                     }
                     let out = as_u64s(&par.collect().unwrap());
-                    assert_eq!(out, (0..n).map(|i| 2 * i).collect::<Vec<_>>(), "{backend} {batch} {n_jobs}");
+                    assert_eq!(
+                        out,
+                        (0..n).map(|i| 2 * i).collect::<Vec<_>>(),
+                        "{backend} {batch} {n_jobs}"
+                    );
                 }
             }
         }
@@ -64,15 +78,26 @@ fn failure_at_537_names_the_task_and_stops_dispatch() {
         assert_eq!(err.status, pj_status::TaskFailed, "{backend}");
         assert_eq!(err.task_index, 537, "{backend}");
         assert_eq!(err.code, 7);
-        assert!(err.message.contains("cannot handle this one"), "{}", err.message);
+        assert!(
+            err.message.contains("cannot handle this one"),
+            "{}",
+            err.message
+        );
         assert!(err.report.contains("task index: 537"), "{}", err.report);
         let ran = counter.runs.load(Ordering::Relaxed);
-        assert!(ran < 5_000, "{backend}: {ran} tasks ran after a failure at 537");
-        assert!(first_refusal.is_some(), "submit reports the failure so producers can stop");
+        assert!(
+            ran < 5_000,
+            "{backend}: {ran} tasks ran after a failure at 537"
+        );
+        assert!(
+            first_refusal.is_some(),
+            "submit reports the failure so producers can stop"
+        );
 
         // The object is reusable after an error.
         for i in 0..100u64 {
-            par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes()).unwrap();
+            par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                .unwrap();
         }
         assert_eq!(as_u64s(&par.collect().unwrap()).len(), 100);
     }
@@ -82,7 +107,12 @@ fn failure_at_537_names_the_task_and_stops_dispatch() {
 fn the_first_failure_by_index_wins() {
     // Every task from 50 on fails; whichever worker fails first, the error names the lowest index seen,
     // and never one above a task that failed earlier in submission order within the same batch.
-    unsafe extern "C" fn fail_from_50(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+    unsafe extern "C" fn fail_from_50(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
         // SAFETY: 8-byte arguments.
         let x = unsafe { arg_u64(arg, len) };
         if x >= 50 {
@@ -105,7 +135,12 @@ fn collect_without_a_call_is_empty_and_outputs_can_be_empty_or_large() {
     let par = parallel(&[("n_jobs", "2")]).unwrap();
     assert!(par.collect().unwrap().is_empty());
 
-    unsafe extern "C" fn sized(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+    unsafe extern "C" fn sized(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
         // SAFETY: 8-byte arguments.
         let n = unsafe { arg_u64(arg, len) } as usize;
         let buf = pj_out_alloc(out, n);
@@ -115,7 +150,8 @@ fn collect_without_a_call_is_empty_and_outputs_can_be_empty_or_large() {
     }
     let sizes = [0usize, 1, 7, 0, 1 << 20, 3];
     for n in sizes {
-        par.submit(Some(sized), std::ptr::null_mut(), &(n as u64).to_ne_bytes()).unwrap();
+        par.submit(Some(sized), std::ptr::null_mut(), &(n as u64).to_ne_bytes())
+            .unwrap();
     }
     let out = par.collect().unwrap();
     assert_eq!(out.len(), sizes.len());
@@ -132,9 +168,14 @@ struct Range {
     fail_at: Option<u64>,
 }
 
-unsafe extern "C" fn range_producer(userdata: *mut c_void, arg_out: *mut *const u8, len_out: *mut usize) -> i32 {
+unsafe extern "C" fn range_producer(
+    userdata: *mut c_void,
+    arg_out: *mut *const u8,
+    len_out: *mut usize,
+) -> i32 {
     // SAFETY: tests pass a live Range and valid output pointers.
-    let (range, arg_out, len_out) = unsafe { (&mut *(userdata as *mut Range), &mut *arg_out, &mut *len_out) };
+    let (range, arg_out, len_out) =
+        unsafe { (&mut *(userdata as *mut Range), &mut *arg_out, &mut *len_out) };
     if Some(range.next) == range.fail_at {
         return -5;
     }
@@ -148,11 +189,23 @@ unsafe extern "C" fn range_producer(userdata: *mut c_void, arg_out: *mut *const 
     1
 }
 
-fn map(par: &Par, range: &mut Range, f: pj_task_fn, userdata: *mut c_void) -> Result<Vec<Vec<u8>>, CError> {
+fn map(
+    par: &Par,
+    range: &mut Range,
+    f: pj_task_fn,
+    userdata: *mut c_void,
+) -> Result<Vec<Vec<u8>>, CError> {
     let mut res = std::ptr::null_mut();
     let mut err = std::ptr::null_mut();
-    let status =
-        pj_parallel_map(par.0, f, userdata, Some(range_producer), range as *mut Range as *mut c_void, &mut res, &mut err);
+    let status = pj_parallel_map(
+        par.0,
+        f,
+        userdata,
+        Some(range_producer),
+        range as *mut Range as *mut c_void,
+        &mut res,
+        &mut err,
+    );
     check(status, err)?;
     Ok(results_to_vec(res))
 }
@@ -161,7 +214,12 @@ fn map(par: &Par, range: &mut Range, f: pj_task_fn, userdata: *mut c_void) -> Re
 fn map_pulls_from_a_reused_producer_buffer_in_order() {
     for n_jobs in ["1", "2", "4"] {
         let par = parallel(&[("n_jobs", n_jobs)]).unwrap();
-        let mut range = Range { next: 0, end: 5_000, buf: [0; 8], fail_at: None };
+        let mut range = Range {
+            next: 0,
+            end: 5_000,
+            buf: [0; 8],
+            fail_at: None,
+        };
         let out = as_u64s(&map(&par, &mut range, Some(double_task), std::ptr::null_mut()).unwrap());
         assert_eq!(out, (0..5_000u64).map(|i| 2 * i).collect::<Vec<_>>());
     }
@@ -170,24 +228,56 @@ fn map_pulls_from_a_reused_producer_buffer_in_order() {
 #[test]
 fn map_reports_producer_and_task_failures() {
     let par = parallel(&[("n_jobs", "2")]).unwrap();
-    let mut range = Range { next: 0, end: 100, buf: [0; 8], fail_at: Some(40) };
+    let mut range = Range {
+        next: 0,
+        end: 100,
+        buf: [0; 8],
+        fail_at: Some(40),
+    };
     let err = map(&par, &mut range, Some(double_task), std::ptr::null_mut()).unwrap_err();
     assert_eq!(err.status, pj_status::TaskFailed);
-    assert!(err.message.contains("-5") && err.message.contains("40 items"), "{}", err.message);
+    assert!(
+        err.message.contains("-5") && err.message.contains("40 items"),
+        "{}",
+        err.message
+    );
     assert_eq!(err.task_index, -1);
 
     let counter = counter(30);
-    let mut range = Range { next: 0, end: 100_000, buf: [0; 8], fail_at: None };
+    let mut range = Range {
+        next: 0,
+        end: 100_000,
+        buf: [0; 8],
+        fail_at: None,
+    };
     let err = map(&par, &mut range, Some(double_task), ud(&counter)).unwrap_err();
     assert_eq!(err.task_index, 30);
-    assert!(range.next < 100_000, "the producer is not drained after a failure");
+    assert!(
+        range.next < 100_000,
+        "the producer is not drained after a failure"
+    );
 
     // Reusable afterwards.
-    let mut range = Range { next: 0, end: 10, buf: [0; 8], fail_at: None };
-    assert_eq!(map(&par, &mut range, Some(double_task), std::ptr::null_mut()).unwrap().len(), 10);
+    let mut range = Range {
+        next: 0,
+        end: 10,
+        buf: [0; 8],
+        fail_at: None,
+    };
+    assert_eq!(
+        map(&par, &mut range, Some(double_task), std::ptr::null_mut())
+            .unwrap()
+            .len(),
+        10
+    );
 }
 
-unsafe extern "C" fn sleepy(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+unsafe extern "C" fn sleepy(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
     std::thread::sleep(Duration::from_millis(2));
     pj_out_set(out, arg, len);
     0
@@ -207,7 +297,8 @@ fn two_threads_on_one_object_one_gets_busy() {
                 match first {
                     Ok(()) => {
                         for i in 1..50u64 {
-                            par.submit(Some(sleepy), std::ptr::null_mut(), &i.to_ne_bytes()).unwrap();
+                            par.submit(Some(sleepy), std::ptr::null_mut(), &i.to_ne_bytes())
+                                .unwrap();
                         }
                         tried.wait();
                         let out = as_u64s(&par.collect().unwrap());
@@ -218,8 +309,14 @@ fn two_threads_on_one_object_one_gets_busy() {
                         assert_eq!(e.status, pj_status::Busy);
                         // While the other thread's call is in flight, everything else is BUSY too.
                         assert_eq!(par.collect().unwrap_err().status, pj_status::Busy);
-                        let mut range = Range { next: 0, end: 3, buf: [0; 8], fail_at: None };
-                        let busy = map(&par, &mut range, Some(sleepy), std::ptr::null_mut()).unwrap_err();
+                        let mut range = Range {
+                            next: 0,
+                            end: 3,
+                            buf: [0; 8],
+                            fail_at: None,
+                        };
+                        let busy =
+                            map(&par, &mut range, Some(sleepy), std::ptr::null_mut()).unwrap_err();
                         assert_eq!(busy.status, pj_status::Busy);
                         tried.wait();
                         false
@@ -236,9 +333,21 @@ fn two_threads_on_one_object_one_gets_busy() {
 
 #[test]
 fn a_task_using_its_own_parallel_gets_busy() {
-    unsafe extern "C" fn reenter(userdata: *mut c_void, _: *const u8, _: usize, out: *mut TaskOutput) -> i32 {
+    unsafe extern "C" fn reenter(
+        userdata: *mut c_void,
+        _: *const u8,
+        _: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
         let mut err = std::ptr::null_mut();
-        let status = pj_parallel_submit(userdata as *mut pj_parallel_t, Some(reenter), userdata, std::ptr::null(), 0, &mut err);
+        let status = pj_parallel_submit(
+            userdata as *mut pj_parallel_t,
+            Some(reenter),
+            userdata,
+            std::ptr::null(),
+            0,
+            &mut err,
+        );
         pj_error_free(err);
         let code = status as u32 as u8;
         pj_out_set(out, &code, 1);
@@ -246,19 +355,31 @@ fn a_task_using_its_own_parallel_gets_busy() {
     }
     for n_jobs in ["1", "2"] {
         let par = parallel(&[("n_jobs", n_jobs)]).unwrap();
-        par.submit(Some(reenter), par.0 as *mut c_void, &[]).unwrap();
+        par.submit(Some(reenter), par.0 as *mut c_void, &[])
+            .unwrap();
         let out = par.collect().unwrap();
-        assert_eq!(out, vec![vec![pj_status::Busy as u32 as u8]], "n_jobs={n_jobs}");
+        assert_eq!(
+            out,
+            vec![vec![pj_status::Busy as u32 as u8]],
+            "n_jobs={n_jobs}"
+        );
     }
 }
 
 #[test]
 fn freeing_mid_call_waits_for_running_tasks_and_skips_queued_ones() {
     let counter = counter(u64::MAX);
-    unsafe extern "C" fn slow_count(userdata: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+    unsafe extern "C" fn slow_count(
+        userdata: *mut c_void,
+        _: *const u8,
+        _: usize,
+        _: *mut TaskOutput,
+    ) -> i32 {
         std::thread::sleep(Duration::from_millis(5));
         // SAFETY: userdata is a live Counter for the whole test (free waits for running tasks).
-        unsafe { &*(userdata as *const Counter) }.runs.fetch_add(1, Ordering::SeqCst);
+        unsafe { &*(userdata as *const Counter) }
+            .runs
+            .fetch_add(1, Ordering::SeqCst);
         0
     }
     let par = parallel(&[("n_jobs", "2"), ("batch_size", "1")]).unwrap();
@@ -269,7 +390,11 @@ fn freeing_mid_call_waits_for_running_tasks_and_skips_queued_ones() {
     drop(par);
     let after_free = counter.runs.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(30));
-    assert_eq!(counter.runs.load(Ordering::SeqCst), after_free, "no task runs after free returns");
+    assert_eq!(
+        counter.runs.load(Ordering::SeqCst),
+        after_free,
+        "no task runs after free returns"
+    );
     assert!(after_free < 1_000, "queued tasks were skipped");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
@@ -277,7 +402,9 @@ fn freeing_mid_call_waits_for_running_tasks_and_skips_queued_ones() {
 #[test]
 fn processes_are_refused_not_silently_replaced() {
     for name in ["processes", "loky", "multiprocessing"] {
-        let err = parallel(&[("backend", name), ("n_jobs", "2")]).err().expect("refused");
+        let err = parallel(&[("backend", name), ("n_jobs", "2")])
+            .err()
+            .expect("refused");
         assert_eq!(err.status, pj_status::Unsupported);
         assert!(err.message.contains("processes"), "{}", err.message);
     }
@@ -294,7 +421,9 @@ fn invalid_options_quote_the_value() {
         ("batch_size", "0"),
     ];
     for (key, value) in cases {
-        let err = config(&[(key, value)]).err().unwrap_or_else(|| panic!("{key}={value} accepted"));
+        let err = config(&[(key, value)])
+            .err()
+            .unwrap_or_else(|| panic!("{key}={value} accepted"));
         assert_eq!(err.status, pj_status::InvalidArgument);
         assert!(err.message.contains(value), "{key}: {}", err.message);
     }
@@ -309,23 +438,59 @@ fn typed_setters_and_effective_n_jobs() {
     assert_eq!(pj_config_new(&mut cfg), pj_status::Ok);
     assert_eq!(pj_effective_n_jobs(cfg), 1, "unset n_jobs means 1");
     let mut err = std::ptr::null_mut();
-    assert_eq!(pj_config_set_n_jobs(cfg, 0, &mut err), pj_status::InvalidArgument);
+    assert_eq!(
+        pj_config_set_n_jobs(cfg, 0, &mut err),
+        pj_status::InvalidArgument
+    );
     let e = take_error(pj_status::InvalidArgument, err);
     assert!(e.message.contains('0'));
-    assert_eq!(pj_config_set_n_jobs(cfg, -1, std::ptr::null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_config_set_n_jobs(cfg, -1, std::ptr::null_mut()),
+        pj_status::Ok
+    );
     assert_eq!(pj_effective_n_jobs(cfg), pj_cpu_count());
-    assert_eq!(pj_config_set_n_jobs(cfg, 3, std::ptr::null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_config_set_n_jobs(cfg, 3, std::ptr::null_mut()),
+        pj_status::Ok
+    );
     assert_eq!(pj_effective_n_jobs(cfg), 3);
-    assert_eq!(pj_config_set_backend(cfg, c"sequential".as_ptr(), std::ptr::null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_config_set_backend(cfg, c"sequential".as_ptr(), std::ptr::null_mut()),
+        pj_status::Ok
+    );
     assert_eq!(pj_effective_n_jobs(cfg), 1);
-    assert_eq!(pj_config_set_batch_size(cfg, 0, std::ptr::null_mut()), pj_status::InvalidArgument);
-    assert_eq!(pj_config_set_batch_size(cfg, 16, std::ptr::null_mut()), pj_status::Ok);
-    assert_eq!(pj_config_set_verbose(cfg, -1, std::ptr::null_mut()), pj_status::InvalidArgument);
-    assert_eq!(pj_config_set_verbose(cfg, 10, std::ptr::null_mut()), pj_status::Ok);
-    assert_eq!(pj_config_set_timeout(cfg, 0.0, std::ptr::null_mut()), pj_status::InvalidArgument);
-    assert_eq!(pj_config_set_timeout(cfg, f64::NAN, std::ptr::null_mut()), pj_status::InvalidArgument);
-    assert_eq!(pj_config_set_timeout(cfg, f64::INFINITY, std::ptr::null_mut()), pj_status::Ok);
-    assert_eq!(pj_config_set_timeout(cfg, 2.5, std::ptr::null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_config_set_batch_size(cfg, 0, std::ptr::null_mut()),
+        pj_status::InvalidArgument
+    );
+    assert_eq!(
+        pj_config_set_batch_size(cfg, 16, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_config_set_verbose(cfg, -1, std::ptr::null_mut()),
+        pj_status::InvalidArgument
+    );
+    assert_eq!(
+        pj_config_set_verbose(cfg, 10, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_config_set_timeout(cfg, 0.0, std::ptr::null_mut()),
+        pj_status::InvalidArgument
+    );
+    assert_eq!(
+        pj_config_set_timeout(cfg, f64::NAN, std::ptr::null_mut()),
+        pj_status::InvalidArgument
+    );
+    assert_eq!(
+        pj_config_set_timeout(cfg, f64::INFINITY, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_config_set_timeout(cfg, 2.5, std::ptr::null_mut()),
+        pj_status::Ok
+    );
     pj_config_free(cfg);
     assert!(pj_cpu_count() >= 1);
 }
@@ -336,10 +501,14 @@ fn status_strings_are_stable() {
     assert_eq!(pj_status::Panic as u32, 11);
     for raw in 0..12u32 {
         // SAFETY: pj_status_str returns static NUL-terminated strings.
-        let text = unsafe { std::ffi::CStr::from_ptr(pj_status_str(raw)) }.to_str().unwrap();
+        let text = unsafe { std::ffi::CStr::from_ptr(pj_status_str(raw)) }
+            .to_str()
+            .unwrap();
         assert!(text.starts_with("PJ_STATUS_"), "{text}");
     }
     // SAFETY: as above.
-    let unknown = unsafe { std::ffi::CStr::from_ptr(pj_status_str(999)) }.to_str().unwrap();
+    let unknown = unsafe { std::ffi::CStr::from_ptr(pj_status_str(999)) }
+        .to_str()
+        .unwrap();
     assert_eq!(unknown, "unknown pj_status");
 }

@@ -19,7 +19,11 @@ unsafe extern "C" fn empty_producer(_: *mut c_void, _: *mut *const u8, _: *mut u
 }
 
 /// A producer that hands out (NULL, 8): an item without bytes.
-unsafe extern "C" fn null_item_producer(_: *mut c_void, arg: *mut *const u8, len: *mut usize) -> i32 {
+unsafe extern "C" fn null_item_producer(
+    _: *mut c_void,
+    arg: *mut *const u8,
+    len: *mut usize,
+) -> i32 {
     // SAFETY: pj passes valid output pointers.
     unsafe {
         *arg = null();
@@ -43,13 +47,28 @@ fn config_functions() {
 
     let cfg = config(&[]).unwrap();
     let mut err = null_mut();
-    expect_null_argument(pj_config_set(null_mut(), c"n_jobs".as_ptr(), c"2".as_ptr(), &mut err), err, "set cfg");
+    expect_null_argument(
+        pj_config_set(null_mut(), c"n_jobs".as_ptr(), c"2".as_ptr(), &mut err),
+        err,
+        "set cfg",
+    );
     let mut err = null_mut();
-    expect_null_argument(pj_config_set(cfg, null(), c"2".as_ptr(), &mut err), err, "set key");
+    expect_null_argument(
+        pj_config_set(cfg, null(), c"2".as_ptr(), &mut err),
+        err,
+        "set key",
+    );
     let mut err = null_mut();
-    expect_null_argument(pj_config_set(cfg, c"n_jobs".as_ptr(), null(), &mut err), err, "set value");
+    expect_null_argument(
+        pj_config_set(cfg, c"n_jobs".as_ptr(), null(), &mut err),
+        err,
+        "set value",
+    );
     // error_out itself may be NULL.
-    assert_eq!(pj_config_set(cfg, null(), null(), null_mut()), pj_status::NullArgument);
+    assert_eq!(
+        pj_config_set(cfg, null(), null(), null_mut()),
+        pj_status::NullArgument
+    );
 
     for status in [
         pj_config_set_n_jobs(null_mut(), 2, null_mut()),
@@ -69,40 +88,130 @@ fn config_functions() {
 fn parallel_functions() {
     let mut par_out = SENTINEL as *mut pj_parallel_t;
     let mut err = null_mut();
-    expect_null_argument(pj_parallel_new(null(), null_mut(), &mut err), err, "new out");
-    assert_eq!(pj_parallel_new(null(), &mut par_out, null_mut()), pj_status::Ok, "NULL config means defaults");
+    expect_null_argument(
+        pj_parallel_new(null(), null_mut(), &mut err),
+        err,
+        "new out",
+    );
+    assert_eq!(
+        pj_parallel_new(null(), &mut par_out, null_mut()),
+        pj_status::Ok,
+        "NULL config means defaults"
+    );
     let par = Par(par_out);
     pj_parallel_free(null_mut());
 
     let mut err = null_mut();
-    expect_null_argument(pj_parallel_submit(null_mut(), Some(noop), null_mut(), null(), 0, &mut err), err, "submit par");
+    expect_null_argument(
+        pj_parallel_submit(null_mut(), Some(noop), null_mut(), null(), 0, &mut err),
+        err,
+        "submit par",
+    );
     let mut err = null_mut();
-    expect_null_argument(pj_parallel_submit(par.0, None, null_mut(), null(), 0, &mut err), err, "submit fn");
+    expect_null_argument(
+        pj_parallel_submit(par.0, None, null_mut(), null(), 0, &mut err),
+        err,
+        "submit fn",
+    );
     let mut err = null_mut();
-    expect_null_argument(pj_parallel_submit(par.0, Some(noop), null_mut(), null(), 8, &mut err), err, "submit arg");
+    expect_null_argument(
+        pj_parallel_submit(par.0, Some(noop), null_mut(), null(), 8, &mut err),
+        err,
+        "submit arg",
+    );
     // NULL userdata and (NULL, 0) arguments are fine.
-    assert_eq!(pj_parallel_submit(par.0, Some(noop), null_mut(), null(), 0, null_mut()), pj_status::Ok);
+    assert_eq!(
+        pj_parallel_submit(par.0, Some(noop), null_mut(), null(), 0, null_mut()),
+        pj_status::Ok
+    );
 
     let mut res = SENTINEL as *mut pj_results_t;
     let mut err = null_mut();
-    expect_null_argument(pj_parallel_collect(null_mut(), &mut res, &mut err), err, "collect par");
+    expect_null_argument(
+        pj_parallel_collect(null_mut(), &mut res, &mut err),
+        err,
+        "collect par",
+    );
     let mut err = null_mut();
-    expect_null_argument(pj_parallel_collect(par.0, null_mut(), &mut err), err, "collect out");
+    expect_null_argument(
+        pj_parallel_collect(par.0, null_mut(), &mut err),
+        err,
+        "collect out",
+    );
     assert_eq!(res as usize, SENTINEL, "no output on failure");
-    assert_eq!(results_to_vec(unwrap_results(pj_parallel_collect(par.0, &mut res, null_mut()), res)).len(), 1);
+    assert_eq!(
+        results_to_vec(unwrap_results(
+            pj_parallel_collect(par.0, &mut res, null_mut()),
+            res
+        ))
+        .len(),
+        1
+    );
 
     let mut res = SENTINEL as *mut pj_results_t;
     let cases: [(&str, pj_status); 4] = [
-        ("map par", pj_parallel_map(null_mut(), Some(noop), null_mut(), Some(empty_producer), null_mut(), &mut res, null_mut())),
-        ("map fn", pj_parallel_map(par.0, None, null_mut(), Some(empty_producer), null_mut(), &mut res, null_mut())),
-        ("map producer", pj_parallel_map(par.0, Some(noop), null_mut(), None, null_mut(), &mut res, null_mut())),
-        ("map out", pj_parallel_map(par.0, Some(noop), null_mut(), Some(empty_producer), null_mut(), null_mut(), null_mut())),
+        (
+            "map par",
+            pj_parallel_map(
+                null_mut(),
+                Some(noop),
+                null_mut(),
+                Some(empty_producer),
+                null_mut(),
+                &mut res,
+                null_mut(),
+            ),
+        ),
+        (
+            "map fn",
+            pj_parallel_map(
+                par.0,
+                None,
+                null_mut(),
+                Some(empty_producer),
+                null_mut(),
+                &mut res,
+                null_mut(),
+            ),
+        ),
+        (
+            "map producer",
+            pj_parallel_map(
+                par.0,
+                Some(noop),
+                null_mut(),
+                None,
+                null_mut(),
+                &mut res,
+                null_mut(),
+            ),
+        ),
+        (
+            "map out",
+            pj_parallel_map(
+                par.0,
+                Some(noop),
+                null_mut(),
+                Some(empty_producer),
+                null_mut(),
+                null_mut(),
+                null_mut(),
+            ),
+        ),
     ];
     for (what, status) in cases {
         assert_eq!(status, pj_status::NullArgument, "{what}");
     }
     let mut err = null_mut();
-    let status = pj_parallel_map(par.0, Some(noop), null_mut(), Some(null_item_producer), null_mut(), &mut res, &mut err);
+    let status = pj_parallel_map(
+        par.0,
+        Some(noop),
+        null_mut(),
+        Some(null_item_producer),
+        null_mut(),
+        &mut res,
+        &mut err,
+    );
     expect_null_argument(status, err, "producer item");
     assert_eq!(res as usize, SENTINEL, "no output on failure");
 }
@@ -116,9 +225,17 @@ fn unwrap_results(status: pj_status, res: *mut pj_results_t) -> *mut pj_results_
 fn output_functions() {
     assert_eq!(pj_out_set(null_mut(), null(), 0), pj_status::NullArgument);
     assert!(pj_out_alloc(null_mut(), 8).is_null());
-    assert_eq!(pj_out_error(null_mut(), c"x".as_ptr()), pj_status::NullArgument);
+    assert_eq!(
+        pj_out_error(null_mut(), c"x".as_ptr()),
+        pj_status::NullArgument
+    );
 
-    unsafe extern "C" fn misuse(_: *mut c_void, _: *const u8, _: usize, out: *mut TaskOutput) -> i32 {
+    unsafe extern "C" fn misuse(
+        _: *mut c_void,
+        _: *const u8,
+        _: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
         let a = pj_out_set(out, null(), 4) == pj_status::NullArgument;
         let b = pj_out_error(out, null()) == pj_status::NullArgument;
         let c = pj_out_set(out, null(), 0) == pj_status::Ok;
@@ -136,17 +253,36 @@ fn output_functions() {
 fn results_and_error_functions() {
     assert_eq!(pj_results_len(null()), 0);
     let (mut data, mut len) = (SENTINEL as *const u8, SENTINEL);
-    assert_eq!(pj_results_get(null(), 0, &mut data, &mut len), pj_status::NullArgument);
+    assert_eq!(
+        pj_results_get(null(), 0, &mut data, &mut len),
+        pj_status::NullArgument
+    );
     pj_results_free(null_mut());
 
     let par = parallel(&[]).unwrap();
     par.submit(Some(noop), null_mut(), &[]).unwrap();
     let mut res = null_mut();
-    assert_eq!(pj_parallel_collect(par.0, &mut res, null_mut()), pj_status::Ok);
-    assert_eq!(pj_results_get(res, 0, null_mut(), &mut len), pj_status::NullArgument);
-    assert_eq!(pj_results_get(res, 0, &mut data, null_mut()), pj_status::NullArgument);
-    assert_eq!(pj_results_get(res, 1, &mut data, &mut len), pj_status::InvalidArgument);
-    assert_eq!((data as usize, len), (SENTINEL, SENTINEL), "no output on failure");
+    assert_eq!(
+        pj_parallel_collect(par.0, &mut res, null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_results_get(res, 0, null_mut(), &mut len),
+        pj_status::NullArgument
+    );
+    assert_eq!(
+        pj_results_get(res, 0, &mut data, null_mut()),
+        pj_status::NullArgument
+    );
+    assert_eq!(
+        pj_results_get(res, 1, &mut data, &mut len),
+        pj_status::InvalidArgument
+    );
+    assert_eq!(
+        (data as usize, len),
+        (SENTINEL, SENTINEL),
+        "no output on failure"
+    );
     assert_eq!(pj_results_get(res, 0, &mut data, &mut len), pj_status::Ok);
     assert_eq!(len, 0);
     assert!(!data.is_null());

@@ -7,7 +7,9 @@ use std::path::Path;
 pub fn generate(crate_dir: &Path) -> Result<String, String> {
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))?;
     let version = env!("CARGO_PKG_VERSION");
-    let mut parts = version.split('.').map(|p| p.split(['-', '+']).next().unwrap_or("0").to_owned());
+    let mut parts = version
+        .split('.')
+        .map(|p| p.split(['-', '+']).next().unwrap_or("0").to_owned());
     let (major, minor, patch) = (
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),

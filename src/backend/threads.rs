@@ -25,7 +25,9 @@ pub struct ThreadPool {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("first", &self.batch.first).finish()
+        f.debug_struct("Job")
+            .field("first", &self.batch.first)
+            .finish()
     }
 }
 
@@ -33,7 +35,10 @@ impl ThreadPool {
     /// Starts `size` worker threads (at least one).
     pub fn new(size: usize) -> std::io::Result<Self> {
         let (jobs, queue) = unbounded::<Job>();
-        let mut pool = ThreadPool { jobs: Some(jobs), workers: Vec::with_capacity(size.max(1)) };
+        let mut pool = ThreadPool {
+            jobs: Some(jobs),
+            workers: Vec::with_capacity(size.max(1)),
+        };
         for worker in 0..size.max(1) {
             let queue = queue.clone();
             // If spawning fails part-way, dropping `pool` on the error path joins the threads started so far.
@@ -52,12 +57,19 @@ impl ThreadPool {
 
     /// Queues `batch`; some worker runs it and sends its outcome on `link.reply`.
     pub fn dispatch(&self, batch: Batch, link: &CallLink) {
-        let job = Job { batch, link: link.clone() };
+        let job = Job {
+            batch,
+            link: link.clone(),
+        };
         if let Some(jobs) = &self.jobs {
             // The workers hold the receiver until the pool is dropped, so the queue is always open here.
             if let Err(unsent) = jobs.send(job) {
                 let job = unsent.into_inner();
-                let _ = job.link.reply.send(lost_batch(&job.batch, 0, "the worker pool is shut down".into()));
+                let _ = job.link.reply.send(lost_batch(
+                    &job.batch,
+                    0,
+                    "the worker pool is shut down".into(),
+                ));
             }
         }
     }

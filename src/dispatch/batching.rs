@@ -36,14 +36,26 @@ impl Batching {
     /// Starts with size 1 for "auto", or the fixed size.
     pub fn new(setting: BatchSize) -> Self {
         match setting {
-            BatchSize::Auto => Batching { auto: true, size: 1, smoothed_seconds: 0.0 },
-            BatchSize::Fixed(n) => Batching { auto: false, size: n.get(), smoothed_seconds: 0.0 },
+            BatchSize::Auto => Batching {
+                auto: true,
+                size: 1,
+                smoothed_seconds: 0.0,
+            },
+            BatchSize::Fixed(n) => Batching {
+                auto: false,
+                size: n.get(),
+                smoothed_seconds: 0.0,
+            },
         }
     }
 
     /// Starts "auto" at `size` (joblib's tables start some replays above 1).
     pub fn auto_from(size: usize) -> Self {
-        Batching { auto: true, size: size.max(1), smoothed_seconds: 0.0 }
+        Batching {
+            auto: true,
+            size: size.max(1),
+            smoothed_seconds: 0.0,
+        }
     }
 
     /// The size the next batch gets.
@@ -75,7 +87,9 @@ impl Batching {
             let ideal = ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize).saturating_mul(2);
             ideal.min(old.saturating_mul(2)).max(1)
         } else if d > MAX_IDEAL_BATCH_SECONDS && old >= 2 {
-            ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize).saturating_mul(2).max(1)
+            ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize)
+                .saturating_mul(2)
+                .max(1)
         } else {
             old
         };
@@ -84,7 +98,11 @@ impl Batching {
         }
         self.size = new;
         self.smoothed_seconds = 0.0;
-        Some(SizeChange { seconds: d, size: new, grew: new > old })
+        Some(SizeChange {
+            seconds: d,
+            size: new,
+            grew: new > old,
+        })
     }
 }
 

@@ -48,15 +48,23 @@ impl Results {
         outcomes.sort_unstable_by_key(|o| o.first);
         if outcomes.len() == 1 {
             let only = outcomes.pop().unwrap_or_else(|| unreachable!());
-            return Results { data: only.data, ends: only.ends };
+            return Results {
+                data: only.data,
+                ends: only.ends,
+            };
         }
         let total_bytes = outcomes.iter().map(|o| o.data.len()).sum();
         let total_tasks = outcomes.iter().map(|o| o.ends.len()).sum();
-        let mut results = Results { data: Vec::with_capacity(total_bytes), ends: Vec::with_capacity(total_tasks) };
+        let mut results = Results {
+            data: Vec::with_capacity(total_bytes),
+            ends: Vec::with_capacity(total_tasks),
+        };
         for outcome in outcomes {
             let base = results.data.len();
             results.data.extend_from_slice(&outcome.data);
-            results.ends.extend(outcome.ends.iter().map(|end| base + end));
+            results
+                .ends
+                .extend(outcome.ends.iter().map(|end| base + end));
         }
         results
     }
@@ -89,7 +97,10 @@ impl Call {
     pub fn new(capacity: usize) -> Self {
         let (reply, replies) = unbounded();
         Call {
-            link: CallLink { reply, abort: Arc::new(AtomicBool::new(false)) },
+            link: CallLink {
+                reply,
+                abort: Arc::new(AtomicBool::new(false)),
+            },
             replies,
             submitted: 0,
             pending: Batch::new(0, capacity),
@@ -111,7 +122,13 @@ impl Call {
     }
 
     /// Adds a task; dispatches the pending batch once it reaches the current batch size.
-    pub fn submit(&mut self, backend: &Backend, batching: &mut Batching, callback: Callback, arg: &[u8]) {
+    pub fn submit(
+        &mut self,
+        backend: &Backend,
+        batching: &mut Batching,
+        callback: Callback,
+        arg: &[u8],
+    ) {
         if self.failed() {
             return;
         }
@@ -134,7 +151,9 @@ impl Call {
         if let Some(error) = &self.producer_error {
             return Some(error.clone());
         }
-        self.failure.as_ref().map(|failure| failure_error(failure, backend))
+        self.failure
+            .as_ref()
+            .map(|failure| failure_error(failure, backend))
     }
 
     /// Records that the producer failed with `error`: the call stops and returns it.
@@ -208,7 +227,11 @@ impl Call {
         if let Some((index, failure)) = outcome.failure.take() {
             let earlier = self.failure.as_ref().is_none_or(|f| index < f.index);
             if earlier {
-                self.failure = Some(Failure { index, failure, worker: outcome.worker });
+                self.failure = Some(Failure {
+                    index,
+                    failure,
+                    worker: outcome.worker,
+                });
             }
             return;
         }
@@ -222,15 +245,33 @@ impl Call {
 }
 
 fn failure_error(failure: &Failure, backend: &Backend) -> Error {
-    let Failure { index, ref failure, worker } = *failure;
+    let Failure {
+        index,
+        ref failure,
+        worker,
+    } = *failure;
     let (kind, code, message) = match failure {
-        TaskFailure::Returned { code, message: Some(text) } => {
-            (ErrorKind::TaskFailed, Some(*code), format!("task {index} failed with code {code}: {text}"))
-        }
-        TaskFailure::Returned { code, message: None } => {
-            (ErrorKind::TaskFailed, Some(*code), format!("task {index} failed with code {code}"))
-        }
-        TaskFailure::Panicked(text) => (ErrorKind::Panic, None, format!("task {index}: pj panicked: {text}")),
+        TaskFailure::Returned {
+            code,
+            message: Some(text),
+        } => (
+            ErrorKind::TaskFailed,
+            Some(*code),
+            format!("task {index} failed with code {code}: {text}"),
+        ),
+        TaskFailure::Returned {
+            code,
+            message: None,
+        } => (
+            ErrorKind::TaskFailed,
+            Some(*code),
+            format!("task {index} failed with code {code}"),
+        ),
+        TaskFailure::Panicked(text) => (
+            ErrorKind::Panic,
+            None,
+            format!("task {index}: pj panicked: {text}"),
+        ),
     };
     Error::new(kind, message).with_task(TaskContext {
         index,

@@ -22,7 +22,9 @@ pub struct pj_config_t {
 fn borrow_mut<'a>(config: *mut pj_config_t) -> Result<&'a mut Config, Error> {
     // SAFETY: a non-NULL handle came from `pj_config_new` and is alive and not used concurrently
     // (the caller's obligations under the documented ownership and threading rules).
-    unsafe { config.as_mut() }.map(|c| &mut c.config).ok_or_else(|| null_argument("config"))
+    unsafe { config.as_mut() }
+        .map(|c| &mut c.config)
+        .ok_or_else(|| null_argument("config"))
 }
 
 /// Borrows a config handle for reading; NULL gives None.
@@ -39,7 +41,9 @@ pub(crate) fn borrow<'a>(config: *const pj_config_t) -> Option<&'a Config> {
 pub extern "C" fn pj_config_new(config_out: *mut *mut pj_config_t) -> pj_status {
     run(std::ptr::null_mut(), || {
         out_arg(config_out, "config_out")?;
-        let config = Box::into_raw(Box::new(pj_config_t { config: Config::default() }));
+        let config = Box::into_raw(Box::new(pj_config_t {
+            config: Config::default(),
+        }));
         // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
         unsafe { *config_out = config };
         Ok(())
@@ -89,7 +93,11 @@ pub extern "C" fn pj_config_set(
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 /// for 0 (no meaning) or a value beyond the documented limit.
 #[unsafe(no_mangle)]
-pub extern "C" fn pj_config_set_n_jobs(config: *mut pj_config_t, n_jobs: i64, error_out: *mut *mut pj_error_t) -> pj_status {
+pub extern "C" fn pj_config_set_n_jobs(
+    config: *mut pj_config_t,
+    n_jobs: i64,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
     run(error_out, || borrow_mut(config)?.set_n_jobs(n_jobs))
 }
 
@@ -132,7 +140,11 @@ pub extern "C" fn pj_config_set_batch_size(
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 /// for a negative level.
 #[unsafe(no_mangle)]
-pub extern "C" fn pj_config_set_verbose(config: *mut pj_config_t, verbose: i64, error_out: *mut *mut pj_error_t) -> pj_status {
+pub extern "C" fn pj_config_set_verbose(
+    config: *mut pj_config_t,
+    verbose: i64,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
     run(error_out, || borrow_mut(config)?.set_verbose(verbose))
 }
 
@@ -141,7 +153,11 @@ pub extern "C" fn pj_config_set_verbose(config: *mut pj_config_t, verbose: i64, 
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 /// for 0, a negative value or NaN.
 #[unsafe(no_mangle)]
-pub extern "C" fn pj_config_set_timeout(config: *mut pj_config_t, seconds: f64, error_out: *mut *mut pj_error_t) -> pj_status {
+pub extern "C" fn pj_config_set_timeout(
+    config: *mut pj_config_t,
+    seconds: f64,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
     run(error_out, || borrow_mut(config)?.set_timeout(seconds))
 }
 
@@ -161,6 +177,8 @@ pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
     run_value(0, || {
         let default = Config::default();
         let config = borrow(config).unwrap_or(&default);
-        config.resolve(crate::cpu::cpu_count()).map_or(0, |resolved| resolved.n_jobs)
+        config
+            .resolve(crate::cpu::cpu_count())
+            .map_or(0, |resolved| resolved.n_jobs)
     })
 }

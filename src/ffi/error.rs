@@ -29,7 +29,11 @@ impl pj_error_t {
     pub(crate) fn boxed(error: Error) -> *mut pj_error_t {
         let message = c_string(error.message().to_owned());
         let report = c_string(error.report());
-        Box::into_raw(Box::new(pj_error_t { error, message, report }))
+        Box::into_raw(Box::new(pj_error_t {
+            error,
+            message,
+            report,
+        }))
     }
 
     /// The core error inside.
@@ -48,14 +52,18 @@ fn borrow<'a>(error: *const pj_error_t) -> Option<&'a pj_error_t> {
 /// The status this error was returned with. NULL gives PJ_STATUS_NULL_ARGUMENT.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_status(error: *const pj_error_t) -> pj_status {
-    run_value(pj_status::Panic, || borrow(error).map_or(pj_status::NullArgument, |e| pj_status::of(e.error.kind())))
+    run_value(pj_status::Panic, || {
+        borrow(error).map_or(pj_status::NullArgument, |e| pj_status::of(e.error.kind()))
+    })
 }
 
 /// The one-line message (UTF-8), e.g. `task 537 failed with code 7: bad input`. The string belongs to
 /// the error and lives until `pj_error_free`. NULL gives an empty static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
-    run_value(c"".as_ptr(), || borrow(error).map_or(c"".as_ptr(), |e| e.message.as_ptr()))
+    run_value(c"".as_ptr(), || {
+        borrow(error).map_or(c"".as_ptr(), |e| e.message.as_ptr())
+    })
 }
 
 /// A multi-line report (UTF-8, each line ending in a newline): the kind of error, and for task
@@ -63,7 +71,9 @@ pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
 /// belongs to the error and lives until `pj_error_free`. NULL gives an empty static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_report(error: *const pj_error_t) -> *const c_char {
-    run_value(c"".as_ptr(), || borrow(error).map_or(c"".as_ptr(), |e| e.report.as_ptr()))
+    run_value(c"".as_ptr(), || {
+        borrow(error).map_or(c"".as_ptr(), |e| e.report.as_ptr())
+    })
 }
 
 /// The index (in submission order, from 0) of the task the error is about, or -1 when the error is
@@ -81,7 +91,12 @@ pub extern "C" fn pj_error_task_index(error: *const pj_error_t) -> i64 {
 /// a callback failure, or `error` is NULL).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
-    run_value(0, || borrow(error).and_then(|e| e.error.task()).and_then(|t| t.code).unwrap_or(0))
+    run_value(0, || {
+        borrow(error)
+            .and_then(|e| e.error.task())
+            .and_then(|t| t.code)
+            .unwrap_or(0)
+    })
 }
 
 /// Frees an error. NULL is a no-op; freeing twice is undefined behaviour.

@@ -3,8 +3,8 @@
 use std::ffi::c_void;
 
 use super::{
-    borrow as borrow_config, bytes_arg, null_argument, out_arg, pj_config_t, pj_error_t, pj_results_t, pj_status,
-    run, run_value,
+    borrow as borrow_config, bytes_arg, null_argument, out_arg, pj_config_t, pj_error_t,
+    pj_results_t, pj_status, run, run_value,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
@@ -21,16 +21,27 @@ use crate::task::{Callback, TaskOutput};
 /// runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
 /// `pj_parallel_map`. It must not unwind (no C++ exception, no longjmp out of it) and must not use the
 /// `pj_parallel_t` running it (that gives PJ_STATUS_BUSY).
-pub type pj_task_fn =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, arg: *const u8, arg_len: usize, out: *mut TaskOutput) -> i32>;
+pub type pj_task_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        arg: *const u8,
+        arg_len: usize,
+        out: *mut TaskOutput,
+    ) -> i32,
+>;
 
 /// A producer of task arguments for `pj_parallel_map`, always called on the caller's thread. Return 1
 /// after storing the next argument in `*arg_out` / `*len_out` (pj copies the bytes before calling the
 /// producer again, so a reused buffer is fine; `*arg_out` may be NULL when `*len_out` is 0), 0 when
 /// there are no more arguments, or a negative value to fail the call (PJ_STATUS_TASK_FAILED, the
 /// message quotes the value). pj stops calling it as soon as a task has failed.
-pub type pj_producer_fn =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, arg_out: *mut *const u8, len_out: *mut usize) -> i32>;
+pub type pj_producer_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        arg_out: *mut *const u8,
+        len_out: *mut usize,
+    ) -> i32,
+>;
 
 /// A configured executor: runs tasks on a pool of workers (or sequentially) and returns their
 /// results in submission order. Created by `pj_parallel_new`, owned by the caller, freed with
@@ -48,7 +59,9 @@ pub struct pj_parallel_t {
 fn borrow<'a>(parallel: *const pj_parallel_t) -> Result<&'a Parallel, Error> {
     // SAFETY: a non-NULL handle came from `pj_parallel_new` and is alive until `pj_parallel_free`
     // (caller's obligation); `Parallel` itself serialises concurrent use.
-    unsafe { parallel.as_ref() }.map(|p| &p.parallel).ok_or_else(|| null_argument("parallel"))
+    unsafe { parallel.as_ref() }
+        .map(|p| &p.parallel)
+        .ok_or_else(|| null_argument("parallel"))
 }
 
 fn callback(func: pj_task_fn, userdata: *mut c_void) -> Result<Callback, Error> {
@@ -194,7 +207,9 @@ pub extern "C" fn pj_parallel_map(
                     _ => {
                         return Err(Error::new(
                             ErrorKind::TaskFailed,
-                            format!("the producer failed: it returned {code} after {produced} items"),
+                            format!(
+                                "the producer failed: it returned {code} after {produced} items"
+                            ),
                         ));
                     }
                 }

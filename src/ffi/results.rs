@@ -66,7 +66,9 @@ pub extern "C" fn pj_out_error(out: *mut TaskOutput, message: *const c_char) -> 
             return Err(null_argument("message"));
         }
         // SAFETY: non-NULL and NUL-terminated per the documented contract.
-        let text = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy().into_owned();
+        let text = unsafe { std::ffi::CStr::from_ptr(message) }
+            .to_string_lossy()
+            .into_owned();
         out.set_message(text);
         Ok(())
     })
@@ -99,7 +101,10 @@ pub extern "C" fn pj_results_get(
         out_arg(data_out, "data_out")?;
         out_arg(len_out, "len_out")?;
         let bytes = results.results.get(index).ok_or_else(|| {
-            Error::invalid(format!("index {index} is out of range: there are {} results", results.results.len()))
+            Error::invalid(format!(
+                "index {index} is out of range: there are {} results",
+                results.results.len()
+            ))
         })?;
         // SAFETY: both output pointers were checked non-NULL and point to writable storage (contract).
         unsafe {

@@ -19,25 +19,39 @@ pub struct CError {
 
 /// Takes ownership of `err` (may be NULL) and copies it.
 pub fn take_error(status: pj_status, err: *mut pj_error_t) -> CError {
-    assert!(!err.is_null(), "a failing call with error_out must produce an error (status {status:?})");
+    assert!(
+        !err.is_null(),
+        "a failing call with error_out must produce an error (status {status:?})"
+    );
     // SAFETY: err is a live error handle produced by pj; strings are NUL-terminated and owned by it.
     let copied = unsafe {
         CError {
             status: pj_error_status(err),
-            message: CStr::from_ptr(pj_error_message(err)).to_string_lossy().into_owned(),
-            report: CStr::from_ptr(pj_error_report(err)).to_string_lossy().into_owned(),
+            message: CStr::from_ptr(pj_error_message(err))
+                .to_string_lossy()
+                .into_owned(),
+            report: CStr::from_ptr(pj_error_report(err))
+                .to_string_lossy()
+                .into_owned(),
             task_index: pj_error_task_index(err),
             code: pj_error_callback_code(err),
         }
     };
     pj_error_free(err);
-    assert_eq!(copied.status, status, "error object status matches the returned status");
+    assert_eq!(
+        copied.status, status,
+        "error object status matches the returned status"
+    );
     copied
 }
 
 /// Converts a status + error pair into a Result.
 pub fn check(status: pj_status, err: *mut pj_error_t) -> Result<(), CError> {
-    if status == pj_status::Ok { Ok(()) } else { Err(take_error(status, err)) }
+    if status == pj_status::Ok {
+        Ok(())
+    } else {
+        Err(take_error(status, err))
+    }
 }
 
 /// An owned `pj_parallel_t`.
@@ -83,7 +97,10 @@ pub fn parallel(options: &[(&str, &str)]) -> Result<Par, CError> {
 impl Par {
     pub fn submit(&self, f: pj_task_fn, userdata: *mut c_void, arg: &[u8]) -> Result<(), CError> {
         let mut err = std::ptr::null_mut();
-        check(pj_parallel_submit(self.0, f, userdata, arg.as_ptr(), arg.len(), &mut err), err)
+        check(
+            pj_parallel_submit(self.0, f, userdata, arg.as_ptr(), arg.len(), &mut err),
+            err,
+        )
     }
 
     pub fn collect(&self) -> Result<Vec<Vec<u8>>, CError> {
@@ -125,7 +142,12 @@ pub struct Counter {
     pub fail_at: u64,
 }
 
-pub unsafe extern "C" fn double_task(userdata: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+pub unsafe extern "C" fn double_task(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
     // SAFETY: tests pass 8-byte arguments.
     let x = unsafe { arg_u64(arg, len) };
     if !userdata.is_null() {
@@ -144,5 +166,8 @@ pub unsafe extern "C" fn double_task(userdata: *mut c_void, arg: *const u8, len:
 
 /// Decodes results of `double_task`.
 pub fn as_u64s(results: &[Vec<u8>]) -> Vec<u64> {
-    results.iter().map(|r| u64::from_ne_bytes(r.as_slice().try_into().unwrap())).collect()
+    results
+        .iter()
+        .map(|r| u64::from_ne_bytes(r.as_slice().try_into().unwrap()))
+        .collect()
 }
