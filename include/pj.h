@@ -100,13 +100,12 @@ typedef uint32_t pj_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
-// Where tasks run. joblib's names are accepted as aliases, so code ported from Python keeps working.
-typedef struct BackendKind BackendKind;
-
-// Where a task writes its result: a window at the end of its batch's output arena.
+// A task's output handle, lent to the task callback for the duration of the call: write the
+// result with `pj_out_set` (copy) or `pj_out_alloc` (in place), attach a failure message with
+// `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
 //
-// C sees this as the opaque `pj_out_t`. Every write replaces the task's previous output (the window
-// is truncated back to `start` first), so `pj_out_set` twice keeps the last value.
+// Under the hood: a window at the end of its batch's output arena, so a task allocates nothing of
+// its own.
 typedef struct pj_out_t pj_out_t;
 
 // Options for `pj_parallel_new`: every option starts unset (joblib's defaults apply). Created by
