@@ -134,7 +134,8 @@ typedef struct pj_error_t pj_error_t;
 // the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
 // is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 //
-// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_free`.
+// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
+// `pj_parallel_next`, `pj_parallel_free`.
 typedef struct pj_parallel_t pj_parallel_t;
 
 // The ordered results of a call: one byte string per task, in submission order. Created by
@@ -241,9 +242,24 @@ pj_status pj_config_set_timeout(pj_config_t *config, double seconds, pj_error_t 
 size_t pj_cpu_count(void);
 
 // The number of workers a `pj_parallel_t` made from `config` would use (joblib's
-// `effective_n_jobs`): 1 when n_jobs is unset, the backend is "sequential", or `config` is NULL.
+// `effective_n_jobs`), scoped defaults (`pj_config_push`) included: 1 when n_jobs is unset, or the
+// backend is "sequential"; NULL means an empty config.
 // Returns 0 only when the config cannot be resolved (then `pj_parallel_new` reports why).
 size_t pj_effective_n_jobs(const pj_config_t *config);
+
+// Pushes a copy of `config` as this thread's innermost scoped default (joblib's
+// `parallel_config`): a `pj_parallel_t` created on this thread afterwards uses each option from its
+// own config if set there, else from the innermost pushed config that sets it, else joblib's
+// default; `pj_effective_n_jobs` follows the same rule. Other threads (pj's workers included) do
+// not see it. Undo with `pj_config_pop`.
+//
+// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
+pj_status pj_config_push(const pj_config_t *config, pj_error_t **error_out);
+
+// Removes this thread's innermost scoped default pushed by `pj_config_push`.
+//
+// Returns PJ_STATUS_OK, or PJ_STATUS_INVALID_ARGUMENT when nothing was pushed on this thread.
+pj_status pj_config_pop(pj_error_t **error_out);
 
 // The status this error was returned with. NULL gives PJ_STATUS_NULL_ARGUMENT.
 pj_status pj_error_status(const pj_error_t *error);
@@ -315,15 +331,17 @@ pj_status pj_parallel_collect(pj_parallel_t *parallel,
                               pj_error_t **error_out);
 
 // Runs a whole call: calls `producer(producer_userdata, &arg, &len)` on this thread for each
-// argument until it returns 0, runs `fn(userdata, arg, len, out)` on each, and stores the results,
-// in input order, in `*results_out` (owned by the caller: free with `pj_results_free`).
+// argument until it returns 0 (only as completions make room in the pre-dispatch window), runs
+// `fn(userdata, arg, len, out)` on each, and stores the results, in input order, in `*results_out`
+// (owned by the caller: free with `pj_results_free`). A call of this thread still in flight on
+// `parallel` is abandoned first (its queued tasks never start).
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel`, `fn`, `producer` or `results_out`
 // is NULL, or the producer returned 1 with a NULL argument and a non-zero length;
-// PJ_STATUS_BUSY when a call is in flight (on any thread); PJ_STATUS_IO when the worker threads
+// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
 // cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
-// producer is not called again) or the producer returned a negative value (the error quotes it).
-// `*results_out` is written only on success.
+// producer is not called again) or the producer returned a value other than 0 and 1 (the error
+// quotes it). `*results_out` is written only on success.
 pj_status pj_parallel_map(pj_parallel_t *parallel,
                           pj_task_fn fn,
                           void *userdata,
@@ -331,6 +349,46 @@ pj_status pj_parallel_map(pj_parallel_t *parallel,
                           void *producer_userdata,
                           pj_results_t **results_out,
                           pj_error_t **error_out);
+
+// Starts a streaming call: results are read one at a time with `pj_parallel_next`, which calls
+// `producer(producer_userdata, &arg, &len)` on its own thread, only while fewer than
+// pre_dispatch × batch size tasks are produced and not yet read, so memory stays bounded however
+// slow the reader is. Results come in input order, or in completion order when the config's
+// `return_as` is "generator_unordered". A call of this thread still in flight on `parallel` is
+// abandoned first; `pj_parallel_free` (or another call) abandons this one cleanly.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel`, `fn` or `producer` is NULL;
+// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
+// cannot be started.
+pj_status pj_parallel_imap(pj_parallel_t *parallel,
+                           pj_task_fn fn,
+                           void *userdata,
+                           pj_producer_fn producer,
+                           void *producer_userdata,
+                           pj_error_t **error_out);
+
+// Reads the next result of the current call (started by `pj_parallel_imap` or by
+// `pj_parallel_submit`s): `*index_out` receives the task's index in input order, `*data_out` and
+// `*len_out` a view of its output, valid until the next use of `parallel`. Order: input order
+// ("list", "generator"), or completion order ("generator_unordered"). Blocks until a result is
+// ready; with a producer, pulls inputs as room allows.
+//
+// Returns PJ_STATUS_OK with a result; PJ_STATUS_DONE when every result has been read (the call is
+// over; also when no call is in flight); PJ_STATUS_NULL_ARGUMENT when a pointer is NULL;
+// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task (or
+// the producer) failed: the call is over and its outstanding tasks never start. Outputs are
+// written only with PJ_STATUS_OK.
+pj_status pj_parallel_next(pj_parallel_t *parallel,
+                           size_t *index_out,
+                           const uint8_t **data_out,
+                           size_t *len_out,
+                           pj_error_t **error_out);
+
+// The nesting level of the calling thread: 0 in your own code, 1 inside a task of a top-level call,
+// 2 inside a task of a call made by such a task, and so on. A `pj_parallel_t` created at level 1
+// uses threads, and at level 2 or deeper runs sequentially, unless its config (or a pushed config)
+// names a backend, as joblib does.
+size_t pj_nesting_level(void);
 
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 // Call it only from inside the task callback that received `out`.

@@ -13,6 +13,7 @@
 //! - [`dispatch`]: batching, ordering and fail-fast for one call;
 //! - [`backend`]: the worker pools behind one enum;
 //! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
+//! - [`nesting`]: how deep the current thread is in nested calls;
 //! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
 
 pub mod backend;
@@ -21,6 +22,7 @@ pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod ffi;
+pub mod nesting;
 pub mod parallel;
 pub mod task;
 

@@ -1,8 +1,8 @@
 //! The `Parallel` object: resolved settings, a reusable worker pool, and at most one call at a time.
 //!
-//! A call is either a `map` (one function call that pulls inputs from a producer on the caller's
-//! thread) or a run of `submit`s ended by `collect`. A submit/collect call belongs to the thread that
-//! made its first submit: any other thread touching the object before `collect` gets
+//! A call is a run of `submit`s, or a producer (`map` runs it whole; `imap` streams it through
+//! `next`), ended by `collect`, by `next` reporting the end, or by an error. A call belongs to the
+//! thread that started it until it ends: any other thread touching the object meanwhile gets
 //! [`ErrorKind::Busy`] at once, as does a task that uses the object running it (joblib's "This
 //! Parallel instance is already running !").
 
@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::backend::{Backend, ThreadPool};
 use crate::config::{BackendKind, Config, Resolved};
-use crate::dispatch::{Batching, Call, Results};
+use crate::dispatch::{Batching, Call, Producer, Results, Streamed};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Callback;
 
@@ -67,9 +67,22 @@ impl Drop for Entered<'_> {
 }
 
 impl Parallel {
-    /// Resolves `config` and prepares an executor; workers start with the first call.
+    /// Resolves `config` (layered over this thread's scoped defaults, and adjusted for nesting) and
+    /// prepares an executor; workers start with the first call.
     pub fn new(config: &Config) -> Result<Self> {
-        let settings = config.resolve(crate::cpu::cpu_count())?;
+        let mut layered = crate::config::scope::with_scopes(config);
+        // joblib's nesting policy: inside a task, threads one level down, sequential below that,
+        // unless the call names its backend.
+        match crate::nesting::level() {
+            0 => {}
+            1 => {
+                layered.backend.get_or_insert(BackendKind::Threads);
+            }
+            _ => {
+                layered.backend.get_or_insert(BackendKind::Sequential);
+            }
+        }
+        let settings = layered.resolve(crate::cpu::cpu_count())?;
         if settings.backend == BackendKind::Processes {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -94,28 +107,31 @@ impl Parallel {
         &self.settings
     }
 
-    /// Adds one task to the current submit/collect call, starting the call if needed.
+    /// Adds one task to the current call, starting a call if none is in flight. Blocks while
+    /// pre_dispatch × batch size tasks are submitted and not completed.
     ///
-    /// Once a task has failed, this returns that failure and accepts nothing more; `collect` then ends
-    /// the call with the same error.
+    /// Once a task has failed, this returns that failure and accepts nothing more; `collect` (or
+    /// `next`) then ends the call with the same error.
     pub fn submit(&self, callback: Callback, arg: &[u8]) -> Result<()> {
         let mut entered = self.enter()?;
         let state = &mut *entered;
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = state
-            .call
-            .get_or_insert_with(|| Call::new(state.batching.size()));
+        let call = match &mut state.call {
+            Some(call) => call,
+            empty => empty.insert(new_call(&self.settings, &state.batching)),
+        };
         call.submit(backend, &mut state.batching, callback, arg);
-        if call.failed() {
+        if let Some(error) = call.failure_error(backend) {
             // Report the failure now (the producer loop should stop), but keep the call: collect
             // reports it again and ends the call.
-            return Err(call.failure_error(backend).unwrap_or_else(busy));
+            return Err(error);
         }
         Ok(())
     }
 
-    /// Ends the current submit/collect call: waits for every task and returns the results in
-    /// submission order, or the first failure. Without a call in progress it returns no results.
+    /// Ends the current call: runs what remains (a producer's inputs included), waits for every task
+    /// and returns the results not yet handed out by `next`, in input order, or the first failure.
+    /// Without a call in flight it returns no results.
     pub fn collect(&self) -> Result<Results> {
         let mut entered = self.enter()?;
         let state = &mut *entered;
@@ -127,34 +143,55 @@ impl Parallel {
         call.finish(backend, &mut state.batching)
     }
 
-    /// Runs a whole call on this thread: `feed` pushes every argument into the sink it is given (the
-    /// sink copies it and returns false once a task has failed, so the producer can stop) and returns
-    /// the producer's own error, if any, which then becomes the call's. Returns the results in input
-    /// order.
-    pub fn map(
-        &self,
-        callback: Callback,
-        feed: impl FnOnce(&mut dyn FnMut(&[u8]) -> bool) -> Result<()>,
-    ) -> Result<Results> {
+    /// Runs a whole call on this thread: pulls every input from `producer` (paced by completions),
+    /// runs `callback` on each, and returns the results in input order. A call of this thread still
+    /// in flight is abandoned first.
+    pub fn map(&self, callback: Callback, producer: Producer) -> Result<Results> {
         let mut entered = self.enter()?;
         let state = &mut *entered;
-        if state.call.is_some() {
-            return Err(busy());
-        }
+        abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let batching = &mut state.batching;
-        let mut call = Call::new(batching.size());
-        let fed = {
-            let mut sink = |arg: &[u8]| {
-                call.submit(backend, batching, callback, arg);
-                !call.failed()
-            };
-            feed(&mut sink)
+        let call = new_call(&self.settings, &state.batching).with_producer(callback, producer);
+        call.finish(backend, &mut state.batching)
+    }
+
+    /// Starts a streaming call whose inputs `producer` gives, pulled by `next` (on the thread that
+    /// calls it) only while the window has room. A call of this thread still in flight is abandoned
+    /// first.
+    pub fn imap(&self, callback: Callback, producer: Producer) -> Result<()> {
+        let mut entered = self.enter()?;
+        let state = &mut *entered;
+        abandon_call(state);
+        ensure_backend(&mut state.backend, &self.settings)?;
+        state.call =
+            Some(new_call(&self.settings, &state.batching).with_producer(callback, producer));
+        Ok(())
+    }
+
+    /// Hands the next result of the current call to `read` (in input order, or in completion order
+    /// for `return_as = generator_unordered`). `Ok(None)` when every result has been handed out: the
+    /// call is then over. The view `read` gets stays valid, unchanged, until this object is used
+    /// again by the owning thread (the streaming contract of `pj_parallel_next`).
+    pub fn next<R>(&self, read: impl FnOnce(Streamed<'_>) -> R) -> Result<Option<R>> {
+        let mut entered = self.enter()?;
+        let state = &mut *entered;
+        let Some(call) = state.call.as_mut() else {
+            return Ok(None);
         };
-        if let Err(error) = fed {
-            call.fail_producer(error);
+        let backend = ensure_backend(&mut state.backend, &self.settings)?;
+        match call.next(backend, &mut state.batching) {
+            Ok(Some(streamed)) => Ok(Some(read(streamed))),
+            Ok(None) => {
+                state.call = None;
+                Ok(None)
+            }
+            Err(error) => {
+                if let Some(call) = state.call.take() {
+                    call.abandon(&mut state.batching);
+                }
+                Err(error)
+            }
         }
-        call.finish(backend, batching)
     }
 
     /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
@@ -195,6 +232,19 @@ impl Parallel {
         });
         Ok(entered)
     }
+}
+
+/// Stops the call in flight, if any (a new call by its owner replaces it).
+fn abandon_call(state: &mut State) {
+    if let Some(old) = state.call.take() {
+        old.abandon(&mut state.batching);
+    }
+}
+
+fn new_call(settings: &Resolved, batching: &Batching) -> Call {
+    // resolve() already evaluated pre_dispatch for this n_jobs, so this cannot fail; "all" if it did.
+    let pre_dispatch = settings.pre_dispatch_tasks().ok().flatten();
+    Call::new(pre_dispatch, settings.return_as, batching.size())
 }
 
 impl Drop for Parallel {

@@ -63,7 +63,10 @@ impl Backend {
     pub fn dispatch(&self, batch: Batch, link: &CallLink) {
         match self {
             Backend::Sequential => {
-                let outcome = run_batch(batch, &link.abort, 0);
+                let outcome = {
+                    let _task_level = crate::nesting::Deeper::enter();
+                    run_batch(batch, &link.abort, 0)
+                };
                 // The receiver lives in the call that is dispatching right now, so this cannot fail.
                 let _ = link.reply.send(outcome);
             }

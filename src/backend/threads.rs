@@ -32,9 +32,10 @@ impl std::fmt::Debug for Job {
 }
 
 impl ThreadPool {
-    /// Starts `size` worker threads (at least one).
+    /// Starts `size` worker threads (at least one), one nesting level below the calling thread.
     pub fn new(size: usize) -> std::io::Result<Self> {
         let (jobs, queue) = unbounded::<Job>();
+        let level = crate::nesting::level() + 1;
         let mut pool = ThreadPool {
             jobs: Some(jobs),
             workers: Vec::with_capacity(size.max(1)),
@@ -44,7 +45,10 @@ impl ThreadPool {
             // If spawning fails part-way, dropping `pool` on the error path joins the threads started so far.
             let handle = std::thread::Builder::new()
                 .name(format!("pj-worker-{worker}"))
-                .spawn(move || worker_loop(worker, queue))?;
+                .spawn(move || {
+                    crate::nesting::set_level(level);
+                    worker_loop(worker, queue)
+                })?;
             pool.workers.push(handle);
         }
         Ok(pool)

@@ -8,6 +8,7 @@
 //! [`Config::layered_over`] first.
 
 mod pre_dispatch;
+pub mod scope;
 
 use std::fmt;
 use std::num::NonZeroUsize;

@@ -1,11 +1,21 @@
-//! One call's dispatching: forming batches, handing them to the backend, collecting outcomes in
-//! submission order, and failing fast.
+//! One call's dispatching: forming batches, the pre-dispatch window, handing batches to the backend,
+//! handing results back (all at once, or streamed in input or completion order), and failing fast.
 //!
 //! The dispatcher sees only [`Backend::dispatch`] and the outcomes on its reply channel; it knows
 //! nothing about threads or processes.
+//!
+//! Flow control. A call never holds more than `window` tasks "in the air", where `window` is
+//! pre_dispatch × the current batch size (exactly pre_dispatch with batches of one task, as joblib
+//! reads pre_dispatch items before the first completion; as batches grow, joblib keeps about
+//! pre_dispatch batches in flight, and so does pj). What counts as in the air depends on who pushes:
+//! - `submit` (the user pushes): tasks submitted and not completed. Results waiting to be read never
+//!   block a submit, or a single-threaded "submit some, read some" loop would deadlock.
+//! - a producer (pj pulls, in `next` or `collect`): tasks produced and not yet *consumed*, so a slow
+//!   reader of `next` pauses production instead of piling results up in memory.
 
 pub mod batching;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -15,6 +25,7 @@ use crossbeam_channel::{Receiver, unbounded};
 pub use batching::{Batching, SizeChange};
 
 use crate::backend::{Backend, CallLink};
+use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind, TaskContext};
 use crate::task::{Batch, BatchOutcome, Callback, TaskFailure};
 
@@ -43,31 +54,45 @@ impl Results {
         Some(&self.data[start..end])
     }
 
-    /// Joins successful batch outcomes (any order) into submission order.
-    fn from_outcomes(mut outcomes: Vec<BatchOutcome>) -> Results {
-        outcomes.sort_unstable_by_key(|o| o.first);
-        if outcomes.len() == 1 {
-            let only = outcomes.pop().unwrap_or_else(|| unreachable!());
+    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order.
+    fn from_outcomes(mut outcomes: Vec<(BatchOutcome, usize)>) -> Results {
+        outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
+        if let [(only, 0)] = outcomes.as_mut_slice() {
             return Results {
-                data: only.data,
-                ends: only.ends,
+                data: std::mem::take(&mut only.data),
+                ends: std::mem::take(&mut only.ends),
             };
         }
-        let total_bytes = outcomes.iter().map(|o| o.data.len()).sum();
-        let total_tasks = outcomes.iter().map(|o| o.ends.len()).sum();
+        let total_tasks = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
         let mut results = Results {
-            data: Vec::with_capacity(total_bytes),
+            data: Vec::new(),
             ends: Vec::with_capacity(total_tasks),
         };
-        for outcome in outcomes {
+        for (outcome, skip) in outcomes {
+            let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
             let base = results.data.len();
-            results.data.extend_from_slice(&outcome.data);
+            results.data.extend_from_slice(&outcome.data[start..]);
             results
                 .ends
-                .extend(outcome.ends.iter().map(|end| base + end));
+                .extend(outcome.ends[skip..].iter().map(|end| base + end - start));
         }
         results
     }
+}
+
+/// Pulls task arguments for a call: hands the next argument to `sink` and returns `Ok(true)`, or
+/// returns `Ok(false)` at the end of the input, or the producer's error. Runs on the thread that
+/// drives the call.
+pub type Producer = Box<dyn FnMut(&mut dyn FnMut(&[u8])) -> Result<bool, Error> + Send>;
+
+/// One streamed result: the task's index and a view of its output, valid until the call is used
+/// again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Streamed<'a> {
+    /// The task's index in input order.
+    pub index: usize,
+    /// The task's output bytes.
+    pub data: &'a [u8],
 }
 
 /// The first failure seen, by task index, and which worker saw it.
@@ -78,50 +103,114 @@ struct Failure {
     worker: usize,
 }
 
-/// The state of one call, from its first task to its results.
+/// Completed batches waiting to be handed back, in the order `next` hands them out.
 #[derive(Debug)]
+enum Arrived {
+    /// Input order: keyed by the batch's first task index.
+    Ordered(BTreeMap<usize, BatchOutcome>),
+    /// Completion order.
+    Unordered(VecDeque<BatchOutcome>),
+}
+
+/// The state of one call, from its first task to its last result.
 pub struct Call {
     link: CallLink,
     replies: Receiver<BatchOutcome>,
+    callback: Option<Callback>,
+    producer: Option<Producer>,
+    /// pre_dispatch in tasks; `None` for "all".
+    pre_dispatch: Option<usize>,
     submitted: usize,
     pending: Batch,
     in_flight: usize,
-    outcomes: Vec<BatchOutcome>,
+    in_flight_tasks: usize,
+    arrived: Arrived,
+    arrived_tasks: usize,
+    /// The batch `next` is reading and how many of its results were handed out.
+    reading: Option<(BatchOutcome, usize)>,
+    /// The index `next` hands out next, in input order.
+    next_index: usize,
     failure: Option<Failure>,
     /// Set when the producer (not a task) failed; reported as the call's error.
     producer_error: Option<Error>,
 }
 
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("submitted", &self.submitted)
+            .field("in_flight_tasks", &self.in_flight_tasks)
+            .field("arrived_tasks", &self.arrived_tasks)
+            .field("has_producer", &self.producer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Call {
-    /// A call with nothing submitted yet; `capacity` sizes the first batch.
-    pub fn new(capacity: usize) -> Self {
+    /// A call with nothing submitted yet. `pre_dispatch` is in tasks (`None`: no limit); `order`
+    /// decides in which order `next` hands results out.
+    pub fn new(pre_dispatch: Option<usize>, order: ReturnAs, first_batch: usize) -> Self {
         let (reply, replies) = unbounded();
+        let arrived = match order {
+            ReturnAs::GeneratorUnordered => Arrived::Unordered(VecDeque::new()),
+            ReturnAs::List | ReturnAs::Generator => Arrived::Ordered(BTreeMap::new()),
+        };
         Call {
             link: CallLink {
                 reply,
                 abort: Arc::new(AtomicBool::new(false)),
             },
             replies,
+            callback: None,
+            producer: None,
+            pre_dispatch,
             submitted: 0,
-            pending: Batch::new(0, capacity),
+            pending: Batch::new(0, first_batch),
             in_flight: 0,
-            outcomes: Vec::new(),
+            in_flight_tasks: 0,
+            arrived,
+            arrived_tasks: 0,
+            reading: None,
+            next_index: 0,
             failure: None,
             producer_error: None,
         }
     }
 
-    /// Number of tasks submitted so far.
+    /// A call whose inputs come from `producer`, each run with `callback`.
+    pub fn with_producer(mut self, callback: Callback, producer: Producer) -> Self {
+        self.callback = Some(callback);
+        self.producer = Some(producer);
+        self
+    }
+
+    /// Number of tasks submitted (or produced) so far.
     pub fn submitted(&self) -> usize {
         self.submitted
     }
 
-    /// True once a task failed (or the producer did): nothing more will be dispatched.
+    /// True while a producer still has inputs to give.
+    pub fn has_producer(&self) -> bool {
+        self.producer.is_some()
+    }
+
+    /// True once a task has failed (or the producer did): nothing more will be dispatched.
     pub fn failed(&self) -> bool {
         self.failure.is_some() || self.producer_error.is_some()
     }
 
-    /// Adds a task; dispatches the pending batch once it reaches the current batch size.
+    /// The error the call ends with, once something failed.
+    pub fn failure_error(&self, backend: &Backend) -> Option<Error> {
+        if let Some(error) = &self.producer_error {
+            return Some(error.clone());
+        }
+        self.failure
+            .as_ref()
+            .map(|failure| failure_error(failure, backend))
+    }
+
+    /// Adds a task pushed by the user. Blocks while the window is full (tasks submitted and not
+    /// completed); dispatches the pending batch once it reaches the current batch size.
     pub fn submit(
         &mut self,
         backend: &Backend,
@@ -129,6 +218,108 @@ impl Call {
         callback: Callback,
         arg: &[u8],
     ) {
+        self.wait_for_room(backend, batching, false);
+        self.push(backend, batching, callback, arg);
+    }
+
+    /// Runs the producer to its end (pacing it by completions), waits for every task, and returns
+    /// all results not yet handed out by `next`, in input order, or the first failure.
+    pub fn finish(mut self, backend: &Backend, batching: &mut Batching) -> Result<Results, Error> {
+        while self.producer.is_some() && !self.failed() {
+            self.wait_for_room(backend, batching, false);
+            self.produce_one(backend, batching);
+        }
+        self.flush(backend);
+        self.drain(batching);
+        if let Some(error) = self.failure_error(backend) {
+            return Err(error);
+        }
+        let mut outcomes: Vec<(BatchOutcome, usize)> = self.reading.take().into_iter().collect();
+        match std::mem::replace(&mut self.arrived, Arrived::Unordered(VecDeque::new())) {
+            Arrived::Ordered(map) => outcomes.extend(map.into_values().map(|o| (o, 0))),
+            Arrived::Unordered(queue) => outcomes.extend(queue.into_iter().map(|o| (o, 0))),
+        }
+        Ok(Results::from_outcomes(outcomes))
+    }
+
+    /// The next result in the call's order, pulling from the producer as room allows; `Ok(None)`
+    /// once every task's result was handed out (the call is then over).
+    pub fn next(
+        &mut self,
+        backend: &Backend,
+        batching: &mut Batching,
+    ) -> Result<Option<Streamed<'_>>, Error> {
+        if let Some((outcome, read)) = &self.reading {
+            if *read == outcome.ends.len() {
+                self.reading = None;
+            }
+        }
+        loop {
+            if let Some(error) = self.failure_error(backend) {
+                return Err(error);
+            }
+            // Keep the workers fed before handing anything out.
+            while self.producer.is_some() && !self.failed() && self.has_room(batching, true) {
+                self.produce_one(backend, batching);
+            }
+            self.absorb_ready(batching);
+            if self.failed() {
+                continue;
+            }
+            if self.reading.is_none() {
+                self.reading = self.take_arrived().map(|o| (o, 0));
+            }
+            if self.reading.is_some() {
+                break;
+            }
+            if self.in_flight > 0 && self.producer.is_some() {
+                // The window is full: a completion makes room for full batches.
+                self.wait_one(batching);
+            } else if !self.pending.is_empty() {
+                self.flush(backend);
+            } else if self.in_flight > 0 {
+                self.wait_one(batching);
+            } else if self.producer.is_none() {
+                return Ok(None);
+            } else {
+                return Err(Error::new(
+                    ErrorKind::Panic,
+                    "pj internal error: a streaming call stalled",
+                ));
+            }
+        }
+        let Some((outcome, read)) = self.reading.as_mut() else {
+            unreachable!("checked above")
+        };
+        let start = if *read == 0 {
+            0
+        } else {
+            outcome.ends[*read - 1]
+        };
+        let index = outcome.first + *read;
+        let data = &outcome.data[start..outcome.ends[*read]];
+        *read += 1;
+        self.arrived_tasks -= 1;
+        self.next_index = index + 1;
+        Ok(Some(Streamed { index, data }))
+    }
+
+    /// Stops queued work and waits for the outcomes of everything in flight, so that no worker still
+    /// uses the caller's data (userdata, callbacks) when this returns.
+    pub fn abandon(mut self, batching: &mut Batching) {
+        self.link.abort.store(true, Ordering::Relaxed);
+        self.producer = None;
+        self.drain(batching);
+    }
+
+    /// Records that the producer failed with `error`: the call stops and returns it.
+    fn fail_producer(&mut self, error: Error) {
+        self.link.abort.store(true, Ordering::Relaxed);
+        self.producer = None;
+        self.producer_error.get_or_insert(error);
+    }
+
+    fn push(&mut self, backend: &Backend, batching: &mut Batching, callback: Callback, arg: &[u8]) {
         if self.failed() {
             return;
         }
@@ -146,62 +337,84 @@ impl Call {
         }
     }
 
-    /// The error the call ends with, once something failed.
-    pub fn failure_error(&self, backend: &Backend) -> Option<Error> {
-        if let Some(error) = &self.producer_error {
-            return Some(error.clone());
+    /// Calls the producer once; at its end (or error) the producer is dropped.
+    fn produce_one(&mut self, backend: &Backend, batching: &mut Batching) {
+        let (Some(mut producer), Some(callback)) = (self.producer.take(), self.callback) else {
+            return;
+        };
+        // The producer is out of `self` while it runs, so its sink can copy the item straight into
+        // the pending batch.
+        let produced = producer(&mut |arg: &[u8]| self.push(backend, batching, callback, arg));
+        match produced {
+            Ok(true) => self.producer = Some(producer),
+            Ok(false) => {}
+            Err(error) => self.fail_producer(error),
         }
-        self.failure
-            .as_ref()
-            .map(|failure| failure_error(failure, backend))
     }
 
-    /// Records that the producer failed with `error`: the call stops and returns it.
-    pub fn fail_producer(&mut self, error: Error) {
-        self.link.abort.store(true, Ordering::Relaxed);
-        self.producer_error.get_or_insert(error);
+    /// Whether one more task fits in the window. `counting_unread`: count results not yet handed
+    /// out (pj pulls from a producer for a reader of `next`).
+    fn has_room(&self, batching: &Batching, counting_unread: bool) -> bool {
+        let Some(pre_dispatch) = self.pre_dispatch else {
+            return true;
+        };
+        let window = pre_dispatch.saturating_mul(batching.size());
+        let unread = if counting_unread {
+            self.arrived_tasks
+        } else {
+            0
+        };
+        self.pending.len() + self.in_flight_tasks + unread < window
     }
 
-    /// Dispatches what is pending (spreading a tail over the workers, as joblib does to limit
-    /// stragglers), waits for every outcome, and returns the ordered results or the first failure.
-    pub fn finish(mut self, backend: &Backend, batching: &mut Batching) -> Result<Results, Error> {
-        if !self.failed() && !self.pending.is_empty() {
-            let tail = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
-            let chunk = match backend {
-                Backend::Sequential => tail.len(),
-                _ => (tail.len() / (10 * backend.workers())).max(1),
-            };
-            self.dispatch_split(backend, tail, chunk);
+    /// Blocks until one more task fits in the window (or the call failed).
+    fn wait_for_room(&mut self, backend: &Backend, batching: &mut Batching, counting_unread: bool) {
+        while !self.failed() && !self.has_room(batching, counting_unread) {
+            if !self.pending.is_empty() {
+                self.flush(backend);
+            } else if self.in_flight > 0 {
+                self.wait_one(batching);
+            } else {
+                return;
+            }
         }
-        self.drain(batching);
-        if let Some(error) = self.failure_error(backend) {
-            return Err(error);
+    }
+
+    /// Dispatches the pending batch, spreading it thinly over the workers when the input has ended
+    /// (joblib splits a tail into 10 × n_jobs pieces to limit stragglers).
+    fn flush(&mut self, backend: &Backend) {
+        if self.failed() || self.pending.is_empty() {
+            return;
         }
-        Ok(Results::from_outcomes(std::mem::take(&mut self.outcomes)))
-    }
-
-    /// Stops queued work and waits for outcomes of everything in flight, so that no worker still uses
-    /// the caller's data (userdata, callbacks) when the call returns.
-    pub fn abandon(mut self, batching: &mut Batching) {
-        self.link.abort.store(true, Ordering::Relaxed);
-        self.drain(batching);
-    }
-
-    fn dispatch_split(&mut self, backend: &Backend, mut batch: Batch, chunk: usize) {
+        let mut batch = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
+        let chunk = match backend {
+            Backend::Sequential => batch.len(),
+            _ => (batch.len() / (10 * backend.workers())).max(1),
+        };
         while batch.len() > chunk {
             let rest = batch.split_off(chunk);
             self.dispatch(backend, batch);
             batch = rest;
         }
-        if !batch.is_empty() {
-            self.dispatch(backend, batch);
-        }
+        self.dispatch(backend, batch);
     }
 
     fn dispatch(&mut self, backend: &Backend, mut batch: Batch) {
         batch.dispatched_at = Some(Instant::now());
         self.in_flight += 1;
+        self.in_flight_tasks += batch.len();
         backend.dispatch(batch, &self.link);
+    }
+
+    /// The next completed batch in the call's order, if it is there.
+    fn take_arrived(&mut self) -> Option<BatchOutcome> {
+        match &mut self.arrived {
+            Arrived::Ordered(map) => {
+                let entry = map.first_entry()?;
+                (*entry.key() == self.next_index).then(|| entry.remove())
+            }
+            Arrived::Unordered(queue) => queue.pop_front(),
+        }
     }
 
     /// Takes in every outcome that is already there, without blocking.
@@ -211,22 +424,26 @@ impl Call {
         }
     }
 
+    /// Blocks for one outcome.
+    fn wait_one(&mut self, batching: &mut Batching) {
+        // The call holds a sender of its own reply channel, so this cannot disconnect.
+        if let Ok(outcome) = self.replies.recv() {
+            self.absorb(outcome, batching);
+        }
+    }
+
     /// Blocks until every dispatched batch has reported.
     fn drain(&mut self, batching: &mut Batching) {
         while self.in_flight > 0 {
-            match self.replies.recv() {
-                Ok(outcome) => self.absorb(outcome, batching),
-                // Unreachable: the call holds a sender of its own reply channel.
-                Err(_) => break,
-            }
+            self.wait_one(batching);
         }
     }
 
     fn absorb(&mut self, mut outcome: BatchOutcome, batching: &mut Batching) {
         self.in_flight -= 1;
+        self.in_flight_tasks -= outcome.size;
         if let Some((index, failure)) = outcome.failure.take() {
-            let earlier = self.failure.as_ref().is_none_or(|f| index < f.index);
-            if earlier {
+            if self.failure.as_ref().is_none_or(|f| index < f.index) {
                 self.failure = Some(Failure {
                     index,
                     failure,
@@ -238,8 +455,15 @@ impl Call {
         if outcome.completed() == outcome.size {
             batching.record(outcome.size, outcome.seconds);
         }
-        if !self.failed() {
-            self.outcomes.push(outcome);
+        if self.failed() || outcome.completed() == 0 {
+            return;
+        }
+        self.arrived_tasks += outcome.completed();
+        match &mut self.arrived {
+            Arrived::Ordered(map) => {
+                map.insert(outcome.first, outcome);
+            }
+            Arrived::Unordered(queue) => queue.push_back(outcome),
         }
     }
 }

@@ -170,15 +170,50 @@ pub extern "C" fn pj_cpu_count() -> usize {
 }
 
 /// The number of workers a `pj_parallel_t` made from `config` would use (joblib's
-/// `effective_n_jobs`): 1 when n_jobs is unset, the backend is "sequential", or `config` is NULL.
+/// `effective_n_jobs`), scoped defaults (`pj_config_push`) included: 1 when n_jobs is unset, or the
+/// backend is "sequential"; NULL means an empty config.
 /// Returns 0 only when the config cannot be resolved (then `pj_parallel_new` reports why).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
     run_value(0, || {
-        let default = Config::default();
-        let config = borrow(config).unwrap_or(&default);
-        config
+        let own = borrow(config).cloned().unwrap_or_default();
+        crate::config::scope::with_scopes(&own)
             .resolve(crate::cpu::cpu_count())
             .map_or(0, |resolved| resolved.n_jobs)
+    })
+}
+
+/// Pushes a copy of `config` as this thread's innermost scoped default (joblib's
+/// `parallel_config`): a `pj_parallel_t` created on this thread afterwards uses each option from its
+/// own config if set there, else from the innermost pushed config that sets it, else joblib's
+/// default; `pj_effective_n_jobs` follows the same rule. Other threads (pj's workers included) do
+/// not see it. Undo with `pj_config_pop`.
+///
+/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_push(
+    config: *const pj_config_t,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let config = borrow(config).ok_or_else(|| null_argument("config"))?;
+        crate::config::scope::push(config);
+        Ok(())
+    })
+}
+
+/// Removes this thread's innermost scoped default pushed by `pj_config_push`.
+///
+/// Returns PJ_STATUS_OK, or PJ_STATUS_INVALID_ARGUMENT when nothing was pushed on this thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_pop(error_out: *mut *mut pj_error_t) -> pj_status {
+    run(error_out, || {
+        if crate::config::scope::pop() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "pj_config_pop: no config was pushed on this thread",
+            ))
+        }
     })
 }

@@ -100,8 +100,16 @@ pub(crate) fn run(
     error_out: *mut *mut pj_error_t,
     body: impl FnOnce() -> Result<(), Error>,
 ) -> pj_status {
+    run_status(error_out, || body().map(|()| pj_status::Ok))
+}
+
+/// Like [`run`], for bodies that succeed with a status of their own (`PJ_STATUS_DONE`).
+pub(crate) fn run_status(
+    error_out: *mut *mut pj_error_t,
+    body: impl FnOnce() -> Result<pj_status, Error>,
+) -> pj_status {
     let error = match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => return pj_status::Ok,
+        Ok(Ok(status)) => return status,
         Ok(Err(error)) => error,
         Err(panic) => Error::new(
             ErrorKind::Panic,

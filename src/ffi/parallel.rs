@@ -4,9 +4,10 @@ use std::ffi::c_void;
 
 use super::{
     borrow as borrow_config, bytes_arg, null_argument, out_arg, pj_config_t, pj_error_t,
-    pj_results_t, pj_status, run, run_value,
+    pj_results_t, pj_status, run, run_status, run_value,
 };
 use crate::config::Config;
+use crate::dispatch::Producer;
 use crate::error::{Error, ErrorKind};
 use crate::parallel::Parallel;
 use crate::task::{Callback, TaskOutput};
@@ -51,7 +52,8 @@ pub type pj_producer_fn = Option<
 /// the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
 /// is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 ///
-/// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_free`.
+/// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
+/// `pj_parallel_next`, `pj_parallel_free`.
 pub struct pj_parallel_t {
     parallel: Parallel,
 }
@@ -162,15 +164,17 @@ pub extern "C" fn pj_parallel_collect(
 }
 
 /// Runs a whole call: calls `producer(producer_userdata, &arg, &len)` on this thread for each
-/// argument until it returns 0, runs `fn(userdata, arg, len, out)` on each, and stores the results,
-/// in input order, in `*results_out` (owned by the caller: free with `pj_results_free`).
+/// argument until it returns 0 (only as completions make room in the pre-dispatch window), runs
+/// `fn(userdata, arg, len, out)` on each, and stores the results, in input order, in `*results_out`
+/// (owned by the caller: free with `pj_results_free`). A call of this thread still in flight on
+/// `parallel` is abandoned first (its queued tasks never start).
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel`, `fn`, `producer` or `results_out`
 /// is NULL, or the producer returned 1 with a NULL argument and a non-zero length;
-/// PJ_STATUS_BUSY when a call is in flight (on any thread); PJ_STATUS_IO when the worker threads
+/// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
 /// cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
-/// producer is not called again) or the producer returned a negative value (the error quotes it).
-/// `*results_out` is written only on success.
+/// producer is not called again) or the producer returned a value other than 0 and 1 (the error
+/// quotes it). `*results_out` is written only on success.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_map(
     parallel: *mut pj_parallel_t,
@@ -184,39 +188,133 @@ pub extern "C" fn pj_parallel_map(
     run(error_out, || {
         let parallel = borrow(parallel)?;
         let callback = callback(r#fn, userdata)?;
-        let producer = producer.ok_or_else(|| null_argument("producer"))?;
+        let producer = c_producer(producer, producer_userdata)?;
         out_arg(results_out, "results_out")?;
-        let results = parallel.map(callback, |sink| {
-            let mut produced = 0usize;
-            loop {
-                let (mut arg, mut len) = (std::ptr::null::<u8>(), 0usize);
-                // SAFETY: the producer contract: callable on this thread with its userdata and two
-                // valid output pointers.
-                let code = unsafe { producer(producer_userdata, &mut arg, &mut len) };
-                match code {
-                    0 => return Ok(()),
-                    1 => {
-                        // SAFETY: the producer guarantees `len` readable bytes at `arg` until it is
-                        // called again; the sink copies them before that.
-                        let bytes = unsafe { bytes_arg(arg, len, "*arg_out (from the producer)") }?;
-                        produced += 1;
-                        if !sink(bytes) {
-                            return Ok(());
-                        }
-                    }
-                    _ => {
-                        return Err(Error::new(
-                            ErrorKind::TaskFailed,
-                            format!(
-                                "the producer failed: it returned {code} after {produced} items"
-                            ),
-                        ));
-                    }
-                }
-            }
-        })?;
+        let results = parallel.map(callback, producer)?;
         // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
         unsafe { *results_out = pj_results_t::boxed(results) };
         Ok(())
     })
+}
+
+/// Starts a streaming call: results are read one at a time with `pj_parallel_next`, which calls
+/// `producer(producer_userdata, &arg, &len)` on its own thread, only while fewer than
+/// pre_dispatch × batch size tasks are produced and not yet read, so memory stays bounded however
+/// slow the reader is. Results come in input order, or in completion order when the config's
+/// `return_as` is "generator_unordered". A call of this thread still in flight on `parallel` is
+/// abandoned first; `pj_parallel_free` (or another call) abandons this one cleanly.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel`, `fn` or `producer` is NULL;
+/// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
+/// cannot be started.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_imap(
+    parallel: *mut pj_parallel_t,
+    r#fn: pj_task_fn,
+    userdata: *mut c_void,
+    producer: pj_producer_fn,
+    producer_userdata: *mut c_void,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let parallel = borrow(parallel)?;
+        let callback = callback(r#fn, userdata)?;
+        let producer = c_producer(producer, producer_userdata)?;
+        parallel.imap(callback, producer)
+    })
+}
+
+/// Reads the next result of the current call (started by `pj_parallel_imap` or by
+/// `pj_parallel_submit`s): `*index_out` receives the task's index in input order, `*data_out` and
+/// `*len_out` a view of its output, valid until the next use of `parallel`. Order: input order
+/// ("list", "generator"), or completion order ("generator_unordered"). Blocks until a result is
+/// ready; with a producer, pulls inputs as room allows.
+///
+/// Returns PJ_STATUS_OK with a result; PJ_STATUS_DONE when every result has been read (the call is
+/// over; also when no call is in flight); PJ_STATUS_NULL_ARGUMENT when a pointer is NULL;
+/// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task (or
+/// the producer) failed: the call is over and its outstanding tasks never start. Outputs are
+/// written only with PJ_STATUS_OK.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_next(
+    parallel: *mut pj_parallel_t,
+    index_out: *mut usize,
+    data_out: *mut *const u8,
+    len_out: *mut usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run_status(error_out, || {
+        let parallel = borrow(parallel)?;
+        out_arg(index_out, "index_out")?;
+        out_arg(data_out, "data_out")?;
+        out_arg(len_out, "len_out")?;
+        let next = parallel
+            .next(|streamed| (streamed.index, streamed.data.as_ptr(), streamed.data.len()))?;
+        let Some((index, data, len)) = next else {
+            return Ok(pj_status::Done);
+        };
+        // SAFETY: the three output pointers were checked non-NULL and point to writable storage.
+        unsafe {
+            *index_out = index;
+            *data_out = data;
+            *len_out = len;
+        }
+        Ok(pj_status::Ok)
+    })
+}
+
+/// The nesting level of the calling thread: 0 in your own code, 1 inside a task of a top-level call,
+/// 2 inside a task of a call made by such a task, and so on. A `pj_parallel_t` created at level 1
+/// uses threads, and at level 2 or deeper runs sequentially, unless its config (or a pushed config)
+/// names a backend, as joblib does.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_nesting_level() -> usize {
+    run_value(0, crate::nesting::level)
+}
+
+/// A C producer callback turned into the core's `Producer`.
+fn c_producer(producer: pj_producer_fn, userdata: *mut c_void) -> Result<Producer, Error> {
+    struct CProducer {
+        func: unsafe extern "C" fn(*mut c_void, *mut *const u8, *mut usize) -> i32,
+        userdata: *mut c_void,
+        produced: usize,
+    }
+    // SAFETY: the producer is only ever called on the thread driving the call, one call at a time;
+    // moving the pointer pair with the call is what the documented contract allows.
+    unsafe impl Send for CProducer {}
+    impl CProducer {
+        fn produce(&mut self, sink: &mut dyn FnMut(&[u8])) -> Result<bool, Error> {
+            let (mut arg, mut len) = (std::ptr::null::<u8>(), 0usize);
+            // SAFETY: the producer contract: callable on this thread with its userdata and two valid
+            // output pointers.
+            let code = unsafe { (self.func)(self.userdata, &mut arg, &mut len) };
+            match code {
+                0 => Ok(false),
+                1 => {
+                    // SAFETY: the producer guarantees `len` readable bytes at `arg` until it is called
+                    // again; the sink copies them before that.
+                    let bytes = unsafe { bytes_arg(arg, len, "*arg_out (from the producer)") }?;
+                    self.produced += 1;
+                    sink(bytes);
+                    Ok(true)
+                }
+                _ => Err(Error::new(
+                    ErrorKind::TaskFailed,
+                    format!(
+                        "the producer failed: it returned {code} after {} items",
+                        self.produced
+                    ),
+                )),
+            }
+        }
+    }
+    let func = producer.ok_or_else(|| null_argument("producer"))?;
+    let mut state = CProducer {
+        func,
+        userdata,
+        produced: 0,
+    };
+    Ok(Box::new(move |sink: &mut dyn FnMut(&[u8])| {
+        state.produce(sink)
+    }))
 }
