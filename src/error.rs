@@ -61,6 +61,10 @@ pub struct TaskContext {
     pub backend: &'static str,
     /// Human description of the worker ("thread 2", "pid 1234").
     pub worker: String,
+    /// For a worker process killed by a signal: the signal number.
+    pub signal: Option<i32>,
+    /// For a worker process that exited while running the task: its exit status.
+    pub exit_status: Option<i32>,
 }
 
 /// An error from pj: a kind, a one-line message and, for task errors, the task's context.
@@ -124,6 +128,15 @@ impl Error {
             if let Some(code) = task.code {
                 out.push_str(&format!("  callback returned: {code}\n"));
             }
+            if let Some(signal) = task.signal {
+                out.push_str(&format!(
+                    "  killed by signal: {} ({signal})\n",
+                    signal_name(signal)
+                ));
+            }
+            if let Some(status) = task.exit_status {
+                out.push_str(&format!("  worker exited: exit status {status}\n"));
+            }
         }
         out.push_str(&format!("  message: {}\n", self.message));
         out
@@ -137,6 +150,32 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// The conventional name of a signal ("SIGSEGV"), or "signal N" for others.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
 
 /// The text of a caught panic's payload.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -167,6 +206,7 @@ mod tests {
             code: Some(3),
             backend: "threads",
             worker: "thread 1".into(),
+            ..TaskContext::default()
         });
         let report = err.report();
         assert!(report.contains("task index: 5"), "{report}");

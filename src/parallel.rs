@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
-use crate::backend::{Backend, ThreadPool};
+use crate::backend::{Backend, ProcessPool, ThreadPool};
 use crate::config::{BackendKind, Config, Resolved};
 use crate::dispatch::{Batching, Call, Producer, Results, Streamed};
 use crate::error::{Error, ErrorKind, Result};
@@ -83,12 +83,6 @@ impl Parallel {
             }
         }
         let settings = layered.resolve(crate::cpu::cpu_count())?;
-        if settings.backend == BackendKind::Processes {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "backend \"processes\" is not available yet in this build of pj; use \"threads\" or \"sequential\"",
-            ));
-        }
         let batching = Batching::new(settings.batch_size);
         let state = State {
             backend: None,
@@ -187,7 +181,7 @@ impl Parallel {
             }
             Err(error) => {
                 if let Some(call) = state.call.take() {
-                    call.abandon(&mut state.batching);
+                    call.abandon(state.backend.as_ref(), &mut state.batching);
                 }
                 Err(error)
             }
@@ -225,7 +219,7 @@ impl Parallel {
                 let mut guard = poisoned.into_inner();
                 let state = &mut *guard;
                 if let Some(call) = state.call.take() {
-                    call.abandon(&mut state.batching);
+                    call.abandon(state.backend.as_ref(), &mut state.batching);
                 }
                 guard
             }
@@ -237,7 +231,7 @@ impl Parallel {
 /// Stops the call in flight, if any (a new call by its owner replaces it).
 fn abandon_call(state: &mut State) {
     if let Some(old) = state.call.take() {
-        old.abandon(&mut state.batching);
+        old.abandon(state.backend.as_ref(), &mut state.batching);
     }
 }
 
@@ -256,20 +250,27 @@ impl Drop for Parallel {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(call) = state.call.take() {
-            call.abandon(&mut state.batching);
+            call.abandon(state.backend.as_ref(), &mut state.batching);
         }
     }
 }
 
 fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Result<&'a Backend> {
     if slot.is_none() {
+        let cannot = |e: std::io::Error| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot start the workers' threads: {e}"),
+            )
+        };
         let backend = if settings.sequential {
             Backend::Sequential
+        } else if settings.backend == BackendKind::Processes {
+            Backend::Processes(
+                ProcessPool::new(settings.n_jobs, settings.keep_workers).map_err(cannot)?,
+            )
         } else {
-            let pool = ThreadPool::new(settings.n_jobs).map_err(|e| {
-                Error::new(ErrorKind::Io, format!("cannot start worker threads: {e}"))
-            })?;
-            Backend::Threads(pool)
+            Backend::Threads(ThreadPool::new(settings.n_jobs).map_err(cannot)?)
         };
         *slot = Some(backend);
     }

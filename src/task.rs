@@ -6,7 +6,7 @@
 //! costs no allocation of its own.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
@@ -34,6 +34,25 @@ unsafe impl Send for Callback {}
 unsafe impl Sync for Callback {}
 
 impl Callback {
+    /// The function and userdata as integers, for the wire to a forked worker.
+    pub fn to_raw(self) -> (usize, usize) {
+        (self.func as usize, self.userdata as usize)
+    }
+
+    /// Rebuilds a callback from [`Callback::to_raw`]'s integers.
+    ///
+    /// # Safety
+    /// `raw` must come from `to_raw` in this process or in the process this one was forked from
+    /// (same address space image), under `Callback::new`'s contract.
+    pub unsafe fn from_raw(raw: (usize, usize)) -> Self {
+        // SAFETY: per this function's contract the integer is a valid `TaskFn` address here.
+        let func = unsafe { std::mem::transmute::<usize, TaskFn>(raw.0) };
+        Callback {
+            func,
+            userdata: raw.1 as *mut c_void,
+        }
+    }
+
     /// Pairs a callback with its userdata.
     ///
     /// # Safety
@@ -123,6 +142,27 @@ impl Batch {
         self.callbacks.is_empty()
     }
 
+    /// The batch's parts, for the wire: callbacks, concatenated arguments, argument end offsets.
+    pub fn parts(&self) -> (&[Callback], &[u8], &[usize]) {
+        (&self.callbacks, &self.args, &self.arg_ends)
+    }
+
+    /// Rebuilds a batch from the parts `parts` gave (the process backend's worker side).
+    pub fn from_parts(
+        first: usize,
+        callbacks: Vec<Callback>,
+        args: Vec<u8>,
+        arg_ends: Vec<usize>,
+    ) -> Self {
+        Batch {
+            first,
+            callbacks,
+            args,
+            arg_ends,
+            dispatched_at: None,
+        }
+    }
+
     /// Splits off the tasks from position `at` on into a new batch (used to spread a tail).
     pub fn split_off(&mut self, at: usize) -> Batch {
         let arg_start = if at == 0 { 0 } else { self.arg_ends[at - 1] };
@@ -151,6 +191,26 @@ pub enum TaskFailure {
     Returned { code: i32, message: Option<String> },
     /// pj's own code panicked while running the task.
     Panicked(String),
+    /// No worker could be started to run the task (fork or socket failure).
+    Spawn(String),
+    /// The worker process running the task died.
+    Died {
+        /// The worker's process id.
+        pid: i32,
+        /// How it died.
+        death: Death,
+    },
+}
+
+/// How a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Death {
+    /// Killed by this signal.
+    Signal(i32),
+    /// Exited (exit() or _exit()) with this status, even 0: a task never ends its worker.
+    Exited(i32),
+    /// Gone, status unknown (it was reaped by someone else).
+    Unknown,
 }
 
 /// What came back from running a batch.
@@ -181,7 +241,15 @@ impl BatchOutcome {
 
 /// Runs every task of `batch` in order, stopping at the first failure or when `abort` is raised
 /// (set by whichever worker fails first, so queued work stops everywhere).
-pub fn run_batch(batch: Batch, abort: &AtomicBool, worker: usize) -> BatchOutcome {
+///
+/// `progress`, when given, receives `index + 1` of each task just before it starts: the process
+/// backend reads it from shared memory to name the task a dead worker was running.
+pub fn run_batch(
+    batch: Batch,
+    abort: &AtomicBool,
+    worker: usize,
+    progress: Option<&AtomicU64>,
+) -> BatchOutcome {
     let size = batch.len();
     let mut out = TaskOutput {
         arena: Vec::new(),
@@ -197,6 +265,9 @@ pub fn run_batch(batch: Batch, abort: &AtomicBool, worker: usize) -> BatchOutcom
         }
         let arg = &batch.args[arg_start..arg_end];
         arg_start = arg_end;
+        if let Some(progress) = progress {
+            progress.store((batch.first + offset + 1) as u64, Ordering::Relaxed);
+        }
         out.start = out.arena.len();
         // SAFETY: `Callback::new`'s contract makes the callback callable here with its userdata; `arg`
         // is a live slice for the duration of the call and `out` a live, exclusive TaskOutput.
@@ -265,7 +336,7 @@ mod tests {
     #[test]
     fn runs_in_order_and_stops_at_failure() {
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(batch_of(10, &[1, 2, 3, 4]), &abort, 0);
+        let outcome = run_batch(batch_of(10, &[1, 2, 3, 4]), &abort, 0, None);
         assert_eq!(outcome.completed(), 2);
         assert_eq!(&outcome.data[..8], &2u64.to_ne_bytes());
         assert_eq!(
@@ -287,13 +358,13 @@ mod tests {
         let tail = batch.split_off(1);
         assert_eq!(tail.first, 6);
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(tail, &abort, 0);
+        let outcome = run_batch(tail, &abort, 0, None);
         let values: Vec<u64> = outcome
             .data
             .chunks(8)
             .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(values, vec![4, 8, 10]);
-        assert_eq!(run_batch(batch, &abort, 0).completed(), 1);
+        assert_eq!(run_batch(batch, &abort, 0, None).completed(), 1);
     }
 }

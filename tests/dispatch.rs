@@ -1,5 +1,6 @@
 //! The dispatcher through the C ABI: the pre-dispatch window, streaming in both orders, bounded
-//! buffers, abandonment, scoped defaults and nesting.
+//! buffers, abandonment, scoped defaults and nesting. Tests that watch tasks through shared memory
+//! (an event log) use the thread backend; the others run on the default process backend.
 
 mod common;
 
@@ -121,6 +122,7 @@ fn map_log(par: &Par, log: &Log) -> Vec<u64> {
 #[test]
 fn the_seed_producer_example_reads_three_items_before_any_completion() {
     let par = parallel(&[
+        ("backend", "threads"),
         ("n_jobs", "2"),
         ("pre_dispatch", "1.5*n_jobs"),
         ("batch_size", "1"),
@@ -151,7 +153,13 @@ fn one_job_batch_one_alternates_produce_and_run() {
 
 #[test]
 fn the_window_scales_with_the_batch_size() {
-    let par = parallel(&[("n_jobs", "2"), ("pre_dispatch", "2"), ("batch_size", "3")]).unwrap();
+    let par = parallel(&[
+        ("backend", "threads"),
+        ("n_jobs", "2"),
+        ("pre_dispatch", "2"),
+        ("batch_size", "3"),
+    ])
+    .unwrap();
     let log = Log::new(40, 1);
     assert_eq!(map_log(&par, &log), (0..40).collect::<Vec<_>>());
     log.check_window(6);
@@ -159,7 +167,13 @@ fn the_window_scales_with_the_batch_size() {
 
 #[test]
 fn submit_blocks_while_the_window_is_full() {
-    let par = parallel(&[("n_jobs", "2"), ("pre_dispatch", "3"), ("batch_size", "1")]).unwrap();
+    let par = parallel(&[
+        ("backend", "threads"),
+        ("n_jobs", "2"),
+        ("pre_dispatch", "3"),
+        ("batch_size", "1"),
+    ])
+    .unwrap();
     let log = Log::new(0, 10);
     for i in 0..12u64 {
         log.events.lock().unwrap().push(i as i64);
@@ -316,7 +330,8 @@ fn a_failure_surfaces_in_next_and_ends_the_call() {
 fn abandoning_a_stream_stops_its_tasks() {
     for how in ["free", "new call"] {
         let log = Log::new(10_000, 2);
-        let par = parallel(&[("n_jobs", "2"), ("batch_size", "1")]).unwrap();
+        let par =
+            parallel(&[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")]).unwrap();
         imap(&par, Some(log_task), ud(&*log), &log);
         assert!(next(&par).unwrap().is_some());
         if how == "free" {

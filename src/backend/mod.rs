@@ -3,15 +3,19 @@
 //! A backend only runs batches and reports their outcomes on the call's reply channel; it knows
 //! nothing about batch sizes, ordering or progress. Flavours:
 //! - [`Backend::Sequential`]: runs each batch inline on the caller's thread (n_jobs == 1);
-//! - [`Backend::Threads`]: a fixed pool of worker threads fed by one shared job queue.
+//! - [`Backend::Threads`]: a fixed pool of worker threads fed by one shared job queue;
+//! - [`Backend::Processes`]: forked worker processes, each driven by a proxy thread.
 
+mod processes;
 mod threads;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::Sender;
 
+pub use processes::ProcessPool;
 pub use threads::ThreadPool;
 
 use crate::task::{Batch, BatchOutcome, run_batch};
@@ -32,6 +36,8 @@ pub enum Backend {
     Sequential,
     /// A pool of worker threads.
     Threads(ThreadPool),
+    /// A pool of forked worker processes.
+    Processes(ProcessPool),
 }
 
 impl Backend {
@@ -40,6 +46,7 @@ impl Backend {
         match self {
             Backend::Sequential => "sequential",
             Backend::Threads(_) => "threads",
+            Backend::Processes(_) => "processes",
         }
     }
 
@@ -48,6 +55,7 @@ impl Backend {
         match self {
             Backend::Sequential => "caller thread".to_owned(),
             Backend::Threads(_) => format!("thread {worker}"),
+            Backend::Processes(_) => format!("worker process {worker}"),
         }
     }
 
@@ -56,6 +64,7 @@ impl Backend {
         match self {
             Backend::Sequential => 1,
             Backend::Threads(pool) => pool.size(),
+            Backend::Processes(pool) => pool.size(),
         }
     }
 
@@ -65,12 +74,20 @@ impl Backend {
             Backend::Sequential => {
                 let outcome = {
                     let _task_level = crate::nesting::Deeper::enter();
-                    run_batch(batch, &link.abort, 0)
+                    run_batch(batch, &link.abort, 0, None)
                 };
                 // The receiver lives in the call that is dispatching right now, so this cannot fail.
                 let _ = link.reply.send(outcome);
             }
             Backend::Threads(pool) => pool.dispatch(batch, link),
+            Backend::Processes(pool) => pool.dispatch(batch, link),
+        }
+    }
+
+    /// Called once a call is over (every outcome received): retires per-call workers.
+    pub fn end_call(&self) {
+        if let Backend::Processes(pool) = self {
+            pool.end_call();
         }
     }
 }

@@ -91,11 +91,13 @@ impl Drop for ThreadPool {
 fn worker_loop(worker: usize, queue: Receiver<Job>) {
     while let Ok(Job { batch, link }) = queue.recv() {
         let (first, size) = (batch.first, batch.len());
-        let outcome = catch_unwind(AssertUnwindSafe(|| run_batch(batch, &link.abort, worker)))
-            .unwrap_or_else(|panic| {
-                link.abort.store(true, Ordering::Relaxed);
-                lost_batch_parts(first, size, worker, panic_message(panic.as_ref()))
-            });
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            run_batch(batch, &link.abort, worker, None)
+        }))
+        .unwrap_or_else(|panic| {
+            link.abort.store(true, Ordering::Relaxed);
+            lost_batch_parts(first, size, worker, panic_message(panic.as_ref()))
+        });
         // A closed reply channel means the call is gone; the outcome has nobody to tell.
         let _ = link.reply.send(outcome);
     }

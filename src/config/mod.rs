@@ -263,9 +263,8 @@ impl fmt::Display for PreDispatch {
     }
 }
 
-/// The backend used when neither a backend nor a hint is given. joblib's default is processes
-/// (loky); pj switches to processes when its process backend lands.
-pub const DEFAULT_BACKEND: BackendKind = BackendKind::Threads;
+/// The backend used when neither a backend nor a hint is given: processes, as joblib (loky).
+pub const DEFAULT_BACKEND: BackendKind = BackendKind::Processes;
 
 /// joblib's default `pre_dispatch`.
 pub const DEFAULT_PRE_DISPATCH: &str = "2*n_jobs";
@@ -278,7 +277,7 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 pub const MAX_N_JOBS: i64 = 65_536;
 
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 13] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -291,6 +290,7 @@ pub const KEYS: [&str; 12] = [
     "max_nbytes",
     "mmap_mode",
     "return_as",
+    "keep_workers",
 ];
 
 /// The options of a call as they were set. Every field `None` means "not set here", so that
@@ -322,6 +322,8 @@ pub struct Config {
     pub mmap_mode: Option<MmapMode>,
     /// How results are handed back.
     pub return_as: Option<ReturnAs>,
+    /// Keep worker processes alive across calls (pj's own option; joblib has a reusable executor).
+    pub keep_workers: Option<bool>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -352,6 +354,9 @@ pub struct Resolved {
     pub mmap_mode: MmapMode,
     /// How results are handed back (default list).
     pub return_as: ReturnAs,
+    /// Whether worker processes outlive a call (default false: forked at each call's start, so they
+    /// see the parent's memory as it is then).
+    pub keep_workers: bool,
 }
 
 impl Resolved {
@@ -646,6 +651,14 @@ fn parse_mmap_mode(value: &str) -> Result<MmapMode> {
     }
 }
 
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" | "True" | "1" | "yes" => Ok(true),
+        "false" | "False" | "0" | "no" => Ok(false),
+        _ => Err(invalid_value(key, value, "expected \"true\" or \"false\"")),
+    }
+}
+
 fn parse_return_as(value: &str) -> Result<ReturnAs> {
     match value {
         "list" => Ok(ReturnAs::List),
@@ -685,6 +698,7 @@ impl Config {
             "max_nbytes" => self.max_nbytes = Some(parse_max_nbytes(value)?),
             "mmap_mode" => self.mmap_mode = Some(parse_mmap_mode(value)?),
             "return_as" => self.return_as = Some(parse_return_as(value)?),
+            "keep_workers" => self.keep_workers = Some(parse_bool("keep_workers", value)?),
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -752,6 +766,7 @@ impl Config {
             max_nbytes: self.max_nbytes.or(outer.max_nbytes),
             mmap_mode: self.mmap_mode.or(outer.mmap_mode),
             return_as: self.return_as.or(outer.return_as),
+            keep_workers: self.keep_workers.or(outer.keep_workers),
         }
     }
 
@@ -822,6 +837,7 @@ impl Config {
                 .unwrap_or(MaxNbytes::Bytes(DEFAULT_MAX_NBYTES)),
             mmap_mode: self.mmap_mode.unwrap_or(MmapMode::R),
             return_as: self.return_as.unwrap_or(ReturnAs::List),
+            keep_workers: self.keep_workers.unwrap_or(false),
         })
     }
 }

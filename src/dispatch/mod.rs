@@ -26,8 +26,8 @@ pub use batching::{Batching, SizeChange};
 
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
-use crate::error::{Error, ErrorKind, TaskContext};
-use crate::task::{Batch, BatchOutcome, Callback, TaskFailure};
+use crate::error::{Error, ErrorKind, TaskContext, signal_name};
+use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure};
 
 /// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -231,6 +231,7 @@ impl Call {
         }
         self.flush(backend);
         self.drain(batching);
+        backend.end_call();
         if let Some(error) = self.failure_error(backend) {
             return Err(error);
         }
@@ -280,6 +281,7 @@ impl Call {
             } else if self.in_flight > 0 {
                 self.wait_one(batching);
             } else if self.producer.is_none() {
+                backend.end_call();
                 return Ok(None);
             } else {
                 return Err(Error::new(
@@ -305,11 +307,14 @@ impl Call {
     }
 
     /// Stops queued work and waits for the outcomes of everything in flight, so that no worker still
-    /// uses the caller's data (userdata, callbacks) when this returns.
-    pub fn abandon(mut self, batching: &mut Batching) {
+    /// uses the caller's data (userdata, callbacks) when this returns; then ends the call.
+    pub fn abandon(mut self, backend: Option<&Backend>, batching: &mut Batching) {
         self.link.abort.store(true, Ordering::Relaxed);
         self.producer = None;
         self.drain(batching);
+        if let Some(backend) = backend {
+            backend.end_call();
+        }
     }
 
     /// Records that the producer failed with `error`: the call stops and returns it.
@@ -474,33 +479,47 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
         ref failure,
         worker,
     } = *failure;
-    let (kind, code, message) = match failure {
-        TaskFailure::Returned {
-            code,
-            message: Some(text),
-        } => (
-            ErrorKind::TaskFailed,
-            Some(*code),
-            format!("task {index} failed with code {code}: {text}"),
-        ),
-        TaskFailure::Returned {
-            code,
-            message: None,
-        } => (
-            ErrorKind::TaskFailed,
-            Some(*code),
-            format!("task {index} failed with code {code}"),
-        ),
-        TaskFailure::Panicked(text) => (
-            ErrorKind::Panic,
-            None,
-            format!("task {index}: pj panicked: {text}"),
-        ),
-    };
-    Error::new(kind, message).with_task(TaskContext {
+    let mut context = TaskContext {
         index,
-        code,
         backend: backend.name(),
         worker: backend.describe_worker(worker),
-    })
+        ..TaskContext::default()
+    };
+    let (kind, message) = match failure {
+        TaskFailure::Returned { code, message } => {
+            context.code = Some(*code);
+            let detail = message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            (
+                ErrorKind::TaskFailed,
+                format!("task {index} failed with code {code}{detail}"),
+            )
+        }
+        TaskFailure::Panicked(text) => (
+            ErrorKind::Panic,
+            format!("task {index}: pj panicked: {text}"),
+        ),
+        TaskFailure::Spawn(text) => (ErrorKind::Io, format!("task {index}: {text}")),
+        TaskFailure::Died { pid, death } => {
+            context.worker = format!("process {pid}");
+            let how = match *death {
+                Death::Signal(signal) => {
+                    context.signal = Some(signal);
+                    format!("was killed by {}", signal_name(signal))
+                }
+                Death::Exited(status) => {
+                    context.exit_status = Some(status);
+                    format!("exited with exit status {status}")
+                }
+                Death::Unknown => "disappeared".to_owned(),
+            };
+            (
+                ErrorKind::WorkerDied,
+                format!("task {index}: the worker process (pid {pid}) {how} while running it"),
+            )
+        }
+    };
+    Error::new(kind, message).with_task(context)
 }

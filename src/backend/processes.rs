@@ -1,0 +1,511 @@
+//! The process backend: forked worker processes, each driven by a proxy thread in the parent.
+//!
+//! Shape. The pool has one proxy thread per worker slot. Proxies take batches from one shared
+//! crossbeam queue (exactly like the thread backend's workers), send each batch as one frame over a
+//! socket pair to their own forked worker, block for the outcome frame and hand it to the call. A
+//! worker runs the very same `run_batch` as a thread would. So the per-task cost is the encoding of
+//! the task into a frame, and the syscalls are per batch (auto batching makes batches large).
+//!
+//! Lifetime. A proxy forks its worker when it receives its first batch of a call, so the worker sees
+//! the parent's memory as it is then (copy-on-write): the user's `userdata` and what it points to
+//! are valid there. At the end of the call the workers are retired (socket shut down, process
+//! reaped) unless `keep_workers` is set.
+//!
+//! Crash isolation. A worker that dies (signal, exit(), _exit(), SIGKILL from outside) closes its
+//! socket: the proxy sees the end of the stream before a complete outcome, reaps that one pid
+//! (never "any child"), reads which task was running from a shared page the worker updates before
+//! each task, and reports `TaskFailure::Died`. The next batch gets a fresh worker.
+//!
+//! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
+//! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
+//! decides), close the parent's ends of every pj socket they inherited, and leave only through
+//! `_exit`. pj changes no signal disposition of the parent.
+//!
+//! Fork safety. Between fork and the worker loop the child runs only async-signal-safe calls
+//! (prctl, getppid, signal, close). The loop itself allocates: glibc's fork makes malloc and stdio
+//! usable in the child. A task callback must not take locks that another parent thread may hold at
+//! the time of the fork (documented in the header).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, select, unbounded};
+
+use super::CallLink;
+use super::wire::{
+    decode_batch, decode_outcome, encode_batch, encode_outcome, recv_frame, send_frame,
+};
+use crate::task::{Batch, BatchOutcome, Death, TaskFailure, run_batch};
+
+/// One batch for a proxy.
+struct Job {
+    batch: Batch,
+    link: CallLink,
+}
+
+/// Messages to one proxy.
+enum Control {
+    /// Retire the worker (if any), then acknowledge.
+    Retire(Sender<()>),
+}
+
+/// A pool of forked workers behind proxy threads.
+#[derive(Debug)]
+pub struct ProcessPool {
+    jobs: Option<Sender<Job>>,
+    controls: Vec<Sender<Control>>,
+    proxies: Vec<JoinHandle<()>>,
+    keep_workers: bool,
+}
+
+impl ProcessPool {
+    /// Starts `size` proxy threads; workers are forked by the first batch of each call.
+    pub fn new(size: usize, keep_workers: bool) -> io::Result<Self> {
+        let (jobs, queue) = unbounded::<Job>();
+        let size = size.max(1);
+        let level = crate::nesting::level() + 1;
+        let mut pool = ProcessPool {
+            jobs: Some(jobs),
+            controls: Vec::with_capacity(size),
+            proxies: Vec::with_capacity(size),
+            keep_workers,
+        };
+        for slot in 0..size {
+            let (control, inbox) = unbounded();
+            let queue = queue.clone();
+            // If spawning fails part-way, dropping `pool` on the error path joins what started.
+            let proxy = std::thread::Builder::new()
+                .name(format!("pj-proxy-{slot}"))
+                .spawn(move || {
+                    Proxy {
+                        slot,
+                        level,
+                        worker: None,
+                        buf: Vec::new(),
+                    }
+                    .run(queue, inbox)
+                })?;
+            pool.controls.push(control);
+            pool.proxies.push(proxy);
+        }
+        Ok(pool)
+    }
+
+    /// Number of worker slots.
+    pub fn size(&self) -> usize {
+        self.proxies.len()
+    }
+
+    /// Queues `batch`; a proxy sends it to its worker and the outcome arrives on `link.reply`.
+    pub fn dispatch(&self, batch: Batch, link: &CallLink) {
+        let job = Job {
+            batch,
+            link: link.clone(),
+        };
+        if let Some(jobs) = &self.jobs
+            && let Err(unsent) = jobs.send(job)
+        {
+            let Job { batch, link } = unsent.into_inner();
+            let failure = TaskFailure::Spawn("the process pool is shut down".into());
+            let _ = link.reply.send(failed(&batch, 0, batch.first, failure));
+        }
+    }
+
+    /// Ends a call: retires every worker (and waits until each is reaped) unless workers are kept.
+    pub fn end_call(&self) {
+        if !self.keep_workers {
+            self.retire_all();
+        }
+    }
+
+    fn retire_all(&self) {
+        let (ack, acks) = unbounded();
+        let sent = self
+            .controls
+            .iter()
+            .filter(|c| c.send(Control::Retire(ack.clone())).is_ok())
+            .count();
+        drop(ack);
+        for _ in 0..sent {
+            if acks.recv().is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for ProcessPool {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        self.controls.clear();
+        for proxy in self.proxies.drain(..) {
+            let _ = proxy.join();
+        }
+    }
+}
+
+/// The parent's side of one forked worker.
+struct Worker {
+    pid: libc::pid_t,
+    socket: OwnedFd,
+    progress: SharedCounter,
+}
+
+/// A proxy thread's state: its slot and its current worker.
+struct Proxy {
+    slot: usize,
+    level: usize,
+    worker: Option<Worker>,
+    buf: Vec<u8>,
+}
+
+impl Proxy {
+    fn run(mut self, queue: Receiver<Job>, inbox: Receiver<Control>) {
+        loop {
+            select! {
+                recv(queue) -> job => match job {
+                    Ok(job) => self.run_job(job),
+                    Err(_) => break,
+                },
+                recv(inbox) -> control => match control {
+                    Ok(Control::Retire(ack)) => {
+                        self.retire();
+                        let _ = ack.send(());
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        self.retire();
+    }
+
+    fn run_job(&mut self, Job { batch, link }: Job) {
+        if link.abort.load(Ordering::Relaxed) {
+            // The call already failed: this batch never starts.
+            let skipped = BatchOutcome {
+                first: batch.first,
+                size: batch.len(),
+                data: Vec::new(),
+                ends: Vec::new(),
+                failure: None,
+                seconds: 0.0,
+                worker: self.slot,
+            };
+            let _ = link.reply.send(skipped);
+            return;
+        }
+        let outcome = match self.exchange(&batch) {
+            Ok(mut outcome) => {
+                outcome.seconds = batch
+                    .dispatched_at
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                if outcome.failure.is_some() {
+                    link.abort.store(true, Ordering::Relaxed);
+                }
+                outcome
+            }
+            Err((index, failure)) => {
+                link.abort.store(true, Ordering::Relaxed);
+                failed(&batch, self.slot, index, failure)
+            }
+        };
+        let _ = link.reply.send(outcome);
+    }
+
+    /// Sends the batch to the worker (forking one if needed) and reads its outcome; on failure,
+    /// the index of the task it concerns.
+    fn exchange(&mut self, batch: &Batch) -> Result<BatchOutcome, (usize, TaskFailure)> {
+        self.reap_if_dead();
+        if self.worker.is_none() {
+            let worker = spawn_worker(self.slot, self.level).map_err(|e| {
+                (
+                    batch.first,
+                    TaskFailure::Spawn(format!("cannot start a worker process: {e}")),
+                )
+            })?;
+            self.worker = Some(worker);
+        }
+        let Some(worker) = self.worker.as_ref() else {
+            unreachable!("a worker was just installed")
+        };
+        worker.progress.set(0);
+        encode_batch(batch, &mut self.buf);
+        let fd = worker.socket.as_raw_fd();
+        let received = send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf));
+        match received {
+            Ok(true) => decode_outcome(&self.buf, self.slot)
+                .map_err(|e| (batch.first, self.kill_worker(&e))),
+            // The stream ended (or broke) before a whole outcome: the worker died.
+            Ok(false) | Err(_) => Err(self.reap_dead(batch)),
+        }
+    }
+
+    /// Reaps a worker whose stream ended (it is exiting now) and names the task it was running:
+    /// the worker stores index + 1 in the shared page before each task.
+    fn reap_dead(&mut self, batch: &Batch) -> (usize, TaskFailure) {
+        let Some(worker) = self.worker.take() else {
+            return (
+                batch.first,
+                TaskFailure::Spawn("the worker vanished".into()),
+            );
+        };
+        let running = worker.progress.get() as usize;
+        let index = if running > batch.first {
+            running - 1
+        } else {
+            batch.first
+        };
+        let death = wait_for(worker.pid, 0).unwrap_or(Death::Unknown);
+        (
+            index,
+            TaskFailure::Died {
+                pid: worker.pid,
+                death,
+            },
+        )
+    }
+
+    /// Kills and reaps a worker that sent garbage.
+    fn kill_worker(&mut self, error: &io::Error) -> TaskFailure {
+        if let Some(worker) = self.worker.take() {
+            // SAFETY: `pid` is our own child, not yet reaped, so the pid cannot have been reused.
+            unsafe { libc::kill(worker.pid, libc::SIGKILL) };
+            let _ = wait_for(worker.pid, 0);
+        }
+        TaskFailure::Spawn(format!(
+            "a worker process sent an unreadable result ({error})"
+        ))
+    }
+
+    /// Between calls a kept worker may have been killed from outside: notice before sending to it.
+    fn reap_if_dead(&mut self) {
+        if let Some(worker) = &self.worker
+            && wait_for(worker.pid, libc::WNOHANG).is_some()
+        {
+            let worker = self.worker.take();
+            drop(worker);
+        }
+    }
+
+    /// Shuts the worker's socket down (it reads the end of the stream and `_exit`s) and reaps it.
+    fn retire(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            // SAFETY: shutting down a socket we own; other processes holding a copy see it too.
+            unsafe { libc::shutdown(worker.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            let _ = wait_for(worker.pid, 0);
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        registry::forget(self.socket.as_raw_fd());
+    }
+}
+
+/// The outcome of a batch that failed as a whole at task `index`.
+fn failed(batch: &Batch, worker: usize, index: usize, failure: TaskFailure) -> BatchOutcome {
+    BatchOutcome {
+        first: batch.first,
+        size: batch.len(),
+        data: Vec::new(),
+        ends: Vec::new(),
+        failure: Some((index, failure)),
+        seconds: 0.0,
+        worker,
+    }
+}
+
+/// Waits for our child `pid` (`flags` 0 blocks, WNOHANG polls). `Some(death)` once it has ended;
+/// `None` while it runs. A child already reaped elsewhere (SIGCHLD ignored by the host) is
+/// `Death::Unknown`.
+fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for one specific child of ours; `status` is a valid out-pointer.
+        let got = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if got == pid {
+            return Some(if libc::WIFSIGNALED(status) {
+                Death::Signal(libc::WTERMSIG(status))
+            } else {
+                Death::Exited(libc::WEXITSTATUS(status))
+            });
+        }
+        if got == 0 {
+            return None;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Some(Death::Unknown);
+        }
+    }
+}
+
+/// Forks a worker for `slot`. The child never returns from here.
+fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
+    let (parent_end, child_end) = UnixStream::pair()?;
+    let progress = SharedCounter::new()?;
+    // SAFETY: getpid has no preconditions.
+    let parent_pid = unsafe { libc::getpid() };
+    registry::remember(parent_end.as_raw_fd());
+    // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
+    // and leaves through _exit, never returning into the parent's code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let error = io::Error::last_os_error();
+        registry::forget(parent_end.as_raw_fd());
+        return Err(error);
+    }
+    if pid == 0 {
+        worker_main(child_end.as_raw_fd(), &progress, parent_pid, slot, level);
+    }
+    drop(child_end);
+    Ok(Worker {
+        pid,
+        socket: parent_end.into(),
+        progress,
+    })
+}
+
+/// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
+fn worker_main(
+    socket: RawFd,
+    progress: &SharedCounter,
+    parent_pid: libc::pid_t,
+    slot: usize,
+    level: usize,
+) -> ! {
+    // SAFETY: async-signal-safe calls only, in a freshly forked child: die with the parent (and
+    // check it did not die before the request was in place), leave SIGINT to the parent, and drop
+    // the inherited parent ends of every pj socket so that their workers see EOF when due.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != parent_pid {
+            libc::_exit(1);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    registry::close_all_except(socket);
+    crate::nesting::set_level(level);
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        let abort = AtomicBool::new(false);
+        let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
+        while let Ok(true) = recv_frame(socket, &mut inbox) {
+            // SAFETY: the frame was encoded by our parent, of which this process is a fork.
+            let Ok(batch) = (unsafe { decode_batch(&inbox) }) else {
+                return 3;
+            };
+            abort.store(false, Ordering::Relaxed);
+            let outcome = run_batch(batch, &abort, slot, Some(progress.atomic()));
+            encode_outcome(&outcome, &mut outbox);
+            if send_frame(socket, &outbox).is_err() {
+                return 0;
+            }
+        }
+        0
+    }));
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
+    unsafe { libc::_exit(served.unwrap_or(4)) }
+}
+
+/// A u64 in a MAP_SHARED page that survives fork: the worker writes, the parent reads.
+struct SharedCounter {
+    ptr: *mut AtomicU64,
+}
+
+// SAFETY: the page is owned by this value and only accessed through atomics.
+unsafe impl Send for SharedCounter {}
+
+impl SharedCounter {
+    fn new() -> io::Result<Self> {
+        // SAFETY: an anonymous shared mapping of one page; checked for MAP_FAILED below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SharedCounter { ptr: ptr.cast() })
+    }
+
+    fn atomic(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page-aligned, zero-initialised and lives as long as `self`.
+        unsafe { &*self.ptr }
+    }
+
+    fn get(&self) -> u64 {
+        self.atomic().load(Ordering::Relaxed)
+    }
+
+    fn set(&self, value: u64) {
+        self.atomic().store(value, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SharedCounter {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the page mapped in `new`, once.
+        unsafe { libc::munmap(self.ptr.cast(), 4096) };
+    }
+}
+
+/// The parent ends of pj's worker sockets in this process, so that a newly forked worker can close
+/// the copies it inherits (async-signal-safe: a fixed array of atomics, no lock).
+mod registry {
+    use super::*;
+
+    const SLOTS: usize = 1024;
+    static FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+
+    /// Records `fd`; beyond the table's capacity it is simply not recorded (harmless but for the
+    /// EOF backup of parent-death detection).
+    pub fn remember(fd: RawFd) {
+        for slot in &FDS {
+            if slot
+                .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    pub fn forget(fd: RawFd) {
+        for slot in &FDS {
+            if slot
+                .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// In a freshly forked child: closes every recorded fd but `keep`.
+    pub fn close_all_except(keep: RawFd) {
+        for slot in &FDS {
+            let fd = slot.swap(-1, Ordering::Relaxed);
+            if fd >= 0 && fd != keep {
+                // SAFETY: closing an inherited descriptor of the parent's; close is
+                // async-signal-safe.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! Framing between the parent and a forked worker: one frame per batch each way.
+//!
+//! A frame is a u64 payload length followed by the payload; integers are native-endian (both sides
+//! are the same binary on the same machine). A batch travels as its callbacks (function address,
+//! userdata address: valid in the worker because it is a fork of the parent), its argument end
+//! offsets and its argument bytes; an outcome as its result end offsets, result bytes and failure.
+//! Sockets are written with `MSG_NOSIGNAL`, so a dead peer is an error, never a SIGPIPE.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::task::{Batch, BatchOutcome, Callback, TaskFailure};
+
+/// A malformed frame (a bug, or memory corruption in the worker).
+fn malformed(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed {what} frame"),
+    )
+}
+
+fn put(out: &mut Vec<u8>, value: usize) {
+    out.extend_from_slice(&(value as u64).to_ne_bytes());
+}
+
+/// Reads integers and byte runs off a payload.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, len: usize) -> io::Result<&'a [u8]> {
+        if len > self.buf.len() {
+            return Err(malformed(self.what));
+        }
+        let (head, tail) = self.buf.split_at(len);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn word(&mut self) -> io::Result<usize> {
+        let bytes = self.bytes(8)?;
+        let value = u64::from_ne_bytes(bytes.try_into().map_err(|_| malformed(self.what))?);
+        usize::try_from(value).map_err(|_| malformed(self.what))
+    }
+
+    fn words(&mut self, count: usize) -> io::Result<Vec<usize>> {
+        let len = count.checked_mul(8).ok_or_else(|| malformed(self.what))?;
+        let bytes = self.bytes(len)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default()) as usize)
+            .collect())
+    }
+}
+
+/// Encodes `batch` into `out` (cleared first).
+pub fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
+    let (callbacks, args, arg_ends) = batch.parts();
+    out.clear();
+    out.reserve(24 + callbacks.len() * 24 + args.len());
+    put(out, batch.first);
+    put(out, callbacks.len());
+    put(out, args.len());
+    for callback in callbacks {
+        let (func, userdata) = callback.to_raw();
+        put(out, func);
+        put(out, userdata);
+    }
+    for &end in arg_ends {
+        put(out, end);
+    }
+    out.extend_from_slice(args);
+}
+
+/// Decodes a batch encoded by [`encode_batch`].
+///
+/// # Safety
+/// `buf` must come from `encode_batch` in this process or the process this one was forked from, so
+/// that its callback addresses are valid here.
+pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<Batch> {
+    let mut r = Reader { buf, what: "batch" };
+    let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
+    let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
+    // SAFETY: the caller guarantees the addresses came from `to_raw` in this address space image.
+    let callbacks = raw
+        .chunks_exact(2)
+        .map(|pair| unsafe { Callback::from_raw((pair[0], pair[1])) })
+        .collect();
+    let arg_ends = r.words(count)?;
+    let args = r.bytes(args_len)?.to_vec();
+    if arg_ends.windows(2).any(|w| w[0] > w[1])
+        || arg_ends.last().is_some_and(|&end| end != args_len)
+    {
+        return Err(malformed("batch"));
+    }
+    Ok(Batch::from_parts(first, callbacks, args, arg_ends))
+}
+
+/// Encodes `outcome` into `out` (cleared first). Failures other than a callback's return code or a
+/// panic never come from a worker.
+pub fn encode_outcome(outcome: &BatchOutcome, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(48 + outcome.ends.len() * 8 + outcome.data.len());
+    put(out, outcome.first);
+    put(out, outcome.size);
+    put(out, outcome.ends.len());
+    put(out, outcome.data.len());
+    for &end in &outcome.ends {
+        put(out, end);
+    }
+    out.extend_from_slice(&outcome.data);
+    match &outcome.failure {
+        None => put(out, 0),
+        Some((index, TaskFailure::Returned { code, message })) => {
+            put(out, 1);
+            put(out, *index);
+            out.extend_from_slice(&(*code as i64).to_ne_bytes());
+            let text = message.as_deref().unwrap_or("");
+            put(out, usize::from(message.is_some()));
+            put(out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
+        Some((index, TaskFailure::Panicked(text) | TaskFailure::Spawn(text))) => {
+            put(out, 2);
+            put(out, *index);
+            put(out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
+        Some((index, TaskFailure::Died { .. })) => {
+            put(out, 2);
+            put(out, *index);
+            let text = "a worker reported a death";
+            put(out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+/// Decodes an outcome encoded by [`encode_outcome`]; `worker` and `seconds` are the parent's to fill.
+pub fn decode_outcome(buf: &[u8], worker: usize) -> io::Result<BatchOutcome> {
+    let mut r = Reader {
+        buf,
+        what: "outcome",
+    };
+    let (first, size, completed, data_len) = (r.word()?, r.word()?, r.word()?, r.word()?);
+    let ends = r.words(completed)?;
+    let data = r.bytes(data_len)?.to_vec();
+    if ends.windows(2).any(|w| w[0] > w[1]) || ends.last().is_some_and(|&end| end != data_len) {
+        return Err(malformed("outcome"));
+    }
+    let failure = match r.word()? {
+        0 => None,
+        1 => {
+            let index = r.word()?;
+            let code = r.word()? as i64 as i32;
+            let has_message = r.word()? != 0;
+            let len = r.word()?;
+            let text = String::from_utf8_lossy(r.bytes(len)?).into_owned();
+            Some((
+                index,
+                TaskFailure::Returned {
+                    code,
+                    message: has_message.then_some(text),
+                },
+            ))
+        }
+        2 => {
+            let index = r.word()?;
+            let len = r.word()?;
+            Some((
+                index,
+                TaskFailure::Panicked(String::from_utf8_lossy(r.bytes(len)?).into_owned()),
+            ))
+        }
+        _ => return Err(malformed("outcome")),
+    };
+    Ok(BatchOutcome {
+        first,
+        size,
+        data,
+        ends,
+        failure,
+        seconds: 0.0,
+        worker,
+    })
+}
+
+/// Writes one frame (length, then payload) to a socket.
+pub fn send_frame(fd: RawFd, payload: &[u8]) -> io::Result<()> {
+    send_all(fd, &(payload.len() as u64).to_ne_bytes())?;
+    send_all(fd, payload)
+}
+
+fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live buffer of `bytes.len()` bytes; `fd` is a socket owned by the
+        // caller for the duration of the call.
+        let sent =
+            unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if sent < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        bytes = &bytes[sent as usize..];
+    }
+    Ok(())
+}
+
+/// Reads one frame into `buf`. `Ok(false)` on a clean end of stream before a frame started; a
+/// stream that ends inside a frame is an `UnexpectedEof` error (a worker that died mid-write).
+pub fn recv_frame(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<bool> {
+    let mut header = [0u8; 8];
+    if !recv_exact(fd, &mut header, true)? {
+        return Ok(false);
+    }
+    let len = usize::try_from(u64::from_ne_bytes(header)).map_err(|_| malformed("oversized"))?;
+    buf.clear();
+    buf.resize(len, 0);
+    recv_exact(fd, buf, false)?;
+    Ok(true)
+}
+
+/// Fills `buf`; returns false when the stream ended before the first byte and `eof_ok`.
+fn recv_exact(fd: RawFd, buf: &mut [u8], eof_ok: bool) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; `fd` is a socket owned by
+        // the caller for the duration of the call.
+        let got = unsafe { libc::recv(fd, rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if got == 0 {
+            if filled == 0 && eof_ok {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the worker closed the stream mid-frame",
+            ));
+        }
+        filled += got as usize;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::TaskOutput;
+    use std::ffi::c_void;
+    use std::os::fd::AsRawFd;
+
+    unsafe extern "C" fn echo(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+        0
+    }
+
+    #[test]
+    fn batches_and_outcomes_round_trip() {
+        // SAFETY: a plain function with unused userdata.
+        let cb = unsafe { Callback::new(echo, 0x1234 as *mut c_void) };
+        let mut batch = Batch::new(40, 3);
+        for arg in [&b"a"[..], b"", b"xyz"] {
+            batch.push(cb, arg);
+        }
+        let mut buf = Vec::new();
+        encode_batch(&batch, &mut buf);
+        // SAFETY: encoded in this process.
+        let back = unsafe { decode_batch(&buf) }.unwrap();
+        assert_eq!(back.first, 40);
+        let (cbs, args, ends) = back.parts();
+        assert_eq!((args, ends), (&b"axyz"[..], &[1usize, 1, 4][..]));
+        assert_eq!(cbs[2].to_raw(), cb.to_raw());
+
+        let outcome = BatchOutcome {
+            first: 40,
+            size: 3,
+            data: b"hello".to_vec(),
+            ends: vec![2, 5],
+            failure: Some((
+                42,
+                TaskFailure::Returned {
+                    code: -3,
+                    message: Some("nope".into()),
+                },
+            )),
+            seconds: 0.0,
+            worker: 0,
+        };
+        encode_outcome(&outcome, &mut buf);
+        let back = decode_outcome(&buf, 1).unwrap();
+        assert_eq!(
+            (back.first, back.size, &back.data, &back.ends),
+            (40, 3, &outcome.data, &outcome.ends)
+        );
+        assert_eq!(back.failure, outcome.failure);
+        assert!(
+            decode_outcome(&buf[..buf.len() - 1], 1).is_err(),
+            "a truncated frame is refused"
+        );
+    }
+
+    #[test]
+    fn frames_cross_a_socket_and_a_cut_frame_is_an_error() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let big = vec![7u8; 3 << 20];
+        let writer = std::thread::spawn(move || {
+            send_frame(a.as_raw_fd(), &big).unwrap();
+            // A frame header promising more than what follows, then the end of the stream.
+            send_all(a.as_raw_fd(), &100u64.to_ne_bytes()).unwrap();
+            send_all(a.as_raw_fd(), b"short").unwrap();
+        });
+        let mut buf = Vec::new();
+        assert!(recv_frame(b.as_raw_fd(), &mut buf).unwrap());
+        assert_eq!(buf.len(), 3 << 20);
+        writer.join().unwrap();
+        let err = recv_frame(b.as_raw_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}
