@@ -1,0 +1,443 @@
+//! The process backend: results, copy-on-write userdata, large results, crash isolation, no orphans,
+//! no leaks.
+//!
+//! Crash and leak scenarios run in a re-executed copy of this test binary (rayon's
+//! `stack_overflow_crash` technique): the `child_case` test, ignored in normal runs, performs the
+//! scenario named by `PJ_TEST_CASE` and prints `KEY=value` lines that the parent test checks. So
+//! even a bug that took the parent process down would fail one test, not the runner.
+
+mod common;
+
+use std::ffi::c_void;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+const CASE: &str = "PJ_TEST_CASE";
+
+/// Pids of this process's children (what `pj` forked and has not reaped).
+fn children() -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn thread_count() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find(|l| l.starts_with("Threads:")).unwrap()[8..]
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Runs `child_case` for `case` in a fresh copy of this binary; returns its `KEY=value` lines.
+fn run_case(case: &str) -> Vec<(String, String)> {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_case",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CASE, case)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "case {case}: the child test failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect()
+}
+
+fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+/// Task: returns 2x its argument, except at the index stored in `userdata`'s crash plan.
+unsafe extern "C" fn crashing(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments; userdata points at a static str naming the crash.
+    let (x, how) = unsafe { (arg_u64(arg, len), *(userdata as *const &str)) };
+    if x == 6 {
+        // SAFETY: each branch deliberately ends this worker process, as the scenario requires.
+        unsafe {
+            match how {
+                "segv" => std::ptr::write_volatile(16 as *mut u8, 1),
+                "abort" => libc::abort(),
+                "exit0" => libc::exit(0),
+                "_exit3" => libc::_exit(3),
+                "sigkill" => {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+    }
+    let y = (2 * x).to_ne_bytes();
+    pj_out_set(out, y.as_ptr(), 8);
+    0
+}
+
+/// The re-executed scenarios. Ignored in normal runs; see the module docs.
+#[test]
+#[ignore]
+fn child_case() {
+    let Ok(case) = std::env::var(CASE) else {
+        return;
+    };
+    // The harness prints "test child_case ... " without a newline: start our lines on a fresh one.
+    println!();
+    match case.as_str() {
+        "segv" | "abort" | "exit0" | "_exit3" | "sigkill" => {
+            let how: &'static str = Box::leak(case.clone().into_boxed_str());
+            let par = parallel(&[
+                ("backend", "processes"),
+                ("n_jobs", "2"),
+                ("batch_size", "1"),
+            ])
+            .unwrap();
+            for i in 0..10u64 {
+                let _ = par.submit(
+                    Some(crashing),
+                    &how as *const &str as *mut c_void,
+                    &i.to_ne_bytes(),
+                );
+            }
+            let err = par.collect().unwrap_err();
+            println!("STATUS={:?}", err.status);
+            println!("INDEX={}", err.task_index);
+            println!("MESSAGE={}", err.message);
+            println!("REPORT_SIGNAL={}", err.report.contains("killed by signal"));
+            // The same object works again.
+            for i in 0..10u64 {
+                par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .unwrap();
+            }
+            println!("NEXT={:?}", as_u64s(&par.collect().unwrap()));
+            println!("CHILDREN={}", children().len());
+        }
+        "orphans" => {
+            unsafe extern "C" fn sleep_long(
+                _: *mut c_void,
+                _: *const u8,
+                _: usize,
+                _: *mut TaskOutput,
+            ) -> i32 {
+                std::thread::sleep(Duration::from_secs(60));
+                0
+            }
+            let par = parallel(&[
+                ("backend", "processes"),
+                ("n_jobs", "2"),
+                ("batch_size", "1"),
+            ])
+            .unwrap();
+            for _ in 0..4 {
+                par.submit(Some(sleep_long), std::ptr::null_mut(), &[])
+                    .unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while children().len() < 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let pids: Vec<String> = children().iter().map(|p| p.to_string()).collect();
+            println!("PIDS={}", pids.join(","));
+            let _ = par.collect();
+        }
+        "leaks" => {
+            let par = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+            let call = |n: u64| {
+                for i in 0..n {
+                    par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                        .unwrap();
+                }
+                assert_eq!(par.collect().unwrap().len(), n as usize);
+            };
+            call(10);
+            let (fds, threads, kids) = (fd_count(), thread_count(), children().len());
+            for round in 0..1_000 {
+                call(1 + round % 7);
+            }
+            println!("FDS={fds},{}", fd_count());
+            println!("THREADS={threads},{}", thread_count());
+            println!("CHILDREN={kids},{}", children().len());
+        }
+        "kept" => {
+            let par = parallel(&[
+                ("backend", "processes"),
+                ("n_jobs", "2"),
+                ("keep_workers", "true"),
+            ])
+            .unwrap();
+            let call = || {
+                for i in 0..100u64 {
+                    par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                        .unwrap();
+                }
+                as_u64s(&par.collect().unwrap()) == (0..100).map(|i| 2 * i).collect::<Vec<_>>()
+            };
+            println!("FIRST={}", call());
+            let kept = children();
+            println!("KEPT={}", kept.len());
+            // SAFETY: killing our own idle worker, as a user's `kill -9` would.
+            unsafe { libc::kill(kept[0], libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(50));
+            println!("SECOND={}", call());
+            drop(par);
+            println!("CHILDREN={}", children().len());
+        }
+        other => panic!("unknown case {other}"),
+    }
+}
+
+#[test]
+fn a_dying_worker_is_reported_with_the_task_and_the_cause() {
+    let cases = [
+        ("segv", "SIGSEGV"),
+        ("abort", "SIGABRT"),
+        ("sigkill", "SIGKILL"),
+        ("exit0", "exit status 0"),
+        ("_exit3", "exit status 3"),
+    ];
+    for (case, cause) in cases {
+        let lines = run_case(case);
+        assert_eq!(value(&lines, "STATUS"), "WorkerDied", "{case}");
+        assert_eq!(
+            value(&lines, "INDEX"),
+            "6",
+            "{case}: the task that was running"
+        );
+        let message = value(&lines, "MESSAGE");
+        assert!(
+            message.contains(cause) && message.contains("task 6"),
+            "{case}: {message}"
+        );
+        assert_eq!(
+            value(&lines, "REPORT_SIGNAL"),
+            (!cause.starts_with("exit")).to_string(),
+            "{case}"
+        );
+        assert_eq!(
+            value(&lines, "NEXT"),
+            format!("{:?}", (0..10).map(|i| 2 * i).collect::<Vec<u64>>())
+        );
+        assert_eq!(
+            value(&lines, "CHILDREN"),
+            "0",
+            "{case}: no worker left behind"
+        );
+    }
+}
+
+#[test]
+fn workers_die_with_a_killed_parent() {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_case",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CASE, "orphans")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pids: Vec<i32> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("PIDS=")
+                .map(|p| p.split(',').filter_map(|x| x.parse().ok()).collect())
+        })
+        .expect("the child printed its workers");
+    assert!(pids.len() >= 2, "workers were running: {pids:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let alive = |pid: i32| {
+        // A zombie waiting for a reaper is dead too.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survivors: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    assert!(
+        survivors.is_empty(),
+        "workers outlived their parent by 2 s: {survivors:?}"
+    );
+}
+
+#[test]
+fn a_thousand_calls_leak_no_fd_thread_or_child() {
+    let lines = run_case("leaks");
+    for key in ["FDS", "THREADS", "CHILDREN"] {
+        let (before, after) = value(&lines, key).split_once(',').unwrap();
+        assert_eq!(before, after, "{key} changed over 1,000 calls");
+    }
+}
+
+#[test]
+fn a_kept_worker_killed_between_calls_is_replaced() {
+    let lines = run_case("kept");
+    assert_eq!(value(&lines, "FIRST"), "true");
+    assert_eq!(value(&lines, "KEPT"), "2", "kept workers outlive the call");
+    assert_eq!(value(&lines, "SECOND"), "true");
+    assert_eq!(
+        value(&lines, "CHILDREN"),
+        "0",
+        "freeing the object retires kept workers"
+    );
+}
+
+/// Data the workers read through `userdata`: it exists before the call, so the fork copies it.
+static TABLE: [u64; 4] = [10, 20, 30, 40];
+
+#[test]
+fn workers_see_the_parents_memory_and_return_in_order() {
+    unsafe extern "C" fn lookup(
+        userdata: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: userdata is a Vec<u64> the parent built before the call; arguments are 8 bytes.
+        let (table, i) = unsafe { (&*(userdata as *const Vec<u64>), arg_u64(arg, len) as usize) };
+        let pid = std::process::id() as u64;
+        let bytes = [table[i % table.len()].to_ne_bytes(), pid.to_ne_bytes()].concat();
+        pj_out_set(out, bytes.as_ptr(), bytes.len());
+        0
+    }
+    let heap_table: Vec<u64> = TABLE.iter().map(|x| x + 1).collect();
+    let par = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("batch_size", "3"),
+    ])
+    .unwrap();
+    for i in 0..1_000u64 {
+        par.submit(
+            Some(lookup),
+            &heap_table as *const Vec<u64> as *mut c_void,
+            &i.to_ne_bytes(),
+        )
+        .unwrap();
+    }
+    let results = par.collect().unwrap();
+    let mut pids = std::collections::BTreeSet::new();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(
+            u64::from_ne_bytes(r[..8].try_into().unwrap()),
+            heap_table[i % 4]
+        );
+        pids.insert(u64::from_ne_bytes(r[8..].try_into().unwrap()));
+    }
+    assert!(
+        !pids.contains(&(std::process::id() as u64)),
+        "tasks ran in worker processes"
+    );
+    assert!(pids.len() >= 2, "both workers served the call: {pids:?}");
+}
+
+#[test]
+fn results_larger_than_a_pipe_come_back_intact() {
+    unsafe extern "C" fn big(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: 8-byte arguments; pj_out_alloc returns `n` writable bytes.
+        let seed = unsafe { arg_u64(arg, len) } as u8;
+        let n = 64 << 20;
+        let buf = unsafe { std::slice::from_raw_parts_mut(pj_out_alloc(out, n), n) };
+        for (i, b) in buf.iter_mut().enumerate().step_by(4096) {
+            *b = seed.wrapping_add((i >> 12) as u8);
+        }
+        buf[n - 1] = seed;
+        0
+    }
+    let par = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("batch_size", "1"),
+    ])
+    .unwrap();
+    for seed in 0..8u64 {
+        par.submit(Some(big), std::ptr::null_mut(), &seed.to_ne_bytes())
+            .unwrap();
+    }
+    let results = par.collect().unwrap();
+    assert_eq!(results.len(), 8);
+    for (seed, r) in results.iter().enumerate() {
+        assert_eq!(r.len(), 64 << 20);
+        assert_eq!(r[r.len() - 1], seed as u8);
+        assert_eq!(r[4096 * 77], (seed as u8).wrapping_add(77));
+    }
+}
+
+#[test]
+fn a_failing_task_on_processes_names_its_index() {
+    let counter = Box::new(Counter {
+        runs: Default::default(),
+        fail_at: 537,
+    });
+    let par = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+    for i in 0..10_000u64 {
+        let _ = par.submit(
+            Some(double_task),
+            &*counter as *const Counter as *mut c_void,
+            &i.to_ne_bytes(),
+        );
+    }
+    let err = par.collect().unwrap_err();
+    assert_eq!(err.status, pj_status::TaskFailed);
+    assert_eq!(err.task_index, 537);
+    assert!(
+        err.message.contains("cannot handle this one"),
+        "{}",
+        err.message
+    );
+    assert!(err.report.contains("backend: processes"), "{}", err.report);
+}
