@@ -388,9 +388,10 @@ fn results_larger_than_a_pipe_come_back_intact() {
         len: usize,
         out: *mut TaskOutput,
     ) -> i32 {
-        // SAFETY: 8-byte arguments; pj_out_alloc returns `n` writable bytes.
+        // SAFETY: 8-byte arguments.
         let seed = unsafe { arg_u64(arg, len) } as u8;
         let n = 64 << 20;
+        // SAFETY: pj_out_alloc returns `n` writable bytes, valid until the callback returns.
         let buf = unsafe { std::slice::from_raw_parts_mut(pj_out_alloc(out, n), n) };
         for (i, b) in buf.iter_mut().enumerate().step_by(4096) {
             *b = seed.wrapping_add((i >> 12) as u8);
