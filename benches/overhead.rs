@@ -146,7 +146,19 @@ fn main() {
         "pj per-task overhead, {n} trivial tasks (x*2 on 8 bytes), median of {runs} runs [min-max], ns/task"
     );
     println!("cpus: {}", pj_cpu_count());
-    let setups: [(&str, &[(&str, &str)]); 5] = [
+    let setups: [(&str, &[(&str, &str)]); 7] = [
+        (
+            "processes n_jobs=2 batch=auto",
+            &[("backend", "processes"), ("n_jobs", "2")],
+        ),
+        (
+            "processes n_jobs=2 batch=1",
+            &[
+                ("backend", "processes"),
+                ("n_jobs", "2"),
+                ("batch_size", "1"),
+            ],
+        ),
         (
             "threads n_jobs=2 batch=auto",
             &[("backend", "threads"), ("n_jobs", "2")],

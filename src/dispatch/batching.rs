@@ -12,6 +12,11 @@ use crate::config::BatchSize;
 pub const MIN_IDEAL_BATCH_SECONDS: f64 = 0.2;
 /// Batches longer than this shrink.
 pub const MAX_IDEAL_BATCH_SECONDS: f64 = 2.0;
+/// Growth stops here (joblib has no cap). For tasks of a few nanoseconds joblib's rule would grow a
+/// batch to millions of tasks: the workers would then wait while the caller fills one batch, and a
+/// streaming call would buffer that many results. 65,536 tasks already amortise a batch's fixed
+/// cost (tens of microseconds) to under a nanosecond per task.
+pub const MAX_BATCH_SIZE: usize = 1 << 16;
 
 /// A change of batch size, for verbose reporting ("Batch computation too fast ...").
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,7 +90,9 @@ impl Batching {
         let new = if d > 0.0 && d < MIN_IDEAL_BATCH_SECONDS {
             // Float-to-int casts saturate, so a near-zero duration cannot overflow.
             let ideal = ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize).saturating_mul(2);
-            ideal.min(old.saturating_mul(2)).max(1)
+            ideal
+                .min(old.saturating_mul(2))
+                .clamp(1, MAX_BATCH_SIZE.max(old))
         } else if d > MAX_IDEAL_BATCH_SECONDS && old >= 2 {
             ((old as f64 * MIN_IDEAL_BATCH_SECONDS / d) as usize)
                 .saturating_mul(2)
