@@ -14,7 +14,8 @@
 
 #include "pj.h"
 
-/* The task: runs on a worker thread. Argument and result are plain bytes, copied by pj. */
+/* The task: runs in a worker (a forked process by default, as in joblib). Its argument and result
+ * are plain bytes, copied by pj. */
 static int32_t task_sqrt(void *userdata, const uint8_t *arg, size_t arg_len, pj_out_t *out) {
     (void)userdata;
     double x;

@@ -1,8 +1,9 @@
 /*
  * pj: joblib's Parallel for C, C++ and Go.
  *
- * Hand pj a task callback and many inputs; it runs them on a pool of worker threads (or sequentially)
- * in automatically sized batches and gives the results back in submission order.
+ * Hand pj a task callback and many inputs; it runs them on forked worker processes, on worker
+ * threads or sequentially, in automatically sized batches, and gives the results back in
+ * submission order.
  *
  *     pj_config_t *cfg; pj_parallel_t *par; pj_results_t *res; pj_error_t *err = NULL;
  *     pj_config_new(&cfg);
@@ -39,8 +40,9 @@
  * - pj_parallel_t runs one call at a time. Any thread may use it; while one thread's call is in
  *   flight (from its first pj_parallel_submit to its pj_parallel_collect, or during
  *   pj_parallel_map), every other use returns PJ_STATUS_BUSY at once instead of blocking.
- * - Task callbacks run on pj's worker threads, several at once: they must be thread-safe. With
- *   n_jobs 1 (or backend "sequential") they run on the caller's thread.
+ * - Task callbacks run in forked worker processes (backend "processes", the default: see pj_task_fn
+ *   for what that means), or on pj's worker threads, several at once (backend "threads": they must
+ *   be thread-safe). With n_jobs 1 (or backend "sequential") they run on the caller's thread.
  *
  * Versions: PJ_VERSION_MAJOR/MINOR/PATCH below, pj_version() at run time.
  */
@@ -150,6 +152,13 @@ typedef struct pj_results_t pj_results_t;
 // (write the result with `pj_out_set` or `pj_out_alloc`; valid only during the call). Return 0 for
 // success or any other value for failure (attach an explanation with `pj_out_error`).
 //
+// Processes (the default backend): it runs in a worker process forked from the caller when the
+// call starts, so `userdata` and everything that existed then is readable there (copy-on-write),
+// but what the task writes to memory stays in the worker: hand results back through `out`. In the
+// worker only the forking thread exists: the callback must not wait for a lock or a condition that
+// another thread of the parent held or was to signal at the time of the fork. A crash (signal,
+// exit(), _exit()) kills only the worker and fails the call with PJ_STATUS_WORKER_DIED.
+//
 // Threading: with the threads backend it runs on pj's worker threads, several at once, possibly
 // with the same `userdata`: it must be thread-safe. With n_jobs 1 (or the sequential backend) it
 // runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
@@ -209,9 +218,9 @@ pj_status pj_config_set(pj_config_t *config,
 // for 0 (no meaning) or a value beyond the documented limit.
 pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t **error_out);
 
-// Sets the backend by name: "threads" (alias "threading"), "sequential", or "processes" (aliases
-// "loky", "multiprocessing"; accepted here, but `pj_parallel_new` returns PJ_STATUS_UNSUPPORTED
-// until the process backend exists).
+// Sets the backend by name: "processes" (the default; aliases "loky", "multiprocessing"),
+// "threads" (alias "threading") or "sequential". With an effective n_jobs of 1 every backend runs
+// the tasks sequentially in the caller's thread, as joblib does.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
@@ -290,8 +299,8 @@ void pj_error_free(pj_error_t *error);
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel_out` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT when the options are inconsistent (e.g. prefer="processes" with
-// require="sharedmem") or pre_dispatch evaluates below 1; PJ_STATUS_UNSUPPORTED when the resolved
-// backend is "processes" (not available yet in this build).
+// require="sharedmem", or backend="processes" with require="sharedmem") or pre_dispatch
+// evaluates below 1.
 pj_status pj_parallel_new(const pj_config_t *config,
                           pj_parallel_t **parallel_out,
                           pj_error_t **error_out);

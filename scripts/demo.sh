@@ -15,8 +15,11 @@ configure() {
     cmake -S . -B build -G "$generator"
 }
 
-configure >/dev/null
-cmake --build build
+# Quiet unless something fails.
+if ! log=$(configure 2>&1 && cmake --build build 2>&1); then
+    printf '%s\n' "$log" >&2
+    exit 1
+fi
 for example in sqrt modf; do
     printf '\n$ build/examples/%s    # examples/%s.c\n' "$example" "$example"
     "build/examples/$example"

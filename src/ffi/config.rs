@@ -101,9 +101,9 @@ pub extern "C" fn pj_config_set_n_jobs(
     run(error_out, || borrow_mut(config)?.set_n_jobs(n_jobs))
 }
 
-/// Sets the backend by name: "threads" (alias "threading"), "sequential", or "processes" (aliases
-/// "loky", "multiprocessing"; accepted here, but `pj_parallel_new` returns PJ_STATUS_UNSUPPORTED
-/// until the process backend exists).
+/// Sets the backend by name: "processes" (the default; aliases "loky", "multiprocessing"),
+/// "threads" (alias "threading") or "sequential". With an effective n_jobs of 1 every backend runs
+/// the tasks sequentially in the caller's thread, as joblib does.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT for an unknown name.

@@ -17,6 +17,13 @@ use crate::task::{Callback, TaskOutput};
 /// (write the result with `pj_out_set` or `pj_out_alloc`; valid only during the call). Return 0 for
 /// success or any other value for failure (attach an explanation with `pj_out_error`).
 ///
+/// Processes (the default backend): it runs in a worker process forked from the caller when the
+/// call starts, so `userdata` and everything that existed then is readable there (copy-on-write),
+/// but what the task writes to memory stays in the worker: hand results back through `out`. In the
+/// worker only the forking thread exists: the callback must not wait for a lock or a condition that
+/// another thread of the parent held or was to signal at the time of the fork. A crash (signal,
+/// exit(), _exit()) kills only the worker and fails the call with PJ_STATUS_WORKER_DIED.
+///
 /// Threading: with the threads backend it runs on pj's worker threads, several at once, possibly
 /// with the same `userdata`: it must be thread-safe. With n_jobs 1 (or the sequential backend) it
 /// runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
@@ -79,8 +86,8 @@ fn callback(func: pj_task_fn, userdata: *mut c_void) -> Result<Callback, Error> 
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel_out` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT when the options are inconsistent (e.g. prefer="processes" with
-/// require="sharedmem") or pre_dispatch evaluates below 1; PJ_STATUS_UNSUPPORTED when the resolved
-/// backend is "processes" (not available yet in this build).
+/// require="sharedmem", or backend="processes" with require="sharedmem") or pre_dispatch
+/// evaluates below 1.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_new(
     config: *const pj_config_t,
