@@ -96,6 +96,18 @@ unsafe extern "C" fn crashing(
                 "abort" => libc::abort(),
                 "exit0" => libc::exit(0),
                 "_exit3" => libc::_exit(3),
+                "grandchild" => {
+                    // A grandchild inherits the worker's socket and outlives it: the death must
+                    // still be noticed at once, not when the grandchild exits.
+                    if libc::fork() == 0 {
+                        // Not the test's output pipes: the parent test waits for their end.
+                        libc::close(1);
+                        libc::close(2);
+                        std::thread::sleep(Duration::from_secs(3));
+                        libc::_exit(0);
+                    }
+                    std::ptr::write_volatile(16 as *mut u8, 1);
+                }
                 "sigkill" => {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 }
@@ -118,7 +130,7 @@ fn child_case() {
     // The harness prints "test child_case ... " without a newline: start our lines on a fresh one.
     println!();
     match case.as_str() {
-        "segv" | "abort" | "exit0" | "_exit3" | "sigkill" => {
+        "segv" | "abort" | "exit0" | "_exit3" | "sigkill" | "grandchild" => {
             let how: &'static str = Box::leak(case.clone().into_boxed_str());
             let par = parallel(&[
                 ("backend", "processes"),
@@ -226,11 +238,17 @@ fn a_dying_worker_is_reported_with_the_task_and_the_cause() {
         ("segv", "SIGSEGV"),
         ("abort", "SIGABRT"),
         ("sigkill", "SIGKILL"),
+        ("grandchild", "SIGSEGV"),
         ("exit0", "exit status 0"),
         ("_exit3", "exit status 3"),
     ];
     for (case, cause) in cases {
+        let start = Instant::now();
         let lines = run_case(case);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{case}: the death was noticed late"
+        );
         assert_eq!(value(&lines, "STATUS"), "WorkerDied", "{case}");
         assert_eq!(
             value(&lines, "INDEX"),

@@ -235,7 +235,12 @@ impl Proxy {
         worker.progress.set(0);
         encode_batch(batch, &mut self.buf);
         let fd = worker.socket.as_raw_fd();
-        let received = send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf));
+        let pid = worker.pid;
+        // EOF is the fast signal of a death; the periodic check covers a stream kept open by a
+        // grandchild the task started, which would otherwise hide the death forever.
+        let alive = || wait_for_peek(pid);
+        let received =
+            send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf, &alive));
         match received {
             Ok(true) => decode_outcome(&self.buf, self.slot)
                 .map_err(|e| (batch.first, self.kill_worker(&e))),
@@ -344,16 +349,51 @@ fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
     }
 }
 
+/// Whether our child `pid` is still running, without reaping it (the proxy reaps it afterwards to
+/// learn how it died).
+fn wait_for_peek(pid: libc::pid_t) -> bool {
+    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waits (without blocking, without reaping) for one specific child of ours.
+        let got = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if got == 0 {
+            // SAFETY: waitid filled `info`; si_pid is 0 when the child has not changed state.
+            return unsafe { info.si_pid() } == 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
 /// Forks a worker for `slot`. The child never returns from here.
 fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
-    let (parent_end, child_end) = UnixStream::pair()?;
+    // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
+    // of the child's end, a concurrent fork would let another worker inherit that end and keep the
+    // stream open after this worker dies. With the lock, every pj socket that exists during a fork
+    // is in the registry, and the new worker closes all but its own.
+    static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _forking = FORK_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let progress = SharedCounter::new()?;
+    let (parent_end, child_end) = UnixStream::pair()?;
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
     registry::remember(parent_end.as_raw_fd());
+    registry::remember(child_end.as_raw_fd());
     // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
     // and leaves through _exit, never returning into the parent's code.
     let pid = unsafe { libc::fork() };
+    registry::forget(child_end.as_raw_fd());
     if pid < 0 {
         let error = io::Error::last_os_error();
         registry::forget(parent_end.as_raw_fd());
@@ -399,7 +439,8 @@ fn worker_main(
     let served = catch_unwind(AssertUnwindSafe(|| {
         let abort = AtomicBool::new(false);
         let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
-        while let Ok(true) = recv_frame(socket, &mut inbox) {
+        // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
+        while let Ok(true) = recv_frame(socket, &mut inbox, &|| true) {
             // SAFETY: the frame was encoded by our parent, of which this process is a fork.
             let Ok(batch) = (unsafe { decode_batch(&inbox) }) else {
                 return 3;

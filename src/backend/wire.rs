@@ -211,24 +211,60 @@ fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// How often a blocked reader asks `alive` whether the peer still runs.
+const LIVENESS_PERIOD_MS: libc::c_int = 100;
+
 /// Reads one frame into `buf`. `Ok(false)` on a clean end of stream before a frame started; a
 /// stream that ends inside a frame is an `UnexpectedEof` error (a worker that died mid-write).
-pub fn recv_frame(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<bool> {
+/// While no data comes, `alive` is asked every 100 ms; when it says no, the read fails with
+/// `BrokenPipe` even if the stream stays open.
+pub fn recv_frame(fd: RawFd, buf: &mut Vec<u8>, alive: &dyn Fn() -> bool) -> io::Result<bool> {
     let mut header = [0u8; 8];
-    if !recv_exact(fd, &mut header, true)? {
+    if !recv_exact(fd, &mut header, true, alive)? {
         return Ok(false);
     }
     let len = usize::try_from(u64::from_ne_bytes(header)).map_err(|_| malformed("oversized"))?;
     buf.clear();
     buf.resize(len, 0);
-    recv_exact(fd, buf, false)?;
+    recv_exact(fd, buf, false, alive)?;
     Ok(true)
 }
 
+/// Blocks until `fd` is readable; fails when `alive` says the peer is gone.
+fn wait_readable(fd: RawFd, alive: &dyn Fn() -> bool) -> io::Result<()> {
+    loop {
+        let mut poll_fd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut poll_fd, 1, LIVENESS_PERIOD_MS) };
+        if ready > 0 {
+            return Ok(());
+        }
+        if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 && !alive() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the worker is gone",
+            ));
+        }
+    }
+}
+
 /// Fills `buf`; returns false when the stream ended before the first byte and `eof_ok`.
-fn recv_exact(fd: RawFd, buf: &mut [u8], eof_ok: bool) -> io::Result<bool> {
+fn recv_exact(
+    fd: RawFd,
+    buf: &mut [u8],
+    eof_ok: bool,
+    alive: &dyn Fn() -> bool,
+) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
+        wait_readable(fd, alive)?;
         let rest = &mut buf[filled..];
         // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; `fd` is a socket owned by
         // the caller for the duration of the call.
@@ -311,6 +347,15 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_notices_a_dead_peer_whose_stream_stays_open() {
+        let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let start = std::time::Instant::now();
+        let err = recv_frame(b.as_raw_fd(), &mut Vec::new(), &|| false).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
     fn frames_cross_a_socket_and_a_cut_frame_is_an_error() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let big = vec![7u8; 3 << 20];
@@ -321,10 +366,10 @@ mod tests {
             send_all(a.as_raw_fd(), b"short").unwrap();
         });
         let mut buf = Vec::new();
-        assert!(recv_frame(b.as_raw_fd(), &mut buf).unwrap());
+        assert!(recv_frame(b.as_raw_fd(), &mut buf, &|| true).unwrap());
         assert_eq!(buf.len(), 3 << 20);
         writer.join().unwrap();
-        let err = recv_frame(b.as_raw_fd(), &mut buf).unwrap_err();
+        let err = recv_frame(b.as_raw_fd(), &mut buf, &|| true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
