@@ -200,4 +200,105 @@ fn main() {
         "plain serial loop",
         start.elapsed().as_secs_f64() * 1e9 / n as f64
     );
+    if benching {
+        cpu_bound_speedup();
+        cold_first_call();
+    }
+}
+
+/// Spins for about a millisecond of CPU (no sleeping: the point is to use a core).
+unsafe extern "C" fn burn_1ms(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed().as_micros() < 1000 {
+        for i in 0..1000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+    }
+    std::hint::black_box(x);
+    pj_out_set(out, arg, len);
+    0
+}
+
+/// 2,000 tasks of ~1 ms: wall time serial vs n_jobs=2 on each backend.
+fn cpu_bound_speedup() {
+    let run = |options: &[(&str, &str)]| {
+        let par = new_parallel(options);
+        let start = Instant::now();
+        for i in 0..2_000u64 {
+            let arg = i.to_ne_bytes();
+            let status = pj_parallel_submit(
+                par,
+                Some(burn_1ms),
+                std::ptr::null_mut(),
+                arg.as_ptr(),
+                8,
+                std::ptr::null_mut(),
+            );
+            assert_eq!(status, pj_status::Ok);
+        }
+        let mut res = std::ptr::null_mut();
+        assert_eq!(
+            pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
+            pj_status::Ok
+        );
+        let seconds = start.elapsed().as_secs_f64();
+        pj_results_free(res);
+        pj_parallel_free(par);
+        seconds
+    };
+    let serial = run(&[("backend", "sequential")]);
+    println!("2,000 x 1 ms tasks: sequential {serial:.3} s");
+    for backend in ["processes", "threads"] {
+        let times: Vec<f64> = (0..3)
+            .map(|_| run(&[("backend", backend), ("n_jobs", "2")]))
+            .collect();
+        let (median, min, max) = median(times);
+        println!(
+            "2,000 x 1 ms tasks: {backend} n_jobs=2 {median:.3} s [{min:.3}-{max:.3}]  speedup {:.2}x",
+            serial / median
+        );
+    }
+}
+
+/// A new object's first call of two trivial tasks on processes: fork, run, retire.
+fn cold_first_call() {
+    let times: Vec<f64> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            let par = new_parallel(&[
+                ("backend", "processes"),
+                ("n_jobs", "2"),
+                ("batch_size", "1"),
+            ]);
+            for i in 0..2u64 {
+                let arg = i.to_ne_bytes();
+                pj_parallel_submit(
+                    par,
+                    Some(double),
+                    std::ptr::null_mut(),
+                    arg.as_ptr(),
+                    8,
+                    std::ptr::null_mut(),
+                );
+            }
+            let mut res = std::ptr::null_mut();
+            assert_eq!(
+                pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
+                pj_status::Ok
+            );
+            pj_results_free(res);
+            pj_parallel_free(par);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    let (median, min, max) = median(times);
+    println!(
+        "cold first call (new object, 2 tasks, processes n_jobs=2, incl. free): {median:.2} ms [{min:.2}-{max:.2}]"
+    );
 }

@@ -229,7 +229,7 @@ impl Call {
             self.wait_for_room(backend, batching, false);
             self.produce_one(backend, batching);
         }
-        self.flush(backend);
+        self.flush(backend, true);
         self.drain(batching);
         backend.end_call();
         if let Some(error) = self.failure_error(backend) {
@@ -277,7 +277,8 @@ impl Call {
                 // The window is full: a completion makes room for full batches.
                 self.wait_one(batching);
             } else if !self.pending.is_empty() {
-                self.flush(backend);
+                let end_of_input = self.producer.is_none();
+                self.flush(backend, end_of_input);
             } else if self.in_flight > 0 {
                 self.wait_one(batching);
             } else if self.producer.is_none() {
@@ -375,24 +376,26 @@ impl Call {
     /// Blocks until one more task fits in the window (or the call failed).
     fn wait_for_room(&mut self, backend: &Backend, batching: &mut Batching, counting_unread: bool) {
         while !self.failed() && !self.has_room(batching, counting_unread) {
-            if !self.pending.is_empty() {
-                self.flush(backend);
-            } else if self.in_flight > 0 {
+            if self.in_flight > 0 {
+                // A completion makes room; the pending batch keeps filling up to full size.
                 self.wait_one(batching);
+            } else if !self.pending.is_empty() {
+                self.flush(backend, false);
             } else {
                 return;
             }
         }
     }
 
-    /// Dispatches the pending batch, spreading it thinly over the workers when the input has ended
+    /// Dispatches the pending batch; at the end of the input, spread thinly over the workers
     /// (joblib splits a tail into 10 × n_jobs pieces to limit stragglers).
-    fn flush(&mut self, backend: &Backend) {
+    fn flush(&mut self, backend: &Backend, end_of_input: bool) {
         if self.failed() || self.pending.is_empty() {
             return;
         }
         let mut batch = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
         let chunk = match backend {
+            _ if !end_of_input => batch.len(),
             Backend::Sequential => batch.len(),
             _ => (batch.len() / (10 * backend.workers())).max(1),
         };
