@@ -460,3 +460,56 @@ fn a_failing_task_on_processes_names_its_index() {
     );
     assert!(err.report.contains("backend: processes"), "{}", err.report);
 }
+
+#[test]
+fn forking_while_other_threads_allocate_and_print_never_deadlocks_a_worker() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sink = std::io::sink();
+                while !stop.load(Ordering::Relaxed) {
+                    let v: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 1 + i * 37]).collect();
+                    let _ = writeln!(sink, "{}", v.len());
+                    let _ = format!("{:?}", &v[3]);
+                }
+            })
+        })
+        .collect();
+    unsafe extern "C" fn allocate(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // The worker allocates and formats too: with a malloc lock inherited in a locked state
+        // this would hang.
+        let text = format!("{:?}", vec![1u8; 100]);
+        std::hint::black_box(text);
+        pj_out_set(out, arg, len);
+        0
+    }
+    let start = Instant::now();
+    let par = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("batch_size", "1"),
+    ])
+    .unwrap();
+    for _ in 0..200 {
+        for i in 0..4u64 {
+            par.submit(Some(allocate), std::ptr::null_mut(), &i.to_ne_bytes())
+                .unwrap();
+        }
+        assert_eq!(par.collect().unwrap().len(), 4);
+        assert!(start.elapsed() < Duration::from_secs(60), "calls stalled");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in noise {
+        t.join().unwrap();
+    }
+}
