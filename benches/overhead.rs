@@ -81,13 +81,13 @@ fn check(res: *mut pj_results_t, n: u64) {
     pj_results_free(res);
 }
 
-fn via_submit(par: *mut pj_parallel_t, n: u64) -> f64 {
-    let start = Instant::now();
+/// Submits `task` on the arguments 0..n (8 bytes each) and collects the results.
+fn submit_and_collect(par: *mut pj_parallel_t, task: pj_task_fn, n: u64) -> *mut pj_results_t {
     for i in 0..n {
         let arg = i.to_ne_bytes();
         let status = pj_parallel_submit(
             par,
-            Some(double),
+            task,
             std::ptr::null_mut(),
             arg.as_ptr(),
             8,
@@ -100,6 +100,12 @@ fn via_submit(par: *mut pj_parallel_t, n: u64) -> f64 {
         pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
         pj_status::Ok
     );
+    res
+}
+
+fn via_submit(par: *mut pj_parallel_t, n: u64) -> f64 {
+    let start = Instant::now();
+    let res = submit_and_collect(par, Some(double), n);
     let elapsed = start.elapsed().as_secs_f64();
     check(res, n);
     elapsed * 1e9 / n as f64
@@ -230,23 +236,7 @@ fn cpu_bound_speedup() {
     let run = |options: &[(&str, &str)]| {
         let par = new_parallel(options);
         let start = Instant::now();
-        for i in 0..2_000u64 {
-            let arg = i.to_ne_bytes();
-            let status = pj_parallel_submit(
-                par,
-                Some(burn_1ms),
-                std::ptr::null_mut(),
-                arg.as_ptr(),
-                8,
-                std::ptr::null_mut(),
-            );
-            assert_eq!(status, pj_status::Ok);
-        }
-        let mut res = std::ptr::null_mut();
-        assert_eq!(
-            pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
-            pj_status::Ok
-        );
+        let res = submit_and_collect(par, Some(burn_1ms), 2_000);
         let seconds = start.elapsed().as_secs_f64();
         pj_results_free(res);
         pj_parallel_free(par);
