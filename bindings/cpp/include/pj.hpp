@@ -1,0 +1,1192 @@
+/**
+ * @file pj.hpp
+ * @brief pj for C++17: joblib's `Parallel` with lambdas, typed results and exceptions.
+ *
+ * Header-only: include it (it includes pj.h) and link libpj.
+ *
+ * @code
+ *     pj::Parallel par(pj::Options().n_jobs(2));         // forked worker processes by default
+ *     std::vector<double> roots = par.map(inputs, [](double x) { return std::sqrt(x); });
+ *
+ *     for (auto&& [i, r] : par.imap(inputs, f)) { ... }  // streaming, in input order
+ *     try { par.map(inputs, f); } catch (const pj::TaskError& e) { e.task_index(); e.what(); }
+ * @endcode
+ *
+ * @par Ownership
+ * Every C handle has one move-only owner that frees it: pj::Options (pj_config_t), pj::Parallel
+ * (pj_parallel_t), pj::Results (pj_results_t), pj::ErrorHandle (pj_error_t; pj::Error copies what
+ * it needs from one, so exceptions stay copyable). `capi()` lends the raw handle (still owned),
+ * `release()` gives it up (the caller frees it with the C function). No owner is copyable; the
+ * exceptions are.
+ *
+ * @par Errors
+ * Every failure is thrown: pj::Error (a std::runtime_error carrying the pj_status, the task index
+ * and pj's multi-line report) or its subclass for the status (TaskError, TimeoutError,
+ * WorkerDiedError, CancelledError, InvalidArgument). A function's exception is caught inside a
+ * `noexcept` trampoline and becomes a TaskError whose message holds its what() (or "unknown C++
+ * exception"): nothing unwinds into pj, std::terminate is never called, and the pj::Parallel is
+ * ready for the next call. An exception thrown by the input range (while pj pulls inputs, on the
+ * caller's thread) is rethrown as it is.
+ *
+ * @par Where a function runs (read this once)
+ * - "processes" (the default backend, as in joblib): in worker processes forked from the caller
+ *   when the call starts. The function object, what it captures and everything else that exists at
+ *   that moment is valid in the worker (a copy-on-write image), so lambdas just work. But what a
+ *   task writes to memory (a captured counter, a global) stays in the worker: return the result.
+ *   Inputs and results travel as bytes, through pj::codec. An exception in a worker comes back as
+ *   text; a crash (std::abort(), a signal) kills only that worker and throws WorkerDiedError. The
+ *   worker has only the forking thread: do not wait for a lock another thread of your program may
+ *   hold. With keep_workers(true) the workers keep the image of the first call, so later calls must
+ *   not rely on anything created after it: do not combine it with capturing lambdas.
+ * - "threads": on pj's worker threads, several at once, on the same function object: it must be
+ *   thread-safe (it is called as a non-const lvalue; a `mutable` lambda races with itself).
+ * - n_jobs 1 (the default when unset) or "sequential": on the caller's thread.
+ *
+ * @par Threading
+ * A pj::Parallel runs one call at a time; another thread that uses it meanwhile gets a pj::Error
+ * with PJ_STATUS_BUSY. A task must not use the pj::Parallel running it (also BUSY).
+ */
+#ifndef PJ_HPP
+#define PJ_HPP
+
+#include <pj.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <initializer_list>
+#include <iterator>
+#include <memory>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace pj {
+
+class Options;
+class Parallel;
+
+// ------------------------------------------------------------------------------------------------
+// Version and machine
+// ------------------------------------------------------------------------------------------------
+
+/// pj's version, e.g. "0.1.0" (the library's, at run time).
+inline const char* version() noexcept { return pj_version(); }
+
+/// A short static description of a status, e.g. "PJ_STATUS_TIMEOUT: a task exceeded the timeout".
+inline const char* status_str(pj_status status) noexcept {
+    return pj_status_str(static_cast<std::uint32_t>(status));
+}
+
+/// The number of CPUs pj may use (affinity, cgroup quota and PJ_MAX_CPU_COUNT included).
+inline std::size_t cpu_count() noexcept { return pj_cpu_count(); }
+
+/// 0 in your code, 1 inside a task of a top-level call, and so on (see pj_nesting_level).
+inline std::size_t nesting_level() noexcept { return pj_nesting_level(); }
+
+/// The callback code a task reports when its function threw (pj::TaskError::callback_code()).
+inline constexpr std::int32_t exception_code = 1;
+
+// ------------------------------------------------------------------------------------------------
+// Handles
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * A move-only owner of one C handle, freed with `Free` (the pj `_free` function, NULL-safe).
+ * The building block of Options, Parallel and Results; on its own for pj_error_t (ErrorHandle).
+ */
+template <typename T, void (*Free)(T*)>
+class Handle {
+public:
+    /// Owns nothing.
+    Handle() noexcept = default;
+    /// Takes ownership of `raw` (may be NULL).
+    explicit Handle(T* raw) noexcept : raw_(raw) {}
+    Handle(const Handle&) = delete;
+    Handle& operator=(const Handle&) = delete;
+    Handle(Handle&& other) noexcept : raw_(other.release()) {}
+    Handle& operator=(Handle&& other) noexcept {
+        reset(other.release());
+        return *this;
+    }
+    ~Handle() { Free(raw_); }
+
+    /// The handle, still owned by this object (NULL when empty).
+    T* capi() const noexcept { return raw_; }
+    /// Gives up ownership: the caller frees the returned handle.
+    T* release() noexcept {
+        T* raw = raw_;
+        raw_ = nullptr;
+        return raw;
+    }
+    /// Frees the current handle and owns `raw` instead.
+    void reset(T* raw = nullptr) noexcept {
+        T* old = raw_;
+        raw_ = raw;
+        Free(old);
+    }
+    /// Whether it owns a handle.
+    explicit operator bool() const noexcept { return raw_ != nullptr; }
+
+private:
+    T* raw_ = nullptr;
+};
+
+/// Owns a pj_error_t. pj::Error copies its contents, so you rarely need this.
+using ErrorHandle = Handle<pj_error_t, pj_error_free>;
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+// ------------------------------------------------------------------------------------------------
+
+namespace detail {
+struct ErrorAccess;
+}
+
+/**
+ * Every error pj::* throws. what() is pj's one-line message (for a task: "task 7 failed with code
+ * 1: <what the function threw>"); report() the multi-line report (kind, task index, backend,
+ * worker, code, message). Copies share the report, so copying never throws.
+ */
+class Error : public std::runtime_error {
+public:
+    /// An error with `status` and `message`; an empty `report` is made from the two.
+    Error(pj_status status, const std::string& message, std::string report = {},
+          std::int64_t task_index = -1, std::int32_t callback_code = 0)
+        : std::runtime_error(message),
+          status_(status),
+          task_index_(task_index),
+          callback_code_(callback_code),
+          report_(std::make_shared<const std::string>(
+              report.empty() ? std::string(pj::status_str(status)) + "\n" + message + "\n"
+                             : std::move(report))) {}
+
+    /// The pj_status it was returned with.
+    pj_status status() const noexcept { return status_; }
+    /// The status as text, e.g. "PJ_STATUS_TASK_FAILED: a task failed".
+    const char* status_str() const noexcept { return pj::status_str(status_); }
+    /// The index (in input order, from 0) of the task it is about, or -1.
+    std::int64_t task_index() const noexcept { return task_index_; }
+    /// The failed task callback's non-zero code (pj::exception_code for a C++ exception), or 0.
+    std::int32_t callback_code() const noexcept { return callback_code_; }
+    /// pj's multi-line report, each line ending in '\n'.
+    const std::string& report() const noexcept { return *report_; }
+
+private:
+    friend struct detail::ErrorAccess;
+    pj_status status_;
+    std::int64_t task_index_;
+    std::int32_t callback_code_;
+    std::shared_ptr<const std::string> report_;
+};
+
+/// A task failed: its function threw (or a C callback returned non-zero). task_index() names it.
+class TaskError : public Error {
+public:
+    using Error::Error;
+};
+
+/// A task exceeded the configured timeout.
+class TimeoutError : public Error {
+public:
+    using Error::Error;
+};
+
+/// A worker process died while running a task (std::abort(), a signal, exit()).
+class WorkerDiedError : public Error {
+public:
+    using Error::Error;
+};
+
+/// The call was cancelled, or (pj::Stream) abandoned by another call on the same pj::Parallel.
+class CancelledError : public Error {
+public:
+    using Error::Error;
+};
+
+/// An invalid option, key or argument (the message quotes it), or bytes a pj::codec cannot decode.
+class InvalidArgument : public Error {
+public:
+    using Error::Error;
+};
+
+/**
+ * Throws the exception class that matches `status`: TaskError (PJ_STATUS_TASK_FAILED),
+ * TimeoutError, WorkerDiedError, CancelledError, InvalidArgument, or pj::Error for any other status.
+ */
+[[noreturn]] inline void throw_error(pj_status status, const std::string& message,
+                                     std::string report = {}, std::int64_t task_index = -1,
+                                     std::int32_t callback_code = 0) {
+    switch (status) {
+    case PJ_STATUS_TASK_FAILED:
+        throw TaskError(status, message, std::move(report), task_index, callback_code);
+    case PJ_STATUS_TIMEOUT:
+        throw TimeoutError(status, message, std::move(report), task_index, callback_code);
+    case PJ_STATUS_WORKER_DIED:
+        throw WorkerDiedError(status, message, std::move(report), task_index, callback_code);
+    case PJ_STATUS_CANCELLED:
+        throw CancelledError(status, message, std::move(report), task_index, callback_code);
+    case PJ_STATUS_INVALID_ARGUMENT:
+        throw InvalidArgument(status, message, std::move(report), task_index, callback_code);
+    default:
+        throw Error(status, message, std::move(report), task_index, callback_code);
+    }
+}
+
+/// Throws the exception for `status` with the contents of `error` (which may be empty).
+[[noreturn]] inline void throw_error(pj_status status, const ErrorHandle& error) {
+    const pj_error_t* raw = error.capi();
+    if (raw == nullptr) {
+        throw_error(status, pj::status_str(status));
+    }
+    throw_error(status, pj_error_message(raw), pj_error_report(raw), pj_error_task_index(raw),
+                pj_error_callback_code(raw));
+}
+
+namespace detail {
+
+struct ErrorAccess {
+    static void set_task_index(Error& error, std::int64_t index) noexcept {
+        error.task_index_ = index;
+    }
+};
+
+/// Receives a C function's error_out and frees it: `check(pj_x(..., err.out()), err)`.
+class ErrorSlot {
+public:
+    ErrorSlot() = default;
+    ErrorSlot(const ErrorSlot&) = delete;
+    ErrorSlot& operator=(const ErrorSlot&) = delete;
+    ~ErrorSlot() { pj_error_free(raw_); }
+    pj_error_t** out() noexcept { return &raw_; }
+    ErrorHandle take() noexcept {
+        ErrorHandle handle(raw_);
+        raw_ = nullptr;
+        return handle;
+    }
+
+private:
+    pj_error_t* raw_ = nullptr;
+};
+
+/// Throws unless `status` is PJ_STATUS_OK.
+inline void check(pj_status status, ErrorSlot& error) {
+    if (status != PJ_STATUS_OK) {
+        throw_error(status, error.take());
+    }
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------------------------------------------
+// Codecs
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * How a value of type T travels as bytes (inputs to the tasks, results back). The primary template
+ * handles trivially copyable types (their object representation, checked for size); pj.hpp
+ * specialises it for std::string and std::vector<U> of trivially copyable U. Specialise it for
+ * your own types, before the call that uses them:
+ *
+ * @code
+ *     template <> struct pj::codec<Named> {
+ *         static std::size_t size(const Named& v);                       // bytes encode() writes
+ *         static void encode(const Named& v, std::uint8_t* dst);          // exactly size(v) bytes
+ *         static Named decode(const std::uint8_t* data, std::size_t len); // throw when malformed
+ *     };
+ * @endcode
+ *
+ * `dst` and `data` carry no alignment promise: copy with std::memcpy. decode() may throw (any
+ * exception; pj::InvalidArgument by convention): inside a task that fails the task, on the
+ * caller's side the exception propagates (a pj::Error gets the task's index).
+ */
+template <typename T>
+struct codec {
+    static_assert(std::is_trivially_copyable_v<T>,
+                  "pj::codec<T>: T is not trivially copyable; specialise pj::codec<T> to send it");
+
+    static std::size_t size(const T&) noexcept { return sizeof(T); }
+    static void encode(const T& value, std::uint8_t* dst) noexcept {
+        std::memcpy(dst, std::addressof(value), sizeof(T));
+    }
+    static T decode(const std::uint8_t* data, std::size_t len) {
+        if (len != sizeof(T)) {
+            throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
+                                  "pj::codec: expected " + std::to_string(sizeof(T)) +
+                                      " bytes for a trivially copyable value, got " +
+                                      std::to_string(len));
+        }
+        // Trivially copyable: copying the bytes into suitably aligned storage makes the object.
+        alignas(T) unsigned char storage[sizeof(T)];
+        std::memcpy(storage, data, sizeof(T));
+        return *std::launder(reinterpret_cast<T*>(storage));
+    }
+};
+
+/// std::string: its bytes, no terminator.
+template <typename Char, typename Traits, typename Alloc>
+struct codec<std::basic_string<Char, Traits, Alloc>> {
+    using string_type = std::basic_string<Char, Traits, Alloc>;
+    static_assert(std::is_trivially_copyable_v<Char>, "pj::codec: unsupported character type");
+
+    static std::size_t size(const string_type& s) noexcept { return s.size() * sizeof(Char); }
+    static void encode(const string_type& s, std::uint8_t* dst) noexcept {
+        if (!s.empty()) {
+            std::memcpy(dst, s.data(), s.size() * sizeof(Char));
+        }
+    }
+    static string_type decode(const std::uint8_t* data, std::size_t len) {
+        if (len % sizeof(Char) != 0) {
+            throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
+                                  "pj::codec<std::basic_string>: " + std::to_string(len) +
+                                      " bytes is not a whole number of characters");
+        }
+        string_type s(len / sizeof(Char), Char());
+        if (len != 0) {
+            std::memcpy(&s[0], data, len);
+        }
+        return s;
+    }
+};
+
+/// std::vector<U> of trivially copyable U: its elements' bytes, back to back.
+template <typename U, typename Alloc>
+struct codec<std::vector<U, Alloc>> {
+    using vector_type = std::vector<U, Alloc>;
+    static_assert(std::is_trivially_copyable_v<U> && !std::is_same_v<U, bool>,
+                  "pj::codec<std::vector<U>>: U must be trivially copyable (and not bool); "
+                  "specialise pj::codec for this vector type");
+
+    static std::size_t size(const vector_type& v) noexcept { return v.size() * sizeof(U); }
+    static void encode(const vector_type& v, std::uint8_t* dst) noexcept {
+        if (!v.empty()) {
+            std::memcpy(dst, v.data(), v.size() * sizeof(U));
+        }
+    }
+    static vector_type decode(const std::uint8_t* data, std::size_t len) {
+        if (len % sizeof(U) != 0) {
+            throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
+                                  "pj::codec<std::vector>: " + std::to_string(len) +
+                                      " bytes is not a multiple of the element size " +
+                                      std::to_string(sizeof(U)));
+        }
+        vector_type v(len / sizeof(U));
+        if (len != 0) {
+            std::memcpy(v.data(), data, len);
+        }
+        return v;
+    }
+};
+
+// ------------------------------------------------------------------------------------------------
+// Options
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * Options for pj::Parallel (owns a pj_config_t). Every option starts unset, so joblib's defaults
+ * (and scoped defaults, pj::ScopedConfig) apply. Each setter validates its value at once and
+ * throws pj::InvalidArgument (quoting it) when it is bad; the options are then unchanged.
+ * Setters chain, on lvalues and on temporaries:
+ *
+ * @code
+ *     pj::Parallel par(pj::Options().n_jobs(-1).backend("threads").batch_size(64));
+ *     auto opts = pj::Options().set("pre_dispatch", "3*n_jobs");
+ * @endcode
+ *
+ * pj::Parallel copies the options: they may change or die afterwards. Move-only (pj has no
+ * pj_config_clone). Not thread-safe for writing.
+ *
+ * Not yet here: a progress callback (the C API has no pj_config_set_progress yet).
+ */
+class Options {
+public:
+    /// Every option unset.
+    Options() {
+        pj_config_t* raw = nullptr;
+        pj_status status = pj_config_new(&raw);
+        if (status != PJ_STATUS_OK) {
+            throw_error(status, "pj_config_new failed");
+        }
+        handle_.reset(raw);
+    }
+    /// Takes ownership of a config made by pj_config_new.
+    explicit Options(pj_config_t* raw) noexcept : handle_(raw) {}
+
+    Options(Options&&) noexcept = default;
+    Options& operator=(Options&&) noexcept = default;
+    Options(const Options&) = delete;
+    Options& operator=(const Options&) = delete;
+
+    /// Any option by joblib keyword and spelling, e.g. set("n_jobs", "-1"), set("timeout", "none");
+    /// see pj_config_set for the keys.
+    Options& set(const std::string& key, const std::string& value) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set(raw(), key.c_str(), value.c_str(), err.out()), err);
+        return *this;
+    }
+    Options&& set(const std::string& key, const std::string& value) && {
+        return std::move(set(key, value));
+    }
+
+    /// Workers: positive, or negative for "all CPUs but |n|-1" (-1: every CPU). 0 is invalid.
+    Options& n_jobs(std::int64_t n) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_n_jobs(raw(), n, err.out()), err);
+        return *this;
+    }
+    Options&& n_jobs(std::int64_t n) && { return std::move(n_jobs(n)); }
+
+    /// "processes" (the default; "loky", "multiprocessing"), "threads" ("threading"), "sequential".
+    Options& backend(const std::string& name) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_backend(raw(), name.c_str(), err.out()), err);
+        return *this;
+    }
+    Options&& backend(const std::string& name) && { return std::move(backend(name)); }
+
+    /// A soft backend hint: "threads", "processes" or "none".
+    Options& prefer(const std::string& value) & { return set("prefer", value); }
+    Options&& prefer(const std::string& value) && { return std::move(prefer(value)); }
+
+    /// A hard constraint: "sharedmem" (threads only) or "none".
+    Options& require(const std::string& value) & { return set("require", value); }
+    Options&& require(const std::string& value) && { return std::move(require(value)); }
+
+    /// joblib's verbosity (0 silent; progress lines on stderr below 50, on stdout from 50).
+    Options& verbose(std::int64_t level) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_verbose(raw(), level, err.out()), err);
+        return *this;
+    }
+    Options&& verbose(std::int64_t level) && { return std::move(verbose(level)); }
+
+    /// A per-task time limit in seconds (> 0; INFINITY means none). A late task throws TimeoutError.
+    Options& timeout(double seconds) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_timeout(raw(), seconds, err.out()), err);
+        return *this;
+    }
+    Options&& timeout(double seconds) && { return std::move(timeout(seconds)); }
+    /// A per-task time limit as a duration, e.g. timeout(std::chrono::milliseconds(500)).
+    template <typename Rep, typename Period>
+    Options& timeout(std::chrono::duration<Rep, Period> limit) & {
+        return timeout(std::chrono::duration<double>(limit).count());
+    }
+    template <typename Rep, typename Period>
+    Options&& timeout(std::chrono::duration<Rep, Period> limit) && {
+        return std::move(timeout(limit));
+    }
+
+    /// Tasks dispatched ahead: "all", a number, or arithmetic on n_jobs such as "2*n_jobs".
+    Options& pre_dispatch(const std::string& expression) & {
+        return set("pre_dispatch", expression);
+    }
+    Options&& pre_dispatch(const std::string& expression) && {
+        return std::move(pre_dispatch(expression));
+    }
+    /// Tasks dispatched ahead, as a number (>= 1).
+    Options& pre_dispatch(std::int64_t tasks) & { return set("pre_dispatch", std::to_string(tasks)); }
+    Options&& pre_dispatch(std::int64_t tasks) && { return std::move(pre_dispatch(tasks)); }
+
+    /// A fixed number of tasks per batch (>= 1).
+    Options& batch_size(std::size_t tasks) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_batch_size(raw(), tasks, err.out()), err);
+        return *this;
+    }
+    Options&& batch_size(std::size_t tasks) && { return std::move(batch_size(tasks)); }
+    /// "auto" (joblib's heuristic, the default) or a number as text.
+    Options& batch_size(const std::string& value) & { return set("batch_size", value); }
+    Options&& batch_size(const std::string& value) && { return std::move(batch_size(value)); }
+
+    /// Where memory-mapped files go.
+    Options& temp_folder(const std::string& path) & { return set("temp_folder", path); }
+    Options&& temp_folder(const std::string& path) && { return std::move(temp_folder(path)); }
+
+    /// Size above which arguments are memory-mapped: "1M", "512k", "none", "1048576".
+    Options& max_nbytes(const std::string& size) & { return set("max_nbytes", size); }
+    Options&& max_nbytes(const std::string& size) && { return std::move(max_nbytes(size)); }
+    /// Size above which arguments are memory-mapped, in bytes.
+    Options& max_nbytes(std::uint64_t bytes) & { return set("max_nbytes", std::to_string(bytes)); }
+    Options&& max_nbytes(std::uint64_t bytes) && { return std::move(max_nbytes(bytes)); }
+
+    /// How workers map those files: "r", "r+", "w+" or "c".
+    Options& mmap_mode(const std::string& mode) & { return set("mmap_mode", mode); }
+    Options&& mmap_mode(const std::string& mode) && { return std::move(mmap_mode(mode)); }
+
+    /// The order of Parallel::imap: "generator" or "list" (input order), "generator_unordered"
+    /// (completion order). Parallel::map always returns input order.
+    Options& return_as(const std::string& value) & { return set("return_as", value); }
+    Options&& return_as(const std::string& value) && { return std::move(return_as(value)); }
+
+    /// Keep worker processes alive across calls. They keep the memory image of the call that forked
+    /// them: later calls must not use function objects or data created after it (see the file
+    /// comment); leave it off with capturing lambdas.
+    Options& keep_workers(bool keep) & { return set("keep_workers", keep ? "true" : "false"); }
+    Options&& keep_workers(bool keep) && { return std::move(keep_workers(keep)); }
+
+    /// The number of workers a pj::Parallel made from these options would use (joblib's
+    /// effective_n_jobs), scoped defaults included. Throws when the options cannot be resolved.
+    std::size_t effective_n_jobs() const;
+
+    /// The config, still owned by this object.
+    pj_config_t* capi() const noexcept { return handle_.capi(); }
+    /// Gives up ownership: free the result with pj_config_free.
+    pj_config_t* release() noexcept { return handle_.release(); }
+
+private:
+    pj_config_t* raw() const {
+        if (!handle_) {
+            throw Error(PJ_STATUS_NULL_ARGUMENT, "pj::Options: used after being moved from");
+        }
+        return handle_.capi();
+    }
+
+    Handle<pj_config_t, pj_config_free> handle_;
+};
+
+/**
+ * joblib's parallel_config: while it lives, a pj::Parallel created on this thread takes each option
+ * it does not set from `options` (innermost scope first). Other threads (pj's workers included) do
+ * not see it. Create and destroy it on the same thread, innermost first; neither copyable nor
+ * movable.
+ */
+class ScopedConfig {
+public:
+    explicit ScopedConfig(const Options& options) {
+        detail::ErrorSlot err;
+        detail::check(pj_config_push(options.capi(), err.out()), err);
+    }
+    ScopedConfig(const ScopedConfig&) = delete;
+    ScopedConfig& operator=(const ScopedConfig&) = delete;
+    ~ScopedConfig() { pj_config_pop(nullptr); }
+};
+
+// ------------------------------------------------------------------------------------------------
+// Results
+// ------------------------------------------------------------------------------------------------
+
+/// A borrowed run of bytes.
+struct ByteView {
+    const std::uint8_t* data = nullptr;
+    std::size_t size = 0;
+
+    const std::uint8_t* begin() const noexcept { return data; }
+    const std::uint8_t* end() const noexcept { return data + size; }
+};
+
+namespace detail {
+
+/// Decodes a result with codec<R>; a pj::Error from the codec gets `index` as its task index.
+template <typename R>
+R decode_result(const std::uint8_t* data, std::size_t len, std::size_t index) {
+    try {
+        return codec<R>::decode(data, len);
+    } catch (Error& e) {
+        if (e.task_index() < 0) {
+            ErrorAccess::set_task_index(e, static_cast<std::int64_t>(index));
+        }
+        throw;
+    }
+}
+
+}  // namespace detail
+
+/**
+ * The results of a call made through the C API (pj_parallel_collect, pj_parallel_map): one byte
+ * string per task, in submission order. Owns the pj_results_t; move-only.
+ */
+class Results {
+public:
+    /// Takes ownership of `raw` (NULL: no results).
+    explicit Results(pj_results_t* raw) noexcept : handle_(raw) {}
+
+    /// Number of results.
+    std::size_t size() const noexcept { return pj_results_len(handle_.capi()); }
+    bool empty() const noexcept { return size() == 0; }
+
+    /// The bytes of result `index`, valid while this object lives. Throws InvalidArgument when
+    /// `index >= size()`.
+    ByteView bytes(std::size_t index) const {
+        ByteView view;
+        pj_status status = pj_results_get(handle_.capi(), index, &view.data, &view.size);
+        if (status != PJ_STATUS_OK) {
+            throw_error(status, "pj::Results: no result " + std::to_string(index) + " among " +
+                                    std::to_string(size()));
+        }
+        return view;
+    }
+    ByteView operator[](std::size_t index) const { return bytes(index); }
+
+    /// Result `index` decoded with pj::codec<R> (a size mismatch throws InvalidArgument).
+    template <typename R>
+    R get(std::size_t index) const {
+        ByteView view = bytes(index);
+        return detail::decode_result<R>(view.data, view.size, index);
+    }
+
+    /// Every result decoded with pj::codec<R>, in order.
+    template <typename R>
+    std::vector<R> decode_all() const {
+        std::vector<R> out;
+        const std::size_t n = size();
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            out.push_back(get<R>(i));
+        }
+        return out;
+    }
+
+    pj_results_t* capi() const noexcept { return handle_.capi(); }
+    pj_results_t* release() noexcept { return handle_.release(); }
+
+private:
+    Handle<pj_results_t, pj_results_free> handle_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Trampolines (the only code pj calls; each is noexcept and catches everything)
+// ------------------------------------------------------------------------------------------------
+
+namespace detail {
+
+/// Writes `value` with codec<R> into the task's output.
+template <typename R>
+void write_result(pj_out_t* out, const R& value) {
+    const std::size_t n = codec<R>::size(value);
+    std::uint8_t* dst = pj_out_alloc(out, n);
+    if (dst == nullptr) {
+        throw std::runtime_error("pj_out_alloc failed");
+    }
+    codec<R>::encode(value, dst);
+}
+
+/// The task callback for a function object F applied to a T decoded from the argument bytes.
+/// Runs in a worker (process or thread) or on the caller's thread; never lets anything unwind.
+template <typename F, typename T, typename R>
+std::int32_t task_trampoline(void* userdata, const std::uint8_t* arg, std::size_t arg_len,
+                             pj_out_t* out) noexcept {
+    try {
+        F& f = *static_cast<F*>(userdata);
+        const T input = codec<T>::decode(arg, arg_len);
+        write_result<R>(out, std::invoke(f, input));
+        return 0;
+    } catch (const std::exception& e) {
+        pj_out_error(out, e.what());
+    } catch (...) {
+        pj_out_error(out, "unknown C++ exception");
+    }
+    return exception_code;
+}
+
+/// Does nothing (for the empty call that abandons a stream's call).
+inline std::int32_t noop_task(void*, const std::uint8_t*, std::size_t, pj_out_t*) noexcept {
+    return 0;
+}
+inline std::int32_t no_inputs(void*, const std::uint8_t**, std::size_t*) noexcept { return 0; }
+
+/// The producer over a range [it, end): encodes each element with codec<T> into a reused buffer.
+/// Advances lazily (the next element is read only when pj asks for it) and stores an exception
+/// from the range or the codec, for the caller to rethrow once the C call has returned.
+template <typename It, typename End, typename T>
+class Producer {
+public:
+    Producer(It begin, End end) : it_(std::move(begin)), end_(std::move(end)) {}
+
+    static std::int32_t call(void* userdata, const std::uint8_t** arg_out,
+                             std::size_t* len_out) noexcept {
+        auto* self = static_cast<Producer*>(userdata);
+        try {
+            if (self->advance_) {
+                ++self->it_;
+            }
+            self->advance_ = true;
+            if (self->it_ == self->end_) {
+                self->advance_ = false;
+                return 0;
+            }
+            const T& value = *self->it_;  // a proxy converts to a temporary T
+            self->buffer_.resize(codec<T>::size(value));
+            codec<T>::encode(value, self->buffer_.data());
+            *arg_out = self->buffer_.data();
+            *len_out = self->buffer_.size();
+            return 1;
+        } catch (...) {
+            self->error_ = std::current_exception();
+            return -1;
+        }
+    }
+
+    /// Rethrows what the range or the codec threw, if anything.
+    void rethrow_if_failed() const {
+        if (error_) {
+            std::rethrow_exception(error_);
+        }
+    }
+
+private:
+    It it_;
+    End end_;
+    bool advance_ = false;
+    std::vector<std::uint8_t> buffer_;
+    std::exception_ptr error_;
+};
+
+using std::begin;
+using std::end;
+
+template <typename Range>
+using iterator_t = decltype(begin(std::declval<Range&>()));
+template <typename Range>
+using sentinel_t = decltype(end(std::declval<Range&>()));
+/// The value type of an iterator: iterator_traits' when it has one (so that proxies such as
+/// std::vector<bool>'s give bool), else what dereferencing gives, without reference and cv.
+template <typename It, typename = void>
+struct iter_value {
+    using type = std::remove_cv_t<std::remove_reference_t<decltype(*std::declval<It&>())>>;
+};
+template <typename It>
+struct iter_value<It, std::void_t<typename std::iterator_traits<It>::value_type>> {
+    using type = std::remove_cv_t<typename std::iterator_traits<It>::value_type>;
+};
+/// The element type of a range.
+template <typename Range>
+using element_t = typename iter_value<iterator_t<Range>>::type;
+
+/// The result type of calling an `F&` with the elements of Range (both without reference);
+/// SFINAE-friendly.
+template <typename Range, typename F, typename = void>
+struct map_result {};
+template <typename Range, typename F>
+struct map_result<Range, F, std::enable_if_t<std::is_invocable_v<F&, const element_t<Range>&>>> {
+    using type = std::decay_t<std::invoke_result_t<F&, const element_t<Range>&>>;
+    static_assert(!std::is_void_v<type>,
+                  "pj: the function must return a value (results travel back as bytes)");
+};
+template <typename Range, typename F>
+using map_result_t =
+    typename map_result<std::remove_reference_t<Range>, std::remove_reference_t<F>>::type;
+
+template <typename Range>
+auto make_producer(Range& range) {
+    using It = iterator_t<Range>;
+    using End = sentinel_t<Range>;
+    return Producer<It, End, element_t<Range>>(begin(range), end(range));
+}
+
+/// 0, 1, ..., n-1 as a range (for map_indexed).
+class IndexRange {
+public:
+    class iterator {
+    public:
+        using iterator_category = std::input_iterator_tag;
+        using value_type = std::size_t;
+        using difference_type = std::ptrdiff_t;
+        using pointer = const std::size_t*;
+        using reference = const std::size_t&;
+
+        explicit iterator(std::size_t i) noexcept : i_(i) {}
+        const std::size_t& operator*() const noexcept { return i_; }
+        iterator& operator++() noexcept {
+            ++i_;
+            return *this;
+        }
+        bool operator==(const iterator& other) const noexcept { return i_ == other.i_; }
+        bool operator!=(const iterator& other) const noexcept { return i_ != other.i_; }
+
+    private:
+        std::size_t i_;
+    };
+
+    explicit IndexRange(std::size_t n) noexcept : n_(n) {}
+    iterator begin() const noexcept { return iterator(0); }
+    iterator end() const noexcept { return iterator(n_); }
+
+private:
+    std::size_t n_;
+};
+
+/// What a pj::Parallel shares with its streams: the handle (freed with the last owner, so a
+/// stream may outlive its Parallel) and a count of the calls started, which tells a stream whether
+/// its call is still the one in flight.
+struct Core {
+    explicit Core(pj_parallel_t* raw) noexcept : handle(raw) {}
+    Core(const Core&) = delete;
+    Core& operator=(const Core&) = delete;
+    ~Core() { pj_parallel_free(handle); }
+
+    pj_parallel_t* handle;
+    std::atomic<std::uint64_t> calls{0};
+};
+
+/// The state of one imap call: the stored range, the function object, the producer. On the heap,
+/// so that the pointers pj holds stay valid while the pj::Stream moves.
+struct StreamState {
+    StreamState() = default;
+    StreamState(const StreamState&) = delete;
+    StreamState& operator=(const StreamState&) = delete;
+    virtual ~StreamState() = default;
+    /// Rethrows what the input range (or its codec) threw, if anything.
+    virtual void rethrow_if_failed() const = 0;
+};
+
+template <typename Range, typename F>
+struct ImapState final : StreamState {
+    using Stored = std::remove_cv_t<std::remove_reference_t<Range>>;
+    // An lvalue range is referenced (it must outlive the stream); an rvalue one is moved in.
+    using Holder = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, Stored>;
+
+    ImapState(Range&& range_in, F&& f_in)
+        : range(std::forward<Range>(range_in)),
+          f(std::forward<F>(f_in)),
+          producer(make_producer(range)) {}
+
+    void rethrow_if_failed() const override { producer.rethrow_if_failed(); }
+
+    Holder range;
+    std::decay_t<F> f;
+    decltype(make_producer(std::declval<std::remove_reference_t<Holder>&>())) producer;
+};
+
+}  // namespace detail
+
+// ------------------------------------------------------------------------------------------------
+// Stream (Parallel::imap)
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * The results of Parallel::imap, read one at a time as pairs (task index in input order, result):
+ *
+ * @code
+ *     for (auto&& [i, r] : par.imap(inputs, f)) { ... }
+ * @endcode
+ *
+ * Order: input order, or completion order when the options say return_as("generator_unordered").
+ * The inputs are pulled lazily, on the iterating thread, as the pre-dispatch window has room.
+ * A failed task throws (TaskError, WorkerDiedError, ...) from the iteration; the call is then over.
+ *
+ * Lifetime: an lvalue input range must outlive the stream (an rvalue one is moved into it); the
+ * function object is always copied (or moved) into it. Destroying a stream before its end
+ * abandons the call (queued tasks never start, running ones are waited for); do that on the
+ * iterating thread. A stream keeps its pj::Parallel's executor alive. Starting another call on
+ * the same pj::Parallel abandons the stream's call: iterating it further throws CancelledError.
+ * Move-only; single pass (an input range in the standard's sense).
+ */
+template <typename R>
+class Stream {
+    struct Impl;
+
+public:
+    using value_type = std::pair<std::size_t, R>;
+
+    /// An input iterator over the stream; the end iterator holds nothing. It refers to the
+    /// stream's state, not to the Stream object, so it stays valid when the Stream is moved.
+    class iterator {
+    public:
+        using iterator_category = std::input_iterator_tag;
+        using value_type = Stream::value_type;
+        using difference_type = std::ptrdiff_t;
+        using pointer = value_type*;
+        using reference = value_type&;
+
+        iterator() noexcept = default;
+        reference operator*() const noexcept { return *impl_->current; }
+        pointer operator->() const noexcept { return &*impl_->current; }
+        /// Reads the next result (may block, may throw).
+        iterator& operator++() {
+            if (!impl_->advance()) {
+                impl_ = nullptr;
+            }
+            return *this;
+        }
+        bool operator==(const iterator& other) const noexcept { return impl_ == other.impl_; }
+        bool operator!=(const iterator& other) const noexcept { return impl_ != other.impl_; }
+
+    private:
+        friend class Stream;
+        explicit iterator(Impl* impl) noexcept : impl_(impl) {}
+        Impl* impl_ = nullptr;
+    };
+
+    Stream(Stream&&) noexcept = default;
+    /// Abandons this stream's unfinished call, then takes over `other`'s.
+    Stream& operator=(Stream&&) noexcept = default;
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    /// Abandons the call if it is unfinished (and still the one in flight).
+    ~Stream() = default;
+
+    /// Reads the first result on its first use (may block, may throw); later, the current one.
+    iterator begin() {
+        if (!impl_) {
+            return iterator();
+        }
+        if (!impl_->started) {
+            impl_->started = true;
+            impl_->advance();
+        }
+        return impl_->current ? iterator(impl_.get()) : iterator();
+    }
+    iterator end() noexcept { return iterator(); }
+
+    /// Whether every result has been read (or the call failed or was abandoned, or this stream was
+    /// moved from).
+    bool done() const noexcept { return !impl_ || impl_->finished; }
+
+private:
+    friend class Parallel;
+
+    struct Impl {
+        Impl(std::shared_ptr<detail::Core> core_in, std::uint64_t call_in,
+             std::unique_ptr<detail::StreamState> state_in) noexcept
+            : core(std::move(core_in)), call(call_in), state(std::move(state_in)) {}
+        Impl(const Impl&) = delete;
+        Impl& operator=(const Impl&) = delete;
+        ~Impl() { abandon(); }
+
+        /// Reads the next result into `current`; false at the end.
+        bool advance() {
+            current.reset();
+            if (finished) {
+                return false;
+            }
+            if (core->calls.load() != call) {
+                finished = true;
+                throw CancelledError(PJ_STATUS_CANCELLED,
+                                     "pj::Stream: another call on the same pj::Parallel "
+                                     "abandoned this stream's call");
+            }
+            std::size_t index = 0;
+            const std::uint8_t* data = nullptr;
+            std::size_t len = 0;
+            detail::ErrorSlot err;
+            const pj_status status = pj_parallel_next(core->handle, &index, &data, &len, err.out());
+            if (status == PJ_STATUS_DONE) {
+                finished = true;
+                return false;
+            }
+            if (status != PJ_STATUS_OK) {
+                if (status != PJ_STATUS_BUSY) {
+                    finished = true;  // pj ended the call
+                }
+                state->rethrow_if_failed();
+                detail::check(status, err);
+            }
+            current.emplace(index, detail::decode_result<R>(data, len, index));
+            return true;
+        }
+
+        /// Ends an unfinished call that is still the one in flight. pj has no function for that:
+        /// an empty map does it (queued tasks never start, running ones are waited for), so no
+        /// worker uses `state` afterwards.
+        void abandon() noexcept {
+            if (finished) {
+                return;
+            }
+            finished = true;
+            if (core->calls.load() != call) {
+                return;  // another call already abandoned ours
+            }
+            pj_results_t* results = nullptr;
+            const pj_status status = pj_parallel_map(core->handle, detail::noop_task, nullptr,
+                                                     detail::no_inputs, nullptr, &results, nullptr);
+            pj_results_free(results);
+            if (status != PJ_STATUS_BUSY) {
+                core->calls.fetch_add(1);
+            }
+        }
+
+        std::shared_ptr<detail::Core> core;
+        std::uint64_t call;
+        std::unique_ptr<detail::StreamState> state;
+        std::optional<value_type> current;
+        bool started = false;
+        bool finished = false;
+    };
+
+    Stream(std::shared_ptr<detail::Core> core, std::uint64_t call,
+           std::unique_ptr<detail::StreamState> state)
+        : impl_(std::make_unique<Impl>(std::move(core), call, std::move(state))) {
+        impl_->finished = true;  // no call yet: Parallel::imap starts it
+    }
+
+    std::unique_ptr<Impl> impl_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Parallel
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * A configured executor (owns a pj_parallel_t): joblib's Parallel. Its worker pool starts with the
+ * first call and is reused by later ones (worker processes are forked afresh for each call unless
+ * keep_workers is set). After any error it is ready for the next call. Move-only.
+ *
+ * @code
+ *     pj::Parallel par(pj::Options().n_jobs(4).backend("threads"));
+ *     std::vector<int> squares = par.map(std::vector<int>{1, 2, 3}, [](int x) { return x * x; });
+ *     std::vector<std::string> names = par.map_indexed(10, [](std::size_t i) { return name(i); });
+ * @endcode
+ */
+class Parallel {
+public:
+    /// Every default (scoped defaults of this thread included): n_jobs 1, so tasks run on the
+    /// caller's thread.
+    Parallel() : Parallel(nullptr) {}
+    /// From options (copied: they may change or die afterwards). Throws InvalidArgument when they
+    /// are inconsistent (e.g. backend "processes" with require "sharedmem").
+    explicit Parallel(const Options& options) : Parallel(options.capi()) {}
+
+    Parallel(Parallel&&) noexcept = default;
+    Parallel& operator=(Parallel&&) noexcept = default;
+    Parallel(const Parallel&) = delete;
+    Parallel& operator=(const Parallel&) = delete;
+    /// Frees the executor once no pj::Stream of it is alive (a call in flight is abandoned).
+    ~Parallel() = default;
+
+    /**
+     * Applies `f` to every element of `inputs` and returns the results in input order: joblib's
+     * `Parallel()(delayed(f)(x) for x in inputs)`. `inputs` is any range (begin/end) whose
+     * elements pj::codec can encode; `f(const T&)` returns a value pj::codec can encode. Elements
+     * are read lazily, on this thread, as the pre-dispatch window has room.
+     *
+     * Throws TaskError (index and f's what()) when f throws in a task, WorkerDiedError when a worker
+     * process dies, the range's own exception when reading the range throws, pj::Error otherwise.
+     */
+    template <typename Range, typename F, typename R = detail::map_result_t<Range, F>>
+    std::vector<R> map(Range&& inputs, F&& f) {
+        return map_impl<R>(inputs, f);
+    }
+
+    /// map over a braced list: par.map({1.0, 4.0, 9.0}, f).
+    template <typename T, typename F,
+              typename R = detail::map_result_t<std::initializer_list<T>, F>>
+    std::vector<R> map(std::initializer_list<T> inputs, F&& f) {
+        return map_impl<R>(inputs, f);
+    }
+
+    /// Applies `f` to 0, 1, ..., n-1 (as std::size_t) and returns the results in order.
+    template <typename F, typename R = detail::map_result_t<detail::IndexRange, F>>
+    std::vector<R> map_indexed(std::size_t n, F&& f) {
+        detail::IndexRange indices(n);
+        return map_impl<R>(indices, f);
+    }
+
+    /**
+     * Starts a streaming call over `inputs` and returns its pj::Stream of (index, result) pairs, in
+     * input order or, with return_as("generator_unordered"), in completion order. Results are
+     * produced only as fast as they are read (the window is bounded). See pj::Stream for lifetimes.
+     */
+    template <typename Range, typename F,
+              typename R = detail::map_result_t<Range, std::decay_t<F>>>
+    Stream<R> imap(Range&& inputs, F&& f) {
+        return imap_impl<R, Range, F>(std::forward<Range>(inputs), std::forward<F>(f));
+    }
+
+    /// imap over a braced list (copied into the stream).
+    template <typename T, typename F,
+              typename R = detail::map_result_t<std::vector<T>, std::decay_t<F>>>
+    Stream<R> imap(std::initializer_list<T> inputs, F&& f) {
+        return imap_impl<R, std::vector<T>, F>(std::vector<T>(inputs), std::forward<F>(f));
+    }
+
+    /// The executor, still owned by this object (NULL after a move).
+    pj_parallel_t* capi() const noexcept { return core_ ? core_->handle : nullptr; }
+
+private:
+    explicit Parallel(const pj_config_t* config) {
+        pj_parallel_t* raw = nullptr;
+        detail::ErrorSlot err;
+        detail::check(pj_parallel_new(config, &raw, err.out()), err);
+        try {
+            core_ = std::make_shared<detail::Core>(raw);
+        } catch (...) {
+            pj_parallel_free(raw);
+            throw;
+        }
+    }
+
+    template <typename R, typename Range, typename F>
+    std::vector<R> map_impl(Range& inputs, F& f) {
+        if constexpr (std::is_function_v<F>) {
+            F* pointer = &f;  // a plain function: pass a pointer to it
+            return map_impl<R>(inputs, pointer);
+        } else {
+            using T = detail::element_t<Range>;
+            pj_parallel_t* raw = handle();
+            auto producer = detail::make_producer(inputs);
+            pj_results_t* out = nullptr;
+            detail::ErrorSlot err;
+            // f lives on the caller's stack for the whole (synchronous) call, and exists when the
+            // workers fork.
+            const pj_status status = pj_parallel_map(
+                raw, &detail::task_trampoline<F, T, R>,
+                const_cast<void*>(static_cast<const void*>(std::addressof(f))),
+                &decltype(producer)::call, &producer, &out, err.out());
+            Results results(out);
+            if (status != PJ_STATUS_BUSY) {
+                core_->calls.fetch_add(1);  // this call replaced any call of this thread
+            }
+            if (status != PJ_STATUS_OK) {
+                producer.rethrow_if_failed();
+                detail::check(status, err);
+            }
+            return results.decode_all<R>();
+        }
+    }
+
+    template <typename R, typename Range, typename F>
+    Stream<R> imap_impl(Range&& inputs, F&& f) {
+        using State = detail::ImapState<Range&&, F&&>;
+        using T = detail::element_t<std::remove_reference_t<Range>>;
+        using Fn = std::decay_t<F>;
+        pj_parallel_t* raw = handle();
+        // On the heap before the call starts, so it exists when the workers fork and stays put
+        // while the Stream moves; owned by the stream before pj holds pointers into it.
+        auto owned = std::make_unique<State>(std::forward<Range>(inputs), std::forward<F>(f));
+        State& state = *owned;
+        Stream<R> stream(core_, 0, std::move(owned));
+        detail::ErrorSlot err;
+        const pj_status status =
+            pj_parallel_imap(raw, &detail::task_trampoline<Fn, T, R>, std::addressof(state.f),
+                             &decltype(state.producer)::call, &state.producer, err.out());
+        if (status == PJ_STATUS_BUSY) {
+            detail::check(status, err);
+        }
+        const std::uint64_t call = core_->calls.fetch_add(1) + 1;
+        detail::check(status, err);
+        stream.impl_->call = call;
+        stream.impl_->finished = false;
+        return stream;
+    }
+
+    pj_parallel_t* handle() const {
+        if (!core_) {
+            throw Error(PJ_STATUS_NULL_ARGUMENT, "pj::Parallel: used after being moved from");
+        }
+        return core_->handle;
+    }
+
+    std::shared_ptr<detail::Core> core_;
+};
+
+inline std::size_t Options::effective_n_jobs() const {
+    const std::size_t n = pj_effective_n_jobs(raw());
+    if (n == 0) {
+        Parallel explain(*this);  // throws why the options cannot be resolved
+        throw Error(PJ_STATUS_INVALID_ARGUMENT, "pj::Options: the options cannot be resolved");
+    }
+    return n;
+}
+
+}  // namespace pj
+
+#endif  // PJ_HPP
