@@ -200,7 +200,9 @@ void pj_config_free(pj_config_t *config);
 // ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
 // `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
 // `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
-// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"). Every value is validated
+// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
+// `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
+// as of their fork, so userdata created after it is not valid in them). Every value is validated
 // now, also for options whose feature arrives later. On failure the config is unchanged.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
@@ -334,7 +336,9 @@ pj_status pj_parallel_submit(pj_parallel_t *parallel,
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
 // the error names the first failed task (by index), its code and message, and tasks queued behind
-// it never started. `*results_out` is written only on success.
+// it never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
+// error names the task, and the signal or exit status); PJ_STATUS_IO when a worker process cannot
+// be started; PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
 pj_status pj_parallel_collect(pj_parallel_t *parallel,
                               pj_results_t **results_out,
                               pj_error_t **error_out);
@@ -350,7 +354,8 @@ pj_status pj_parallel_collect(pj_parallel_t *parallel,
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
 // cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
 // producer is not called again) or the producer returned a value other than 0 and 1 (the error
-// quotes it). `*results_out` is written only on success.
+// quotes it); PJ_STATUS_WORKER_DIED, PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`.
+// `*results_out` is written only on success.
 pj_status pj_parallel_map(pj_parallel_t *parallel,
                           pj_task_fn fn,
                           void *userdata,
@@ -385,8 +390,9 @@ pj_status pj_parallel_imap(pj_parallel_t *parallel,
 // Returns PJ_STATUS_OK with a result; PJ_STATUS_DONE when every result has been read (the call is
 // over; also when no call is in flight); PJ_STATUS_NULL_ARGUMENT when a pointer is NULL;
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task (or
-// the producer) failed: the call is over and its outstanding tasks never start. Outputs are
-// written only with PJ_STATUS_OK.
+// the producer) failed: the call is over and its outstanding tasks never start; PJ_STATUS_WORKER_DIED,
+// PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`. Outputs are written only with
+// PJ_STATUS_OK.
 pj_status pj_parallel_next(pj_parallel_t *parallel,
                            size_t *index_out,
                            const uint8_t **data_out,

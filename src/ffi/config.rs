@@ -66,7 +66,9 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
 /// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
 /// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
-/// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"). Every value is validated
+/// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
+/// `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
+/// as of their fork, so userdata created after it is not valid in them). Every value is validated
 /// now, also for options whose feature arrives later. On failure the config is unchanged.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;

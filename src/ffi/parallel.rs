@@ -153,7 +153,9 @@ pub extern "C" fn pj_parallel_submit(
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
 /// the error names the first failed task (by index), its code and message, and tasks queued behind
-/// it never started. `*results_out` is written only on success.
+/// it never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
+/// error names the task, and the signal or exit status); PJ_STATUS_IO when a worker process cannot
+/// be started; PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_collect(
     parallel: *mut pj_parallel_t,
@@ -181,7 +183,8 @@ pub extern "C" fn pj_parallel_collect(
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
 /// cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
 /// producer is not called again) or the producer returned a value other than 0 and 1 (the error
-/// quotes it). `*results_out` is written only on success.
+/// quotes it); PJ_STATUS_WORKER_DIED, PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`.
+/// `*results_out` is written only on success.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_map(
     parallel: *mut pj_parallel_t,
@@ -240,8 +243,9 @@ pub extern "C" fn pj_parallel_imap(
 /// Returns PJ_STATUS_OK with a result; PJ_STATUS_DONE when every result has been read (the call is
 /// over; also when no call is in flight); PJ_STATUS_NULL_ARGUMENT when a pointer is NULL;
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task (or
-/// the producer) failed: the call is over and its outstanding tasks never start. Outputs are
-/// written only with PJ_STATUS_OK.
+/// the producer) failed: the call is over and its outstanding tasks never start; PJ_STATUS_WORKER_DIED,
+/// PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`. Outputs are written only with
+/// PJ_STATUS_OK.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_next(
     parallel: *mut pj_parallel_t,
