@@ -39,6 +39,19 @@ cmake --build build
 (cd build && ctest --output-on-failure)
 
 if [[ -f bindings/go/go.mod ]]; then
-    step "go vet + go test (bindings/go)"
-    (cd bindings/go && go vet ./... && go test ./...)
+    step "gofmt + go vet + go test + go test -race (bindings/go)"
+    (
+        cd bindings/go
+        export GOTOOLCHAIN=local   # never download a Go toolchain
+        unformatted=$(gofmt -l .)
+        if [[ -n $unformatted ]]; then
+            echo "error: Go sources are not formatted: run 'gofmt -w bindings/go'" >&2
+            echo "$unformatted" >&2
+            exit 1
+        fi
+        go vet ./...
+        # -count=1: Go's test cache does not notice a rebuilt libpj.so.
+        go test -count=1 ./...
+        go test -race -count=1 ./...
+    )
 fi

@@ -1,0 +1,81 @@
+package pj
+
+import (
+	"context"
+	"testing"
+)
+
+// BenchmarkMap1M measures Map over 1,000,000 trivial inputs (x*2+1) on every CPU and reports the
+// wall-clock cost per input ("ns/item"). The other benchmarks put it in context: the same loop in
+// plain Go, and Map on one thread (the per-input overhead of the wrapper without parallelism).
+func BenchmarkMap1M(b *testing.B) {
+	in := ints(1_000_000)
+	fn := func(x int) (int, error) { return 2*x + 1, nil }
+	b.Run("n_jobs=-1", func(b *testing.B) {
+		for range b.N {
+			if _, err := Map(context.Background(), in, fn, NJobs(-1)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportPerItem(b, len(in))
+	})
+	b.Run("n_jobs=1", func(b *testing.B) {
+		for range b.N {
+			if _, err := Map(context.Background(), in, fn); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportPerItem(b, len(in))
+	})
+	b.Run("chunk=1,n_jobs=-1", func(b *testing.B) {
+		// One pj task (one C-to-Go transition) per input: what chunking saves.
+		for range b.N {
+			if _, err := Map(context.Background(), in, fn, NJobs(-1), ChunkSize(1)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportPerItem(b, len(in))
+	})
+	b.Run("stream,n_jobs=-1", func(b *testing.B) {
+		for range b.N {
+			for _, err := range Stream(context.Background(), in, fn, NJobs(-1)) {
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		reportPerItem(b, len(in))
+	})
+	b.Run("plain Go loop", func(b *testing.B) {
+		for range b.N {
+			out := make([]int, len(in))
+			for i, x := range in {
+				out[i], _ = fn(x)
+			}
+		}
+		reportPerItem(b, len(in))
+	})
+}
+
+func reportPerItem(b *testing.B, items int) {
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(items), "ns/item")
+}
+
+// BenchmarkMapCall measures the fixed cost of a call: Map over 10 inputs, on one thread (no worker
+// thread is started) and on two (pj starts and joins two threads, each calling into Go).
+func BenchmarkMapCall(b *testing.B) {
+	in := ints(10)
+	fn := func(x int) (int, error) { return 2*x + 1, nil }
+	for _, tc := range []struct {
+		name string
+		opts []Option
+	}{{"n_jobs=1", nil}, {"n_jobs=2", []Option{NJobs(2)}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				if _, err := Map(context.Background(), in, fn, tc.opts...); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

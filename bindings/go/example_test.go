@@ -1,0 +1,196 @@
+package pj_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"pj"
+)
+
+// joblib's Parallel(n_jobs=2)(delayed(sqrt)(i ** 2) for i in range(10)).
+func Example() {
+	inputs := make([]float64, 10)
+	for i := range inputs {
+		inputs[i] = float64(i * i)
+	}
+	roots, err := pj.Map(context.Background(), inputs, func(x float64) (float64, error) {
+		return math.Sqrt(x), nil
+	}, pj.NJobs(2))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(roots)
+	// Output: [0 1 2 3 4 5 6 7 8 9]
+}
+
+func ExampleMap() {
+	words := strings.Fields("pj runs a function over many inputs")
+	lengths, err := pj.Map(context.Background(), words, func(w string) (int, error) {
+		return len(w), nil
+	}, pj.NJobs(-1)) // every CPU
+	fmt.Println(lengths, err)
+	// Output: [2 4 1 8 4 4 6] <nil>
+}
+
+// When ctx is done, no new input starts and Map returns ctx.Err() at once.
+func ExampleMap_cancel() {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := pj.Map(ctx, make([]int, 10_000), func(x int) (int, error) {
+		time.Sleep(time.Millisecond) // 10 s of work in all
+		return x, nil
+	}, pj.NJobs(2))
+	fmt.Println(err, time.Since(start) < time.Second)
+	// Output: context deadline exceeded true
+}
+
+func ExampleMapIndexed() {
+	names := []string{"ada", "grace", "edsger"}
+	labels, _ := pj.MapIndexed(context.Background(), names, func(i int, name string) (string, error) {
+		return strconv.Itoa(i) + "=" + name, nil
+	}, pj.NJobs(2))
+	fmt.Println(labels)
+	// Output: [0=ada 1=grace 2=edsger]
+}
+
+// Stream yields results while the call runs, in input order unless pj.Unordered is given.
+func ExampleStream() {
+	inputs := []int{1, 2, 3, 4}
+	for r, err := range pj.Stream(context.Background(), inputs, func(x int) (int, error) {
+		return x * 10, nil
+	}, pj.NJobs(2)) {
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		fmt.Println(r.Index, r.Value)
+	}
+	// Output:
+	// 0 10
+	// 1 20
+	// 2 30
+	// 3 40
+}
+
+// With pj.Unordered, each result comes as soon as it is ready; Result.Index says which input it is.
+func ExampleStream_unordered() {
+	inputs := []time.Duration{100 * time.Millisecond, 0, 0, 0}
+	var order []int
+	for r, err := range pj.Stream(context.Background(), inputs, func(d time.Duration) (time.Duration, error) {
+		time.Sleep(d)
+		return d, nil
+	}, pj.NJobs(2), pj.Unordered(), pj.ChunkSize(1), pj.BatchSize("1")) {
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		order = append(order, r.Index)
+	}
+	fmt.Println("the slow input came last:", order[len(order)-1] == 0)
+	slices.Sort(order)
+	fmt.Println(order)
+	// Output:
+	// the slow input came last: true
+	// [0 1 2 3]
+}
+
+// A failing input stops the call; the error names it and wraps fn's error.
+func ExampleError() {
+	errNegative := errors.New("negative input")
+	_, err := pj.Map(context.Background(), []float64{4, 9, -1, 16}, func(x float64) (float64, error) {
+		if x < 0 {
+			return 0, errNegative
+		}
+		return math.Sqrt(x), nil
+	}, pj.NJobs(2))
+	var e *pj.Error
+	if errors.As(err, &e) {
+		fmt.Println(e.TaskIndex, e.Status == pj.StatusTaskFailed)
+	}
+	fmt.Println(errors.Is(err, pj.ErrTaskFailed), errors.Is(err, errNegative))
+	fmt.Println(err)
+	// Output:
+	// 2 true
+	// true true
+	// pj: task 2 failed: negative input
+}
+
+// A panic in fn never crosses into C: it becomes a task error naming the input and the value.
+func ExamplePanicError() {
+	_, err := pj.Map(context.Background(), []int{1, 2, 3}, func(x int) (int, error) {
+		if x == 2 {
+			panic(42)
+		}
+		return x, nil
+	}, pj.NJobs(2))
+	var p *pj.PanicError
+	if errors.As(err, &p) {
+		fmt.Println(p.Index, p.Value)
+	}
+	fmt.Println(err)
+	// Output:
+	// 1 42
+	// pj: task 1 panicked: 42
+}
+
+func ExampleTimeout() {
+	release := make(chan struct{})
+	defer close(release)
+	_, err := pj.Map(context.Background(), []int{0, 1, 2}, func(x int) (int, error) {
+		if x == 1 {
+			<-release // stuck; Map returns without waiting for it
+		}
+		return x, nil
+	}, pj.NJobs(2), pj.Timeout(50*time.Millisecond))
+	fmt.Println(errors.Is(err, pj.ErrTimeout))
+	fmt.Println(err)
+	// Output:
+	// true
+	// pj: task 1 exceeded the timeout of 50ms
+}
+
+func ExampleProgress() {
+	_, err := pj.Map(context.Background(), make([]int, 10_000), func(x int) (int, error) {
+		return x, nil
+	}, pj.NJobs(2), pj.Progress(func(done, total int, elapsed time.Duration) {
+		if done == total { // called as results arrive, on this goroutine, last with done == total
+			fmt.Printf("done %d of %d\n", done, total)
+		}
+	}))
+	fmt.Println(err)
+	// Output:
+	// done 10000 of 10000
+	// <nil>
+}
+
+// Go code cannot run in a forked worker process: the process backends are refused.
+func ExampleBackend() {
+	_, err := pj.Map(context.Background(), []int{1}, func(x int) (int, error) {
+		return x, nil
+	}, pj.Backend("loky"))
+	fmt.Println(errors.Is(err, pj.ErrUnsupported))
+	// Output: true
+}
+
+// Options can come from strings (flags, files, the environment), with joblib's keywords.
+func ExampleSet() {
+	os.Setenv("MYAPP_N_JOBS", "2")
+	opts := []pj.Option{pj.Set("n_jobs", os.Getenv("MYAPP_N_JOBS")), pj.Set("batch_size", "auto")}
+	n, err := pj.EffectiveNJobs(opts...)
+	fmt.Println(n, err)
+
+	_, err = pj.EffectiveNJobs(pj.Set("pre_dispatch", "2*n_jobs+__import__"))
+	fmt.Println(errors.Is(err, pj.ErrInvalidArgument))
+	// Output:
+	// 2 <nil>
+	// true
+}

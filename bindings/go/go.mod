@@ -1,0 +1,3 @@
+module pj
+
+go 1.23

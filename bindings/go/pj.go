@@ -1,0 +1,230 @@
+package pj
+
+/*
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"context"
+	"iter"
+	"runtime"
+	"runtime/cgo"
+)
+
+// Map calls fn on every input on pj's worker threads and returns the results in input order.
+//
+// Options configure the call with joblib's keywords (NJobs, BatchSize, PreDispatch, ...); as in
+// joblib, the default n_jobs is 1, so pass NJobs(-1) to use every CPU.
+//
+// Errors fail fast: the first input whose fn returns an error (or panics) stops the call, no new
+// input starts, and Map returns an *Error with ErrTaskFailed that names the input (TaskIndex) and
+// wraps fn's error, or a *PanicError for a panic. With a failure, Map returns once the calls of fn
+// already running have returned (each stops after its current input).
+//
+// When ctx is done, or a call of fn runs past the Timeout option, Map returns at once: ctx.Err(), or
+// an *Error with ErrTimeout. Go cannot interrupt a running function, so calls of fn running at that
+// moment may still be running after Map returns (their results are discarded); no new call starts.
+// In every other case no call of fn is running when Map returns.
+//
+// fn runs on several threads at once: it must be safe for concurrent use. It must not call
+// runtime.Goexit (so no t.FailNow inside it).
+func Map[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) ([]R, error) {
+	return run(ctx, inputs, fn, nil, opts)
+}
+
+// MapIndexed is Map for a function that also receives the input's index.
+func MapIndexed[T, R any](ctx context.Context, inputs []T, fn func(int, T) (R, error), opts ...Option) ([]R, error) {
+	return run(ctx, inputs, nil, fn, opts)
+}
+
+// run runs fn (or indexed) over every input as one pj call.
+func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), opts []Option) ([]R, error) {
+	s := newSettings(opts)
+	par, workers, err := s.open()
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		C.pj_parallel_free(par)
+		return nil, err
+	}
+	n := len(inputs)
+	results := make([]R, n)
+	c := newCall(s, n, workers)
+	c.loop = chunkLoop(c, inputs, results, fn, indexed)
+	w := c.waiter(ctx)
+	defer w.close()
+	if n == 0 {
+		C.pj_parallel_free(par)
+		w.report(true)
+		return results, nil
+	}
+	// The pj call runs on a goroutine of its own (one cgo call, so one OS thread, as pj requires), so
+	// that this one can report progress and leave at once when ctx is done or a timeout expires.
+	events := make(chan event, 1)
+	handle := cgo.NewHandle(c)
+	liveCalls.Add(1)
+	go func() {
+		var res *C.pj_results_t
+		var cerr *C.pj_error_t
+		status := C.pjgo_map(par, C.uintptr_t(handle), &res, &cerr)
+		var perr *Error
+		if status != C.PJ_STATUS_OK {
+			perr = c.pjError(takeError(status, cerr))
+		}
+		C.pj_results_free(res) // empty outputs: the results are in Go memory
+		C.pj_parallel_free(par)
+		handle.Delete() // no trampoline runs once pj_parallel_map has returned
+		liveCalls.Add(-1)
+		events <- event{over: true, err: perr}
+	}()
+	ev, err := w.next(events)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.outcome(ev.err); err != nil {
+		return nil, err
+	}
+	w.report(true)
+	return results, nil
+}
+
+// Result is one result of Stream: the input's index and fn's result for it.
+type Result[R any] struct {
+	Index int
+	Value R
+}
+
+// Stream calls fn on every input on pj's worker threads, like Map, and yields each result as soon as
+// it may: in input order by default, or in completion order with Unordered (joblib's return_as
+// "generator" and "generator_unordered"). pj computes ahead of the loop only within its pre-dispatch
+// window, so a slow loop body pauses the work instead of piling results up, and each result is
+// released by Stream once yielded.
+//
+// An error ends the stream: it is yielded once, with a Result whose Index is -1, and is the same as
+// Map's (an *Error naming the failed input, ctx.Err(), a timeout):
+//
+//	for r, err := range pj.Stream(ctx, inputs, fn, pj.NJobs(-1)) {
+//		if err != nil {
+//			return err
+//		}
+//		use(r.Index, r.Value)
+//	}
+//
+// Breaking out of the loop stops the call; the loop ends once the calls of fn already running have
+// returned. The rules of Map about ctx, timeouts and running calls of fn apply; the progress
+// callback runs inside the range statement, between iterations.
+func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) iter.Seq2[Result[R], error] {
+	return func(yield func(Result[R], error) bool) {
+		n := len(inputs)
+		results := make([]R, n)
+		s := newSettings(opts)
+		par, workers, err := s.open()
+		if err != nil {
+			yield(Result[R]{Index: -1}, err)
+			return
+		}
+		if err := ctx.Err(); err != nil {
+			C.pj_parallel_free(par)
+			yield(Result[R]{Index: -1}, err)
+			return
+		}
+		c := newCall(s, n, workers)
+		c.loop = chunkLoop(c, inputs, results, fn, nil)
+		w := c.waiter(ctx)
+		defer w.close()
+		if n == 0 {
+			C.pj_parallel_free(par)
+			w.report(true)
+			return
+		}
+		events := make(chan event) // unbuffered: the driver reads at most one result ahead
+		quit := make(chan struct{})
+		over := make(chan struct{})
+		handle := cgo.NewHandle(c)
+		liveCalls.Add(1)
+		go drive(par, handle, c, events, quit, over)
+		defer func() {
+			if quit != nil {
+				close(quit) // the driver stops reading and frees the call
+			}
+		}()
+		for {
+			ev, err := w.next(events)
+			if err != nil {
+				yield(Result[R]{Index: -1}, err)
+				return
+			}
+			if ev.over {
+				if err := c.outcome(ev.err); err != nil {
+					yield(Result[R]{Index: -1}, err)
+					return
+				}
+				w.report(true)
+				return
+			}
+			for i := ev.lo; i < ev.hi; i++ {
+				r := results[i]
+				var zero R
+				results[i] = zero // the stream holds no result it has handed out
+				if !yield(Result[R]{Index: i, Value: r}, nil) {
+					c.halt(errBreak)
+					close(quit)
+					quit = nil
+					_ = w.wait(over)
+					return
+				}
+			}
+		}
+	}
+}
+
+// errBreak is the reason of a stream whose consumer stopped early (never returned to anyone).
+var errBreak = goError(StatusCancelled, -1, "the stream's consumer stopped reading")
+
+// drive runs a streaming pj call on a goroutine locked to its OS thread (every pj call of a stream
+// must come from the thread that started it): it starts the call, then reads results one at a time
+// and hands their input ranges over events, until the call is over or quit is closed. It frees
+// everything before reporting the end of the call or closing over.
+func drive(par *C.pj_parallel_t, handle cgo.Handle, c *call, events chan<- event, quit <-chan struct{}, over chan<- struct{}) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var producer *C.pjgo_producer_t
+	finish := func(ev event) {
+		C.pj_parallel_free(par) // abandons a call still in flight, after its running tasks return
+		C.pjgo_producer_free(producer)
+		handle.Delete()
+		liveCalls.Add(-1)
+		close(over)
+		select {
+		case events <- ev:
+		case <-quit:
+		}
+	}
+	var cerr *C.pj_error_t
+	if status := C.pjgo_imap(par, C.uintptr_t(handle), &producer, &cerr); status != C.PJ_STATUS_OK {
+		finish(event{over: true, err: takeError(status, cerr)})
+		return
+	}
+	for {
+		var index, length C.size_t
+		var data *C.uint8_t
+		switch status := C.pj_parallel_next(par, &index, &data, &length, &cerr); status {
+		case C.PJ_STATUS_OK:
+			lo, hi := c.chunk(int(index)) // the producer runs on this goroutine: no race
+			select {
+			case events <- event{lo: lo, hi: hi}:
+			case <-quit:
+				finish(event{over: true})
+				return
+			}
+		case C.PJ_STATUS_DONE:
+			finish(event{over: true})
+			return
+		default:
+			finish(event{over: true, err: c.pjError(takeError(status, cerr))})
+			return
+		}
+	}
+}
