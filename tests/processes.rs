@@ -513,3 +513,83 @@ fn forking_while_other_threads_allocate_and_print_never_deadlocks_a_worker() {
         t.join().unwrap();
     }
 }
+
+/// Task: fails at once for argument 0, sleeps 10 s otherwise.
+unsafe extern "C" fn fail_first_sleep_rest(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments.
+    if unsafe { arg_u64(arg, len) } == 0 {
+        pj_out_error(out, c"task 0 gives up".as_ptr());
+        return 5;
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    0
+}
+
+#[test]
+fn a_failure_kills_the_running_workers_instead_of_waiting() {
+    let par = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("batch_size", "1"),
+    ])
+    .unwrap();
+    let start = Instant::now();
+    for i in 0..100u64 {
+        let _ = par.submit(
+            Some(fail_first_sleep_rest),
+            std::ptr::null_mut(),
+            &i.to_ne_bytes(),
+        );
+    }
+    let err = par.collect().unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        (err.status, err.task_index),
+        (pj_status::TaskFailed, 0),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("task 0 gives up"));
+    // Reusable, and the killed worker was replaced.
+    for i in 1..5u64 {
+        par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+            .unwrap();
+    }
+    assert_eq!(as_u64s(&par.collect().unwrap()), vec![2, 4, 6, 8]);
+}
+
+#[test]
+fn freeing_mid_call_on_processes_returns_promptly() {
+    let par = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("batch_size", "1"),
+        ("pre_dispatch", "all"),
+    ])
+    .unwrap();
+    for i in 1..20u64 {
+        par.submit(
+            Some(fail_first_sleep_rest),
+            std::ptr::null_mut(),
+            &i.to_ne_bytes(),
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    drop(par);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "free took {:?}",
+        start.elapsed()
+    );
+}

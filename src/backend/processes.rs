@@ -11,6 +11,9 @@
 //! are valid there. At the end of the call the workers are retired (socket shut down, process
 //! reaped) unless `keep_workers` is set.
 //!
+//! Fail fast. Once the call is aborted (a task failed, or the call was abandoned), a proxy waiting
+//! for its worker stops within 100 ms, SIGKILLs it and reaps it; its batch counts as not run.
+//!
 //! Crash isolation. A worker that dies (signal, exit(), _exit(), SIGKILL from outside) closes its
 //! socket: the proxy sees the end of the stream before a complete outcome, reaps that one pid
 //! (never "any child"), reads which task was running from a shared page the worker updates before
@@ -186,19 +189,10 @@ impl Proxy {
     fn run_job(&mut self, Job { batch, link }: Job) {
         if link.abort.load(Ordering::Relaxed) {
             // The call already failed: this batch never starts.
-            let skipped = BatchOutcome {
-                first: batch.first,
-                size: batch.len(),
-                data: Vec::new(),
-                ends: Vec::new(),
-                failure: None,
-                seconds: 0.0,
-                worker: self.slot,
-            };
-            let _ = link.reply.send(skipped);
+            let _ = link.reply.send(skipped(&batch, self.slot));
             return;
         }
-        let outcome = match self.exchange(&batch) {
+        let outcome = match self.exchange(&batch, &link.abort) {
             Ok(mut outcome) => {
                 outcome.seconds = batch
                     .dispatched_at
@@ -208,24 +202,31 @@ impl Proxy {
                 }
                 outcome
             }
-            Err((index, failure)) => {
+            Err(Some((index, failure))) => {
                 link.abort.store(true, Ordering::Relaxed);
                 failed(&batch, self.slot, index, failure)
             }
+            Err(None) => skipped(&batch, self.slot),
         };
         let _ = link.reply.send(outcome);
     }
 
     /// Sends the batch to the worker (forking one if needed) and reads its outcome; on failure,
     /// the index of the task it concerns.
-    fn exchange(&mut self, batch: &Batch) -> Result<BatchOutcome, (usize, TaskFailure)> {
+    /// `Err(None)`: the call was aborted (another task failed, or the call was abandoned) while this
+    /// batch ran, and the worker was killed rather than waited for.
+    fn exchange(
+        &mut self,
+        batch: &Batch,
+        abort: &AtomicBool,
+    ) -> Result<BatchOutcome, Option<(usize, TaskFailure)>> {
         self.reap_if_dead();
         if self.worker.is_none() {
             let worker = spawn_worker(self.slot, self.level).map_err(|e| {
-                (
+                Some((
                     batch.first,
                     TaskFailure::Spawn(format!("cannot start a worker process: {e}")),
-                )
+                ))
             })?;
             self.worker = Some(worker);
         }
@@ -237,15 +238,24 @@ impl Proxy {
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
         // EOF is the fast signal of a death; the periodic check covers a stream kept open by a
-        // grandchild the task started, which would otherwise hide the death forever.
-        let alive = || wait_for_peek(pid);
+        // grandchild the task started, which would otherwise hide the death forever. It also
+        // stops waiting once the call is aborted: fail fast means running tasks are killed.
+        let alive = || !abort.load(Ordering::Relaxed) && wait_for_peek(pid);
         let received =
             send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf, &alive));
         match received {
             Ok(true) => decode_outcome(&self.buf, self.slot)
-                .map_err(|e| (batch.first, self.kill_worker(&e))),
+                .map_err(|e| Some((batch.first, self.kill_worker(&e)))),
+            Ok(false) | Err(_) if abort.load(Ordering::Relaxed) => {
+                if let Some(worker) = self.worker.take() {
+                    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
+                    unsafe { libc::kill(worker.pid, libc::SIGKILL) };
+                    let _ = wait_for(worker.pid, 0);
+                }
+                Err(None)
+            }
             // The stream ended (or broke) before a whole outcome: the worker died.
-            Ok(false) | Err(_) => Err(self.reap_dead(batch)),
+            Ok(false) | Err(_) => Err(Some(self.reap_dead(batch))),
         }
     }
 
@@ -309,6 +319,19 @@ impl Proxy {
 impl Drop for Worker {
     fn drop(&mut self) {
         registry::forget(self.socket.as_raw_fd());
+    }
+}
+
+/// The outcome of a batch that did not run (the call was aborted): no result, no failure of its own.
+fn skipped(batch: &Batch, worker: usize) -> BatchOutcome {
+    BatchOutcome {
+        first: batch.first,
+        size: batch.len(),
+        data: Vec::new(),
+        ends: Vec::new(),
+        failure: None,
+        seconds: 0.0,
+        worker,
     }
 }
 
