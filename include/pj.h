@@ -137,7 +137,7 @@ typedef struct pj_error_t pj_error_t;
 // is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 //
 // Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
-// `pj_parallel_next`, `pj_parallel_free`.
+// `pj_parallel_next`, `pj_parallel_cancel`, `pj_parallel_free`.
 typedef struct pj_parallel_t pj_parallel_t;
 
 // The ordered results of a call: one byte string per task, in submission order. Created by
@@ -404,6 +404,17 @@ pj_status pj_parallel_next(pj_parallel_t *parallel,
 // uses threads, and at level 2 or deeper runs sequentially, unless its config (or a pushed config)
 // names a backend, as joblib does.
 size_t pj_nesting_level(void);
+
+// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start,
+// running process workers are killed (running thread tasks finish), and the blocked call (submit,
+// collect, map or next) returns PJ_STATUS_CANCELLED, within about 20 ms plus the time to kill.
+// The object stays usable. No effect when no call is in flight.
+//
+// Async-signal-safe (it only stores two atomics): a SIGINT handler, or any thread, may call it.
+// `parallel` must stay alive during the call (do not race it with `pj_parallel_free`).
+//
+// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `parallel` is NULL.
+pj_status pj_parallel_cancel(const pj_parallel_t *parallel);
 
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 // Call it only from inside the task callback that received `out`.

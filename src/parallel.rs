@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
 use crate::config::{BackendKind, Config, Resolved};
-use crate::dispatch::{Batching, Call, Producer, Results, Streamed};
+use crate::dispatch::{Batching, Call, Producer, Results, Stop, Streamed};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Callback;
 
@@ -22,6 +22,8 @@ pub struct Parallel {
     /// The thread whose call is in flight (0: none). Only the owner ever locks `state`, so an intruder
     /// is turned away without touching the lock, and the owner never waits for one.
     owner: AtomicU64,
+    /// Cancellation of the call in flight, reachable without the lock.
+    stop: Stop,
     state: Mutex<State>,
 }
 
@@ -92,6 +94,7 @@ impl Parallel {
         Ok(Parallel {
             settings,
             owner: AtomicU64::new(0),
+            stop: Stop::default(),
             state: Mutex::new(state),
         })
     }
@@ -112,7 +115,7 @@ impl Parallel {
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
         let call = match &mut state.call {
             Some(call) => call,
-            empty => empty.insert(new_call(&self.settings, &state.batching)),
+            empty => empty.insert(new_call(&self.settings, &state.batching, &self.stop)),
         };
         call.submit(backend, &mut state.batching, callback, arg);
         if let Some(error) = call.failure_error(backend) {
@@ -145,7 +148,8 @@ impl Parallel {
         let state = &mut *entered;
         abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = new_call(&self.settings, &state.batching).with_producer(callback, producer);
+        let call =
+            new_call(&self.settings, &state.batching, &self.stop).with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
     }
 
@@ -157,8 +161,9 @@ impl Parallel {
         let state = &mut *entered;
         abandon_call(state);
         ensure_backend(&mut state.backend, &self.settings)?;
-        state.call =
-            Some(new_call(&self.settings, &state.batching).with_producer(callback, producer));
+        state.call = Some(
+            new_call(&self.settings, &state.batching, &self.stop).with_producer(callback, producer),
+        );
         Ok(())
     }
 
@@ -186,6 +191,14 @@ impl Parallel {
                 Err(error)
             }
         }
+    }
+
+    /// Cancels the call in flight, if any: it stops dispatching, running process workers are killed
+    /// (threads finish their current task), and the blocked call returns
+    /// [`ErrorKind::Cancelled`] within tens of milliseconds. No effect when no call is in flight.
+    /// Only atomic stores: callable from any thread or a signal handler.
+    pub fn cancel(&self) {
+        self.stop.cancel();
     }
 
     /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
@@ -235,10 +248,10 @@ fn abandon_call(state: &mut State) {
     }
 }
 
-fn new_call(settings: &Resolved, batching: &Batching) -> Call {
+fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop) -> Call {
     // resolve() already evaluated pre_dispatch for this n_jobs, so this cannot fail; "all" if it did.
     let pre_dispatch = settings.pre_dispatch_tasks().ok().flatten();
-    Call::new(pre_dispatch, settings.return_as, batching.size())
+    Call::new(pre_dispatch, settings.return_as, batching.size(), stop)
 }
 
 impl Drop for Parallel {

@@ -100,6 +100,7 @@ fn parallel_functions() {
     );
     let par = Par(par_out);
     pj_parallel_free(null_mut());
+    assert_eq!(pj_parallel_cancel(null()), pj_status::NullArgument);
 
     let mut err = null_mut();
     expect_null_argument(

@@ -228,6 +228,44 @@ fn child_case() {
             drop(par);
             println!("CHILDREN={}", children().len());
         }
+        "sigalrm" => {
+            // Cancel from a signal handler, as a host's SIGINT handler would.
+            static PAR: std::sync::atomic::AtomicPtr<pj_parallel_t> =
+                std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            extern "C" fn on_alarm(_: libc::c_int) {
+                pj_parallel_cancel(PAR.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            let par = parallel(&[
+                ("backend", "processes"),
+                ("n_jobs", "2"),
+                ("batch_size", "1"),
+            ])
+            .unwrap();
+            PAR.store(par.0, std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: installing a handler in this child test process, which only this case uses.
+            unsafe {
+                libc::signal(libc::SIGALRM, on_alarm as *const () as libc::sighandler_t);
+                libc::alarm(1);
+            }
+            let start = Instant::now();
+            for i in 1..4u64 {
+                par.submit(
+                    Some(fail_first_sleep_rest),
+                    std::ptr::null_mut(),
+                    &i.to_ne_bytes(),
+                )
+                .unwrap();
+            }
+            let err = par.collect().unwrap_err();
+            println!("STATUS={:?}", err.status);
+            println!("ELAPSED_MS={}", start.elapsed().as_millis());
+            for i in 0..3u64 {
+                par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .unwrap();
+            }
+            println!("NEXT={:?}", as_u64s(&par.collect().unwrap()));
+            println!("CHILDREN={}", children().len());
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -592,4 +630,72 @@ fn freeing_mid_call_on_processes_returns_promptly() {
         "free took {:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn cancel_from_a_signal_handler_stops_the_call_promptly() {
+    let lines = run_case("sigalrm");
+    assert_eq!(value(&lines, "STATUS"), "Cancelled");
+    let elapsed: u64 = value(&lines, "ELAPSED_MS").parse().unwrap();
+    assert!(
+        elapsed < 2_000,
+        "alarm at 1 s, cancelled after {elapsed} ms (tasks sleep 10 s)"
+    );
+    assert_eq!(
+        value(&lines, "NEXT"),
+        "[0, 2, 4]",
+        "the object stays usable"
+    );
+    assert_eq!(value(&lines, "CHILDREN"), "0");
+}
+
+#[test]
+fn cancel_from_another_thread_on_every_backend() {
+    for backend in ["processes", "threads", "sequential"] {
+        unsafe extern "C" fn short_sleep(
+            _: *mut c_void,
+            _: *const u8,
+            _: usize,
+            _: *mut TaskOutput,
+        ) -> i32 {
+            std::thread::sleep(Duration::from_millis(50));
+            0
+        }
+        let par = std::sync::Arc::new(
+            parallel(&[("backend", backend), ("n_jobs", "2"), ("batch_size", "1")]).unwrap(),
+        );
+        let canceller = {
+            let par = par.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                assert_eq!(pj_parallel_cancel(par.0), pj_status::Ok);
+            })
+        };
+        let start = Instant::now();
+        let mut failed = None;
+        for _ in 0..1_000 {
+            if let Err(e) = par.submit(Some(short_sleep), std::ptr::null_mut(), &[]) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let err = failed.unwrap_or_else(|| par.collect().unwrap_err());
+        assert_eq!(
+            err.status,
+            pj_status::Cancelled,
+            "{backend}: {}",
+            err.message
+        );
+        let _ = par.collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{backend}: {:?}",
+            start.elapsed()
+        );
+        canceller.join().unwrap();
+        assert_eq!(
+            pj_parallel_cancel(std::ptr::null()),
+            pj_status::NullArgument
+        );
+    }
 }

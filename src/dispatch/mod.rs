@@ -80,6 +80,28 @@ impl Results {
     }
 }
 
+/// How often a blocked call looks for a cancellation.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// An object's means to stop its call in flight: `abort` stops queued and running work (workers
+/// check it), `cancelled` says the stop came from outside. Both are plain atomics, so setting them
+/// is async-signal-safe.
+#[derive(Debug, Default)]
+pub struct Stop {
+    /// Shared with the call's workers.
+    pub abort: Arc<AtomicBool>,
+    /// Set by a cancellation request.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// Requests that the call in flight stop and return [`ErrorKind::Cancelled`]. Async-signal-safe.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.abort.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Pulls task arguments for a call: hands the next argument to `sink` and returns `Ok(true)`, or
 /// returns `Ok(false)` at the end of the input, or the producer's error. Runs on the thread that
 /// drives the call.
@@ -115,6 +137,7 @@ enum Arrived {
 /// The state of one call, from its first task to its last result.
 pub struct Call {
     link: CallLink,
+    cancelled: Arc<AtomicBool>,
     replies: Receiver<BatchOutcome>,
     callback: Option<Callback>,
     producer: Option<Producer>,
@@ -149,7 +172,17 @@ impl std::fmt::Debug for Call {
 impl Call {
     /// A call with nothing submitted yet. `pre_dispatch` is in tasks (`None`: no limit); `order`
     /// decides in which order `next` hands results out.
-    pub fn new(pre_dispatch: Option<usize>, order: ReturnAs, first_batch: usize) -> Self {
+    ///
+    /// `stop` is the object's cancellation pair, reset here: `cancelled` set from outside
+    /// (pj_parallel_cancel) ends the call with [`ErrorKind::Cancelled`].
+    pub fn new(
+        pre_dispatch: Option<usize>,
+        order: ReturnAs,
+        first_batch: usize,
+        stop: &Stop,
+    ) -> Self {
+        stop.cancelled.store(false, Ordering::Relaxed);
+        stop.abort.store(false, Ordering::Relaxed);
         let (reply, replies) = unbounded();
         let arrived = match order {
             ReturnAs::GeneratorUnordered => Arrived::Unordered(VecDeque::new()),
@@ -158,8 +191,9 @@ impl Call {
         Call {
             link: CallLink {
                 reply,
-                abort: Arc::new(AtomicBool::new(false)),
+                abort: stop.abort.clone(),
             },
+            cancelled: stop.cancelled.clone(),
             replies,
             callback: None,
             producer: None,
@@ -218,6 +252,7 @@ impl Call {
         callback: Callback,
         arg: &[u8],
     ) {
+        self.check_cancelled();
         self.wait_for_room(backend, batching, false);
         self.push(backend, batching, callback, arg);
     }
@@ -231,6 +266,8 @@ impl Call {
         }
         self.flush(backend, true);
         self.drain(batching);
+        // A cancellation may have ended the work without a wait ever timing out.
+        self.check_cancelled();
         backend.end_call();
         if let Some(error) = self.failure_error(backend) {
             return Err(error);
@@ -256,6 +293,7 @@ impl Call {
             }
         }
         loop {
+            self.check_cancelled();
             if let Some(error) = self.failure_error(backend) {
                 return Err(error);
             }
@@ -345,6 +383,9 @@ impl Call {
 
     /// Calls the producer once; at its end (or error) the producer is dropped.
     fn produce_one(&mut self, backend: &Backend, batching: &mut Batching) {
+        if self.check_cancelled() {
+            return;
+        }
         let (Some(mut producer), Some(callback)) = (self.producer.take(), self.callback) else {
             return;
         };
@@ -432,12 +473,31 @@ impl Call {
         }
     }
 
-    /// Blocks for one outcome.
+    /// Blocks for one outcome, or until the call is cancelled.
     fn wait_one(&mut self, batching: &mut Batching) {
-        // The call holds a sender of its own reply channel, so this cannot disconnect.
-        if let Ok(outcome) = self.replies.recv() {
-            self.absorb(outcome, batching);
+        loop {
+            // The call holds a sender of its own reply channel, so this cannot disconnect. The
+            // timeout only lets a cancellation (an atomic store, async-signal-safe) be seen.
+            match self.replies.recv_timeout(CANCEL_POLL) {
+                Ok(outcome) => return self.absorb(outcome, batching),
+                Err(_) if self.check_cancelled() => return,
+                Err(_) => {}
+            }
         }
+    }
+
+    /// Records a cancellation requested from outside; true when the call is cancelled.
+    fn check_cancelled(&mut self) -> bool {
+        if !self.cancelled.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.failed() {
+            self.fail_producer(Error::new(
+                ErrorKind::Cancelled,
+                "the call was cancelled (pj_parallel_cancel)",
+            ));
+        }
+        true
     }
 
     /// Blocks until every dispatched batch has reported.

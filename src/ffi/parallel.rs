@@ -60,7 +60,7 @@ pub type pj_producer_fn = Option<
 /// is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 ///
 /// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
-/// `pj_parallel_next`, `pj_parallel_free`.
+/// `pj_parallel_next`, `pj_parallel_cancel`, `pj_parallel_free`.
 pub struct pj_parallel_t {
     parallel: Parallel,
 }
@@ -328,4 +328,25 @@ fn c_producer(producer: pj_producer_fn, userdata: *mut c_void) -> Result<Produce
     Ok(Box::new(move |sink: &mut dyn FnMut(&[u8])| {
         state.produce(sink)
     }))
+}
+
+/// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start,
+/// running process workers are killed (running thread tasks finish), and the blocked call (submit,
+/// collect, map or next) returns PJ_STATUS_CANCELLED, within about 20 ms plus the time to kill.
+/// The object stays usable. No effect when no call is in flight.
+///
+/// Async-signal-safe (it only stores two atomics): a SIGINT handler, or any thread, may call it.
+/// `parallel` must stay alive during the call (do not race it with `pj_parallel_free`).
+///
+/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `parallel` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_cancel(parallel: *const pj_parallel_t) -> pj_status {
+    // No error object: building one allocates, which a signal handler must not do.
+    run_value(pj_status::Panic, || match borrow(parallel) {
+        Ok(parallel) => {
+            parallel.cancel();
+            pj_status::Ok
+        }
+        Err(_) => pj_status::NullArgument,
+    })
 }
