@@ -45,6 +45,13 @@ fn thread_count() -> usize {
         .unwrap()
 }
 
+/// An executor with two worker processes and the given extra options.
+fn two_workers(extra: &[(&str, &str)]) -> Par {
+    let mut options = vec![("backend", "processes"), ("n_jobs", "2")];
+    options.extend_from_slice(extra);
+    parallel(&options).unwrap()
+}
+
 /// Runs `child_case` for `case` in a fresh copy of this binary; returns its `KEY=value` lines.
 fn run_case(case: &str) -> Vec<(String, String)> {
     let output = Command::new(std::env::current_exe().unwrap())
@@ -132,12 +139,7 @@ fn child_case() {
     match case.as_str() {
         "segv" | "abort" | "exit0" | "_exit3" | "sigkill" | "grandchild" => {
             let how: &'static str = Box::leak(case.clone().into_boxed_str());
-            let par = parallel(&[
-                ("backend", "processes"),
-                ("n_jobs", "2"),
-                ("batch_size", "1"),
-            ])
-            .unwrap();
+            let par = two_workers(&[("batch_size", "1")]);
             for i in 0..10u64 {
                 let _ = par.submit(
                     Some(crashing),
@@ -168,12 +170,7 @@ fn child_case() {
                 std::thread::sleep(Duration::from_secs(60));
                 0
             }
-            let par = parallel(&[
-                ("backend", "processes"),
-                ("n_jobs", "2"),
-                ("batch_size", "1"),
-            ])
-            .unwrap();
+            let par = two_workers(&[("batch_size", "1")]);
             for _ in 0..4 {
                 par.submit(Some(sleep_long), std::ptr::null_mut(), &[])
                     .unwrap();
@@ -187,7 +184,7 @@ fn child_case() {
             let _ = par.collect();
         }
         "leaks" => {
-            let par = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+            let par = two_workers(&[]);
             let call = |n: u64| {
                 for i in 0..n {
                     par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
@@ -205,12 +202,7 @@ fn child_case() {
             println!("CHILDREN={kids},{}", children().len());
         }
         "kept" => {
-            let par = parallel(&[
-                ("backend", "processes"),
-                ("n_jobs", "2"),
-                ("keep_workers", "true"),
-            ])
-            .unwrap();
+            let par = two_workers(&[("keep_workers", "true")]);
             let call = || {
                 for i in 0..100u64 {
                     par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
@@ -235,12 +227,7 @@ fn child_case() {
             extern "C" fn on_alarm(_: libc::c_int) {
                 pj_parallel_cancel(PAR.load(std::sync::atomic::Ordering::Relaxed));
             }
-            let par = parallel(&[
-                ("backend", "processes"),
-                ("n_jobs", "2"),
-                ("batch_size", "1"),
-            ])
-            .unwrap();
+            let par = two_workers(&[("batch_size", "1")]);
             PAR.store(par.0, std::sync::atomic::Ordering::Relaxed);
             // SAFETY: installing a handler in this child test process, which only this case uses.
             unsafe {
@@ -406,12 +393,7 @@ fn workers_see_the_parents_memory_and_return_in_order() {
         0
     }
     let heap_table: Vec<u64> = TABLE.iter().map(|x| x + 1).collect();
-    let par = parallel(&[
-        ("backend", "processes"),
-        ("n_jobs", "2"),
-        ("batch_size", "3"),
-    ])
-    .unwrap();
+    let par = two_workers(&[("batch_size", "3")]);
     for i in 0..1_000u64 {
         par.submit(
             Some(lookup),
@@ -455,12 +437,7 @@ fn results_larger_than_a_pipe_come_back_intact() {
         buf[n - 1] = seed;
         0
     }
-    let par = parallel(&[
-        ("backend", "processes"),
-        ("n_jobs", "2"),
-        ("batch_size", "1"),
-    ])
-    .unwrap();
+    let par = two_workers(&[("batch_size", "1")]);
     for seed in 0..8u64 {
         par.submit(Some(big), std::ptr::null_mut(), &seed.to_ne_bytes())
             .unwrap();
@@ -480,7 +457,7 @@ fn a_failing_task_on_processes_names_its_index() {
         runs: Default::default(),
         fail_at: 537,
     });
-    let par = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+    let par = two_workers(&[]);
     for i in 0..10_000u64 {
         let _ = par.submit(
             Some(double_task),
@@ -532,12 +509,7 @@ fn forking_while_other_threads_allocate_and_print_never_deadlocks_a_worker() {
         0
     }
     let start = Instant::now();
-    let par = parallel(&[
-        ("backend", "processes"),
-        ("n_jobs", "2"),
-        ("batch_size", "1"),
-    ])
-    .unwrap();
+    let par = two_workers(&[("batch_size", "1")]);
     for _ in 0..200 {
         for i in 0..4u64 {
             par.submit(Some(allocate), std::ptr::null_mut(), &i.to_ne_bytes())
@@ -570,12 +542,7 @@ unsafe extern "C" fn fail_first_sleep_rest(
 
 #[test]
 fn a_failure_kills_the_running_workers_instead_of_waiting() {
-    let par = parallel(&[
-        ("backend", "processes"),
-        ("n_jobs", "2"),
-        ("batch_size", "1"),
-    ])
-    .unwrap();
+    let par = two_workers(&[("batch_size", "1")]);
     let start = Instant::now();
     for i in 0..100u64 {
         let _ = par.submit(
@@ -607,13 +574,7 @@ fn a_failure_kills_the_running_workers_instead_of_waiting() {
 
 #[test]
 fn freeing_mid_call_on_processes_returns_promptly() {
-    let par = parallel(&[
-        ("backend", "processes"),
-        ("n_jobs", "2"),
-        ("batch_size", "1"),
-        ("pre_dispatch", "all"),
-    ])
-    .unwrap();
+    let par = two_workers(&[("batch_size", "1"), ("pre_dispatch", "all")]);
     for i in 1..20u64 {
         par.submit(
             Some(fail_first_sleep_rest),
