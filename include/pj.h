@@ -140,11 +140,13 @@ typedef struct pj_error_t pj_error_t;
 // `pj_parallel_next`, `pj_parallel_cancel`, `pj_parallel_free`.
 typedef struct pj_parallel_t pj_parallel_t;
 
-// The ordered results of a call: one byte string per task, in submission order. Created by
-// `pj_parallel_collect` or `pj_parallel_map`, owned by the caller, freed with `pj_results_free`.
-// Its functions only read it: several threads may read one results object at once.
+// The ordered results of a call: one byte string per task, in submission order, and with
+// on_error=collect each task's own status. Created by `pj_parallel_collect` or `pj_parallel_map`,
+// owned by the caller, freed with `pj_results_free`. Its functions only read it: several threads
+// may read one results object at once.
 //
-// Methods: `pj_results_len`, `pj_results_get`, `pj_results_free`.
+// Methods: `pj_results_len`, `pj_results_get`, `pj_results_status`, `pj_results_error`,
+// `pj_results_error_count`, `pj_results_free`.
 typedef struct pj_results_t pj_results_t;
 
 // A task callback. pj calls it once per task with the `userdata` given at submission, the task's
@@ -202,8 +204,12 @@ void pj_config_free(pj_config_t *config);
 // `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
 // "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 // `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
-// as of their fork, so userdata created after it is not valid in them). Every value is validated
-// now, also for options whose feature arrives later. On failure the config is unchanged.
+// as of their fork, so userdata created after it is not valid in them), `on_error` ("raise": the
+// first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
+// result carries its own status: see `pj_results_status`) and `handle_sigint` ("true"/"false":
+// while a call blocks, a SIGINT cancels it instead of killing the process; see
+// `pj_parallel_cancel`). Every value is validated now, also for options whose feature arrives
+// later. On failure the config is unchanged.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string
@@ -242,6 +248,15 @@ pj_status pj_config_set_batch_size(pj_config_t *config, size_t batch_size, pj_er
 pj_status pj_config_set_verbose(pj_config_t *config, int64_t verbose, pj_error_t **error_out);
 
 // Sets the per-task timeout in seconds; INFINITY means no limit (the default).
+//
+// The clock starts when a task starts on its worker (joblib's starts when the caller first waits
+// for a batch, so queueing counts there and background time does not; pj's is simply "no task
+// runs longer than this"). A task past the limit fails the call with PJ_STATUS_TIMEOUT. Processes:
+// its worker gets SIGTERM, then SIGKILL 100 ms later, and is replaced by the next batch. Threads: a
+// thread cannot be killed, so the stuck thread is abandoned (it finishes the callback in the
+// background and its result is dropped) and replaced. The check runs every tenth of the limit
+// (at most 100 ms apart, 50 ms on threads). Sequential (n_jobs 1): no watcher; a warning is
+// printed on stderr at each call, as joblib does, and tasks run to completion.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 // for 0, a negative value or NaN.
@@ -337,8 +352,18 @@ pj_status pj_parallel_submit(pj_parallel_t *parallel,
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
 // the error names the first failed task (by index), its code and message, and tasks queued behind
 // it never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
-// error names the task, and the signal or exit status); PJ_STATUS_IO when a worker process cannot
-// be started; PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
+// error names the task, and the signal or exit status); PJ_STATUS_TIMEOUT when a task ran past the
+// timeout (the error names the task and the limit; on processes its worker was killed, on threads
+// the stuck thread was abandoned: it keeps running the callback, so the callback must not use
+// memory you free after this call returns); PJ_STATUS_CANCELLED after `pj_parallel_cancel` (or a
+// SIGINT with handle_sigint); PJ_STATUS_IO when a worker process cannot be started;
+// PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
+//
+// With on_error=collect, task failures (TASK_FAILED, TIMEOUT, WORKER_DIED) do not end the call:
+// every task runs, this returns PJ_STATUS_OK, and `pj_results_status` / `pj_results_error` give
+// each task's own outcome. A dead or timed-out worker is replaced; the tasks its batch had already
+// completed run again in the new worker (their results died with the old one), so with auto
+// batching a task can run twice when a neighbour crashes; set batch_size 1 if that matters.
 pj_status pj_parallel_collect(pj_parallel_t *parallel,
                               pj_results_t **results_out,
                               pj_error_t **error_out);
@@ -354,8 +379,9 @@ pj_status pj_parallel_collect(pj_parallel_t *parallel,
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
 // cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
 // producer is not called again) or the producer returned a value other than 0 and 1 (the error
-// quotes it); PJ_STATUS_WORKER_DIED, PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`.
-// `*results_out` is written only on success.
+// quotes it); PJ_STATUS_WORKER_DIED, PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and
+// PJ_STATUS_PANIC as for `pj_parallel_collect` (on_error=collect included). `*results_out` is
+// written only on success.
 pj_status pj_parallel_map(pj_parallel_t *parallel,
                           pj_task_fn fn,
                           void *userdata,
@@ -391,8 +417,11 @@ pj_status pj_parallel_imap(pj_parallel_t *parallel,
 // over; also when no call is in flight); PJ_STATUS_NULL_ARGUMENT when a pointer is NULL;
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task (or
 // the producer) failed: the call is over and its outstanding tasks never start; PJ_STATUS_WORKER_DIED,
-// PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`. Outputs are written only with
-// PJ_STATUS_OK.
+// PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
+// `pj_parallel_collect`. Outputs are written only with PJ_STATUS_OK, except with on_error=collect:
+// then a failed task's turn returns its own status (TASK_FAILED, TIMEOUT, WORKER_DIED) with
+// `*index_out` set, an empty output and the task's error in `*error_out`, and the call goes on:
+// keep calling until PJ_STATUS_DONE.
 pj_status pj_parallel_next(pj_parallel_t *parallel,
                            size_t *index_out,
                            const uint8_t **data_out,
@@ -447,7 +476,29 @@ pj_status pj_results_get(const pj_results_t *results,
                          const uint8_t **data_out,
                          size_t *len_out);
 
-// Frees results (and every pointer `pj_results_get` returned from them). NULL is a no-op.
+// The status of task `index`: PJ_STATUS_OK when it succeeded (always, unless the call used
+// on_error=collect); with on_error=collect, its own failure: PJ_STATUS_TASK_FAILED (the callback
+// returned non-zero), PJ_STATUS_TIMEOUT (it ran past the timeout and its worker was stopped),
+// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it) or
+// PJ_STATUS_PANIC. A failed task's output is empty; `pj_results_error` tells more.
+//
+// Returns that status; PJ_STATUS_NULL_ARGUMENT when `results` is NULL; PJ_STATUS_INVALID_ARGUMENT
+// when `index >= pj_results_len(results)` (never a task's status).
+pj_status pj_results_status(const pj_results_t *results, size_t index);
+
+// Borrows the error of task `index` (on_error=collect): its status, message (e.g. `task 7 failed
+// with code 3: bad input`), report, task index and callback code, through the `pj_error_*`
+// functions. The error belongs to `results` and lives until `pj_results_free`: never pass it to
+// `pj_error_free`.
+//
+// Returns NULL when the task succeeded, when `results` is NULL, or when `index` is out of range.
+const pj_error_t *pj_results_error(const pj_results_t *results, size_t index);
+
+// Number of failed tasks (on_error=collect; always 0 otherwise). NULL gives 0.
+size_t pj_results_error_count(const pj_results_t *results);
+
+// Frees results (and every pointer `pj_results_get` and `pj_results_error` returned from them).
+// NULL is a no-op.
 void pj_results_free(pj_results_t *results);
 
 #ifdef __cplusplus

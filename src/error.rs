@@ -65,6 +65,8 @@ pub struct TaskContext {
     pub signal: Option<i32>,
     /// For a worker process that exited while running the task: its exit status.
     pub exit_status: Option<i32>,
+    /// For a timed-out task: the limit and how long the task had run when it was stopped.
+    pub timeout: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 /// An error from pj: a kind, a one-line message and, for task errors, the task's context.
@@ -72,7 +74,8 @@ pub struct TaskContext {
 pub struct Error {
     kind: ErrorKind,
     message: String,
-    task: Option<TaskContext>,
+    /// Boxed: errors travel in every `Result` of the crate, and most are not about a task.
+    task: Option<Box<TaskContext>>,
 }
 
 impl Error {
@@ -92,7 +95,7 @@ impl Error {
 
     /// Attaches the task context (index, code, backend, worker).
     pub fn with_task(mut self, task: TaskContext) -> Self {
-        self.task = Some(task);
+        self.task = Some(Box::new(task));
         self
     }
 
@@ -108,7 +111,7 @@ impl Error {
 
     /// The task context, for task-level errors.
     pub fn task(&self) -> Option<&TaskContext> {
-        self.task.as_ref()
+        self.task.as_deref()
     }
 
     /// The index of the failed task, for task-level errors.
@@ -136,6 +139,13 @@ impl Error {
             }
             if let Some(status) = task.exit_status {
                 out.push_str(&format!("  worker exited: exit status {status}\n"));
+            }
+            if let Some((limit, elapsed)) = task.timeout {
+                out.push_str(&format!(
+                    "  timeout: {} s, stopped after {:.3} s\n",
+                    limit.as_secs_f64(),
+                    elapsed.as_secs_f64()
+                ));
             }
         }
         out.push_str(&format!("  message: {}\n", self.message));

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{BackendKind, Config, Resolved};
-use crate::dispatch::{Batching, Call, Producer, Results, Stop, Streamed};
+use crate::config::{BackendKind, Config, OnError, Resolved};
+use crate::dispatch::{Batching, Call, CallOptions, Producer, Results, Stop, Streamed};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Callback;
 
@@ -249,9 +249,21 @@ fn abandon_call(state: &mut State) {
 }
 
 fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop) -> Call {
+    if settings.sequential
+        && let Some(limit) = settings.timeout
+    {
+        warn_timeout_ignored(limit);
+    }
     // resolve() already evaluated pre_dispatch for this n_jobs, so this cannot fail; "all" if it did.
     let pre_dispatch = settings.pre_dispatch_tasks().ok().flatten();
-    Call::new(pre_dispatch, settings.return_as, batching.size(), stop)
+    let options = CallOptions {
+        pre_dispatch,
+        order: settings.return_as,
+        first_batch: batching.size(),
+        timeout: settings.timeout,
+        collect: settings.on_error == OnError::Collect,
+    };
+    Call::new(options, stop)
 }
 
 impl Drop for Parallel {
@@ -288,6 +300,24 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
         *slot = Some(backend);
     }
     Ok(slot.as_ref().unwrap_or_else(|| unreachable!()))
+}
+
+/// joblib's warning when a timeout is set on the sequential path (one thread cannot watch itself),
+/// written to stderr as one line.
+fn warn_timeout_ignored(limit: std::time::Duration) {
+    use std::io::Write;
+    let seconds = limit.as_secs_f64();
+    // Python's repr of a float, as joblib's message shows it: 0.5, 2.0.
+    let shown = if seconds.fract() == 0.0 && seconds < 1e16 {
+        format!("{seconds:.1}")
+    } else {
+        format!("{seconds}")
+    };
+    let line = format!(
+        "pj: UserWarning: The backend class 'SequentialBackend' does not support timeout. You have \
+         set 'timeout={shown}' in Parallel but the 'timeout' parameter will not be used.\n"
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 fn busy() -> Error {

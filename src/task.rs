@@ -7,7 +7,7 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
 ///
@@ -102,7 +102,7 @@ impl TaskOutput {
 }
 
 /// Tasks with consecutive indices, run one after another by one worker.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Batch {
     /// Index of the first task in submission order.
     pub first: usize,
@@ -111,6 +111,9 @@ pub struct Batch {
     arg_ends: Vec<usize>,
     /// When the batch was handed to the backend (for auto batching).
     pub dispatched_at: Option<Instant>,
+    /// Tasks already known to have failed in an earlier attempt at this batch (on_error=collect,
+    /// after their worker died or timed out): not run again, reported with this failure. Sorted.
+    pub forced: Vec<(usize, TaskFailure)>,
 }
 
 impl Batch {
@@ -122,6 +125,7 @@ impl Batch {
             args: Vec::new(),
             arg_ends: Vec::with_capacity(capacity),
             dispatched_at: None,
+            forced: Vec::new(),
         }
     }
 
@@ -160,7 +164,26 @@ impl Batch {
             args,
             arg_ends,
             dispatched_at: None,
+            forced: Vec::new(),
         }
+    }
+
+    /// A copy of this batch for another attempt, with task `index` recorded as failed (`failure`)
+    /// so that the attempt skips it: on_error=collect's way past a worker that died or timed out.
+    pub fn retry_without(&self, index: usize, failure: TaskFailure) -> Batch {
+        let mut retry = self.clone();
+        let at = retry.forced.partition_point(|(i, _)| *i < index);
+        retry.forced.insert(at, (index, failure));
+        retry
+    }
+
+    /// Whether task `index` is skipped because an earlier attempt already failed it.
+    fn is_forced(&self, index: usize) -> bool {
+        !self.forced.is_empty()
+            && self
+                .forced
+                .binary_search_by_key(&index, |(i, _)| *i)
+                .is_ok()
     }
 
     /// Splits off the tasks from position `at` on into a new batch (used to spread a tail).
@@ -180,6 +203,7 @@ impl Batch {
             args,
             arg_ends,
             dispatched_at: None,
+            forced: Vec::new(),
         }
     }
 }
@@ -199,6 +223,13 @@ pub enum TaskFailure {
         pid: i32,
         /// How it died.
         death: Death,
+    },
+    /// The task ran past the call's timeout and its worker was stopped.
+    TimedOut {
+        /// The configured limit.
+        limit: Duration,
+        /// How long the task had run when it was stopped.
+        elapsed: Duration,
     },
 }
 
@@ -224,8 +255,12 @@ pub struct BatchOutcome {
     pub data: Vec<u8>,
     /// End offset in `data` of each completed task's output.
     pub ends: Vec<usize>,
-    /// The first failure in the batch: (task index, failure). Tasks after it did not run.
+    /// A failure that ends the call (fail-fast mode): (task index, failure). Tasks after it did
+    /// not run.
     pub failure: Option<(usize, TaskFailure)>,
+    /// With on_error=collect: every failed task of the batch, by index (sorted). Each still has an
+    /// (empty) entry in `ends`, so results stay aligned with task indices.
+    pub errors: Vec<(usize, TaskFailure)>,
     /// Seconds from dispatch to completion (auto batching's sample).
     pub seconds: f64,
     /// Which worker ran it: the worker's number in its pool (0 for the sequential backend).
@@ -233,23 +268,163 @@ pub struct BatchOutcome {
 }
 
 impl BatchOutcome {
-    /// Number of tasks that produced a result.
+    /// Number of tasks that produced a result (with on_error=collect, failed ones included).
     pub fn completed(&self) -> usize {
         self.ends.len()
     }
+
+    /// An outcome with no result and no failure of its own: a batch that never ran (the call was
+    /// aborted before it started, or while it ran).
+    pub fn skipped(batch: &Batch, worker: usize) -> BatchOutcome {
+        BatchOutcome {
+            first: batch.first,
+            size: batch.len(),
+            data: Vec::new(),
+            ends: Vec::new(),
+            failure: None,
+            errors: Vec::new(),
+            seconds: 0.0,
+            worker,
+        }
+    }
+
+    /// The outcome of a batch that failed as a whole at task `index` (fail-fast).
+    pub fn failed(
+        batch: &Batch,
+        worker: usize,
+        index: usize,
+        failure: TaskFailure,
+    ) -> BatchOutcome {
+        BatchOutcome {
+            failure: Some((index, failure)),
+            ..BatchOutcome::skipped(batch, worker)
+        }
+    }
+
+    /// Adds the failures decided before this attempt ran (`Batch::forced`) to the collected errors.
+    pub fn merge_forced(&mut self, forced: &[(usize, TaskFailure)]) {
+        if forced.is_empty() {
+            return;
+        }
+        self.errors.extend(forced.iter().cloned());
+        self.errors.sort_by_key(|(index, _)| *index);
+    }
 }
 
-/// Runs every task of `batch` in order, stopping at the first failure or when `abort` is raised
-/// (set by whichever worker fails first, so queued work stops everywhere).
-///
-/// `progress`, when given, receives `index + 1` of each task just before it starts: the process
-/// backend reads it from shared memory to name the task a dead worker was running.
-pub fn run_batch(
-    batch: Batch,
-    abort: &AtomicBool,
-    worker: usize,
-    progress: Option<&AtomicU64>,
-) -> BatchOutcome {
+/// What a worker publishes about the task it is running, for whoever watches it: the index (to
+/// name the task a dead worker was running) and, for calls with a timeout, when it started.
+/// Process workers keep it in a shared page, so every field is a plain atomic.
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct Running {
+    /// index + 1 of the running (or last run) task; 0 before the batch's first task.
+    index: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds at the running task's start; 0 when not timed or between
+    /// batches.
+    started_ns: AtomicU64,
+    /// Raised by a watchdog that gave up on this worker: finish no further task.
+    abandoned: AtomicBool,
+}
+
+impl Running {
+    /// Records that task `index` starts now (`timed`: also its start time).
+    fn start(&self, index: usize, timed: bool) {
+        if timed {
+            self.started_ns
+                .store(monotonic_ns().max(1), Ordering::Relaxed);
+        }
+        self.index.store(index as u64 + 1, Ordering::Release);
+    }
+
+    /// Clears the start time (the batch is over: nothing of it can time out any more).
+    pub fn stop_clock(&self) {
+        self.started_ns.store(0, Ordering::Release);
+    }
+
+    /// Clears everything before a new batch.
+    pub fn reset(&self) {
+        self.index.store(0, Ordering::Relaxed);
+        self.started_ns.store(0, Ordering::Release);
+        self.abandoned.store(false, Ordering::Relaxed);
+    }
+
+    /// The index of the running (or last run) task, if any started.
+    pub fn index(&self) -> Option<usize> {
+        let raw = self.index.load(Ordering::Acquire);
+        (raw > 0).then(|| (raw - 1) as usize)
+    }
+
+    /// The running task and how long it has run, when its clock runs.
+    pub fn elapsed(&self) -> Option<(usize, Duration)> {
+        let started = self.started_ns.load(Ordering::Acquire);
+        if started == 0 {
+            return None;
+        }
+        let index = self.index()?;
+        Some((
+            index,
+            Duration::from_nanos(monotonic_ns().saturating_sub(started)),
+        ))
+    }
+
+    /// Marks the worker as given up on (threads: its late results are dropped).
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine, so a parent can
+/// time a task its forked worker started.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
+
+/// How a worker runs a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct RunContext<'a> {
+    /// Raised on the first failure (fail-fast) or a cancellation: no further task starts.
+    pub abort: &'a AtomicBool,
+    /// The worker's number in its pool (0 for the sequential backend).
+    pub worker: usize,
+    /// Where the worker publishes its running task, when someone watches it.
+    pub running: Option<&'a Running>,
+    /// Record each task's start time (the call has a timeout).
+    pub timed: bool,
+    /// on_error=collect: a failed task does not stop the batch.
+    pub collect: bool,
+}
+
+impl<'a> RunContext<'a> {
+    /// Plain fail-fast running, unwatched.
+    pub fn new(abort: &'a AtomicBool, worker: usize) -> Self {
+        RunContext {
+            abort,
+            worker,
+            running: None,
+            timed: false,
+            collect: false,
+        }
+    }
+}
+
+/// Runs every task of `batch` in order. In fail-fast mode the batch stops at the first failure,
+/// raising `abort` so that queued work stops everywhere; with `collect`, a failed task gets an
+/// empty result and an entry in `errors`, and the batch goes on. Tasks in `batch.forced` are not
+/// run (their failures are the caller's to merge). Any worker stops before its next task once
+/// `abort` is raised (or its `running` record is abandoned).
+pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     let size = batch.len();
     let mut out = TaskOutput {
         arena: Vec::new(),
@@ -258,34 +433,49 @@ pub fn run_batch(
     };
     let mut ends = Vec::with_capacity(size);
     let mut failure = None;
+    let mut errors = Vec::new();
     let mut arg_start = 0;
     for (offset, (callback, &arg_end)) in batch.callbacks.iter().zip(&batch.arg_ends).enumerate() {
-        if abort.load(Ordering::Relaxed) {
+        if ctx.abort.load(Ordering::Relaxed) {
             break;
         }
+        let index = batch.first + offset;
         let arg = &batch.args[arg_start..arg_end];
         arg_start = arg_end;
-        if let Some(progress) = progress {
-            progress.store((batch.first + offset + 1) as u64, Ordering::Relaxed);
-        }
         out.start = out.arena.len();
+        if batch.is_forced(index) {
+            ends.push(out.arena.len());
+            continue;
+        }
+        if let Some(running) = ctx.running {
+            if running.is_abandoned() {
+                break;
+            }
+            running.start(index, ctx.timed);
+        }
         // SAFETY: `Callback::new`'s contract makes the callback callable here with its userdata; `arg`
         // is a live slice for the duration of the call and `out` a live, exclusive TaskOutput.
         let code = unsafe { (callback.func)(callback.userdata, arg.as_ptr(), arg.len(), &mut out) };
         if code != 0 {
             out.arena.truncate(out.start);
-            abort.store(true, Ordering::Relaxed);
-            failure = Some((
-                batch.first + offset,
-                TaskFailure::Returned {
-                    code,
-                    message: out.message.take(),
-                },
-            ));
+            let returned = TaskFailure::Returned {
+                code,
+                message: out.message.take(),
+            };
+            if ctx.collect {
+                errors.push((index, returned));
+                ends.push(out.arena.len());
+                continue;
+            }
+            ctx.abort.store(true, Ordering::Relaxed);
+            failure = Some((index, returned));
             break;
         }
         out.message = None;
         ends.push(out.arena.len());
+    }
+    if let Some(running) = ctx.running {
+        running.stop_clock();
     }
     let seconds = batch
         .dispatched_at
@@ -297,8 +487,9 @@ pub fn run_batch(
         data: out.arena,
         ends,
         failure,
+        errors,
         seconds,
-        worker,
+        worker: ctx.worker,
     }
 }
 
@@ -336,7 +527,7 @@ mod tests {
     #[test]
     fn runs_in_order_and_stops_at_failure() {
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(batch_of(10, &[1, 2, 3, 4]), &abort, 0, None);
+        let outcome = run_batch(&batch_of(10, &[1, 2, 3, 4]), RunContext::new(&abort, 0));
         assert_eq!(outcome.completed(), 2);
         assert_eq!(&outcome.data[..8], &2u64.to_ne_bytes());
         assert_eq!(
@@ -358,13 +549,13 @@ mod tests {
         let tail = batch.split_off(1);
         assert_eq!(tail.first, 6);
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(tail, &abort, 0, None);
+        let outcome = run_batch(&tail, RunContext::new(&abort, 0));
         let values: Vec<u64> = outcome
             .data
             .chunks(8)
             .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(values, vec![4, 8, 10]);
-        assert_eq!(run_batch(batch, &abort, 0, None).completed(), 1);
+        assert_eq!(run_batch(&batch, RunContext::new(&abort, 0)).completed(), 1);
     }
 }

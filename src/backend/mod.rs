@@ -12,13 +12,14 @@ pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
 pub use processes::ProcessPool;
 pub use threads::ThreadPool;
 
-use crate::task::{Batch, BatchOutcome, run_batch};
+use crate::task::{Batch, BatchOutcome, RunContext, run_batch};
 
 /// Where a call's batches report back, and the flag that stops its queued work.
 #[derive(Clone, Debug)]
@@ -27,6 +28,20 @@ pub struct CallLink {
     pub reply: Sender<BatchOutcome>,
     /// Raised on the first failure (or cancellation): tasks not yet started are skipped.
     pub abort: Arc<AtomicBool>,
+    /// The per-task time limit, counted from each task's start on its worker.
+    pub timeout: Option<Duration>,
+    /// on_error=collect: a failed, crashed or timed-out task does not stop the call.
+    pub collect: bool,
+}
+
+impl CallLink {
+    /// How a worker of this call runs its batches (without a watcher).
+    pub fn run_context(&self, worker: usize) -> RunContext<'_> {
+        RunContext {
+            collect: self.collect,
+            ..RunContext::new(&self.abort, worker)
+        }
+    }
 }
 
 /// A pool of workers, or none.
@@ -74,7 +89,9 @@ impl Backend {
             Backend::Sequential => {
                 let outcome = {
                     let _task_level = crate::nesting::Deeper::enter();
-                    run_batch(batch, &link.abort, 0, None)
+                    // No timeout here: one thread cannot watch itself (a warning says so at the
+                    // call's start, as joblib's does).
+                    run_batch(&batch, link.run_context(0))
                 };
                 // The receiver lives in the call that is dispatching right now, so this cannot fail.
                 let _ = link.reply.send(outcome);

@@ -14,6 +14,16 @@
 //! Fail fast. Once the call is aborted (a task failed, or the call was abandoned), a proxy waiting
 //! for its worker stops within 100 ms, SIGKILLs it and reaps it; its batch counts as not run.
 //!
+//! Timeouts. With a timeout, the worker stamps each task's start (CLOCK_MONOTONIC, shared by every
+//! process) in the shared page; the proxy, waiting for the outcome, checks the stamp every tenth
+//! of the limit (at most 100 ms apart). An overdue task's worker gets SIGTERM, then SIGKILL after a
+//! short grace, and is reaped; the next batch forks a fresh one.
+//!
+//! on_error=collect. When a worker dies or times out, the proxy runs the batch again in a fresh
+//! worker without the task that killed it (recorded as that task's failure). The tasks the dead
+//! worker had already completed run a second time, because their results died with it (documented
+//! in the header; batch_size=1 avoids it).
+//!
 //! Crash isolation. A worker that dies (signal, exit(), _exit(), SIGKILL from outside) closes its
 //! socket: the proxy sees the end of the stream before a complete outcome, reaps that one pid
 //! (never "any child"), reads which task was running from a shared page the worker updates before
@@ -29,20 +39,23 @@
 //! usable in the child. A task callback must not take locks that another parent thread may hold at
 //! the time of the fork (documented in the header).
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use super::CallLink;
 use super::wire::{
-    decode_batch, decode_outcome, encode_batch, encode_outcome, recv_frame, send_frame,
+    LIVENESS_PERIOD_MS, RunFlags, decode_batch, decode_outcome, encode_batch, encode_outcome,
+    recv_frame, send_frame,
 };
-use crate::task::{Batch, BatchOutcome, Death, TaskFailure, run_batch};
+use crate::task::{Batch, BatchOutcome, Death, RunContext, Running, TaskFailure, run_batch};
 
 /// One batch for a proxy.
 struct Job {
@@ -114,7 +127,9 @@ impl ProcessPool {
         {
             let Job { batch, link } = unsent.into_inner();
             let failure = TaskFailure::Spawn("the process pool is shut down".into());
-            let _ = link.reply.send(failed(&batch, 0, batch.first, failure));
+            let _ = link
+                .reply
+                .send(BatchOutcome::failed(&batch, 0, batch.first, failure));
         }
     }
 
@@ -155,7 +170,7 @@ impl Drop for ProcessPool {
 struct Worker {
     pid: libc::pid_t,
     socket: OwnedFd,
-    progress: SharedCounter,
+    running: SharedRunning,
 }
 
 /// A proxy thread's state: its slot and its current worker.
@@ -189,41 +204,51 @@ impl Proxy {
     fn run_job(&mut self, Job { batch, link }: Job) {
         if link.abort.load(Ordering::Relaxed) {
             // The call already failed: this batch never starts.
-            let _ = link.reply.send(skipped(&batch, self.slot));
+            let _ = link.reply.send(BatchOutcome::skipped(&batch, self.slot));
             return;
         }
-        let outcome = match self.exchange(&batch, &link.abort) {
-            Ok(mut outcome) => {
-                outcome.seconds = batch
-                    .dispatched_at
-                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
-                if outcome.failure.is_some() {
-                    link.abort.store(true, Ordering::Relaxed);
+        // With on_error=collect, a batch whose worker died or timed out runs again without the
+        // task responsible, until an attempt completes.
+        let mut retry: Option<Batch> = None;
+        let outcome = loop {
+            let attempt = retry.as_ref().unwrap_or(&batch);
+            match self.exchange(attempt, &link) {
+                Ok(mut outcome) => {
+                    outcome.seconds = batch
+                        .dispatched_at
+                        .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                    outcome.merge_forced(&attempt.forced);
+                    if outcome.failure.is_some() {
+                        link.abort.store(true, Ordering::Relaxed);
+                    }
+                    break outcome;
                 }
-                outcome
+                Err(Some(Lost {
+                    index,
+                    failure,
+                    retryable: true,
+                })) if link.collect => {
+                    retry = Some(attempt.retry_without(index, failure));
+                }
+                Err(Some(Lost { index, failure, .. })) => {
+                    link.abort.store(true, Ordering::Relaxed);
+                    break BatchOutcome::failed(&batch, self.slot, index, failure);
+                }
+                Err(None) => break BatchOutcome::skipped(&batch, self.slot),
             }
-            Err(Some((index, failure))) => {
-                link.abort.store(true, Ordering::Relaxed);
-                failed(&batch, self.slot, index, failure)
-            }
-            Err(None) => skipped(&batch, self.slot),
         };
         let _ = link.reply.send(outcome);
     }
 
     /// Sends the batch to the worker (forking one if needed) and reads its outcome; on failure,
-    /// the index of the task it concerns.
+    /// the task it concerns.
     /// `Err(None)`: the call was aborted (another task failed, or the call was abandoned) while this
     /// batch ran, and the worker was killed rather than waited for.
-    fn exchange(
-        &mut self,
-        batch: &Batch,
-        abort: &AtomicBool,
-    ) -> Result<BatchOutcome, Option<(usize, TaskFailure)>> {
+    fn exchange(&mut self, batch: &Batch, link: &CallLink) -> Result<BatchOutcome, Option<Lost>> {
         self.reap_if_dead();
         if self.worker.is_none() {
             let worker = spawn_worker(self.slot, self.level).map_err(|e| {
-                Some((
+                Some(Lost::fatal(
                     batch.first,
                     TaskFailure::Spawn(format!("cannot start a worker process: {e}")),
                 ))
@@ -233,20 +258,58 @@ impl Proxy {
         let Some(worker) = self.worker.as_ref() else {
             unreachable!("a worker was just installed")
         };
-        worker.progress.set(0);
-        encode_batch(batch, &mut self.buf);
+        worker.running.get().reset();
+        let flags = RunFlags {
+            timed: link.timeout.is_some(),
+            collect: link.collect,
+        };
+        encode_batch(batch, flags, &mut self.buf);
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
+        let running = worker.running.get();
+        let overdue = Cell::new(None);
         // EOF is the fast signal of a death; the periodic check covers a stream kept open by a
         // grandchild the task started, which would otherwise hide the death forever. It also
-        // stops waiting once the call is aborted: fail fast means running tasks are killed.
-        let alive = || !abort.load(Ordering::Relaxed) && wait_for_peek(pid);
+        // stops waiting once the call is aborted (fail fast means running tasks are killed) or the
+        // running task is past the timeout.
+        let alive = || {
+            if link.abort.load(Ordering::Relaxed) {
+                return false;
+            }
+            if let Some(limit) = link.timeout
+                && let Some((index, elapsed)) = running.elapsed()
+                && elapsed > limit
+            {
+                overdue.set(Some((index, limit, elapsed)));
+                return false;
+            }
+            wait_for_peek(pid)
+        };
+        let period = link.timeout.map_or(LIVENESS_PERIOD_MS, |limit| {
+            let tenth = (limit / 10)
+                .as_millis()
+                .clamp(1, LIVENESS_PERIOD_MS as u128);
+            tenth as libc::c_int
+        });
         let received =
-            send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf, &alive));
+            send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf, period, &alive));
         match received {
             Ok(true) => decode_outcome(&self.buf, self.slot)
-                .map_err(|e| Some((batch.first, self.kill_worker(&e)))),
-            Ok(false) | Err(_) if abort.load(Ordering::Relaxed) => {
+                .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e)))),
+            _ if overdue.get().is_some() => {
+                let Some((index, limit, elapsed)) = overdue.get() else {
+                    unreachable!("checked by the guard")
+                };
+                if let Some(worker) = self.worker.take() {
+                    terminate(worker.pid);
+                }
+                Err(Some(Lost {
+                    index,
+                    failure: TaskFailure::TimedOut { limit, elapsed },
+                    retryable: !batch_forces(batch, index),
+                }))
+            }
+            Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {
                 if let Some(worker) = self.worker.take() {
                     // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
                     unsafe { libc::kill(worker.pid, libc::SIGKILL) };
@@ -260,28 +323,31 @@ impl Proxy {
     }
 
     /// Reaps a worker whose stream ended (it is exiting now) and names the task it was running:
-    /// the worker stores index + 1 in the shared page before each task.
-    fn reap_dead(&mut self, batch: &Batch) -> (usize, TaskFailure) {
+    /// the worker records the index in the shared page before each task.
+    fn reap_dead(&mut self, batch: &Batch) -> Lost {
         let Some(worker) = self.worker.take() else {
-            return (
+            return Lost::fatal(
                 batch.first,
                 TaskFailure::Spawn("the worker vanished".into()),
             );
         };
-        let running = worker.progress.get() as usize;
-        let index = if running > batch.first {
-            running - 1
-        } else {
-            batch.first
-        };
+        let running = worker
+            .running
+            .get()
+            .index()
+            .filter(|&index| index >= batch.first);
         let death = wait_for(worker.pid, 0).unwrap_or(Death::Unknown);
-        (
+        let index = running.unwrap_or(batch.first);
+        Lost {
             index,
-            TaskFailure::Died {
+            failure: TaskFailure::Died {
                 pid: worker.pid,
                 death,
             },
-        )
+            // A worker that died before its first task (or on a task it should have skipped) would
+            // die again: only a death that a task caused is retried without that task.
+            retryable: running.is_some() && !batch_forces(batch, index),
+        }
     }
 
     /// Kills and reaps a worker that sent garbage.
@@ -322,30 +388,47 @@ impl Drop for Worker {
     }
 }
 
-/// The outcome of a batch that did not run (the call was aborted): no result, no failure of its own.
-fn skipped(batch: &Batch, worker: usize) -> BatchOutcome {
-    BatchOutcome {
-        first: batch.first,
-        size: batch.len(),
-        data: Vec::new(),
-        ends: Vec::new(),
-        failure: None,
-        seconds: 0.0,
-        worker,
+/// A batch that came back without an outcome: the task it concerns and why.
+struct Lost {
+    index: usize,
+    failure: TaskFailure,
+    /// Whether running the batch again without that task can succeed (on_error=collect).
+    retryable: bool,
+}
+
+impl Lost {
+    fn fatal(index: usize, failure: TaskFailure) -> Self {
+        Lost {
+            index,
+            failure,
+            retryable: false,
+        }
     }
 }
 
-/// The outcome of a batch that failed as a whole at task `index`.
-fn failed(batch: &Batch, worker: usize, index: usize, failure: TaskFailure) -> BatchOutcome {
-    BatchOutcome {
-        first: batch.first,
-        size: batch.len(),
-        data: Vec::new(),
-        ends: Vec::new(),
-        failure: Some((index, failure)),
-        seconds: 0.0,
-        worker,
+/// Whether an earlier attempt already recorded task `index` as failed.
+fn batch_forces(batch: &Batch, index: usize) -> bool {
+    batch.forced.iter().any(|(i, _)| *i == index)
+}
+
+/// How long a timed-out worker may take to leave after SIGTERM before it gets SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(100);
+
+/// Stops a worker whose task overran: SIGTERM (it may clean up), SIGKILL after [`TERM_GRACE`],
+/// then reaps it.
+fn terminate(pid: libc::pid_t) {
+    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + TERM_GRACE;
+    while std::time::Instant::now() < deadline {
+        if wait_for(pid, libc::WNOHANG).is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
+    // SAFETY: as above; the child has not been reaped (the last poll found it running).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = wait_for(pid, 0);
 }
 
 /// Waits for our child `pid` (`flags` 0 blocks, WNOHANG polls). `Some(death)` once it has ended;
@@ -407,7 +490,7 @@ fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
     let _forking = FORK_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let progress = SharedCounter::new()?;
+    let running = SharedRunning::new()?;
     let (parent_end, child_end) = UnixStream::pair()?;
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
@@ -423,20 +506,20 @@ fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
         return Err(error);
     }
     if pid == 0 {
-        worker_main(child_end.as_raw_fd(), &progress, parent_pid, slot, level);
+        worker_main(child_end.as_raw_fd(), &running, parent_pid, slot, level);
     }
     drop(child_end);
     Ok(Worker {
         pid,
         socket: parent_end.into(),
-        progress,
+        running,
     })
 }
 
 /// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
 fn worker_main(
     socket: RawFd,
-    progress: &SharedCounter,
+    running: &SharedRunning,
     parent_pid: libc::pid_t,
     slot: usize,
     level: usize,
@@ -463,13 +546,19 @@ fn worker_main(
         let abort = AtomicBool::new(false);
         let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
-        while let Ok(true) = recv_frame(socket, &mut inbox, &|| true) {
+        while let Ok(true) = recv_frame(socket, &mut inbox, LIVENESS_PERIOD_MS, &|| true) {
             // SAFETY: the frame was encoded by our parent, of which this process is a fork.
-            let Ok(batch) = (unsafe { decode_batch(&inbox) }) else {
+            let Ok((batch, flags)) = (unsafe { decode_batch(&inbox) }) else {
                 return 3;
             };
             abort.store(false, Ordering::Relaxed);
-            let outcome = run_batch(batch, &abort, slot, Some(progress.atomic()));
+            let ctx = RunContext {
+                running: Some(running.get()),
+                timed: flags.timed,
+                collect: flags.collect,
+                ..RunContext::new(&abort, slot)
+            };
+            let outcome = run_batch(&batch, ctx);
             encode_outcome(&outcome, &mut outbox);
             if send_frame(socket, &outbox).is_err() {
                 return 0;
@@ -481,21 +570,25 @@ fn worker_main(
     unsafe { libc::_exit(served.unwrap_or(4)) }
 }
 
-/// A u64 in a MAP_SHARED page that survives fork: the worker writes, the parent reads.
-struct SharedCounter {
-    ptr: *mut AtomicU64,
+/// A [`Running`] record in a MAP_SHARED page that survives fork: the worker writes, the parent
+/// reads.
+struct SharedRunning {
+    ptr: *mut Running,
 }
 
 // SAFETY: the page is owned by this value and only accessed through atomics.
-unsafe impl Send for SharedCounter {}
+unsafe impl Send for SharedRunning {}
 
-impl SharedCounter {
+const PAGE: usize = 4096;
+const _: () = assert!(std::mem::size_of::<Running>() <= PAGE);
+
+impl SharedRunning {
     fn new() -> io::Result<Self> {
         // SAFETY: an anonymous shared mapping of one page; checked for MAP_FAILED below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                4096,
+                PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED | libc::MAP_ANONYMOUS,
                 -1,
@@ -505,27 +598,20 @@ impl SharedCounter {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(SharedCounter { ptr: ptr.cast() })
+        Ok(SharedRunning { ptr: ptr.cast() })
     }
 
-    fn atomic(&self) -> &AtomicU64 {
-        // SAFETY: the mapping is page-aligned, zero-initialised and lives as long as `self`.
+    fn get(&self) -> &Running {
+        // SAFETY: the mapping is page-aligned, zero-filled (a valid `Running`: atomics and a bool,
+        // all zero) and lives as long as `self`.
         unsafe { &*self.ptr }
-    }
-
-    fn get(&self) -> u64 {
-        self.atomic().load(Ordering::Relaxed)
-    }
-
-    fn set(&self, value: u64) {
-        self.atomic().store(value, Ordering::Relaxed);
     }
 }
 
-impl Drop for SharedCounter {
+impl Drop for SharedRunning {
     fn drop(&mut self) {
         // SAFETY: unmapping the page mapped in `new`, once.
-        unsafe { libc::munmap(self.ptr.cast(), 4096) };
+        unsafe { libc::munmap(self.ptr.cast(), PAGE) };
     }
 }
 

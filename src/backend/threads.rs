@@ -1,26 +1,31 @@
 //! The thread backend: `n` worker threads fed by one shared crossbeam queue of batches.
+//!
+//! Timeouts. A thread cannot be killed, so a task that runs past the call's timeout is *abandoned*:
+//! a watchdog thread (started with the first timed batch) notices the overdue task through the
+//! worker's [`Running`] record, claims the batch from the worker (one compare-and-swap decides
+//! who reports it), reports the timeout (or, with on_error=collect, queues the batch again without
+//! that task), and starts a replacement thread in its slot. The abandoned thread owns everything it
+//! touches (its batch, its output arena, a handle to the call's reply channel), so when its task
+//! finally returns, it drops its results and exits without touching the call's memory; its
+//! callback's own use of user memory is the caller's affair (documented in the header). The pool's
+//! drop joins only threads it still owns, so `pj_parallel_free` does not wait for a stuck task.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use super::CallLink;
 use crate::error::panic_message;
-use crate::task::{Batch, BatchOutcome, TaskFailure, run_batch};
+use crate::task::{Batch, BatchOutcome, RunContext, Running, TaskFailure, run_batch};
 
 /// One unit of work for a worker thread.
 struct Job {
     batch: Batch,
     link: CallLink,
-}
-
-/// A fixed set of worker threads; dropping the pool lets them finish their current batch and joins them.
-#[derive(Debug)]
-pub struct ThreadPool {
-    jobs: Option<Sender<Job>>,
-    workers: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -31,90 +36,290 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// A slot's state while it runs a timed batch: who reports the batch is decided by one CAS.
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// What a worker thread shares with the watchdog.
+#[derive(Debug, Default)]
+struct Slot {
+    running: Running,
+    state: AtomicU8,
+    /// The timed job being run (only timed jobs are recorded; untimed ones cost nothing here).
+    current: Mutex<Option<Arc<Job>>>,
+}
+
+/// A worker thread the pool still owns.
+#[derive(Debug)]
+struct Worker {
+    slot: Arc<Slot>,
+    handle: JoinHandle<()>,
+}
+
+/// What the pool, the watchdog and replacement threads need.
+#[derive(Debug)]
+struct Shared {
+    queue: Receiver<Arc<Job>>,
+    level: usize,
+    workers: Mutex<Vec<Worker>>,
+    /// Wakes the watchdog when a timed batch starts (sent by workers, so it never misses one).
+    wake: Mutex<Option<Sender<()>>>,
+}
+
+/// A fixed set of worker threads; dropping the pool lets them finish their current batch and joins
+/// them (abandoned threads are left to finish on their own).
+#[derive(Debug)]
+pub struct ThreadPool {
+    jobs: Option<Sender<Arc<Job>>>,
+    shared: Arc<Shared>,
+    watchdog: Mutex<Option<JoinHandle<()>>>,
+    size: usize,
+}
+
 impl ThreadPool {
     /// Starts `size` worker threads (at least one), one nesting level below the calling thread.
     pub fn new(size: usize) -> std::io::Result<Self> {
-        let (jobs, queue) = unbounded::<Job>();
-        let level = crate::nesting::level() + 1;
-        let mut pool = ThreadPool {
+        let (jobs, queue) = unbounded::<Arc<Job>>();
+        let size = size.max(1);
+        let pool = ThreadPool {
             jobs: Some(jobs),
-            workers: Vec::with_capacity(size.max(1)),
+            shared: Arc::new(Shared {
+                queue,
+                level: crate::nesting::level() + 1,
+                workers: Mutex::new(Vec::with_capacity(size)),
+                wake: Mutex::new(None),
+            }),
+            watchdog: Mutex::new(None),
+            size,
         };
-        for worker in 0..size.max(1) {
-            let queue = queue.clone();
+        for worker in 0..size {
             // If spawning fails part-way, dropping `pool` on the error path joins the threads started so far.
-            let handle = std::thread::Builder::new()
-                .name(format!("pj-worker-{worker}"))
-                .spawn(move || {
-                    crate::nesting::set_level(level);
-                    worker_loop(worker, queue)
-                })?;
-            pool.workers.push(handle);
+            let started = spawn_worker(&pool.shared, worker)?;
+            lock(&pool.shared.workers).push(started);
         }
         Ok(pool)
     }
 
     /// Number of worker threads.
     pub fn size(&self) -> usize {
-        self.workers.len()
+        self.size
     }
 
     /// Queues `batch`; some worker runs it and sends its outcome on `link.reply`.
     pub fn dispatch(&self, batch: Batch, link: &CallLink) {
-        let job = Job {
+        if link.timeout.is_some() {
+            self.ensure_watchdog();
+        }
+        let job = Arc::new(Job {
             batch,
             link: link.clone(),
-        };
+        });
         if let Some(jobs) = &self.jobs {
             // The workers hold the receiver until the pool is dropped, so the queue is always open here.
             if let Err(unsent) = jobs.send(job) {
                 let job = unsent.into_inner();
-                let _ = job.link.reply.send(lost_batch(
+                let failure = TaskFailure::Panicked("the worker pool is shut down".into());
+                let _ = job.link.reply.send(BatchOutcome::failed(
                     &job.batch,
                     0,
-                    "the worker pool is shut down".into(),
+                    job.batch.first,
+                    failure,
                 ));
             }
+        }
+    }
+
+    /// Starts the watchdog the first time a timed batch comes.
+    fn ensure_watchdog(&self) {
+        let mut watchdog = lock(&self.watchdog);
+        if watchdog.is_some() {
+            return;
+        }
+        let Some(jobs) = self.jobs.clone() else {
+            return;
+        };
+        let (wake, woken) = unbounded();
+        *lock(&self.shared.wake) = Some(wake);
+        let shared = self.shared.clone();
+        let started = std::thread::Builder::new()
+            .name("pj-watchdog".into())
+            .spawn(move || watch(&shared, &woken, &jobs));
+        match started {
+            Ok(handle) => *watchdog = Some(handle),
+            // Without a watchdog, timeouts cannot fire; the call still completes. Workers find no
+            // wake channel and carry on.
+            Err(_) => *lock(&self.shared.wake) = None,
         }
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
+        // The watchdog holds a sender of the job queue (to queue retries): stop it first, so that
+        // closing ours ends the queue.
+        drop(lock(&self.shared.wake).take());
+        if let Some(watchdog) = lock(&self.watchdog).take() {
+            let _ = watchdog.join();
+        }
         drop(self.jobs.take());
-        for handle in self.workers.drain(..) {
-            let _ = handle.join();
+        let workers = std::mem::take(&mut *lock(&self.shared.workers));
+        for worker in workers {
+            let _ = worker.handle.join();
         }
     }
 }
 
-fn worker_loop(worker: usize, queue: Receiver<Job>) {
-    while let Ok(Job { batch, link }) = queue.recv() {
-        let (first, size) = (batch.first, batch.len());
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            run_batch(batch, &link.abort, worker, None)
-        }))
-        .unwrap_or_else(|panic| {
-            link.abort.store(true, Ordering::Relaxed);
-            lost_batch_parts(first, size, worker, panic_message(panic.as_ref()))
-        });
+/// A lock that survives a panic elsewhere (the data it guards stays consistent between statements).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn spawn_worker(shared: &Arc<Shared>, worker: usize) -> std::io::Result<Worker> {
+    let slot = Arc::new(Slot::default());
+    let (thread_slot, thread_shared) = (slot.clone(), shared.clone());
+    let handle = std::thread::Builder::new()
+        .name(format!("pj-worker-{worker}"))
+        .spawn(move || {
+            crate::nesting::set_level(thread_shared.level);
+            worker_loop(worker, &thread_slot, &thread_shared)
+        })?;
+    Ok(Worker { slot, handle })
+}
+
+fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
+    while let Ok(job) = shared.queue.recv() {
+        let timed = job.link.timeout.is_some();
+        if timed {
+            slot.running.reset();
+            *lock(&slot.current) = Some(job.clone());
+            slot.state.store(BUSY, Ordering::Release);
+            if let Some(wake) = lock(&shared.wake).as_ref() {
+                let _ = wake.send(());
+            }
+        }
+        let ctx = RunContext {
+            running: timed.then_some(&slot.running),
+            timed,
+            ..job.link.run_context(worker)
+        };
+        let (first, size) = (job.batch.first, job.batch.len());
+        let mut outcome = catch_unwind(AssertUnwindSafe(|| run_batch(&job.batch, ctx)))
+            .unwrap_or_else(|panic| {
+                job.link.abort.store(true, Ordering::Relaxed);
+                lost_batch(first, size, worker, panic_message(panic.as_ref()))
+            });
+        if timed {
+            if slot
+                .state
+                .compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // The watchdog gave up on this thread and reported the batch; a replacement took
+                // the slot. Leave quietly: these results belong to nobody.
+                return;
+            }
+            lock(&slot.current).take();
+        }
+        outcome.merge_forced(&job.batch.forced);
         // A closed reply channel means the call is gone; the outcome has nobody to tell.
-        let _ = link.reply.send(outcome);
+        let _ = job.link.reply.send(outcome);
     }
 }
 
-fn lost_batch(batch: &Batch, worker: usize, why: String) -> BatchOutcome {
-    lost_batch_parts(batch.first, batch.len(), worker, why)
+/// The watchdog: sleeps until a timed batch runs, then checks running tasks against their limits
+/// every few milliseconds until none runs. Ends when the pool drops its wake sender.
+fn watch(shared: &Arc<Shared>, woken: &Receiver<()>, jobs: &Sender<Arc<Job>>) {
+    let mut period = None;
+    loop {
+        let woke = match period {
+            None => woken.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(period) => woken.recv_timeout(period),
+        };
+        if woke == Err(RecvTimeoutError::Disconnected) {
+            return;
+        }
+        period = check_slots(shared, jobs);
+    }
+}
+
+/// Abandons every worker whose task is overdue; returns how soon to look again (`None`: no timed
+/// batch is running).
+fn check_slots(shared: &Arc<Shared>, jobs: &Sender<Arc<Job>>) -> Option<Duration> {
+    let mut workers = lock(&shared.workers);
+    let mut period: Option<Duration> = None;
+    for number in 0..workers.len() {
+        let slot = workers[number].slot.clone();
+        if slot.state.load(Ordering::Acquire) != BUSY {
+            continue;
+        }
+        let Some(job) = lock(&slot.current).clone() else {
+            continue;
+        };
+        let Some(limit) = job.link.timeout else {
+            continue;
+        };
+        // Look again at a tenth of the limit (bounded), so a timeout fires at most ~10% late.
+        let next = (limit / 10).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        period = Some(period.map_or(next, |p| p.min(next)));
+        let Some((index, elapsed)) = slot.running.elapsed() else {
+            continue;
+        };
+        if elapsed <= limit
+            || slot
+                .state
+                .compare_exchange(BUSY, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            continue;
+        }
+        slot.running.abandon();
+        // The old handle is dropped: the stuck thread is detached, never joined. Without a
+        // replacement (spawn failed), the slot keeps the abandoned thread, which leaves once its
+        // task returns; the pool runs one thread short meanwhile.
+        if let Ok(replacement) = spawn_worker(shared, number) {
+            workers[number] = replacement;
+        }
+        let failure = TaskFailure::TimedOut { limit, elapsed };
+        if job.link.collect {
+            // Run the rest of the batch again without the overdue task (its earlier results died
+            // with the abandoned thread's arena).
+            let retry = Arc::new(Job {
+                batch: job.batch.retry_without(index, failure),
+                link: job.link.clone(),
+            });
+            if let Err(unsent) = jobs.send(retry) {
+                let retry = unsent.into_inner();
+                let outcome = BatchOutcome::failed(
+                    &retry.batch,
+                    number,
+                    index,
+                    TaskFailure::Panicked("the worker pool is shut down".into()),
+                );
+                let _ = retry.link.reply.send(outcome);
+            }
+        } else {
+            job.link.abort.store(true, Ordering::Relaxed);
+            let _ = job
+                .link
+                .reply
+                .send(BatchOutcome::failed(&job.batch, number, index, failure));
+        }
+    }
+    period
 }
 
 /// The outcome of a batch that produced nothing because pj itself failed while running it.
-fn lost_batch_parts(first: usize, size: usize, worker: usize, why: String) -> BatchOutcome {
+fn lost_batch(first: usize, size: usize, worker: usize, why: String) -> BatchOutcome {
     BatchOutcome {
         first,
         size,
         data: Vec::new(),
         ends: Vec::new(),
         failure: Some((first, TaskFailure::Panicked(why))),
+        errors: Vec::new(),
         seconds: 0.0,
         worker,
     }

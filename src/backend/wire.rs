@@ -55,14 +55,32 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Encodes `batch` into `out` (cleared first).
-pub fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
+/// How the worker runs a batch: the [`crate::task::RunContext`] flags that cross the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunFlags {
+    /// Record each task's start time (the call has a timeout).
+    pub timed: bool,
+    /// on_error=collect: failed tasks do not stop the batch.
+    pub collect: bool,
+}
+
+/// Encodes `batch` into `out` (cleared first). Of `batch.forced` only the indices travel: the
+/// worker skips those tasks, and the parent, which kept the batch, merges their failures.
+pub fn encode_batch(batch: &Batch, flags: RunFlags, out: &mut Vec<u8>) {
     let (callbacks, args, arg_ends) = batch.parts();
     out.clear();
-    out.reserve(24 + callbacks.len() * 24 + args.len());
+    out.reserve(40 + callbacks.len() * 24 + args.len() + batch.forced.len() * 8);
     put(out, batch.first);
     put(out, callbacks.len());
     put(out, args.len());
+    put(
+        out,
+        usize::from(flags.timed) | usize::from(flags.collect) << 1,
+    );
+    put(out, batch.forced.len());
+    for (index, _) in &batch.forced {
+        put(out, *index);
+    }
     for callback in callbacks {
         let (func, userdata) = callback.to_raw();
         put(out, func);
@@ -79,9 +97,19 @@ pub fn encode_batch(batch: &Batch, out: &mut Vec<u8>) {
 /// # Safety
 /// `buf` must come from `encode_batch` in this process or the process this one was forked from, so
 /// that its callback addresses are valid here.
-pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<Batch> {
+pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<(Batch, RunFlags)> {
     let mut r = Reader { buf, what: "batch" };
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
+    let bits = r.word()?;
+    let flags = RunFlags {
+        timed: bits & 1 != 0,
+        collect: bits & 2 != 0,
+    };
+    let forced_count = r.word()?;
+    if forced_count > count {
+        return Err(malformed("batch"));
+    }
+    let forced = r.words(forced_count)?;
     let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
     // SAFETY: the caller guarantees the addresses came from `to_raw` in this address space image.
     let callbacks = raw
@@ -95,7 +123,14 @@ pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<Batch> {
     {
         return Err(malformed("batch"));
     }
-    Ok(Batch::from_parts(first, callbacks, args, arg_ends))
+    let mut batch = Batch::from_parts(first, callbacks, args, arg_ends);
+    // The worker only needs to know which tasks to skip; the failures themselves stay with the
+    // parent.
+    batch.forced = forced
+        .into_iter()
+        .map(|index| (index, TaskFailure::Spawn(String::new())))
+        .collect();
+    Ok((batch, flags))
 }
 
 /// Encodes `outcome` into `out` (cleared first). Failures other than a callback's return code or a
@@ -113,28 +148,70 @@ pub fn encode_outcome(outcome: &BatchOutcome, out: &mut Vec<u8>) {
     out.extend_from_slice(&outcome.data);
     match &outcome.failure {
         None => put(out, 0),
-        Some((index, TaskFailure::Returned { code, message })) => {
+        Some((index, failure)) => put_failure(out, *index, failure),
+    }
+    put(out, outcome.errors.len());
+    for (index, failure) in &outcome.errors {
+        put_failure(out, *index, failure);
+    }
+}
+
+/// Encodes one task failure (tag, index, details). Only a callback's return code and pj's own
+/// panics come from a worker; other kinds are the parent's to decide, and are sent as panics
+/// should they ever appear.
+fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
+    match failure {
+        TaskFailure::Returned { code, message } => {
             put(out, 1);
-            put(out, *index);
+            put(out, index);
             out.extend_from_slice(&(*code as i64).to_ne_bytes());
             let text = message.as_deref().unwrap_or("");
             put(out, usize::from(message.is_some()));
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
-        Some((index, TaskFailure::Panicked(text) | TaskFailure::Spawn(text))) => {
+        TaskFailure::Panicked(text) | TaskFailure::Spawn(text) => {
             put(out, 2);
-            put(out, *index);
+            put(out, index);
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
-        Some((index, TaskFailure::Died { .. })) => {
+        TaskFailure::Died { .. } | TaskFailure::TimedOut { .. } => {
             put(out, 2);
-            put(out, *index);
-            let text = "a worker reported a death";
+            put(out, index);
+            let text = "a worker reported a death or a timeout";
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
+    }
+}
+
+/// Decodes what [`put_failure`] wrote, after its tag.
+fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailure)> {
+    match tag {
+        1 => {
+            let index = r.word()?;
+            let code = r.word()? as i64 as i32;
+            let has_message = r.word()? != 0;
+            let len = r.word()?;
+            let text = String::from_utf8_lossy(r.bytes(len)?).into_owned();
+            Ok((
+                index,
+                TaskFailure::Returned {
+                    code,
+                    message: has_message.then_some(text),
+                },
+            ))
+        }
+        2 => {
+            let index = r.word()?;
+            let len = r.word()?;
+            Ok((
+                index,
+                TaskFailure::Panicked(String::from_utf8_lossy(r.bytes(len)?).into_owned()),
+            ))
+        }
+        _ => Err(malformed(r.what)),
     }
 }
 
@@ -152,36 +229,24 @@ pub fn decode_outcome(buf: &[u8], worker: usize) -> io::Result<BatchOutcome> {
     }
     let failure = match r.word()? {
         0 => None,
-        1 => {
-            let index = r.word()?;
-            let code = r.word()? as i64 as i32;
-            let has_message = r.word()? != 0;
-            let len = r.word()?;
-            let text = String::from_utf8_lossy(r.bytes(len)?).into_owned();
-            Some((
-                index,
-                TaskFailure::Returned {
-                    code,
-                    message: has_message.then_some(text),
-                },
-            ))
-        }
-        2 => {
-            let index = r.word()?;
-            let len = r.word()?;
-            Some((
-                index,
-                TaskFailure::Panicked(String::from_utf8_lossy(r.bytes(len)?).into_owned()),
-            ))
-        }
-        _ => return Err(malformed("outcome")),
+        tag => Some(read_failure(&mut r, tag)?),
     };
+    let error_count = r.word()?;
+    if error_count > size {
+        return Err(malformed("outcome"));
+    }
+    let mut errors = Vec::with_capacity(error_count);
+    for _ in 0..error_count {
+        let tag = r.word()?;
+        errors.push(read_failure(&mut r, tag)?);
+    }
     Ok(BatchOutcome {
         first,
         size,
         data,
         ends,
         failure,
+        errors,
         seconds: 0.0,
         worker,
     })
@@ -211,27 +276,39 @@ fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// How often a blocked reader asks `alive` whether the peer still runs.
-const LIVENESS_PERIOD_MS: libc::c_int = 100;
+/// How often a blocked reader asks `alive` whether the peer still runs, unless told otherwise.
+pub const LIVENESS_PERIOD_MS: libc::c_int = 100;
 
 /// Reads one frame into `buf`. `Ok(false)` on a clean end of stream before a frame started; a
 /// stream that ends inside a frame is an `UnexpectedEof` error (a worker that died mid-write).
-/// While no data comes, `alive` is asked every 100 ms; when it says no, the read fails with
-/// `BrokenPipe` even if the stream stays open.
-pub fn recv_frame(fd: RawFd, buf: &mut Vec<u8>, alive: &dyn Fn() -> bool) -> io::Result<bool> {
+/// While no data comes, `alive` is asked every `period_ms` milliseconds; when it says no, the read
+/// fails with `BrokenPipe` even if the stream stays open.
+pub fn recv_frame(
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    period_ms: libc::c_int,
+    alive: &dyn Fn() -> bool,
+) -> io::Result<bool> {
+    let watch = Watch { period_ms, alive };
     let mut header = [0u8; 8];
-    if !recv_exact(fd, &mut header, true, alive)? {
+    if !recv_exact(fd, &mut header, true, &watch)? {
         return Ok(false);
     }
     let len = usize::try_from(u64::from_ne_bytes(header)).map_err(|_| malformed("oversized"))?;
     buf.clear();
     buf.resize(len, 0);
-    recv_exact(fd, buf, false, alive)?;
+    recv_exact(fd, buf, false, &watch)?;
     Ok(true)
 }
 
-/// Blocks until `fd` is readable; fails when `alive` says the peer is gone.
-fn wait_readable(fd: RawFd, alive: &dyn Fn() -> bool) -> io::Result<()> {
+/// How a blocked reader checks on its peer.
+struct Watch<'a> {
+    period_ms: libc::c_int,
+    alive: &'a dyn Fn() -> bool,
+}
+
+/// Blocks until `fd` is readable; fails when `watch.alive` says the peer is gone.
+fn wait_readable(fd: RawFd, watch: &Watch<'_>) -> io::Result<()> {
     loop {
         let mut poll_fd = libc::pollfd {
             fd,
@@ -239,14 +316,14 @@ fn wait_readable(fd: RawFd, alive: &dyn Fn() -> bool) -> io::Result<()> {
             revents: 0,
         };
         // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut poll_fd, 1, LIVENESS_PERIOD_MS) };
+        let ready = unsafe { libc::poll(&mut poll_fd, 1, watch.period_ms.max(1)) };
         if ready > 0 {
             return Ok(());
         }
         if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return Err(io::Error::last_os_error());
         }
-        if ready == 0 && !alive() {
+        if ready == 0 && !(watch.alive)() {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the worker is gone",
@@ -256,15 +333,10 @@ fn wait_readable(fd: RawFd, alive: &dyn Fn() -> bool) -> io::Result<()> {
 }
 
 /// Fills `buf`; returns false when the stream ended before the first byte and `eof_ok`.
-fn recv_exact(
-    fd: RawFd,
-    buf: &mut [u8],
-    eof_ok: bool,
-    alive: &dyn Fn() -> bool,
-) -> io::Result<bool> {
+fn recv_exact(fd: RawFd, buf: &mut [u8], eof_ok: bool, watch: &Watch<'_>) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
-        wait_readable(fd, alive)?;
+        wait_readable(fd, watch)?;
         let rest = &mut buf[filled..];
         // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; `fd` is a socket owned by
         // the caller for the duration of the call.
@@ -310,9 +382,17 @@ mod tests {
             batch.push(cb, arg);
         }
         let mut buf = Vec::new();
-        encode_batch(&batch, &mut buf);
+        let flags = RunFlags {
+            timed: true,
+            collect: false,
+        };
+        let batch = batch.retry_without(41, TaskFailure::Spawn("lost".into()));
+        encode_batch(&batch, flags, &mut buf);
         // SAFETY: encoded in this process.
-        let back = unsafe { decode_batch(&buf) }.unwrap();
+        let (back, back_flags) = unsafe { decode_batch(&buf) }.unwrap();
+        assert_eq!(back_flags, flags);
+        assert_eq!(back.forced.len(), 1);
+        assert_eq!(back.forced[0].0, 41);
         assert_eq!(back.first, 40);
         let (cbs, args, ends) = back.parts();
         assert_eq!((args, ends), (&b"axyz"[..], &[1usize, 1, 4][..]));
@@ -330,6 +410,16 @@ mod tests {
                     message: Some("nope".into()),
                 },
             )),
+            errors: vec![
+                (
+                    40,
+                    TaskFailure::Returned {
+                        code: 9,
+                        message: None,
+                    },
+                ),
+                (41, TaskFailure::Panicked("boom".into())),
+            ],
             seconds: 0.0,
             worker: 0,
         };
@@ -340,6 +430,7 @@ mod tests {
             (40, 3, &outcome.data, &outcome.ends)
         );
         assert_eq!(back.failure, outcome.failure);
+        assert_eq!(back.errors, outcome.errors);
         assert!(
             decode_outcome(&buf[..buf.len() - 1], 1).is_err(),
             "a truncated frame is refused"
@@ -350,7 +441,7 @@ mod tests {
     fn a_reader_notices_a_dead_peer_whose_stream_stays_open() {
         let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let start = std::time::Instant::now();
-        let err = recv_frame(b.as_raw_fd(), &mut Vec::new(), &|| false).unwrap_err();
+        let err = recv_frame(b.as_raw_fd(), &mut Vec::new(), 100, &|| false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
         assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
@@ -366,10 +457,10 @@ mod tests {
             send_all(a.as_raw_fd(), b"short").unwrap();
         });
         let mut buf = Vec::new();
-        assert!(recv_frame(b.as_raw_fd(), &mut buf, &|| true).unwrap());
+        assert!(recv_frame(b.as_raw_fd(), &mut buf, 100, &|| true).unwrap());
         assert_eq!(buf.len(), 3 << 20);
         writer.join().unwrap();
-        let err = recv_frame(b.as_raw_fd(), &mut buf, &|| true).unwrap_err();
+        let err = recv_frame(b.as_raw_fd(), &mut buf, 100, &|| true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -277,7 +277,7 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 pub const MAX_N_JOBS: i64 = 65_536;
 
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 13] = [
+pub const KEYS: [&str; 15] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -291,7 +291,19 @@ pub const KEYS: [&str; 13] = [
     "mmap_mode",
     "return_as",
     "keep_workers",
+    "on_error",
+    "handle_sigint",
 ];
+
+/// What a call does when a task fails (pj's `on_error` option; joblib always raises).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// joblib's behaviour: the first failure ends the call, queued tasks never start.
+    #[default]
+    Raise,
+    /// Every task runs; each result carries its own status, and the call returns OK.
+    Collect,
+}
 
 /// The options of a call as they were set. Every field `None` means "not set here", so that
 /// scoped defaults can be layered ([`Config::layered_over`]) before joblib's defaults are applied
@@ -324,6 +336,10 @@ pub struct Config {
     pub return_as: Option<ReturnAs>,
     /// Keep worker processes alive across calls (pj's own option; joblib has a reusable executor).
     pub keep_workers: Option<bool>,
+    /// Fail fast, or collect per-task errors (pj's own option).
+    pub on_error: Option<OnError>,
+    /// Cancel a blocked call on SIGINT, with a handler installed only while it blocks (pj's own).
+    pub handle_sigint: Option<bool>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -357,6 +373,10 @@ pub struct Resolved {
     /// Whether worker processes outlive a call (default false: forked at each call's start, so they
     /// see the parent's memory as it is then).
     pub keep_workers: bool,
+    /// Fail fast (default) or collect per-task errors.
+    pub on_error: OnError,
+    /// Whether a SIGINT cancels a blocked call (default false: pj installs no handler).
+    pub handle_sigint: bool,
 }
 
 impl Resolved {
@@ -659,6 +679,19 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
+fn parse_on_error(value: &str) -> Result<OnError> {
+    match value {
+        "raise" => Ok(OnError::Raise),
+        "collect" => Ok(OnError::Collect),
+        v if is_none(v) => Ok(OnError::Raise),
+        _ => Err(invalid_value(
+            "on_error",
+            value,
+            "expected \"raise\" (stop at the first failure) or \"collect\" (run every task)",
+        )),
+    }
+}
+
 fn parse_return_as(value: &str) -> Result<ReturnAs> {
     match value {
         "list" => Ok(ReturnAs::List),
@@ -680,7 +713,8 @@ impl Config {
     /// (seconds, `none`/`inf`), `pre_dispatch` (`all` or an expression on `n_jobs`), `batch_size`
     /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`), `return_as` (`list`, `generator`,
-    /// `generator_unordered`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`) and
+    /// `handle_sigint` (`true`, `false`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -699,6 +733,8 @@ impl Config {
             "mmap_mode" => self.mmap_mode = Some(parse_mmap_mode(value)?),
             "return_as" => self.return_as = Some(parse_return_as(value)?),
             "keep_workers" => self.keep_workers = Some(parse_bool("keep_workers", value)?),
+            "on_error" => self.on_error = Some(parse_on_error(value)?),
+            "handle_sigint" => self.handle_sigint = Some(parse_bool("handle_sigint", value)?),
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -767,6 +803,8 @@ impl Config {
             mmap_mode: self.mmap_mode.or(outer.mmap_mode),
             return_as: self.return_as.or(outer.return_as),
             keep_workers: self.keep_workers.or(outer.keep_workers),
+            on_error: self.on_error.or(outer.on_error),
+            handle_sigint: self.handle_sigint.or(outer.handle_sigint),
         }
     }
 
@@ -838,6 +876,8 @@ impl Config {
             mmap_mode: self.mmap_mode.unwrap_or(MmapMode::R),
             return_as: self.return_as.unwrap_or(ReturnAs::List),
             keep_workers: self.keep_workers.unwrap_or(false),
+            on_error: self.on_error.unwrap_or_default(),
+            handle_sigint: self.handle_sigint.unwrap_or(false),
         })
     }
 }

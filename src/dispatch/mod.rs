@@ -18,7 +18,7 @@ pub mod batching;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
 
@@ -29,11 +29,14 @@ use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind, TaskContext, signal_name};
 use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure};
 
-/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`.
+/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`. With
+/// on_error=collect, failed tasks have an empty output and an entry in `errors`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Results {
     data: Vec<u8>,
     ends: Vec<usize>,
+    /// (task index, its error), sorted by index.
+    errors: Vec<(usize, Error)>,
 }
 
 impl Results {
@@ -54,19 +57,55 @@ impl Results {
         Some(&self.data[start..end])
     }
 
-    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order.
-    fn from_outcomes(mut outcomes: Vec<(BatchOutcome, usize)>) -> Results {
+    /// The error of task `index` (on_error=collect), or `None` when it succeeded.
+    pub fn error(&self, index: usize) -> Option<&Error> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        let at = self.errors.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        Some(&self.errors[at].1)
+    }
+
+    /// Number of tasks that failed (on_error=collect).
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Every failed task's (index, error), by index (on_error=collect).
+    pub fn errors(&self) -> &[(usize, Error)] {
+        &self.errors
+    }
+
+    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order;
+    /// `describe` turns a collected task failure into its error.
+    fn from_outcomes(
+        mut outcomes: Vec<(BatchOutcome, usize)>,
+        describe: impl Fn(usize, &TaskFailure, usize) -> Error,
+    ) -> Results {
         outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
+        let mut errors = Vec::new();
+        for (outcome, skip) in &outcomes {
+            let from = outcome.first + skip;
+            errors.extend(
+                outcome
+                    .errors
+                    .iter()
+                    .filter(|(index, _)| *index >= from)
+                    .map(|(index, failure)| (*index, describe(*index, failure, outcome.worker))),
+            );
+        }
         if let [(only, 0)] = outcomes.as_mut_slice() {
             return Results {
                 data: std::mem::take(&mut only.data),
                 ends: std::mem::take(&mut only.ends),
+                errors,
             };
         }
         let total_tasks = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
         let mut results = Results {
             data: Vec::new(),
             ends: Vec::with_capacity(total_tasks),
+            errors,
         };
         for (outcome, skip) in outcomes {
             let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
@@ -113,8 +152,25 @@ pub type Producer = Box<dyn FnMut(&mut dyn FnMut(&[u8])) -> Result<bool, Error> 
 pub struct Streamed<'a> {
     /// The task's index in input order.
     pub index: usize,
-    /// The task's output bytes.
+    /// The task's output bytes (empty for a failed task).
     pub data: &'a [u8],
+    /// With on_error=collect: the task's own error, when it failed (the call goes on).
+    pub error: Option<Error>,
+}
+
+/// What a call needs to know from the object's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CallOptions {
+    /// pre_dispatch in tasks; `None` for "all".
+    pub pre_dispatch: Option<usize>,
+    /// The order `next` hands results out in.
+    pub order: ReturnAs,
+    /// The first batch's size.
+    pub first_batch: usize,
+    /// The per-task time limit.
+    pub timeout: Option<Duration>,
+    /// on_error=collect: failed tasks become per-task errors and the call goes on.
+    pub collect: bool,
 }
 
 /// The first failure seen, by task index, and which worker saw it.
@@ -170,20 +226,21 @@ impl std::fmt::Debug for Call {
 }
 
 impl Call {
-    /// A call with nothing submitted yet. `pre_dispatch` is in tasks (`None`: no limit); `order`
-    /// decides in which order `next` hands results out.
+    /// A call with nothing submitted yet.
     ///
     /// `stop` is the object's cancellation pair, reset here: `cancelled` set from outside
     /// (pj_parallel_cancel) ends the call with [`ErrorKind::Cancelled`].
-    pub fn new(
-        pre_dispatch: Option<usize>,
-        order: ReturnAs,
-        first_batch: usize,
-        stop: &Stop,
-    ) -> Self {
+    pub fn new(options: CallOptions, stop: &Stop) -> Self {
         stop.cancelled.store(false, Ordering::Relaxed);
         stop.abort.store(false, Ordering::Relaxed);
         let (reply, replies) = unbounded();
+        let CallOptions {
+            pre_dispatch,
+            order,
+            first_batch,
+            timeout,
+            collect,
+        } = options;
         let arrived = match order {
             ReturnAs::GeneratorUnordered => Arrived::Unordered(VecDeque::new()),
             ReturnAs::List | ReturnAs::Generator => Arrived::Ordered(BTreeMap::new()),
@@ -192,6 +249,8 @@ impl Call {
             link: CallLink {
                 reply,
                 abort: stop.abort.clone(),
+                timeout,
+                collect,
             },
             cancelled: stop.cancelled.clone(),
             replies,
@@ -277,7 +336,19 @@ impl Call {
             Arrived::Ordered(map) => outcomes.extend(map.into_values().map(|o| (o, 0))),
             Arrived::Unordered(queue) => outcomes.extend(queue.into_iter().map(|o| (o, 0))),
         }
-        Ok(Results::from_outcomes(outcomes))
+        Ok(Results::from_outcomes(
+            outcomes,
+            |index, failure, worker| {
+                failure_error(
+                    &Failure {
+                        index,
+                        failure: failure.clone(),
+                        worker,
+                    },
+                    backend,
+                )
+            },
+        ))
     }
 
     /// The next result in the call's order, pulling from the producer as room allows; `Ok(None)`
@@ -342,7 +413,23 @@ impl Call {
         *read += 1;
         self.arrived_tasks -= 1;
         self.next_index = index + 1;
-        Ok(Some(Streamed { index, data }))
+        let error = if outcome.errors.is_empty() {
+            None
+        } else {
+            outcome
+                .errors
+                .binary_search_by_key(&index, |(i, _)| *i)
+                .ok()
+                .map(|at| {
+                    let failure = Failure {
+                        index,
+                        failure: outcome.errors[at].1.clone(),
+                        worker: outcome.worker,
+                    };
+                    failure_error(&failure, backend)
+                })
+        };
+        Ok(Some(Streamed { index, data, error }))
     }
 
     /// Stops queued work and waits for the outcomes of everything in flight, so that no worker still
@@ -581,6 +668,17 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
             (
                 ErrorKind::WorkerDied,
                 format!("task {index}: the worker process (pid {pid}) {how} while running it"),
+            )
+        }
+        TaskFailure::TimedOut { limit, elapsed } => {
+            context.timeout = Some((*limit, *elapsed));
+            (
+                ErrorKind::Timeout,
+                format!(
+                    "task {index} timed out: it ran for {:.2} s, over the {} s limit (timeout)",
+                    elapsed.as_secs_f64(),
+                    limit.as_secs_f64()
+                ),
             )
         }
     };

@@ -68,8 +68,12 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
 /// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 /// `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
-/// as of their fork, so userdata created after it is not valid in them). Every value is validated
-/// now, also for options whose feature arrives later. On failure the config is unchanged.
+/// as of their fork, so userdata created after it is not valid in them), `on_error` ("raise": the
+/// first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
+/// result carries its own status: see `pj_results_status`) and `handle_sigint` ("true"/"false":
+/// while a call blocks, a SIGINT cancels it instead of killing the process; see
+/// `pj_parallel_cancel`). Every value is validated now, also for options whose feature arrives
+/// later. On failure the config is unchanged.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string
@@ -151,6 +155,15 @@ pub extern "C" fn pj_config_set_verbose(
 }
 
 /// Sets the per-task timeout in seconds; INFINITY means no limit (the default).
+///
+/// The clock starts when a task starts on its worker (joblib's starts when the caller first waits
+/// for a batch, so queueing counts there and background time does not; pj's is simply "no task
+/// runs longer than this"). A task past the limit fails the call with PJ_STATUS_TIMEOUT. Processes:
+/// its worker gets SIGTERM, then SIGKILL 100 ms later, and is replaced by the next batch. Threads: a
+/// thread cannot be killed, so the stuck thread is abandoned (it finishes the callback in the
+/// background and its result is dropped) and replaced. The check runs every tenth of the limit
+/// (at most 100 ms apart, 50 ms on threads). Sequential (n_jobs 1): no watcher; a warning is
+/// printed on stderr at each call, as joblib does, and tasks run to completion.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 /// for 0, a negative value or NaN.

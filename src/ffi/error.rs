@@ -27,13 +27,18 @@ fn c_string(text: String) -> CString {
 impl pj_error_t {
     /// Boxes `error` for C, with its strings prepared once.
     pub(crate) fn boxed(error: Error) -> *mut pj_error_t {
+        Box::into_raw(Box::new(pj_error_t::new(error)))
+    }
+
+    /// `error` with its C strings prepared once (for errors a results object lends out).
+    pub(crate) fn new(error: Error) -> pj_error_t {
         let message = c_string(error.message().to_owned());
         let report = c_string(error.report());
-        Box::into_raw(Box::new(pj_error_t {
+        pj_error_t {
             error,
             message,
             report,
-        }))
+        }
     }
 
     /// The core error inside.

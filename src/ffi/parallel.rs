@@ -154,8 +154,18 @@ pub extern "C" fn pj_parallel_submit(
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
 /// the error names the first failed task (by index), its code and message, and tasks queued behind
 /// it never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
-/// error names the task, and the signal or exit status); PJ_STATUS_IO when a worker process cannot
-/// be started; PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
+/// error names the task, and the signal or exit status); PJ_STATUS_TIMEOUT when a task ran past the
+/// timeout (the error names the task and the limit; on processes its worker was killed, on threads
+/// the stuck thread was abandoned: it keeps running the callback, so the callback must not use
+/// memory you free after this call returns); PJ_STATUS_CANCELLED after `pj_parallel_cancel` (or a
+/// SIGINT with handle_sigint); PJ_STATUS_IO when a worker process cannot be started;
+/// PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
+///
+/// With on_error=collect, task failures (TASK_FAILED, TIMEOUT, WORKER_DIED) do not end the call:
+/// every task runs, this returns PJ_STATUS_OK, and `pj_results_status` / `pj_results_error` give
+/// each task's own outcome. A dead or timed-out worker is replaced; the tasks its batch had already
+/// completed run again in the new worker (their results died with the old one), so with auto
+/// batching a task can run twice when a neighbour crashes; set batch_size 1 if that matters.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_collect(
     parallel: *mut pj_parallel_t,
@@ -183,8 +193,9 @@ pub extern "C" fn pj_parallel_collect(
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the worker threads
 /// cannot be started; PJ_STATUS_TASK_FAILED when a task failed (as for `pj_parallel_collect`; the
 /// producer is not called again) or the producer returned a value other than 0 and 1 (the error
-/// quotes it); PJ_STATUS_WORKER_DIED, PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`.
-/// `*results_out` is written only on success.
+/// quotes it); PJ_STATUS_WORKER_DIED, PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and
+/// PJ_STATUS_PANIC as for `pj_parallel_collect` (on_error=collect included). `*results_out` is
+/// written only on success.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_map(
     parallel: *mut pj_parallel_t,
@@ -244,8 +255,11 @@ pub extern "C" fn pj_parallel_imap(
 /// over; also when no call is in flight); PJ_STATUS_NULL_ARGUMENT when a pointer is NULL;
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task (or
 /// the producer) failed: the call is over and its outstanding tasks never start; PJ_STATUS_WORKER_DIED,
-/// PJ_STATUS_IO and PJ_STATUS_PANIC as for `pj_parallel_collect`. Outputs are written only with
-/// PJ_STATUS_OK.
+/// PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
+/// `pj_parallel_collect`. Outputs are written only with PJ_STATUS_OK, except with on_error=collect:
+/// then a failed task's turn returns its own status (TASK_FAILED, TIMEOUT, WORKER_DIED) with
+/// `*index_out` set, an empty output and the task's error in `*error_out`, and the call goes on:
+/// keep calling until PJ_STATUS_DONE.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_next(
     parallel: *mut pj_parallel_t,
@@ -259,9 +273,11 @@ pub extern "C" fn pj_parallel_next(
         out_arg(index_out, "index_out")?;
         out_arg(data_out, "data_out")?;
         out_arg(len_out, "len_out")?;
-        let next = parallel
-            .next(|streamed| (streamed.index, streamed.data.as_ptr(), streamed.data.len()))?;
-        let Some((index, data, len)) = next else {
+        let next = parallel.next(|streamed| {
+            let view = (streamed.index, streamed.data.as_ptr(), streamed.data.len());
+            (view, streamed.error)
+        })?;
+        let Some(((index, data, len), task_error)) = next else {
             return Ok(pj_status::Done);
         };
         // SAFETY: the three output pointers were checked non-NULL and point to writable storage.
@@ -270,7 +286,11 @@ pub extern "C" fn pj_parallel_next(
             *data_out = data;
             *len_out = len;
         }
-        Ok(pj_status::Ok)
+        // With on_error=collect, a failed task's turn reports its own error; the call goes on.
+        match task_error {
+            Some(error) => Err(error),
+            None => Ok(pj_status::Ok),
+        }
     })
 }
 

@@ -2,23 +2,38 @@
 
 use std::ffi::c_char;
 
+use super::error::pj_error_t;
 use super::{bytes_arg, null_argument, out_arg, pj_status, run, run_value};
 use crate::dispatch::Results;
 use crate::error::Error;
 use crate::task::TaskOutput;
 
-/// The ordered results of a call: one byte string per task, in submission order. Created by
-/// `pj_parallel_collect` or `pj_parallel_map`, owned by the caller, freed with `pj_results_free`.
-/// Its functions only read it: several threads may read one results object at once.
+/// The ordered results of a call: one byte string per task, in submission order, and with
+/// on_error=collect each task's own status. Created by `pj_parallel_collect` or `pj_parallel_map`,
+/// owned by the caller, freed with `pj_results_free`. Its functions only read it: several threads
+/// may read one results object at once.
 ///
-/// Methods: `pj_results_len`, `pj_results_get`, `pj_results_free`.
+/// Methods: `pj_results_len`, `pj_results_get`, `pj_results_status`, `pj_results_error`,
+/// `pj_results_error_count`, `pj_results_free`.
 pub struct pj_results_t {
     results: Results,
+    /// The failed tasks' errors as C objects, lent out by `pj_results_error`; sorted by index.
+    errors: Vec<(usize, pj_error_t)>,
 }
 
 impl pj_results_t {
     pub(crate) fn boxed(results: Results) -> *mut pj_results_t {
-        Box::into_raw(Box::new(pj_results_t { results }))
+        let errors = results
+            .errors()
+            .iter()
+            .map(|(index, error)| (*index, pj_error_t::new(error.clone())))
+            .collect();
+        Box::into_raw(Box::new(pj_results_t { results, errors }))
+    }
+
+    fn error(&self, index: usize) -> Option<&pj_error_t> {
+        let at = self.errors.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        Some(&self.errors[at].1)
     }
 }
 
@@ -115,7 +130,60 @@ pub extern "C" fn pj_results_get(
     })
 }
 
-/// Frees results (and every pointer `pj_results_get` returned from them). NULL is a no-op.
+/// The status of task `index`: PJ_STATUS_OK when it succeeded (always, unless the call used
+/// on_error=collect); with on_error=collect, its own failure: PJ_STATUS_TASK_FAILED (the callback
+/// returned non-zero), PJ_STATUS_TIMEOUT (it ran past the timeout and its worker was stopped),
+/// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it) or
+/// PJ_STATUS_PANIC. A failed task's output is empty; `pj_results_error` tells more.
+///
+/// Returns that status; PJ_STATUS_NULL_ARGUMENT when `results` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// when `index >= pj_results_len(results)` (never a task's status).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_results_status(results: *const pj_results_t, index: usize) -> pj_status {
+    run_value(pj_status::Panic, || {
+        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
+        let Some(results) = (unsafe { results.as_ref() }) else {
+            return pj_status::NullArgument;
+        };
+        if index >= results.results.len() {
+            return pj_status::InvalidArgument;
+        }
+        results
+            .error(index)
+            .map_or(pj_status::Ok, |e| pj_status::of(e.error().kind()))
+    })
+}
+
+/// Borrows the error of task `index` (on_error=collect): its status, message (e.g. `task 7 failed
+/// with code 3: bad input`), report, task index and callback code, through the `pj_error_*`
+/// functions. The error belongs to `results` and lives until `pj_results_free`: never pass it to
+/// `pj_error_free`.
+///
+/// Returns NULL when the task succeeded, when `results` is NULL, or when `index` is out of range.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_results_error(
+    results: *const pj_results_t,
+    index: usize,
+) -> *const pj_error_t {
+    run_value(std::ptr::null(), || {
+        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
+        unsafe { results.as_ref() }
+            .and_then(|r| r.error(index))
+            .map_or(std::ptr::null(), |e| e as *const pj_error_t)
+    })
+}
+
+/// Number of failed tasks (on_error=collect; always 0 otherwise). NULL gives 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_results_error_count(results: *const pj_results_t) -> usize {
+    run_value(0, || {
+        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
+        unsafe { results.as_ref() }.map_or(0, |r| r.errors.len())
+    })
+}
+
+/// Frees results (and every pointer `pj_results_get` and `pj_results_error` returned from them).
+/// NULL is a no-op.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_free(results: *mut pj_results_t) {
     run_value((), || {
