@@ -13,6 +13,7 @@
 //! - [`dispatch`]: batching, ordering and fail-fast for one call;
 //! - [`backend`]: the worker pools behind one enum;
 //! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
+//! - [`sigint`]: handle_sigint's handler, installed only while a call blocks;
 //! - [`nesting`]: how deep the current thread is in nested calls;
 //! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod ffi;
 pub mod nesting;
 pub mod parallel;
+pub mod sigint;
 pub mod task;
 
 pub use error::{Error, ErrorKind, Result};

@@ -11,7 +11,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
 use crate::config::{BackendKind, Config, OnError, Resolved};
-use crate::dispatch::{Batching, Call, CallOptions, Producer, Results, Stop, Streamed};
+use crate::dispatch::{
+    Batching, Call, CallOptions, CancelReason, Producer, Results, Stop, Streamed,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::task::Callback;
 
@@ -198,7 +200,7 @@ impl Parallel {
     /// [`ErrorKind::Cancelled`] within tens of milliseconds. No effect when no call is in flight.
     /// Only atomic stores: callable from any thread or a signal handler.
     pub fn cancel(&self) {
-        self.stop.cancel();
+        self.stop.cancel(CancelReason::Requested);
     }
 
     /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
@@ -262,6 +264,7 @@ fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop) -> Call {
         first_batch: batching.size(),
         timeout: settings.timeout,
         collect: settings.on_error == OnError::Collect,
+        handle_sigint: settings.handle_sigint,
     };
     Call::new(options, stop)
 }

@@ -253,6 +253,99 @@ fn child_case() {
             println!("NEXT={:?}", as_u64s(&par.collect().unwrap()));
             println!("CHILDREN={}", children().len());
         }
+        "sigint" => {
+            // The host has its own SIGINT action; pj must put it back exactly.
+            static HOST_CALLS: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
+            extern "C" fn host_handler(_: libc::c_int) {
+                HOST_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            // SAFETY: zeroed sigactions are valid; this child process is this case's alone.
+            let read_action = || unsafe {
+                let mut now: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGINT, std::ptr::null(), &mut now);
+                let mask: Vec<i32> = (1..32)
+                    .filter(|&s| libc::sigismember(&now.sa_mask, s) == 1)
+                    .collect();
+                (now.sa_sigaction, now.sa_flags, mask)
+            };
+            // SAFETY: as above.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = host_handler as *const () as libc::sighandler_t;
+                action.sa_flags = libc::SA_NODEFER;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaddset(&mut action.sa_mask, libc::SIGUSR2);
+                libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+            }
+            unsafe extern "C" fn nap(
+                _: *mut c_void,
+                _: *const u8,
+                _: usize,
+                _: *mut TaskOutput,
+            ) -> i32 {
+                std::thread::sleep(Duration::from_millis(200));
+                0
+            }
+            let before = read_action();
+            {
+                // Without handle_sigint, pj never touches the action, even while it blocks.
+                let par = two_workers(&[("batch_size", "1")]);
+                for _ in 0..4 {
+                    par.submit(Some(nap), std::ptr::null_mut(), &[]).unwrap();
+                }
+                let during = read_action();
+                par.collect().unwrap();
+                println!(
+                    "DEFAULT_UNTOUCHED={}",
+                    during == before && read_action() == before
+                );
+            }
+            for backend in ["processes", "threads", "sequential"] {
+                let par = parallel(&[
+                    ("backend", backend),
+                    ("n_jobs", "2"),
+                    ("batch_size", "1"),
+                    ("handle_sigint", "true"),
+                ])
+                .unwrap();
+                let interrupter = std::thread::spawn(|| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    // SAFETY: signalling our own process.
+                    unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+                });
+                let start = Instant::now();
+                // 50 tasks of 0.2 s: 5 s of work, interrupted at 0.3 s.
+                for _ in 0..50 {
+                    if par.submit(Some(nap), std::ptr::null_mut(), &[]).is_err() {
+                        break;
+                    }
+                }
+                let err = par.collect().unwrap_err();
+                interrupter.join().unwrap();
+                println!("{backend}_STATUS={:?}", err.status);
+                println!("{backend}_MESSAGE={}", err.message);
+                println!("{backend}_ELAPSED_MS={}", start.elapsed().as_millis());
+                println!("{backend}_RESTORED={}", read_action() == before);
+                for i in 0..3u64 {
+                    par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                        .unwrap();
+                }
+                println!("{backend}_NEXT={:?}", as_u64s(&par.collect().unwrap()));
+            }
+            println!(
+                "HOST_CALLS_DURING={}",
+                HOST_CALLS.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            // SAFETY: signalling our own process, whose host handler is back.
+            unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+            std::thread::sleep(Duration::from_millis(50));
+            println!(
+                "HOST_CALLS_AFTER={}",
+                HOST_CALLS.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            println!("CHILDREN={}", children().len());
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -606,6 +699,36 @@ fn cancel_from_a_signal_handler_stops_the_call_promptly() {
         value(&lines, "NEXT"),
         "[0, 2, 4]",
         "the object stays usable"
+    );
+    assert_eq!(value(&lines, "CHILDREN"), "0");
+}
+
+#[test]
+fn handle_sigint_cancels_the_call_and_restores_the_hosts_action() {
+    let lines = run_case("sigint");
+    for backend in ["processes", "threads", "sequential"] {
+        let key = |k: &str| format!("{backend}_{k}");
+        assert_eq!(value(&lines, &key("STATUS")), "Cancelled", "{backend}");
+        assert!(
+            value(&lines, &key("MESSAGE")).contains("SIGINT"),
+            "{backend}: {lines:?}"
+        );
+        let elapsed: u64 = value(&lines, &key("ELAPSED_MS")).parse().unwrap();
+        // The signal comes at 0.3 s; threads and sequential finish the 0.2 s task in progress.
+        assert!(elapsed < 1_500, "{backend}: {elapsed} ms");
+        assert_eq!(value(&lines, &key("RESTORED")), "true", "{backend}");
+        assert_eq!(value(&lines, &key("NEXT")), "[0, 2, 4]", "{backend}");
+    }
+    assert_eq!(value(&lines, "DEFAULT_UNTOUCHED"), "true");
+    assert_eq!(
+        value(&lines, "HOST_CALLS_DURING"),
+        "0",
+        "pj consumed the SIGINTs"
+    );
+    assert_eq!(
+        value(&lines, "HOST_CALLS_AFTER"),
+        "1",
+        "the host's handler is back"
     );
     assert_eq!(value(&lines, "CHILDREN"), "0");
 }

@@ -17,7 +17,7 @@ pub mod batching;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
@@ -27,6 +27,7 @@ pub use batching::{Batching, SizeChange};
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind, TaskContext, signal_name};
+use crate::sigint::SigintGuard;
 use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure};
 
 /// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`. With
@@ -122,22 +123,40 @@ impl Results {
 /// How often a blocked call looks for a cancellation.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Why a call was cancelled (the value of [`Stop::cancelled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CancelReason {
+    /// `pj_parallel_cancel`.
+    Requested = 1,
+    /// A SIGINT, with handle_sigint.
+    Sigint = 2,
+}
+
 /// An object's means to stop its call in flight: `abort` stops queued and running work (workers
-/// check it), `cancelled` says the stop came from outside. Both are plain atomics, so setting them
-/// is async-signal-safe.
+/// check it), `cancelled` says the stop came from outside, and why (0: not cancelled). Both are
+/// plain atomics, so setting them is async-signal-safe.
 #[derive(Debug, Default)]
 pub struct Stop {
     /// Shared with the call's workers.
     pub abort: Arc<AtomicBool>,
-    /// Set by a cancellation request.
-    pub cancelled: Arc<AtomicBool>,
+    /// Set by a cancellation request: a [`CancelReason`] as u8, or 0.
+    pub cancelled: Arc<AtomicU8>,
 }
 
 impl Stop {
     /// Requests that the call in flight stop and return [`ErrorKind::Cancelled`]. Async-signal-safe.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+    pub fn cancel(&self, reason: CancelReason) {
+        self.cancelled.store(reason as u8, Ordering::Relaxed);
         self.abort.store(true, Ordering::Relaxed);
+    }
+
+    /// Another handle on the same two flags.
+    pub fn share(&self) -> Stop {
+        Stop {
+            abort: self.abort.clone(),
+            cancelled: self.cancelled.clone(),
+        }
     }
 }
 
@@ -171,6 +190,8 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// on_error=collect: failed tasks become per-task errors and the call goes on.
     pub collect: bool,
+    /// Whether a SIGINT cancels the call while it blocks (or runs tasks inline).
+    pub handle_sigint: bool,
 }
 
 /// The first failure seen, by task index, and which worker saw it.
@@ -193,7 +214,9 @@ enum Arrived {
 /// The state of one call, from its first task to its last result.
 pub struct Call {
     link: CallLink,
-    cancelled: Arc<AtomicBool>,
+    cancelled: Arc<AtomicU8>,
+    /// With handle_sigint: the flags a SIGINT raises while this call blocks.
+    sigint: Option<Stop>,
     replies: Receiver<BatchOutcome>,
     callback: Option<Callback>,
     producer: Option<Producer>,
@@ -231,7 +254,7 @@ impl Call {
     /// `stop` is the object's cancellation pair, reset here: `cancelled` set from outside
     /// (pj_parallel_cancel) ends the call with [`ErrorKind::Cancelled`].
     pub fn new(options: CallOptions, stop: &Stop) -> Self {
-        stop.cancelled.store(false, Ordering::Relaxed);
+        stop.cancelled.store(0, Ordering::Relaxed);
         stop.abort.store(false, Ordering::Relaxed);
         let (reply, replies) = unbounded();
         let CallOptions {
@@ -240,6 +263,7 @@ impl Call {
             first_batch,
             timeout,
             collect,
+            handle_sigint,
         } = options;
         let arrived = match order {
             ReturnAs::GeneratorUnordered => Arrived::Unordered(VecDeque::new()),
@@ -253,6 +277,7 @@ impl Call {
                 collect,
             },
             cancelled: stop.cancelled.clone(),
+            sigint: handle_sigint.then(|| stop.share()),
             replies,
             callback: None,
             producer: None,
@@ -539,6 +564,12 @@ impl Call {
         batch.dispatched_at = Some(Instant::now());
         self.in_flight += 1;
         self.in_flight_tasks += batch.len();
+        // The sequential backend runs the batch right here: a SIGINT meanwhile stops it after
+        // the current task.
+        let _sigint = match backend {
+            Backend::Sequential => self.sigint.as_ref().map(SigintGuard::enter),
+            _ => None,
+        };
         backend.dispatch(batch, &self.link);
     }
 
@@ -562,6 +593,7 @@ impl Call {
 
     /// Blocks for one outcome, or until the call is cancelled.
     fn wait_one(&mut self, batching: &mut Batching) {
+        let _sigint = self.sigint.as_ref().map(SigintGuard::enter);
         loop {
             // The call holds a sender of its own reply channel, so this cannot disconnect. The
             // timeout only lets a cancellation (an atomic store, async-signal-safe) be seen.
@@ -575,14 +607,17 @@ impl Call {
 
     /// Records a cancellation requested from outside; true when the call is cancelled.
     fn check_cancelled(&mut self) -> bool {
-        if !self.cancelled.load(Ordering::Relaxed) {
+        let reason = self.cancelled.load(Ordering::Relaxed);
+        if reason == 0 {
             return false;
         }
         if !self.failed() {
-            self.fail_producer(Error::new(
-                ErrorKind::Cancelled,
-                "the call was cancelled (pj_parallel_cancel)",
-            ));
+            let message = if reason == CancelReason::Sigint as u8 {
+                "the call was cancelled by SIGINT (handle_sigint)"
+            } else {
+                "the call was cancelled (pj_parallel_cancel)"
+            };
+            self.fail_producer(Error::new(ErrorKind::Cancelled, message));
         }
         true
     }
