@@ -21,6 +21,18 @@ const (
 // liveCalls counts calls whose pj side is still running (tests check that none is left behind).
 var liveCalls atomic.Int64
 
+// cancelledCalls counts calls whose pj side ended with PJ_STATUS_CANCELLED, i.e. was stopped by
+// pj_parallel_cancel (tests check that a done context reaches pj).
+var cancelledCalls atomic.Int64
+
+// callOver records that the pj side of a call is over, with pj's error (nil for success).
+func callOver(perr *Error) {
+	if perr != nil && perr.Status == StatusCancelled {
+		cancelledCalls.Add(1) // before liveCalls: a test that saw no live call sees this count
+	}
+	liveCalls.Add(-1)
+}
+
 // call is one call's Go-side state. pj's task and producer trampolines (export.go) reach it through a
 // cgo.Handle; the goroutine that called Map or Stream waits on it.
 //
@@ -319,17 +331,19 @@ type waiter struct {
 	ctx      context.Context
 	tick     <-chan time.Time
 	ticker   *time.Ticker
+	cancel   func() // cancels the pj call: pj_parallel_cancel, through executor.cancel
 	stopCtx  func() bool
 	reported int64
 }
 
-func (c *call) waiter(ctx context.Context) *waiter {
-	w := &waiter{c: c, ctx: ctx, reported: -1}
-	// Stop the trampolines as soon as ctx is done, even while the caller is busy elsewhere (a Stream
-	// consumer's loop body): the running chunks return a failure code at their next input and the
-	// producer fails, so pj stops dispatching and ends the call. (pj.h has no pj_parallel_cancel yet;
-	// once it has, this is where to call it as well.)
-	w.stopCtx = context.AfterFunc(ctx, func() { c.halt(ctx.Err()) })
+// waiter returns the caller's side of c. cancel cancels the pj call (pj_parallel_cancel, through
+// executor.cancel): it may run at any moment, from any goroutine, and must be harmless once the call
+// is over.
+func (c *call) waiter(ctx context.Context, cancel func()) *waiter {
+	w := &waiter{c: c, ctx: ctx, cancel: cancel, reported: -1}
+	// Stop the call as soon as ctx is done, even while the caller is busy elsewhere (a Stream
+	// consumer's loop body).
+	w.stopCtx = context.AfterFunc(ctx, w.cancelled)
 	if c.timeout > 0 {
 		period := min(max(c.timeout/10, time.Millisecond), 250*time.Millisecond)
 		w.ticker = time.NewTicker(period)
@@ -338,10 +352,26 @@ func (c *call) waiter(ctx context.Context) *waiter {
 	return w
 }
 
+// cancelled stops the call because ctx is done. halt comes first: it stops the trampolines (the
+// running chunks return at their next input, the producer fails) and records ctx.Err() as the call's
+// reason before pj can report the cancellation. Then cancel has pj stop dispatching at once: queued
+// tasks never start, and the blocked pj call returns PJ_STATUS_CANCELLED once the running calls of fn
+// have returned. Calling it again, or once the call is over, is harmless.
+func (w *waiter) cancelled() {
+	w.c.halt(w.ctx.Err())
+	w.cancel()
+}
+
 // close releases the waiter and stops the call if it is still running (the caller is leaving: a
 // break, an error, a panic in the progress callback).
 func (w *waiter) close() {
 	w.stopCtx()
+	// ctx may be done with the AfterFunc not started, and then stopCtx keeps it from ever running:
+	// the context package closes ctx.Done() before it starts the AfterFunc, so the caller may see ctx
+	// done and leave first.
+	if w.ctx.Err() != nil {
+		w.cancelled()
+	}
 	if w.ticker != nil {
 		w.ticker.Stop()
 	}
@@ -358,7 +388,7 @@ func (w *waiter) next(events <-chan event) (event, error) {
 		case ev := <-events:
 			return ev, nil
 		case <-w.ctx.Done():
-			c.halt(w.ctx.Err())
+			w.cancelled()
 			return event{}, c.why()
 		case <-c.notify:
 			w.report(false)
@@ -377,6 +407,7 @@ func (w *waiter) wait(over <-chan struct{}) error {
 	case <-over:
 		return nil
 	case <-w.ctx.Done():
+		w.cancelled()
 		return w.ctx.Err()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"iter"
 	"runtime"
 	"runtime/cgo"
+	"sync"
 )
 
 // Map calls fn on every input on pj's worker threads and returns the results in input order.
@@ -38,6 +39,36 @@ func MapIndexed[T, R any](ctx context.Context, inputs []T, fn func(int, T) (R, e
 	return run(ctx, inputs, nil, fn, opts)
 }
 
+// executor is a call's pj_parallel_t. The goroutine driving the call uses it and frees it, while the
+// call's waiter may cancel it once ctx is done (from ctx's AfterFunc or the caller's goroutine) at any
+// moment, even once the call is over. pj_parallel_cancel must not race pj_parallel_free: cancel and
+// free hold mu, and free clears par, so a late cancel does nothing instead of touching freed memory.
+type executor struct {
+	mu  sync.Mutex
+	par *C.pj_parallel_t // nil once freed
+}
+
+// cancel cancels the pj call in flight on the executor, if any; once it is freed, it does nothing.
+func (e *executor) cancel() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.par != nil {
+		C.pj_parallel_cancel(e.par)
+	}
+}
+
+// free frees the executor, abandoning a call still in flight; only the goroutine driving the call
+// calls it, once. pj_parallel_free runs outside the lock, since it waits for the running calls of fn
+// (cancel must never wait for those): clearing par under the lock suffices, as no cancel can be
+// running then nor start later.
+func (e *executor) free() {
+	e.mu.Lock()
+	par := e.par
+	e.par = nil
+	e.mu.Unlock()
+	C.pj_parallel_free(par)
+}
+
 // run runs fn (or indexed) over every input as one pj call.
 func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), opts []Option) ([]R, error) {
 	s := newSettings(opts)
@@ -45,18 +76,19 @@ func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), index
 	if err != nil {
 		return nil, err
 	}
+	ex := &executor{par: par}
 	if err := ctx.Err(); err != nil {
-		C.pj_parallel_free(par)
+		ex.free()
 		return nil, err
 	}
 	n := len(inputs)
 	results := make([]R, n)
 	c := newCall(s, n, workers)
 	c.loop = chunkLoop(c, inputs, results, fn, indexed)
-	w := c.waiter(ctx)
+	w := c.waiter(ctx, ex.cancel)
 	defer w.close()
 	if n == 0 {
-		C.pj_parallel_free(par)
+		ex.free()
 		w.report(true)
 		return results, nil
 	}
@@ -68,15 +100,16 @@ func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), index
 	go func() {
 		var res *C.pj_results_t
 		var cerr *C.pj_error_t
+		// par is used directly: only ex.free, below on this goroutine, invalidates it.
 		status := C.pjgo_map(par, C.uintptr_t(handle), &res, &cerr)
 		var perr *Error
 		if status != C.PJ_STATUS_OK {
 			perr = c.pjError(takeError(status, cerr))
 		}
 		C.pj_results_free(res) // empty outputs: the results are in Go memory
-		C.pj_parallel_free(par)
+		ex.free()
 		handle.Delete() // no trampoline runs once pj_parallel_map has returned
-		liveCalls.Add(-1)
+		callOver(perr)
 		events <- event{over: true, err: perr}
 	}()
 	ev, err := w.next(events)
@@ -125,17 +158,18 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 			yield(Result[R]{Index: -1}, err)
 			return
 		}
+		ex := &executor{par: par}
 		if err := ctx.Err(); err != nil {
-			C.pj_parallel_free(par)
+			ex.free()
 			yield(Result[R]{Index: -1}, err)
 			return
 		}
 		c := newCall(s, n, workers)
 		c.loop = chunkLoop(c, inputs, results, fn, nil)
-		w := c.waiter(ctx)
+		w := c.waiter(ctx, ex.cancel)
 		defer w.close()
 		if n == 0 {
-			C.pj_parallel_free(par)
+			ex.free()
 			w.report(true)
 			return
 		}
@@ -144,7 +178,7 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 		over := make(chan struct{})
 		handle := cgo.NewHandle(c)
 		liveCalls.Add(1)
-		go drive(par, handle, c, events, quit, over)
+		go drive(ex, handle, c, events, quit, over)
 		defer func() {
 			if quit != nil {
 				close(quit) // the driver stops reading and frees the call
@@ -187,15 +221,16 @@ var errBreak = goError(StatusCancelled, -1, "the stream's consumer stopped readi
 // must come from the thread that started it): it starts the call, then reads results one at a time
 // and hands their input ranges over events, until the call is over or quit is closed. It frees
 // everything before reporting the end of the call or closing over.
-func drive(par *C.pj_parallel_t, handle cgo.Handle, c *call, events chan<- event, quit <-chan struct{}, over chan<- struct{}) {
+func drive(ex *executor, handle cgo.Handle, c *call, events chan<- event, quit <-chan struct{}, over chan<- struct{}) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	par := ex.par // used directly: only ex.free, in finish on this goroutine, invalidates it
 	var producer *C.pjgo_producer_t
 	finish := func(ev event) {
-		C.pj_parallel_free(par) // abandons a call still in flight, after its running tasks return
+		ex.free() // abandons a call still in flight, after its running tasks return
 		C.pjgo_producer_free(producer)
 		handle.Delete()
-		liveCalls.Add(-1)
+		callOver(ev.err)
 		close(over)
 		select {
 		case events <- ev:

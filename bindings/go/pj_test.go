@@ -335,6 +335,188 @@ func TestCancelWithABlockedFn(t *testing.T) {
 	settle(t)
 }
 
+// A done context cancels the pj call itself (pj_parallel_cancel): Map and Stream return ctx.Err() at
+// once, no input starts after the cancellation beyond those already running, and pj ends the call
+// with PJ_STATUS_CANCELLED once they have returned.
+func TestCancelStopsThePjCall(t *testing.T) {
+	const workers = 4
+	calls := []struct {
+		name string
+		run  func(ctx context.Context, fn func(int) (int, error), opts []Option) error
+	}{
+		{"Map", func(ctx context.Context, fn func(int) (int, error), opts []Option) error {
+			_, err := Map(ctx, ints(10_000), fn, opts...)
+			return err
+		}},
+		{"Stream", func(ctx context.Context, fn func(int) (int, error), opts []Option) error {
+			var errs []error
+			for r, err := range Stream(ctx, ints(10_000), fn, opts...) {
+				if err == nil {
+					return fmt.Errorf("got result %+v while every call of fn blocks", r)
+				}
+				errs = append(errs, err)
+			}
+			if len(errs) != 1 {
+				return fmt.Errorf("got errors %v, want one", errs)
+			}
+			return errs[0]
+		}},
+	}
+	for _, call := range calls {
+		for _, cfg := range []struct {
+			name string
+			opts []Option
+		}{
+			{"chunk=1", []Option{NJobs(workers), ChunkSize(1)}},
+			{"automatic chunks", []Option{NJobs(workers)}},
+			{"unordered", []Option{NJobs(workers), ChunkSize(1), Unordered()}},
+			// Not pre_dispatch=all: its producer may still be running at the cancellation, and then
+			// ends the pj call (with a producer failure) before pj_parallel_cancel can.
+		} {
+			t.Run(call.name+"/"+cfg.name, func(t *testing.T) {
+				settle(t)
+				cancelledBefore := cancelledCalls.Load()
+				ctx, cancel := context.WithCancel(context.Background())
+				defer cancel()
+				release := make(chan struct{})
+				var started atomic.Int32
+				// Cancel once every worker is blocked in fn, i.e. with work queued behind them.
+				cancelledAt := make(chan time.Time, 1)
+				go func() {
+					deadline := time.Now().Add(5 * time.Second)
+					for started.Load() < workers && time.Now().Before(deadline) {
+						time.Sleep(time.Millisecond)
+					}
+					cancelledAt <- time.Now()
+					cancel()
+				}()
+				err := call.run(ctx, func(x int) (int, error) {
+					started.Add(1)
+					<-release // ignores ctx: Go cannot interrupt it
+					return x, nil
+				}, cfg.opts)
+				elapsed := time.Since(<-cancelledAt)
+				inFlight := started.Load()
+				if err != context.Canceled {
+					t.Errorf("got %v, want context.Canceled", err)
+				}
+				if elapsed > time.Second {
+					t.Errorf("returned %v after the cancellation", elapsed)
+				}
+				if inFlight != workers {
+					t.Errorf("%d inputs started before the cancellation, want %d (one per worker)", inFlight, workers)
+				}
+				if l := liveCalls.Load(); l != 1 {
+					t.Errorf("liveCalls = %d, want the pj call still waiting for the blocked calls of fn", l)
+				}
+				// pj looks for a cancellation every 20 ms while it waits for the running calls of fn:
+				// let it see this one before they return (and fail at their next input).
+				time.Sleep(100 * time.Millisecond)
+				close(release)
+				settle(t)
+				if s := started.Load(); s != inFlight {
+					t.Errorf("%d more inputs of 10,000 started after the cancellation", s-inFlight)
+				}
+				if c := cancelledCalls.Load() - cancelledBefore; c != 1 {
+					t.Errorf("%d pj calls ended with PJ_STATUS_CANCELLED, want 1: pj_parallel_cancel was not called", c)
+				}
+			})
+		}
+	}
+}
+
+// Cancellations racing the end of calls (before the pj call starts, while it runs, while and after
+// its executor is freed) neither crash nor corrupt anything: each call returns all its results or
+// ctx.Err(). Meant for -race.
+func TestCancelRacesCompletion(t *testing.T) {
+	var completed, cancelled atomic.Int32
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				ctx, cancel := context.WithCancel(context.Background())
+				timer := time.AfterFunc(time.Duration((7*g+i)%40)*250*time.Microsecond, cancel)
+				n := 100 + i
+				opts := []Option{NJobs(2), ChunkSize(1 + i%4)}
+				got := make([]int, 0, n)
+				var err error
+				if i%2 == 0 {
+					got, err = Map(ctx, ints(n), square, opts...)
+				} else {
+					for r, rerr := range Stream(ctx, ints(n), square, opts...) {
+						if rerr != nil {
+							err = rerr
+							continue
+						}
+						if err != nil || r.Index != len(got) {
+							t.Errorf("stream result %+v after %d results (error %v)", r, len(got), err)
+							return
+						}
+						got = append(got, r.Value)
+					}
+				}
+				cancel() // a late cancellation: harmless
+				timer.Stop()
+				switch {
+				case err == context.Canceled:
+					cancelled.Add(1)
+				case err != nil:
+					t.Errorf("got %v, want nil or context.Canceled", err)
+					return
+				case len(got) != n:
+					t.Errorf("got %d results, want %d", len(got), n)
+					return
+				default:
+					for x, v := range got {
+						if v != x*x {
+							t.Errorf("result %d = %d, want %d", x, v, x*x)
+							return
+						}
+					}
+					completed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	settle(t)
+	t.Logf("%d calls completed, %d cancelled", completed.Load(), cancelled.Load())
+	if completed.Load() == 0 || cancelled.Load() == 0 {
+		t.Errorf("%d calls completed, %d cancelled: the cancellations did not race the calls' ends",
+			completed.Load(), cancelled.Load())
+	}
+}
+
+// The executor's cancel may run at any moment, from any goroutine: concurrently with free, and after
+// it, when it does nothing.
+func TestExecutorCancelRacesFree(t *testing.T) {
+	for range 50 {
+		par, _, err := newSettings([]Option{NJobs(2)}).open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex := &executor{par: par}
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 100 {
+					ex.cancel()
+				}
+			}()
+		}
+		ex.free()
+		ex.cancel()
+		wg.Wait()
+		if ex.par != nil {
+			t.Fatal("free left the executor's pointer set")
+		}
+	}
+}
+
 func TestCancelledBeforeTheCall(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
