@@ -117,7 +117,7 @@ typedef struct pj_out_t pj_out_t;
 //
 // Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
 // `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
-// `pj_effective_n_jobs`, `pj_config_free`.
+// `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
 typedef struct pj_config_t pj_config_t;
 
 // An error: a status, a one-line message, a multi-line report and, for task errors, the index of the
@@ -148,6 +148,22 @@ typedef struct pj_parallel_t pj_parallel_t;
 // Methods: `pj_results_len`, `pj_results_get`, `pj_results_status`, `pj_results_error`,
 // `pj_results_error_count`, `pj_results_free`.
 typedef struct pj_results_t pj_results_t;
+
+// A progress callback for `pj_config_set_progress`: called with the `userdata` given there, the
+// number of tasks completed so far, the total number of tasks (-1 while unknown: pj learns it when
+// the input ends, at `pj_parallel_collect` or when the producer returns 0) and the seconds
+// elapsed since the call started.
+//
+// Threading: always on the thread that drives the call (inside `pj_parallel_submit`,
+// `pj_parallel_collect`, `pj_parallel_map` or `pj_parallel_next`), never concurrently, on every
+// backend (n_jobs 1 included). It is called once per completed task, in order (completed = 1, 2,
+// 3, ...), but as batches complete: with auto batching several calls come at once. It must return
+// quickly, must not unwind, and must not use the `pj_parallel_t` running the call, except for
+// `pj_parallel_cancel`.
+typedef void (*pj_progress_fn)(void *userdata,
+                               uint64_t completed,
+                               int64_t total,
+                               double elapsed_seconds);
 
 // A task callback. pj calls it once per task with the `userdata` given at submission, the task's
 // argument bytes (a copy pj owns: valid only during the call) and `out`, the task's output handle
@@ -261,6 +277,16 @@ pj_status pj_config_set_verbose(pj_config_t *config, int64_t verbose, pj_error_t
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 // for 0, a negative value or NaN.
 pj_status pj_config_set_timeout(pj_config_t *config, double seconds, pj_error_t **error_out);
+
+// Sets (or, with `fn` NULL, clears) the progress callback: see `pj_progress_fn`. `userdata` must stay
+// valid while an object created from this config runs calls. Works with verbose lines and the
+// progress bar (`pj_config_set(cfg, "progress", "bar")`), which are independent of it.
+//
+// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
+pj_status pj_config_set_progress(pj_config_t *config,
+                                 pj_progress_fn fn,
+                                 void *userdata,
+                                 pj_error_t **error_out);
 
 // The number of CPUs pj may use: the smallest of the online CPUs, the process's affinity mask,
 // its cgroup CPU quota (rounded up) and the PJ_MAX_CPU_COUNT environment variable; at least 1.

@@ -12,9 +12,11 @@
 //! - [`task`]: what one task is (callback, argument bytes) and where its output goes;
 //! - [`dispatch`]: batching, ordering and fail-fast for one call;
 //! - [`backend`]: the worker pools behind one enum;
+//! - [`memmap`]: temp folders, anonymous memory-mapped files, spilled arguments, shared buffers;
 //! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
 //! - [`sigint`]: handle_sigint's handler, installed only while a call blocks;
 //! - [`nesting`]: how deep the current thread is in nested calls;
+//! - [`progress`]: joblib's verbose lines, the progress bar and the progress callback;
 //! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
 
 pub mod backend;
@@ -23,8 +25,10 @@ pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod ffi;
+pub mod memmap;
 pub mod nesting;
 pub mod parallel;
+pub mod progress;
 pub mod sigint;
 pub mod task;
 

@@ -8,13 +8,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{BackendKind, Config, OnError, Resolved};
+use crate::config::{BackendKind, Config, OnError, ProgressMode, Resolved};
 use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, Stop, Streamed,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::progress::{Progress, StdStreams, Stream, VerboseSettings};
 use crate::task::Callback;
 
 /// A configured parallel executor; see the module docs for the one-call-at-a-time rule.
@@ -117,7 +119,12 @@ impl Parallel {
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
         let call = match &mut state.call {
             Some(call) => call,
-            empty => empty.insert(new_call(&self.settings, &state.batching, &self.stop)),
+            empty => empty.insert(new_call(
+                &self.settings,
+                &state.batching,
+                &self.stop,
+                backend,
+            )),
         };
         call.submit(backend, &mut state.batching, callback, arg);
         if let Some(error) = call.failure_error(backend) {
@@ -150,8 +157,8 @@ impl Parallel {
         let state = &mut *entered;
         abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call =
-            new_call(&self.settings, &state.batching, &self.stop).with_producer(callback, producer);
+        let call = new_call(&self.settings, &state.batching, &self.stop, backend)
+            .with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
     }
 
@@ -162,9 +169,10 @@ impl Parallel {
         let mut entered = self.enter()?;
         let state = &mut *entered;
         abandon_call(state);
-        ensure_backend(&mut state.backend, &self.settings)?;
+        let backend = ensure_backend(&mut state.backend, &self.settings)?;
         state.call = Some(
-            new_call(&self.settings, &state.batching, &self.stop).with_producer(callback, producer),
+            new_call(&self.settings, &state.batching, &self.stop, backend)
+                .with_producer(callback, producer),
         );
         Ok(())
     }
@@ -250,7 +258,37 @@ fn abandon_call(state: &mut State) {
     }
 }
 
-fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop) -> Call {
+/// Progress reporting for a call, when verbose lines, a bar or a callback are wanted; prints the
+/// "Using backend" line of a parallel call.
+fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
+    let bar = settings.progress == ProgressMode::Bar;
+    if settings.verbose <= 0 && !bar && settings.progress_hook.is_none() {
+        return None;
+    }
+    let verbose = VerboseSettings {
+        n_jobs_requested: settings.n_jobs_requested,
+        verbose: settings.verbose,
+        total_tasks: None,
+        pre_dispatch_tasks: settings.pre_dispatch_tasks().ok().flatten().unwrap_or(0),
+    };
+    let mut progress = Progress::new(verbose, Box::new(Instant::now()), Box::new(StdStreams));
+    if let Some(hook) = settings.progress_hook {
+        progress = progress.with_callback(Box::new(move |done, total, elapsed| {
+            // SAFETY: the documented `pj_progress_fn` contract: callable with its userdata on the
+            // thread that drives the call, until the object is freed.
+            unsafe { hook.call(done, total, elapsed) }
+        }));
+    }
+    if bar {
+        progress = progress.with_bar(Stream::Stderr, Stream::Stderr.is_terminal());
+    }
+    if !settings.sequential {
+        progress.start(settings.backend.joblib_class_name(), workers);
+    }
+    Some(progress)
+}
+
+fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop, backend: &Backend) -> Call {
     if settings.sequential
         && let Some(limit) = settings.timeout
     {
@@ -266,7 +304,7 @@ fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop) -> Call {
         collect: settings.on_error == OnError::Collect,
         handle_sigint: settings.handle_sigint,
     };
-    Call::new(options, stop)
+    Call::new(options, stop).with_progress(progress_for(settings, backend.workers()))
 }
 
 impl Drop for Parallel {

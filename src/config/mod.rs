@@ -277,7 +277,7 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 pub const MAX_N_JOBS: i64 = 65_536;
 
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -293,7 +293,56 @@ pub const KEYS: [&str; 15] = [
     "keep_workers",
     "on_error",
     "handle_sigint",
+    "progress",
 ];
+
+/// pj's `progress` option: how progress is shown besides joblib's verbose lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Nothing beyond verbose lines (the default).
+    #[default]
+    None,
+    /// A progress bar on stderr: redrawn in place on a terminal, a plain line every few seconds
+    /// otherwise.
+    Bar,
+}
+
+/// A progress callback, as C declares `pj_progress_fn`: called with (userdata, completed tasks,
+/// total or -1 when unknown, elapsed seconds).
+pub type ProgressFn = unsafe extern "C" fn(*mut std::ffi::c_void, u64, i64, f64);
+
+/// A progress callback and its userdata (plain data: configs are copied into each object).
+#[derive(Clone, Copy, Debug)]
+pub struct ProgressHook {
+    /// The function.
+    pub func: ProgressFn,
+    /// Passed back to it unchanged.
+    pub userdata: *mut std::ffi::c_void,
+}
+
+// SAFETY: the hook is only ever called on the thread that drives a call (documented in the header);
+// moving the pointer pair between threads with the config is what the C API's contract allows.
+unsafe impl Send for ProgressHook {}
+// SAFETY: as above: shared references only copy the pair, never call it concurrently.
+unsafe impl Sync for ProgressHook {}
+
+impl ProgressHook {
+    /// Calls the hook.
+    ///
+    /// # Safety
+    /// Under the `pj_progress_fn` contract: on the thread driving the call, while the userdata is
+    /// valid.
+    pub unsafe fn call(&self, completed: u64, total: i64, elapsed_seconds: f64) {
+        // SAFETY: per this function's contract.
+        unsafe { (self.func)(self.userdata, completed, total, elapsed_seconds) }
+    }
+}
+
+impl PartialEq for ProgressHook {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.func, other.func) && self.userdata == other.userdata
+    }
+}
 
 /// What a call does when a task fails (pj's `on_error` option; joblib always raises).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -340,6 +389,10 @@ pub struct Config {
     pub on_error: Option<OnError>,
     /// Cancel a blocked call on SIGINT, with a handler installed only while it blocks (pj's own).
     pub handle_sigint: Option<bool>,
+    /// A progress bar, or none (pj's own).
+    pub progress: Option<ProgressMode>,
+    /// A progress callback (pj's own; set with `pj_config_set_progress`).
+    pub progress_hook: Option<ProgressHook>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -377,6 +430,10 @@ pub struct Resolved {
     pub on_error: OnError,
     /// Whether a SIGINT cancels a blocked call (default false: pj installs no handler).
     pub handle_sigint: bool,
+    /// Whether to draw a progress bar (default none).
+    pub progress: ProgressMode,
+    /// The progress callback, if any.
+    pub progress_hook: Option<ProgressHook>,
 }
 
 impl Resolved {
@@ -679,6 +736,18 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
+fn parse_progress(value: &str) -> Result<ProgressMode> {
+    match value {
+        "bar" => Ok(ProgressMode::Bar),
+        v if is_none(v) => Ok(ProgressMode::None),
+        _ => Err(invalid_value(
+            "progress",
+            value,
+            "expected \"bar\" or \"none\"",
+        )),
+    }
+}
+
 fn parse_on_error(value: &str) -> Result<OnError> {
     match value {
         "raise" => Ok(OnError::Raise),
@@ -713,8 +782,8 @@ impl Config {
     /// (seconds, `none`/`inf`), `pre_dispatch` (`all` or an expression on `n_jobs`), `batch_size`
     /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`), `return_as` (`list`, `generator`,
-    /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`) and
-    /// `handle_sigint` (`true`, `false`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
+    /// `handle_sigint` (`true`, `false`) and `progress` (`bar`, `none`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -735,6 +804,7 @@ impl Config {
             "keep_workers" => self.keep_workers = Some(parse_bool("keep_workers", value)?),
             "on_error" => self.on_error = Some(parse_on_error(value)?),
             "handle_sigint" => self.handle_sigint = Some(parse_bool("handle_sigint", value)?),
+            "progress" => self.progress = Some(parse_progress(value)?),
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -805,6 +875,8 @@ impl Config {
             keep_workers: self.keep_workers.or(outer.keep_workers),
             on_error: self.on_error.or(outer.on_error),
             handle_sigint: self.handle_sigint.or(outer.handle_sigint),
+            progress: self.progress.or(outer.progress),
+            progress_hook: self.progress_hook.or(outer.progress_hook),
         }
     }
 
@@ -878,6 +950,8 @@ impl Config {
             keep_workers: self.keep_workers.unwrap_or(false),
             on_error: self.on_error.unwrap_or_default(),
             handle_sigint: self.handle_sigint.unwrap_or(false),
+            progress: self.progress.unwrap_or_default(),
+            progress_hook: self.progress_hook,
         })
     }
 }

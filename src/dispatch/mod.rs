@@ -27,6 +27,7 @@ pub use batching::{Batching, SizeChange};
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind, TaskContext, signal_name};
+use crate::progress::{Progress, Snapshot};
 use crate::sigint::SigintGuard;
 use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure};
 
@@ -235,6 +236,14 @@ pub struct Call {
     failure: Option<Failure>,
     /// Set when the producer (not a task) failed; reported as the call's error.
     producer_error: Option<Error>,
+    /// Verbose lines, progress bar and progress callback, when any is wanted.
+    progress: Option<Progress>,
+    /// joblib's counters for progress: batches and tasks handed to the backend, tasks completed.
+    dispatched_batches: usize,
+    dispatched_tasks: usize,
+    completed_tasks: usize,
+    /// No more input will come: the producer ended, or `collect` was called.
+    input_done: bool,
 }
 
 impl std::fmt::Debug for Call {
@@ -292,6 +301,40 @@ impl Call {
             next_index: 0,
             failure: None,
             producer_error: None,
+            progress: None,
+            dispatched_batches: 0,
+            dispatched_tasks: 0,
+            completed_tasks: 0,
+            input_done: false,
+        }
+    }
+
+    /// A call that reports its progress through `progress`.
+    pub fn with_progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// joblib's counters as progress reporting reads them.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            dispatched_batches: self.dispatched_batches,
+            dispatched_tasks: self.dispatched_tasks,
+            completed_tasks: self.completed_tasks,
+            input_exhausted: self.input_done || self.pre_dispatch.is_none(),
+            still_reading: !self.input_done,
+            aborting: self.failed(),
+        }
+    }
+
+    /// Ends progress reporting: the sequential path's last evaluation, and the bar's final line.
+    fn finish_progress(&mut self, backend: &Backend) {
+        let snapshot = self.snapshot();
+        if let Some(mut progress) = self.progress.take() {
+            if matches!(backend, Backend::Sequential) && !snapshot.aborting {
+                progress.loop_ended(&snapshot);
+            }
+            progress.finish();
         }
     }
 
@@ -348,10 +391,12 @@ impl Call {
             self.wait_for_room(backend, batching, false);
             self.produce_one(backend, batching);
         }
+        self.input_done = true;
         self.flush(backend, true);
         self.drain(batching);
         // A cancellation may have ended the work without a wait ever timing out.
         self.check_cancelled();
+        self.finish_progress(backend);
         backend.end_call();
         if let Some(error) = self.failure_error(backend) {
             return Err(error);
@@ -416,6 +461,7 @@ impl Call {
             } else if self.in_flight > 0 {
                 self.wait_one(batching);
             } else if self.producer.is_none() {
+                self.finish_progress(backend);
                 backend.end_call();
                 return Ok(None);
             } else {
@@ -463,6 +509,9 @@ impl Call {
         self.link.abort.store(true, Ordering::Relaxed);
         self.producer = None;
         self.drain(batching);
+        if let Some(progress) = self.progress.take() {
+            progress.finish();
+        }
         if let Some(backend) = backend {
             backend.end_call();
         }
@@ -486,7 +535,11 @@ impl Call {
             if self.failed() {
                 return;
             }
-            batching.adjust();
+            if let Some(change) = batching.adjust()
+                && let Some(progress) = self.progress.as_mut()
+            {
+                progress.batch_size_changed(&change);
+            }
             let next = Batch::new(self.submitted, batching.size());
             let batch = std::mem::replace(&mut self.pending, next);
             self.dispatch(backend, batch);
@@ -564,6 +617,8 @@ impl Call {
         batch.dispatched_at = Some(Instant::now());
         self.in_flight += 1;
         self.in_flight_tasks += batch.len();
+        self.dispatched_batches += 1;
+        self.dispatched_tasks += batch.len();
         // The sequential backend runs the batch right here: a SIGINT meanwhile stops it after
         // the current task.
         let _sigint = match backend {
@@ -644,6 +699,13 @@ impl Call {
         }
         if outcome.completed() == outcome.size {
             batching.record(outcome.size, outcome.seconds);
+            self.completed_tasks += outcome.size;
+            if !self.failed() {
+                let snapshot = self.snapshot();
+                if let Some(progress) = self.progress.as_mut() {
+                    progress.completed(&snapshot);
+                }
+            }
         }
         if self.failed() || outcome.completed() == 0 {
             return;

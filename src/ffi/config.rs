@@ -1,9 +1,9 @@
 //! `pj_config_t`: options for a `pj_parallel_t`, in joblib's keywords and spellings.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 
 use super::{null_argument, out_arg, pj_error_t, pj_status, run, run_value, str_arg};
-use crate::config::Config;
+use crate::config::{Config, ProgressHook};
 use crate::error::Error;
 
 /// Options for `pj_parallel_new`: every option starts unset (joblib's defaults apply). Created by
@@ -13,10 +13,25 @@ use crate::error::Error;
 ///
 /// Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
 /// `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
-/// `pj_effective_n_jobs`, `pj_config_free`.
+/// `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
 pub struct pj_config_t {
     pub(crate) config: Config,
 }
+
+/// A progress callback for `pj_config_set_progress`: called with the `userdata` given there, the
+/// number of tasks completed so far, the total number of tasks (-1 while unknown: pj learns it when
+/// the input ends, at `pj_parallel_collect` or when the producer returns 0) and the seconds
+/// elapsed since the call started.
+///
+/// Threading: always on the thread that drives the call (inside `pj_parallel_submit`,
+/// `pj_parallel_collect`, `pj_parallel_map` or `pj_parallel_next`), never concurrently, on every
+/// backend (n_jobs 1 included). It is called once per completed task, in order (completed = 1, 2,
+/// 3, ...), but as batches complete: with auto batching several calls come at once. It must return
+/// quickly, must not unwind, and must not use the `pj_parallel_t` running the call, except for
+/// `pj_parallel_cancel`.
+pub type pj_progress_fn = Option<
+    unsafe extern "C" fn(userdata: *mut c_void, completed: u64, total: i64, elapsed_seconds: f64),
+>;
 
 /// Borrows a config handle mutably.
 fn borrow_mut<'a>(config: *mut pj_config_t) -> Result<&'a mut Config, Error> {
@@ -174,6 +189,25 @@ pub extern "C" fn pj_config_set_timeout(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || borrow_mut(config)?.set_timeout(seconds))
+}
+
+/// Sets (or, with `fn` NULL, clears) the progress callback: see `pj_progress_fn`. `userdata` must stay
+/// valid while an object created from this config runs calls. Works with verbose lines and the
+/// progress bar (`pj_config_set(cfg, "progress", "bar")`), which are independent of it.
+///
+/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_progress(
+    config: *mut pj_config_t,
+    r#fn: pj_progress_fn,
+    userdata: *mut c_void,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let config = borrow_mut(config)?;
+        config.progress_hook = r#fn.map(|func| ProgressHook { func, userdata });
+        Ok(())
+    })
 }
 
 /// The number of CPUs pj may use: the smallest of the online CPUs, the process's affinity mask,

@@ -1,0 +1,311 @@
+//! Progress reporting for one call: joblib's verbose lines ([`verbose`]), pj's progress bar
+//! ([`bar`]) and the user's progress callback, behind one [`Progress`] the dispatcher drives.
+//!
+//! Everything here is pure logic: time comes from an injected [`Clock`] and output goes to an
+//! injected [`Sink`], so tests replay exact sequences. The real sink, [`StdStreams`], writes each
+//! piece of text with one write on stdout or stderr ([`emit`]), so lines from concurrent calls
+//! never interleave mid-line.
+//!
+//! The dispatcher reports its counters as a [`Snapshot`] (joblib's `n_dispatched_batches`,
+//! `n_dispatched_tasks`, `n_completed_tasks` and the state of the input), because joblib's choice
+//! of line and its filters depend on all of them.
+
+pub mod bar;
+pub mod verbose;
+
+use std::io::{self, IsTerminal, Write};
+use std::time::Instant;
+
+use crate::dispatch::SizeChange;
+
+pub use bar::ProgressBar;
+pub use verbose::{VerboseReporter, VerboseSettings};
+
+/// The dispatcher's counters when progress is evaluated, named after joblib's attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Batches handed to the backend so far; shapes 1 and 2 are filtered on it.
+    pub dispatched_batches: usize,
+    /// Tasks handed to the backend so far (D); shape 3's total.
+    pub dispatched_tasks: usize,
+    /// Tasks completed so far (k), counted a whole batch at a time.
+    pub completed_tasks: usize,
+    /// Completions no longer read input: it ran out, or `pre_dispatch="all"` reads it all up front
+    /// (joblib's `_original_iterator is None`). Selects shape 3 over shapes 1 and 2.
+    pub input_exhausted: bool,
+    /// More tasks may still be read from the input (joblib's `_iterating`); the final line waits
+    /// until it is false.
+    pub still_reading: bool,
+    /// The call is stopping early (a failure, a timeout, a cancellation): no final line.
+    pub aborting: bool,
+}
+
+impl Snapshot {
+    /// joblib's `_is_completed`: every dispatched task completed, no more input, no abort.
+    pub fn is_completed(&self) -> bool {
+        self.completed_tasks == self.dispatched_tasks && !self.still_reading && !self.aborting
+    }
+}
+
+/// A standard stream of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// File descriptor 1.
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+impl Stream {
+    /// Where joblib writes its verbose lines: stderr below 50, stdout from 50.
+    pub fn for_verbose(verbose: i64) -> Stream {
+        if verbose >= 50 {
+            Stream::Stdout
+        } else {
+            Stream::Stderr
+        }
+    }
+
+    /// Whether the stream is a terminal (for choosing the progress bar's behaviour).
+    pub fn is_terminal(self) -> bool {
+        match self {
+            Stream::Stdout => io::stdout().is_terminal(),
+            Stream::Stderr => io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// Writes `text` to `stream` in one piece: one `write_all` of the whole buffer on the locked handle,
+/// then a flush. stderr is unbuffered, so this is one write(2) (unless the kernel takes it in
+/// parts); stdout is line-buffered, and a buffer ending with a newline goes straight through, after
+/// whatever incomplete line Rust code in the process had buffered before it.
+pub fn emit(text: &str, stream: Stream) -> io::Result<()> {
+    match stream {
+        Stream::Stdout => {
+            let mut out = io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()
+        }
+        Stream::Stderr => {
+            let mut err = io::stderr().lock();
+            err.write_all(text.as_bytes())?;
+            err.flush()
+        }
+    }
+}
+
+/// Where [`Progress`] writes. Each call gets text to write in one piece.
+pub trait Sink: Send {
+    /// Writes `text` (one or more whole lines, or an in-place progress bar line) to `stream`.
+    fn write(&mut self, stream: Stream, text: &str);
+}
+
+/// The process's real stdout and stderr, through [`emit`]. Write errors are ignored: reporting
+/// progress must never fail a call (a closed stderr is the user's choice).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StdStreams;
+
+impl Sink for StdStreams {
+    fn write(&mut self, stream: Stream, text: &str) {
+        let _ = emit(text, stream);
+    }
+}
+
+/// The time since the call started.
+pub trait Clock: Send {
+    /// Seconds since the call started.
+    fn elapsed_seconds(&self) -> f64;
+}
+
+/// The call started at this instant.
+impl Clock for Instant {
+    fn elapsed_seconds(&self) -> f64 {
+        self.elapsed().as_secs_f64()
+    }
+}
+
+/// The user's progress callback: `(completed tasks, total or -1 while unknown, elapsed seconds)`,
+/// called once per completed task, on the thread that reports the completion.
+pub type ProgressCallback = Box<dyn FnMut(u64, i64, f64) + Send>;
+
+/// The bar and the stream it is drawn on.
+struct BarOutput {
+    bar: ProgressBar,
+    stream: Stream,
+}
+
+/// All progress reporting of one call: verbose lines, the progress bar and the progress callback.
+pub struct Progress {
+    verbose: VerboseReporter,
+    bar: Option<BarOutput>,
+    callback: Option<ProgressCallback>,
+    clock: Box<dyn Clock>,
+    sink: Box<dyn Sink>,
+    /// Tasks the callback has been told about.
+    announced_tasks: usize,
+    /// The latest counters: what the bar shows when redrawn after a verbose line, and at the end.
+    last: Snapshot,
+}
+
+impl Progress {
+    /// Reporting for one call, verbose lines only (none at verbose 0).
+    pub fn new(verbose: VerboseSettings, clock: Box<dyn Clock>, sink: Box<dyn Sink>) -> Self {
+        Progress {
+            verbose: VerboseReporter::new(verbose),
+            bar: None,
+            callback: None,
+            clock,
+            sink,
+            announced_tasks: 0,
+            last: Snapshot::default(),
+        }
+    }
+
+    /// Adds the user's callback, called once per completed task.
+    pub fn with_callback(mut self, callback: ProgressCallback) -> Self {
+        self.callback = Some(callback);
+        self
+    }
+
+    /// Adds a progress bar on `stream`, redrawn in place when `is_terminal` (see
+    /// [`Stream::is_terminal`]), else written as occasional full lines. Verbose lines written to
+    /// the same stream are kept apart from an in-place bar; on two streams that share a terminal
+    /// they are not, so put the bar on [`VerboseReporter::stream`] when both are wanted.
+    pub fn with_bar(mut self, stream: Stream, is_terminal: bool) -> Self {
+        self.bar = Some(BarOutput {
+            bar: ProgressBar::new(is_terminal),
+            stream,
+        });
+        self
+    }
+
+    /// A parallel call starts on `workers` workers of the backend called `backend_class_name`
+    /// ([`verbose::backend_class_name`]); prints nothing for one worker.
+    pub fn start(&mut self, backend_class_name: &str, workers: usize) {
+        if let Some(line) = self.verbose.start(backend_class_name, workers) {
+            self.write_verbose(line);
+        }
+    }
+
+    /// The auto-batching policy changed the batch size.
+    pub fn batch_size_changed(&mut self, change: &SizeChange) {
+        if let Some(line) = self.verbose.batch_size_changed(change) {
+            self.write_verbose(line);
+        }
+    }
+
+    /// A batch completed (on the sequential path: a task); `snapshot` already counts it. Calls the
+    /// callback once per newly completed task, then writes the verbose line and the bar if due.
+    pub fn completed(&mut self, snapshot: &Snapshot) {
+        let elapsed = self.clock.elapsed_seconds();
+        self.announce_tasks(snapshot, elapsed);
+        self.report(snapshot, elapsed);
+    }
+
+    /// The sequential path's loop ended (every task ran, or one failed): joblib evaluates its
+    /// progress once more there, which is where a sequential call's final line comes from.
+    pub fn loop_ended(&mut self, snapshot: &Snapshot) {
+        self.completed(snapshot);
+    }
+
+    /// The call is over: writes the bar's final line.
+    pub fn finish(mut self) {
+        if let Some(BarOutput { bar, stream }) = self.bar.take() {
+            let elapsed = self.clock.elapsed_seconds();
+            let last = self.last;
+            let total = self.known_total(&last);
+            let text = bar.finish(last.completed_tasks, total, elapsed);
+            self.sink.write(stream, &text);
+        }
+    }
+
+    /// The total to report: known from the start, or once the input has been read to its end.
+    fn known_total(&self, snapshot: &Snapshot) -> Option<usize> {
+        let read_to_end = snapshot.input_exhausted && !snapshot.still_reading;
+        self.verbose
+            .settings()
+            .total_tasks
+            .or(read_to_end.then_some(snapshot.dispatched_tasks))
+    }
+
+    fn announce_tasks(&mut self, snapshot: &Snapshot, elapsed: f64) {
+        let total = self
+            .known_total(snapshot)
+            .map_or(-1, |total| i64::try_from(total).unwrap_or(i64::MAX));
+        let Some(callback) = self.callback.as_mut() else {
+            return;
+        };
+        for done in self.announced_tasks + 1..=snapshot.completed_tasks {
+            callback(done as u64, total, elapsed);
+        }
+        self.announced_tasks = self.announced_tasks.max(snapshot.completed_tasks);
+    }
+
+    fn report(&mut self, snapshot: &Snapshot, elapsed: f64) {
+        self.last = *snapshot;
+        let line = self.verbose.progress(snapshot, elapsed);
+        let total = self.known_total(snapshot);
+        let verbose_stream = self.verbose.stream();
+        let done = snapshot.completed_tasks;
+        let Some(output) = self.bar.as_mut() else {
+            if let Some(line) = line {
+                self.sink.write(verbose_stream, &line);
+            }
+            return;
+        };
+        match line {
+            Some(line) if output.stream == verbose_stream => {
+                // One write: the verbose line (over the bar's line), then the bar.
+                let bar_was_on_screen = output.bar.has_line_on_screen();
+                let bar_text = if bar_was_on_screen {
+                    output.bar.redraw(done, total, elapsed)
+                } else {
+                    output.bar.update(done, total, elapsed)
+                };
+                let text = shared_stream_text(bar_was_on_screen, &line, bar_text.as_deref());
+                self.sink.write(verbose_stream, &text);
+            }
+            line => {
+                if let Some(line) = line {
+                    self.sink.write(verbose_stream, &line);
+                }
+                if let Some(text) = output.bar.update(done, total, elapsed) {
+                    self.sink.write(output.stream, &text);
+                }
+            }
+        }
+    }
+
+    /// Writes a verbose line outside a completion (start, batch size), keeping the bar intact.
+    fn write_verbose(&mut self, line: String) {
+        let stream = self.verbose.stream();
+        let last = self.last;
+        let total = self.known_total(&last);
+        match self.bar.as_mut() {
+            Some(output) if output.stream == stream && output.bar.has_line_on_screen() => {
+                let elapsed = self.clock.elapsed_seconds();
+                let bar_text = output.bar.redraw(last.completed_tasks, total, elapsed);
+                let text = shared_stream_text(true, &line, bar_text.as_deref());
+                self.sink.write(stream, &text);
+            }
+            _ => self.sink.write(stream, &line),
+        }
+    }
+}
+
+/// A verbose line and the bar on one stream, as one piece of text: an in-place bar line already on
+/// screen is cleared before the verbose line, and the bar is drawn again after it.
+fn shared_stream_text(clear_bar_first: bool, line: &str, bar_text: Option<&str>) -> String {
+    let mut text = String::with_capacity(line.len() + bar_text.map_or(0, str::len) + 4);
+    if clear_bar_first {
+        text.push_str(bar::CLEAR_LINE);
+    }
+    text.push_str(line);
+    if let Some(bar_text) = bar_text {
+        text.push_str(bar_text);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

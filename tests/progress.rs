@@ -1,0 +1,336 @@
+//! Progress: the callback on every backend, joblib's verbose lines on the real streams, the bar.
+//!
+//! Output scenarios run in a re-executed copy of this test binary (as in tests/processes.rs), so
+//! that their stdout and stderr can be captured whole.
+
+mod common;
+
+use std::ffi::c_void;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+const CASE: &str = "PJ_PROGRESS_CASE";
+
+/// What the progress callback saw: (completed, total, elapsed, on the caller's thread?).
+#[derive(Default)]
+struct Seen {
+    caller: Option<std::thread::ThreadId>,
+    calls: Mutex<Vec<(u64, i64, f64, bool)>>,
+}
+
+unsafe extern "C" fn record(userdata: *mut c_void, completed: u64, total: i64, elapsed: f64) {
+    // SAFETY: userdata is a live Seen for the duration of the call.
+    let seen = unsafe { &*(userdata as *const Seen) };
+    let on_caller = seen.caller == Some(std::thread::current().id());
+    seen.calls
+        .lock()
+        .unwrap()
+        .push((completed, total, elapsed, on_caller));
+}
+
+unsafe extern "C" fn nap_1ms(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    std::thread::sleep(Duration::from_millis(1));
+    // SAFETY: 8-byte arguments.
+    let y = (2 * unsafe { arg_u64(arg, len) }).to_ne_bytes();
+    pj_out_set(out, y.as_ptr(), 8);
+    0
+}
+
+/// Builds an executor with a progress callback recording into `seen`.
+fn with_callback(options: &[(&str, &str)], seen: &Seen) -> Par {
+    let cfg = config(options).unwrap();
+    assert_eq!(
+        pj_config_set_progress(
+            cfg,
+            Some(record),
+            (seen as *const Seen).cast_mut().cast(),
+            std::ptr::null_mut()
+        ),
+        pj_status::Ok
+    );
+    let mut par = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_new(cfg, &mut par, &mut err);
+    pj_config_free(cfg);
+    check(status, err).unwrap();
+    Par(par)
+}
+
+#[test]
+fn the_callback_sees_every_task_on_every_backend_on_the_callers_thread() {
+    for backend in ["processes", "threads", "sequential"] {
+        for n_jobs in ["1", "2"] {
+            let seen = Seen {
+                caller: Some(std::thread::current().id()),
+                ..Seen::default()
+            };
+            let par = with_callback(&[("backend", backend), ("n_jobs", n_jobs)], &seen);
+            let n = 120u64;
+            for i in 0..n {
+                par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .unwrap();
+            }
+            assert_eq!(par.collect().unwrap().len(), n as usize);
+            let calls = seen.calls.lock().unwrap();
+            let case = format!("{backend} n_jobs={n_jobs}");
+            let completed: Vec<u64> = calls.iter().map(|c| c.0).collect();
+            assert_eq!(completed, (1..=n).collect::<Vec<_>>(), "{case}");
+            assert!(
+                calls.iter().all(|c| c.3),
+                "{case}: always on the caller's thread"
+            );
+            assert!(
+                calls.iter().all(|c| c.1 == -1 || c.1 == n as i64),
+                "{case}: total is unknown or exact"
+            );
+            assert_eq!(
+                calls.last().unwrap().1,
+                n as i64,
+                "{case}: known at the end"
+            );
+            assert!(
+                calls.windows(2).all(|w| w[0].2 <= w[1].2),
+                "{case}: elapsed never goes back"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_callback_can_be_cleared_and_config_checks_progress_values() {
+    let seen = Seen::default();
+    let cfg = config(&[("backend", "threads")]).unwrap();
+    let userdata = (&seen as *const Seen).cast_mut().cast();
+    assert_eq!(
+        pj_config_set_progress(cfg, Some(record), userdata, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_config_set_progress(cfg, None, std::ptr::null_mut(), std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_config_set_progress(
+            std::ptr::null_mut(),
+            Some(record),
+            userdata,
+            std::ptr::null_mut()
+        ),
+        pj_status::NullArgument
+    );
+    let mut par = std::ptr::null_mut();
+    assert_eq!(
+        pj_parallel_new(cfg, &mut par, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    pj_config_free(cfg);
+    let par = Par(par);
+    par.submit(Some(nap_1ms), std::ptr::null_mut(), &1u64.to_ne_bytes())
+        .unwrap();
+    par.collect().unwrap();
+    assert!(seen.calls.lock().unwrap().is_empty());
+
+    for bad in ["Bar", "yes", ""] {
+        let err = config(&[("progress", bad)]).unwrap_err();
+        assert_eq!(err.status, pj_status::InvalidArgument, "{bad}");
+    }
+    for good in ["bar", "none"] {
+        pj_config_free(config(&[("progress", good)]).unwrap());
+    }
+}
+
+/// Runs `child_case` for `case`; returns (stdout, stderr).
+fn run_case(case: &str, extra_env: &[(&str, &str)]) -> (String, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_case",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CASE, case)
+        .envs(extra_env.iter().copied())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(
+        output.status.success(),
+        "case {case}: {}\n{stdout}\n{stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}
+
+/// Lines of `text` that pj wrote with the given prefix.
+fn pj_lines<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+    text.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// The re-executed scenarios. Ignored in normal runs.
+#[test]
+#[ignore]
+fn child_case() {
+    let Ok(case) = std::env::var(CASE) else {
+        return;
+    };
+    // The harness prints "test child_case ... " without a newline: start on a fresh line.
+    println!();
+    let run = |options: &[(&str, &str)], n: u64| {
+        let par = parallel(options).unwrap();
+        for i in 0..n {
+            par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                .unwrap();
+        }
+        assert_eq!(par.collect().unwrap().len(), n as usize);
+    };
+    match case.as_str() {
+        "verbose10" => run(
+            &[("backend", "processes"), ("n_jobs", "2"), ("verbose", "10")],
+            100,
+        ),
+        "verbose100" => run(
+            &[
+                ("backend", "threads"),
+                ("n_jobs", "2"),
+                ("verbose", "100"),
+                ("batch_size", "1"),
+            ],
+            400,
+        ),
+        "sequential" => run(&[("n_jobs", "1"), ("verbose", "10")], 20),
+        "bar" => run(
+            &[
+                ("backend", "threads"),
+                ("n_jobs", "2"),
+                ("progress", "bar"),
+                ("batch_size", "1"),
+            ],
+            300,
+        ),
+        other => panic!("unknown case {other}"),
+    }
+}
+
+#[test]
+fn verbose_lines_go_to_stderr_with_joblibs_shapes() {
+    let (stdout, stderr) = run_case("verbose10", &[]);
+    let prefix = "[Parallel(n_jobs=2)]: ";
+    assert!(
+        pj_lines(&stdout, prefix).is_empty(),
+        "nothing on stdout below 50: {stdout}"
+    );
+    let lines = pj_lines(&stderr, prefix);
+    assert_eq!(
+        lines.first().copied(),
+        Some("[Parallel(n_jobs=2)]: Using backend LokyBackend with 2 concurrent workers."),
+        "{stderr}"
+    );
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("[Parallel(n_jobs=2)]: Done 100 out of 100 | elapsed:")
+            && last.ends_with("finished"),
+        "{stderr}"
+    );
+    // Every line is one of joblib's progress shapes or an auto-batching note, whole.
+    for line in &lines[1..] {
+        let body = &line[prefix.len()..];
+        let progress = body.starts_with("Done ") && body.contains("| elapsed:");
+        let batching = body.starts_with("Batch computation too ") && body.contains("batch_size=");
+        assert!(progress || batching, "{line}");
+    }
+}
+
+#[test]
+fn verbose_100_goes_to_stdout_one_whole_line_at_a_time() {
+    let (stdout, stderr) = run_case("verbose100", &[]);
+    let prefix = "[Parallel(n_jobs=2)]: ";
+    assert!(
+        pj_lines(&stderr, prefix).is_empty(),
+        "nothing on stderr from 50: {stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("[Parallel")).collect();
+    // At verbose > 10 every batch prints (400 batches of one task), but for the few that joblib's
+    // "remaining" filter drops near the end.
+    assert!(lines.len() >= 390, "{} lines", lines.len());
+    assert!(lines.last().unwrap().ends_with("finished"), "{stdout}");
+    for line in &lines {
+        // A line interleaved with another would hold two prefixes or start mid-way.
+        assert!(line.starts_with(prefix), "{line:?}");
+        assert_eq!(line.matches("[Parallel").count(), 1, "{line:?}");
+    }
+}
+
+#[test]
+fn a_sequential_call_prints_its_final_line() {
+    let (_, stderr) = run_case("sequential", &[]);
+    let lines = pj_lines(&stderr, "[Parallel(n_jobs=1)]: ");
+    assert!(
+        !lines.iter().any(|l| l.contains("Using backend")),
+        "a sequential call has no backend line: {stderr}"
+    );
+    let last = lines.last().unwrap_or_else(|| panic!("no line: {stderr}"));
+    assert!(
+        last.starts_with("[Parallel(n_jobs=1)]: Done  20 out of  20 | elapsed:")
+            && last.ends_with("finished"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_bar_prints_plain_lines_when_stderr_is_not_a_terminal() {
+    let (_, stderr) = run_case("bar", &[]);
+    assert!(
+        !stderr.contains('\r'),
+        "no in-place redraw on a pipe: {stderr:?}"
+    );
+    let last = stderr
+        .lines()
+        .rfind(|l| l.contains("300/300"))
+        .unwrap_or_else(|| panic!("the final line shows the total: {stderr:?}"));
+    assert!(last.contains("100%"), "{last}");
+    assert!(stderr.ends_with('\n'));
+}
+
+#[test]
+fn the_bar_redraws_in_place_on_a_terminal() {
+    // `script` gives the child a pseudo-terminal and copies what it writes.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let command = format!(
+        "{CASE}=bar {} --exact child_case --ignored --nocapture --test-threads=1",
+        exe.display()
+    );
+    let output = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    let redraws = text.matches("\r\x1b[K").count();
+    assert!(redraws >= 2, "the bar is redrawn in place: {text:?}");
+    let tail = &text[text.rfind("\r\x1b[K").unwrap()..];
+    assert!(
+        tail.contains("300/300") && tail.contains("100%"),
+        "{tail:?}"
+    );
+    // The bar's last drawing ends its line (the pty turns "\n" into "\r\n").
+    let after_bar = &tail[tail.find("100%").unwrap()..];
+    assert!(after_bar.contains('\n'), "{tail:?}");
+}
