@@ -481,6 +481,9 @@ fn workers_see_the_parents_memory_and_return_in_order() {
         // SAFETY: userdata is a Vec<u64> the parent built before the call; arguments are 8 bytes.
         let (table, i) = unsafe { (&*(userdata as *const Vec<u64>), arg_u64(arg, len) as usize) };
         let pid = std::process::id() as u64;
+        // Long enough that one worker cannot drain the queue before the other one starts, even
+        // on a loaded machine.
+        std::thread::sleep(std::time::Duration::from_micros(200));
         let bytes = [table[i % table.len()].to_ne_bytes(), pid.to_ne_bytes()].concat();
         pj_out_set(out, bytes.as_ptr(), bytes.len());
         0
