@@ -149,6 +149,25 @@ typedef struct pj_parallel_t pj_parallel_t;
 // `pj_results_error_count`, `pj_results_free`.
 typedef struct pj_results_t pj_results_t;
 
+// A buffer shared by the caller and every worker, threads or processes: joblib's "each task fills
+// its own slice of a w+ output array" pattern. Created by `pj_shared_new`, owned by the caller,
+// freed with `pj_shared_free`. Its bytes start zeroed and live in a memory-mapped file in the
+// temp folder, created without a name, so nothing is left in the folder however the process ends.
+//
+// Processes: a worker sees the buffer when it was created before the worker was forked, which is
+// the case for every buffer created before the call starts (workers are forked at each call's
+// start). With keep_workers=true, create buffers before the first call: a worker forked earlier
+// does not have the mapping. Writes from workers are visible to the caller as soon as the call
+// returns. pj adds no synchronisation: tasks should write disjoint ranges.
+//
+// Methods: `pj_shared_data`, `pj_shared_len`, `pj_shared_free`.
+typedef struct pj_shared_t pj_shared_t;
+
+// The unwinder's opaque per-frame context.
+typedef struct {
+  uint8_t _private[0];
+} UnwindContext;
+
 // A progress callback for `pj_config_set_progress`: called with the `userdata` given there, the
 // number of tasks completed so far, the total number of tasks (-1 while unknown: pj learns it when
 // the input ends, at `pj_parallel_collect` or when the producer returns 0) and the seconds
@@ -194,6 +213,10 @@ typedef int32_t (*pj_producer_fn)(void *userdata, const uint8_t **arg_out, size_
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+extern int _Unwind_Backtrace(int (*trace)(UnwindContext*, void*), void *arg);
+
+extern size_t _Unwind_GetIPInfo(UnwindContext *context, int *ip_before_insn);
 
 // A short, static description of a status: `"PJ_STATUS_TIMEOUT: a task exceeded the timeout"`.
 // Unknown numbers give `"unknown pj_status"`. The string is static: never free it.
@@ -526,6 +549,30 @@ size_t pj_results_error_count(const pj_results_t *results);
 // Frees results (and every pointer `pj_results_get` and `pj_results_error` returned from them).
 // NULL is a no-op.
 void pj_results_free(pj_results_t *results);
+
+// Creates a zeroed shared buffer of `nbytes` bytes (0 is allowed: `pj_shared_data` is then a
+// non-NULL pointer that must not be dereferenced) in the temp folder that `config` resolves to
+// (its `temp_folder` option, else PJ_TEMP_FOLDER, /dev/shm when it has more than 2 GB free,
+// TMPDIR/TEMP/TMP, /tmp); `config` may be NULL for the defaults. The space is reserved now, so
+// a full folder fails here rather than as a SIGBUS in a task.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `shared_out` is NULL; PJ_STATUS_IO when the
+// folder is missing, not writable or too full (the message names the folder and the system error).
+pj_status pj_shared_new(const pj_config_t *config,
+                        size_t nbytes,
+                        pj_shared_t **shared_out,
+                        pj_error_t **error_out);
+
+// The buffer's first byte, writable by the caller and by tasks; valid until `pj_shared_free`.
+// NULL gives NULL.
+uint8_t *pj_shared_data(const pj_shared_t *shared);
+
+// The buffer's size in bytes. NULL gives 0.
+size_t pj_shared_len(const pj_shared_t *shared);
+
+// Frees a shared buffer: unmaps it here (workers that still map it keep their own mapping until
+// they exit). No call that uses it may be running. NULL is a no-op.
+void pj_shared_free(pj_shared_t *shared);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -20,7 +20,7 @@ if ! log=$(configure 2>&1 && cmake --build build 2>&1); then
     printf '%s\n' "$log" >&2
     exit 1
 fi
-for example in sqrt modf; do
+for example in sqrt modf shared_output progress; do
     printf '\n$ build/examples/%s    # examples/%s.c\n' "$example" "$example"
     "build/examples/$example"
 done

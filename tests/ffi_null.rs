@@ -287,6 +287,13 @@ fn results_and_error_functions() {
     assert_eq!(pj_results_get(res, 0, &mut data, &mut len), pj_status::Ok);
     assert_eq!(len, 0);
     assert!(!data.is_null());
+    assert_eq!(pj_results_status(res, 0), pj_status::Ok);
+    assert_eq!(pj_results_status(res, 1), pj_status::InvalidArgument);
+    assert_eq!(pj_results_status(null(), 0), pj_status::NullArgument);
+    assert!(pj_results_error(res, 0).is_null());
+    assert!(pj_results_error(null(), 0).is_null());
+    assert_eq!(pj_results_error_count(res), 0);
+    assert_eq!(pj_results_error_count(null()), 0);
     pj_results_free(res);
 
     assert_eq!(pj_error_status(null()), pj_status::NullArgument);
@@ -298,4 +305,25 @@ fn results_and_error_functions() {
     assert_eq!(pj_error_task_index(null()), -1);
     assert_eq!(pj_error_callback_code(null()), 0);
     pj_error_free(null_mut());
+}
+
+#[test]
+fn shared_buffer_functions() {
+    let mut err = null_mut();
+    expect_null_argument(
+        pj_shared_new(null(), 16, null_mut(), &mut err),
+        err,
+        "shared_out",
+    );
+    assert!(pj_shared_data(null()).is_null());
+    assert_eq!(pj_shared_len(null()), 0);
+    pj_shared_free(null_mut());
+    let mut shared = null_mut();
+    assert_eq!(
+        pj_shared_new(null(), 0, &mut shared, null_mut()),
+        pj_status::Ok
+    );
+    assert!(!pj_shared_data(shared).is_null());
+    assert_eq!(pj_shared_len(shared), 0);
+    pj_shared_free(shared);
 }

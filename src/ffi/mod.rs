@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod parallel;
 mod results;
+mod shared;
 
 use std::ffi::{CStr, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -24,6 +25,7 @@ pub use config::*;
 pub use error::*;
 pub use parallel::*;
 pub use results::*;
+pub use shared::*;
 
 use crate::error::{Error, ErrorKind, panic_message};
 
