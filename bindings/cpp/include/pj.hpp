@@ -10,6 +10,10 @@
  *
  *     for (auto&& [i, r] : par.imap(inputs, f)) { ... }  // streaming, in input order
  *     try { par.map(inputs, f); } catch (const pj::TaskError& e) { e.task_index(); e.what(); }
+ *
+ *     pj::Parallel each(pj::Options().n_jobs(2).on_error("collect")     // every task runs
+ *                           .progress([](const pj::Progress& p) { ... }));  // on this thread
+ *     for (const pj::Outcome<double>& o : each.map_collect(inputs, f)) { o.ok(); o.error(); }
  * @endcode
  *
  * @par Ownership
@@ -26,7 +30,9 @@
  * `noexcept` trampoline and becomes a TaskError whose message holds its what() (or "unknown C++
  * exception"): nothing unwinds into pj, std::terminate is never called, and the pj::Parallel is
  * ready for the next call. An exception thrown by the input range (while pj pulls inputs, on the
- * caller's thread) is rethrown as it is.
+ * caller's thread) or by the progress function (Options::progress, on the caller's thread; it also
+ * cancels the call) is rethrown as it is. With on_error("collect"), Parallel::map_collect returns
+ * each task's pj::Outcome (value or pj::Error) instead of throwing the first failure.
  *
  * @par Where a function runs (read this once)
  * - "processes" (the default backend, as in joblib): in worker processes forked from the caller
@@ -67,12 +73,14 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace pj {
 
 class Options;
 class Parallel;
+class ScopedConfig;
 
 // ------------------------------------------------------------------------------------------------
 // Version and machine
@@ -241,6 +249,12 @@ public:
     }
 }
 
+/// Throws `error` again as the exception class for its status (TaskError, TimeoutError, ...).
+[[noreturn]] inline void throw_error(const Error& error) {
+    throw_error(error.status(), error.what(), error.report(), error.task_index(),
+                error.callback_code());
+}
+
 /// Throws the exception for `status` with the contents of `error` (which may be empty).
 [[noreturn]] inline void throw_error(pj_status status, const ErrorHandle& error) {
     const pj_error_t* raw = error.capi();
@@ -387,6 +401,150 @@ struct codec<std::vector<U, Alloc>> {
 };
 
 // ------------------------------------------------------------------------------------------------
+// Progress
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * One progress report, for a function given to Options::progress (which also accepts a function of
+ * the three fields: `void(std::uint64_t completed, std::int64_t total, double elapsed_seconds)`).
+ */
+struct Progress {
+    /// Tasks completed so far: 1, 2, 3, ... (one report per task, in this order).
+    std::uint64_t completed = 0;
+    /// The number of tasks in the call, or -1 while it is unknown (pj learns it when the input
+    /// range has been read to its end).
+    std::int64_t total = -1;
+    /// Seconds since the call started.
+    double elapsed_seconds = 0;
+
+    /// Whether `total` is known.
+    bool total_known() const noexcept { return total >= 0; }
+};
+
+namespace detail {
+
+/// The function given to Options::progress, on the heap: shared by the Options, every Parallel
+/// made from them and every ScopedConfig pushing them, because each C config copied from them
+/// points at it.
+struct ProgressState {
+    ProgressState() = default;
+    ProgressState(const ProgressState&) = delete;
+    ProgressState& operator=(const ProgressState&) = delete;
+    virtual ~ProgressState() = default;
+    virtual void call(const Progress& progress) = 0;
+};
+
+template <typename F>
+inline constexpr bool is_progress_function_v =
+    std::is_invocable_v<F&, const Progress&> ||
+    std::is_invocable_v<F&, std::uint64_t, std::int64_t, double>;
+
+template <typename F>
+struct ProgressFunction final : ProgressState {
+    template <typename G>
+    explicit ProgressFunction(G&& g) : f(std::forward<G>(g)) {}
+
+    void call(const Progress& progress) override {
+        if constexpr (std::is_invocable_v<F&, const Progress&>) {
+            std::invoke(f, progress);
+        } else {
+            std::invoke(f, progress.completed, progress.total, progress.elapsed_seconds);
+        }
+    }
+
+    F f;
+};
+
+using ProgressStates = std::vector<std::shared_ptr<ProgressState>>;
+
+/// The progress functions of this thread's ScopedConfigs, innermost last (a pj::Parallel made in
+/// their scope may inherit one, so it keeps them all alive).
+inline ProgressStates& scoped_progress() {
+    static thread_local ProgressStates states;
+    return states;
+}
+
+/// A call pj.hpp drives on this thread (pj_parallel_map, pj_parallel_imap, pj_parallel_next):
+/// which executor runs it, which progress functions it may call, and the first exception one of
+/// them threw. Scopes nest (a task run on the caller's thread may make its own call).
+class CallScope {
+public:
+    CallScope(pj_parallel_t* handle, const ProgressStates* states) noexcept
+        : handle_(handle), states_(states), outer_(current()) {
+        current() = this;
+    }
+    CallScope(const CallScope&) = delete;
+    CallScope& operator=(const CallScope&) = delete;
+    ~CallScope() { current() = outer_; }
+
+    /// The innermost scope of this thread, or NULL.
+    static CallScope*& current() noexcept {
+        static thread_local CallScope* scope = nullptr;
+        return scope;
+    }
+
+    /// Whether a progress function of this call threw.
+    bool failed() const noexcept { return static_cast<bool>(error_); }
+    /// Rethrows what a progress function of this call threw, if anything.
+    void rethrow_if_failed() {
+        if (error_) {
+            std::rethrow_exception(std::exchange(error_, nullptr));
+        }
+    }
+
+    /// Whether `state` is a progress function of this call's executor.
+    bool owns(const void* state) const noexcept {
+        if (states_ != nullptr) {
+            for (const auto& owned : *states_) {
+                if (owned.get() == state) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    /// Keeps the first exception and cancels the call (pj_parallel_cancel only stores atomics).
+    void fail(std::exception_ptr error) noexcept {
+        if (!error_) {
+            error_ = std::move(error);
+            pj_parallel_cancel(handle_);
+        }
+    }
+
+private:
+    pj_parallel_t* handle_;
+    const ProgressStates* states_;
+    CallScope* outer_;
+    std::exception_ptr error_;
+};
+
+/// The pj_progress_fn given to pj_config_set_progress: calls the function on the thread that drives
+/// the call. Never lets anything unwind: an exception is kept in the call's CallScope, the call is
+/// cancelled and the function is not called again during it; the pj.hpp call that drives it
+/// (map, an iteration of a Stream) rethrows the exception once pj has returned. Outside a pj.hpp
+/// call (the C API used on Parallel::capi()), an exception is dropped.
+inline void progress_trampoline(void* userdata, std::uint64_t completed, std::int64_t total,
+                                double elapsed_seconds) noexcept {
+    CallScope* scope = CallScope::current();
+    if (scope != nullptr && !scope->owns(userdata)) {
+        scope = nullptr;  // another executor's call, made through the C API inside a task
+    }
+    if (scope != nullptr && scope->failed()) {
+        return;  // the call is being cancelled: no more reports
+    }
+    try {
+        static_cast<ProgressState*>(userdata)->call(Progress{completed, total, elapsed_seconds});
+    } catch (...) {
+        if (scope != nullptr) {
+            scope->fail(std::current_exception());
+        }
+    }
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------------------------------------------
 // Options
 // ------------------------------------------------------------------------------------------------
 
@@ -401,10 +559,9 @@ struct codec<std::vector<U, Alloc>> {
  *     auto opts = pj::Options().set("pre_dispatch", "3*n_jobs");
  * @endcode
  *
- * pj::Parallel copies the options: they may change or die afterwards. Move-only (pj has no
- * pj_config_clone). Not thread-safe for writing.
- *
- * Not yet here: a progress callback (the C API has no pj_config_set_progress yet).
+ * pj::Parallel copies the options: they may change or die afterwards (a progress function is
+ * shared, not copied: see progress()). Move-only (pj has no pj_config_clone). Not thread-safe for
+ * writing.
  */
 class Options {
 public:
@@ -533,16 +690,100 @@ public:
     Options& keep_workers(bool keep) & { return set("keep_workers", keep ? "true" : "false"); }
     Options&& keep_workers(bool keep) && { return std::move(keep_workers(keep)); }
 
+    /// What a failed task does (pj's own option): "raise" (the default, as joblib: the first
+    /// failure ends the call and is thrown) or "collect" (every task runs; Parallel::map_collect
+    /// gives each task's outcome, Parallel::map throws the first failure after all ran).
+    Options& on_error(const std::string& policy) & { return set("on_error", policy); }
+    Options&& on_error(const std::string& policy) && { return std::move(on_error(policy)); }
+
+    /// While a call blocks, a SIGINT (Ctrl-C) cancels it (the call throws CancelledError) instead
+    /// of killing the process; pj's handler is installed only while the call blocks.
+    Options& handle_sigint(bool handle) & {
+        return set("handle_sigint", handle ? "true" : "false");
+    }
+    Options&& handle_sigint(bool handle) && { return std::move(handle_sigint(handle)); }
+
+    /// pj's progress bar on stderr (redrawn in place on a terminal), independent of verbose() and
+    /// of progress().
+    Options& progress_bar(bool show) & { return set("progress", show ? "bar" : "none"); }
+    Options&& progress_bar(bool show) && { return std::move(progress_bar(show)); }
+
+    /**
+     * A function told of every completed task: `f(const pj::Progress&)` or
+     * `f(std::uint64_t completed, std::int64_t total, double elapsed_seconds)`, as in
+     *
+     * @code
+     *     pj::Options().n_jobs(4).progress([](std::uint64_t done, std::int64_t total, double) {
+     *         std::fprintf(stderr, "\r%llu/%lld", (unsigned long long)done, (long long)total);
+     *     });
+     * @endcode
+     *
+     * It is called on the thread that runs the call (inside map(), or while a Stream is iterated),
+     * on every backend, once per task with completed = 1, 2, 3, ... in order, but as batches
+     * complete (several reports may come at once); total is -1 until the input has been read to
+     * its end. It should return quickly. It is called as a non-const lvalue and shared, not copied:
+     * the options, every pj::Parallel made from them (or in the scope of a ScopedConfig of them)
+     * and their streams own it together, so it lives as long as any of them can call it. Two such
+     * objects running calls on two threads at once call it concurrently.
+     *
+     * If it throws, nothing reaches pj: the exception is caught, the call is cancelled
+     * (pj_parallel_cancel: queued tasks never start, process workers are killed), the function is
+     * not called again during that call, and the exception is rethrown as it is (its own type,
+     * not a pj::Error) from the map() or the Stream iteration that drove the call, once the call
+     * has stopped. The pj::Parallel is ready for the next call. (In a call made with the C API on
+     * Parallel::capi(), there is nothing to rethrow from: the exception is dropped.)
+     *
+     * Replaces a previous progress function; progress(nullptr) (or a null function pointer)
+     * removes it. A pj::Parallel made earlier keeps the function it was made with.
+     */
+    template <typename F>
+    Options& progress(F&& f) & {
+        using Fn = std::decay_t<F>;
+        static_assert(detail::is_progress_function_v<Fn>,
+                      "pj::Options::progress: the function must be callable as "
+                      "f(const pj::Progress&) or f(std::uint64_t, std::int64_t, double)");
+        if constexpr (std::is_pointer_v<std::remove_reference_t<F>>) {  // not a function reference
+            if (f == nullptr) {
+                return progress(nullptr);
+            }
+        }
+        pj_config_t* config = raw();
+        auto state = std::make_shared<detail::ProgressFunction<Fn>>(std::forward<F>(f));
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_progress(config, &detail::progress_trampoline, state.get(),
+                                             err.out()),
+                      err);
+        progress_ = std::move(state);
+        return *this;
+    }
+    template <typename F>
+    Options&& progress(F&& f) && {
+        return std::move(progress(std::forward<F>(f)));
+    }
+    /// Removes the progress function.
+    Options& progress(std::nullptr_t) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_progress(raw(), nullptr, nullptr, err.out()), err);
+        progress_.reset();
+        return *this;
+    }
+    Options&& progress(std::nullptr_t) && { return std::move(progress(nullptr)); }
+
     /// The number of workers a pj::Parallel made from these options would use (joblib's
     /// effective_n_jobs), scoped defaults included. Throws when the options cannot be resolved.
     std::size_t effective_n_jobs() const;
 
     /// The config, still owned by this object.
     pj_config_t* capi() const noexcept { return handle_.capi(); }
-    /// Gives up ownership: free the result with pj_config_free.
+    /// Gives up ownership: free the result with pj_config_free. A progress function stays owned by
+    /// this object (the config points at it): keep the object alive while the config, or an
+    /// executor made from it with the C API, may run calls.
     pj_config_t* release() noexcept { return handle_.release(); }
 
 private:
+    friend class Parallel;
+    friend class ScopedConfig;
+
     pj_config_t* raw() const {
         if (!handle_) {
             throw Error(PJ_STATUS_NULL_ARGUMENT, "pj::Options: used after being moved from");
@@ -551,6 +792,7 @@ private:
     }
 
     Handle<pj_config_t, pj_config_free> handle_;
+    std::shared_ptr<detail::ProgressState> progress_;  // what the config's progress userdata is
 };
 
 /**
@@ -561,13 +803,24 @@ private:
  */
 class ScopedConfig {
 public:
+    /// A progress function of `options` is shared with the pj::Parallel objects made in the scope
+    /// that inherit it (they keep it alive after the scope ends).
     explicit ScopedConfig(const Options& options) {
         detail::ErrorSlot err;
         detail::check(pj_config_push(options.capi(), err.out()), err);
+        try {
+            detail::scoped_progress().push_back(options.progress_);
+        } catch (...) {
+            pj_config_pop(nullptr);
+            throw;
+        }
     }
     ScopedConfig(const ScopedConfig&) = delete;
     ScopedConfig& operator=(const ScopedConfig&) = delete;
-    ~ScopedConfig() { pj_config_pop(nullptr); }
+    ~ScopedConfig() {
+        pj_config_pop(nullptr);
+        detail::scoped_progress().pop_back();
+    }
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -650,6 +903,63 @@ public:
 
 private:
     Handle<pj_results_t, pj_results_free> handle_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Outcome (Parallel::map_collect)
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * What one task of Parallel::map_collect gave: its value, or the pj::Error that says why it failed
+ * (status PJ_STATUS_TASK_FAILED when the function threw, PJ_STATUS_TIMEOUT, PJ_STATUS_WORKER_DIED
+ * or PJ_STATUS_PANIC; the task's index, pj's message and report). Copyable when R is.
+ *
+ * @code
+ *     for (const pj::Outcome<double>& o : par.map_collect(inputs, f)) {
+ *         if (o) use(o.value()); else log(o.error()->what());
+ *     }
+ * @endcode
+ */
+template <typename R>
+class Outcome {
+public:
+    /// A success.
+    explicit Outcome(R value) : v_(std::in_place_index<0>, std::move(value)) {}
+    /// A failure.
+    explicit Outcome(Error error) : v_(std::in_place_index<1>, std::move(error)) {}
+
+    /// Whether the task succeeded.
+    bool ok() const noexcept { return v_.index() == 0; }
+    explicit operator bool() const noexcept { return ok(); }
+    /// PJ_STATUS_OK, or the status the task failed with.
+    pj_status status() const noexcept { return ok() ? PJ_STATUS_OK : std::get<1>(v_).status(); }
+
+    /// The value; throws the task's error, as its class (TaskError, TimeoutError,
+    /// WorkerDiedError, pj::Error), when the task failed.
+    R& value() & {
+        throw_if_failed();
+        return std::get<0>(v_);
+    }
+    const R& value() const& {
+        throw_if_failed();
+        return std::get<0>(v_);
+    }
+    R&& value() && {
+        throw_if_failed();
+        return std::get<0>(std::move(v_));
+    }
+
+    /// The error when the task failed, NULL when it succeeded.
+    const Error* error() const noexcept { return std::get_if<1>(&v_); }
+
+private:
+    void throw_if_failed() const {
+        if (const Error* e = error()) {
+            throw_error(*e);
+        }
+    }
+
+    std::variant<R, Error> v_;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -815,16 +1125,19 @@ private:
 };
 
 /// What a pj::Parallel shares with its streams: the handle (freed with the last owner, so a
-/// stream may outlive its Parallel) and a count of the calls started, which tells a stream whether
-/// its call is still the one in flight.
+/// stream may outlive its Parallel), a count of the calls started, which tells a stream whether
+/// its call is still the one in flight, and the progress functions the handle may call.
 struct Core {
-    explicit Core(pj_parallel_t* raw) noexcept : handle(raw) {}
+    Core(pj_parallel_t* raw, ProgressStates progress_in) noexcept
+        : handle(raw), progress(std::move(progress_in)) {}
     Core(const Core&) = delete;
     Core& operator=(const Core&) = delete;
-    ~Core() { pj_parallel_free(handle); }
+    ~Core() { pj_parallel_free(handle); }  // before `progress` dies
 
     pj_parallel_t* handle;
     std::atomic<std::uint64_t> calls{0};
+    /// The progress functions its config may point at (its options', its ScopedConfigs').
+    ProgressStates progress;
 };
 
 /// The state of one imap call: the stored range, the function object, the producer. On the heap,
@@ -871,7 +1184,10 @@ struct ImapState final : StreamState {
  *
  * Order: input order, or completion order when the options say return_as("generator_unordered").
  * The inputs are pulled lazily, on the iterating thread, as the pre-dispatch window has room.
- * A failed task throws (TaskError, WorkerDiedError, ...) from the iteration; the call is then over.
+ * A failed task throws (TaskError, WorkerDiedError, ...) from the iteration; the call is then over,
+ * except with on_error("collect"): then the call goes on, and incrementing the iterator again
+ * (after catching the error) reads the next result. An exception thrown by the progress function
+ * (Options::progress) is rethrown as it is from the iteration and ends the call.
  *
  * Lifetime: an lvalue input range must outlive the stream (an rvalue one is moved into it); the
  * function object is always copied (or moved) into it. Destroying a stream before its end
@@ -964,17 +1280,30 @@ private:
                                      "pj::Stream: another call on the same pj::Parallel "
                                      "abandoned this stream's call");
             }
-            std::size_t index = 0;
+            constexpr std::size_t no_index = static_cast<std::size_t>(-1);
+            std::size_t index = no_index;
             const std::uint8_t* data = nullptr;
             std::size_t len = 0;
             detail::ErrorSlot err;
+            detail::CallScope scope(core->handle, &core->progress);
             const pj_status status = pj_parallel_next(core->handle, &index, &data, &len, err.out());
+            // With on_error=collect, a failed task's turn comes with its index: the call goes on.
+            const bool call_goes_on =
+                status == PJ_STATUS_OK || (status != PJ_STATUS_DONE && index != no_index);
+            if (scope.failed()) {
+                // The progress function threw (and cancelled the call): end it, rethrow.
+                if (call_goes_on && status != PJ_STATUS_BUSY) {
+                    abandon();
+                }
+                finished = true;
+                scope.rethrow_if_failed();
+            }
             if (status == PJ_STATUS_DONE) {
                 finished = true;
                 return false;
             }
             if (status != PJ_STATUS_OK) {
-                if (status != PJ_STATUS_BUSY) {
+                if (status != PJ_STATUS_BUSY && !call_goes_on) {
                     finished = true;  // pj ended the call
                 }
                 state->rethrow_if_failed();
@@ -1040,10 +1369,11 @@ class Parallel {
 public:
     /// Every default (scoped defaults of this thread included): n_jobs 1, so tasks run on the
     /// caller's thread.
-    Parallel() : Parallel(nullptr) {}
-    /// From options (copied: they may change or die afterwards). Throws InvalidArgument when they
-    /// are inconsistent (e.g. backend "processes" with require "sharedmem").
-    explicit Parallel(const Options& options) : Parallel(options.capi()) {}
+    Parallel() : Parallel(nullptr, nullptr) {}
+    /// From options (copied: they may change or die afterwards; a progress function is shared).
+    /// Throws InvalidArgument when they are inconsistent (e.g. backend "processes" with require
+    /// "sharedmem").
+    explicit Parallel(const Options& options) : Parallel(options.capi(), options.progress_) {}
 
     Parallel(Parallel&&) noexcept = default;
     Parallel& operator=(Parallel&&) noexcept = default;
@@ -1059,7 +1389,10 @@ public:
      * are read lazily, on this thread, as the pre-dispatch window has room.
      *
      * Throws TaskError (index and f's what()) when f throws in a task, WorkerDiedError when a worker
-     * process dies, the range's own exception when reading the range throws, pj::Error otherwise.
+     * process dies, the range's own exception when reading the range throws, the progress
+     * function's own exception when it throws (see Options::progress), pj::Error otherwise. With
+     * on_error("collect") every task runs first, then the first failed task's error (in input
+     * order) is thrown; map_collect gives every task's outcome instead.
      */
     template <typename Range, typename F, typename R = detail::map_result_t<Range, F>>
     std::vector<R> map(Range&& inputs, F&& f) {
@@ -1078,6 +1411,39 @@ public:
     std::vector<R> map_indexed(std::size_t n, F&& f) {
         detail::IndexRange indices(n);
         return map_impl<R>(indices, f);
+    }
+
+    /**
+     * map() that returns every task's outcome, in input order: its value, or the pj::Error it
+     * failed with (see pj::Outcome). For options with on_error("collect"), where every task runs
+     * whatever fails:
+     *
+     * @code
+     *     pj::Parallel par(pj::Options().n_jobs(4).on_error("collect"));
+     *     std::vector<pj::Outcome<double>> out = par.map_collect(inputs, f);
+     * @endcode
+     *
+     * With on_error("raise") (the default) a failure still ends the call and is thrown, as from
+     * map(). What does not concern one task is thrown too: the range's or the progress function's
+     * exception, a cancellation, BUSY, and a result the codec cannot decode.
+     */
+    template <typename Range, typename F, typename R = detail::map_result_t<Range, F>>
+    std::vector<Outcome<R>> map_collect(Range&& inputs, F&& f) {
+        return map_collect_impl<R>(inputs, f);
+    }
+
+    /// map_collect over a braced list.
+    template <typename T, typename F,
+              typename R = detail::map_result_t<std::initializer_list<T>, F>>
+    std::vector<Outcome<R>> map_collect(std::initializer_list<T> inputs, F&& f) {
+        return map_collect_impl<R>(inputs, f);
+    }
+
+    /// map_collect over 0, 1, ..., n-1 (as std::size_t).
+    template <typename F, typename R = detail::map_result_t<detail::IndexRange, F>>
+    std::vector<Outcome<R>> map_indexed_collect(std::size_t n, F&& f) {
+        detail::IndexRange indices(n);
+        return map_collect_impl<R>(indices, f);
     }
 
     /**
@@ -1102,29 +1468,44 @@ public:
     pj_parallel_t* capi() const noexcept { return core_ ? core_->handle : nullptr; }
 
 private:
-    explicit Parallel(const pj_config_t* config) {
+    /// `own`: the progress function of the options (its config points at it), or NULL.
+    Parallel(const pj_config_t* config, std::shared_ptr<detail::ProgressState> own) {
+        // Every progress function the new object may call: its own, or one it inherits from a
+        // ScopedConfig of this thread (pj_parallel_new copies the function pointers).
+        detail::ProgressStates progress;
+        if (own) {
+            progress.push_back(std::move(own));
+        }
+        for (const auto& scoped : detail::scoped_progress()) {
+            if (scoped) {
+                progress.push_back(scoped);
+            }
+        }
         pj_parallel_t* raw = nullptr;
         detail::ErrorSlot err;
         detail::check(pj_parallel_new(config, &raw, err.out()), err);
         try {
-            core_ = std::make_shared<detail::Core>(raw);
+            core_ = std::make_shared<detail::Core>(raw, std::move(progress));
         } catch (...) {
             pj_parallel_free(raw);
             throw;
         }
     }
 
+    /// Runs f over inputs with pj_parallel_map; throws what does not concern one task (with
+    /// on_error=collect, task failures are left in the results).
     template <typename R, typename Range, typename F>
-    std::vector<R> map_impl(Range& inputs, F& f) {
+    Results run_map(Range& inputs, F& f) {
         if constexpr (std::is_function_v<F>) {
             F* pointer = &f;  // a plain function: pass a pointer to it
-            return map_impl<R>(inputs, pointer);
+            return run_map<R>(inputs, pointer);
         } else {
             using T = detail::element_t<Range>;
             pj_parallel_t* raw = handle();
             auto producer = detail::make_producer(inputs);
             pj_results_t* out = nullptr;
             detail::ErrorSlot err;
+            detail::CallScope scope(raw, &core_->progress);
             // f lives on the caller's stack for the whole (synchronous) call, and exists when the
             // workers fork.
             const pj_status status = pj_parallel_map(
@@ -1135,12 +1516,58 @@ private:
             if (status != PJ_STATUS_BUSY) {
                 core_->calls.fetch_add(1);  // this call replaced any call of this thread
             }
+            scope.rethrow_if_failed();
             if (status != PJ_STATUS_OK) {
                 producer.rethrow_if_failed();
                 detail::check(status, err);
             }
-            return results.decode_all<R>();
+            return results;
         }
+    }
+
+    template <typename R, typename Range, typename F>
+    std::vector<R> map_impl(Range& inputs, F& f) {
+        Results results = run_map<R>(inputs, f);
+        if (pj_results_error_count(results.capi()) != 0) {
+            // on_error=collect: throw the first failure, now that every task ran.
+            const std::size_t n = results.size();
+            for (std::size_t i = 0; i < n; ++i) {
+                const pj_status status = pj_results_status(results.capi(), i);
+                if (status != PJ_STATUS_OK) {
+                    throw_error(task_error(results, i, status));
+                }
+            }
+        }
+        return results.decode_all<R>();
+    }
+
+    template <typename R, typename Range, typename F>
+    std::vector<Outcome<R>> map_collect_impl(Range& inputs, F& f) {
+        Results results = run_map<R>(inputs, f);
+        std::vector<Outcome<R>> out;
+        const std::size_t n = results.size();
+        out.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const pj_status status = pj_results_status(results.capi(), i);
+            if (status == PJ_STATUS_OK) {
+                out.emplace_back(results.get<R>(i));
+            } else {
+                out.emplace_back(task_error(results, i, status));
+            }
+        }
+        return out;
+    }
+
+    /// The error of failed task `index` of `results` (on_error=collect).
+    static Error task_error(const Results& results, std::size_t index, pj_status status) {
+        const pj_error_t* e = pj_results_error(results.capi(), index);
+        if (e == nullptr) {
+            return Error(status, "task " + std::to_string(index) + " failed: " +
+                                     pj::status_str(status),
+                         {}, static_cast<std::int64_t>(index));
+        }
+        return Error(status, pj_error_message(e), pj_error_report(e), pj_error_task_index(e),
+                     pj_error_callback_code(e));
     }
 
     template <typename R, typename Range, typename F>
@@ -1155,6 +1582,7 @@ private:
         State& state = *owned;
         Stream<R> stream(core_, 0, std::move(owned));
         detail::ErrorSlot err;
+        detail::CallScope scope(raw, &core_->progress);
         const pj_status status =
             pj_parallel_imap(raw, &detail::task_trampoline<Fn, T, R>, std::addressof(state.f),
                              &decltype(state.producer)::call, &state.producer, err.out());
@@ -1165,6 +1593,7 @@ private:
         detail::check(status, err);
         stream.impl_->call = call;
         stream.impl_->finished = false;
+        scope.rethrow_if_failed();  // the stream, destroyed, abandons the call
         return stream;
     }
 

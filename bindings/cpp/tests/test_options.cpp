@@ -69,6 +69,16 @@ TEST(Options, EverySetterAcceptsJoblibValues) {
         .mmap_mode("r+")
         .return_as("generator")
         .keep_workers(false)
+        .on_error("collect")
+        .on_error("raise")
+        .handle_sigint(true)
+        .handle_sigint(false)
+        .progress_bar(true)
+        .progress_bar(false)
+        .progress([](const pj::Progress&) {})
+        .progress([](std::uint64_t, std::int64_t, double) {})
+        .progress(nullptr)
+        .set("on_error", "collect")
         .set("n_jobs", "none")
         .set("timeout", "none");
     EXPECT_NE(opts.capi(), nullptr);
@@ -90,6 +100,9 @@ TEST(Options, BadValuesThrowInvalidArgumentQuotingThem) {
     EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.max_nbytes("lots"); }), "lots"));
     EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.mmap_mode("x"); }), "x"));
     EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.return_as("dict"); }), "dict"));
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.on_error("ignore"); }), "ignore"));
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.set("handle_sigint", "maybe"); }), "maybe"));
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.set("progress", "spinner"); }), "spinner"));
     EXPECT_FALSE(invalid([](pj::Options& o) { o.n_jobs(0); }).empty());
     EXPECT_FALSE(invalid([](pj::Options& o) { o.verbose(-1); }).empty());
     EXPECT_FALSE(invalid([](pj::Options& o) { o.timeout(-1.0); }).empty());
@@ -105,6 +118,18 @@ TEST(Options, ABadValueLeavesTheOptionsUnchanged) {
     EXPECT_THROW(opts.n_jobs(0), pj::InvalidArgument);
     EXPECT_THROW(opts.set("n_jobs", "many"), pj::InvalidArgument);
     EXPECT_EQ(opts.effective_n_jobs(), 2u);
+}
+
+TEST(Options, HandleSigintCallsRunAsUsual) {
+    pj::Parallel par(pj::Options().n_jobs(2).backend("threads").handle_sigint(true));
+    EXPECT_EQ(par.map({1, 2, 3}, [](int x) { return x * 3; }), (std::vector<int>{3, 6, 9}));
+}
+
+TEST(Options, ProgressOnAMovedFromObjectThrows) {
+    pj::Options opts;
+    pj::Options other = std::move(opts);
+    EXPECT_THROW(opts.progress([](const pj::Progress&) {}), pj::Error);  // NOLINT(bugprone-use-after-move)
+    EXPECT_THROW(opts.progress(nullptr), pj::Error);                     // NOLINT(bugprone-use-after-move)
 }
 
 TEST(Options, InconsistentOptionsThrowWhenTheParallelIsMade) {

@@ -1,0 +1,131 @@
+# The install tests (registered by cmake/pj_install.cmake), one STEP each:
+#   prefix        cmake --install BUILD_DIR --prefix PREFIX (a fresh prefix inside the build directory)
+#                 and check that every file is there
+#   pkgconfig     build examples/sqrt.c with `pkg-config --cflags --libs pj` (PKG_CONFIG_PATH at the
+#                 prefix), run it with LD_LIBRARY_PATH; skipped when pkg-config is missing
+#   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run
+# Every program must print examples/sqrt.expected.
+cmake_minimum_required(VERSION 3.16)
+foreach(var BUILD_DIR WORK_DIR PREFIX LIBDIR INCLUDEDIR VERSION SOURCE_DIR C_COMPILER CXX_COMPILER GENERATOR STEP)
+  if(NOT DEFINED ${var})
+    message(FATAL_ERROR "run.cmake needs -D${var}=...")
+  endif()
+endforeach()
+set(expected_file "${SOURCE_DIR}/examples/sqrt.expected")
+file(READ "${expected_file}" expected)
+
+# run(<what> <command...>): runs a command, fails the test unless it exits 0; sets run_out.
+function(run what)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT status EQUAL 0)
+    string(REPLACE ";" " " cmd "${ARGN}")
+    message(FATAL_ERROR "${what} failed (${status}): ${cmd}\n${out}${err}")
+  endif()
+  set(run_out "${out}" PARENT_SCOPE)
+endfunction()
+
+# check_program(<path>): runs it and compares its stdout with examples/sqrt.expected.
+function(check_program program)
+  run("${program}" "${program}")
+  if(NOT run_out STREQUAL expected)
+    message(FATAL_ERROR "${program} printed\n${run_out}\nbut ${expected_file} holds\n${expected}")
+  endif()
+  message(STATUS "ok: ${program}")
+endfunction()
+
+# check_needed(<program> <yes|no>): with readelf, checks whether the program's DT_NEEDED names libpj.so
+# by its bare name (not a path), or not at all.
+function(check_needed program want)
+  find_program(READELF readelf)
+  if(NOT READELF)
+    return()
+  endif()
+  run("readelf" "${READELF}" -d "${program}")
+  string(FIND "${run_out}" "Shared library: [libpj.so]" at)
+  string(FIND "${run_out}" "libpj" any)
+  if(want AND at EQUAL -1)
+    message(FATAL_ERROR "${program} does not need libpj.so by its bare name:\n${run_out}")
+  elseif(NOT want AND NOT any EQUAL -1)
+    message(FATAL_ERROR "${program} should not need libpj.so:\n${run_out}")
+  endif()
+endfunction()
+
+set(libdir "${PREFIX}/${LIBDIR}")
+if(IS_ABSOLUTE "${LIBDIR}")
+  set(libdir "${LIBDIR}")
+endif()
+
+if(STEP STREQUAL "prefix")
+  file(REMOVE_RECURSE "${WORK_DIR}")
+  run("cmake --install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}")
+  foreach(file "${libdir}/libpj.so" "${libdir}/libpj.a" "${PREFIX}/${INCLUDEDIR}/pj.h"
+               "${PREFIX}/${INCLUDEDIR}/pj.hpp" "${libdir}/pkgconfig/pj.pc"
+               "${libdir}/cmake/pj/pjConfig.cmake" "${libdir}/cmake/pj/pjConfigVersion.cmake")
+    if(NOT EXISTS "${file}")
+      message(FATAL_ERROR "cmake --install did not write ${file}")
+    endif()
+  endforeach()
+  file(STRINGS "${libdir}/pkgconfig/pj.pc" pc_prefix REGEX "^prefix=")
+  if(NOT pc_prefix STREQUAL "prefix=${PREFIX}")
+    message(FATAL_ERROR "pj.pc says ${pc_prefix}, not prefix=${PREFIX}")
+  endif()
+  message(STATUS "installed into ${PREFIX}")
+
+elseif(STEP STREQUAL "pkgconfig")
+  find_program(PKG_CONFIG pkg-config)
+  if(NOT PKG_CONFIG)
+    message("PJ_TEST_SKIPPED: pkg-config is not installed (Debian: apt-get install pkg-config; .ci/run installs it)")
+    return()
+  endif()
+  set(ENV{PKG_CONFIG_PATH} "${libdir}/pkgconfig")
+  run("pkg-config --modversion" "${PKG_CONFIG}" --modversion pj)
+  string(STRIP "${run_out}" modversion)
+  if(NOT modversion STREQUAL VERSION)
+    message(FATAL_ERROR "pkg-config --modversion pj is ${modversion}, not ${VERSION} (Cargo.toml)")
+  endif()
+  run("pkg-config --static --libs" "${PKG_CONFIG}" --static --libs pj)
+  foreach(lib -lpj -lpthread -ldl -lm)
+    string(FIND "${run_out}" "${lib}" at)
+    if(at EQUAL -1)
+      message(FATAL_ERROR "pkg-config --static --libs pj lacks ${lib}: ${run_out}")
+    endif()
+  endforeach()
+  run("pkg-config --cflags --libs" "${PKG_CONFIG}" --cflags --libs pj)
+  string(STRIP "${run_out}" flags)
+  message(STATUS "pkg-config --cflags --libs pj: ${flags}")
+  separate_arguments(flags UNIX_COMMAND "${flags}")
+  set(dir "${WORK_DIR}/pkgconfig")
+  file(REMOVE_RECURSE "${dir}")
+  file(MAKE_DIRECTORY "${dir}")
+  run("cc" "${C_COMPILER}" -std=c11 -Wall -Wextra -Wpedantic -Werror
+      "${SOURCE_DIR}/examples/sqrt.c" ${flags} -lm -o "${dir}/sqrt")
+  check_needed("${dir}/sqrt" YES)
+  set(ENV{LD_LIBRARY_PATH} "${libdir}")
+  check_program("${dir}/sqrt")
+
+elseif(STEP STREQUAL "find_package")
+  set(dir "${WORK_DIR}/find_package")
+  file(REMOVE_RECURSE "${dir}")
+  set(extra)
+  if(MAKE_PROGRAM)
+    list(APPEND extra "-DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}")
+  endif()
+  run("configure tests/install" "${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/install" -B "${dir}"
+      -G "${GENERATOR}" ${extra} "-DCMAKE_PREFIX_PATH=${PREFIX}"
+      "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}"
+      -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF "-DPJ_EXAMPLES_DIR=${SOURCE_DIR}/examples"
+      "-DPJ_EXPECTED_VERSION=${VERSION}")
+  file(STRINGS "${dir}/CMakeCache.txt" pj_dir REGEX "^pj_DIR:")
+  if(NOT pj_dir MATCHES "=${libdir}/cmake/pj$")
+    message(FATAL_ERROR "find_package(pj) found ${pj_dir}, not the one in ${libdir}/cmake/pj")
+  endif()
+  run("build tests/install" "${CMAKE_COMMAND}" --build "${dir}")
+  check_needed("${dir}/sqrt_shared" YES)
+  check_needed("${dir}/sqrt_static" NO)
+  foreach(program sqrt_shared sqrt_static sqrt_cpp sqrt_cpp_wrapper)
+    check_program("${dir}/${program}")
+  endforeach()
+
+else()
+  message(FATAL_ERROR "unknown STEP ${STEP}")
+endif()
