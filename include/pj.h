@@ -163,11 +163,6 @@ typedef struct pj_results_t pj_results_t;
 // Methods: `pj_shared_data`, `pj_shared_len`, `pj_shared_free`.
 typedef struct pj_shared_t pj_shared_t;
 
-// The unwinder's opaque per-frame context.
-typedef struct {
-  uint8_t _private[0];
-} UnwindContext;
-
 // A progress callback for `pj_config_set_progress`: called with the `userdata` given there, the
 // number of tasks completed so far, the total number of tasks (-1 while unknown: pj learns it when
 // the input ends, at `pj_parallel_collect` or when the producer returns 0) and the seconds
@@ -214,10 +209,6 @@ typedef int32_t (*pj_producer_fn)(void *userdata, const uint8_t **arg_out, size_
 extern "C" {
 #endif // __cplusplus
 
-extern int _Unwind_Backtrace(int (*trace)(UnwindContext*, void*), void *arg);
-
-extern size_t _Unwind_GetIPInfo(UnwindContext *context, int *ip_before_insn);
-
 // A short, static description of a status: `"PJ_STATUS_TIMEOUT: a task exceeded the timeout"`.
 // Unknown numbers give `"unknown pj_status"`. The string is static: never free it.
 // Thread-safe.
@@ -247,8 +238,21 @@ void pj_config_free(pj_config_t *config);
 // first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
 // result carries its own status: see `pj_results_status`) and `handle_sigint` ("true"/"false":
 // while a call blocks, a SIGINT cancels it instead of killing the process; see
-// `pj_parallel_cancel`). Every value is validated now, also for options whose feature arrives
-// later. On failure the config is unchanged.
+// `pj_parallel_cancel`), `progress` ("bar": a progress bar on stderr, redrawn in place on a
+// terminal, a plain line every 2 s otherwise; "none"). Every value is validated now. On failure
+// the config is unchanged.
+//
+// Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
+// 1M; "none" disables) is written once to an unnamed file in the temp folder (`temp_folder`, else
+// PJ_TEMP_FOLDER, /dev/shm with more than 2 GB free, TMPDIR/TEMP/TMP, /tmp; resolved at each
+// call) and mapped by the workers instead of being copied to each of them; the same content
+// submitted many times is written once. `mmap_mode` decides the worker's view: "r" (default)
+// read-only, a write kills the worker (PJ_STATUS_WORKER_DIED, SIGSEGV); "r+" and "w+" writable,
+// each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
+// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
+// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
+// max_nbytes never touches the folder. Files have no name, so nothing is left behind, even if the
+// process is killed. Results always come back through the worker's socket.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string

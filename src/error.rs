@@ -63,6 +63,11 @@ pub struct TaskContext {
     pub worker: String,
     /// For a worker process killed by a signal: the signal number.
     pub signal: Option<i32>,
+    /// For a worker process killed by SIGSEGV or SIGBUS: the address whose access faulted.
+    pub fault_address: Option<u64>,
+    /// For a worker process killed by a crash signal: the crashing thread's stack, as its crash
+    /// handler recorded it (one frame per line, innermost first).
+    pub backtrace: Option<String>,
     /// For a worker process that exited while running the task: its exit status.
     pub exit_status: Option<i32>,
     /// For a timed-out task: the limit and how long the task had run when it was stopped.
@@ -136,6 +141,15 @@ impl Error {
                     "  killed by signal: {} ({signal})\n",
                     signal_name(signal)
                 ));
+            }
+            if let Some(address) = task.fault_address {
+                out.push_str(&format!("  fault address: 0x{address:x}\n"));
+            }
+            if let Some(backtrace) = &task.backtrace {
+                out.push_str("  backtrace:\n");
+                for frame in backtrace.lines() {
+                    out.push_str(&format!("    {frame}\n"));
+                }
             }
             if let Some(status) = task.exit_status {
                 out.push_str(&format!("  worker exited: exit status {status}\n"));
@@ -224,5 +238,24 @@ mod tests {
         assert!(report.contains("worker: thread 1"), "{report}");
         assert!(report.contains("bad input"), "{report}");
         assert_eq!(err.task_index(), Some(5));
+    }
+
+    #[test]
+    fn report_of_a_crash_shows_the_signal_the_address_and_the_frames() {
+        let err = Error::new(ErrorKind::WorkerDied, "task 2: the worker process died").with_task(
+            TaskContext {
+                index: 2,
+                backend: "processes",
+                worker: "process 42".into(),
+                signal: Some(libc::SIGSEGV),
+                fault_address: Some(0x10),
+                backtrace: Some("#0 0x1 crash_here at crash.c:3\n#1 0x2 task at crash.c:9".into()),
+                ..TaskContext::default()
+            },
+        );
+        let report = err.report();
+        let expected = "  killed by signal: SIGSEGV (11)\n  fault address: 0x10\n  backtrace:\n    \
+                        #0 0x1 crash_here at crash.c:3\n    #1 0x2 task at crash.c:9\n  message: ";
+        assert!(report.contains(expected), "{report}");
     }
 }

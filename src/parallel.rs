@@ -11,9 +11,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{BackendKind, Config, OnError, ProgressMode, Resolved};
+use crate::config::{BackendKind, Config, MaxNbytes, OnError, ProgressMode, Resolved};
 use crate::dispatch::{
-    Batching, Call, CallOptions, CancelReason, Producer, Results, Stop, Streamed,
+    Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::{Progress, StdStreams, Stream, VerboseSettings};
@@ -304,7 +304,18 @@ fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop, backend: &Bac
         collect: settings.on_error == OnError::Collect,
         handle_sigint: settings.handle_sigint,
     };
-    Call::new(options, stop).with_progress(progress_for(settings, backend.workers()))
+    // joblib memmaps large arguments for process workers only; threads share memory already.
+    let spill = match (backend, settings.max_nbytes) {
+        (Backend::Processes(_), MaxNbytes::Bytes(above)) => Some(SpillOptions {
+            above,
+            mode: settings.mmap_mode,
+            folder: settings.temp_folder.clone(),
+        }),
+        _ => None,
+    };
+    Call::new(options, stop)
+        .with_progress(progress_for(settings, backend.workers()))
+        .with_spill(spill)
 }
 
 impl Drop for Parallel {

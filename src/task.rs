@@ -114,6 +114,31 @@ pub struct Batch {
     /// Tasks already known to have failed in an earlier attempt at this batch (on_error=collect,
     /// after their worker died or timed out): not run again, reported with this failure. Sorted.
     pub forced: Vec<(usize, TaskFailure)>,
+    /// Tasks whose argument lives in a spill file instead of `args` (process backend, arguments
+    /// above max_nbytes), by task index, sorted; their range in `args` is empty.
+    pub spilled: Vec<(usize, ArgRef)>,
+    /// The spill files those arguments live in, so the backend can hand them to its workers.
+    pub files: Vec<SpillFile>,
+}
+
+/// Where a spilled argument lives: a byte range of one spill file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgRef {
+    /// The file's id, unique in this process (workers cache descriptors and mappings by it).
+    pub file: u64,
+    /// Page-aligned offset of the argument in the file.
+    pub offset: u64,
+    /// The argument's length.
+    pub len: usize,
+}
+
+/// A spill file's id and descriptor (shared by every batch that refers to it).
+#[derive(Clone, Debug)]
+pub struct SpillFile {
+    /// Unique in this process.
+    pub id: u64,
+    /// The open, unnamed file.
+    pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 impl Batch {
@@ -126,6 +151,19 @@ impl Batch {
             arg_ends: Vec::with_capacity(capacity),
             dispatched_at: None,
             forced: Vec::new(),
+            spilled: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Appends a task whose argument was written to a spill file (`file` holds it).
+    pub fn push_spilled(&mut self, callback: Callback, arg: ArgRef, file: &SpillFile) {
+        let index = self.first + self.callbacks.len();
+        self.callbacks.push(callback);
+        self.arg_ends.push(self.args.len());
+        self.spilled.push((index, arg));
+        if !self.files.iter().any(|f| f.id == file.id) {
+            self.files.push(file.clone());
         }
     }
 
@@ -165,6 +203,8 @@ impl Batch {
             arg_ends,
             dispatched_at: None,
             forced: Vec::new(),
+            spilled: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -197,13 +237,23 @@ impl Batch {
             .into_iter()
             .map(|end| end - arg_start)
             .collect();
+        let split_index = self.first + at;
+        let spilled_at = self.spilled.partition_point(|(i, _)| *i < split_index);
+        let spilled = self.spilled.split_off(spilled_at);
+        let files = if spilled.is_empty() {
+            Vec::new()
+        } else {
+            self.files.clone()
+        };
         Batch {
-            first: self.first + at,
+            first: split_index,
             callbacks,
             args,
             arg_ends,
             dispatched_at: None,
             forced: Vec::new(),
+            spilled,
+            files,
         }
     }
 }
@@ -223,6 +273,12 @@ pub enum TaskFailure {
         pid: i32,
         /// How it died.
         death: Death,
+        /// For SIGSEGV and SIGBUS caught by the worker's crash handler: the faulting address.
+        fault_address: Option<u64>,
+        /// The crashing thread's stack as the worker's crash handler recorded it, one frame per
+        /// line, innermost first (symbolized when symbols exist); `None` when nothing was recorded
+        /// (a death by SIGKILL or exit, say).
+        backtrace: Option<String>,
     },
     /// The task ran past the call's timeout and its worker was stopped.
     TimedOut {
@@ -404,6 +460,9 @@ pub struct RunContext<'a> {
     pub timed: bool,
     /// on_error=collect: a failed task does not stop the batch.
     pub collect: bool,
+    /// The bytes of the batch's spilled arguments, mapped by the worker: (task index, bytes),
+    /// sorted like `Batch::spilled`.
+    pub spilled: &'a [(usize, &'a [u8])],
 }
 
 impl<'a> RunContext<'a> {
@@ -415,6 +474,7 @@ impl<'a> RunContext<'a> {
             running: None,
             timed: false,
             collect: false,
+            spilled: &[],
         }
     }
 }
@@ -435,13 +495,17 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     let mut failure = None;
     let mut errors = Vec::new();
     let mut arg_start = 0;
+    let mut spilled = ctx.spilled.iter().peekable();
     for (offset, (callback, &arg_end)) in batch.callbacks.iter().zip(&batch.arg_ends).enumerate() {
         if ctx.abort.load(Ordering::Relaxed) {
             break;
         }
         let index = batch.first + offset;
-        let arg = &batch.args[arg_start..arg_end];
+        let mut arg = &batch.args[arg_start..arg_end];
         arg_start = arg_end;
+        if let Some((_, bytes)) = spilled.next_if(|(i, _)| *i == index) {
+            arg = bytes;
+        }
         out.start = out.arena.len();
         if batch.is_forced(index) {
             ends.push(out.arena.len());

@@ -87,6 +87,8 @@ fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
 }
 
 /// Task: returns 2x its argument, except at the index stored in `userdata`'s crash plan.
+/// Never inlined: crash reports must name it.
+#[inline(never)]
 unsafe extern "C" fn crashing(
     userdata: *mut c_void,
     arg: *const u8,
@@ -118,6 +120,9 @@ unsafe extern "C" fn crashing(
                 "sigkill" => {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 }
+                "overflow" => {
+                    std::hint::black_box(recurse(0));
+                }
                 _ => {}
             }
         }
@@ -125,6 +130,15 @@ unsafe extern "C" fn crashing(
     let y = (2 * x).to_ne_bytes();
     pj_out_set(out, y.as_ptr(), 8);
     0
+}
+
+/// Recurses until the stack overflows (each frame keeps a buffer alive across the call, so it can
+/// be neither inlined nor turned into a loop).
+#[inline(never)]
+#[allow(unconditional_recursion)] // the very point
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1).wrapping_add(frame[depth as usize % 64])
 }
 
 /// The re-executed scenarios. Ignored in normal runs; see the module docs.
@@ -137,7 +151,7 @@ fn child_case() {
     // The harness prints "test child_case ... " without a newline: start our lines on a fresh one.
     println!();
     match case.as_str() {
-        "segv" | "abort" | "exit0" | "_exit3" | "sigkill" | "grandchild" => {
+        "segv" | "abort" | "exit0" | "_exit3" | "sigkill" | "grandchild" | "overflow" => {
             let how: &'static str = Box::leak(case.clone().into_boxed_str());
             let par = two_workers(&[("batch_size", "1")]);
             for i in 0..10u64 {
@@ -152,6 +166,29 @@ fn child_case() {
             println!("INDEX={}", err.task_index);
             println!("MESSAGE={}", err.message);
             println!("REPORT_SIGNAL={}", err.report.contains("killed by signal"));
+            let line = |prefix: &str| {
+                err.report
+                    .lines()
+                    .find_map(|l| l.trim_start().strip_prefix(prefix))
+                    .unwrap_or("none")
+                    .to_owned()
+            };
+            println!("REPORT_KILLED_BY={}", line("killed by signal: "));
+            println!("REPORT_FAULT={}", line("fault address: "));
+            // The backtrace block: the indented lines after "  backtrace:", on one line.
+            let frames: Vec<&str> = err
+                .report
+                .lines()
+                .skip_while(|l| *l != "  backtrace:")
+                .skip(1)
+                .take_while(|l| l.starts_with("    "))
+                .map(str::trim)
+                .collect();
+            println!(
+                "REPORT_BACKTRACE={}",
+                err.report.contains("\n  backtrace:\n")
+            );
+            println!("REPORT_FRAMES={}", frames.join(" | "));
             // The same object works again.
             for i in 0..10u64 {
                 par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
@@ -202,10 +239,21 @@ fn child_case() {
             println!("CHILDREN={kids},{}", children().len());
         }
         "kept" => {
-            let par = two_workers(&[("keep_workers", "true")]);
+            // Tasks slow enough that both workers are forked and served, even under load.
+            unsafe extern "C" fn slow_double(
+                userdata: *mut c_void,
+                arg: *const u8,
+                len: usize,
+                out: *mut TaskOutput,
+            ) -> i32 {
+                std::thread::sleep(Duration::from_millis(2));
+                // SAFETY: forwarding the callback's own arguments.
+                unsafe { double_task(userdata, arg, len, out) }
+            }
+            let par = two_workers(&[("keep_workers", "true"), ("batch_size", "1")]);
             let call = || {
                 for i in 0..100u64 {
-                    par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                    par.submit(Some(slow_double), std::ptr::null_mut(), &i.to_ne_bytes())
                         .unwrap();
                 }
                 as_u64s(&par.collect().unwrap()) == (0..100).map(|i| 2 * i).collect::<Vec<_>>()
@@ -383,6 +431,38 @@ fn a_dying_worker_is_reported_with_the_task_and_the_cause() {
             (!cause.starts_with("exit")).to_string(),
             "{case}"
         );
+        // The worker's crash handler recorded the crashing stack for the signals a task raises
+        // itself (not SIGKILL, which cannot be caught, nor an exit).
+        let crashed = matches!(cause, "SIGSEGV" | "SIGABRT");
+        if crashed {
+            assert!(
+                value(&lines, "REPORT_KILLED_BY").starts_with(cause),
+                "{case}: {lines:?}"
+            );
+        }
+        assert_eq!(
+            value(&lines, "REPORT_BACKTRACE"),
+            crashed.to_string(),
+            "{case}: {lines:?}"
+        );
+        let frames = value(&lines, "REPORT_FRAMES");
+        if crashed {
+            assert!(
+                frames.starts_with("#0 0x") && frames.contains("crashing"),
+                "{case}: the backtrace names the crashing function: {frames}"
+            );
+            // The handler's own frames are left out: the first frame is the task's (or, for
+            // abort, libc's, below the task).
+            assert!(!frames.contains("on_fatal_signal"), "{case}: {frames}");
+            // pj's own worker loop below the task is summed up in one line.
+            assert!(
+                frames.contains("pj::task::run_batch at ")
+                    && frames.contains("frames of pj's worker loop"),
+                "{case}: {frames}"
+            );
+        }
+        let fault = if cause == "SIGSEGV" { "0x10" } else { "none" };
+        assert_eq!(value(&lines, "REPORT_FAULT"), fault, "{case}");
         assert_eq!(
             value(&lines, "NEXT"),
             format!("{:?}", (0..10).map(|i| 2 * i).collect::<Vec<u64>>())
@@ -393,6 +473,29 @@ fn a_dying_worker_is_reported_with_the_task_and_the_cause() {
             "{case}: no worker left behind"
         );
     }
+}
+
+#[test]
+fn a_stack_overflow_in_a_task_is_reported_with_its_backtrace() {
+    // The crash handler runs on an alternate signal stack: it still records the stack when the
+    // worker's own stack is exhausted.
+    let lines = run_case("overflow");
+    assert_eq!(value(&lines, "STATUS"), "WorkerDied");
+    assert_eq!(value(&lines, "INDEX"), "6");
+    assert!(
+        value(&lines, "REPORT_KILLED_BY").starts_with("SIGSEGV"),
+        "{lines:?}"
+    );
+    let frames = value(&lines, "REPORT_FRAMES");
+    assert!(
+        frames.starts_with("#0 0x") && frames.contains("processes::recurse"),
+        "{frames}"
+    );
+    assert_eq!(
+        value(&lines, "NEXT"),
+        format!("{:?}", (0..10).map(|i| 2 * i).collect::<Vec<u64>>())
+    );
+    assert_eq!(value(&lines, "CHILDREN"), "0");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - [`Backend::Threads`]: a fixed pool of worker threads fed by one shared job queue;
 //! - [`Backend::Processes`]: forked worker processes, each driven by a proxy thread.
 
+mod crash;
 mod processes;
 mod threads;
 pub mod wire;
@@ -32,6 +33,10 @@ pub struct CallLink {
     pub timeout: Option<Duration>,
     /// on_error=collect: a failed, crashed or timed-out task does not stop the call.
     pub collect: bool,
+    /// How process workers map spilled arguments (mmap_mode).
+    pub access: crate::memmap::MapAccess,
+    /// Unique per call in this process.
+    pub call: u64,
 }
 
 impl CallLink {

@@ -27,7 +27,9 @@
 //! Crash isolation. A worker that dies (signal, exit(), _exit(), SIGKILL from outside) closes its
 //! socket: the proxy sees the end of the stream before a complete outcome, reaps that one pid
 //! (never "any child"), reads which task was running from a shared page the worker updates before
-//! each task, and reports `TaskFailure::Died`. The next batch gets a fresh worker.
+//! each task, and reports `TaskFailure::Died`. The next batch gets a fresh worker. A worker killed
+//! by a crash signal (SIGSEGV, SIGABRT, ...) first records the crashing stack in that page from its
+//! crash handler ([`super::crash`]); the proxy symbolizes it for the report.
 //!
 //! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
 //! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
@@ -35,13 +37,13 @@
 //! `_exit`. pj changes no signal disposition of the parent.
 //!
 //! Fork safety. Between fork and the worker loop the child runs only async-signal-safe calls
-//! (prctl, getppid, signal, close). The loop itself allocates: glibc's fork makes malloc and stdio
-//! usable in the child. A task callback must not take locks that another parent thread may hold at
-//! the time of the fork (documented in the header).
+//! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
+//! makes malloc and stdio usable in the child. A task callback must not take locks that another
+//! parent thread may hold at the time of the fork (documented in the header).
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -51,10 +53,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use super::CallLink;
+use super::crash::{self, CrashRecord};
 use super::wire::{
-    LIVENESS_PERIOD_MS, RunFlags, decode_batch, decode_outcome, encode_batch, encode_outcome,
-    recv_frame, send_frame,
+    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_batch, decode_outcome, encode_batch,
+    encode_outcome, recv_frame, recv_frame_with_fds, send_frame, send_frame_with_fds,
 };
+use crate::memmap::{MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome, Death, RunContext, Running, TaskFailure, run_batch};
 
 /// One batch for a proxy.
@@ -83,6 +87,8 @@ impl ProcessPool {
     pub fn new(size: usize, keep_workers: bool) -> io::Result<Self> {
         let (jobs, queue) = unbounded::<Job>();
         let size = size.max(1);
+        // Once per process, off the path of the first fork: the workers' crash-handler stack.
+        crash::prepare();
         let level = crate::nesting::level() + 1;
         let mut pool = ProcessPool {
             jobs: Some(jobs),
@@ -171,6 +177,9 @@ struct Worker {
     pid: libc::pid_t,
     socket: OwnedFd,
     running: SharedRunning,
+    /// Spill files whose descriptors this worker already received, in call `call`.
+    sent_files: Vec<u64>,
+    call: u64,
 }
 
 /// A proxy thread's state: its slot and its current worker.
@@ -255,6 +264,13 @@ impl Proxy {
             })?;
             self.worker = Some(worker);
         }
+        if let Some(worker) = self.worker.as_mut()
+            && worker.call != link.call
+        {
+            // The worker forgets the previous call's files when it sees the new call id.
+            worker.sent_files.clear();
+            worker.call = link.call;
+        }
         let Some(worker) = self.worker.as_ref() else {
             unreachable!("a worker was just installed")
         };
@@ -262,8 +278,19 @@ impl Proxy {
         let flags = RunFlags {
             timed: link.timeout.is_some(),
             collect: link.collect,
+            access: link.access,
+            call: link.call,
         };
-        encode_batch(batch, flags, &mut self.buf);
+
+        // Spill files this worker has not seen travel with the frame (SCM_RIGHTS).
+        let (mut attached, mut attached_fds) = (Vec::new(), Vec::new());
+        for file in &batch.files {
+            if !worker.sent_files.contains(&file.id) {
+                attached.push(file.id);
+                attached_fds.push(file.fd.as_raw_fd());
+            }
+        }
+        encode_batch(batch, flags, &attached, &mut self.buf);
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
         let running = worker.running.get();
@@ -291,8 +318,21 @@ impl Proxy {
                 .clamp(1, LIVENESS_PERIOD_MS as u128);
             tenth as libc::c_int
         });
-        let received =
-            send_frame(fd, &self.buf).and_then(|()| recv_frame(fd, &mut self.buf, period, &alive));
+        let sent = attached_fds.chunks(MAX_FDS_PER_FRAME).len().max(1);
+        let received = if sent > 1 {
+            // More new files than one frame carries: cannot happen with batches of a few files,
+            // but fail clearly rather than send a frame whose files the worker cannot find.
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a batch refers to too many spill files",
+            ))
+        } else {
+            send_frame_with_fds(fd, &self.buf, &attached_fds)
+                .and_then(|()| recv_frame(fd, &mut self.buf, period, &alive))
+        };
+        if let Some(worker) = self.worker.as_mut() {
+            worker.sent_files.extend_from_slice(&attached);
+        }
         match received {
             Ok(true) => decode_outcome(&self.buf, self.slot)
                 .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e)))),
@@ -337,12 +377,22 @@ impl Proxy {
             .index()
             .filter(|&index| index >= batch.first);
         let death = wait_for(worker.pid, 0).unwrap_or(Death::Unknown);
+        // Reaped: the crash record is final. Symbolized here, where the worker's image (the
+        // parent's, which it was forked from) is still loaded.
+        let crash = match death {
+            Death::Signal(signal) => worker.running.crash().read(signal),
+            Death::Exited(_) | Death::Unknown => None,
+        };
+        let (fault_address, backtrace) =
+            crash.map_or((None, None), |c| (c.fault_address, c.backtrace));
         let index = running.unwrap_or(batch.first);
         Lost {
             index,
             failure: TaskFailure::Died {
                 pid: worker.pid,
                 death,
+                fault_address,
+                backtrace,
             },
             // A worker that died before its first task (or on a task it should have skipped) would
             // die again: only a death that a task caused is retried without that task.
@@ -491,6 +541,8 @@ fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let running = SharedRunning::new()?;
+    // Done at pool creation already; a no-op here.
+    crash::prepare();
     let (parent_end, child_end) = UnixStream::pair()?;
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
@@ -513,6 +565,8 @@ fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
         pid,
         socket: parent_end.into(),
         running,
+        sent_files: Vec::new(),
+        call: 0,
     })
 }
 
@@ -540,25 +594,55 @@ fn worker_main(
         }
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
+    // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
+    crash::install(running.crash());
     registry::close_all_except(socket);
     crate::nesting::set_level(level);
     let served = catch_unwind(AssertUnwindSafe(|| {
         let abort = AtomicBool::new(false);
         let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
+        let mut received = Vec::new();
+        let mut spill = SpillMaps::default();
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
-        while let Ok(true) = recv_frame(socket, &mut inbox, LIVENESS_PERIOD_MS, &|| true) {
+        while let Ok(true) = recv_frame_with_fds(
+            socket,
+            &mut inbox,
+            &mut received,
+            LIVENESS_PERIOD_MS,
+            &|| true,
+        ) {
             // SAFETY: the frame was encoded by our parent, of which this process is a fork.
-            let Ok((batch, flags)) = (unsafe { decode_batch(&inbox) }) else {
+            let Ok((batch, flags, attached)) = (unsafe { decode_batch(&inbox) }) else {
                 return 3;
             };
+            if attached.len() != received.len() {
+                return 3;
+            }
+            if flags.call != spill.call {
+                // A kept worker's new call: the previous call's files and mappings go, so their
+                // space is freed once the parent drops them too.
+                spill = SpillMaps {
+                    call: flags.call,
+                    ..SpillMaps::default()
+                };
+            }
+            spill
+                .files
+                .extend(attached.into_iter().zip(received.drain(..)));
             abort.store(false, Ordering::Relaxed);
+            let Ok(spilled) = spill.map_batch(&batch, flags.access) else {
+                return 5;
+            };
             let ctx = RunContext {
                 running: Some(running.get()),
                 timed: flags.timed,
                 collect: flags.collect,
+                spilled: &spilled,
                 ..RunContext::new(&abort, slot)
             };
             let outcome = run_batch(&batch, ctx);
+            drop(spilled);
+            spill.end_batch();
             encode_outcome(&outcome, &mut outbox);
             if send_frame(socket, &outbox).is_err() {
                 return 0;
@@ -570,17 +654,24 @@ fn worker_main(
     unsafe { libc::_exit(served.unwrap_or(4)) }
 }
 
-/// A [`Running`] record in a MAP_SHARED page that survives fork: the worker writes, the parent
-/// reads.
+/// A [`Running`] record and a [`CrashRecord`] in a MAP_SHARED page that survives fork: the worker
+/// writes, the parent reads.
 struct SharedRunning {
-    ptr: *mut Running,
+    ptr: *mut Shared,
+}
+
+/// The layout of the shared page.
+#[repr(C)]
+struct Shared {
+    running: Running,
+    crash: CrashRecord,
 }
 
 // SAFETY: the page is owned by this value and only accessed through atomics.
 unsafe impl Send for SharedRunning {}
 
 const PAGE: usize = 4096;
-const _: () = assert!(std::mem::size_of::<Running>() <= PAGE);
+const _: () = assert!(std::mem::size_of::<Shared>() <= PAGE);
 
 impl SharedRunning {
     fn new() -> io::Result<Self> {
@@ -602,9 +693,14 @@ impl SharedRunning {
     }
 
     fn get(&self) -> &Running {
-        // SAFETY: the mapping is page-aligned, zero-filled (a valid `Running`: atomics and a bool,
+        // SAFETY: the mapping is page-aligned, zero-filled (a valid `Shared`: atomics and a bool,
         // all zero) and lives as long as `self`.
-        unsafe { &*self.ptr }
+        unsafe { &(*self.ptr).running }
+    }
+
+    fn crash(&self) -> &CrashRecord {
+        // SAFETY: as in `get`.
+        unsafe { &(*self.ptr).crash }
     }
 }
 
@@ -612,6 +708,78 @@ impl Drop for SharedRunning {
     fn drop(&mut self) {
         // SAFETY: unmapping the page mapped in `new`, once.
         unsafe { libc::munmap(self.ptr.cast(), PAGE) };
+    }
+}
+
+/// A worker's view of spilled arguments: the files it received and its mappings of them.
+#[derive(Default)]
+struct SpillMaps {
+    /// The call these files belong to.
+    call: u64,
+    files: std::collections::HashMap<u64, OwnedFd>,
+    /// Read-only mappings, kept across batches: "the same big array to every task" is mapped once
+    /// per worker. Keyed by (file, offset).
+    shared: std::collections::HashMap<(u64, u64), Mapping>,
+    /// Writable mappings (mmap_mode r+, w+, c): one per task, dropped after the batch, so that
+    /// a task's private writes never reach another task.
+    private: Vec<Mapping>,
+}
+
+/// Beyond this many cached read-only mappings, the cache starts afresh (bounds address space).
+const MAX_CACHED_MAPPINGS: usize = 64;
+
+impl SpillMaps {
+    /// Maps every spilled argument of `batch`; returns (task index, bytes) sorted by index.
+    fn map_batch(
+        &mut self,
+        batch: &Batch,
+        access: MapAccess,
+    ) -> crate::Result<Vec<(usize, &[u8])>> {
+        if batch.spilled.is_empty() {
+            return Ok(Vec::new());
+        }
+        if access == MapAccess::ReadOnly && self.shared.len() > MAX_CACHED_MAPPINGS {
+            self.shared.clear();
+        }
+        let mut private_at = Vec::new();
+        for (_, at) in &batch.spilled {
+            let fd = self.files.get(&at.file).ok_or_else(|| {
+                crate::Error::new(crate::ErrorKind::Io, "a spill file was never received")
+            })?;
+            if access == MapAccess::ReadOnly {
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    self.shared.entry((at.file, at.offset))
+                {
+                    slot.insert(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
+                }
+            } else {
+                private_at.push(self.private.len());
+                self.private
+                    .push(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
+            }
+        }
+        let mut private = private_at.into_iter();
+        let views = batch
+            .spilled
+            .iter()
+            .map(|(index, at)| {
+                let mapping = if access == MapAccess::ReadOnly {
+                    &self.shared[&(at.file, at.offset)]
+                } else {
+                    &self.private[private.next().unwrap_or_default()]
+                };
+                // SAFETY: the mapping is `at.len` bytes long (or empty) and outlives the views,
+                // which the worker drops before `end_batch` unmaps anything.
+                let bytes = unsafe { std::slice::from_raw_parts(mapping.as_ptr(), at.len) };
+                (*index, bytes)
+            })
+            .collect();
+        Ok(views)
+    }
+
+    /// Drops the per-task writable mappings of the batch that just ran.
+    fn end_batch(&mut self) {
+        self.private.clear();
     }
 }
 

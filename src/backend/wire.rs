@@ -7,9 +7,10 @@
 //! Sockets are written with `MSG_NOSIGNAL`, so a dead peer is an error, never a SIGPIPE.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use crate::task::{Batch, BatchOutcome, Callback, TaskFailure};
+use crate::memmap::MapAccess;
+use crate::task::{ArgRef, Batch, BatchOutcome, Callback, TaskFailure};
 
 /// A malformed frame (a bug, or memory corruption in the worker).
 fn malformed(what: &str) -> io::Error {
@@ -56,30 +57,89 @@ impl<'a> Reader<'a> {
 }
 
 /// How the worker runs a batch: the [`crate::task::RunContext`] flags that cross the wire.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunFlags {
     /// Record each task's start time (the call has a timeout).
     pub timed: bool,
     /// on_error=collect: failed tasks do not stop the batch.
     pub collect: bool,
+    /// How spilled arguments are mapped (mmap_mode).
+    pub access: MapAccess,
+    /// Which call the batch belongs to: a kept worker drops the previous call's spill files when
+    /// it changes.
+    pub call: u64,
+}
+
+impl Default for RunFlags {
+    fn default() -> Self {
+        RunFlags {
+            timed: false,
+            collect: false,
+            access: MapAccess::ReadOnly,
+            call: 0,
+        }
+    }
+}
+
+impl RunFlags {
+    fn bits(self) -> usize {
+        let access = match self.access {
+            MapAccess::ReadOnly => 0,
+            MapAccess::Shared => 1,
+            MapAccess::Private => 2,
+        };
+        usize::from(self.timed) | usize::from(self.collect) << 1 | access << 2
+    }
+
+    fn from_bits(bits: usize) -> io::Result<Self> {
+        let access = match (bits >> 2) & 3 {
+            0 => MapAccess::ReadOnly,
+            1 => MapAccess::Shared,
+            2 => MapAccess::Private,
+            _ => return Err(malformed("batch")),
+        };
+        Ok(RunFlags {
+            timed: bits & 1 != 0,
+            collect: bits & 2 != 0,
+            access,
+            call: 0,
+        })
+    }
 }
 
 /// Encodes `batch` into `out` (cleared first). Of `batch.forced` only the indices travel: the
 /// worker skips those tasks, and the parent, which kept the batch, merges their failures.
-pub fn encode_batch(batch: &Batch, flags: RunFlags, out: &mut Vec<u8>) {
+/// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
+/// order of the descriptors.
+pub fn encode_batch(batch: &Batch, flags: RunFlags, attached: &[u64], out: &mut Vec<u8>) {
     let (callbacks, args, arg_ends) = batch.parts();
     out.clear();
-    out.reserve(40 + callbacks.len() * 24 + args.len() + batch.forced.len() * 8);
+    out.reserve(
+        48 + callbacks.len() * 24
+            + args.len()
+            + batch.forced.len() * 8
+            + batch.spilled.len() * 32
+            + attached.len() * 8,
+    );
     put(out, batch.first);
     put(out, callbacks.len());
     put(out, args.len());
-    put(
-        out,
-        usize::from(flags.timed) | usize::from(flags.collect) << 1,
-    );
+    put(out, flags.bits());
+    out.extend_from_slice(&flags.call.to_ne_bytes());
     put(out, batch.forced.len());
     for (index, _) in &batch.forced {
         put(out, *index);
+    }
+    put(out, batch.spilled.len());
+    for (index, at) in &batch.spilled {
+        put(out, *index);
+        out.extend_from_slice(&at.file.to_ne_bytes());
+        out.extend_from_slice(&at.offset.to_ne_bytes());
+        put(out, at.len);
+    }
+    put(out, attached.len());
+    for id in attached {
+        out.extend_from_slice(&id.to_ne_bytes());
     }
     for callback in callbacks {
         let (func, userdata) = callback.to_raw();
@@ -92,24 +152,42 @@ pub fn encode_batch(batch: &Batch, flags: RunFlags, out: &mut Vec<u8>) {
     out.extend_from_slice(args);
 }
 
+/// A batch as the worker receives it: the batch, how to run it, and the ids of the spill files
+/// whose descriptors came with the frame (in the order of the descriptors).
+pub type DecodedBatch = (Batch, RunFlags, Vec<u64>);
+
 /// Decodes a batch encoded by [`encode_batch`].
 ///
 /// # Safety
 /// `buf` must come from `encode_batch` in this process or the process this one was forked from, so
 /// that its callback addresses are valid here.
-pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<(Batch, RunFlags)> {
+pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<DecodedBatch> {
     let mut r = Reader { buf, what: "batch" };
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
-    let bits = r.word()?;
-    let flags = RunFlags {
-        timed: bits & 1 != 0,
-        collect: bits & 2 != 0,
-    };
+    let mut flags = RunFlags::from_bits(r.word()?)?;
+    flags.call = r.word()? as u64;
     let forced_count = r.word()?;
     if forced_count > count {
         return Err(malformed("batch"));
     }
     let forced = r.words(forced_count)?;
+    let spilled_count = r.word()?;
+    if spilled_count > count {
+        return Err(malformed("batch"));
+    }
+    let mut spilled = Vec::with_capacity(spilled_count);
+    for _ in 0..spilled_count {
+        let index = r.word()?;
+        let (file, offset) = (r.word()? as u64, r.word()? as u64);
+        let len = r.word()?;
+        spilled.push((index, ArgRef { file, offset, len }));
+    }
+    let attached_count = r.word()?;
+    let attached = r
+        .words(attached_count)?
+        .into_iter()
+        .map(|id| id as u64)
+        .collect();
     let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
     // SAFETY: the caller guarantees the addresses came from `to_raw` in this address space image.
     let callbacks = raw
@@ -130,7 +208,8 @@ pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<(Batch, RunFlags)> {
         .into_iter()
         .map(|index| (index, TaskFailure::Spawn(String::new())))
         .collect();
-    Ok((batch, flags))
+    batch.spilled = spilled;
+    Ok((batch, flags, attached))
 }
 
 /// Encodes `outcome` into `out` (cleared first). Failures other than a callback's return code or a
@@ -254,8 +333,144 @@ pub fn decode_outcome(buf: &[u8], worker: usize) -> io::Result<BatchOutcome> {
 
 /// Writes one frame (length, then payload) to a socket.
 pub fn send_frame(fd: RawFd, payload: &[u8]) -> io::Result<()> {
-    send_all(fd, &(payload.len() as u64).to_ne_bytes())?;
+    send_frame_with_fds(fd, payload, &[])
+}
+
+/// Most descriptors one frame carries (a batch refers to few spill files).
+pub const MAX_FDS_PER_FRAME: usize = 16;
+
+/// Writes one frame, passing `fds` (at most [`MAX_FDS_PER_FRAME`]) to the peer with its header
+/// (`SCM_RIGHTS`): the peer gets its own descriptors for the same open files.
+pub fn send_frame_with_fds(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let header = (payload.len() as u64).to_ne_bytes();
+    if fds.is_empty() {
+        send_all(fd, &header)?;
+    } else {
+        send_header_with_fds(fd, &header, fds)?;
+    }
     send_all(fd, payload)
+}
+
+/// Room for the control message of [`MAX_FDS_PER_FRAME`] descriptors (u64s keep it aligned).
+type ControlBuffer = [u64; 16];
+
+const _: () = assert!(
+    std::mem::size_of::<ControlBuffer>()
+        >= std::mem::size_of::<libc::cmsghdr>() + MAX_FDS_PER_FRAME * 4 + 8
+);
+
+fn send_header_with_fds(fd: RawFd, header: &[u8; 8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS_PER_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one frame",
+        ));
+    }
+    let mut control: ControlBuffer = [0; 16];
+    let mut iov = libc::iovec {
+        iov_base: header.as_ptr() as *mut libc::c_void,
+        iov_len: header.len(),
+    };
+    let fds_bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: msghdr is plain data; every pointer set below points into live local buffers large
+    // enough for what the CMSG macros compute (checked by the assertion on ControlBuffer).
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(fds_bytes) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_bytes) as usize;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            fds_bytes as usize,
+        );
+        loop {
+            let sent = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
+            if sent >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break sent;
+            }
+        }
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The descriptors went with the first byte; the rest of the header follows plainly.
+    send_all(fd, &header[sent as usize..])
+}
+
+/// Reads one frame like [`recv_frame`], also receiving the descriptors sent with its header
+/// (appended to `fds`, close-on-exec).
+pub fn recv_frame_with_fds(
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    fds: &mut Vec<OwnedFd>,
+    period_ms: libc::c_int,
+    alive: &dyn Fn() -> bool,
+) -> io::Result<bool> {
+    let watch = Watch { period_ms, alive };
+    let mut header = [0u8; 8];
+    wait_readable(fd, &watch)?;
+    let got = recv_with_fds(fd, &mut header, fds)?;
+    if got == 0 {
+        return Ok(false);
+    }
+    if got < header.len() {
+        recv_exact(fd, &mut header[got..], false, &watch)?;
+    }
+    let len = usize::try_from(u64::from_ne_bytes(header)).map_err(|_| malformed("oversized"))?;
+    buf.clear();
+    buf.resize(len, 0);
+    recv_exact(fd, buf, false, &watch)?;
+    Ok(true)
+}
+
+/// One recvmsg into `bytes`, collecting any descriptors that come with them.
+fn recv_with_fds(fd: RawFd, bytes: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut control: ControlBuffer = [0; 16];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data pointing into live local buffers; recvmsg fills at most their
+    // sizes; the CMSG macros walk only what the kernel wrote (it updates msg_controllen), and each
+    // received descriptor is a fresh one this process now owns.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of::<ControlBuffer>();
+        let got = loop {
+            let got = libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if got >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break got;
+            }
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let raw = data.cast::<RawFd>().add(i).read_unaligned();
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(malformed("descriptor-carrying"));
+        }
+        Ok(got as usize)
+    }
 }
 
 fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
@@ -385,11 +600,14 @@ mod tests {
         let flags = RunFlags {
             timed: true,
             collect: false,
+            access: MapAccess::Private,
+            call: 12,
         };
         let batch = batch.retry_without(41, TaskFailure::Spawn("lost".into()));
-        encode_batch(&batch, flags, &mut buf);
+        encode_batch(&batch, flags, &[7, 9], &mut buf);
         // SAFETY: encoded in this process.
-        let (back, back_flags) = unsafe { decode_batch(&buf) }.unwrap();
+        let (back, back_flags, attached) = unsafe { decode_batch(&buf) }.unwrap();
+        assert_eq!(attached, vec![7, 9]);
         assert_eq!(back_flags, flags);
         assert_eq!(back.forced.len(), 1);
         assert_eq!(back.forced[0].0, 41);

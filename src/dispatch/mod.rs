@@ -14,6 +14,7 @@
 //!   reader of `next` pauses production instead of piling results up in memory.
 
 pub mod batching;
+mod spill;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -195,6 +196,17 @@ pub struct CallOptions {
     pub handle_sigint: bool,
 }
 
+/// When and how a call spills large arguments to files (process backend only).
+#[derive(Clone, Debug)]
+pub struct SpillOptions {
+    /// Arguments strictly larger than this go through a file.
+    pub above: u64,
+    /// How workers map them.
+    pub mode: crate::config::MmapMode,
+    /// The temp_folder option, if set (resolved at the first spill).
+    pub folder: Option<std::path::PathBuf>,
+}
+
 /// The first failure seen, by task index, and which worker saw it.
 #[derive(Clone, Debug)]
 struct Failure {
@@ -244,6 +256,9 @@ pub struct Call {
     completed_tasks: usize,
     /// No more input will come: the producer ended, or `collect` was called.
     input_done: bool,
+    /// Large arguments: when to spill them, and the files once the first one was.
+    spill_options: Option<SpillOptions>,
+    spill: Option<spill::CallSpill>,
 }
 
 impl std::fmt::Debug for Call {
@@ -284,6 +299,12 @@ impl Call {
                 abort: stop.abort.clone(),
                 timeout,
                 collect,
+                access: crate::memmap::MapAccess::ReadOnly,
+                call: {
+                    static NEXT_CALL: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(1);
+                    NEXT_CALL.fetch_add(1, Ordering::Relaxed)
+                },
             },
             cancelled: stop.cancelled.clone(),
             sigint: handle_sigint.then(|| stop.share()),
@@ -306,7 +327,18 @@ impl Call {
             dispatched_tasks: 0,
             completed_tasks: 0,
             input_done: false,
+            spill_options: None,
+            spill: None,
         }
+    }
+
+    /// A call that writes arguments above `options.above` bytes to files for its workers.
+    pub fn with_spill(mut self, options: Option<SpillOptions>) -> Self {
+        if let Some(options) = &options {
+            self.link.access = options.mode.into();
+        }
+        self.spill_options = options;
+        self
     }
 
     /// A call that reports its progress through `progress`.
@@ -528,7 +560,15 @@ impl Call {
         if self.failed() {
             return;
         }
-        self.pending.push(callback, arg);
+        match &self.spill_options {
+            Some(options) if arg.len() as u64 > options.above => {
+                if let Err(error) = self.push_spilled(callback, arg) {
+                    self.fail_producer(error);
+                    return;
+                }
+            }
+            _ => self.pending.push(callback, arg),
+        }
         self.submitted += 1;
         if self.pending.len() >= batching.size() {
             self.absorb_ready(batching);
@@ -544,6 +584,26 @@ impl Call {
             let batch = std::mem::replace(&mut self.pending, next);
             self.dispatch(backend, batch);
         }
+    }
+
+    /// Writes a large argument to the call's spill file and queues the task with a reference to it.
+    fn push_spilled(&mut self, callback: Callback, arg: &[u8]) -> Result<(), Error> {
+        let spill = match &mut self.spill {
+            Some(spill) => spill,
+            empty => {
+                let Some(options) = &self.spill_options else {
+                    unreachable!("only called with spill options")
+                };
+                empty.insert(spill::CallSpill::create(
+                    options.folder.clone(),
+                    options.mode,
+                    arg.len(),
+                )?)
+            }
+        };
+        let (at, file) = spill.write(arg)?;
+        self.pending.push_spilled(callback, at, file);
+        Ok(())
     }
 
     /// Calls the producer once; at its end (or error) the producer is dropped.
@@ -749,8 +809,15 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
             format!("task {index}: pj panicked: {text}"),
         ),
         TaskFailure::Spawn(text) => (ErrorKind::Io, format!("task {index}: {text}")),
-        TaskFailure::Died { pid, death } => {
+        TaskFailure::Died {
+            pid,
+            death,
+            fault_address,
+            backtrace,
+        } => {
             context.worker = format!("process {pid}");
+            context.fault_address = *fault_address;
+            context.backtrace = backtrace.clone();
             let how = match *death {
                 Death::Signal(signal) => {
                     context.signal = Some(signal);

@@ -87,8 +87,21 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
 /// result carries its own status: see `pj_results_status`) and `handle_sigint` ("true"/"false":
 /// while a call blocks, a SIGINT cancels it instead of killing the process; see
-/// `pj_parallel_cancel`). Every value is validated now, also for options whose feature arrives
-/// later. On failure the config is unchanged.
+/// `pj_parallel_cancel`), `progress` ("bar": a progress bar on stderr, redrawn in place on a
+/// terminal, a plain line every 2 s otherwise; "none"). Every value is validated now. On failure
+/// the config is unchanged.
+///
+/// Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
+/// 1M; "none" disables) is written once to an unnamed file in the temp folder (`temp_folder`, else
+/// PJ_TEMP_FOLDER, /dev/shm with more than 2 GB free, TMPDIR/TEMP/TMP, /tmp; resolved at each
+/// call) and mapped by the workers instead of being copied to each of them; the same content
+/// submitted many times is written once. `mmap_mode` decides the worker's view: "r" (default)
+/// read-only, a write kills the worker (PJ_STATUS_WORKER_DIED, SIGSEGV); "r+" and "w+" writable,
+/// each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
+/// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
+/// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
+/// max_nbytes never touches the folder. Files have no name, so nothing is left behind, even if the
+/// process is killed. Results always come back through the worker's socket.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string

@@ -1,0 +1,293 @@
+//! Arguments above max_nbytes reach process workers through a memory-mapped file, not the socket,
+//! with joblib's mmap_mode semantics, and nothing is ever left in the temp folder.
+
+mod common;
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+const CASE: &str = "PJ_MEMMAP_CASE";
+const BIG: usize = 3 << 20;
+
+/// A fresh, empty folder for one test's temp files.
+fn fresh_folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pj-memmap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The line of /proc/self/maps whose range holds `address`.
+fn mapping_of(address: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let range = line.split_whitespace().next().unwrap();
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            usize::from_str_radix(start, 16).unwrap(),
+            usize::from_str_radix(end, 16).unwrap(),
+        );
+        if (start..end).contains(&address) {
+            return line.to_owned();
+        }
+    }
+    String::new()
+}
+
+/// Task: returns [sum of the argument's bytes, argument address, 1 if the argument lives in a
+/// mapping of a deleted file (a spill file), the argument's first byte]; with userdata non-NULL,
+/// it then writes 0xEE into the argument's first byte (to probe mmap_mode).
+unsafe extern "C" fn inspect(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: pj passes `len` readable bytes at `arg`.
+    let bytes = unsafe { std::slice::from_raw_parts(arg, len) };
+    let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+    let mapping = mapping_of(arg as usize);
+    let from_file = u64::from(mapping.contains("(deleted)") || mapping.contains(" /"));
+    let first = u64::from(bytes[0]);
+    if !userdata.is_null() {
+        // SAFETY: deliberately writing through the argument, as a careless task would.
+        unsafe { (arg as *mut u8).write_volatile(0xEE) };
+    }
+    let words = [sum, arg as u64, from_file, first];
+    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    pj_out_set(out, raw.as_ptr(), raw.len());
+    0
+}
+
+fn words(result: &[u8]) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (i, chunk) in result.chunks(8).enumerate() {
+        w[i] = u64::from_ne_bytes(chunk.try_into().unwrap());
+    }
+    w
+}
+
+fn big_arg(seed: u8) -> Vec<u8> {
+    (0..BIG).map(|i| (i as u8).wrapping_add(seed)).collect()
+}
+
+fn byte_sum(bytes: &[u8]) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+fn executor(folder: &Path, extra: &[(&str, &str)]) -> Par {
+    let mut options = vec![
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("temp_folder", folder.to_str().unwrap()),
+    ];
+    options.extend_from_slice(extra);
+    parallel(&options).unwrap()
+}
+
+#[test]
+fn a_big_argument_is_mapped_from_a_file_once_per_worker() {
+    let folder = fresh_folder("once");
+    let par = executor(&folder, &[("batch_size", "1")]);
+    let arg = big_arg(3);
+    for _ in 0..20 {
+        par.submit(Some(inspect), std::ptr::null_mut(), &arg)
+            .unwrap();
+    }
+    let small = 7u64.to_ne_bytes();
+    par.submit(Some(inspect), std::ptr::null_mut(), &small)
+        .unwrap();
+    assert!(entries(&folder).is_empty(), "unnamed files only");
+    let results = par.collect().unwrap();
+    let mut addresses = std::collections::BTreeSet::new();
+    for r in &results[..20] {
+        let [sum, address, from_file, _] = words(r);
+        assert_eq!(sum, byte_sum(&arg));
+        assert_eq!(from_file, 1, "the argument is a file mapping in the worker");
+        addresses.insert(address);
+    }
+    assert!(
+        addresses.len() <= 2,
+        "one mapping per worker for the same content: {addresses:x?}"
+    );
+    assert_eq!(
+        words(&results[20])[2],
+        0,
+        "small arguments travel in the frame"
+    );
+    assert!(entries(&folder).is_empty());
+}
+
+#[test]
+fn max_nbytes_none_and_threads_never_spill() {
+    let folder = fresh_folder("never");
+    let arg = big_arg(1);
+    for extra in [&[("max_nbytes", "none")][..], &[("backend", "threads")][..]] {
+        let par = executor(&folder, extra);
+        par.submit(Some(inspect), std::ptr::null_mut(), &arg)
+            .unwrap();
+        let results = par.collect().unwrap();
+        assert_eq!(words(&results[0])[0], byte_sum(&arg));
+        assert_eq!(words(&results[0])[2], 0, "{extra:?}: copied, not mapped");
+    }
+    // A folder that does not exist is never looked at when nothing is spilled.
+    let par = executor(Path::new("/nonexistent/pj"), &[]);
+    par.submit(Some(inspect), std::ptr::null_mut(), &7u64.to_ne_bytes())
+        .unwrap();
+    assert_eq!(par.collect().unwrap().len(), 1);
+}
+
+#[test]
+fn max_nbytes_sets_the_threshold() {
+    let folder = fresh_folder("threshold");
+    let par = executor(&folder, &[("max_nbytes", "4K")]);
+    for len in [4096usize, 4097] {
+        let arg = vec![1u8; len];
+        par.submit(Some(inspect), std::ptr::null_mut(), &arg)
+            .unwrap();
+    }
+    let results = par.collect().unwrap();
+    assert_eq!(
+        words(&results[0])[2],
+        0,
+        "exactly max_nbytes stays in the frame"
+    );
+    assert_eq!(
+        words(&results[1])[2],
+        1,
+        "one byte more goes through a file"
+    );
+}
+
+#[test]
+fn a_missing_temp_folder_fails_the_call_with_io_naming_it() {
+    let par = executor(Path::new("/nonexistent/pj-spill"), &[]);
+    let err = par
+        .submit(Some(inspect), std::ptr::null_mut(), &big_arg(0))
+        .err()
+        .or_else(|| par.collect().err())
+        .expect("the call fails");
+    assert_eq!(err.status, pj_status::Io, "{}", err.message);
+    assert!(
+        err.message.contains("/nonexistent/pj-spill"),
+        "{}",
+        err.message
+    );
+    let _ = par.collect();
+    // The object works again once the arguments fit.
+    par.submit(Some(inspect), std::ptr::null_mut(), &[1, 2, 3])
+        .unwrap();
+    assert_eq!(par.collect().unwrap().len(), 1);
+}
+
+#[test]
+fn mmap_mode_r_makes_a_write_a_worker_death() {
+    let folder = fresh_folder("readonly");
+    let par = executor(&folder, &[]);
+    let mut write = 1u8;
+    par.submit(Some(inspect), (&raw mut write).cast(), &big_arg(0))
+        .unwrap();
+    let err = par.collect().unwrap_err();
+    assert_eq!(err.status, pj_status::WorkerDied, "{}", err.message);
+    assert!(
+        err.message.contains("SIGSEGV") || err.message.contains("SIGBUS"),
+        "{}",
+        err.message
+    );
+    assert!(entries(&folder).is_empty());
+}
+
+#[test]
+fn mmap_modes_c_and_r_plus_keep_each_tasks_writes_to_itself() {
+    let folder = fresh_folder("private");
+    let arg = big_arg(9);
+    for mode in ["c", "r+", "w+"] {
+        let par = executor(&folder, &[("mmap_mode", mode), ("batch_size", "1")]);
+        let mut write = 1u8;
+        for _ in 0..4 {
+            par.submit(Some(inspect), (&raw mut write).cast(), &arg)
+                .unwrap();
+        }
+        for r in par.collect().unwrap() {
+            let [sum, _, from_file, first] = words(&r);
+            assert_eq!(from_file, 1, "{mode}");
+            assert_eq!(
+                first,
+                u64::from(arg[0]),
+                "{mode}: no task sees another's write"
+            );
+            assert_eq!(sum, byte_sum(&arg), "{mode}");
+        }
+    }
+    assert!(entries(&folder).is_empty());
+}
+
+/// Task for the kill scenario: sleeps long with a spilled argument mapped.
+unsafe extern "C" fn sleep_on_it(
+    _: *mut c_void,
+    _: *const u8,
+    _: usize,
+    _: *mut TaskOutput,
+) -> i32 {
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
+/// The re-executed scenario: a call with spilled arguments that the parent test SIGKILLs.
+#[test]
+#[ignore]
+fn child_case() {
+    let Ok(folder) = std::env::var(CASE) else {
+        return;
+    };
+    println!();
+    let par = executor(Path::new(&folder), &[("batch_size", "1")]);
+    for seed in 0..4 {
+        par.submit(Some(sleep_on_it), std::ptr::null_mut(), &big_arg(seed))
+            .unwrap();
+    }
+    println!("SUBMITTED");
+    let _ = par.collect();
+}
+
+#[test]
+fn a_parent_killed_mid_call_leaves_nothing_in_the_temp_folder() {
+    use std::io::{BufRead, BufReader};
+    let folder = fresh_folder("killed");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_case",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CASE, &folder)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let submitted = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("SUBMITTED"));
+    assert!(submitted);
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(entries(&folder).is_empty(), "{:?}", entries(&folder));
+}
