@@ -251,8 +251,10 @@ void pj_config_free(pj_config_t *config);
 // each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
 // writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
 // with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
-// max_nbytes never touches the folder. Files have no name, so nothing is left behind, even if the
-// process is killed. Results always come back through the worker's socket.
+// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
+// worker writes each to its own unnamed file and the caller's results map it, without a copy (up
+// to 16 such results per batch; more stay in the socket). Files have no name, so nothing is left
+// behind, even if the process is killed.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string
@@ -347,8 +349,12 @@ pj_status pj_error_status(const pj_error_t *error);
 // the error and lives until `pj_error_free`. NULL gives an empty static string.
 const char *pj_error_message(const pj_error_t *error);
 
-// A multi-line report (UTF-8, each line ending in a newline): the kind of error, and for task
-// errors the task index, backend, worker and the callback's code, then the message. The string
+// A multi-line report (UTF-8, each line ending in a newline), pj's counterpart of joblib's worker
+// traceback: the kind of error, and for task errors the task index, backend, worker (thread number
+// or process id) and the callback's code; for a dead worker the signal (or exit status), the fault
+// address and a backtrace of the crashing thread captured by the worker's crash handler
+// (function, file and line when the program has symbols and debug info); for a timeout the limit
+// and how long the task had run; then the message. The string
 // belongs to the error and lives until `pj_error_free`. NULL gives an empty static string.
 const char *pj_error_report(const pj_error_t *error);
 

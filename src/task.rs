@@ -317,6 +317,9 @@ pub struct BatchOutcome {
     /// With on_error=collect: every failed task of the batch, by index (sorted). Each still has an
     /// (empty) entry in `ends`, so results stay aligned with task indices.
     pub errors: Vec<(usize, TaskFailure)>,
+    /// Results above max_nbytes that came back through files (process backend), mapped: (task
+    /// index, mapping), sorted. Their entry in `ends` is empty.
+    pub mapped: Vec<(usize, crate::memmap::Mapping)>,
     /// Seconds from dispatch to completion (auto batching's sample).
     pub seconds: f64,
     /// Which worker ran it: the worker's number in its pool (0 for the sequential backend).
@@ -339,6 +342,7 @@ impl BatchOutcome {
             ends: Vec::new(),
             failure: None,
             errors: Vec::new(),
+            mapped: Vec::new(),
             seconds: 0.0,
             worker,
         }
@@ -552,6 +556,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         ends,
         failure,
         errors,
+        mapped: Vec::new(),
         seconds,
         worker: ctx.worker,
     }

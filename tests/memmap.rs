@@ -291,3 +291,119 @@ fn a_parent_killed_mid_call_leaves_nothing_in_the_temp_folder() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(entries(&folder).is_empty(), "{:?}", entries(&folder));
 }
+
+/// Task: returns `len` bytes (the argument, a u64) of a pattern seeded by the length.
+unsafe extern "C" fn big_result(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments; pj_out_alloc gives `n` writable bytes.
+    unsafe {
+        let n = arg_u64(arg, len) as usize;
+        let bytes = std::slice::from_raw_parts_mut(pj_out_alloc(out, n), n);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(7).wrapping_add(n as u8);
+        }
+    }
+    0
+}
+
+fn expected_result(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(n as u8))
+        .collect()
+}
+
+#[test]
+fn big_results_come_back_mapped_from_files_without_a_copy() {
+    let folder = fresh_folder("results");
+    // 20 results in one batch: more than one frame's worth of descriptors, so some stay inline.
+    let sizes: Vec<usize> = (0..20)
+        .map(|i| if i % 2 == 0 { BIG + i } else { 100 + i })
+        .collect();
+    for batch_size in ["1", "20"] {
+        let par = executor(&folder, &[("batch_size", batch_size)]);
+        for &n in &sizes {
+            par.submit(
+                Some(big_result),
+                std::ptr::null_mut(),
+                &(n as u64).to_ne_bytes(),
+            )
+            .unwrap();
+        }
+        let mut res = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        check(pj_parallel_collect(par.0, &mut res, &mut err), err).unwrap();
+        let mut mapped = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            let (mut data, mut len) = (std::ptr::null(), 0usize);
+            assert_eq!(pj_results_get(res, i, &mut data, &mut len), pj_status::Ok);
+            // SAFETY: a live view into res.
+            let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+            assert!(
+                bytes == expected_result(n).as_slice(),
+                "batch {batch_size}: result {i}"
+            );
+            if mapping_of(data as usize).contains("(deleted)") {
+                mapped += 1;
+                assert!(n > 1 << 20, "only results above max_nbytes are mapped");
+            }
+        }
+        assert_eq!(
+            mapped, 10,
+            "batch {batch_size}: every big result was mapped"
+        );
+        assert!(entries(&folder).is_empty());
+        pj_results_free(res);
+    }
+    assert!(entries(&folder).is_empty());
+}
+
+#[test]
+fn big_results_stream_through_next_too() {
+    let folder = fresh_folder("stream");
+    let par = executor(&folder, &[("return_as", "generator_unordered")]);
+    for n in [BIG, 10, BIG + 1] {
+        par.submit(
+            Some(big_result),
+            std::ptr::null_mut(),
+            &(n as u64).to_ne_bytes(),
+        )
+        .unwrap();
+    }
+    let mut seen = 0;
+    loop {
+        let (mut index, mut data, mut len) = (0usize, std::ptr::null(), 0usize);
+        let status = pj_parallel_next(par.0, &mut index, &mut data, &mut len, std::ptr::null_mut());
+        if status == pj_status::Done {
+            break;
+        }
+        assert_eq!(status, pj_status::Ok);
+        let n = [BIG, 10, BIG + 1][index];
+        // SAFETY: a view valid until the next use of par.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        assert!(bytes == expected_result(n).as_slice(), "result {index}");
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+}
+
+#[test]
+fn a_big_result_with_a_missing_temp_folder_is_an_io_error_naming_it() {
+    let par = executor(Path::new("/nonexistent/pj-results"), &[]);
+    par.submit(
+        Some(big_result),
+        std::ptr::null_mut(),
+        &(BIG as u64).to_ne_bytes(),
+    )
+    .unwrap();
+    let err = par.collect().unwrap_err();
+    assert_eq!(err.status, pj_status::Io, "{}", err.message);
+    assert!(
+        err.message.contains("/nonexistent/pj-results"),
+        "{}",
+        err.message
+    );
+}

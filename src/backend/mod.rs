@@ -8,6 +8,7 @@
 
 mod crash;
 mod processes;
+mod spill;
 mod threads;
 pub mod wire;
 
@@ -37,6 +38,9 @@ pub struct CallLink {
     pub access: crate::memmap::MapAccess,
     /// Unique per call in this process.
     pub call: u64,
+    /// Process workers send results longer than this many bytes back through files in this
+    /// folder (a path, as bytes); `None`: never.
+    pub results_spill: Option<(u64, Arc<Vec<u8>>)>,
 }
 
 impl CallLink {

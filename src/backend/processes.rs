@@ -43,7 +43,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -54,12 +54,13 @@ use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use super::CallLink;
 use super::crash::{self, CrashRecord};
+use super::spill::{SpillMaps, map_results, spill_results};
 use super::wire::{
-    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_batch, decode_outcome, encode_batch,
-    encode_outcome, recv_frame, recv_frame_with_fds, send_frame, send_frame_with_fds,
+    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_batch, decode_outcome,
+    encode_batch, encode_outcome, recv_frame_with_fds, send_frame_with_fds,
 };
-use crate::memmap::{MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome, Death, RunContext, Running, TaskFailure, run_batch};
+use std::os::unix::ffi::OsStrExt;
 
 /// One batch for a proxy.
 struct Job {
@@ -108,6 +109,7 @@ impl ProcessPool {
                         level,
                         worker: None,
                         buf: Vec::new(),
+                        fds: Vec::new(),
                     }
                     .run(queue, inbox)
                 })?;
@@ -188,6 +190,8 @@ struct Proxy {
     level: usize,
     worker: Option<Worker>,
     buf: Vec<u8>,
+    /// Descriptors of result files that came with the last outcome.
+    fds: Vec<OwnedFd>,
 }
 
 impl Proxy {
@@ -280,7 +284,15 @@ impl Proxy {
             collect: link.collect,
             access: link.access,
             call: link.call,
+            results_above: link
+                .results_spill
+                .as_ref()
+                .map_or(u64::MAX, |(above, _)| *above),
         };
+        let results_folder = link
+            .results_spill
+            .as_ref()
+            .map_or(&[][..], |(_, folder)| folder.as_slice());
 
         // Spill files this worker has not seen travel with the frame (SCM_RIGHTS).
         let (mut attached, mut attached_fds) = (Vec::new(), Vec::new());
@@ -290,7 +302,8 @@ impl Proxy {
                 attached_fds.push(file.fd.as_raw_fd());
             }
         }
-        encode_batch(batch, flags, &attached, &mut self.buf);
+        encode_batch(batch, flags, &attached, results_folder, &mut self.buf);
+        self.fds.clear();
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
         let running = worker.running.get();
@@ -327,15 +340,27 @@ impl Proxy {
                 "a batch refers to too many spill files",
             ))
         } else {
-            send_frame_with_fds(fd, &self.buf, &attached_fds)
-                .and_then(|()| recv_frame(fd, &mut self.buf, period, &alive))
+            send_frame_with_fds(fd, &self.buf, &attached_fds).and_then(|()| {
+                recv_frame_with_fds(fd, &mut self.buf, &mut self.fds, period, &alive)
+            })
         };
         if let Some(worker) = self.worker.as_mut() {
             worker.sent_files.extend_from_slice(&attached);
         }
         match received {
-            Ok(true) => decode_outcome(&self.buf, self.slot)
-                .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e)))),
+            Ok(true) => {
+                let fds = std::mem::take(&mut self.fds);
+                let decoded = decode_outcome(&self.buf, self.slot)
+                    .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
+                let (mut outcome, files) = decoded;
+                outcome.mapped = map_results(files, fds).map_err(|e| {
+                    Some(Lost::fatal(
+                        batch.first,
+                        TaskFailure::Spawn(e.message().to_owned()),
+                    ))
+                })?;
+                Ok(outcome)
+            }
             _ if overdue.get().is_some() => {
                 let Some((index, limit, elapsed)) = overdue.get() else {
                     unreachable!("checked by the guard")
@@ -612,7 +637,13 @@ fn worker_main(
             &|| true,
         ) {
             // SAFETY: the frame was encoded by our parent, of which this process is a fork.
-            let Ok((batch, flags, attached)) = (unsafe { decode_batch(&inbox) }) else {
+            let Ok(DecodedBatch {
+                batch,
+                flags,
+                attached,
+                results_folder,
+            }) = (unsafe { decode_batch(&inbox) })
+            else {
                 return 3;
             };
             if attached.len() != received.len() {
@@ -621,10 +652,7 @@ fn worker_main(
             if flags.call != spill.call {
                 // A kept worker's new call: the previous call's files and mappings go, so their
                 // space is freed once the parent drops them too.
-                spill = SpillMaps {
-                    call: flags.call,
-                    ..SpillMaps::default()
-                };
+                spill = SpillMaps::for_call(flags.call);
             }
             spill
                 .files
@@ -640,11 +668,28 @@ fn worker_main(
                 spilled: &spilled,
                 ..RunContext::new(&abort, slot)
             };
-            let outcome = run_batch(&batch, ctx);
+            let mut outcome = run_batch(&batch, ctx);
             drop(spilled);
             spill.end_batch();
-            encode_outcome(&outcome, &mut outbox);
-            if send_frame(socket, &outbox).is_err() {
+            let mut files = Vec::new();
+            if flags.results_above != u64::MAX {
+                let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
+                match spill_results(&mut outcome, flags.results_above, folder, MAX_FDS_PER_FRAME) {
+                    Ok(spilled) => files = spilled,
+                    Err(error) => {
+                        outcome.failure = Some((
+                            outcome.first,
+                            TaskFailure::Spawn(format!(
+                                "cannot return a result through a file: {error}"
+                            )),
+                        ));
+                    }
+                }
+            }
+            let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
+            let raw: Vec<RawFd> = files.iter().map(|f| f.fd.as_raw_fd()).collect();
+            encode_outcome(&outcome, &listed, &mut outbox);
+            if send_frame_with_fds(socket, &outbox, &raw).is_err() {
                 return 0;
             }
         }
@@ -708,78 +753,6 @@ impl Drop for SharedRunning {
     fn drop(&mut self) {
         // SAFETY: unmapping the page mapped in `new`, once.
         unsafe { libc::munmap(self.ptr.cast(), PAGE) };
-    }
-}
-
-/// A worker's view of spilled arguments: the files it received and its mappings of them.
-#[derive(Default)]
-struct SpillMaps {
-    /// The call these files belong to.
-    call: u64,
-    files: std::collections::HashMap<u64, OwnedFd>,
-    /// Read-only mappings, kept across batches: "the same big array to every task" is mapped once
-    /// per worker. Keyed by (file, offset).
-    shared: std::collections::HashMap<(u64, u64), Mapping>,
-    /// Writable mappings (mmap_mode r+, w+, c): one per task, dropped after the batch, so that
-    /// a task's private writes never reach another task.
-    private: Vec<Mapping>,
-}
-
-/// Beyond this many cached read-only mappings, the cache starts afresh (bounds address space).
-const MAX_CACHED_MAPPINGS: usize = 64;
-
-impl SpillMaps {
-    /// Maps every spilled argument of `batch`; returns (task index, bytes) sorted by index.
-    fn map_batch(
-        &mut self,
-        batch: &Batch,
-        access: MapAccess,
-    ) -> crate::Result<Vec<(usize, &[u8])>> {
-        if batch.spilled.is_empty() {
-            return Ok(Vec::new());
-        }
-        if access == MapAccess::ReadOnly && self.shared.len() > MAX_CACHED_MAPPINGS {
-            self.shared.clear();
-        }
-        let mut private_at = Vec::new();
-        for (_, at) in &batch.spilled {
-            let fd = self.files.get(&at.file).ok_or_else(|| {
-                crate::Error::new(crate::ErrorKind::Io, "a spill file was never received")
-            })?;
-            if access == MapAccess::ReadOnly {
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    self.shared.entry((at.file, at.offset))
-                {
-                    slot.insert(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
-                }
-            } else {
-                private_at.push(self.private.len());
-                self.private
-                    .push(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
-            }
-        }
-        let mut private = private_at.into_iter();
-        let views = batch
-            .spilled
-            .iter()
-            .map(|(index, at)| {
-                let mapping = if access == MapAccess::ReadOnly {
-                    &self.shared[&(at.file, at.offset)]
-                } else {
-                    &self.private[private.next().unwrap_or_default()]
-                };
-                // SAFETY: the mapping is `at.len` bytes long (or empty) and outlives the views,
-                // which the worker drops before `end_batch` unmaps anything.
-                let bytes = unsafe { std::slice::from_raw_parts(mapping.as_ptr(), at.len) };
-                (*index, bytes)
-            })
-            .collect();
-        Ok(views)
-    }
-
-    /// Drops the per-task writable mappings of the batch that just ran.
-    fn end_batch(&mut self) {
-        self.private.clear();
     }
 }
 

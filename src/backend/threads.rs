@@ -320,6 +320,7 @@ fn lost_batch(first: usize, size: usize, worker: usize, why: String) -> BatchOut
         ends: Vec::new(),
         failure: Some((first, TaskFailure::Panicked(why))),
         errors: Vec::new(),
+        mapped: Vec::new(),
         seconds: 0.0,
         worker,
     }

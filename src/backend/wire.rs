@@ -68,6 +68,8 @@ pub struct RunFlags {
     /// Which call the batch belongs to: a kept worker drops the previous call's spill files when
     /// it changes.
     pub call: u64,
+    /// Results longer than this many bytes go back through files (u64::MAX: never).
+    pub results_above: u64,
 }
 
 impl Default for RunFlags {
@@ -77,6 +79,7 @@ impl Default for RunFlags {
             collect: false,
             access: MapAccess::ReadOnly,
             call: 0,
+            results_above: u64::MAX,
         }
     }
 }
@@ -103,6 +106,7 @@ impl RunFlags {
             collect: bits & 2 != 0,
             access,
             call: 0,
+            results_above: u64::MAX,
         })
     }
 }
@@ -110,8 +114,15 @@ impl RunFlags {
 /// Encodes `batch` into `out` (cleared first). Of `batch.forced` only the indices travel: the
 /// worker skips those tasks, and the parent, which kept the batch, merges their failures.
 /// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
-/// order of the descriptors.
-pub fn encode_batch(batch: &Batch, flags: RunFlags, attached: &[u64], out: &mut Vec<u8>) {
+/// order of the descriptors; `results_folder` is where the worker writes results above
+/// `flags.results_above`.
+pub fn encode_batch(
+    batch: &Batch,
+    flags: RunFlags,
+    attached: &[u64],
+    results_folder: &[u8],
+    out: &mut Vec<u8>,
+) {
     let (callbacks, args, arg_ends) = batch.parts();
     out.clear();
     out.reserve(
@@ -126,6 +137,9 @@ pub fn encode_batch(batch: &Batch, flags: RunFlags, attached: &[u64], out: &mut 
     put(out, args.len());
     put(out, flags.bits());
     out.extend_from_slice(&flags.call.to_ne_bytes());
+    out.extend_from_slice(&flags.results_above.to_ne_bytes());
+    put(out, results_folder.len());
+    out.extend_from_slice(results_folder);
     put(out, batch.forced.len());
     for (index, _) in &batch.forced {
         put(out, *index);
@@ -152,9 +166,18 @@ pub fn encode_batch(batch: &Batch, flags: RunFlags, attached: &[u64], out: &mut 
     out.extend_from_slice(args);
 }
 
-/// A batch as the worker receives it: the batch, how to run it, and the ids of the spill files
-/// whose descriptors came with the frame (in the order of the descriptors).
-pub type DecodedBatch = (Batch, RunFlags, Vec<u64>);
+/// A batch as the worker receives it.
+#[derive(Debug)]
+pub struct DecodedBatch {
+    /// The tasks.
+    pub batch: Batch,
+    /// How to run them.
+    pub flags: RunFlags,
+    /// The ids of the spill files whose descriptors came with the frame, in their order.
+    pub attached: Vec<u64>,
+    /// Where to write results above `flags.results_above` (a path, as bytes).
+    pub results_folder: Vec<u8>,
+}
 
 /// Decodes a batch encoded by [`encode_batch`].
 ///
@@ -166,6 +189,9 @@ pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<DecodedBatch> {
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
     let mut flags = RunFlags::from_bits(r.word()?)?;
     flags.call = r.word()? as u64;
+    flags.results_above = r.word()? as u64;
+    let folder_len = r.word()?;
+    let results_folder = r.bytes(folder_len)?.to_vec();
     let forced_count = r.word()?;
     if forced_count > count {
         return Err(malformed("batch"));
@@ -209,12 +235,18 @@ pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<DecodedBatch> {
         .map(|index| (index, TaskFailure::Spawn(String::new())))
         .collect();
     batch.spilled = spilled;
-    Ok((batch, flags, attached))
+    Ok(DecodedBatch {
+        batch,
+        flags,
+        attached,
+        results_folder,
+    })
 }
 
 /// Encodes `outcome` into `out` (cleared first). Failures other than a callback's return code or a
-/// panic never come from a worker.
-pub fn encode_outcome(outcome: &BatchOutcome, out: &mut Vec<u8>) {
+/// panic never come from a worker. `files` lists the results that travel as descriptors with the
+/// frame, as (task index, length), in the order of the descriptors.
+pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
     out.clear();
     out.reserve(48 + outcome.ends.len() * 8 + outcome.data.len());
     put(out, outcome.first);
@@ -233,6 +265,11 @@ pub fn encode_outcome(outcome: &BatchOutcome, out: &mut Vec<u8>) {
     for (index, failure) in &outcome.errors {
         put_failure(out, *index, failure);
     }
+    put(out, files.len());
+    for &(index, len) in files {
+        put(out, index);
+        put(out, len);
+    }
 }
 
 /// Encodes one task failure (tag, index, details). Only a callback's return code and pj's own
@@ -249,8 +286,14 @@ fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
-        TaskFailure::Panicked(text) | TaskFailure::Spawn(text) => {
+        TaskFailure::Panicked(text) => {
             put(out, 2);
+            put(out, index);
+            put(out, text.len());
+            out.extend_from_slice(text.as_bytes());
+        }
+        TaskFailure::Spawn(text) => {
+            put(out, 3);
             put(out, index);
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
@@ -282,20 +325,27 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
                 },
             ))
         }
-        2 => {
+        2 | 3 => {
             let index = r.word()?;
             let len = r.word()?;
-            Ok((
-                index,
-                TaskFailure::Panicked(String::from_utf8_lossy(r.bytes(len)?).into_owned()),
-            ))
+            let text = String::from_utf8_lossy(r.bytes(len)?).into_owned();
+            let failure = if tag == 2 {
+                TaskFailure::Panicked(text)
+            } else {
+                TaskFailure::Spawn(text)
+            };
+            Ok((index, failure))
         }
         _ => Err(malformed(r.what)),
     }
 }
 
-/// Decodes an outcome encoded by [`encode_outcome`]; `worker` and `seconds` are the parent's to fill.
-pub fn decode_outcome(buf: &[u8], worker: usize) -> io::Result<BatchOutcome> {
+/// Decodes an outcome encoded by [`encode_outcome`]; `worker` and `seconds` are the parent's to
+/// fill. Also returns the (task index, length) of the results that came as descriptors.
+pub fn decode_outcome(
+    buf: &[u8],
+    worker: usize,
+) -> io::Result<(BatchOutcome, Vec<(usize, usize)>)> {
     let mut r = Reader {
         buf,
         what: "outcome",
@@ -319,16 +369,26 @@ pub fn decode_outcome(buf: &[u8], worker: usize) -> io::Result<BatchOutcome> {
         let tag = r.word()?;
         errors.push(read_failure(&mut r, tag)?);
     }
-    Ok(BatchOutcome {
+    let file_count = r.word()?;
+    if file_count > size {
+        return Err(malformed("outcome"));
+    }
+    let mut files = Vec::with_capacity(file_count);
+    for _ in 0..file_count {
+        files.push((r.word()?, r.word()?));
+    }
+    let outcome = BatchOutcome {
         first,
         size,
         data,
         ends,
         failure,
         errors,
+        mapped: Vec::new(),
         seconds: 0.0,
         worker,
-    })
+    };
+    Ok((outcome, files))
 }
 
 /// Writes one frame (length, then payload) to a socket.
@@ -602,12 +662,15 @@ mod tests {
             collect: false,
             access: MapAccess::Private,
             call: 12,
+            results_above: 1 << 20,
         };
         let batch = batch.retry_without(41, TaskFailure::Spawn("lost".into()));
-        encode_batch(&batch, flags, &[7, 9], &mut buf);
+        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", &mut buf);
         // SAFETY: encoded in this process.
-        let (back, back_flags, attached) = unsafe { decode_batch(&buf) }.unwrap();
-        assert_eq!(attached, vec![7, 9]);
+        let decoded = unsafe { decode_batch(&buf) }.unwrap();
+        let (back, back_flags) = (decoded.batch, decoded.flags);
+        assert_eq!(decoded.attached, vec![7, 9]);
+        assert_eq!(decoded.results_folder, b"/tmp/x");
         assert_eq!(back_flags, flags);
         assert_eq!(back.forced.len(), 1);
         assert_eq!(back.forced[0].0, 41);
@@ -638,11 +701,13 @@ mod tests {
                 ),
                 (41, TaskFailure::Panicked("boom".into())),
             ],
+            mapped: Vec::new(),
             seconds: 0.0,
             worker: 0,
         };
-        encode_outcome(&outcome, &mut buf);
-        let back = decode_outcome(&buf, 1).unwrap();
+        encode_outcome(&outcome, &[(41, 5 << 20)], &mut buf);
+        let (back, files) = decode_outcome(&buf, 1).unwrap();
+        assert_eq!(files, vec![(41, 5 << 20)]);
         assert_eq!(
             (back.first, back.size, &back.data, &back.ends),
             (40, 3, &outcome.data, &outcome.ends)

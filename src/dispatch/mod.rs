@@ -28,18 +28,40 @@ pub use batching::{Batching, SizeChange};
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind, TaskContext, signal_name};
+use crate::memmap::Mapping;
 use crate::progress::{Progress, Snapshot};
 use crate::sigint::SigintGuard;
 use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure};
 
-/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`. With
-/// on_error=collect, failed tasks have an empty output and an entry in `errors`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`, or a mapped
+/// file for results above max_nbytes (process backend). With on_error=collect, failed tasks have
+/// an empty output and an entry in `errors`.
+#[derive(Debug, Default)]
 pub struct Results {
     data: Vec<u8>,
     ends: Vec<usize>,
     /// (task index, its error), sorted by index.
     errors: Vec<(usize, Error)>,
+    /// (task index, the mapped file holding its output), sorted by index.
+    mapped: Vec<(usize, Mapping)>,
+}
+
+/// A mapped result's bytes.
+fn mapped_bytes(mapping: &Mapping) -> &[u8] {
+    if mapping.is_empty() {
+        return &[];
+    }
+    // SAFETY: a read-only mapping of `len()` bytes that lives as long as the borrow of it.
+    unsafe { std::slice::from_raw_parts(mapping.as_ptr(), mapping.len()) }
+}
+
+/// The output of task `index` if it came back through a file.
+fn find_mapped(mapped: &[(usize, Mapping)], index: usize) -> Option<&[u8]> {
+    if mapped.is_empty() {
+        return None;
+    }
+    let at = mapped.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+    Some(mapped_bytes(&mapped[at].1))
 }
 
 impl Results {
@@ -55,6 +77,9 @@ impl Results {
 
     /// Task `index`'s output bytes.
     pub fn get(&self, index: usize) -> Option<&[u8]> {
+        if let Some(bytes) = find_mapped(&self.mapped, index) {
+            return Some(bytes);
+        }
         let end = *self.ends.get(index)?;
         let start = if index == 0 { 0 } else { self.ends[index - 1] };
         Some(&self.data[start..end])
@@ -86,6 +111,15 @@ impl Results {
         describe: impl Fn(usize, &TaskFailure, usize) -> Error,
     ) -> Results {
         outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
+        let mut mapped = Vec::new();
+        for (outcome, skip) in &mut outcomes {
+            let from = outcome.first + *skip;
+            mapped.extend(
+                std::mem::take(&mut outcome.mapped)
+                    .into_iter()
+                    .filter(|(index, _)| *index >= from),
+            );
+        }
         let mut errors = Vec::new();
         for (outcome, skip) in &outcomes {
             let from = outcome.first + skip;
@@ -102,6 +136,7 @@ impl Results {
                 data: std::mem::take(&mut only.data),
                 ends: std::mem::take(&mut only.ends),
                 errors,
+                mapped,
             };
         }
         let total_tasks = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
@@ -109,6 +144,7 @@ impl Results {
             data: Vec::new(),
             ends: Vec::with_capacity(total_tasks),
             errors,
+            mapped,
         };
         for (outcome, skip) in outcomes {
             let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
@@ -305,6 +341,7 @@ impl Call {
                         std::sync::atomic::AtomicU64::new(1);
                     NEXT_CALL.fetch_add(1, Ordering::Relaxed)
                 },
+                results_spill: None,
             },
             cancelled: stop.cancelled.clone(),
             sigint: handle_sigint.then(|| stop.share()),
@@ -336,6 +373,11 @@ impl Call {
     pub fn with_spill(mut self, options: Option<SpillOptions>) -> Self {
         if let Some(options) = &options {
             self.link.access = options.mode.into();
+            // Where workers write large results: resolved now (cheap, no file is created); the
+            // worker reports a bad folder when it first needs it.
+            let folder = crate::memmap::folder::resolve_temp_folder(options.folder.as_deref());
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(folder.path.as_os_str()).to_vec();
+            self.link.results_spill = Some((options.above, Arc::new(bytes)));
         }
         self.spill_options = options;
         self
@@ -512,7 +554,8 @@ impl Call {
             outcome.ends[*read - 1]
         };
         let index = outcome.first + *read;
-        let data = &outcome.data[start..outcome.ends[*read]];
+        let data = find_mapped(&outcome.mapped, index)
+            .unwrap_or(&outcome.data[start..outcome.ends[*read]]);
         *read += 1;
         self.arrived_tasks -= 1;
         self.next_index = index + 1;

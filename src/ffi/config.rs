@@ -100,8 +100,10 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
 /// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
 /// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
-/// max_nbytes never touches the folder. Files have no name, so nothing is left behind, even if the
-/// process is killed. Results always come back through the worker's socket.
+/// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
+/// worker writes each to its own unnamed file and the caller's results map it, without a copy (up
+/// to 16 such results per batch; more stay in the socket). Files have no name, so nothing is left
+/// behind, even if the process is killed.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string

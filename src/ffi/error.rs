@@ -71,8 +71,12 @@ pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
     })
 }
 
-/// A multi-line report (UTF-8, each line ending in a newline): the kind of error, and for task
-/// errors the task index, backend, worker and the callback's code, then the message. The string
+/// A multi-line report (UTF-8, each line ending in a newline), pj's counterpart of joblib's worker
+/// traceback: the kind of error, and for task errors the task index, backend, worker (thread number
+/// or process id) and the callback's code; for a dead worker the signal (or exit status), the fault
+/// address and a backtrace of the crashing thread captured by the worker's crash handler
+/// (function, file and line when the program has symbols and debug info); for a timeout the limit
+/// and how long the task had run; then the message. The string
 /// belongs to the error and lives until `pj_error_free`. NULL gives an empty static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_report(error: *const pj_error_t) -> *const c_char {

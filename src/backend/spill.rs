@@ -1,0 +1,190 @@
+//! The worker's side of memmapping: mapping spilled arguments it receives, and sending results
+//! above max_nbytes back through files instead of the socket.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::memmap::{BackingFile, MapAccess, Mapping};
+use crate::task::{Batch, BatchOutcome};
+
+/// A worker's view of spilled arguments: the files it received and its mappings of them.
+#[derive(Default)]
+pub struct SpillMaps {
+    /// The call these files belong to.
+    pub call: u64,
+    pub files: HashMap<u64, OwnedFd>,
+    /// Read-only mappings, kept across batches: "the same big array to every task" is mapped once
+    /// per worker. Keyed by (file, offset).
+    shared: HashMap<(u64, u64), Mapping>,
+    /// Writable mappings (mmap_mode r+, w+, c): one per task, dropped after the batch, so that
+    /// a task's private writes never reach another task.
+    private: Vec<Mapping>,
+}
+
+/// Beyond this many cached read-only mappings, the cache starts afresh (bounds address space).
+const MAX_CACHED_MAPPINGS: usize = 64;
+
+impl SpillMaps {
+    /// Empty, for the batches of call `call` (a kept worker starts afresh at each call).
+    pub fn for_call(call: u64) -> Self {
+        SpillMaps {
+            call,
+            ..SpillMaps::default()
+        }
+    }
+
+    /// Maps every spilled argument of `batch`; returns (task index, bytes) sorted by index.
+    pub fn map_batch(&mut self, batch: &Batch, access: MapAccess) -> Result<Vec<(usize, &[u8])>> {
+        if batch.spilled.is_empty() {
+            return Ok(Vec::new());
+        }
+        if access == MapAccess::ReadOnly && self.shared.len() > MAX_CACHED_MAPPINGS {
+            self.shared.clear();
+        }
+        let mut private_at = Vec::new();
+        for (_, at) in &batch.spilled {
+            let fd = self
+                .files
+                .get(&at.file)
+                .ok_or_else(|| Error::new(ErrorKind::Io, "a spill file was never received"))?;
+            if access == MapAccess::ReadOnly {
+                if let Entry::Vacant(slot) = self.shared.entry((at.file, at.offset)) {
+                    slot.insert(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
+                }
+            } else {
+                private_at.push(self.private.len());
+                self.private
+                    .push(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
+            }
+        }
+        let mut private = private_at.into_iter();
+        let views = batch
+            .spilled
+            .iter()
+            .map(|(index, at)| {
+                let mapping = if access == MapAccess::ReadOnly {
+                    &self.shared[&(at.file, at.offset)]
+                } else {
+                    &self.private[private.next().unwrap_or_default()]
+                };
+                // SAFETY: the mapping is `at.len` bytes long (or empty) and outlives the views,
+                // which the worker drops before `end_batch` unmaps anything.
+                let bytes = unsafe { std::slice::from_raw_parts(mapping.as_ptr(), at.len) };
+                (*index, bytes)
+            })
+            .collect();
+        Ok(views)
+    }
+
+    /// Drops the per-task writable mappings of the batch that just ran.
+    pub fn end_batch(&mut self) {
+        self.private.clear();
+    }
+}
+
+/// A result written to a file by the worker: its task, length, and the file (sent to the parent).
+#[derive(Debug)]
+pub struct SpilledResult {
+    /// The task's index.
+    pub index: usize,
+    /// The result's length in bytes.
+    pub len: usize,
+    /// The unnamed file holding it.
+    pub fd: OwnedFd,
+}
+
+/// Moves every result longer than `above` bytes (at most `max` of them; later ones stay inline)
+/// out of `outcome` into its own unnamed file in `folder` (its entry in `outcome.ends` becomes
+/// empty), so that it travels as a descriptor.
+pub fn spill_results(
+    outcome: &mut BatchOutcome,
+    above: u64,
+    folder: &Path,
+    max: usize,
+) -> Result<Vec<SpilledResult>> {
+    let mut spilled = Vec::new();
+    let mut start = 0;
+    for (offset, &end) in outcome.ends.iter().enumerate() {
+        let len = end - start;
+        if len as u64 > above && spilled.len() < max {
+            let file = BackingFile::create(folder, len as u64)?;
+            write_all_at(file.fd().as_raw_fd(), &outcome.data[start..end])?;
+            spilled.push(SpilledResult {
+                index: outcome.first + offset,
+                len,
+                fd: file.fd().try_clone_to_owned().map_err(io_error)?,
+            });
+        }
+        start = end;
+    }
+    if spilled.is_empty() {
+        return Ok(spilled);
+    }
+    // Rebuild the arena without the spilled results.
+    let mut data =
+        Vec::with_capacity(outcome.data.len() - spilled.iter().map(|s| s.len).sum::<usize>());
+    let mut ends = Vec::with_capacity(outcome.ends.len());
+    let (mut start, mut next) = (0, spilled.iter().peekable());
+    for (offset, &end) in outcome.ends.iter().enumerate() {
+        if next
+            .next_if(|s| s.index == outcome.first + offset)
+            .is_none()
+        {
+            data.extend_from_slice(&outcome.data[start..end]);
+        }
+        ends.push(data.len());
+        start = end;
+    }
+    outcome.data = data;
+    outcome.ends = ends;
+    Ok(spilled)
+}
+
+fn io_error(error: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("cannot pass a result file: {error}"))
+}
+
+/// pwrite until everything is written.
+fn write_all_at(fd: std::os::fd::RawFd, mut bytes: &[u8]) -> Result<()> {
+    let mut offset = 0i64;
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live buffer; `fd` an open file of ours.
+        let written = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), offset) };
+        if written < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot write a result file: {error}"),
+            ));
+        }
+        bytes = &bytes[written as usize..];
+        offset += written as i64;
+    }
+    Ok(())
+}
+
+/// In the parent: maps the results a worker sent through files, read-only.
+pub fn map_results(files: Vec<(usize, usize)>, fds: Vec<OwnedFd>) -> Result<Vec<(usize, Mapping)>> {
+    if files.len() != fds.len() {
+        return Err(Error::new(
+            ErrorKind::Io,
+            "a worker sent result files that do not match its outcome",
+        ));
+    }
+    files
+        .into_iter()
+        .zip(fds)
+        .map(|((index, len), fd)| {
+            Ok((
+                index,
+                Mapping::map(fd.as_fd(), 0, len, MapAccess::ReadOnly)?,
+            ))
+        })
+        .collect()
+}
