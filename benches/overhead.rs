@@ -209,6 +209,100 @@ fn main() {
     if benching {
         cpu_bound_speedup();
         cold_first_call();
+        big_buffer_read_by_two_tasks();
+    }
+}
+
+/// Task: sums one byte per 64 of its half of the buffer. The argument is 8 bytes (which half) when
+/// the buffer comes through userdata, or the half itself otherwise.
+unsafe extern "C" fn sum_half(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: either an 8-byte half number with userdata the whole buffer, or the half itself.
+    let bytes: &[u8] = unsafe {
+        if userdata.is_null() {
+            std::slice::from_raw_parts(arg, len)
+        } else {
+            let buffer = &*(userdata as *const Vec<u8>);
+            let half = buffer.len() / 2;
+            let which = u64::from_ne_bytes(std::slice::from_raw_parts(arg, 8).try_into().unwrap());
+            &buffer[which as usize * half..(which as usize + 1) * half]
+        }
+    };
+    let sum = bytes
+        .iter()
+        .step_by(64)
+        .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)));
+    pj_out_set(out, sum.to_ne_bytes().as_ptr(), 8);
+    0
+}
+
+/// Issue 6's bench: a 200 MB buffer read by 2 tasks on 2 worker processes, in ms per call, when the
+/// buffer exists before the call (userdata, copy-on-write), is spilled to a file (arguments above
+/// max_nbytes), or goes through the socket (max_nbytes=none).
+fn big_buffer_read_by_two_tasks() {
+    let buffer: Vec<u8> = vec![3u8; 200 << 20];
+    let half = buffer.len() / 2;
+    let time = |options: &[(&str, &str)], through_userdata: bool| {
+        let samples: Vec<f64> = (0..5)
+            .map(|_| {
+                let par = new_parallel(options);
+                let start = Instant::now();
+                for which in 0..2u64 {
+                    let mut err = std::ptr::null_mut();
+                    let status = if through_userdata {
+                        let arg = which.to_ne_bytes();
+                        let userdata = &buffer as *const Vec<u8> as *mut c_void;
+                        pj_parallel_submit(par, Some(sum_half), userdata, arg.as_ptr(), 8, &mut err)
+                    } else {
+                        let part = &buffer[which as usize * half..(which as usize + 1) * half];
+                        let null = std::ptr::null_mut();
+                        pj_parallel_submit(
+                            par,
+                            Some(sum_half),
+                            null,
+                            part.as_ptr(),
+                            part.len(),
+                            &mut err,
+                        )
+                    };
+                    assert_eq!(status, pj_status::Ok);
+                }
+                let mut res = std::ptr::null_mut();
+                let status = pj_parallel_collect(par, &mut res, std::ptr::null_mut());
+                assert_eq!(status, pj_status::Ok);
+                let elapsed = start.elapsed().as_secs_f64() * 1e3;
+                pj_results_free(res);
+                pj_parallel_free(par);
+                elapsed
+            })
+            .collect();
+        median(samples)
+    };
+    let processes = [("backend", "processes"), ("n_jobs", "2")];
+    let cases: [(&str, Vec<(&str, &str)>, bool); 3] = [
+        (
+            "userdata (exists before the call)",
+            processes.to_vec(),
+            true,
+        ),
+        (
+            "spilled argument (max_nbytes=1M)",
+            processes.to_vec(),
+            false,
+        ),
+        (
+            "through the socket (max_nbytes=none)",
+            [&processes[..], &[("max_nbytes", "none")]].concat(),
+            false,
+        ),
+    ];
+    for (name, options, through_userdata) in cases {
+        let (median, min, max) = time(&options, through_userdata);
+        println!("200 MB read by 2 tasks, {name:<38} {median:>8.1} ms [{min:.1}-{max:.1}]");
     }
 }
 

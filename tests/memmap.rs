@@ -407,3 +407,145 @@ fn a_big_result_with_a_missing_temp_folder_is_an_io_error_naming_it() {
         err.message
     );
 }
+
+/// The calling process's anonymous resident memory, in KiB (what a copy of an argument grows).
+fn rss_anon_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Task: checksums its argument and returns [checksum, this worker's RssAnon in KiB].
+unsafe extern "C" fn checksum_and_rss(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: pj passes `len` readable bytes at `arg`.
+    let bytes = unsafe { std::slice::from_raw_parts(arg, len) };
+    // One byte per page: every page of the argument is touched, cheaply in a debug build.
+    let sum = bytes
+        .iter()
+        .step_by(4096)
+        .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)));
+    let words = [sum, rss_anon_kib()];
+    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    pj_out_set(out, raw.as_ptr(), raw.len());
+    0
+}
+
+/// Distinct open files of this process that live in `folder` (unnamed files show as
+/// "<folder>/#<inode> (deleted)" or similar).
+fn open_files_in(folder: &Path) -> usize {
+    let prefix = folder.to_string_lossy().into_owned();
+    let mut inodes = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && target.to_string_lossy().starts_with(&prefix)
+            && let Ok(meta) = std::fs::metadata(entry.path())
+        {
+            inodes.insert(std::os::unix::fs::MetadataExt::ino(&meta));
+        }
+    }
+    inodes.len()
+}
+
+#[test]
+fn a_512_mib_argument_to_8_tasks_is_written_once_and_never_copied_into_workers() {
+    let folder = fresh_folder("512m");
+    let mut arg = vec![0u8; 512 << 20];
+    for (page, bytes) in arg.chunks_mut(4096).enumerate() {
+        bytes.fill(page as u8);
+    }
+    let expected = arg
+        .iter()
+        .step_by(4096)
+        .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)));
+    let parent_rss = rss_anon_kib();
+    let par = executor(&folder, &[("batch_size", "1")]);
+    for _ in 0..8 {
+        par.submit(Some(checksum_and_rss), std::ptr::null_mut(), &arg)
+            .unwrap();
+    }
+    assert_eq!(
+        open_files_in(&folder),
+        1,
+        "one file for the eight submissions"
+    );
+    let results = par.collect().unwrap();
+    for r in &results {
+        let [sum, worker_rss] =
+            [0, 1].map(|i| u64::from_ne_bytes(r[i * 8..i * 8 + 8].try_into().unwrap()));
+        assert_eq!(sum, expected);
+        // The worker is a fork of this process (which holds the 512 MiB argument): a copy of the
+        // argument would add 512 MiB of anonymous memory to it.
+        let growth_mib = worker_rss.saturating_sub(parent_rss) / 1024;
+        assert!(growth_mib < 32, "a worker grew by {growth_mib} MiB");
+    }
+    drop(par);
+    assert_eq!(open_files_in(&folder), 0);
+    assert!(entries(&folder).is_empty());
+}
+
+/// Task: fails on argument byte 1, sleeps forever on 2, returns otherwise.
+unsafe extern "C" fn ending(_: *mut c_void, arg: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+    // SAFETY: arguments are at least one byte long.
+    match unsafe { *arg } {
+        1 => 3,
+        2 => loop {
+            std::thread::sleep(Duration::from_millis(10));
+        },
+        _ => 0,
+    }
+}
+
+#[test]
+fn no_ending_leaves_a_file_behind() {
+    let folder = fresh_folder("endings");
+    let arg_with = |first: u8| {
+        let mut a = vec![5u8; BIG];
+        a[0] = first;
+        a
+    };
+    // A task error, a timeout and a cancellation, each with spilled arguments in flight.
+    for (case, first, extra) in [
+        ("error", 1u8, &[][..]),
+        ("timeout", 2, &[("timeout", "0.3")][..]),
+    ] {
+        let par = executor(&folder, extra);
+        for i in 0..4u8 {
+            let _ = par.submit(
+                Some(ending),
+                std::ptr::null_mut(),
+                &arg_with(if i == 2 { first } else { 0 }),
+            );
+        }
+        assert!(par.collect().is_err(), "{case}");
+        drop(par);
+        assert!(
+            entries(&folder).is_empty(),
+            "{case}: {:?}",
+            entries(&folder)
+        );
+    }
+    let par = std::sync::Arc::new(executor(&folder, &[]));
+    let canceller = {
+        let par = par.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            pj_parallel_cancel(par.0);
+        })
+    };
+    for _ in 0..4 {
+        let _ = par.submit(Some(ending), std::ptr::null_mut(), &arg_with(2));
+    }
+    assert_eq!(par.collect().unwrap_err().status, pj_status::Cancelled);
+    canceller.join().unwrap();
+    drop(par);
+    assert!(
+        entries(&folder).is_empty(),
+        "cancel: {:?}",
+        entries(&folder)
+    );
+}
