@@ -283,7 +283,9 @@ fn big_buffer_read_by_two_tasks() {
         median(samples)
     };
     let processes = [("backend", "processes"), ("n_jobs", "2")];
-    let cases: [(&str, Vec<(&str, &str)>, bool); 3] = [
+    /// (name, options, whether the buffer goes through userdata).
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, bool);
+    let cases: [Case; 3] = [
         (
             "userdata (exists before the call)",
             processes.to_vec(),
