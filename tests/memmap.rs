@@ -5,7 +5,6 @@ mod common;
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -267,15 +266,7 @@ fn child_case() {
 fn a_parent_killed_mid_call_leaves_nothing_in_the_temp_folder() {
     use std::io::{BufRead, BufReader};
     let folder = fresh_folder("killed");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_case",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CASE, &folder)
+    let mut child = child_case_command(CASE, &folder)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -10,7 +10,7 @@ mod common;
 
 use std::ffi::c_void;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -54,17 +54,7 @@ fn two_workers(extra: &[(&str, &str)]) -> Par {
 
 /// Runs `child_case` for `case` in a fresh copy of this binary; returns its `KEY=value` lines.
 fn run_case(case: &str) -> Vec<(String, String)> {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_case",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CASE, case)
-        .output()
-        .unwrap();
+    let output = child_case_command(CASE, case).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -500,15 +490,7 @@ fn a_stack_overflow_in_a_task_is_reported_with_its_backtrace() {
 
 #[test]
 fn workers_die_with_a_killed_parent() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_case",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CASE, "orphans")
+    let mut child = child_case_command(CASE, "orphans")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

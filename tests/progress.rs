@@ -151,15 +151,7 @@ fn the_callback_can_be_cleared_and_config_checks_progress_values() {
 
 /// Runs `child_case` for `case`; returns (stdout, stderr).
 fn run_case(case: &str, extra_env: &[(&str, &str)]) -> (String, String) {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_case",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CASE, case)
+    let output = child_case_command(CASE, case)
         .envs(extra_env.iter().copied())
         .output()
         .unwrap();

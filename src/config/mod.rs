@@ -659,75 +659,6 @@ fn parse_temp_folder(value: &str) -> Result<PathBuf> {
     })
 }
 
-fn max_nbytes_error(value: &str) -> Error {
-    invalid_value(
-        "max_nbytes",
-        value,
-        "expected a number of bytes, \"none\", or a size like \"10G\", \"500M\", \"50K\" (binary units, any case)",
-    )
-}
-
-/// A byte count, `none`, or a number followed by `K`, `M` or `G` (binary units; joblib only
-/// accepts upper case, pj either).
-fn parse_max_nbytes(value: &str) -> Result<MaxNbytes> {
-    if is_none(value) {
-        return Ok(MaxNbytes::Disabled);
-    }
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return value
-            .parse::<u64>()
-            .map(MaxNbytes::Bytes)
-            .map_err(|_| max_nbytes_error(value));
-    }
-    let Some(unit) = value.chars().last() else {
-        return Err(max_nbytes_error(value));
-    };
-    let multiplier: u64 = match unit.to_ascii_uppercase() {
-        'K' => 1 << 10,
-        'M' => 1 << 20,
-        'G' => 1 << 30,
-        _ => return Err(max_nbytes_error(value)),
-    };
-    let number = value
-        .strip_suffix(unit)
-        .unwrap_or_default()
-        .trim_matches(|c: char| c.is_ascii_whitespace());
-    let well_formed = number
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_digit() || b == b'.')
-        && number
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
-    let amount = number
-        .parse::<f64>()
-        .ok()
-        .filter(|x| well_formed && x.is_finite() && *x >= 0.0);
-    let Some(amount) = amount else {
-        return Err(max_nbytes_error(value));
-    };
-    // Truncated, as joblib's int(float * unit).
-    let bytes = (amount * multiplier as f64).trunc();
-    if bytes >= u64::MAX as f64 {
-        return Err(invalid_value("max_nbytes", value, "too large"));
-    }
-    Ok(MaxNbytes::Bytes(bytes as u64))
-}
-
-fn parse_mmap_mode(value: &str) -> Result<MmapMode> {
-    match value {
-        "r" => Ok(MmapMode::R),
-        "r+" => Ok(MmapMode::RPlus),
-        "w+" => Ok(MmapMode::WPlus),
-        "c" => Ok(MmapMode::C),
-        _ => Err(invalid_value(
-            "mmap_mode",
-            value,
-            "expected \"r\", \"r+\", \"w+\" or \"c\"",
-        )),
-    }
-}
-
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value {
         "true" | "True" | "1" | "yes" => Ok(true),
@@ -798,8 +729,11 @@ impl Config {
             "pre_dispatch" => self.pre_dispatch = Some(PreDispatch::parse(value)?),
             "batch_size" => self.batch_size = Some(parse_batch_size(value)?),
             "temp_folder" => self.temp_folder = Some(parse_temp_folder(value)?),
-            "max_nbytes" => self.max_nbytes = Some(parse_max_nbytes(value)?),
-            "mmap_mode" => self.mmap_mode = Some(parse_mmap_mode(value)?),
+            "max_nbytes" => {
+                let limit = crate::memmap::parse_max_nbytes(value)?;
+                self.max_nbytes = Some(limit.map_or(MaxNbytes::Disabled, MaxNbytes::Bytes));
+            }
+            "mmap_mode" => self.mmap_mode = Some(crate::memmap::parse_mmap_mode(value)?),
             "return_as" => self.return_as = Some(parse_return_as(value)?),
             "keep_workers" => self.keep_workers = Some(parse_bool("keep_workers", value)?),
             "on_error" => self.on_error = Some(parse_on_error(value)?),

@@ -171,3 +171,20 @@ pub fn as_u64s(results: &[Vec<u8>]) -> Vec<u64> {
         .map(|r| u64::from_ne_bytes(r.as_slice().try_into().unwrap()))
         .collect()
 }
+
+/// A command that re-runs this test binary's ignored `child_case` test alone, with `key=value` in
+/// its environment naming the scenario (rayon's technique for tests that crash or get killed: the
+/// scenario runs in its own process, so it can never take the test runner down).
+pub fn child_case_command(key: &str, value: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "child_case",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(key, value);
+    command
+}
