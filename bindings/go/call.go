@@ -44,6 +44,11 @@ type call struct {
 	loop    func(lo, hi int, s *slot) int32 // made by chunkLoop
 	backend string
 
+	// on_error "collect": a failing or panicking input does not stop the call; its *Error goes to
+	// errs[i] (written by the one task that runs input i, read once the chunk is reported done).
+	collect bool
+	errs    []*Error
+
 	stop atomic.Bool // set by halt: trampolines and the producer stop at their next input
 
 	// The producer's state. Only the goroutine driving the pj call touches it (pj calls the producer
@@ -86,6 +91,10 @@ func newCall(s *settings, n, workers int) *call {
 		progress: s.progress,
 		timeout:  s.timeout,
 		start:    time.Now(),
+		collect:  s.collect,
+	}
+	if c.collect {
+		c.errs = make([]*Error, n)
 	}
 	if c.progress != nil {
 		c.notify = make(chan struct{}, 1)
@@ -200,8 +209,12 @@ func (c *call) runChunk(lo, hi int) int32 {
 
 // chunkLoop returns the loop of runChunk for one call: fn (or indexed, when fn is nil) over inputs
 // [lo, hi), each result stored in out. It is generic so that the only indirect call per input is
-// the user's function. s, when not nil, records each input's start for the timeout.
+// the user's function. s, when not nil, records each input's start for the timeout. With on_error
+// "collect" it is collectLoop instead.
 func chunkLoop[T, R any](c *call, in []T, out []R, fn func(T) (R, error), indexed func(int, T) (R, error)) func(lo, hi int, s *slot) int32 {
+	if c.collect {
+		return collectLoop(c, in, out, fn, indexed)
+	}
 	return func(lo, hi int, s *slot) (code int32) {
 		i := lo
 		returned := false
@@ -237,6 +250,72 @@ func chunkLoop[T, R any](c *call, in []T, out []R, fn func(T) (R, error), indexe
 		returned = true
 		return codeOK
 	}
+}
+
+// collectLoop is chunkLoop for on_error "collect": each input's failure (an error or a panic) is
+// recorded in c.errs and the chunk goes on; the chunk succeeds unless the call is stopped. A panic is
+// recovered per input, which costs a deferred call per input that chunkLoop's fail-fast loop avoids.
+func collectLoop[T, R any](c *call, in []T, out []R, fn func(T) (R, error), indexed func(int, T) (R, error)) func(lo, hi int, s *slot) int32 {
+	return func(lo, hi int, s *slot) (code int32) {
+		i := lo
+		returned := false
+		defer func() {
+			if !returned {
+				// runtime.Goexit: runOne's recover cannot stop it, and the chunk cannot go on.
+				code = c.panicked(i, recover())
+			}
+		}()
+		for ; i < hi; i++ {
+			if c.stop.Load() {
+				returned = true
+				return codeStopped
+			}
+			if s != nil {
+				s.enter(c, i)
+			}
+			if e := runOne(c, i, in, out, fn, indexed); e != nil {
+				c.errs[i] = e
+			}
+		}
+		returned = true
+		return codeOK
+	}
+}
+
+// runOne runs input i, stores its result in out[i] and returns nil, or returns its failure: fn's
+// error, or its panic (recovered here; panic(nil) arrives as *runtime.PanicNilError).
+func runOne[T, R any](c *call, i int, in []T, out []R, fn func(T) (R, error), indexed func(int, T) (R, error)) (failure *Error) {
+	returned := false
+	defer func() {
+		if !returned {
+			failure = panicError(i, c.backend, recover(), debug.Stack())
+		}
+	}()
+	var r R
+	var err error
+	if fn != nil {
+		r, err = fn(in[i])
+	} else {
+		r, err = indexed(i, in[i])
+	}
+	returned = true
+	if err != nil {
+		return taskError(i, c.backend, err)
+	}
+	out[i] = r
+	return nil
+}
+
+// failures returns the inputs' failures of a finished call under on_error "collect", in input
+// order (nil when none failed).
+func (c *call) failures() []error {
+	var errs []error
+	for _, e := range c.errs {
+		if e != nil {
+			errs = append(errs, e)
+		}
+	}
+	return errs
 }
 
 // panicked stops the call for input i's panic with value v.

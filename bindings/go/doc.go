@@ -10,10 +10,18 @@
 // # Calls
 //
 // Map and MapIndexed return every result at once, in input order. Stream yields results as they are
-// ready (in input order, or in completion order with Unordered) as a range-over-func iterator. Options
-// take joblib's keywords (NJobs, PreDispatch, BatchSize, Verbose, ...; Set takes them as strings);
-// Timeout, Progress and ChunkSize are handled by this package. Like joblib, n_jobs defaults to 1:
-// pass NJobs(-1) for every CPU.
+// ready (in input order, or in completion order with Unordered) as a range-over-func iterator.
+// MapCollect runs every input whatever fails and returns one Result per input, with its Value or its
+// own Err. Options take joblib's keywords (NJobs, PreDispatch, BatchSize, Verbose, ...) and pj's
+// (OnError, ProgressBar, KeepWorkers); Set takes every key of pj_config_set as strings. Timeout,
+// Progress and ChunkSize are handled by this package. Like joblib, n_jobs defaults to 1: pass
+// NJobs(-1) for every CPU.
+//
+// Some keys are accepted and validated but mean nothing here, since this package runs on threads:
+// temp_folder, max_nbytes, mmap_mode and keep_workers concern worker processes and memory-mapped
+// arguments. handle_sigint is refused (HandleSigint): pj would take SIGINT from the Go runtime while a
+// call blocks. Use signal.NotifyContext(ctx, os.Interrupt) and pass that ctx: a cancelled context
+// already stops the call.
 //
 // # Threads only
 //
@@ -37,6 +45,13 @@
 // sentinel: errors.Is(err, pj.ErrTimeout). A panic in fn never unwinds into C: every Go function pj
 // calls recovers it, the call fails fast, and the *Error names the input and the panic value.
 // A cancelled context gives ctx.Err().
+//
+// With OnError("collect") (pj's on_error) failures do not stop the call: every input runs, and each
+// failed input gets its own *Error: in its Result with MapCollect, yielded in its turn by Stream, or
+// joined (errors.Join, in input order) into the error Map returns along with every value. pj only
+// sees chunks of inputs, so this package catches fn's errors and panics per input itself rather than
+// through pj's per-task statuses. A done context, a timeout or an internal failure still ends the
+// whole call.
 //
 // # Finding libpj
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
@@ -193,4 +194,80 @@ func ExampleSet() {
 	// Output:
 	// 2 <nil>
 	// true
+}
+
+// With MapCollect every input runs; each Result holds the input's value or its own *pj.Error.
+func ExampleMapCollect() {
+	results, err := pj.MapCollect(context.Background(), []string{"1", "two", "3", ""}, strconv.Atoi, pj.NJobs(2))
+	if err != nil { // about the call as a whole: options, ctx, a timeout
+		fmt.Println(err)
+		return
+	}
+	for _, r := range results {
+		var e *pj.Error
+		if errors.As(r.Err, &e) {
+			fmt.Println(r.Index, "failed:", e.TaskIndex == r.Index, errors.Is(r.Err, strconv.ErrSyntax))
+			continue
+		}
+		fmt.Println(r.Index, "=", r.Value)
+	}
+	// Output:
+	// 0 = 1
+	// 1 failed: true true
+	// 2 = 3
+	// 3 failed: true true
+}
+
+// Map with OnError("collect") returns every value (zero where an input failed) and an error joining
+// the failures in input order.
+func ExampleOnError() {
+	values, err := pj.Map(context.Background(), []int{1, 0, 4, 0}, func(x int) (int, error) {
+		return 12 / x, nil // panics on 0: a runtime error, recovered per input
+	}, pj.NJobs(2), pj.OnError("collect"))
+	fmt.Println(values)
+	fmt.Println(errors.Is(err, pj.ErrTaskFailed))
+	fmt.Println(err)
+	// Output:
+	// [12 0 3 0]
+	// true
+	// pj: task 1 panicked: runtime error: integer divide by zero
+	// pj: task 3 panicked: runtime error: integer divide by zero
+}
+
+// pj's handle_sigint is refused from Go (pj would take SIGINT from the Go runtime while a call
+// blocks). signal.NotifyContext does the job: Ctrl-C cancels ctx, which stops the call, and Map
+// returns context.Canceled at once.
+func ExampleHandleSigint() {
+	_, err := pj.EffectiveNJobs(pj.HandleSigint(true))
+	fmt.Println(errors.Is(err, pj.ErrInvalidArgument))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	go func() { // simulates a Ctrl-C 50 ms into a call of 5 s
+		time.Sleep(50 * time.Millisecond)
+		self, _ := os.FindProcess(os.Getpid())
+		_ = self.Signal(os.Interrupt)
+	}()
+	start := time.Now()
+	_, err = pj.Map(ctx, make([]int, 10_000), func(x int) (int, error) {
+		time.Sleep(time.Millisecond)
+		return x, nil
+	}, pj.NJobs(2))
+	fmt.Println(err, time.Since(start) < time.Second)
+	// Output:
+	// true
+	// context canceled true
+}
+
+// pj's progress bar on stderr: counts, percentage, rate, elapsed time and ETA. Here the call ends
+// with this line on stderr (on a terminal the bar is redrawn in place while the call runs):
+//
+//	[####################] 1000/1000 100% | 1666894 tasks/s | elapsed 00:00 | ETA 00:00
+func ExampleProgressBar() {
+	_, err := pj.Map(context.Background(), make([]int, 1000), func(x int) (int, error) {
+		return x, nil
+	}, pj.NJobs(2), pj.ProgressBar(true), pj.ChunkSize(1)) // ChunkSize(1): the bar counts inputs
+	if err != nil {
+		fmt.Println(err)
+	}
 }

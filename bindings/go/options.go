@@ -16,10 +16,11 @@ import (
 	"unsafe"
 )
 
-// An Option configures one call of Map, MapIndexed or Stream. Most options set the joblib keyword of
-// the same name, with joblib's spellings, and are validated by pj when the call starts: a bad value
-// makes the call return an *Error with ErrInvalidArgument whose message quotes it. Timeout, Progress
-// and ChunkSize are handled on the Go side.
+// An Option configures one call of Map, MapIndexed, MapCollect or Stream. Most options set the joblib
+// keyword of the same name, with joblib's spellings, and are validated by pj when the call starts: a
+// bad value makes the call return an *Error with ErrInvalidArgument whose message quotes it. Timeout,
+// Progress and ChunkSize are handled on the Go side, and so is OnError (validated by pj, carried out
+// by this package); HandleSigint(true) is refused.
 type Option func(*settings)
 
 type keyValue struct{ key, value string }
@@ -31,6 +32,7 @@ type settings struct {
 	timeout    time.Duration
 	progress   func(done, total int, elapsed time.Duration)
 	chunk      int   // inputs per pj task; 0: automatic
+	collect    bool  // on_error "collect": every input runs, each failure is the input's own
 	err        error // the first invalid option
 }
 
@@ -51,6 +53,9 @@ func (s *settings) fail(err error) {
 }
 
 func (s *settings) set(key, value string) { s.kv = append(s.kv, keyValue{key, value}) }
+
+// trimASCII trims what pj trims from an option value: ASCII whitespace (Rust's is_ascii_whitespace).
+func trimASCII(value string) string { return strings.Trim(value, " \t\n\f\r") }
 
 // NJobs sets n_jobs, the number of worker threads: a positive number, or negative for "all CPUs but
 // |n|-1" (-1: every CPU pj may use, see CPUCount). As in joblib the default is 1: the inputs run one
@@ -162,8 +167,8 @@ func MmapMode(mode string) Option {
 }
 
 // ReturnAs sets joblib's return_as. Stream yields results in input order for "list" and "generator"
-// (the default), and in completion order for "generator_unordered". Map and MapIndexed always return
-// their slice in input order.
+// (the default), and in completion order for "generator_unordered". Map, MapIndexed and MapCollect
+// always return their slice in input order.
 func ReturnAs(mode string) Option {
 	return func(s *settings) { s.set("return_as", mode) }
 }
@@ -177,11 +182,111 @@ func KeepWorkers(keep bool) Option {
 	return func(s *settings) { s.set("keep_workers", strconv.FormatBool(keep)) }
 }
 
-// Progress registers a callback that reports progress: done inputs (completed, in any order) of
-// total, and the time since the call started. It runs on the goroutine that called Map, MapIndexed or
-// Stream (never concurrently with itself), as results arrive: at most once per completed chunk, and,
-// when the call succeeds, a last time with done == total. A panic in it propagates to that goroutine
-// as usual, after the call has been told to stop.
+// OnError sets pj's on_error: "raise" (the default, joblib's behaviour: the first input whose fn
+// fails or panics stops the call) or "collect" (every input runs, and each failure is that input's
+// own outcome; "none" means "raise"). pj validates the value; this package carries it out, since pj
+// only sees chunks of inputs (see ChunkSize) while fn's errors and panics are caught per input on
+// the Go side.
+//
+// With "collect", MapCollect is the natural call: one Result per input, with its Value or its Err.
+// Map and MapIndexed then return the whole result slice, with the zero value at each failed input,
+// and, when some inputs failed, an error that joins their *Error values in input order (errors.Join:
+// errors.Is(err, ErrTaskFailed) holds, and errors.Is and errors.As see each input's cause). Stream
+// yields each failed input as (Result{Index: i, Err: e}, e) and goes on.
+//
+// Only fn's own failures are collected. A done context, a call of fn past the Timeout (Go cannot
+// abandon a running function, so the rest of its chunk could not run) and internal failures still
+// end the whole call, as with "raise", and then no result is returned: calls of fn may still be
+// running and writing theirs.
+func OnError(mode string) Option {
+	return func(s *settings) {
+		s.collect = trimASCII(mode) == "collect"
+		s.set("on_error", mode) // validated by pj; config always hands pj "raise" in the end
+	}
+}
+
+// ProgressBar turns pj's progress bar on stderr on (pj's progress="bar") or off (the default): a bar
+// with counts, percentage, rate, elapsed time and ETA, redrawn in place on a terminal, a plain line
+// every 2 s otherwise, and always a final line when the call ends. Like Verbose's lines, it counts
+// pj tasks, each a chunk of inputs (see ChunkSize; ChunkSize(1) makes it count inputs), and with
+// automatic chunks the total is known only once the last chunk has been handed to pj. It is drawn
+// by the thread that drives the pj call; Progress, which counts inputs, is independent of it.
+func ProgressBar(on bool) Option {
+	return func(s *settings) {
+		if on {
+			s.set("progress", "bar")
+		} else {
+			s.set("progress", "none")
+		}
+	}
+}
+
+// HandleSigint(true) is refused with ErrInvalidArgument: pj's handle_sigint would replace the Go
+// runtime's SIGINT handler while a call blocks (and signal.Notify would stop seeing Ctrl-C). Cancel
+// the call with its context instead, which already stops it at once:
+//
+//	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+//	defer stop()
+//	out, err := pj.Map(ctx, inputs, fn, pj.NJobs(-1)) // err == context.Canceled after Ctrl-C
+//
+// HandleSigint(false) is accepted and changes nothing: this package never lets pj handle SIGINT.
+func HandleSigint(on bool) Option {
+	return handleSigint(strconv.FormatBool(on))
+}
+
+// handleSigint is HandleSigint and Set("handle_sigint", value): pj's false spellings are passed on
+// (harmless), anything else is either invalid (pj's own error, which quotes it) or means true and is
+// refused.
+func handleSigint(value string) Option {
+	return func(s *settings) {
+		switch trimASCII(value) {
+		case "false", "False", "0", "no":
+			s.set("handle_sigint", value)
+			return
+		}
+		if strings.ContainsRune(value, 0) {
+			s.set("handle_sigint", value) // config reports the NUL byte
+			return
+		}
+		if err := checkOption("handle_sigint", value); err != nil {
+			s.fail(err)
+			return
+		}
+		s.fail(goError(StatusInvalidArgument, -1, fmt.Sprintf(
+			"handle_sigint %q is not available from Go: pj would replace the Go runtime's SIGINT "+
+				"handler while a call blocks; use ctx, stop := signal.NotifyContext(ctx, os.Interrupt) "+
+				"and pass that ctx: a cancelled context stops the call, which returns ctx.Err()", value)))
+	}
+}
+
+// checkOption asks pj whether it accepts key = value (on a scratch config), and returns its error.
+func checkOption(key, value string) error {
+	var cfg *C.pj_config_t
+	if status := C.pj_config_new(&cfg); status != C.PJ_STATUS_OK {
+		return takeError(status, nil)
+	}
+	defer C.pj_config_free(cfg)
+	return setOption(cfg, key, value)
+}
+
+// setOption is pj_config_set with Go strings (free of NUL bytes).
+func setOption(cfg *C.pj_config_t, key, value string) error {
+	ckey, cvalue := C.CString(key), C.CString(value)
+	defer C.free(unsafe.Pointer(ckey))
+	defer C.free(unsafe.Pointer(cvalue))
+	var err *C.pj_error_t
+	if status := C.pj_config_set(cfg, ckey, cvalue, &err); status != C.PJ_STATUS_OK {
+		return takeError(status, err)
+	}
+	return nil
+}
+
+// Progress registers a callback that reports progress: done inputs (completed, in any order; with
+// OnError("collect") failed ones count as done) of total, and the time since the call started. It
+// runs on the goroutine that called Map, MapIndexed, MapCollect or Stream (never concurrently with
+// itself), as results arrive: at most once per completed chunk, and, when the call succeeds, a last
+// time with done == total. A panic in it propagates to that goroutine as usual, after the call has
+// been told to stop.
 func Progress(fn func(done, total int, elapsed time.Duration)) Option {
 	return func(s *settings) { s.progress = fn }
 }
@@ -205,10 +310,19 @@ func ChunkSize(n int) Option {
 }
 
 // Set sets an option from strings, with joblib's keywords and spellings, for options that come from
-// flags, files or the environment: "n_jobs", "backend", "prefer", "require", "verbose", "timeout"
-// (seconds, or "none"), "pre_dispatch", "batch_size", "temp_folder", "max_nbytes", "mmap_mode",
-// "return_as", "keep_workers". Each key behaves as its typed option above; an unknown key is an
-// ErrInvalidArgument error.
+// flags, files or the environment. It takes every key pj_config_set takes, each behaving as its
+// typed option above:
+//
+//   - "n_jobs", "backend", "prefer", "require", "verbose", "pre_dispatch", "batch_size",
+//     "return_as": as in joblib ("backend" and "prefer" refuse the process backends);
+//   - "timeout": seconds, or "none" (enforced per input by this package, see Timeout);
+//   - "on_error": "raise" or "collect" (see OnError);
+//   - "progress": "bar" or "none" (see ProgressBar);
+//   - "handle_sigint": "false" only; "true" is refused (see HandleSigint);
+//   - "temp_folder", "max_nbytes", "mmap_mode", "keep_workers": validated, but meaningless here: they
+//     concern worker processes and memory-mapped arguments, and this package runs on threads only.
+//
+// An unknown key is an ErrInvalidArgument error whose message lists the known ones.
 func Set(key, value string) Option {
 	return func(s *settings) {
 		switch key {
@@ -216,6 +330,10 @@ func Set(key, value string) Option {
 			Backend(value)(s)
 		case "prefer":
 			Prefer(value)(s)
+		case "on_error":
+			OnError(value)(s)
+		case "handle_sigint":
+			handleSigint(value)(s)
 		case "timeout":
 			d, err := parseTimeout(value)
 			if err != nil {
@@ -258,16 +376,7 @@ func (s *settings) config() (*C.pj_config_t, error) {
 	if status := C.pj_config_new(&cfg); status != C.PJ_STATUS_OK {
 		return nil, takeError(status, nil)
 	}
-	set := func(key, value string) error {
-		ckey, cvalue := C.CString(key), C.CString(value)
-		defer C.free(unsafe.Pointer(ckey))
-		defer C.free(unsafe.Pointer(cvalue))
-		var err *C.pj_error_t
-		if status := C.pj_config_set(cfg, ckey, cvalue, &err); status != C.PJ_STATUS_OK {
-			return takeError(status, err)
-		}
-		return nil
-	}
+	set := func(key, value string) error { return setOption(cfg, key, value) }
 	// Go code cannot run in a forked child: threads unless the options name "sequential".
 	if err := set("backend", "threads"); err != nil {
 		C.pj_config_free(cfg)
@@ -279,6 +388,16 @@ func (s *settings) config() (*C.pj_config_t, error) {
 			return nil, goError(StatusInvalidArgument, -1, fmt.Sprintf(
 				"invalid option %q = %q: contains a NUL byte", kv.key, kv.value))
 		}
+		if err := set(kv.key, kv.value); err != nil {
+			C.pj_config_free(cfg)
+			return nil, err
+		}
+	}
+	// on_error was validated above and is carried out on the Go side: pj sees chunks of inputs, and
+	// a chunk succeeds even when some of its inputs failed under "collect", so pj always raises (on
+	// the trampoline's own failures). pj never handles SIGINT here: it would take the signal from
+	// the Go runtime (handleSigint refuses "true"; this also overrides a scoped default).
+	for _, kv := range []keyValue{{"on_error", "raise"}, {"handle_sigint", "false"}} {
 		if err := set(kv.key, kv.value); err != nil {
 			C.pj_config_free(cfg)
 			return nil, err

@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"iter"
 	"runtime"
 	"runtime/cgo"
@@ -28,15 +29,62 @@ import (
 // moment may still be running after Map returns (their results are discarded); no new call starts.
 // In every other case no call of fn is running when Map returns.
 //
+// With OnError("collect"), failures do not stop the call: every input runs, and Map returns the whole
+// slice (the zero value at each failed input) with, when some inputs failed, an error joining their
+// *Error values in input order (see OnError; MapCollect gives each input's outcome directly).
+//
 // fn runs on several threads at once: it must be safe for concurrent use. It must not call
 // runtime.Goexit (so no t.FailNow inside it).
 func Map[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) ([]R, error) {
-	return run(ctx, inputs, fn, nil, opts)
+	return mapAll(ctx, inputs, fn, nil, opts)
 }
 
 // MapIndexed is Map for a function that also receives the input's index.
 func MapIndexed[T, R any](ctx context.Context, inputs []T, fn func(int, T) (R, error), opts ...Option) ([]R, error) {
-	return run(ctx, inputs, nil, fn, opts)
+	return mapAll(ctx, inputs, nil, fn, opts)
+}
+
+// MapCollect calls fn on every input, like Map with OnError("collect"), and returns one Result per
+// input, in input order: Index, and Value or Err. A failing input does not stop the call: every input
+// runs, and a failure is its own Result's Err, an *Error naming the input (TaskIndex), with Status
+// StatusTaskFailed, a Message ("task 7 failed: ..." or "task 7 panicked: ..."), a Report, and the
+// cause (fn's error, or a *PanicError for a panic) for errors.Is and errors.As. That input's Value is
+// the zero value.
+//
+// The error MapCollect returns is about the call as a whole, and then it returns no results: an
+// invalid option, ctx.Err() when ctx is done, an *Error with ErrTimeout when a call of fn runs past
+// the Timeout option (Go cannot abandon a running function), or an internal failure. The rules of
+// Map about ctx, timeouts and running calls of fn apply. MapCollect always collects, whatever an
+// OnError option says.
+func MapCollect[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) ([]Result[R], error) {
+	s := newSettings(opts)
+	s.collect = true
+	values, c, err := run(ctx, inputs, fn, nil, s)
+	if err != nil {
+		return nil, err
+	}
+	results := make([]Result[R], len(values))
+	for i := range values {
+		results[i] = Result[R]{Index: i, Value: values[i]}
+		if e := c.errs[i]; e != nil {
+			results[i].Err = e
+		}
+	}
+	return results, nil
+}
+
+// mapAll is Map and MapIndexed.
+func mapAll[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), opts []Option) ([]R, error) {
+	results, c, err := run(ctx, inputs, fn, indexed, newSettings(opts))
+	if err != nil {
+		return nil, err
+	}
+	if c.collect {
+		if errs := c.failures(); errs != nil {
+			return results, errors.Join(errs...)
+		}
+	}
+	return results, nil
 }
 
 // executor is a call's pj_parallel_t. The goroutine driving the call uses it and frees it, while the
@@ -69,17 +117,18 @@ func (e *executor) free() {
 	C.pj_parallel_free(par)
 }
 
-// run runs fn (or indexed) over every input as one pj call.
-func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), opts []Option) ([]R, error) {
-	s := newSettings(opts)
+// run runs fn (or indexed) over every input as one pj call. It returns the results and the call's
+// state (c.errs holds the inputs' failures under on_error "collect"), or the error that ended the
+// call.
+func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), s *settings) ([]R, *call, error) {
 	par, workers, err := s.open()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ex := &executor{par: par}
 	if err := ctx.Err(); err != nil {
 		ex.free()
-		return nil, err
+		return nil, nil, err
 	}
 	n := len(inputs)
 	results := make([]R, n)
@@ -90,7 +139,7 @@ func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), index
 	if n == 0 {
 		ex.free()
 		w.report(true)
-		return results, nil
+		return results, c, nil
 	}
 	// The pj call runs on a goroutine of its own (one cgo call, so one OS thread, as pj requires), so
 	// that this one can report progress and leave at once when ctx is done or a timeout expires.
@@ -114,19 +163,26 @@ func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), index
 	}()
 	ev, err := w.next(events)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := c.outcome(ev.err); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	w.report(true)
-	return results, nil
+	return results, c, nil
 }
 
-// Result is one result of Stream: the input's index and fn's result for it.
+// Result is one input's outcome, from MapCollect or Stream: its index, and fn's result for it or,
+// with OnError("collect"), its failure.
 type Result[R any] struct {
+	// Index is the input's index in inputs; -1 for the error that ends a stream.
 	Index int
+	// Value is fn's result for the input (the zero value when the input failed).
 	Value R
+	// Err is the input's own failure under OnError("collect") (always with MapCollect): an *Error
+	// naming Index, wrapping fn's error or a *PanicError. nil when fn succeeded, and in the Result
+	// yielded with an error that ends a stream.
+	Err error
 }
 
 // Stream calls fn on every input on pj's worker threads, like Map, and yields each result as soon as
@@ -144,6 +200,10 @@ type Result[R any] struct {
 //		}
 //		use(r.Index, r.Value)
 //	}
+//
+// With OnError("collect"), a failed input does not end the stream: it is yielded in its turn with its
+// own error, as (Result{Index: i, Err: e}, e), and the stream goes on; an error with Index -1 still
+// ends it.
 //
 // Breaking out of the loop stops the call; the loop ends once the calls of fn already running have
 // returned. The rules of Map about ctx, timeouts and running calls of fn apply; the progress
@@ -199,10 +259,15 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 				return
 			}
 			for i := ev.lo; i < ev.hi; i++ {
-				r := results[i]
+				r := Result[R]{Index: i, Value: results[i]}
 				var zero R
 				results[i] = zero // the stream holds no result it has handed out
-				if !yield(Result[R]{Index: i, Value: r}, nil) {
+				var err error
+				if c.collect && c.errs[i] != nil {
+					r.Err, err = c.errs[i], c.errs[i]
+					c.errs[i] = nil
+				}
+				if !yield(r, err) {
 					c.halt(errBreak)
 					close(quit)
 					quit = nil

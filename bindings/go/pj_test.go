@@ -602,7 +602,9 @@ func TestEveryOptionIsAccepted(t *testing.T) {
 		Set("n_jobs", "-1"), Set("backend", "sequential"), Set("prefer", "none"), Set("require", "none"),
 		Set("verbose", "0"), Set("timeout", "1.5"), Set("timeout", "none"), Set("pre_dispatch", "all"),
 		Set("batch_size", "4"), Set("temp_folder", os.TempDir()), Set("max_nbytes", "none"),
-		Set("mmap_mode", "c"), Set("return_as", "generator_unordered"), Set("keep_workers", "true"), nil,
+		Set("mmap_mode", "c"), Set("return_as", "generator_unordered"), Set("keep_workers", "true"),
+		OnError("raise"), ProgressBar(false), HandleSigint(false), Set("progress", "none"),
+		Set("handle_sigint", "false"), Set("on_error", "collect"), nil,
 	}
 	out, err := Map(context.Background(), ints(100), square, opts...)
 	if err != nil {
@@ -636,6 +638,12 @@ func TestInvalidOptionsQuoteTheValue(t *testing.T) {
 		{Timeout(0), `"0s"`},
 		{ChunkSize(0), `"0"`},
 		{Set("n_jobs", "2\x00"), "NUL"},
+		{OnError("ignore"), `"ignore"`},
+		{Set("on_error", "skip"), `"skip"`},
+		{Set("progress", "tqdm"), `"tqdm"`},
+		{Set("handle_sigint", "maybe"), `"maybe"`},
+		{Set("handle_sigint", "true\x00"), "NUL"},
+		{HandleSigint(true), "signal.NotifyContext"},
 	}
 	for _, tc := range cases {
 		_, err := Map(context.Background(), ints(3), square, tc.opt)
