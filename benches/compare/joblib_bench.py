@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""The joblib column of benches/compare.rs, which runs it with python3 once per workload.
+
+Prints, for each measured variant, a line "NAME T1 T2 ..." (the wall time of each run, in
+seconds), optionally followed by "note NAME TEXT"; a variant that cannot run here gives
+"skip NAME REASON" instead. Every Parallel uses n_jobs=2 and joblib's default backend (loky worker
+processes).
+
+    joblib_bench.py trivial N RUNS      [x * 2 for x in range(N)] as N tasks (Python ints)
+    joblib_bench.py cpu TASKS RUNS      TASKS spin loops calibrated here to about 1 ms each
+    joblib_bench.py buffer BYTES RUNS   sum of the bytes of a BYTES buffer, 2 tasks of one half
+                                        each (needs numpy)
+    joblib_bench.py cold RUNS           a fresh Parallel running 2 trivial tasks, with no loky
+                                        worker alive before it ("cold") and with live ones ("warm")
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+from joblib import Parallel, delayed
+
+MASK = (1 << 64) - 1
+
+
+def emit(name, seconds=None, skip=None, note=None):
+    if skip is not None:
+        print(f"skip {name} {skip}", flush=True)
+        return
+    print(" ".join([name] + [f"{t:.9f}" for t in seconds]), flush=True)
+    if note is not None:
+        print(f"note {name} {note}", flush=True)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def double(x):
+    return x * 2
+
+
+def spin(iters, seed):
+    """The loop of spin() in benches/compare.rs, in Python."""
+    x = seed
+    for i in range(iters):
+        x = (x * 6364136223846793005 + i) & MASK
+    return x
+
+
+def sum_half(array, half):
+    import numpy as np
+
+    n = len(array) // 2
+    part = array[:n] if half == 0 else array[n:]
+    return int(part.sum(dtype=np.uint64))
+
+
+def shutdown_workers():
+    """Stops loky's reusable executor (the worker processes joblib keeps between calls)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+def trivial(n, runs):
+    items = range(n)
+    serial = []
+    for _ in range(runs):
+        t, out = timed(lambda: [double(x) for x in items])
+        assert out[-1] == 2 * (n - 1)
+        serial.append(t)
+    emit("serial", serial)
+    with Parallel(n_jobs=2) as parallel:
+        parallel(delayed(double)(x) for x in items)  # warm-up: starts the workers
+        times = []
+        for _ in range(runs):
+            t, out = timed(lambda: parallel(delayed(double)(x) for x in items))
+            assert out[-1] == 2 * (n - 1)
+            times.append(t)
+    emit("joblib", times)
+
+
+def calibrate():
+    """Iterations of spin() that take about 1 ms here (the fastest of several measurements)."""
+    iters = 1000
+    while True:
+        t, _ = timed(lambda: spin(iters, 1))
+        if t > 0.01:
+            break
+        iters *= 2
+    best = min(timed(lambda: spin(iters, 1))[0] for _ in range(5))
+    return max(1, int(iters * 1e-3 / best))
+
+
+def cpu(tasks, runs):
+    iters = calibrate()
+    note = f"{iters} iterations (calibrated in Python to about 1 ms)"
+    serial = []
+    for _ in range(runs):
+        t, out = timed(lambda: [spin(iters, s) for s in range(tasks)])
+        serial.append(t)
+    emit("serial", serial, note=note)
+    check = out[-1]
+    Parallel(n_jobs=2)(delayed(double)(x) for x in range(10))  # warm-up: starts the workers
+    times = []
+    for _ in range(runs):
+        t, out = timed(lambda: Parallel(n_jobs=2)(delayed(spin)(iters, s) for s in range(tasks)))
+        assert out[-1] == check
+        times.append(t)
+    emit("joblib", times, note=note)
+
+
+def buffer(nbytes, runs):
+    try:
+        import numpy as np
+    except ImportError:
+        for name in ("serial", "joblib", "joblib_memmap"):
+            emit(name, skip="numpy not installed: pip install numpy")
+        return
+    import joblib
+
+    # Byte i is (i * 31) mod 256, as in benches/compare.rs.
+    array = np.resize(np.arange(256, dtype=np.uint64).astype(np.uint8) * np.uint8(31), nbytes)
+    expected = int(array.sum(dtype=np.uint64))
+
+    serial = []
+    for _ in range(runs):
+        t, s = timed(lambda: int(array.sum(dtype=np.uint64)))
+        assert s == expected
+        serial.append(t)
+    emit("serial", serial)
+
+    Parallel(n_jobs=2)(delayed(double)(x) for x in range(10))  # warm-up: starts the workers
+    times = []
+    for _ in range(runs):
+        t, out = timed(lambda: Parallel(n_jobs=2)(delayed(sum_half)(array, h) for h in (0, 1)))
+        assert sum(out) == expected
+        times.append(t)
+    emit("joblib", times, note="ndarray argument: joblib memmaps it (max_nbytes 1M) at each call")
+
+    with tempfile.TemporaryDirectory(prefix="pj-compare-") as folder:
+        path = os.path.join(folder, "buffer.pkl")
+        joblib.dump(array, path)
+        mapped = joblib.load(path, mmap_mode="r")
+        times = []
+        for _ in range(runs):
+            t, out = timed(
+                lambda: Parallel(n_jobs=2)(delayed(sum_half)(mapped, h) for h in (0, 1))
+            )
+            assert sum(out) == expected
+            times.append(t)
+        del mapped
+    emit("joblib_memmap", times, note="np.memmap dumped before the call")
+
+
+def cold(runs):
+    times = []
+    for _ in range(runs):
+        shutdown_workers()
+        t, out = timed(lambda: Parallel(n_jobs=2)(delayed(double)(x) for x in range(2)))
+        assert out == [0, 2]
+        times.append(t)
+    emit("cold", times, note="fresh Parallel, loky workers shut down before each run")
+    times = []
+    for _ in range(runs):
+        t, out = timed(lambda: Parallel(n_jobs=2)(delayed(double)(x) for x in range(2)))
+        assert out == [0, 2]
+        times.append(t)
+    emit("warm", times, note="fresh Parallel, loky workers alive from the previous call")
+
+
+def main(argv):
+    usage = "usage: joblib_bench.py trivial N RUNS | cpu TASKS RUNS | buffer BYTES RUNS | cold RUNS"
+    if len(argv) == 4 and argv[1] == "trivial":
+        trivial(int(argv[2]), int(argv[3]))
+    elif len(argv) == 4 and argv[1] == "cpu":
+        cpu(int(argv[2]), int(argv[3]))
+    elif len(argv) == 4 and argv[1] == "buffer":
+        buffer(int(argv[2]), int(argv[3]))
+    elif len(argv) == 3 and argv[1] == "cold":
+        cold(int(argv[2]))
+    else:
+        print(usage, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
