@@ -1099,6 +1099,21 @@ fn buffer_section(plan: &Plan, helpers: &Helpers) -> Section {
         }
         rows.push(row);
     }
+    // Workers kept across calls: forked once (by the untimed warm-up call, after the buffer was
+    // filled), so a call pays no fork, whose page-table copy grows with the caller's memory.
+    let kept = pj_buffer_runs(
+        &[
+            ("backend", "processes"),
+            ("n_jobs", "2"),
+            ("keep_workers", "true"),
+        ],
+        &buf,
+        expected,
+        runs,
+    );
+    rows.push(
+        Row::pj("pj processes, keep_workers (forked once)", kept).target(Target::AtMost(15.0)),
+    );
     let serial: Vec<f64> = (0..runs).map(|_| time(|| sum_bytes(&buf)) * 1e3).collect();
     rows.push(Row::other("serial loop (Rust)", Ok(serial)).peer(Peer::Serial));
     let rayon: Vec<f64> = (0..runs)
