@@ -246,7 +246,10 @@ void pj_config_free(pj_config_t *config);
 // result carries its own status: see `pj_results_status`) and `handle_sigint` ("true"/"false":
 // while a call blocks, a SIGINT cancels it instead of killing the process; see
 // `pj_parallel_cancel`), `progress` ("bar": a progress bar on stderr, redrawn in place on a
-// terminal, a plain line every 2 s otherwise; "none"). Every value is validated now. On failure
+// terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
+// workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
+// call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
+// functions, without userdata; see `examples/spawn.c`). Every value is validated now. On failure
 // the config is unchanged.
 //
 // Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
@@ -375,6 +378,41 @@ int32_t pj_error_callback_code(const pj_error_t *error);
 
 // Frees an error. NULL is a no-op; freeing twice is undefined behaviour.
 void pj_error_free(pj_error_t *error);
+
+// Registers a task function under `name` (UTF-8, copied), for workers that do not share the
+// caller's memory image: with `start_method` "spawn", worker processes are fresh runs of the same
+// executable, and tasks travel as registry indices. Every process of the program must register
+// the same functions under the same names in the same order, before
+// `pj_worker_main_if_requested`: a worker whose registry differs is refused (the call fails with
+// PJ_STATUS_IO naming both lists). Registering a name again for the same function is a no-op.
+// Thread-safe.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `name` or `fn` is NULL;
+// PJ_STATUS_INVALID_ARGUMENT for an empty name, a name already registered for another function,
+// or a name that is not UTF-8.
+pj_status pj_register(const char *name, pj_task_fn fn, pj_error_t **error_out);
+
+// Adds a task that runs the function registered under `name` (see `pj_register`) with no
+// userdata, like `pj_parallel_submit` (the argument bytes are copied now). Works with every
+// backend and start method.
+//
+// Returns the statuses of `pj_parallel_submit`, and PJ_STATUS_NULL_ARGUMENT when `name` is NULL;
+// PJ_STATUS_INVALID_ARGUMENT when no function is registered under `name`.
+pj_status pj_parallel_submit_named(pj_parallel_t *parallel,
+                                   const char *name,
+                                   const uint8_t *arg,
+                                   size_t arg_len,
+                                   pj_error_t **error_out);
+
+// The entry point of spawned workers. Call it at the start of `main`, right after the program's
+// `pj_register` calls and before anything else that matters (threads, output, executors): when
+// this process was started by pj as a worker (`start_method` "spawn"), it becomes that worker —
+// it checks its registry against the caller's, serves tasks until the caller is done with it,
+// and exits without returning; otherwise it returns 0 at once. `argc` and `argv` are `main`'s
+// (kept for start methods that will need them; they may be 0 and NULL). A program that uses
+// spawn but never calls it gets PJ_STATUS_INVALID_ARGUMENT from `pj_parallel_new` in the worker
+// copy, and the caller's call fails with PJ_STATUS_IO saying so.
+int pj_worker_main_if_requested(int argc, const char *const *argv);
 
 // Creates an executor from `config` (copied: the config may be freed afterwards; NULL means every
 // default: n_jobs 1, so tasks run sequentially) and stores it in `*parallel_out` (owned by the
@@ -521,8 +559,8 @@ pj_status pj_parallel_cancel(const pj_parallel_t *parallel);
 // the error names the range's items ("items 4096..8192 failed with code 3: ..."), its task index
 // is the range's first item, and ranges not yet started never start; PJ_STATUS_WORKER_DIED,
 // PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
-// `pj_parallel_collect`. With on_error=collect every range runs and the first failed range's error
-// is returned.
+// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn". With on_error=collect
+// every range runs and the first failed range's error is returned.
 pj_status pj_parallel_for(pj_parallel_t *parallel,
                           size_t n,
                           pj_range_fn fn,

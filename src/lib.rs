@@ -14,6 +14,7 @@
 //! - [`backend`]: the worker pools behind one enum;
 //! - [`memmap`]: temp folders, anonymous memory-mapped files, spilled arguments, shared buffers;
 //! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
+//! - [`registry`]: task functions by name, for workers spawned afresh (`start_method=spawn`);
 //! - [`sigint`]: handle_sigint's handler, installed only while a call blocks;
 //! - [`nesting`]: how deep the current thread is in nested calls;
 //! - [`progress`]: joblib's verbose lines, the progress bar and the progress callback;
@@ -29,6 +30,7 @@ pub mod memmap;
 pub mod nesting;
 pub mod parallel;
 pub mod progress;
+pub mod registry;
 pub mod sigint;
 pub mod task;
 

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{BackendKind, Config, MaxNbytes, OnError, ProgressMode, Resolved};
+use crate::config::{BackendKind, Config, MaxNbytes, OnError, ProgressMode, Resolved, StartMethod};
 use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
 };
@@ -88,6 +88,11 @@ impl Parallel {
                 layered.backend.get_or_insert(BackendKind::Sequential);
             }
         }
+        if crate::backend::spawn::is_spawned_worker() {
+            return Err(Error::invalid(
+                "this process was started as a pj worker (start_method \"spawn\"): its main must call                  pj_worker_main_if_requested(argc, argv) right after its pj_register calls, before                  creating executors",
+            ));
+        }
         let settings = layered.resolve(crate::cpu::cpu_count())?;
         let batching = Batching::new(settings.batch_size);
         let state = State {
@@ -114,6 +119,7 @@ impl Parallel {
     /// Once a task has failed, this returns that failure and accepts nothing more; `collect` (or
     /// `next`) then ends the call with the same error.
     pub fn submit(&self, callback: Callback, arg: &[u8]) -> Result<()> {
+        self.check_callback(callback)?;
         let mut entered = self.enter()?;
         let state = &mut *entered;
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
@@ -153,6 +159,7 @@ impl Parallel {
     /// runs `callback` on each, and returns the results in input order. A call of this thread still
     /// in flight is abandoned first.
     pub fn map(&self, callback: Callback, producer: Producer) -> Result<Results> {
+        self.check_callback(callback)?;
         let mut entered = self.enter()?;
         let state = &mut *entered;
         abandon_call(state);
@@ -166,6 +173,7 @@ impl Parallel {
     /// calls it) only while the window has room. A call of this thread still in flight is abandoned
     /// first.
     pub fn imap(&self, callback: Callback, producer: Producer) -> Result<()> {
+        self.check_callback(callback)?;
         let mut entered = self.enter()?;
         let state = &mut *entered;
         abandon_call(state);
@@ -209,6 +217,32 @@ impl Parallel {
     /// Only atomic stores: callable from any thread or a signal handler.
     pub fn cancel(&self) {
         self.stop.cancel(CancelReason::Requested);
+    }
+
+    /// Whether workers are spawned afresh (not forked): tasks must then name registered functions.
+    pub fn spawns_workers(&self) -> bool {
+        self.settings.start_method == StartMethod::Spawn
+            && self.settings.backend == BackendKind::Processes
+            && !self.settings.sequential
+    }
+
+    /// With spawned workers, a task's function must be registered and its userdata NULL: a fresh
+    /// process has neither the caller's function addresses nor its memory.
+    fn check_callback(&self, callback: Callback) -> Result<()> {
+        if !self.spawns_workers() {
+            return Ok(());
+        }
+        if crate::registry::index_of(callback.func()).is_none() {
+            return Err(Error::invalid(
+                "with start_method \"spawn\", task functions must be registered with pj_register                  (in every process, before pj_worker_main_if_requested)",
+            ));
+        }
+        if !callback.userdata().is_null() {
+            return Err(Error::invalid(
+                "with start_method \"spawn\", userdata must be NULL: a spawned worker does not share                  the caller's memory (pass data in the task's argument bytes)",
+            ));
+        }
+        Ok(())
     }
 
     /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
@@ -344,7 +378,12 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
             Backend::Sequential
         } else if settings.backend == BackendKind::Processes {
             Backend::Processes(
-                ProcessPool::new(settings.n_jobs, settings.keep_workers).map_err(cannot)?,
+                ProcessPool::new(
+                    settings.n_jobs,
+                    settings.keep_workers,
+                    settings.start_method,
+                )
+                .map_err(cannot)?,
             )
         } else {
             Backend::Threads(ThreadPool::new(settings.n_jobs).map_err(cannot)?)

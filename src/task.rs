@@ -53,6 +53,16 @@ impl Callback {
         }
     }
 
+    /// The function.
+    pub fn func(self) -> TaskFn {
+        self.func
+    }
+
+    /// The userdata it is called with.
+    pub fn userdata(self) -> *mut c_void {
+        self.userdata
+    }
+
     /// Pairs a callback with its userdata.
     ///
     /// # Safety

@@ -68,6 +68,80 @@ pub struct CrashRecord {
     first: AtomicU64,
     /// Instruction pointers, innermost first: return addresses, except the interrupted frame's.
     ips: [AtomicU64; MAX_FRAMES],
+    /// A spawned worker's loaded objects (its addresses differ from the parent's): recorded at
+    /// start-up, so that the parent can translate each frame into its own address space before
+    /// symbolizing it. Empty for forked workers, whose addresses are the parent's.
+    modules: [ModuleSlot; MAX_MODULES],
+}
+
+/// Most loaded objects a spawned worker's module table holds.
+const MAX_MODULES: usize = 32;
+
+/// One loaded object of a spawned worker: its name's hash, load bias and address range.
+#[derive(Debug, Default)]
+#[repr(C)]
+struct ModuleSlot {
+    name_hash: AtomicU64,
+    bias: AtomicU64,
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+/// A loaded object of this process, as `dl_iterate_phdr` reports it.
+#[derive(Clone, Copy, Debug)]
+struct Module {
+    name_hash: u64,
+    bias: u64,
+    start: u64,
+    end: u64,
+}
+
+/// The objects loaded in this process (the executable has the empty name).
+fn loaded_modules() -> Vec<Module> {
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _: libc::size_t,
+        data: *mut c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid info for the duration of the call; `data` is the Vec
+        // given to dl_iterate_phdr below.
+        unsafe {
+            let info = &*info;
+            let modules = &mut *(data as *mut Vec<Module>);
+            let name = if info.dlpi_name.is_null() {
+                &[][..]
+            } else {
+                std::ffi::CStr::from_ptr(info.dlpi_name).to_bytes()
+            };
+            let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
+            let (mut start, mut end) = (u64::MAX, 0u64);
+            for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD) {
+                start = start.min(header.p_vaddr);
+                end = end.max(header.p_vaddr + header.p_memsz);
+            }
+            if start < end {
+                let bias = info.dlpi_addr;
+                modules.push(Module {
+                    name_hash: name_hash(name),
+                    bias,
+                    start: bias.wrapping_add(start),
+                    end: bias.wrapping_add(end),
+                });
+            }
+        }
+        0
+    }
+    let mut modules: Vec<Module> = Vec::new();
+    // SAFETY: the callback only reads what the loader passes and pushes to `modules`.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&raw mut modules).cast()) };
+    modules
+}
+
+/// FNV-1a of an object's name.
+fn name_hash(name: &[u8]) -> u64 {
+    name.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// What the parent makes of a crash record.
@@ -81,6 +155,51 @@ pub struct Crash {
 }
 
 impl CrashRecord {
+    /// In a spawned worker, at start-up (not in a forked child, where the loader's lock may be
+    /// held by a thread that does not exist there): records the loaded objects.
+    pub fn record_modules(&self) {
+        for (slot, module) in self.modules.iter().zip(loaded_modules()) {
+            slot.name_hash.store(module.name_hash, Ordering::Relaxed);
+            slot.bias.store(module.bias, Ordering::Relaxed);
+            slot.start.store(module.start, Ordering::Relaxed);
+            slot.end.store(module.end, Ordering::Release);
+        }
+    }
+
+    /// Moves each frame of a spawned worker to the same place in this process's copy of its
+    /// object (same name, this process's load bias), so that this process can symbolize it.
+    /// Frames of forked workers (no module table) stay as they are.
+    fn moved_to_parent_addresses(&self, frames: Vec<(u64, bool)>) -> Vec<(u64, bool)> {
+        let theirs: Vec<Module> = self
+            .modules
+            .iter()
+            .map(|slot| Module {
+                name_hash: slot.name_hash.load(Ordering::Relaxed),
+                bias: slot.bias.load(Ordering::Relaxed),
+                start: slot.start.load(Ordering::Relaxed),
+                end: slot.end.load(Ordering::Acquire),
+            })
+            .filter(|m| m.end > m.start)
+            .collect();
+        if theirs.is_empty() {
+            return frames;
+        }
+        let ours = loaded_modules();
+        frames
+            .into_iter()
+            .map(|(ip, exact)| {
+                let moved = theirs
+                    .iter()
+                    .find(|m| (m.start..m.end).contains(&ip))
+                    .and_then(|m| {
+                        let mine = ours.iter().find(|o| o.name_hash == m.name_hash)?;
+                        Some(ip.wrapping_sub(m.bias).wrapping_add(mine.bias))
+                    });
+                (moved.unwrap_or(ip), exact)
+            })
+            .collect()
+    }
+
     /// What the worker recorded when it caught `signal`, symbolized. Call it only after the worker
     /// was reaped (so nothing writes any more). `None` when the handler did not record that signal.
     pub fn read(&self, signal: i32) -> Option<Crash> {
@@ -117,6 +236,7 @@ impl CrashRecord {
                 .collect(),
         };
         let frames: Vec<(u64, bool)> = frames.into_iter().filter(|&(ip, _)| ip != 0).collect();
+        let frames = self.moved_to_parent_addresses(frames);
         let backtrace = (!frames.is_empty()).then(|| symbolize(&frames));
         Some(Crash {
             fault_address,

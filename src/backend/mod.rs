@@ -8,6 +8,7 @@
 
 mod crash;
 mod processes;
+pub mod spawn;
 mod spill;
 mod threads;
 pub mod wire;

@@ -54,13 +54,18 @@ use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
 use super::CallLink;
 use super::crash::{self, CrashRecord};
+use super::spawn::{SpawnPlan, WorkerIds, handshake};
 use super::spill::{SpillMaps, map_results, spill_results};
 use super::wire::{
     DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_batch, decode_outcome,
     encode_batch, encode_outcome, recv_frame_with_fds, send_frame_with_fds,
 };
+use crate::config::StartMethod;
+use crate::task::TaskFn;
 use crate::task::{Batch, BatchOutcome, Death, RunContext, Running, TaskFailure, run_batch};
+use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 /// One batch for a proxy.
 struct Job {
@@ -85,7 +90,11 @@ pub struct ProcessPool {
 
 impl ProcessPool {
     /// Starts `size` proxy threads; workers are forked by the first batch of each call.
-    pub fn new(size: usize, keep_workers: bool) -> io::Result<Self> {
+    pub fn new(size: usize, keep_workers: bool, start: StartMethod) -> io::Result<Self> {
+        let spawn = match start {
+            StartMethod::Fork => None,
+            StartMethod::Spawn => Some(Arc::new(SpawnPlan::new()?)),
+        };
         let (jobs, queue) = unbounded::<Job>();
         let size = size.max(1);
         // Once per process, off the path of the first fork: the workers' crash-handler stack.
@@ -100,6 +109,7 @@ impl ProcessPool {
         for slot in 0..size {
             let (control, inbox) = unbounded();
             let queue = queue.clone();
+            let spawn = spawn.clone();
             // If spawning fails part-way, dropping `pool` on the error path joins what started.
             let proxy = std::thread::Builder::new()
                 .name(format!("pj-proxy-{slot}"))
@@ -110,6 +120,7 @@ impl ProcessPool {
                         worker: None,
                         buf: Vec::new(),
                         fds: Vec::new(),
+                        spawn,
                     }
                     .run(queue, inbox)
                 })?;
@@ -192,6 +203,8 @@ struct Proxy {
     buf: Vec<u8>,
     /// Descriptors of result files that came with the last outcome.
     fds: Vec<OwnedFd>,
+    /// With the spawn start method: how to start a fresh worker from the executable.
+    spawn: Option<Arc<SpawnPlan>>,
 }
 
 impl Proxy {
@@ -260,12 +273,13 @@ impl Proxy {
     fn exchange(&mut self, batch: &Batch, link: &CallLink) -> Result<BatchOutcome, Option<Lost>> {
         self.reap_if_dead();
         if self.worker.is_none() {
-            let worker = spawn_worker(self.slot, self.level).map_err(|e| {
-                Some(Lost::fatal(
-                    batch.first,
-                    TaskFailure::Spawn(format!("cannot start a worker process: {e}")),
-                ))
-            })?;
+            let worker =
+                spawn_worker(self.slot, self.level, self.spawn.as_deref()).map_err(|e| {
+                    Some(Lost::fatal(
+                        batch.first,
+                        TaskFailure::Spawn(format!("cannot start a worker process: {e}")),
+                    ))
+                })?;
             self.worker = Some(worker);
         }
         if let Some(worker) = self.worker.as_mut()
@@ -302,7 +316,15 @@ impl Proxy {
                 attached_fds.push(file.fd.as_raw_fd());
             }
         }
-        encode_batch(batch, flags, &attached, results_folder, &mut self.buf);
+        let by_index = self.spawn.is_some();
+        encode_batch(
+            batch,
+            flags,
+            &attached,
+            results_folder,
+            by_index,
+            &mut self.buf,
+        );
         self.fds.clear();
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
@@ -556,7 +578,7 @@ fn wait_for_peek(pid: libc::pid_t) -> bool {
 }
 
 /// Forks a worker for `slot`. The child never returns from here.
-fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
+fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Result<Worker> {
     // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
     // of the child's end, a concurrent fork would let another worker inherit that end and keep the
     // stream open after this worker dies. With the lock, every pj socket that exists during a fork
@@ -565,7 +587,7 @@ fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
     let _forking = FORK_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let running = SharedRunning::new()?;
+    let running = SharedRunning::new(spawn.is_some())?;
     // Done at pool creation already; a no-op here.
     crash::prepare();
     let (parent_end, child_end) = UnixStream::pair()?;
@@ -573,6 +595,35 @@ fn spawn_worker(slot: usize, level: usize) -> io::Result<Worker> {
     let parent_pid = unsafe { libc::getpid() };
     registry::remember(parent_end.as_raw_fd());
     registry::remember(child_end.as_raw_fd());
+    if let Some(plan) = spawn {
+        let page = running.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        let ids = WorkerIds {
+            socket: child_end.as_raw_fd(),
+            page,
+            parent: parent_pid,
+            slot,
+            level,
+        };
+        let started = plan.start(&ids);
+        registry::forget(child_end.as_raw_fd());
+        drop(child_end);
+        let pid = started.inspect_err(|_| registry::forget(parent_end.as_raw_fd()))?;
+        let socket: OwnedFd = parent_end.into();
+        if let Err(error) = handshake(socket.as_raw_fd(), pid) {
+            // SAFETY: our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = wait_for(pid, 0);
+            registry::forget(socket.as_raw_fd());
+            return Err(error);
+        }
+        return Ok(Worker {
+            pid,
+            socket,
+            running,
+            sent_files: Vec::new(),
+            call: 0,
+        });
+    }
     // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
     // and leaves through _exit, never returning into the parent's code.
     let pid = unsafe { libc::fork() };
@@ -622,6 +673,21 @@ fn worker_main(
     // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
     crash::install(running.crash());
     registry::close_all_except(socket);
+    let code = serve(socket, running, slot, level, None);
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
+    unsafe { libc::_exit(code) }
+}
+
+/// The worker loop: reads batches, runs them, writes outcomes, until the stream ends; returns the
+/// exit status. `functions`: for a spawned worker, the registry that batch callbacks index into
+/// (a forked worker gets function addresses instead).
+pub(super) fn serve(
+    socket: RawFd,
+    running: &SharedRunning,
+    slot: usize,
+    level: usize,
+    functions: Option<&[TaskFn]>,
+) -> i32 {
     crate::nesting::set_level(level);
     let served = catch_unwind(AssertUnwindSafe(|| {
         let abort = AtomicBool::new(false);
@@ -636,13 +702,14 @@ fn worker_main(
             LIVENESS_PERIOD_MS,
             &|| true,
         ) {
-            // SAFETY: the frame was encoded by our parent, of which this process is a fork.
+            // SAFETY: the frame was encoded by our parent, of which this process is a fork (its
+            // addresses are valid here), or, for a spawned worker, carries registry indices.
             let Ok(DecodedBatch {
                 batch,
                 flags,
                 attached,
                 results_folder,
-            }) = (unsafe { decode_batch(&inbox) })
+            }) = (unsafe { decode_batch(&inbox, functions) })
             else {
                 return 3;
             };
@@ -695,14 +762,15 @@ fn worker_main(
         }
         0
     }));
-    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
-    unsafe { libc::_exit(served.unwrap_or(4)) }
+    served.unwrap_or(4)
 }
 
 /// A [`Running`] record and a [`CrashRecord`] in a MAP_SHARED page that survives fork: the worker
-/// writes, the parent reads.
-struct SharedRunning {
+/// writes, the parent reads. For a spawned worker the page is a memfd, passed by descriptor.
+pub(super) struct SharedRunning {
     ptr: *mut Shared,
+    /// The memfd behind the page (spawn start method only).
+    fd: Option<OwnedFd>,
 }
 
 /// The layout of the shared page.
@@ -719,31 +787,63 @@ const PAGE: usize = 4096;
 const _: () = assert!(std::mem::size_of::<Shared>() <= PAGE);
 
 impl SharedRunning {
-    fn new() -> io::Result<Self> {
-        // SAFETY: an anonymous shared mapping of one page; checked for MAP_FAILED below.
+    /// A fresh page; `passable`: backed by a memfd that a spawned worker can map.
+    fn new(passable: bool) -> io::Result<Self> {
+        if !passable {
+            return Self::map(None);
+        }
+        // SAFETY: a NUL-terminated name; the flags are valid.
+        let raw = unsafe { libc::memfd_create(c"pj-worker".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor memfd_create just returned, owned from here on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sizing our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(Some(fd))
+    }
+
+    /// Maps the page of a spawned worker's parent, from the descriptor it passed.
+    pub(super) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        Self::map(Some(fd))
+    }
+
+    fn map(fd: Option<OwnedFd>) -> io::Result<Self> {
+        let (flags, raw) = match &fd {
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+            None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
+        };
+        // SAFETY: a shared mapping of one page (of the memfd, sized to a page, or anonymous);
+        // checked for MAP_FAILED below.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
+                flags,
+                raw,
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(SharedRunning { ptr: ptr.cast() })
+        Ok(SharedRunning {
+            ptr: ptr.cast(),
+            fd,
+        })
     }
 
-    fn get(&self) -> &Running {
+    pub(super) fn get(&self) -> &Running {
         // SAFETY: the mapping is page-aligned, zero-filled (a valid `Shared`: atomics and a bool,
         // all zero) and lives as long as `self`.
         unsafe { &(*self.ptr).running }
     }
 
-    fn crash(&self) -> &CrashRecord {
+    pub(super) fn crash(&self) -> &CrashRecord {
         // SAFETY: as in `get`.
         unsafe { &(*self.ptr).crash }
     }

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use crate::memmap::MapAccess;
-use crate::task::{ArgRef, Batch, BatchOutcome, Callback, TaskFailure};
+use crate::task::{ArgRef, Batch, BatchOutcome, Callback, TaskFailure, TaskFn};
 
 /// A malformed frame (a bug, or memory corruption in the worker).
 fn malformed(what: &str) -> io::Error {
@@ -115,12 +115,14 @@ impl RunFlags {
 /// worker skips those tasks, and the parent, which kept the batch, merges their failures.
 /// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
 /// order of the descriptors; `results_folder` is where the worker writes results above
-/// `flags.results_above`.
+/// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
+/// registry indices (the caller checked that every task's function is registered).
 pub fn encode_batch(
     batch: &Batch,
     flags: RunFlags,
     attached: &[u64],
     results_folder: &[u8],
+    by_index: bool,
     out: &mut Vec<u8>,
 ) {
     let (callbacks, args, arg_ends) = batch.parts();
@@ -155,8 +157,21 @@ pub fn encode_batch(
     for id in attached {
         out.extend_from_slice(&id.to_ne_bytes());
     }
+    // Tasks of a batch usually share their function: look each one up once.
+    let mut last: Option<(usize, usize)> = None;
     for callback in callbacks {
-        let (func, userdata) = callback.to_raw();
+        let (mut func, userdata) = callback.to_raw();
+        if by_index {
+            func = match last {
+                Some((address, index)) if address == func => index,
+                _ => {
+                    let index = crate::registry::index_of(callback.func())
+                        .map_or(usize::MAX, |i| i as usize);
+                    last = Some((func, index));
+                    index
+                }
+            };
+        }
         put(out, func);
         put(out, userdata);
     }
@@ -179,12 +194,13 @@ pub struct DecodedBatch {
     pub results_folder: Vec<u8>,
 }
 
-/// Decodes a batch encoded by [`encode_batch`].
+/// Decodes a batch encoded by [`encode_batch`]; with `functions` (a spawned worker's registry),
+/// callbacks are registry indices into it.
 ///
 /// # Safety
-/// `buf` must come from `encode_batch` in this process or the process this one was forked from, so
-/// that its callback addresses are valid here.
-pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<DecodedBatch> {
+/// Without `functions`, `buf` must come from `encode_batch` in this process or the process this
+/// one was forked from, so that its callback addresses are valid here.
+pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Result<DecodedBatch> {
     let mut r = Reader { buf, what: "batch" };
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
     let mut flags = RunFlags::from_bits(r.word()?)?;
@@ -215,11 +231,23 @@ pub unsafe fn decode_batch(buf: &[u8]) -> io::Result<DecodedBatch> {
         .map(|id| id as u64)
         .collect();
     let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
-    // SAFETY: the caller guarantees the addresses came from `to_raw` in this address space image.
-    let callbacks = raw
-        .chunks_exact(2)
-        .map(|pair| unsafe { Callback::from_raw((pair[0], pair[1])) })
-        .collect();
+    let callbacks = match functions {
+        Some(functions) => raw
+            .chunks_exact(2)
+            .map(|pair| {
+                let func = *functions.get(pair[0]).ok_or_else(|| malformed("batch"))?;
+                // SAFETY: a function this process registered, called without userdata, as the
+                // spawn start method documents.
+                Ok(unsafe { Callback::new(func, std::ptr::null_mut()) })
+            })
+            .collect::<io::Result<Vec<_>>>()?,
+        // SAFETY: the caller guarantees the addresses came from `to_raw` in this address space
+        // image.
+        None => raw
+            .chunks_exact(2)
+            .map(|pair| unsafe { Callback::from_raw((pair[0], pair[1])) })
+            .collect(),
+    };
     let arg_ends = r.words(count)?;
     let args = r.bytes(args_len)?.to_vec();
     if arg_ends.windows(2).any(|w| w[0] > w[1])
@@ -665,9 +693,9 @@ mod tests {
             results_above: 1 << 20,
         };
         let batch = batch.retry_without(41, TaskFailure::Spawn("lost".into()));
-        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", &mut buf);
+        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", false, &mut buf);
         // SAFETY: encoded in this process.
-        let decoded = unsafe { decode_batch(&buf) }.unwrap();
+        let decoded = unsafe { decode_batch(&buf, None) }.unwrap();
         let (back, back_flags) = (decoded.batch, decoded.flags);
         assert_eq!(decoded.attached, vec![7, 9]);
         assert_eq!(decoded.results_folder, b"/tmp/x");

@@ -277,7 +277,7 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 pub const MAX_N_JOBS: i64 = 65_536;
 
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -294,7 +294,19 @@ pub const KEYS: [&str; 16] = [
     "on_error",
     "handle_sigint",
     "progress",
+    "start_method",
 ];
+
+/// How worker processes start (pj's `start_method` option, after Python's multiprocessing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartMethod {
+    /// A copy of the caller (the default): function pointers and userdata are valid in it.
+    #[default]
+    Fork,
+    /// A fresh run of the same executable that turns into a worker in
+    /// `pj_worker_main_if_requested`: tasks must name registered functions, without userdata.
+    Spawn,
+}
 
 /// pj's `progress` option: how progress is shown besides joblib's verbose lines.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -393,6 +405,8 @@ pub struct Config {
     pub progress: Option<ProgressMode>,
     /// A progress callback (pj's own; set with `pj_config_set_progress`).
     pub progress_hook: Option<ProgressHook>,
+    /// How worker processes start.
+    pub start_method: Option<StartMethod>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -434,6 +448,8 @@ pub struct Resolved {
     pub progress: ProgressMode,
     /// The progress callback, if any.
     pub progress_hook: Option<ProgressHook>,
+    /// How worker processes start (default fork).
+    pub start_method: StartMethod,
 }
 
 impl Resolved {
@@ -667,6 +683,19 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
+fn parse_start_method(value: &str) -> Result<StartMethod> {
+    match value {
+        "fork" => Ok(StartMethod::Fork),
+        "spawn" => Ok(StartMethod::Spawn),
+        v if is_none(v) => Ok(StartMethod::Fork),
+        _ => Err(invalid_value(
+            "start_method",
+            value,
+            "expected \"fork\" or \"spawn\"",
+        )),
+    }
+}
+
 fn parse_progress(value: &str) -> Result<ProgressMode> {
     match value {
         "bar" => Ok(ProgressMode::Bar),
@@ -714,7 +743,8 @@ impl Config {
     /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
-    /// `handle_sigint` (`true`, `false`) and `progress` (`bar`, `none`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`) and `start_method` (`fork`,
+    /// `spawn`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -739,6 +769,7 @@ impl Config {
             "on_error" => self.on_error = Some(parse_on_error(value)?),
             "handle_sigint" => self.handle_sigint = Some(parse_bool("handle_sigint", value)?),
             "progress" => self.progress = Some(parse_progress(value)?),
+            "start_method" => self.start_method = Some(parse_start_method(value)?),
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -811,6 +842,7 @@ impl Config {
             handle_sigint: self.handle_sigint.or(outer.handle_sigint),
             progress: self.progress.or(outer.progress),
             progress_hook: self.progress_hook.or(outer.progress_hook),
+            start_method: self.start_method.or(outer.start_method),
         }
     }
 
@@ -886,6 +918,7 @@ impl Config {
             handle_sigint: self.handle_sigint.unwrap_or(false),
             progress: self.progress.unwrap_or_default(),
             progress_hook: self.progress_hook,
+            start_method: self.start_method.unwrap_or_default(),
         })
     }
 }

@@ -88,7 +88,10 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// result carries its own status: see `pj_results_status`) and `handle_sigint` ("true"/"false":
 /// while a call blocks, a SIGINT cancels it instead of killing the process; see
 /// `pj_parallel_cancel`), `progress` ("bar": a progress bar on stderr, redrawn in place on a
-/// terminal, a plain line every 2 s otherwise; "none"). Every value is validated now. On failure
+/// terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
+/// workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
+/// call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
+/// functions, without userdata; see `examples/spawn.c`). Every value is validated now. On failure
 /// the config is unchanged.
 ///
 /// Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default

@@ -14,6 +14,7 @@
 
 mod config;
 mod error;
+mod named;
 mod parallel;
 mod range;
 mod results;
@@ -24,6 +25,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use config::*;
 pub use error::*;
+pub use named::*;
 pub use parallel::*;
 pub use range::*;
 pub use results::*;

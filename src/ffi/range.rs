@@ -77,8 +77,8 @@ unsafe extern "C" fn run_range(
 /// the error names the range's items ("items 4096..8192 failed with code 3: ..."), its task index
 /// is the range's first item, and ranges not yet started never start; PJ_STATUS_WORKER_DIED,
 /// PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
-/// `pj_parallel_collect`. With on_error=collect every range runs and the first failed range's error
-/// is returned.
+/// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn". With on_error=collect
+/// every range runs and the first failed range's error is returned.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_for(
     parallel: *mut super::pj_parallel_t,
@@ -90,6 +90,13 @@ pub extern "C" fn pj_parallel_for(
     run(error_out, || {
         let parallel = parallel_behind(parallel)?;
         let func = r#fn.ok_or_else(|| null_argument("fn"))?;
+        if parallel.spawns_workers() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "pj_parallel_for does not support start_method \"spawn\" yet: submit registered \
+                 functions with pj_parallel_submit_named",
+            ));
+        }
         let ranges = parallel.settings().n_jobs.max(1) * RANGES_PER_WORKER;
         let grain = n.div_ceil(ranges).max(1);
         // As integers: they only travel in task arguments, to be turned back into the function

@@ -1,0 +1,242 @@
+//! The `spawn` start method: worker processes started afresh from the caller's executable.
+//!
+//! A proxy forks and, in the child, immediately execs `/proc/self/exe` with the caller's arguments
+//! and environment plus `PJ_WORKER_*` variables naming the socket, the shared page, the parent,
+//! the slot and the nesting level. The program runs its `main` from the start, registers its task
+//! functions, and calls `pj_worker_main_if_requested`, which finds the variables and turns the
+//! process into a worker ([`worker_main_if_requested`]). Before any batch, the parent and the
+//! worker compare their registries' fingerprints ([`handshake`]): a worker whose program registered
+//! other functions, or none, is refused with a message naming both lists.
+//!
+//! Between fork and exec the child only calls async-signal-safe functions (fcntl, execve, _exit):
+//! every string it needs was built before the fork.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::time::{Duration, Instant};
+
+use super::processes::{SharedRunning, serve};
+use super::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
+
+/// The environment variables that make a process a worker.
+const FD_VAR: &str = "PJ_WORKER_FD";
+const PAGE_VAR: &str = "PJ_WORKER_PAGE_FD";
+const PARENT_VAR: &str = "PJ_WORKER_PARENT";
+const SLOT_VAR: &str = "PJ_WORKER_SLOT";
+const LEVEL_VAR: &str = "PJ_WORKER_LEVEL";
+
+/// How long a spawned worker may take to reach `pj_worker_main_if_requested`.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a spawned worker needs to know, passed through its environment.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerIds {
+    /// The worker's end of the socket pair.
+    pub socket: RawFd,
+    /// The memfd of the shared page.
+    pub page: RawFd,
+    /// The caller's pid (the worker checks it is still its parent).
+    pub parent: libc::pid_t,
+    /// The worker's slot in the pool.
+    pub slot: usize,
+    /// The nesting level its tasks run at.
+    pub level: usize,
+}
+
+/// The executable, arguments and environment a spawned worker starts with, prepared once per
+/// pool (the caller's, as they are when the pool is created).
+#[derive(Debug)]
+pub struct SpawnPlan {
+    exe: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl SpawnPlan {
+    /// The caller's command line and environment, without any `PJ_WORKER_*` variable.
+    pub fn new() -> io::Result<Self> {
+        let to_c = |bytes: Vec<u8>| {
+            CString::new(bytes).map_err(|_| io::Error::other("a NUL byte in the command line"))
+        };
+        let argv = std::env::args_os()
+            .map(|a| to_c(a.into_vec()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env = std::env::vars_os()
+            .filter(|(k, _)| !k.to_string_lossy().starts_with("PJ_WORKER_"))
+            .map(|(k, v)| {
+                let mut pair: OsString = k;
+                pair.push("=");
+                pair.push(v);
+                to_c(pair.into_vec())
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(SpawnPlan {
+            exe: c"/proc/self/exe".to_owned(),
+            argv,
+            env,
+        })
+    }
+
+    /// Starts a worker: fork, then exec the executable in the child. Returns the child's pid.
+    pub fn start(&self, ids: &WorkerIds) -> io::Result<libc::pid_t> {
+        let vars = [
+            (FD_VAR, ids.socket.to_string()),
+            (PAGE_VAR, ids.page.to_string()),
+            (PARENT_VAR, ids.parent.to_string()),
+            (SLOT_VAR, ids.slot.to_string()),
+            (LEVEL_VAR, ids.level.to_string()),
+        ];
+        let mut env: Vec<CString> = self.env.clone();
+        for (key, value) in vars {
+            env.push(CString::new(format!("{key}={value}")).map_err(io::Error::other)?);
+        }
+        let argv: Vec<*const libc::c_char> = self
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp: Vec<*const libc::c_char> = env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        // SAFETY: fork has no memory-safety preconditions; the child only runs async-signal-safe
+        // calls on memory prepared above, then execs or _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: in the child: keep the two descriptors across exec (clear close-on-exec),
+            // then replace the process image; on failure leave at once.
+            unsafe {
+                libc::fcntl(ids.socket, libc::F_SETFD, 0);
+                libc::fcntl(ids.page, libc::F_SETFD, 0);
+                libc::execve(self.exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        Ok(pid)
+    }
+}
+
+/// In the parent: checks that the worker `pid` on `socket` registered the same functions, in the
+/// same order. Fails if it differs, exits first, or does not answer in time.
+pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
+    let fingerprint = crate::registry::fingerprint();
+    let mut frame = fingerprint.to_ne_bytes().to_vec();
+    frame.extend_from_slice(crate::registry::names().join("\n").as_bytes());
+    send_frame(socket, &frame)?;
+    let deadline = Instant::now() + HANDSHAKE_LIMIT;
+    let alive = || Instant::now() < deadline && still_running(pid);
+    let mut reply = Vec::new();
+    let answered = recv_frame(socket, &mut reply, LIVENESS_PERIOD_MS, &alive).unwrap_or(false);
+    if !answered {
+        return Err(io::Error::other(
+            "the spawned worker did not answer: the program must call \
+             pj_worker_main_if_requested(argc, argv) at the start of main, after its pj_register \
+             calls",
+        ));
+    }
+    if reply.first() == Some(&1) {
+        return Ok(());
+    }
+    let theirs = String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned();
+    Err(io::Error::other(format!(
+        "the spawned worker registered other task functions than the caller: caller [{}], \
+         worker [{}]",
+        crate::registry::names().join(", "),
+        theirs.replace('\n', ", ")
+    )))
+}
+
+fn still_running(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: polls our own child without blocking; a reaped child reports its pid.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::WNOWAIT) == 0 }
+}
+
+/// Whether this process was started as a spawned worker (and has not become one yet).
+pub fn is_spawned_worker() -> bool {
+    std::env::var_os(FD_VAR).is_some()
+}
+
+fn var<T: std::str::FromStr>(key: &str) -> Option<T> {
+    std::env::var(key).ok()?.parse().ok()
+}
+
+/// Turns this process into a worker if it was started as one; otherwise returns at once.
+/// Never returns in a worker: it serves batches until its parent closes the stream, then exits.
+pub fn worker_main_if_requested() {
+    let (Some(socket), Some(page), Some(parent), Some(slot), Some(level)) = (
+        var::<RawFd>(FD_VAR),
+        var::<RawFd>(PAGE_VAR),
+        var::<libc::pid_t>(PARENT_VAR),
+        var::<usize>(SLOT_VAR),
+        var::<usize>(LEVEL_VAR),
+    ) else {
+        return;
+    };
+    for key in [FD_VAR, PAGE_VAR, PARENT_VAR, SLOT_VAR, LEVEL_VAR] {
+        // SAFETY: a spawned worker is at the start of its main, before it starts threads; the
+        // variables must not reach the processes its tasks start.
+        unsafe { std::env::remove_var(key) };
+    }
+    // SAFETY: die with the parent, and check it did not die before the request was in place;
+    // leave SIGINT to the parent; close-on-exec again for the inherited descriptors.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::fcntl(socket, libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(page, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    // SAFETY: the parent passed its memfd at this number; this process owns it from here on.
+    let page = unsafe { OwnedFd::from_raw_fd(page) };
+    let Ok(running) = SharedRunning::from_fd(page) else {
+        // SAFETY: leaving without running the program's exit handlers.
+        unsafe { libc::_exit(6) }
+    };
+    super::crash::prepare();
+    running.crash().record_modules();
+    super::crash::install(running.crash());
+    let code = match answer_handshake(socket) {
+        Ok(()) => {
+            let functions = crate::registry::functions();
+            serve(socket, &running, slot, level, Some(&functions))
+        }
+        Err(()) => 2,
+    };
+    // SAFETY: a worker leaves through _exit: the program's atexit handlers are the caller's.
+    unsafe { libc::_exit(code) }
+}
+
+/// In a spawned worker: receives the caller's registry fingerprint and says whether ours matches.
+fn answer_handshake(socket: RawFd) -> Result<(), ()> {
+    let mut frame = Vec::new();
+    if !recv_frame(socket, &mut frame, LIVENESS_PERIOD_MS, &|| true).unwrap_or(false) {
+        return Err(());
+    }
+    let theirs = frame
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_ne_bytes);
+    let matches = theirs == Some(crate::registry::fingerprint());
+    let mut reply = vec![u8::from(matches)];
+    if !matches {
+        reply.extend_from_slice(crate::registry::names().join("\n").as_bytes());
+    }
+    send_frame(socket, &reply).map_err(|_| ())?;
+    if matches { Ok(()) } else { Err(()) }
+}

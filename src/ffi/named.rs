@@ -1,0 +1,80 @@
+//! Named task functions: `pj_register`, `pj_parallel_submit_named` and the entry point of
+//! spawned workers, `pj_worker_main_if_requested`.
+
+use std::ffi::{c_char, c_int};
+
+use super::parallel::{parallel_behind, pj_task_fn};
+use super::{bytes_arg, null_argument, pj_error_t, pj_status, run, run_value, str_arg};
+use crate::error::Error;
+use crate::task::Callback;
+
+/// Registers a task function under `name` (UTF-8, copied), for workers that do not share the
+/// caller's memory image: with `start_method` "spawn", worker processes are fresh runs of the same
+/// executable, and tasks travel as registry indices. Every process of the program must register
+/// the same functions under the same names in the same order, before
+/// `pj_worker_main_if_requested`: a worker whose registry differs is refused (the call fails with
+/// PJ_STATUS_IO naming both lists). Registering a name again for the same function is a no-op.
+/// Thread-safe.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `name` or `fn` is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT for an empty name, a name already registered for another function,
+/// or a name that is not UTF-8.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_register(
+    name: *const c_char,
+    r#fn: pj_task_fn,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        // SAFETY: the caller passes a NUL-terminated string that lives for the call (contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        let func = r#fn.ok_or_else(|| null_argument("fn"))?;
+        crate::registry::register(name, func)
+    })
+}
+
+/// Adds a task that runs the function registered under `name` (see `pj_register`) with no
+/// userdata, like `pj_parallel_submit` (the argument bytes are copied now). Works with every
+/// backend and start method.
+///
+/// Returns the statuses of `pj_parallel_submit`, and PJ_STATUS_NULL_ARGUMENT when `name` is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT when no function is registered under `name`.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_submit_named(
+    parallel: *mut super::pj_parallel_t,
+    name: *const c_char,
+    arg: *const u8,
+    arg_len: usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let parallel = parallel_behind(parallel)?;
+        // SAFETY: the caller passes a NUL-terminated string that lives for the call (contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        let func = crate::registry::lookup(name).ok_or_else(|| {
+            Error::invalid(format!("no task function is registered under \"{name}\""))
+        })?;
+        // SAFETY: a registered function is a `pj_task_fn` whose contract holds with NULL userdata.
+        let callback = unsafe { Callback::new(func, std::ptr::null_mut()) };
+        // SAFETY: the caller guarantees `arg_len` readable bytes at a non-NULL `arg` for the call.
+        let arg = unsafe { bytes_arg(arg, arg_len, "arg") }?;
+        parallel.submit(callback, arg)
+    })
+}
+
+/// The entry point of spawned workers. Call it at the start of `main`, right after the program's
+/// `pj_register` calls and before anything else that matters (threads, output, executors): when
+/// this process was started by pj as a worker (`start_method` "spawn"), it becomes that worker —
+/// it checks its registry against the caller's, serves tasks until the caller is done with it,
+/// and exits without returning; otherwise it returns 0 at once. `argc` and `argv` are `main`'s
+/// (kept for start methods that will need them; they may be 0 and NULL). A program that uses
+/// spawn but never calls it gets PJ_STATUS_INVALID_ARGUMENT from `pj_parallel_new` in the worker
+/// copy, and the caller's call fails with PJ_STATUS_IO saying so.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_worker_main_if_requested(argc: c_int, argv: *const *const c_char) -> c_int {
+    let _ = (argc, argv);
+    run_value(0, || {
+        crate::backend::spawn::worker_main_if_requested();
+        0
+    })
+}

@@ -1,0 +1,300 @@
+//! start_method=spawn: workers are fresh runs of this very executable (a test with its own `main`,
+//! `harness = false`, so that the re-executed copy can turn into a worker as a C program would).
+//! Scenarios run in sequence; any failure panics, which fails the test.
+
+mod common;
+
+use std::ffi::{CString, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+/// Set by the caller before its calls; a forked worker inherits it, a spawned one does not.
+static MARKER: AtomicU64 = AtomicU64::new(0);
+
+/// Task: returns [x * x, this process's pid, MARKER].
+unsafe extern "C" fn square(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments, or a big buffer whose first 8 bytes are x.
+    let x = unsafe { arg_u64(arg, len.min(8)) };
+    let words = [
+        x * x,
+        u64::from(std::process::id()),
+        MARKER.load(Ordering::Relaxed),
+    ];
+    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    pj_out_set(out, raw.as_ptr(), raw.len());
+    0
+}
+
+/// Task: fails on 3, crashes on 4, never returns on 5, else like `square`.
+unsafe extern "C" fn moody(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments.
+    match unsafe { arg_u64(arg, len) } {
+        3 => {
+            pj_out_error(out, c"three is bad".as_ptr());
+            7
+        }
+        // SAFETY: deliberately crashes this worker process.
+        4 => unsafe {
+            std::ptr::write_volatile(16 as *mut u8, 1);
+            0
+        },
+        5 => loop {
+            std::thread::sleep(Duration::from_millis(10));
+        },
+        // SAFETY: forwarding the task's own arguments.
+        _ => unsafe { square(userdata, arg, len, out) },
+    }
+}
+
+unsafe extern "C" fn unregistered(
+    _: *mut c_void,
+    _: *const u8,
+    _: usize,
+    _: *mut TaskOutput,
+) -> i32 {
+    0
+}
+
+fn register(name: &str, f: pj_task_fn) {
+    let name = CString::new(name).unwrap();
+    assert_eq!(
+        pj_register(name.as_ptr(), f, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+}
+
+fn spawn_executor(extra: &[(&str, &str)]) -> Par {
+    let mut options = vec![
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("start_method", "spawn"),
+    ];
+    options.extend_from_slice(extra);
+    parallel(&options).unwrap()
+}
+
+fn submit_named(par: &Par, name: &str, arg: &[u8]) -> Result<(), CError> {
+    let name = CString::new(name).unwrap();
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_parallel_submit_named(par.0, name.as_ptr(), arg.as_ptr(), arg.len(), &mut err),
+        err,
+    )
+}
+
+fn words(r: &[u8]) -> Vec<u64> {
+    r.chunks(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn main() {
+    register("square", Some(square));
+    register("moody", Some(moody));
+    // A copy of this program started with PJ_TEST_EXTRA registers one more function, so that its
+    // registry differs from the caller's.
+    if std::env::var_os("PJ_TEST_EXTRA").is_some() {
+        register("extra", Some(unregistered));
+    }
+    // A copy started with PJ_TEST_FORGET never becomes a worker, as a program that forgot the
+    // call: it runs this main on, and creating an executor must fail there.
+    if std::env::var_os("PJ_TEST_FORGET").is_none() {
+        pj_worker_main_if_requested(0, std::ptr::null());
+    } else if std::env::var_os("PJ_WORKER_FD").is_some() {
+        let err = parallel(&[])
+            .err()
+            .expect("a forgotten worker cannot create executors");
+        assert!(
+            err.message.contains("pj_worker_main_if_requested"),
+            "{}",
+            err.message
+        );
+        std::process::exit(1);
+    }
+
+    // Environment changes first, while this process has no other thread.
+    mismatched_registries_are_refused();
+    a_program_that_forgets_the_worker_entry_is_reported();
+
+    MARKER.store(42, Ordering::Relaxed);
+    named_tasks_run_in_fresh_processes();
+    errors_crashes_and_timeouts_are_reported();
+    big_arguments_and_results_travel_through_files();
+    pointer_submits_must_be_registered_and_without_userdata();
+    println!("spawn: all scenarios passed");
+}
+
+fn mismatched_registries_are_refused() {
+    // SAFETY: no other thread runs yet (the scenarios below start pj's).
+    unsafe { std::env::set_var("PJ_TEST_EXTRA", "1") };
+    let par = spawn_executor(&[]);
+    let err = submit_named(&par, "square", &1u64.to_ne_bytes())
+        .err()
+        .or_else(|| par.collect().err())
+        .expect("the call fails");
+    drop(par);
+    // SAFETY: the executor and its threads are gone; no other thread runs.
+    unsafe { std::env::remove_var("PJ_TEST_EXTRA") };
+    assert_eq!(err.status, pj_status::Io, "{}", err.message);
+    assert!(
+        err.message.contains("caller [square, moody]")
+            && err.message.contains("worker [square, moody, extra]"),
+        "{}",
+        err.message
+    );
+}
+
+fn a_program_that_forgets_the_worker_entry_is_reported() {
+    // SAFETY: still no other pj thread; the previous executor was dropped and joined.
+    unsafe { std::env::set_var("PJ_TEST_FORGET", "1") };
+    let par = spawn_executor(&[]);
+    let start = Instant::now();
+    let err = submit_named(&par, "square", &1u64.to_ne_bytes())
+        .err()
+        .or_else(|| par.collect().err())
+        .expect("the call fails");
+    drop(par);
+    // SAFETY: the executor and its threads are gone; no other thread runs.
+    unsafe { std::env::remove_var("PJ_TEST_FORGET") };
+    assert_eq!(err.status, pj_status::Io, "{}", err.message);
+    assert!(
+        err.message.contains("pj_worker_main_if_requested"),
+        "{}",
+        err.message
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+fn named_tasks_run_in_fresh_processes() {
+    let par = spawn_executor(&[]);
+    for i in 0..200u64 {
+        submit_named(&par, "square", &i.to_ne_bytes()).unwrap();
+    }
+    let results = par.collect().unwrap();
+    assert_eq!(results.len(), 200);
+    let me = u64::from(std::process::id());
+    for (i, r) in results.iter().enumerate() {
+        let w = words(r);
+        assert_eq!(w[0], (i * i) as u64);
+        assert_ne!(w[1], me, "ran in a worker process");
+        assert_eq!(
+            w[2], 0,
+            "a spawned worker is a fresh image, not a copy of the caller"
+        );
+    }
+    // The same calls on fork see the caller's memory.
+    let forked = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+    submit_named(&forked, "square", &2u64.to_ne_bytes()).unwrap();
+    assert_eq!(words(&forked.collect().unwrap()[0])[2], 42);
+    // The object works for a second call (workers retired and spawned again).
+    submit_named(&par, "square", &9u64.to_ne_bytes()).unwrap();
+    assert_eq!(words(&par.collect().unwrap()[0])[0], 81);
+}
+
+fn errors_crashes_and_timeouts_are_reported() {
+    let par = spawn_executor(&[("batch_size", "1"), ("timeout", "0.5")]);
+    for (x, status) in [
+        (3u64, pj_status::TaskFailed),
+        (4, pj_status::WorkerDied),
+        (5, pj_status::Timeout),
+    ] {
+        for i in 0..6u64 {
+            let _ = submit_named(
+                &par,
+                "moody",
+                &(if i == 2 { x } else { i + 10 }).to_ne_bytes(),
+            );
+        }
+        let err = par.collect().unwrap_err();
+        assert_eq!(err.status, status, "{x}: {}", err.message);
+        assert_eq!(err.task_index, 2, "{x}: {}", err.message);
+        if x == 3 {
+            assert!(err.message.contains("three is bad"), "{}", err.message);
+        }
+        if x == 4 {
+            assert!(err.report.contains("SIGSEGV"), "{}", err.report);
+            assert!(
+                err.report.contains("moody"),
+                "the crash names the task function: {}",
+                err.report
+            );
+        }
+    }
+    // on_error=collect: every task gets its own status.
+    let par = spawn_executor(&[("batch_size", "1"), ("on_error", "collect")]);
+    for x in [1u64, 3, 4, 6] {
+        submit_named(&par, "moody", &x.to_ne_bytes()).unwrap();
+    }
+    let mut res = std::ptr::null_mut();
+    assert_eq!(
+        pj_parallel_collect(par.0, &mut res, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    let statuses: Vec<pj_status> = (0..4).map(|i| pj_results_status(res, i)).collect();
+    pj_results_free(res);
+    assert_eq!(
+        statuses,
+        [
+            pj_status::Ok,
+            pj_status::TaskFailed,
+            pj_status::WorkerDied,
+            pj_status::Ok
+        ]
+    );
+}
+
+fn big_arguments_and_results_travel_through_files() {
+    let par = spawn_executor(&[]);
+    let mut big = vec![0u8; 3 << 20];
+    big[..8].copy_from_slice(&12u64.to_ne_bytes());
+    for _ in 0..4 {
+        submit_named(&par, "square", &big).unwrap();
+    }
+    for r in par.collect().unwrap() {
+        assert_eq!(words(&r)[0], 144);
+    }
+}
+
+fn pointer_submits_must_be_registered_and_without_userdata() {
+    let par = spawn_executor(&[]);
+    par.submit(Some(square), std::ptr::null_mut(), &3u64.to_ne_bytes())
+        .unwrap();
+    assert_eq!(words(&par.collect().unwrap()[0])[0], 9);
+    let err = par
+        .submit(Some(unregistered), std::ptr::null_mut(), &[])
+        .unwrap_err();
+    assert_eq!(err.status, pj_status::InvalidArgument);
+    assert!(err.message.contains("pj_register"), "{}", err.message);
+    let mut x = 1u8;
+    let err = par
+        .submit(Some(square), (&raw mut x).cast(), &3u64.to_ne_bytes())
+        .unwrap_err();
+    assert_eq!(err.status, pj_status::InvalidArgument);
+    assert!(
+        err.message.contains("userdata must be NULL"),
+        "{}",
+        err.message
+    );
+    let name = CString::new("nope").unwrap();
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_submit_named(par.0, name.as_ptr(), std::ptr::null(), 0, &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::InvalidArgument);
+}
