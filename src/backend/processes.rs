@@ -654,9 +654,20 @@ fn worker_main(
     slot: usize,
     level: usize,
 ) -> ! {
-    // SAFETY: async-signal-safe calls only, in a freshly forked child: die with the parent (and
-    // check it did not die before the request was in place), leave SIGINT to the parent, and drop
-    // the inherited parent ends of every pj socket so that their workers see EOF when due.
+    tie_to_parent(parent_pid);
+    // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
+    crash::install(running.crash());
+    // Drop the inherited parent ends of every pj socket, so that their workers see EOF when due.
+    registry::close_all_except(socket);
+    let code = serve(socket, running, slot, level, None);
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
+    unsafe { libc::_exit(code) }
+}
+
+/// A worker's first step, forked or spawned (async-signal-safe): die with the parent, and leave
+/// at once if it died before the request was in place; leave SIGINT to the parent, which decides.
+pub(super) fn tie_to_parent(parent_pid: libc::pid_t) {
+    // SAFETY: prctl, getppid, _exit and signal are async-signal-safe and act on this process only.
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -670,12 +681,6 @@ fn worker_main(
         }
         libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
-    // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
-    crash::install(running.crash());
-    registry::close_all_except(socket);
-    let code = serve(socket, running, slot, level, None);
-    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
-    unsafe { libc::_exit(code) }
 }
 
 /// The worker loop: reads batches, runs them, writes outcomes, until the stream ends; returns the

@@ -17,7 +17,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
-use super::processes::{SharedRunning, serve};
+use super::processes::{SharedRunning, serve, tie_to_parent};
 use super::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
 
 /// The environment variables that make a process a worker.
@@ -185,20 +185,9 @@ pub fn worker_main_if_requested() {
         // variables must not reach the processes its tasks start.
         unsafe { std::env::remove_var(key) };
     }
-    // SAFETY: die with the parent, and check it did not die before the request was in place;
-    // leave SIGINT to the parent; close-on-exec again for the inherited descriptors.
+    tie_to_parent(parent);
+    // SAFETY: close-on-exec again for the two inherited descriptors, which are ours.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != parent {
-            libc::_exit(1);
-        }
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::fcntl(socket, libc::F_SETFD, libc::FD_CLOEXEC);
         libc::fcntl(page, libc::F_SETFD, libc::FD_CLOEXEC);
     }
