@@ -79,3 +79,31 @@ func BenchmarkMapCall(b *testing.B) {
 		})
 	}
 }
+
+func init() { Register("bench.affine", func(x int) (int, error) { return 2*x + 1, nil }) }
+
+// BenchmarkMapNamed measures MapNamed over 100,000 trivial inputs: the per-input cost of the gob
+// encoding both ways and of one pj task per input, on every CPU's worker processes (started at each
+// call, included) and in this process (n_jobs 1, no worker: encoding and pj's bookkeeping only).
+// "call,processes" is the fixed cost of a call that starts two workers (10 inputs).
+func BenchmarkMapNamed(b *testing.B) {
+	in := ints(100_000)
+	for _, tc := range []struct {
+		name string
+		in   []int
+		opts []Option
+	}{
+		{"processes,n_jobs=-1", in, []Option{NJobs(-1)}},
+		{"n_jobs=1", in, nil},
+		{"call,processes", in[:10], []Option{NJobs(2)}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				if _, err := MapNamed[int, int](context.Background(), "bench.affine", tc.in, tc.opts...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportPerItem(b, len(tc.in))
+		})
+	}
+}

@@ -369,6 +369,7 @@ var validValues = map[string]string{
 	"on_error":      "collect",
 	"handle_sigint": "false",
 	"progress":      "none",
+	"start_method":  "spawn",
 }
 
 // Set takes every key pj_config_set takes: the list comes from pj's own message for an unknown key,

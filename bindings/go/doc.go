@@ -1,7 +1,7 @@
 // Package pj is joblib's Parallel for Go: it runs a function over many inputs on a pool of worker
-// threads, with automatic batching, results in input order, fail-fast errors that name the failed
-// input, context cancellation and timeouts. It wraps libpj, pj's C library (a Rust core), through
-// cgo.
+// threads, or of worker processes for functions registered by name, with automatic batching, results
+// in input order, fail-fast errors that name the failed input, context cancellation and timeouts. It
+// wraps libpj, pj's C library (a Rust core), through cgo.
 //
 //	squares, err := pj.Map(ctx, inputs, func(x float64) (float64, error) {
 //		return math.Sqrt(x), nil
@@ -12,24 +12,58 @@
 // Map and MapIndexed return every result at once, in input order. Stream yields results as they are
 // ready (in input order, or in completion order with Unordered) as a range-over-func iterator.
 // MapCollect runs every input whatever fails and returns one Result per input, with its Value or its
-// own Err. Options take joblib's keywords (NJobs, PreDispatch, BatchSize, Verbose, ...) and pj's
-// (OnError, ProgressBar, KeepWorkers); Set takes every key of pj_config_set as strings. Timeout,
-// Progress and ChunkSize are handled by this package. Like joblib, n_jobs defaults to 1: pass
-// NJobs(-1) for every CPU.
+// own Err. MapNamed and MapCollectNamed run a function registered with Register, by default in
+// worker processes (see below). Options take joblib's keywords (NJobs, PreDispatch, BatchSize,
+// Verbose, ...) and pj's (OnError, ProgressBar, KeepWorkers); Set takes every key of pj_config_set as
+// strings. Timeout, Progress and ChunkSize are handled by this package (by pj for MapNamed). Like
+// joblib, n_jobs defaults to 1: pass NJobs(-1) for every CPU.
 //
-// Some keys are accepted and validated but mean nothing here, since this package runs on threads:
-// temp_folder, max_nbytes, mmap_mode and keep_workers concern worker processes and memory-mapped
-// arguments. handle_sigint is refused (HandleSigint): pj would take SIGINT from the Go runtime while a
-// call blocks. Use signal.NotifyContext(ctx, os.Interrupt) and pass that ctx: a cancelled context
-// already stops the call.
+// Some keys are accepted and validated but matter little here: temp_folder and max_nbytes concern
+// only the large arguments and results of MapNamed on processes; mmap_mode and keep_workers nothing
+// (each call has its own executor). handle_sigint is refused (HandleSigint): pj would take SIGINT
+// from the Go runtime while a call blocks. Use signal.NotifyContext(ctx, os.Interrupt) and pass that
+// ctx: a cancelled context already stops the call (with MapNamed, pj kills the running workers).
 //
-// # Threads only
+// # Processes: named functions
 //
-// pj's default backend for C is "processes": workers forked from the caller. Go code cannot run in a
-// forked child (only the forking thread survives, and the Go runtime cannot run without its others),
-// so this package always runs fn on pj's worker threads ("threads") or on one thread ("sequential"),
-// and refuses the process backends with ErrUnsupported until pj can start workers that find functions
-// by name (the spawn start method).
+// pj's default backend for C is "processes" with workers forked from the caller. Go code cannot run
+// in a forked child (only the forking thread survives, and the Go runtime cannot run without its
+// others), and a Go closure cannot travel to another process, so Map, MapIndexed, MapCollect and
+// Stream run fn on pj's worker threads ("threads") or on one thread ("sequential"), and refuse the
+// process backends with ErrUnsupported.
+//
+// Functions registered by name run in worker processes: pj's start method "spawn" starts each worker
+// afresh from the program's executable, with the caller's arguments and environment, and the
+// program turns itself into a worker at the start of main:
+//
+//	func init() { pj.Register("score", score) } // score: func(Doc) (float64, error)
+//
+//	func main() {
+//		pj.WorkerMainIfRequested() // in a worker: serves tasks, then exits
+//		scores, err := pj.MapNamed[Doc, float64](ctx, "score", docs, pj.NJobs(-1))
+//		...
+//	}
+//
+// Tests do the same in TestMain (the test binary is re-executed as a worker, and the worker never
+// reaches m.Run, so the test flags it inherits do not matter):
+//
+//	func TestMain(m *testing.M) {
+//		pj.WorkerMainIfRequested()
+//		os.Exit(m.Run())
+//	}
+//
+// Each input is one pj task: it is encoded with encoding/gob, decoded in a worker, and the result
+// comes back the same way, so T and R must suit gob (exported fields, gob.Register for the concrete
+// types behind interfaces, no nil pointer as the whole value; see Register). Workers are started at
+// each call (a run of the program up to WorkerMainIfRequested: a few milliseconds), and gob costs a
+// few microseconds per small value each way (it sends the type's description with each value), so
+// processes pay off for work of a millisecond or more per input, or for isolation: a crash (a fault
+// outside Go's checks, os.Exit, a signal) kills one worker and gives ErrWorkerDied naming the input,
+// and the Timeout option kills the worker running an overdue input. pj's auto batching groups the
+// tasks sent to a worker at once. A panic in the function (nil dereferences included) is a task
+// failure, as with Map; its *PanicError carries the value as text and the worker's stack. The
+// Go-side registry is fixed by WorkerMainIfRequested, and pj checks at each worker's start that its
+// registered names are the caller's.
 //
 // # Cost and chunks
 //
@@ -37,13 +71,15 @@
 // so the inputs go to pj in chunks of consecutive inputs, one chunk per pj task, and pj's own
 // batching works on top. fn is called directly from the chunk's loop; the per-input overhead of Map
 // on a trivial fn is a few nanoseconds (see BenchmarkMap1M). ChunkSize overrides the automatic size.
+// MapNamed does not chunk: each input is one pj task (its gob encoding dwarfs the task's cost).
 //
 // # Errors and panics
 //
 // Failures are *Error values: Status, the input's TaskIndex, a one-line Message, a multi-line Report,
 // and the cause (fn's error, or a *PanicError) for errors.Is and errors.As. Each status has a
 // sentinel: errors.Is(err, pj.ErrTimeout). A panic in fn never unwinds into C: every Go function pj
-// calls recovers it, the call fails fast, and the *Error names the input and the panic value.
+// calls recovers it, the call fails fast, and the *Error names the input and the panic value. With
+// MapNamed on processes, fn's error itself stays in the worker: the cause is an error with its text.
 // A cancelled context gives ctx.Err().
 //
 // With OnError("collect") (pj's on_error) failures do not stop the call: every input runs, and each
@@ -51,7 +87,8 @@
 // joined (errors.Join, in input order) into the error Map returns along with every value. pj only
 // sees chunks of inputs, so this package catches fn's errors and panics per input itself rather than
 // through pj's per-task statuses. A done context, a timeout or an internal failure still ends the
-// whole call.
+// whole call. MapNamed hands on_error to pj as it is (one task per input), so there a timeout or a
+// dead worker is also the input's own failure, and the call goes on.
 //
 // # Finding libpj
 //

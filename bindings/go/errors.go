@@ -67,13 +67,15 @@ var (
 	ErrInvalidArgument = errors.New("pj: invalid argument")
 	// ErrBusy: the executor was running a call on another thread.
 	ErrBusy = errors.New("pj: busy")
-	// ErrUnsupported: the request is valid but not supported, e.g. the processes backend from Go.
+	// ErrUnsupported: the request is valid but not supported, e.g. Map with a process backend (use
+	// MapNamed), or the fork start method.
 	ErrUnsupported = errors.New("pj: unsupported")
 	// ErrTaskFailed: fn returned an error or panicked (or a task failed in pj).
 	ErrTaskFailed = errors.New("pj: task failed")
 	// ErrTimeout: a call of fn ran longer than the Timeout option.
 	ErrTimeout = errors.New("pj: task timed out")
-	// ErrWorkerDied: a worker process died (process backends only, which Go does not use yet).
+	// ErrWorkerDied: a worker process died while running an input (MapNamed on processes): it
+	// crashed, called os.Exit, or was killed.
 	ErrWorkerDied = errors.New("pj: worker died")
 	// ErrCancelled: pj cancelled the call itself (a cancelled context gives ctx.Err() instead).
 	ErrCancelled = errors.New("pj: cancelled")
@@ -148,8 +150,11 @@ type PanicError struct {
 	// Index is the input whose call of fn panicked.
 	Index int
 	// Value is the value passed to panic. panic(nil) arrives as a *runtime.PanicNilError (Go 1.21+).
+	// With MapNamed it is a string, the value as fmt.Sprint formats it: the value itself stays in
+	// the process that ran the function.
 	Value any
-	// Stack is the panicking goroutine's stack, as runtime/debug.Stack formats it.
+	// Stack is the panicking goroutine's stack, as runtime/debug.Stack formats it (with MapNamed,
+	// in the process that ran the function).
 	Stack []byte
 }
 
@@ -210,14 +215,19 @@ func report(kind string, index int, backend, msg string, stack []byte) string {
 	if backend != "" {
 		fmt.Fprintf(&b, "  backend: %s\n", backend)
 	}
-	fmt.Fprintf(&b, "  message: %s\n", msg)
+	writeMessage(&b, msg, stack)
+	return b.String()
+}
+
+// writeMessage writes the last lines of a report: the message, and the stack if any.
+func writeMessage(b *strings.Builder, msg string, stack []byte) {
+	fmt.Fprintf(b, "  message: %s\n", msg)
 	if len(stack) > 0 {
 		b.WriteString("  stack:\n")
 		for _, line := range strings.Split(strings.TrimRight(string(stack), "\n"), "\n") {
-			fmt.Fprintf(&b, "    %s\n", line)
+			fmt.Fprintf(b, "    %s\n", line)
 		}
 	}
-	return b.String()
 }
 
 // goError is an *Error raised by the Go side before or around a call (an option, a timeout).
@@ -234,6 +244,12 @@ func goError(status Status, index int, msg string) *Error {
 // object).
 func takeError(status C.pj_status, err *C.pj_error_t) *Error {
 	defer C.pj_error_free(err)
+	return copyError(status, err)
+}
+
+// copyError copies a pj error into an *Error without freeing it (an error borrowed from results).
+// err may be NULL (a status without an error object).
+func copyError(status C.pj_status, err *C.pj_error_t) *Error {
 	e := &Error{Status: Status(status), TaskIndex: -1}
 	if err == nil {
 		e.Message = e.Status.String()

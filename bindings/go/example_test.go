@@ -173,7 +173,8 @@ func ExampleProgress() {
 	// <nil>
 }
 
-// Go code cannot run in a forked worker process: the process backends are refused.
+// Map runs a closure, which cannot travel to another process: the process backends are refused
+// (MapNamed runs registered functions on them).
 func ExampleBackend() {
 	_, err := pj.Map(context.Background(), []int{1}, func(x int) (int, error) {
 		return x, nil
@@ -270,4 +271,44 @@ func ExampleProgressBar() {
 	if err != nil {
 		fmt.Println(err)
 	}
+}
+
+// steps is what example.collatz returns: gob carries it between processes (exported fields).
+type steps struct{ N, Steps, Pid int }
+
+// Functions that MapNamed may run in worker processes are registered by name from init, so that
+// every process of the program registers them: the caller and the workers, which are fresh runs of
+// the same executable.
+func init() {
+	pj.Register("example.collatz", func(n int) (steps, error) {
+		s := steps{N: n, Pid: os.Getpid()}
+		for ; n > 1; s.Steps++ {
+			if n%2 == 0 {
+				n /= 2
+			} else {
+				n = 3*n + 1
+			}
+		}
+		return s, nil
+	})
+}
+
+// MapNamed runs a registered function in worker processes. A program calls
+// pj.WorkerMainIfRequested() at the start of main (a test binary, in TestMain), which turns the
+// process into a worker when pj started it as one.
+func ExampleMapNamed() {
+	out, err := pj.MapNamed[int, steps](context.Background(), "example.collatz", []int{1, 6, 27, 97},
+		pj.NJobs(2)) // Backend("processes") is MapNamed's default
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	for _, s := range out {
+		fmt.Println(s.N, s.Steps, s.Pid != os.Getpid())
+	}
+	// Output:
+	// 1 0 true
+	// 6 8 true
+	// 27 111 true
+	// 97 118 true
 }

@@ -13,6 +13,7 @@ import "C"
 import (
 	"fmt"
 	"runtime/cgo"
+	"strings"
 	"unsafe"
 )
 
@@ -81,4 +82,70 @@ func runProduce(handle uintptr) (lo, hi uint64, more int32) {
 	first, end, m := c.produce()
 	returned = true
 	return uint64(first), uint64(end), m
+}
+
+// pjgoNamedTask runs one task of a named call: the function named at the start of arg on the input
+// encoded after it (see runNamedTask), and writes the encoded result to out. pj calls it in spawned
+// worker processes (first is non-zero for the first task of such a worker), or on its threads, or on
+// the thread driving the call.
+//
+//export pjgoNamedTask
+func pjgoNamedTask(arg *C.uint8_t, length C.size_t, out *C.pj_out_t, first C.int) C.int32_t {
+	if first != 0 {
+		forgetWorkerVariables()
+	}
+	var in []byte
+	if length > 0 {
+		in = unsafe.Slice((*byte)(unsafe.Pointer(arg)), int(length))
+	}
+	result, code, msg := runNamedTask(in)
+	if code == codeOK {
+		var data *C.uint8_t
+		if len(result) > 0 {
+			data = (*C.uint8_t)(unsafe.Pointer(&result[0])) // pj copies the bytes
+		}
+		if status := C.pj_out_set(out, data, C.size_t(len(result))); status != C.PJ_STATUS_OK {
+			code, msg = codeNamedBroken, "pj (Go): pj_out_set failed: "+Status(status).String()
+		}
+	}
+	if code != codeOK {
+		cmsg := C.CString(strings.ReplaceAll(msg, "\x00", `\x00`))
+		defer C.free(unsafe.Pointer(cmsg))
+		C.pj_out_error(out, cmsg)
+	}
+	return C.int32_t(code)
+}
+
+// pjgoNamedProduce hands pj the next argument of the named call behind handle: 1 with *arg and
+// *length (a C buffer valid until the next call), 0 at the end, -1 once the call is stopped. pj calls
+// it on the thread driving the call.
+//
+//export pjgoNamedProduce
+func pjgoNamedProduce(handle C.uintptr_t, arg **C.uint8_t, length *C.size_t) (more C.int32_t) {
+	var nc *namedCall
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		v := recover()
+		if nc != nil {
+			nc.c.halt(goError(StatusTaskFailed, -1, "pj (Go): the producer failed: "+describe(v)))
+		}
+		more = -1
+	}()
+	nc = cgo.Handle(handle).Value().(*namedCall)
+	data, n, m := nc.produce()
+	*arg, *length = data, n
+	returned = true
+	return C.int32_t(m)
+}
+
+// pjgoNamedProgress reports pj's progress (tasks completed, i.e. inputs) to the named call behind
+// handle. pj calls it on the thread driving the call.
+//
+//export pjgoNamedProgress
+func pjgoNamedProgress(handle C.uintptr_t, completed C.uint64_t) {
+	defer func() { _ = recover() }() // never unwind into pj: a lost progress report is harmless
+	cgo.Handle(handle).Value().(*namedCall).c.progressed(uint64(completed))
 }

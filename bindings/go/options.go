@@ -16,24 +16,28 @@ import (
 	"unsafe"
 )
 
-// An Option configures one call of Map, MapIndexed, MapCollect or Stream. Most options set the joblib
-// keyword of the same name, with joblib's spellings, and are validated by pj when the call starts: a
-// bad value makes the call return an *Error with ErrInvalidArgument whose message quotes it. Timeout,
-// Progress and ChunkSize are handled on the Go side, and so is OnError (validated by pj, carried out
-// by this package); HandleSigint(true) is refused.
+// An Option configures one call of Map, MapIndexed, MapCollect, Stream, MapNamed or MapCollectNamed.
+// Most options set the joblib keyword of the same name, with joblib's spellings, and are validated by
+// pj when the call starts: a bad value makes the call return an *Error with ErrInvalidArgument whose
+// message quotes it. For Map and its siblings, Timeout, Progress and ChunkSize are handled on the Go
+// side, and so is OnError (validated by pj, carried out by this package); for MapNamed they are pj's
+// own (see MapNamed). HandleSigint(true) and the fork start method are refused.
 type Option func(*settings)
 
 type keyValue struct{ key, value string }
 
 // settings is what a call's options amount to.
 type settings struct {
-	kv         []keyValue // pj keywords, applied in order after backend=threads
-	sequential bool       // the backend named is "sequential"
-	timeout    time.Duration
-	progress   func(done, total int, elapsed time.Duration)
-	chunk      int   // inputs per pj task; 0: automatic
-	collect    bool  // on_error "collect": every input runs, each failure is the input's own
-	err        error // the first invalid option
+	kv      []keyValue // pj keywords, applied in order, before the backend this package decides
+	backend string     // the last backend named: "", "threads", "sequential" or "processes"
+	// The first option that names a process backend: Map and its siblings refuse it (they run Go
+	// closures, which cannot travel to another process); MapNamed accepts it.
+	processes *Error
+	timeout   time.Duration
+	progress  func(done, total int, elapsed time.Duration)
+	chunk     int   // inputs per pj task; 0: automatic
+	collect   bool  // on_error "collect": every input runs, each failure is the input's own
+	err       error // the first invalid option
 }
 
 func newSettings(opts []Option) *settings {
@@ -64,45 +68,77 @@ func NJobs(n int) Option {
 	return func(s *settings) { s.set("n_jobs", strconv.Itoa(n)) }
 }
 
-// Backend names the backend: "threads" (alias "threading"; the default for Go) or "sequential" (every
-// input on one thread, whatever n_jobs says). "none" restores the default. The process backends
-// ("processes", "loky", "multiprocessing", pj's default for C) are refused with ErrUnsupported: Go
-// code cannot run in a forked worker process.
+// Backend names the backend: "threads" (alias "threading"), "sequential" (every input on one thread,
+// whatever n_jobs says) or "processes" (aliases "loky", "multiprocessing"). "none" restores the
+// default: "threads" for Map, MapIndexed, MapCollect and Stream; "processes" for MapNamed and
+// MapCollectNamed.
+//
+// The process backends run only functions registered with Register, through MapNamed or
+// MapCollectNamed, in worker processes started afresh from the program's executable (pj's start
+// method "spawn", which this package always uses: Go code cannot run in a forked child). Map and its
+// siblings run closures, which cannot travel to another process: with a process backend they fail
+// with ErrUnsupported.
 func Backend(name string) Option {
 	return func(s *settings) {
-		trimmed := strings.TrimSpace(name)
-		switch trimmed {
+		switch trimmed := strings.TrimSpace(name); trimmed {
 		case "processes", "loky", "multiprocessing":
-			s.fail(processesRefused("backend", name))
-		case "none", "None":
-			s.sequential = false
-			s.set("backend", "threads")
-		default:
-			s.sequential = trimmed == "sequential"
+			s.backend = "processes"
+			s.refuseProcesses("backend", name)
 			s.set("backend", name)
+		case "none", "None":
+			s.backend = "" // the call's own default, set last by config
+		case "threads", "threading":
+			s.backend = "threads"
+			s.set("backend", name)
+		case "sequential":
+			s.backend = "sequential"
+			s.set("backend", name)
+		default:
+			s.set("backend", name) // pj quotes it in its error
 		}
 	}
 }
 
-// Prefer sets joblib's soft backend hint: "threads" or "none". "processes" is refused with
-// ErrUnsupported, as for Backend. (The Go wrapper always names its backend, so the hint does not
-// change which one runs.)
+// Prefer sets joblib's soft backend hint: "threads", "processes" or "none". This package always names
+// the backend it uses, so the hint does not change which one runs; Map and its siblings refuse
+// "processes" with ErrUnsupported, as for Backend.
 func Prefer(hint string) Option {
 	return func(s *settings) {
 		if strings.TrimSpace(hint) == "processes" {
-			s.fail(processesRefused("prefer", hint))
-			return
+			s.refuseProcesses("prefer", hint)
 		}
 		s.set("prefer", hint)
 	}
 }
 
-func processesRefused(key, value string) *Error {
-	return goError(StatusUnsupported, -1, fmt.Sprintf(
-		"%s %q is not available from Go: Go code cannot run in a forked worker process (only the "+
-			"forking thread survives a fork, and the Go runtime cannot run without its other threads); "+
-			"use the \"threads\" backend (the default here) or \"sequential\". Named-function workers "+
-			"will come with the spawn start method", key, value))
+// refuseProcesses records the first option that names a process backend, for Map and its siblings.
+func (s *settings) refuseProcesses(key, value string) {
+	if s.processes != nil {
+		return
+	}
+	s.processes = goError(StatusUnsupported, -1, fmt.Sprintf(
+		"%s %q is not available to Map, MapIndexed, MapCollect and Stream: their function is a Go "+
+			"closure, which cannot run in another process (and Go code cannot run in a forked "+
+			"child); register the function with pj.Register from an init function and call "+
+			"pj.MapNamed (or pj.MapCollectNamed), which run it in worker processes started afresh "+
+			"from this program (start method \"spawn\"), or use the \"threads\" backend (the "+
+			"default here) or \"sequential\"", key, value))
+}
+
+// startMethod is Set("start_method", value): "spawn" is what this package always uses for the process
+// backends; "fork" is refused (Go code cannot run in a forked child); anything else is pj's to
+// validate.
+func startMethod(value string) Option {
+	return func(s *settings) {
+		if trimASCII(value) == "fork" {
+			s.fail(goError(StatusUnsupported, -1, fmt.Sprintf(
+				"start_method %q is not available from Go: only the forking thread survives a fork, "+
+					"and the Go runtime cannot run without its other threads; the process backends "+
+					"of MapNamed always use \"spawn\"", value)))
+			return
+		}
+		s.set("start_method", value)
+	}
 }
 
 // Require sets joblib's hard constraint: "sharedmem" (always met by the threads and sequential
@@ -125,6 +161,11 @@ func Verbose(level int) Option {
 //
 // The limit is enforced by the Go side, per input (pj's own timeout would count whole chunks); it is
 // checked every d/10 (at least every millisecond, at most every quarter second).
+//
+// MapNamed hands it to pj, whose tasks are its inputs: on processes the worker running an overdue
+// input is killed (so nothing keeps running), and with OnError("collect") the timeout is that input's
+// own failure while the others go on. With one worker (n_jobs 1) pj enforces no timeout and prints a
+// warning, as joblib does.
 func Timeout(d time.Duration) Option {
 	return func(s *settings) {
 		if d <= 0 {
@@ -149,19 +190,21 @@ func BatchSize(size string) Option {
 	return func(s *settings) { s.set("batch_size", size) }
 }
 
-// TempFolder sets joblib's temp_folder (where memory-mapped files go). It is validated now; the
-// threads backend shares memory and never needs the files.
+// TempFolder sets joblib's temp_folder (where memory-mapped files go). It is validated now; it
+// matters only to the process backends of MapNamed (arguments and results larger than max_nbytes).
 func TempFolder(path string) Option {
 	return func(s *settings) { s.set("temp_folder", path) }
 }
 
-// MaxNbytes sets joblib's max_nbytes ("1M", "512k", "none", a number of bytes). Validated; no effect
-// with threads.
+// MaxNbytes sets joblib's max_nbytes ("1M", "512k", "none", a number of bytes): encoded inputs and
+// results of MapNamed on processes larger than this travel through memory-mapped files. Validated; no
+// effect with threads.
 func MaxNbytes(size string) Option {
 	return func(s *settings) { s.set("max_nbytes", size) }
 }
 
-// MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c"). Validated; no effect with threads.
+// MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c"). Validated; no effect on this package's
+// calls (MapNamed decodes each input into a Go value of its own).
 func MmapMode(mode string) Option {
 	return func(s *settings) { s.set("mmap_mode", mode) }
 }
@@ -176,8 +219,9 @@ func ReturnAs(mode string) Option {
 // Unordered is ReturnAs("generator_unordered"): Stream yields each result as soon as it is ready.
 func Unordered() Option { return ReturnAs("generator_unordered") }
 
-// KeepWorkers sets pj's keep_workers, which keeps worker processes alive across calls. Validated; it
-// has no effect with threads.
+// KeepWorkers sets pj's keep_workers, which keeps worker processes alive across the calls of one pj
+// executor. Validated; no effect here: every call of this package has an executor of its own, so
+// MapNamed starts its worker processes at each call.
 func KeepWorkers(keep bool) Option {
 	return func(s *settings) { s.set("keep_workers", strconv.FormatBool(keep)) }
 }
@@ -198,6 +242,9 @@ func KeepWorkers(keep bool) Option {
 // abandon a running function, so the rest of its chunk could not run) and internal failures still
 // end the whole call, as with "raise", and then no result is returned: calls of fn may still be
 // running and writing theirs.
+//
+// MapNamed hands on_error to pj as it is (each input is one pj task): under "collect" an input's
+// error, panic, timeout or crash (its worker died) is that input's own failure, and the call goes on.
 func OnError(mode string) Option {
 	return func(s *settings) {
 		s.collect = trimASCII(mode) == "collect"
@@ -209,8 +256,9 @@ func OnError(mode string) Option {
 // with counts, percentage, rate, elapsed time and ETA, redrawn in place on a terminal, a plain line
 // every 2 s otherwise, and always a final line when the call ends. Like Verbose's lines, it counts
 // pj tasks, each a chunk of inputs (see ChunkSize; ChunkSize(1) makes it count inputs), and with
-// automatic chunks the total is known only once the last chunk has been handed to pj. It is drawn
-// by the thread that drives the pj call; Progress, which counts inputs, is independent of it.
+// automatic chunks the total is known only once the last chunk has been handed to pj (with MapNamed
+// each input is one pj task). It is drawn by the thread that drives the pj call; Progress, which
+// counts inputs, is independent of it.
 func ProgressBar(on bool) Option {
 	return func(s *settings) {
 		if on {
@@ -286,7 +334,8 @@ func setOption(cfg *C.pj_config_t, key, value string) error {
 // runs on the goroutine that called Map, MapIndexed, MapCollect or Stream (never concurrently with
 // itself), as results arrive: at most once per completed chunk, and, when the call succeeds, a last
 // time with done == total. A panic in it propagates to that goroutine as usual, after the call has
-// been told to stop.
+// been told to stop. With MapNamed it also runs on the calling goroutine, fed by pj's progress
+// callback (one pj task per input).
 func Progress(fn func(done, total int, elapsed time.Duration)) Option {
 	return func(s *settings) { s.progress = fn }
 }
@@ -297,7 +346,7 @@ func Progress(fn func(done, total int, elapsed time.Duration)) Option {
 // Automatic chunks start at one input and double until one has completed (so the first results come
 // quickly whatever fn costs), then aim at about a millisecond of work each, measured as the call
 // goes, and stay small enough to give each worker about 32 of them. Use ChunkSize(1) for one
-// pj task per input. n must be at least 1.
+// pj task per input. n must be at least 1. MapNamed ignores it: each of its inputs is one pj task.
 func ChunkSize(n int) Option {
 	return func(s *settings) {
 		if n < 1 {
@@ -314,13 +363,15 @@ func ChunkSize(n int) Option {
 // typed option above:
 //
 //   - "n_jobs", "backend", "prefer", "require", "verbose", "pre_dispatch", "batch_size",
-//     "return_as": as in joblib ("backend" and "prefer" refuse the process backends);
-//   - "timeout": seconds, or "none" (enforced per input by this package, see Timeout);
+//     "return_as": as in joblib (Map and its siblings refuse the process backends, see Backend);
+//   - "timeout": seconds, or "none" (see Timeout);
 //   - "on_error": "raise" or "collect" (see OnError);
 //   - "progress": "bar" or "none" (see ProgressBar);
 //   - "handle_sigint": "false" only; "true" is refused (see HandleSigint);
-//   - "temp_folder", "max_nbytes", "mmap_mode", "keep_workers": validated, but meaningless here: they
-//     concern worker processes and memory-mapped arguments, and this package runs on threads only.
+//   - "start_method": "spawn", which the process backends of MapNamed always use; "fork" is refused
+//     with ErrUnsupported (Go code cannot run in a forked child);
+//   - "temp_folder", "max_nbytes", "mmap_mode", "keep_workers": validated; they concern worker
+//     processes and memory-mapped data, i.e. at most the process backends of MapNamed.
 //
 // An unknown key is an ErrInvalidArgument error whose message lists the known ones.
 func Set(key, value string) Option {
@@ -334,6 +385,8 @@ func Set(key, value string) Option {
 			OnError(value)(s)
 		case "handle_sigint":
 			handleSigint(value)(s)
+		case "start_method":
+			startMethod(value)(s)
 		case "timeout":
 			d, err := parseTimeout(value)
 			if err != nil {
@@ -366,21 +419,44 @@ func parseTimeout(value string) (time.Duration, error) {
 	return max(time.Duration(seconds*float64(time.Second)), 1), nil
 }
 
-// config is a pj_config_t built from the settings: backend "threads" first, then every keyword in the
-// order given. The caller frees it with C.pj_config_free.
-func (s *settings) config() (*C.pj_config_t, error) {
+// callKind is what a call runs: Go closures in this process (Map, MapIndexed, MapCollect, Stream), or
+// functions registered by name (MapNamed, MapCollectNamed), which may run in other processes.
+type callKind int
+
+const (
+	closures callKind = iota
+	named
+)
+
+// backendFor is the backend pj runs a call of that kind on: the one named by the options, else
+// "threads" for closures and "processes" for named functions.
+func (s *settings) backendFor(kind callKind) string {
+	switch {
+	case s.backend == "sequential" || s.backend == "threads":
+		return s.backend
+	case kind == named:
+		return "processes"
+	}
+	return "threads"
+}
+
+// config is a pj_config_t for a call of Map and its siblings; see configFor.
+func (s *settings) config() (*C.pj_config_t, error) { return s.configFor(closures) }
+
+// configFor is a pj_config_t built from the settings for a call of that kind: every keyword in the
+// order given, then what this package decides: the backend (and start method "spawn" with
+// processes), on_error and handle_sigint, and for named functions the timeout. The caller frees it
+// with C.pj_config_free.
+func (s *settings) configFor(kind callKind) (*C.pj_config_t, error) {
 	if s.err != nil {
 		return nil, s.err
+	}
+	if kind == closures && s.processes != nil {
+		return nil, s.processes
 	}
 	var cfg *C.pj_config_t
 	if status := C.pj_config_new(&cfg); status != C.PJ_STATUS_OK {
 		return nil, takeError(status, nil)
-	}
-	set := func(key, value string) error { return setOption(cfg, key, value) }
-	// Go code cannot run in a forked child: threads unless the options name "sequential".
-	if err := set("backend", "threads"); err != nil {
-		C.pj_config_free(cfg)
-		return nil, err
 	}
 	for _, kv := range s.kv {
 		if strings.ContainsRune(kv.key, 0) || strings.ContainsRune(kv.value, 0) {
@@ -388,17 +464,34 @@ func (s *settings) config() (*C.pj_config_t, error) {
 			return nil, goError(StatusInvalidArgument, -1, fmt.Sprintf(
 				"invalid option %q = %q: contains a NUL byte", kv.key, kv.value))
 		}
-		if err := set(kv.key, kv.value); err != nil {
+		if err := setOption(cfg, kv.key, kv.value); err != nil {
 			C.pj_config_free(cfg)
 			return nil, err
 		}
 	}
-	// on_error was validated above and is carried out on the Go side: pj sees chunks of inputs, and
-	// a chunk succeeds even when some of its inputs failed under "collect", so pj always raises (on
-	// the trampoline's own failures). pj never handles SIGINT here: it would take the signal from
-	// the Go runtime (handleSigint refuses "true"; this also overrides a scoped default).
-	for _, kv := range []keyValue{{"on_error", "raise"}, {"handle_sigint", "false"}} {
-		if err := set(kv.key, kv.value); err != nil {
+	// Go code cannot run in a forked child: threads or sequential for closures; processes only with
+	// the spawn start method, for named functions. This also overrides scoped defaults.
+	backend := s.backendFor(kind)
+	final := []keyValue{{"backend", backend}}
+	if backend == "processes" {
+		final = append(final, keyValue{"start_method", "spawn"})
+	}
+	// Closures: on_error was validated above and is carried out on the Go side: pj sees chunks of
+	// inputs, and a chunk succeeds even when some of its inputs failed under "collect", so pj always
+	// raises (on the trampoline's own failures). Named functions: one pj task per input, so pj's
+	// on_error applies as it is. pj never handles SIGINT here: it would take the signal from the Go
+	// runtime (handleSigint refuses "true"; this also overrides a scoped default).
+	onError := "raise"
+	if kind == named && s.collect {
+		onError = "collect"
+	}
+	final = append(final, keyValue{"on_error", onError}, keyValue{"handle_sigint", "false"})
+	if kind == named && s.timeout > 0 {
+		// One pj task per input: pj's timeout is per input, and on processes it kills the worker.
+		final = append(final, keyValue{"timeout", strconv.FormatFloat(s.timeout.Seconds(), 'g', -1, 64)})
+	}
+	for _, kv := range final {
+		if err := setOption(cfg, kv.key, kv.value); err != nil {
 			C.pj_config_free(cfg)
 			return nil, err
 		}
@@ -406,13 +499,19 @@ func (s *settings) config() (*C.pj_config_t, error) {
 	return cfg, nil
 }
 
-// open creates the pj executor of a call and returns it with its number of workers.
+// open creates the pj executor of a call of Map and its siblings and returns it with its number of
+// workers.
 func (s *settings) open() (*C.pj_parallel_t, int, error) {
 	cfg, err := s.config()
 	if err != nil {
 		return nil, 0, err
 	}
 	defer C.pj_config_free(cfg)
+	return openConfig(cfg)
+}
+
+// openConfig creates an executor from cfg and returns it with its number of workers.
+func openConfig(cfg *C.pj_config_t) (*C.pj_parallel_t, int, error) {
 	workers := int(C.pj_effective_n_jobs(cfg))
 	var par *C.pj_parallel_t
 	var cerr *C.pj_error_t
@@ -422,18 +521,24 @@ func (s *settings) open() (*C.pj_parallel_t, int, error) {
 	return par, max(workers, 1), nil
 }
 
-// backendName is the backend as reports name it.
+// backendName is the backend of a call of Map and its siblings as reports name it.
 func (s *settings) backendName(workers int) string {
-	if s.sequential || workers <= 1 {
+	if s.backend == "sequential" || workers <= 1 {
 		return "sequential"
 	}
 	return "threads"
 }
 
-// EffectiveNJobs is the number of worker threads a call with these options would use (joblib's
-// effective_n_jobs): 1 unless NJobs says otherwise, and 1 for the sequential backend.
+// EffectiveNJobs is the number of workers (threads, or processes for MapNamed with a process backend)
+// a call with these options would use (joblib's effective_n_jobs): 1 unless NJobs says otherwise, and
+// 1 for the sequential backend.
 func EffectiveNJobs(opts ...Option) (int, error) {
-	cfg, err := newSettings(opts).config()
+	s := newSettings(opts)
+	kind := closures
+	if s.backend == "processes" {
+		kind = named
+	}
+	cfg, err := s.configFor(kind)
 	if err != nil {
 		return 0, err
 	}

@@ -582,8 +582,8 @@ func TestProcessesAreRefused(t *testing.T) {
 		if !errors.Is(err, ErrUnsupported) || e.Status != StatusUnsupported {
 			t.Errorf("got %v, want ErrUnsupported", err)
 		}
-		if !strings.Contains(e.Message, "Go code cannot run in a forked worker") ||
-			!strings.Contains(e.Message, "spawn start method") {
+		if !strings.Contains(e.Message, "cannot run in another process") ||
+			!strings.Contains(e.Message, "pj.Register") || !strings.Contains(e.Message, "pj.MapNamed") {
 			t.Errorf("the message does not say why: %q", e.Message)
 		}
 	}

@@ -1,5 +1,6 @@
 // The C trampolines of the Go wrapper; see shim.h.
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,3 +55,68 @@ pj_status pjgo_imap(pj_parallel_t *parallel, uintptr_t handle, pjgo_producer_t *
 }
 
 void pjgo_producer_free(pjgo_producer_t *producer) { free(producer); }
+
+// The signals the Go runtime turns into run-time panics (nil dereferences, division by zero...).
+static const int go_fault_signals[] = {SIGSEGV, SIGBUS, SIGFPE};
+#define GO_FAULT_SIGNALS (sizeof go_fault_signals / sizeof go_fault_signals[0])
+
+// The Go runtime's handlers of those signals, saved before pj_worker_main_if_requested, and whether
+// they are still to be put back (1 only in a process that became a spawned worker: the flag is
+// cleared when pj_worker_main_if_requested returns, which it does only in a process that is not).
+static struct sigaction go_fault_actions[GO_FAULT_SIGNALS];
+static int go_actions_pending;
+
+int pjgo_worker_main(void) {
+    int saved = 1;
+    for (size_t i = 0; i < GO_FAULT_SIGNALS; i++) {
+        saved = saved && sigaction(go_fault_signals[i], NULL, &go_fault_actions[i]) == 0;
+    }
+    __atomic_store_n(&go_actions_pending, saved, __ATOMIC_RELEASE);
+    int rc = pj_worker_main_if_requested(0, NULL);
+    __atomic_store_n(&go_actions_pending, 0, __ATOMIC_RELEASE);
+    return rc;
+}
+
+// pj's named-task function: the argument holds the Go function's name and its encoded input. In a
+// spawned worker, the first task also gives the fault signals back to the Go runtime first.
+static int32_t pjgo_named_task(void *userdata, const uint8_t *arg, size_t arg_len, pj_out_t *out) {
+    (void)userdata;
+    int first = __atomic_exchange_n(&go_actions_pending, 0, __ATOMIC_ACQ_REL);
+    if (first) {
+        for (size_t i = 0; i < GO_FAULT_SIGNALS; i++) {
+            sigaction(go_fault_signals[i], &go_fault_actions[i], NULL);
+        }
+    }
+    return pjgoNamedTask((uint8_t *)arg, arg_len, out, first);
+}
+
+pj_status pjgo_register(const char *name, pj_error_t **error_out) {
+    return pj_register(name, pjgo_named_task, error_out);
+}
+
+static int32_t pjgo_named_produce(void *userdata, const uint8_t **arg_out, size_t *len_out) {
+    uint8_t *arg = NULL;
+    size_t len = 0;
+    int32_t more = pjgoNamedProduce((uintptr_t)userdata, &arg, &len);
+    if (more == 1) {
+        *arg_out = arg;
+        *len_out = len;
+    }
+    return more;
+}
+
+pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, pj_results_t **results_out,
+                         pj_error_t **error_out) {
+    return pj_parallel_map(parallel, pjgo_named_task, NULL, pjgo_named_produce, (void *)handle,
+                           results_out, error_out);
+}
+
+static void pjgo_progress(void *userdata, uint64_t completed, int64_t total, double elapsed) {
+    (void)total;
+    (void)elapsed;
+    pjgoNamedProgress((uintptr_t)userdata, completed);
+}
+
+pj_status pjgo_set_progress(pj_config_t *config, uintptr_t handle, pj_error_t **error_out) {
+    return pj_config_set_progress(config, pjgo_progress, (void *)handle, error_out);
+}

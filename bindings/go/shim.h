@@ -31,4 +31,24 @@ pj_status pjgo_imap(pj_parallel_t *parallel, uintptr_t handle, pjgo_producer_t *
 /* Frees a producer state from pjgo_imap. NULL is a no-op. */
 void pjgo_producer_free(pjgo_producer_t *producer);
 
+/* Named functions (MapNamed): one C task function, registered with pj_register, runs every Go
+ * function registered with pj.Register. A task's argument starts with the Go function's name; the
+ * task takes no userdata, as start_method "spawn" requires. */
+
+/* pj_register(name, the named-task trampoline). */
+pj_status pjgo_register(const char *name, pj_error_t **error_out);
+
+/* pj_worker_main_if_requested(0, NULL). In a spawned worker it never returns; the first task the
+ * worker runs first gives SIGSEGV, SIGBUS and SIGFPE back to the Go runtime (pj's crash handler
+ * takes them when the worker starts, and Go needs them to turn faults into run-time panics). */
+int pjgo_worker_main(void);
+
+/* pj_parallel_map of the named-task trampoline (no userdata) over the arguments the Go producer
+ * of the call behind `handle` encodes, one input per task. */
+pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, pj_results_t **results_out,
+                         pj_error_t **error_out);
+
+/* pj_config_set_progress with a trampoline that reports to the call behind `handle`. */
+pj_status pjgo_set_progress(pj_config_t *config, uintptr_t handle, pj_error_t **error_out);
+
 #endif /* PJGO_SHIM_H */
