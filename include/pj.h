@@ -125,7 +125,7 @@ typedef struct pj_config_t pj_config_t;
 // Its functions only read it: several threads may read one error at once.
 //
 // Methods: `pj_error_status`, `pj_error_message`, `pj_error_report`, `pj_error_task_index`,
-// `pj_error_callback_code`, `pj_error_free`.
+// `pj_error_callback_code`, `pj_error_callback_message`, `pj_error_free`.
 typedef struct pj_error_t pj_error_t;
 
 // A configured executor: runs tasks on a pool of workers (or sequentially) and returns their
@@ -375,6 +375,12 @@ int64_t pj_error_task_index(const pj_error_t *error);
 // The non-zero code the failed task's callback returned, or 0 when there is none (the error is not
 // a callback failure, or `error` is NULL).
 int32_t pj_error_callback_code(const pj_error_t *error);
+
+// The message the failed task's callback attached with `pj_out_error`, exactly as given (the
+// one-line message embeds it as "task N failed with code C: <message>"). The string belongs to the
+// error and lives until it is freed. NULL when there is none (no message attached, the error is
+// not a callback failure, or `error` is NULL).
+const char *pj_error_callback_message(const pj_error_t *error);
 
 // Frees an error. NULL is a no-op; freeing twice is undefined behaviour.
 void pj_error_free(pj_error_t *error);

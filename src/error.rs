@@ -57,6 +57,8 @@ pub struct TaskContext {
     pub index: usize,
     /// The callback's non-zero return code, when it returned one.
     pub code: Option<i32>,
+    /// The message the callback attached with `pj_out_error`, as it gave it.
+    pub callback_message: Option<String>,
     /// Backend name ("threads", "sequential", ...).
     pub backend: &'static str,
     /// Human description of the worker ("thread 2", "pid 1234").

@@ -304,6 +304,7 @@ fn results_and_error_functions() {
     }
     assert_eq!(pj_error_task_index(null()), -1);
     assert_eq!(pj_error_callback_code(null()), 0);
+    assert!(pj_error_callback_message(null()).is_null());
     pj_error_free(null_mut());
 }
 

@@ -114,6 +114,7 @@ fn a_failing_range_is_named_by_its_items() {
             "{backend}"
         );
         assert_eq!(err.code, 3);
+        assert_eq!(err.callback_message.as_deref(), Some("bad range"));
         // The object works again.
         let table = Table {
             out: out.as_mut_ptr(),

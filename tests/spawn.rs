@@ -228,6 +228,10 @@ fn errors_crashes_and_timeouts_are_reported() {
         assert_eq!(err.task_index, 2, "{x}: {}", err.message);
         if x == 3 {
             assert!(err.message.contains("three is bad"), "{}", err.message);
+            assert_eq!(err.callback_message.as_deref(), Some("three is bad"));
+        }
+        if x != 3 {
+            assert_eq!(err.callback_message, None, "{x}");
         }
         if x == 4 {
             assert!(err.report.contains("SIGSEGV"), "{}", err.report);

@@ -838,6 +838,7 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
     let (kind, message) = match failure {
         TaskFailure::Returned { code, message } => {
             context.code = Some(*code);
+            context.callback_message = message.clone();
             let detail = message
                 .as_deref()
                 .map(|m| format!(": {m}"))

@@ -10,11 +10,12 @@ use crate::error::Error;
 /// Its functions only read it: several threads may read one error at once.
 ///
 /// Methods: `pj_error_status`, `pj_error_message`, `pj_error_report`, `pj_error_task_index`,
-/// `pj_error_callback_code`, `pj_error_free`.
+/// `pj_error_callback_code`, `pj_error_callback_message`, `pj_error_free`.
 pub struct pj_error_t {
     error: Error,
     message: CString,
     report: CString,
+    callback_message: Option<CString>,
 }
 
 fn c_string(text: String) -> CString {
@@ -34,10 +35,15 @@ impl pj_error_t {
     pub(crate) fn new(error: Error) -> pj_error_t {
         let message = c_string(error.message().to_owned());
         let report = c_string(error.report());
+        let callback_message = error
+            .task()
+            .and_then(|t| t.callback_message.clone())
+            .map(c_string);
         pj_error_t {
             error,
             message,
             report,
+            callback_message,
         }
     }
 
@@ -105,6 +111,19 @@ pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
             .and_then(|e| e.error.task())
             .and_then(|t| t.code)
             .unwrap_or(0)
+    })
+}
+
+/// The message the failed task's callback attached with `pj_out_error`, exactly as given (the
+/// one-line message embeds it as "task N failed with code C: <message>"). The string belongs to the
+/// error and lives until it is freed. NULL when there is none (no message attached, the error is
+/// not a callback failure, or `error` is NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_error_callback_message(error: *const pj_error_t) -> *const c_char {
+    run_value(std::ptr::null(), || {
+        borrow(error)
+            .and_then(|e| e.callback_message.as_ref())
+            .map_or(std::ptr::null(), |m| m.as_ptr())
     })
 }
 

@@ -15,6 +15,8 @@ pub struct CError {
     pub report: String,
     pub task_index: i64,
     pub code: i32,
+    /// What the callback attached with pj_out_error, when it did.
+    pub callback_message: Option<String>,
 }
 
 /// Takes ownership of `err` (may be NULL) and copies it.
@@ -35,6 +37,10 @@ pub fn take_error(status: pj_status, err: *mut pj_error_t) -> CError {
                 .into_owned(),
             task_index: pj_error_task_index(err),
             code: pj_error_callback_code(err),
+            callback_message: {
+                let raw = pj_error_callback_message(err);
+                (!raw.is_null()).then(|| CStr::from_ptr(raw).to_string_lossy().into_owned())
+            },
         }
     };
     pj_error_free(err);
