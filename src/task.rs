@@ -334,6 +334,8 @@ pub struct BatchOutcome {
     pub seconds: f64,
     /// Which worker ran it: the worker's number in its pool (0 for the sequential backend).
     pub worker: usize,
+    /// The process id of the worker process that ran it (process backend), or 0.
+    pub pid: u32,
 }
 
 impl BatchOutcome {
@@ -355,6 +357,7 @@ impl BatchOutcome {
             mapped: Vec::new(),
             seconds: 0.0,
             worker,
+            pid: 0,
         }
     }
 
@@ -569,6 +572,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         mapped: Vec::new(),
         seconds,
         worker: ctx.worker,
+        pid: 0,
     }
 }
 

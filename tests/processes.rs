@@ -655,6 +655,14 @@ fn a_failing_task_on_processes_names_its_index() {
         err.message
     );
     assert!(err.report.contains("backend: processes"), "{}", err.report);
+    // The worker line names the process that ran the task (not one of this process's threads).
+    let worker = err
+        .report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("worker: process "))
+        .unwrap_or_else(|| panic!("no worker pid: {}", err.report));
+    let pid: u32 = worker.split_whitespace().next().unwrap().parse().unwrap();
+    assert_ne!(pid, std::process::id(), "{}", err.report);
 }
 
 #[test]

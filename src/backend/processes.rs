@@ -375,6 +375,7 @@ impl Proxy {
                 let decoded = decode_outcome(&self.buf, self.slot)
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;
+                outcome.pid = u32::try_from(pid).unwrap_or(0);
                 outcome.mapped = map_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,

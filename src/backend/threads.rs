@@ -323,5 +323,6 @@ fn lost_batch(first: usize, size: usize, worker: usize, why: String) -> BatchOut
         mapped: Vec::new(),
         seconds: 0.0,
         worker,
+        pid: 0,
     }
 }

@@ -415,6 +415,7 @@ pub fn decode_outcome(
         mapped: Vec::new(),
         seconds: 0.0,
         worker,
+        pid: 0,
     };
     Ok((outcome, files))
 }
@@ -732,6 +733,7 @@ mod tests {
             mapped: Vec::new(),
             seconds: 0.0,
             worker: 0,
+            pid: 0,
         };
         encode_outcome(&outcome, &[(41, 5 << 20)], &mut buf);
         let (back, files) = decode_outcome(&buf, 1).unwrap();

@@ -108,7 +108,7 @@ impl Results {
     /// `describe` turns a collected task failure into its error.
     fn from_outcomes(
         mut outcomes: Vec<(BatchOutcome, usize)>,
-        describe: impl Fn(usize, &TaskFailure, usize) -> Error,
+        describe: impl Fn(usize, &TaskFailure, &BatchOutcome) -> Error,
     ) -> Results {
         outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
         let mut mapped = Vec::new();
@@ -128,7 +128,7 @@ impl Results {
                     .errors
                     .iter()
                     .filter(|(index, _)| *index >= from)
-                    .map(|(index, failure)| (*index, describe(*index, failure, outcome.worker))),
+                    .map(|(index, failure)| (*index, describe(*index, failure, outcome))),
             );
         }
         if let [(only, 0)] = outcomes.as_mut_slice() {
@@ -249,6 +249,8 @@ struct Failure {
     index: usize,
     failure: TaskFailure,
     worker: usize,
+    /// The worker process's id (process backend), or 0.
+    pid: u32,
 }
 
 /// Completed batches waiting to be handed back, in the order `next` hands them out.
@@ -482,12 +484,13 @@ impl Call {
         }
         Ok(Results::from_outcomes(
             outcomes,
-            |index, failure, worker| {
+            |index, failure, outcome| {
                 failure_error(
                     &Failure {
                         index,
                         failure: failure.clone(),
-                        worker,
+                        worker: outcome.worker,
+                        pid: outcome.pid,
                     },
                     backend,
                 )
@@ -571,6 +574,7 @@ impl Call {
                         index,
                         failure: outcome.errors[at].1.clone(),
                         worker: outcome.worker,
+                        pid: outcome.pid,
                     };
                     failure_error(&failure, backend)
                 })
@@ -796,6 +800,7 @@ impl Call {
                     index,
                     failure,
                     worker: outcome.worker,
+                    pid: outcome.pid,
                 });
             }
             return;
@@ -828,11 +833,17 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
         index,
         ref failure,
         worker,
+        pid,
     } = *failure;
+    let worker = if pid != 0 {
+        format!("process {pid} (worker {worker})")
+    } else {
+        backend.describe_worker(worker)
+    };
     let mut context = TaskContext {
         index,
         backend: backend.name(),
-        worker: backend.describe_worker(worker),
+        worker,
         ..TaskContext::default()
     };
     let (kind, message) = match failure {
