@@ -377,7 +377,7 @@ int64_t pj_error_task_index(const pj_error_t *error);
 int32_t pj_error_callback_code(const pj_error_t *error);
 
 // The message the failed task's callback attached with `pj_out_error`, exactly as given (the
-// one-line message embeds it as "task N failed with code C: <message>"). The string belongs to the
+// one-line message embeds it as `task N failed with code C: <message>`). The string belongs to the
 // error and lives until it is freed. NULL when there is none (no message attached, the error is
 // not a callback failure, or `error` is NULL).
 const char *pj_error_callback_message(const pj_error_t *error);

@@ -115,7 +115,7 @@ pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
 }
 
 /// The message the failed task's callback attached with `pj_out_error`, exactly as given (the
-/// one-line message embeds it as "task N failed with code C: <message>"). The string belongs to the
+/// one-line message embeds it as `task N failed with code C: <message>`). The string belongs to the
 /// error and lives until it is freed. NULL when there is none (no message attached, the error is
 /// not a callback failure, or `error` is NULL).
 #[unsafe(no_mangle)]

@@ -6,7 +6,7 @@
 //! - [`folder`]: which temp folder a call uses (option > `PJ_TEMP_FOLDER` > `/dev/shm` with more
 //!   than 2 GB free > `TMPDIR`/`TEMP`/`TMP` > `/tmp`, re-resolved at every call) and the checks that
 //!   make a missing, unwritable or full folder an I/O error before any task runs;
-//! - [`file`]: anonymous backing files (`O_TMPFILE`, else create-and-unlink) whose space is
+//! - [`file`](mod@file): anonymous backing files (`O_TMPFILE`, else create-and-unlink) whose space is
 //!   reserved up front, their mappings, and [`Spill`], which writes each distinct large argument
 //!   once per call;
 //! - [`shared`]: [`SharedBuffer`], a zero-filled `MAP_SHARED` buffer that forked workers write in
