@@ -492,6 +492,20 @@ func (w *waiter) wait(over <-chan struct{}) error {
 }
 
 // report calls the progress callback if the count changed (final: with done == total).
+// awaitEnd waits for the end of a whole-call pj run (Map, MapNamed and their kin), then turns its
+// outcome into the call's error and reports the final progress.
+func (w *waiter) awaitEnd(c *call, events <-chan event) error {
+	ev, err := w.next(events)
+	if err != nil {
+		return err
+	}
+	if err := c.outcome(ev.err); err != nil {
+		return err
+	}
+	w.report(true)
+	return nil
+}
+
 func (w *waiter) report(final bool) {
 	c := w.c
 	if c.progress == nil {

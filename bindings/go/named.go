@@ -470,14 +470,9 @@ func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *setting
 		callOver(perr)
 		events <- event{over: true, err: perr}
 	}()
-	ev, err := w.next(events)
-	if err != nil {
+	if err := w.awaitEnd(c, events); err != nil {
 		return nil, nil, err
 	}
-	if err := c.outcome(ev.err); err != nil {
-		return nil, nil, err
-	}
-	w.report(true)
 	return results, c, nil
 }
 

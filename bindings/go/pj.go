@@ -161,14 +161,9 @@ func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), index
 		callOver(perr)
 		events <- event{over: true, err: perr}
 	}()
-	ev, err := w.next(events)
-	if err != nil {
+	if err := w.awaitEnd(c, events); err != nil {
 		return nil, nil, err
 	}
-	if err := c.outcome(ev.err); err != nil {
-		return nil, nil, err
-	}
-	w.report(true)
 	return results, c, nil
 }
 
