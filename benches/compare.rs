@@ -21,16 +21,19 @@
 //! `cargo bench --bench compare -- a c` runs only workloads (a) and (c) (into
 //! target/compare-partial.md), e.g. to profile one of them.
 
-use std::ffi::{CString, c_void};
+use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod support;
+
 use pj::ffi::*;
 use pj::task::TaskOutput;
 use rayon::prelude::*;
+use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Sizes
@@ -340,25 +343,6 @@ fn render(sections: &[Section], header: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // pj through the C ABI
 
-fn new_parallel(options: &[(&str, &str)]) -> *mut pj_parallel_t {
-    let mut cfg = std::ptr::null_mut();
-    assert_eq!(pj_config_new(&mut cfg), pj_status::Ok);
-    for (k, v) in options {
-        let (k, v) = (CString::new(*k).unwrap(), CString::new(*v).unwrap());
-        assert_eq!(
-            pj_config_set(cfg, k.as_ptr(), v.as_ptr(), std::ptr::null_mut()),
-            pj_status::Ok
-        );
-    }
-    let mut par = std::ptr::null_mut();
-    assert_eq!(
-        pj_parallel_new(cfg, &mut par, std::ptr::null_mut()),
-        pj_status::Ok
-    );
-    pj_config_free(cfg);
-    par
-}
-
 /// The pj configurations compared: (row label, options).
 const PJ_BACKENDS: [(&str, &[(&str, &str)]); 3] = [
     ("threads", &[("backend", "threads"), ("n_jobs", "2")]),
@@ -371,80 +355,6 @@ fn with_options<'a>(
     extra: &[(&'a str, &'a str)],
 ) -> Vec<(&'a str, &'a str)> {
     base.iter().chain(extra).copied().collect()
-}
-
-fn read_u64(data: *const u8, len: usize) -> u64 {
-    // SAFETY: callers pass a view of `len` readable bytes (a task argument or a result).
-    u64::from_ne_bytes(
-        unsafe { std::slice::from_raw_parts(data, len) }
-            .try_into()
-            .expect("8 bytes"),
-    )
-}
-
-fn result_u64(res: *mut pj_results_t, index: usize) -> u64 {
-    let (mut data, mut len) = (std::ptr::null(), 0);
-    assert_eq!(
-        pj_results_get(res, index, &mut data, &mut len),
-        pj_status::Ok
-    );
-    read_u64(data, len)
-}
-
-fn set_u64(out: *mut TaskOutput, value: u64) {
-    let bytes = value.to_ne_bytes();
-    pj_out_set(out, bytes.as_ptr(), bytes.len());
-}
-
-/// Submits `task` on the 8-byte arguments `args` and collects the results.
-fn submit_all(
-    par: *mut pj_parallel_t,
-    task: pj_task_fn,
-    userdata: *mut c_void,
-    args: impl Iterator<Item = u64>,
-) -> *mut pj_results_t {
-    for x in args {
-        let arg = x.to_ne_bytes();
-        let status = pj_parallel_submit(par, task, userdata, arg.as_ptr(), 8, std::ptr::null_mut());
-        assert_eq!(status, pj_status::Ok);
-    }
-    let mut res = std::ptr::null_mut();
-    assert_eq!(
-        pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
-        pj_status::Ok
-    );
-    res
-}
-
-/// Task: 2 * x.
-unsafe extern "C" fn double(
-    _: *mut c_void,
-    arg: *const u8,
-    len: usize,
-    out: *mut TaskOutput,
-) -> i32 {
-    set_u64(out, 2 * read_u64(arg, len));
-    0
-}
-
-struct Counter {
-    next: u64,
-    end: u64,
-    buf: [u8; 8],
-}
-
-/// Producer for `pj_parallel_map`: the arguments next..end.
-unsafe extern "C" fn produce(userdata: *mut c_void, arg: *mut *const u8, len: *mut usize) -> i32 {
-    // SAFETY: userdata is a live Counter; pj passes valid output pointers.
-    let (c, arg, len) = unsafe { (&mut *(userdata as *mut Counter), &mut *arg, &mut *len) };
-    if c.next == c.end {
-        return 0;
-    }
-    c.buf = c.next.to_ne_bytes();
-    c.next += 1;
-    *arg = c.buf.as_ptr();
-    *len = 8;
-    1
 }
 
 /// (a) through `pj_parallel_for`: out[i] = 2 * input[i] for ranges of indices; the output is a
@@ -501,43 +411,6 @@ fn pj_for_trivial(par: *mut pj_parallel_t, n: u64, shared_output: bool) -> f64 {
     assert!(written.iter().zip(&input).all(|(&o, &x)| o == 2 * x));
     pj_shared_free(shared);
     elapsed
-}
-
-fn check_doubles(res: *mut pj_results_t, n: u64) {
-    assert_eq!(pj_results_len(res), n as usize);
-    assert_eq!(result_u64(res, (n - 1) as usize), 2 * (n - 1));
-    pj_results_free(res);
-}
-
-fn pj_submit_trivial(par: *mut pj_parallel_t, n: u64) -> f64 {
-    let start = Instant::now();
-    let res = submit_all(par, Some(double), std::ptr::null_mut(), 0..n);
-    let seconds = start.elapsed().as_secs_f64();
-    check_doubles(res, n);
-    seconds
-}
-
-fn pj_map_trivial(par: *mut pj_parallel_t, n: u64) -> f64 {
-    let mut counter = Counter {
-        next: 0,
-        end: n,
-        buf: [0; 8],
-    };
-    let start = Instant::now();
-    let mut res = std::ptr::null_mut();
-    let status = pj_parallel_map(
-        par,
-        Some(double),
-        std::ptr::null_mut(),
-        Some(produce),
-        &mut counter as *mut Counter as *mut c_void,
-        &mut res,
-        std::ptr::null_mut(),
-    );
-    assert_eq!(status, pj_status::Ok);
-    let seconds = start.elapsed().as_secs_f64();
-    check_doubles(res, n);
-    seconds
 }
 
 /// The CPU-bound work: a chain of dependent multiply-adds (the same loop as omp.c and, in Python,

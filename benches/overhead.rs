@@ -3,135 +3,21 @@
 //! Run: `cargo bench --bench overhead` (optionally `-- 1000000` for the task count). Prints figures;
 //! asserts nothing about time (these machines are shared and noisy).
 
-use std::ffi::{CString, c_void};
+use std::ffi::c_void;
 use std::time::Instant;
+
+mod support;
 
 use pj::ffi::*;
 use pj::task::TaskOutput;
-
-unsafe extern "C" fn double(
-    _: *mut c_void,
-    arg: *const u8,
-    len: usize,
-    out: *mut TaskOutput,
-) -> i32 {
-    // SAFETY: 8-byte arguments from this bench.
-    let x = u64::from_ne_bytes(
-        unsafe { std::slice::from_raw_parts(arg, len) }
-            .try_into()
-            .unwrap(),
-    );
-    let y = (2 * x).to_ne_bytes();
-    pj_out_set(out, y.as_ptr(), 8);
-    0
-}
-
-struct Counter {
-    next: u64,
-    end: u64,
-    buf: [u8; 8],
-}
-
-unsafe extern "C" fn produce(userdata: *mut c_void, arg: *mut *const u8, len: *mut usize) -> i32 {
-    // SAFETY: userdata is the bench's Counter; pj passes valid output pointers.
-    let (c, arg, len) = unsafe { (&mut *(userdata as *mut Counter), &mut *arg, &mut *len) };
-    if c.next == c.end {
-        return 0;
-    }
-    c.buf = c.next.to_ne_bytes();
-    c.next += 1;
-    *arg = c.buf.as_ptr();
-    *len = 8;
-    1
-}
-
-fn new_parallel(options: &[(&str, &str)]) -> *mut pj_parallel_t {
-    let mut cfg = std::ptr::null_mut();
-    assert_eq!(pj_config_new(&mut cfg), pj_status::Ok);
-    for (k, v) in options {
-        let (k, v) = (CString::new(*k).unwrap(), CString::new(*v).unwrap());
-        assert_eq!(
-            pj_config_set(cfg, k.as_ptr(), v.as_ptr(), std::ptr::null_mut()),
-            pj_status::Ok
-        );
-    }
-    let mut par = std::ptr::null_mut();
-    assert_eq!(
-        pj_parallel_new(cfg, &mut par, std::ptr::null_mut()),
-        pj_status::Ok
-    );
-    pj_config_free(cfg);
-    par
-}
-
-fn check(res: *mut pj_results_t, n: u64) {
-    assert_eq!(pj_results_len(res), n as usize);
-    let (mut data, mut len) = (std::ptr::null(), 0);
-    assert_eq!(
-        pj_results_get(res, (n - 1) as usize, &mut data, &mut len),
-        pj_status::Ok
-    );
-    // SAFETY: pj_results_get returned an 8-byte view.
-    let last = u64::from_ne_bytes(
-        unsafe { std::slice::from_raw_parts(data, len) }
-            .try_into()
-            .unwrap(),
-    );
-    assert_eq!(last, 2 * (n - 1));
-    pj_results_free(res);
-}
-
-/// Submits `task` on the arguments 0..n (8 bytes each) and collects the results.
-fn submit_and_collect(par: *mut pj_parallel_t, task: pj_task_fn, n: u64) -> *mut pj_results_t {
-    for i in 0..n {
-        let arg = i.to_ne_bytes();
-        let status = pj_parallel_submit(
-            par,
-            task,
-            std::ptr::null_mut(),
-            arg.as_ptr(),
-            8,
-            std::ptr::null_mut(),
-        );
-        assert_eq!(status, pj_status::Ok);
-    }
-    let mut res = std::ptr::null_mut();
-    assert_eq!(
-        pj_parallel_collect(par, &mut res, std::ptr::null_mut()),
-        pj_status::Ok
-    );
-    res
-}
+use support::*;
 
 fn via_submit(par: *mut pj_parallel_t, n: u64) -> f64 {
-    let start = Instant::now();
-    let res = submit_and_collect(par, Some(double), n);
-    let elapsed = start.elapsed().as_secs_f64();
-    check(res, n);
-    elapsed * 1e9 / n as f64
+    pj_submit_trivial(par, n) * 1e9 / n as f64
 }
 
 fn via_map(par: *mut pj_parallel_t, n: u64) -> f64 {
-    let mut counter = Counter {
-        next: 0,
-        end: n,
-        buf: [0; 8],
-    };
-    let start = Instant::now();
-    let mut res = std::ptr::null_mut();
-    let status = pj_parallel_map(
-        par,
-        Some(double),
-        std::ptr::null_mut(),
-        Some(produce),
-        &mut counter as *mut Counter as *mut c_void,
-        &mut res,
-        std::ptr::null_mut(),
-    );
-    assert_eq!(status, pj_status::Ok);
-    let elapsed = start.elapsed().as_secs_f64();
-    check(res, n);
-    elapsed * 1e9 / n as f64
+    pj_map_trivial(par, n) * 1e9 / n as f64
 }
 
 fn median(mut xs: Vec<f64>) -> (f64, f64, f64) {
@@ -332,7 +218,7 @@ fn cpu_bound_speedup() {
     let run = |options: &[(&str, &str)]| {
         let par = new_parallel(options);
         let start = Instant::now();
-        let res = submit_and_collect(par, Some(burn_1ms), 2_000);
+        let res = submit_all(par, Some(burn_1ms), std::ptr::null_mut(), 0..2_000);
         let seconds = start.elapsed().as_secs_f64();
         pj_results_free(res);
         pj_parallel_free(par);
