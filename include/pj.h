@@ -179,6 +179,32 @@ typedef void (*pj_progress_fn)(void *userdata,
                                int64_t total,
                                double elapsed_seconds);
 
+// The MPI operations pj uses, on a communicator of the shim's (pj's own duplicate of
+// `MPI_COMM_WORLD`, so that pj's messages never mix with the program's). Supplied by the pj_mpi
+// shim; a program only calls `pj_mpi_main` (pj_mpi.h). Every function returns 0 on success and
+// a non-zero MPI error code otherwise, unless stated. pj calls them from one thread at a time
+// (rank 0: pj's dispatcher thread; other ranks: the thread in `pj_mpi_serve`).
+typedef struct {
+  // Passed back to every function; the shim's own state.
+  void *context;
+  // This process's rank in the communicator.
+  int rank;
+  // The number of ranks.
+  int size;
+  // Starts sending `len` bytes at `data` to rank `dest` with `tag` (non-blocking) and stores a
+  // handle in `*request`; pj keeps `data` unchanged until `test` reports completion.
+  int (*isend)(void *context, int dest, int tag, const uint8_t *data, size_t len, void **request);
+  // Returns 1 when the send behind `request` has completed (the handle is then released), 0
+  // while it is pending, a negative value on error.
+  int (*test)(void *context, void *request);
+  // Returns 1 when a message from any rank is waiting, and stores its source, tag and length in
+  // bytes; 0 when none is; a negative value on error. Never blocks.
+  int (*iprobe)(void *context, int *source, int *tag, size_t *len);
+  // Receives the message `iprobe` announced (from `source`, with `tag`, `len` bytes) into
+  // `data`, which has room for `len` bytes.
+  int (*recv)(void *context, int source, int tag, uint8_t *data, size_t len);
+} pj_mpi_ops_t;
+
 // A task callback. pj calls it once per task with the `userdata` given at submission, the task's
 // argument bytes (a copy pj owns: valid only during the call) and `out`, the task's output handle
 // (write the result with `pj_out_set` or `pj_out_alloc`; valid only during the call). Return 0 for
@@ -384,6 +410,29 @@ const char *pj_error_callback_message(const pj_error_t *error);
 
 // Frees an error. NULL is a no-op; freeing twice is undefined behaviour.
 void pj_error_free(pj_error_t *error);
+
+// Rank 0 only (called by `pj_mpi_main`): makes `backend` "mpi" available in this process, with
+// the other ranks of `ops` as workers. The table is copied; its functions and context must stay
+// valid until `pj_mpi_detach` returns. pj's dispatcher thread starts now and waits (up to 30 s)
+// for every worker rank to report its registry; a call on backend "mpi" fails with
+// PJ_STATUS_IO when a rank registered other functions or never answered.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `ops` or one of its functions is NULL;
+// PJ_STATUS_INVALID_ARGUMENT when `ops->rank` is not 0 or `ops->size` < 1; PJ_STATUS_BUSY when
+// a table is already attached; PJ_STATUS_IO when the dispatcher thread cannot start.
+pj_status pj_mpi_attach(const pj_mpi_ops_t *ops, pj_error_t **error_out);
+
+// Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
+// process registered (`pj_register`, before this call), each batch in a forked child process so
+// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches,
+// with the exit status the rank should end with (0; 2 when `ops` is unusable or the registry
+// differs from rank 0's, which rank 0 then reports).
+int pj_mpi_serve(const pj_mpi_ops_t *ops);
+
+// Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still
+// runs on the worker ranks, tells them to leave, and stops pj's dispatcher thread. Calls on
+// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. No effect when nothing is attached.
+void pj_mpi_detach(void);
 
 // Registers a task function under `name` (UTF-8, copied), for workers that do not share the
 // caller's memory image: with `start_method` "spawn", worker processes are fresh runs of the same

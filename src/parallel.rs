@@ -90,10 +90,15 @@ impl Parallel {
         }
         if crate::backend::spawn::is_spawned_worker() {
             return Err(Error::invalid(
-                "this process was started as a pj worker (start_method \"spawn\"): its main must call                  pj_worker_main_if_requested(argc, argv) right after its pj_register calls, before                  creating executors",
+                "this process was started as a pj worker (start_method \"spawn\"): its main must call \
+                 pj_worker_main_if_requested(argc, argv) right after its pj_register calls, before \
+                 creating executors",
             ));
         }
-        let settings = layered.resolve(crate::cpu::cpu_count())?;
+        let mut settings = layered.resolve(crate::cpu::cpu_count())?;
+        if settings.backend == BackendKind::Mpi {
+            use_mpi_ranks(&mut settings)?;
+        }
         let batching = Batching::new(settings.batch_size);
         let state = State {
             backend: None,
@@ -219,28 +224,37 @@ impl Parallel {
         self.stop.cancel(CancelReason::Requested);
     }
 
-    /// Whether workers are spawned afresh (not forked): tasks must then name registered functions.
-    pub fn spawns_workers(&self) -> bool {
-        self.settings.start_method == StartMethod::Spawn
+    /// Whether tasks run in processes that are not forks of the caller (spawned workers, MPI
+    /// ranks): tasks must then name registered functions, without userdata. `Some` names the
+    /// setting responsible, for messages.
+    pub fn needs_registered_tasks(&self) -> Option<&'static str> {
+        if self.settings.backend == BackendKind::Mpi {
+            // Even on one rank (sequential), so that a program behaves the same under -n 1.
+            return Some("backend \"mpi\"");
+        }
+        (self.settings.start_method == StartMethod::Spawn
             && self.settings.backend == BackendKind::Processes
-            && !self.settings.sequential
+            && !self.settings.sequential)
+            .then_some("start_method \"spawn\"")
     }
 
-    /// With spawned workers, a task's function must be registered and its userdata NULL: a fresh
-    /// process has neither the caller's function addresses nor its memory.
+    /// With spawned workers or MPI ranks, a task's function must be registered and its userdata
+    /// NULL: such a process has neither the caller's function addresses nor its memory.
     fn check_callback(&self, callback: Callback) -> Result<()> {
-        if !self.spawns_workers() {
+        let Some(setting) = self.needs_registered_tasks() else {
             return Ok(());
-        }
+        };
         if crate::registry::index_of(callback.func()).is_none() {
-            return Err(Error::invalid(
-                "with start_method \"spawn\", task functions must be registered with pj_register                  (in every process, before pj_worker_main_if_requested)",
-            ));
+            return Err(Error::invalid(format!(
+                "with {setting}, task functions must be registered with pj_register (in every \
+                 process, before pj_worker_main_if_requested or pj_mpi_main)",
+            )));
         }
         if !callback.userdata().is_null() {
-            return Err(Error::invalid(
-                "with start_method \"spawn\", userdata must be NULL: a spawned worker does not share                  the caller's memory (pass data in the task's argument bytes)",
-            ));
+            return Err(Error::invalid(format!(
+                "with {setting}, userdata must be NULL: the workers do not share the caller's \
+                 memory (pass data in the task's argument bytes)",
+            )));
         }
         Ok(())
     }
@@ -376,6 +390,8 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
         };
         let backend = if settings.sequential {
             Backend::Sequential
+        } else if settings.backend == BackendKind::Mpi {
+            Backend::Mpi(crate::backend::MpiPool::connect(settings.n_jobs)?)
         } else if settings.backend == BackendKind::Processes {
             Backend::Processes(
                 ProcessPool::new(
@@ -391,6 +407,21 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
         *slot = Some(backend);
     }
     Ok(slot.as_ref().unwrap_or_else(|| unreachable!()))
+}
+
+/// Backend "mpi": the worker ranks are the workers. n_jobs caps how many are used (1 keeps the
+/// call on rank 0, sequential, as n_jobs=1 does everywhere); unset or negative uses them all; an
+/// MPI job of one rank runs its calls sequentially.
+fn use_mpi_ranks(settings: &mut Resolved) -> Result<()> {
+    let ranks =
+        crate::backend::mpi::worker_ranks().ok_or_else(crate::backend::mpi::not_attached)?;
+    let wanted = match settings.n_jobs_requested {
+        Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX).min(ranks),
+        _ => ranks,
+    };
+    settings.sequential = ranks == 0 || settings.n_jobs_requested == Some(1);
+    settings.n_jobs = wanted.max(1);
+    Ok(())
 }
 
 /// joblib's warning when a timeout is set on the sequential path (one thread cannot watch itself),

@@ -501,3 +501,16 @@ fn status_strings_are_stable() {
         .unwrap();
     assert_eq!(unknown, "unknown pj_status");
 }
+
+#[test]
+fn backend_mpi_without_pj_mpi_main_is_unsupported_and_says_why() {
+    let Err(error) = parallel(&[("backend", "mpi")]) else {
+        panic!("no MPI is attached in a test");
+    };
+    assert_eq!(error.status, pj_status::Unsupported);
+    assert!(error.message.contains("pj_mpi_main"), "{}", error.message);
+    // The ops table is checked before anything is attached.
+    let mut err = std::ptr::null_mut();
+    let status = pj::ffi::pj_mpi_attach(std::ptr::null(), &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::NullArgument);
+}

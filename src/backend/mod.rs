@@ -4,9 +4,11 @@
 //! nothing about batch sizes, ordering or progress. Flavours:
 //! - [`Backend::Sequential`]: runs each batch inline on the caller's thread (n_jobs == 1);
 //! - [`Backend::Threads`]: a fixed pool of worker threads fed by one shared job queue;
-//! - [`Backend::Processes`]: forked worker processes, each driven by a proxy thread.
+//! - [`Backend::Processes`]: forked worker processes, each driven by a proxy thread;
+//! - [`Backend::Mpi`]: the other ranks of an MPI job, fed by rank 0's dispatcher thread.
 
 mod crash;
+pub mod mpi;
 mod processes;
 pub mod spawn;
 mod spill;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
+pub use mpi::MpiPool;
 pub use processes::ProcessPool;
 pub use threads::ThreadPool;
 
@@ -63,6 +66,8 @@ pub enum Backend {
     Threads(ThreadPool),
     /// A pool of forked worker processes.
     Processes(ProcessPool),
+    /// The worker ranks of an MPI job (this process is rank 0).
+    Mpi(MpiPool),
 }
 
 impl Backend {
@@ -72,6 +77,7 @@ impl Backend {
             Backend::Sequential => "sequential",
             Backend::Threads(_) => "threads",
             Backend::Processes(_) => "processes",
+            Backend::Mpi(_) => "mpi",
         }
     }
 
@@ -81,7 +87,13 @@ impl Backend {
             Backend::Sequential => "caller thread".to_owned(),
             Backend::Threads(_) => format!("thread {worker}"),
             Backend::Processes(_) => format!("worker process {worker}"),
+            Backend::Mpi(_) => format!("MPI rank {}", worker + 1),
         }
+    }
+
+    /// For the MPI backend, the rank that worker number `worker` is.
+    pub fn mpi_rank(&self, worker: usize) -> Option<usize> {
+        matches!(self, Backend::Mpi(_)).then_some(worker + 1)
     }
 
     /// Number of workers running batches concurrently.
@@ -90,6 +102,7 @@ impl Backend {
             Backend::Sequential => 1,
             Backend::Threads(pool) => pool.size(),
             Backend::Processes(pool) => pool.size(),
+            Backend::Mpi(pool) => pool.size(),
         }
     }
 
@@ -108,6 +121,7 @@ impl Backend {
             }
             Backend::Threads(pool) => pool.dispatch(batch, link),
             Backend::Processes(pool) => pool.dispatch(batch, link),
+            Backend::Mpi(pool) => pool.dispatch(batch, link),
         }
     }
 

@@ -8,9 +8,10 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use crate::memmap::MapAccess;
-use crate::task::{ArgRef, Batch, BatchOutcome, Callback, TaskFailure, TaskFn};
+use crate::task::{ArgRef, Batch, BatchOutcome, Callback, Death, TaskFailure, TaskFn};
 
 /// A malformed frame (a bug, or memory corruption in the worker).
 fn malformed(what: &str) -> io::Error {
@@ -271,8 +272,7 @@ pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Resu
     })
 }
 
-/// Encodes `outcome` into `out` (cleared first). Failures other than a callback's return code or a
-/// panic never come from a worker. `files` lists the results that travel as descriptors with the
+/// Encodes `outcome` into `out` (cleared first). `files` lists the results that travel as descriptors with the
 /// frame, as (task index, length), in the order of the descriptors.
 pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
     out.clear();
@@ -300,9 +300,9 @@ pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mu
     }
 }
 
-/// Encodes one task failure (tag, index, details). Only a callback's return code and pj's own
-/// panics come from a worker; other kinds are the parent's to decide, and are sent as panics
-/// should they ever appear.
+/// Encodes one task failure (tag, index, details). A forked worker only reports a callback's
+/// return code and pj's own panics; an MPI worker rank also relays the deaths and timeouts its
+/// local process pool saw.
 fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
     match failure {
         TaskFailure::Returned { code, message } => {
@@ -326,12 +326,39 @@ fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
-        TaskFailure::Died { .. } | TaskFailure::TimedOut { .. } => {
-            put(out, 2);
+        TaskFailure::Died {
+            pid,
+            death,
+            fault_address,
+            backtrace,
+        } => {
+            put(out, 4);
             put(out, index);
-            let text = "a worker reported a death or a timeout";
+            out.extend_from_slice(&i64::from(*pid).to_ne_bytes());
+            let (kind, value) = match *death {
+                Death::Signal(signal) => (1, signal),
+                Death::Exited(status) => (2, status),
+                Death::Unknown => (3, 0),
+            };
+            put(out, kind);
+            out.extend_from_slice(&i64::from(value).to_ne_bytes());
+            put(out, usize::from(fault_address.is_some()));
+            out.extend_from_slice(&fault_address.unwrap_or(0).to_ne_bytes());
+            let text = backtrace.as_deref().unwrap_or("");
+            put(out, usize::from(backtrace.is_some()));
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
+        }
+        TaskFailure::TimedOut { limit, elapsed } => {
+            put(out, 5);
+            put(out, index);
+            for duration in [limit, elapsed] {
+                out.extend_from_slice(
+                    &u64::try_from(duration.as_nanos())
+                        .unwrap_or(u64::MAX)
+                        .to_ne_bytes(),
+                );
+            }
         }
     }
 }
@@ -363,6 +390,38 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
                 TaskFailure::Spawn(text)
             };
             Ok((index, failure))
+        }
+        4 => {
+            let index = r.word()?;
+            let pid = r.word()? as i64 as i32;
+            let kind = r.word()?;
+            let value = r.word()? as i64 as i32;
+            let death = match kind {
+                1 => Death::Signal(value),
+                2 => Death::Exited(value),
+                3 => Death::Unknown,
+                _ => return Err(malformed(r.what)),
+            };
+            let has_address = r.word()? != 0;
+            let address = r.word()? as u64;
+            let has_backtrace = r.word()? != 0;
+            let len = r.word()?;
+            let text = String::from_utf8_lossy(r.bytes(len)?).into_owned();
+            Ok((
+                index,
+                TaskFailure::Died {
+                    pid,
+                    death,
+                    fault_address: has_address.then_some(address),
+                    backtrace: has_backtrace.then_some(text),
+                },
+            ))
+        }
+        5 => {
+            let index = r.word()?;
+            let limit = Duration::from_nanos(r.word()? as u64);
+            let elapsed = Duration::from_nanos(r.word()? as u64);
+            Ok((index, TaskFailure::TimedOut { limit, elapsed }))
         }
         _ => Err(malformed(r.what)),
     }
@@ -710,7 +769,7 @@ mod tests {
 
         let outcome = BatchOutcome {
             first: 40,
-            size: 3,
+            size: 5,
             data: b"hello".to_vec(),
             ends: vec![2, 5],
             failure: Some((
@@ -729,6 +788,31 @@ mod tests {
                     },
                 ),
                 (41, TaskFailure::Panicked("boom".into())),
+                (
+                    42,
+                    TaskFailure::Died {
+                        pid: 4321,
+                        death: Death::Signal(11),
+                        fault_address: Some(0xdead),
+                        backtrace: Some("#0 crash_here".into()),
+                    },
+                ),
+                (
+                    43,
+                    TaskFailure::Died {
+                        pid: 17,
+                        death: Death::Exited(0),
+                        fault_address: None,
+                        backtrace: None,
+                    },
+                ),
+                (
+                    44,
+                    TaskFailure::TimedOut {
+                        limit: Duration::from_millis(500),
+                        elapsed: Duration::from_nanos(612_345_678),
+                    },
+                ),
             ],
             mapped: Vec::new(),
             seconds: 0.0,
@@ -740,7 +824,7 @@ mod tests {
         assert_eq!(files, vec![(41, 5 << 20)]);
         assert_eq!(
             (back.first, back.size, &back.data, &back.ends),
-            (40, 3, &outcome.data, &outcome.ends)
+            (40, 5, &outcome.data, &outcome.ends)
         );
         assert_eq!(back.failure, outcome.failure);
         assert_eq!(back.errors, outcome.errors);

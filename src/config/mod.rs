@@ -28,6 +28,8 @@ pub enum BackendKind {
     Threads,
     /// The caller's thread, one task after another.
     Sequential,
+    /// The other ranks of an MPI job (`mpirun`), with this process as rank 0.
+    Mpi,
 }
 
 impl BackendKind {
@@ -37,6 +39,7 @@ impl BackendKind {
             BackendKind::Processes => "processes",
             BackendKind::Threads => "threads",
             BackendKind::Sequential => "sequential",
+            BackendKind::Mpi => "mpi",
         }
     }
 
@@ -47,6 +50,7 @@ impl BackendKind {
             BackendKind::Processes => "LokyBackend",
             BackendKind::Threads => "ThreadingBackend",
             BackendKind::Sequential => "SequentialBackend",
+            BackendKind::Mpi => "MPIBackend",
         }
     }
 
@@ -57,13 +61,14 @@ impl BackendKind {
             "processes" | "loky" | "multiprocessing" => Some(BackendKind::Processes),
             "threads" | "threading" => Some(BackendKind::Threads),
             "sequential" => Some(BackendKind::Sequential),
+            "mpi" => Some(BackendKind::Mpi),
             _ => None,
         }
     }
 
     /// Whether tasks see the caller's memory (what `require="sharedmem"` asks for).
     pub fn has_shared_memory(self) -> bool {
-        !matches!(self, BackendKind::Processes)
+        !matches!(self, BackendKind::Processes | BackendKind::Mpi)
     }
 }
 
@@ -535,7 +540,7 @@ fn parse_backend(value: &str) -> Result<Option<BackendKind>> {
             "backend",
             value,
             "expected \"processes\" (or \"loky\", \"multiprocessing\"), \"threads\" (or \"threading\"), \
-             \"sequential\" or \"none\"",
+             \"sequential\", \"mpi\" or \"none\"",
         )
     })
 }

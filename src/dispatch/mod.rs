@@ -835,10 +835,12 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
         worker,
         pid,
     } = *failure;
-    let worker = if pid != 0 {
-        format!("process {pid} (worker {worker})")
-    } else {
-        backend.describe_worker(worker)
+    let rank = backend.mpi_rank(worker);
+    let worker = match (rank, pid) {
+        (Some(rank), 0) => format!("MPI rank {rank}"),
+        (Some(rank), pid) => format!("process {pid} on MPI rank {rank}"),
+        (None, 0) => backend.describe_worker(worker),
+        (None, pid) => format!("process {pid} (worker {worker})"),
     };
     let mut context = TaskContext {
         index,
@@ -870,7 +872,10 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
             fault_address,
             backtrace,
         } => {
-            context.worker = format!("process {pid}");
+            context.worker = match rank {
+                Some(rank) => format!("process {pid} on MPI rank {rank}"),
+                None => format!("process {pid}"),
+            };
             context.fault_address = *fault_address;
             context.backtrace = backtrace.clone();
             let how = match *death {
@@ -900,6 +905,10 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
                 ),
             )
         }
+    };
+    let message = match rank {
+        Some(rank) => format!("{message} (MPI rank {rank})"),
+        None => message,
     };
     Error::new(kind, message).with_task(context)
 }

@@ -14,6 +14,7 @@
 
 mod config;
 mod error;
+mod mpi;
 mod named;
 mod parallel;
 mod range;
@@ -25,6 +26,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use config::*;
 pub use error::*;
+pub use mpi::*;
 pub use named::*;
 pub use parallel::*;
 pub use range::*;

@@ -90,11 +90,13 @@ pub extern "C" fn pj_parallel_for(
     run(error_out, || {
         let parallel = parallel_behind(parallel)?;
         let func = r#fn.ok_or_else(|| null_argument("fn"))?;
-        if parallel.spawns_workers() {
+        if let Some(setting) = parallel.needs_registered_tasks() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "pj_parallel_for does not support start_method \"spawn\" yet: submit registered \
-                 functions with pj_parallel_submit_named",
+                format!(
+                    "pj_parallel_for does not support {setting} yet: submit registered functions \
+                     with pj_parallel_submit_named"
+                ),
             ));
         }
         let ranges = parallel.settings().n_jobs.max(1) * RANGES_PER_WORKER;

@@ -38,6 +38,7 @@ pub fn backend_class_name(kind: BackendKind) -> &'static str {
         BackendKind::Processes => "ProcessesBackend",
         BackendKind::Threads => "ThreadsBackend",
         BackendKind::Sequential => "SequentialBackend",
+        BackendKind::Mpi => "MpiBackend",
     }
 }
 

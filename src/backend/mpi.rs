@@ -1,0 +1,893 @@
+//! The MPI backend: the same program under `mpirun -n N`, rank 0 dispatching, ranks 1..N-1 working.
+//!
+//! libpj never links MPI. A shim compiled with mpicc (`pj_mpi_main`, bindings/mpi) initializes MPI,
+//! duplicates `MPI_COMM_WORLD` for pj, and hands pj a table of C functions ([`MpiOps`]): a
+//! non-blocking send and its test, a non-blocking probe, a receive. Rank 0 attaches the table
+//! ([`attach`]) and returns to the program; every other rank serves ([`serve`]) until rank 0
+//! detaches at exit ([`detach`]).
+//!
+//! Rank 0. One dispatcher thread owns every MPI exchange. Calls of every `Parallel` object on
+//! backend "mpi" queue their batches to it (an [`MpiPool`] is a handle on that queue); the
+//! dispatcher sends each batch to an idle worker rank (one batch in flight per rank), encoded as the
+//! spawn start method encodes it (registry indices, argument bytes), and hands each outcome to its
+//! call. Sends are non-blocking and the dispatcher keeps receiving while they complete, so large
+//! payloads in both directions cannot deadlock. When a call is aborted (a task failed, a timeout,
+//! pj_parallel_cancel), the ranks running its batches are told to cancel them.
+//!
+//! Worker ranks. Before anything else a rank reports its registry's fingerprint, and rank 0 checks
+//! every rank against its own. A rank runs each batch through a local one-worker process pool (a
+//! forked child kept across batches): a task that crashes, exits or overruns its timeout kills
+//! that child, not the rank, so it is reported (naming the rank and the task) instead of ending
+//! the MPI job; on_error=collect retries the rest of the batch there, as on the process backend.
+//!
+//! Waiting. Nothing here blocks inside MPI: both sides poll with `iprobe` and back off from a
+//! short spin to sleeps of up to a few milliseconds, so an idle rank costs next to no CPU. Rank 0's
+//! dispatcher blocks on its job queue (no polling at all) while no batch is in flight.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, unbounded};
+
+use super::wire::{RunFlags, decode_batch, decode_outcome, encode_batch, encode_outcome};
+use super::{CallLink, ProcessPool};
+use crate::config::StartMethod;
+use crate::error::{Error, ErrorKind, Result};
+use crate::task::{Batch, BatchOutcome, TaskFailure};
+
+/// The shim's MPI operations (see `pj_mpi_ops_t` in the header for each function's contract).
+#[derive(Clone, Copy, Debug)]
+pub struct MpiOps {
+    pub context: *mut c_void,
+    pub rank: c_int,
+    pub size: c_int,
+    pub isend: unsafe extern "C" fn(
+        *mut c_void,
+        c_int,
+        c_int,
+        *const u8,
+        usize,
+        *mut *mut c_void,
+    ) -> c_int,
+    pub test: unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+    pub iprobe: unsafe extern "C" fn(*mut c_void, *mut c_int, *mut c_int, *mut usize) -> c_int,
+    pub recv: unsafe extern "C" fn(*mut c_void, c_int, c_int, *mut u8, usize) -> c_int,
+}
+
+// SAFETY: the table is plain function pointers and the shim's context, which the shim keeps valid
+// for the program's life; pj calls it from one thread at a time (the dispatcher, or the serving
+// thread), as the header documents.
+unsafe impl Send for MpiOps {}
+
+/// Message tags on pj's communicator.
+const TAG_HELLO: c_int = 1;
+const TAG_BATCH: c_int = 2;
+const TAG_OUTCOME: c_int = 3;
+const TAG_CANCEL: c_int = 4;
+const TAG_STOP: c_int = 5;
+
+/// How long rank 0 waits for every worker rank to report its registry.
+const HELLO_LIMIT: Duration = Duration::from_secs(30);
+/// How long stopping waits for cancelled batches and the final messages.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+fn mpi_error(what: &str, code: c_int) -> Error {
+    Error::new(ErrorKind::Io, format!("MPI {what} failed (error {code})"))
+}
+
+/// A send in progress: its request and the bytes MPI reads until it completes.
+struct PendingSend {
+    request: *mut c_void,
+    _bytes: Vec<u8>,
+}
+
+impl MpiOps {
+    /// Starts sending `bytes` (kept alive in the returned value until the send completes).
+    fn start_send(&self, dest: c_int, tag: c_int, bytes: Vec<u8>) -> Result<PendingSend> {
+        let mut request = std::ptr::null_mut();
+        // SAFETY: the shim's isend with its own context; `bytes` stays alive and unchanged in the
+        // returned PendingSend until `test` reports completion.
+        let code = unsafe {
+            (self.isend)(
+                self.context,
+                dest,
+                tag,
+                bytes.as_ptr(),
+                bytes.len(),
+                &mut request,
+            )
+        };
+        if code != 0 {
+            return Err(mpi_error("send", code));
+        }
+        Ok(PendingSend {
+            request,
+            _bytes: bytes,
+        })
+    }
+
+    /// Whether `send` has completed (its request is then released by the shim).
+    fn sent(&self, send: &PendingSend) -> Result<bool> {
+        // SAFETY: a request isend returned and test has not yet reported complete.
+        match unsafe { (self.test)(self.context, send.request) } {
+            1 => Ok(true),
+            0 => Ok(false),
+            code => Err(mpi_error("test", code)),
+        }
+    }
+
+    /// Sends `bytes` and waits (polling, backing off) until the send completes or `limit` passes.
+    fn send_and_wait(
+        &self,
+        dest: c_int,
+        tag: c_int,
+        bytes: Vec<u8>,
+        limit: Duration,
+    ) -> Result<()> {
+        let send = self.start_send(dest, tag, bytes)?;
+        let deadline = Instant::now() + limit;
+        let mut backoff = Backoff::default();
+        while !self.sent(&send)? {
+            if Instant::now() > deadline {
+                // The request stays with MPI (leaked with its bytes) rather than freed under it.
+                std::mem::forget(send);
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!("MPI rank {dest} did not take a message within {limit:?}"),
+                ));
+            }
+            backoff.pause();
+        }
+        Ok(())
+    }
+
+    /// A waiting message's (source, tag, length), if any.
+    fn probe(&self) -> Result<Option<(c_int, c_int, usize)>> {
+        let (mut source, mut tag, mut len) = (0, 0, 0usize);
+        // SAFETY: the shim's iprobe writes the three out-parameters, which are valid locals.
+        match unsafe { (self.iprobe)(self.context, &mut source, &mut tag, &mut len) } {
+            1 => Ok(Some((source, tag, len))),
+            0 => Ok(None),
+            code => Err(mpi_error("probe", code)),
+        }
+    }
+
+    /// Receives the message `probe` announced into `buf` (resized to its length).
+    fn receive(&self, source: c_int, tag: c_int, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.resize(len, 0);
+        // SAFETY: `buf` has room for `len` bytes, the length iprobe announced for this message.
+        let code = unsafe { (self.recv)(self.context, source, tag, buf.as_mut_ptr(), len) };
+        if code != 0 {
+            return Err(mpi_error("receive", code));
+        }
+        Ok(())
+    }
+}
+
+/// Polling pace: a short spin, then sleeps doubling up to a few milliseconds (longer after a
+/// long idle spell), reset by any progress.
+#[derive(Default)]
+struct Backoff {
+    rounds: u32,
+    idle_since: Option<Instant>,
+}
+
+impl Backoff {
+    const SPINS: u32 = 64;
+
+    fn reset(&mut self) {
+        self.rounds = 0;
+        self.idle_since = None;
+    }
+
+    /// How long to wait now (zero while spinning).
+    fn next(&mut self) -> Duration {
+        self.rounds = self.rounds.saturating_add(1);
+        if self.rounds <= Self::SPINS {
+            return Duration::ZERO;
+        }
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        let cap = if since.elapsed() > Duration::from_secs(1) {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(2)
+        };
+        let step = (self.rounds - Self::SPINS).min(16);
+        (Duration::from_micros(10) * (1u32 << step.min(10))).min(cap)
+    }
+
+    fn pause(&mut self) {
+        let wait = self.next();
+        if wait.is_zero() {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rank 0
+
+/// One batch for the dispatcher, or the order to stop.
+// Stop is sent once per program: boxing the common variant would cost an allocation per batch.
+#[allow(clippy::large_enum_variant)]
+enum Order {
+    Run { batch: Batch, link: CallLink },
+    Stop(Sender<()>),
+}
+
+/// What the dispatcher found about the worker ranks' registries (`None` while it is still
+/// waiting for them).
+type Readiness = Arc<(Mutex<Option<std::result::Result<(), String>>>, Condvar)>;
+
+/// Rank 0's attachment: the dispatcher's queue and thread.
+struct World {
+    orders: Sender<Order>,
+    ready: Readiness,
+    workers: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+static WORLD: Mutex<Option<World>> = Mutex::new(None);
+/// Whether a table was ever attached (a detached process does not attach again).
+static ATTACHED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn world() -> std::sync::MutexGuard<'static, Option<World>> {
+    WORLD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Rank 0: makes backend "mpi" available, with ranks 1..size as workers.
+pub fn attach(ops: MpiOps) -> Result<()> {
+    if ops.rank != 0 {
+        return Err(Error::invalid(format!(
+            "pj_mpi_attach is for rank 0 (this is rank {})",
+            ops.rank
+        )));
+    }
+    if ops.size < 1 {
+        return Err(Error::invalid(format!(
+            "the communicator's size must be at least 1 (got {})",
+            ops.size
+        )));
+    }
+    let mut world = world();
+    if world.is_some() || ATTACHED_ONCE.swap(true, Ordering::AcqRel) {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            "an MPI table is already attached (pj_mpi_main runs once per program)",
+        ));
+    }
+    let (orders, queue) = unbounded();
+    let ready: Readiness = Arc::default();
+    let workers = (ops.size - 1) as usize;
+    let thread = {
+        let ready = Arc::clone(&ready);
+        std::thread::Builder::new()
+            .name("pj-mpi".into())
+            .spawn(move || Dispatcher::new(ops).run(&queue, &ready))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot start pj's MPI dispatcher thread: {e}"),
+                )
+            })?
+    };
+    *world = Some(World {
+        orders,
+        ready,
+        workers,
+        thread: Some(thread),
+    });
+    Ok(())
+}
+
+/// Rank 0 at exit: cancels what runs, stops the worker ranks and the dispatcher.
+pub fn detach() {
+    let Some(mut world) = world().take() else {
+        return;
+    };
+    let (ack, acked) = unbounded();
+    if world.orders.send(Order::Stop(ack)).is_ok() {
+        let _ = acked.recv_timeout(STOP_LIMIT * 3);
+    }
+    if let Some(thread) = world.thread.take() {
+        let _ = thread.join();
+    }
+}
+
+/// The number of worker ranks, when this process is rank 0 of an attached MPI job.
+pub fn worker_ranks() -> Option<usize> {
+    world().as_ref().map(|w| w.workers)
+}
+
+/// Rank 0's handle on the dispatcher: what a `Parallel` object's backend holds.
+#[derive(Debug)]
+pub struct MpiPool {
+    orders: Sender<Order>,
+    workers: usize,
+}
+
+impl std::fmt::Debug for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Order")
+    }
+}
+
+impl MpiPool {
+    /// A handle using up to `workers` ranks; waits until every rank has reported its registry
+    /// and fails if one differs from this process's or never answered.
+    pub fn connect(workers: usize) -> Result<Self> {
+        let (orders, ready, ranks) = {
+            let world = world();
+            let world = world.as_ref().ok_or_else(not_attached)?;
+            (
+                world.orders.clone(),
+                Arc::clone(&world.ready),
+                world.workers,
+            )
+        };
+        let (lock, changed) = &*ready;
+        let mut state = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while state.is_none() {
+            state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(Err(message)) = state.as_ref() {
+            return Err(Error::new(ErrorKind::Io, message.clone()));
+        }
+        Ok(MpiPool {
+            orders,
+            workers: workers.clamp(1, ranks.max(1)),
+        })
+    }
+
+    /// Number of worker ranks this pool keeps busy.
+    pub fn size(&self) -> usize {
+        self.workers
+    }
+
+    /// Queues `batch`; its outcome arrives on `link.reply`.
+    pub fn dispatch(&self, batch: Batch, link: &CallLink) {
+        let order = Order::Run {
+            batch,
+            link: link.clone(),
+        };
+        if let Err(unsent) = self.orders.send(order)
+            && let Order::Run { batch, link } = unsent.into_inner()
+        {
+            let failure = TaskFailure::Spawn("the MPI backend is detached".into());
+            let _ = link
+                .reply
+                .send(BatchOutcome::failed(&batch, 0, batch.first, failure));
+        }
+    }
+}
+
+/// The error for backend "mpi" in a process without an attached table.
+pub fn not_attached() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "backend \"mpi\" needs the program to call pj_mpi_main(&argc, &argv) (pj_mpi.h, the pj_mpi \
+         library built where MPI is installed) and to run under mpirun; this process has no MPI \
+         attached",
+    )
+}
+
+/// A batch on a worker rank.
+struct InFlight {
+    seq: u64,
+    batch: Batch,
+    link: CallLink,
+    cancelled: bool,
+}
+
+/// Rank 0's dispatcher state.
+struct Dispatcher {
+    ops: MpiOps,
+    /// By worker rank - 1: the batch it runs, if any; ranks that failed the handshake are
+    /// never used (`usable`).
+    slots: Vec<Option<InFlight>>,
+    usable: Vec<bool>,
+    sends: Vec<PendingSend>,
+    next_seq: u64,
+    buf: Vec<u8>,
+}
+
+impl Dispatcher {
+    fn new(ops: MpiOps) -> Self {
+        let ranks = (ops.size - 1).max(0) as usize;
+        Dispatcher {
+            ops,
+            slots: (0..ranks).map(|_| None).collect(),
+            usable: vec![false; ranks],
+            sends: Vec::new(),
+            next_seq: 1,
+            buf: Vec::new(),
+        }
+    }
+
+    fn run(mut self, queue: &Receiver<Order>, ready: &Readiness) {
+        let verdict = self.handshake();
+        {
+            let (lock, changed) = &**ready;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+            changed.notify_all();
+        }
+        let mut backoff = Backoff::default();
+        let ack = loop {
+            let mut progressed = match self.poll() {
+                Ok(progressed) => progressed,
+                Err(error) => {
+                    self.fail_all(&error.to_string());
+                    false
+                }
+            };
+            // Take orders while a rank is free (or to learn of a stop).
+            let mut stop = None;
+            while self.free_slot().is_some() {
+                let order = if self.idle() && !progressed {
+                    // Nothing in flight: block on the queue, no polling at all.
+                    match queue.recv() {
+                        Ok(order) => order,
+                        Err(_) => break,
+                    }
+                } else {
+                    match queue.try_recv() {
+                        Ok(order) => order,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                };
+                progressed = true;
+                match order {
+                    Order::Run { batch, link } => self.start(batch, link),
+                    Order::Stop(ack) => {
+                        stop = Some(ack);
+                        break;
+                    }
+                }
+            }
+            if let Some(ack) = stop {
+                break Some(ack);
+            }
+            if self.free_slot().is_none() && self.slots.iter().all(Option::is_none) {
+                // No usable rank at all (every rank failed the handshake): pj refuses calls then,
+                // so only a stop can come.
+                match queue.recv() {
+                    Ok(Order::Stop(ack)) => break Some(ack),
+                    Ok(Order::Run { batch, link }) => {
+                        fail(&batch, &link, "no MPI rank can run tasks");
+                        continue;
+                    }
+                    Err(_) => break None,
+                }
+            }
+            if progressed {
+                backoff.reset();
+            } else {
+                let wait = backoff.next();
+                if !wait.is_zero() {
+                    // Sleep, but wake for a new batch when a rank is free.
+                    if self.free_slot().is_some() {
+                        match queue.recv_timeout(wait) {
+                            Ok(Order::Run { batch, link }) => {
+                                self.start(batch, link);
+                                backoff.reset();
+                            }
+                            Ok(Order::Stop(ack)) => break Some(ack),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break None,
+                        }
+                    } else {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+        };
+        self.stop();
+        if let Some(ack) = ack {
+            let _ = ack.send(());
+        }
+    }
+
+    /// Waits for every worker rank's registry report and checks it against ours.
+    fn handshake(&mut self) -> std::result::Result<(), String> {
+        let ours = crate::registry::fingerprint();
+        let mut problems = Vec::new();
+        let mut answered = vec![false; self.slots.len()];
+        let deadline = Instant::now() + HELLO_LIMIT;
+        let mut backoff = Backoff::default();
+        while answered.iter().any(|a| !a) && Instant::now() < deadline {
+            match self.ops.probe() {
+                Ok(Some((source, tag, len))) => {
+                    let mut buf = Vec::new();
+                    if let Err(error) = self.ops.receive(source, tag, len, &mut buf) {
+                        return Err(error.to_string());
+                    }
+                    let Some(slot) = slot_of(source, self.slots.len()) else {
+                        continue;
+                    };
+                    if tag != TAG_HELLO {
+                        continue;
+                    }
+                    answered[slot] = true;
+                    let theirs = buf
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_ne_bytes);
+                    if theirs == Some(ours) {
+                        self.usable[slot] = true;
+                    } else {
+                        let names = String::from_utf8_lossy(buf.get(8..).unwrap_or_default())
+                            .replace('\n', ", ");
+                        problems.push(format!(
+                            "MPI rank {source} registered other task functions than rank 0: rank 0 \
+                             [{}], rank {source} [{names}]",
+                            crate::registry::names().join(", ")
+                        ));
+                    }
+                    backoff.reset();
+                }
+                Ok(None) => backoff.pause(),
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        for (slot, answered) in answered.iter().enumerate() {
+            if !answered {
+                problems.push(format!(
+                    "MPI rank {} did not report its registry within {} s: every rank must call \
+                     pj_mpi_main after its pj_register calls",
+                    slot + 1,
+                    HELLO_LIMIT.as_secs()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.slots.iter().all(Option::is_none) && self.sends.is_empty()
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        (0..self.slots.len()).find(|&s| self.usable[s] && self.slots[s].is_none())
+    }
+
+    /// Sends `batch` to a free rank.
+    fn start(&mut self, batch: Batch, link: CallLink) {
+        if link.abort.load(Ordering::Relaxed) {
+            let _ = link.reply.send(BatchOutcome::skipped(&batch, 0));
+            return;
+        }
+        let Some(slot) = self.free_slot() else {
+            unreachable!("start is only called with a free rank")
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let flags = RunFlags {
+            timed: link.timeout.is_some(),
+            collect: link.collect,
+            access: link.access,
+            call: link.call,
+            results_above: u64::MAX,
+        };
+        let mut encoded = Vec::new();
+        encode_batch(&batch, flags, &[], &[], true, &mut encoded);
+        let timeout = link.timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        let mut message = Vec::with_capacity(16 + encoded.len());
+        message.extend_from_slice(&seq.to_ne_bytes());
+        message.extend_from_slice(&timeout.to_ne_bytes());
+        message.extend_from_slice(&encoded);
+        drop(encoded);
+        match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
+            Ok(send) => {
+                self.sends.push(send);
+                self.slots[slot] = Some(InFlight {
+                    seq,
+                    batch,
+                    link,
+                    cancelled: false,
+                });
+            }
+            Err(error) => fail(&batch, &link, &error.to_string()),
+        }
+    }
+
+    /// One round: completes sends, receives outcomes, cancels aborted batches. Whether anything
+    /// happened.
+    fn poll(&mut self) -> Result<bool> {
+        let mut progressed = false;
+        let mut i = 0;
+        while i < self.sends.len() {
+            if self.ops.sent(&self.sends[i])? {
+                self.sends.swap_remove(i);
+                progressed = true;
+            } else {
+                i += 1;
+            }
+        }
+        while let Some((source, tag, len)) = self.ops.probe()? {
+            progressed = true;
+            let mut buf = std::mem::take(&mut self.buf);
+            self.ops.receive(source, tag, len, &mut buf)?;
+            if tag == TAG_OUTCOME
+                && let Some(slot) = slot_of(source, self.slots.len())
+            {
+                self.finish(slot, &buf);
+            }
+            self.buf = buf;
+        }
+        for slot in 0..self.slots.len() {
+            let cancel = match &mut self.slots[slot] {
+                Some(running)
+                    if !running.cancelled && running.link.abort.load(Ordering::Relaxed) =>
+                {
+                    running.cancelled = true;
+                    Some(running.seq)
+                }
+                _ => None,
+            };
+            if let Some(seq) = cancel {
+                let send =
+                    self.ops
+                        .start_send(rank_of(slot), TAG_CANCEL, seq.to_ne_bytes().to_vec())?;
+                self.sends.push(send);
+                progressed = true;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Hands the outcome in `message` (from the rank of `slot`) to its call.
+    fn finish(&mut self, slot: usize, message: &[u8]) {
+        let header = |at: usize| {
+            message
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_ne_bytes)
+        };
+        let (Some(seq), Some(pid)) = (header(0), header(8)) else {
+            return;
+        };
+        if self.slots[slot].as_ref().is_none_or(|r| r.seq != seq) {
+            return;
+        }
+        let Some(InFlight { batch, link, .. }) = self.slots[slot].take() else {
+            return;
+        };
+        let outcome = match decode_outcome(&message[16..], slot) {
+            Ok((mut outcome, _)) => {
+                outcome.pid = pid as u32;
+                outcome.seconds = batch
+                    .dispatched_at
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                if outcome.failure.is_some() {
+                    link.abort.store(true, Ordering::Relaxed);
+                }
+                outcome
+            }
+            Err(error) => {
+                link.abort.store(true, Ordering::Relaxed);
+                BatchOutcome::failed(
+                    &batch,
+                    slot,
+                    batch.first,
+                    TaskFailure::Spawn(format!("MPI rank {}: {error}", rank_of(slot))),
+                )
+            }
+        };
+        let _ = link.reply.send(outcome);
+    }
+
+    /// An MPI operation failed: every batch in flight fails with `message`.
+    fn fail_all(&mut self, message: &str) {
+        for slot in 0..self.slots.len() {
+            if let Some(InFlight { batch, link, .. }) = self.slots[slot].take() {
+                fail(&batch, &link, message);
+            }
+            self.usable[slot] = false;
+        }
+    }
+
+    /// Cancels what runs, waits (bounded) for it, then tells every rank to leave.
+    fn stop(&mut self) {
+        for running in self.slots.iter().flatten() {
+            running.link.abort.store(true, Ordering::Relaxed);
+        }
+        let deadline = Instant::now() + STOP_LIMIT;
+        let mut backoff = Backoff::default();
+        while (self.slots.iter().any(Option::is_some) || !self.sends.is_empty())
+            && Instant::now() < deadline
+        {
+            match self.poll() {
+                Ok(true) => backoff.reset(),
+                Ok(false) => backoff.pause(),
+                Err(_) => break,
+            }
+        }
+        for slot in 0..self.slots.len() {
+            if let Some(InFlight { batch, link, .. }) = self.slots[slot].take() {
+                let _ = link.reply.send(BatchOutcome::skipped(&batch, slot));
+            }
+        }
+        // Sends still pending are abandoned with their bytes (MPI may still read them).
+        std::mem::forget(std::mem::take(&mut self.sends));
+        for slot in 0..self.slots.len() {
+            let _ = self
+                .ops
+                .send_and_wait(rank_of(slot), TAG_STOP, Vec::new(), STOP_LIMIT);
+        }
+    }
+}
+
+fn fail(batch: &Batch, link: &CallLink, message: &str) {
+    link.abort.store(true, Ordering::Relaxed);
+    let failure = TaskFailure::Spawn(message.to_owned());
+    let _ = link
+        .reply
+        .send(BatchOutcome::failed(batch, 0, batch.first, failure));
+}
+
+fn rank_of(slot: usize) -> c_int {
+    (slot + 1) as c_int
+}
+
+fn slot_of(rank: c_int, slots: usize) -> Option<usize> {
+    usize::try_from(rank)
+        .ok()
+        .and_then(|r| r.checked_sub(1))
+        .filter(|&s| s < slots)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker ranks
+
+/// A worker rank: reports its registry, then runs rank 0's batches until told to stop. Returns
+/// the rank's exit status.
+pub fn serve(ops: MpiOps) -> c_int {
+    let mut hello = crate::registry::fingerprint().to_ne_bytes().to_vec();
+    hello.extend_from_slice(crate::registry::names().join("\n").as_bytes());
+    if ops.send_and_wait(0, TAG_HELLO, hello, HELLO_LIMIT).is_err() {
+        return 2;
+    }
+    let functions = crate::registry::functions();
+    // One forked child, kept across batches and calls: the rank survives whatever a task does.
+    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork) else {
+        return 2;
+    };
+    let mut buf = Vec::new();
+    let mut backoff = Backoff::default();
+    loop {
+        let Ok(message) = ops.probe() else { return 2 };
+        let Some((source, tag, len)) = message else {
+            backoff.pause();
+            continue;
+        };
+        backoff.reset();
+        if ops.receive(source, tag, len, &mut buf).is_err() {
+            return 2;
+        }
+        match tag {
+            TAG_STOP => return 0,
+            TAG_BATCH => match run_batch_message(&ops, &pool, &functions, &buf) {
+                Ok(Continue::Yes) => {}
+                Ok(Continue::Stop) => return 0,
+                Err(()) => return 2,
+            },
+            // A cancel that arrived after its batch ended, or a stray message.
+            _ => {}
+        }
+    }
+}
+
+enum Continue {
+    Yes,
+    Stop,
+}
+
+/// Runs one batch message in the local pool and sends its outcome back to rank 0.
+fn run_batch_message(
+    ops: &MpiOps,
+    pool: &ProcessPool,
+    functions: &[crate::task::TaskFn],
+    message: &[u8],
+) -> std::result::Result<Continue, ()> {
+    let word = |at: usize| {
+        message
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    let (Some(seq), Some(timeout)) = (word(0), word(8)) else {
+        return Err(());
+    };
+    // SAFETY: with a registry, the batch's callbacks are indices into this process's functions.
+    let decoded = unsafe { decode_batch(&message[16..], Some(functions)) };
+    let (reply, outcomes) = unbounded();
+    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut stop_after = false;
+    let outcome = match decoded {
+        Ok(decoded) => {
+            let mut batch = decoded.batch;
+            batch.dispatched_at = Some(Instant::now());
+            let link = CallLink {
+                reply,
+                abort: Arc::clone(&abort),
+                timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
+                collect: decoded.flags.collect,
+                access: decoded.flags.access,
+                call: decoded.flags.call,
+                results_spill: None,
+            };
+            pool.dispatch(batch, &link);
+            drop(link);
+            // Wait for the outcome, watching for rank 0's cancel (or stop) meanwhile.
+            loop {
+                match outcomes.recv_timeout(Duration::from_millis(5)) {
+                    Ok(outcome) => break outcome,
+                    Err(RecvTimeoutError::Disconnected) => return Err(()),
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+                let mut scratch = Vec::new();
+                while let Ok(Some((source, tag, len))) = ops.probe() {
+                    if ops.receive(source, tag, len, &mut scratch).is_err() {
+                        return Err(());
+                    }
+                    let cancels_this = tag == TAG_CANCEL
+                        && scratch
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_ne_bytes)
+                            == Some(seq);
+                    if cancels_this || tag == TAG_STOP {
+                        abort.store(true, Ordering::Relaxed);
+                        stop_after |= tag == TAG_STOP;
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            // The batch's first task index and size lead its encoding.
+            let first = word(16).unwrap_or(0) as usize;
+            let failure = TaskFailure::Spawn(format!("cannot decode the batch: {error}"));
+            BatchOutcome {
+                first,
+                size: word(24).unwrap_or(0) as usize,
+                data: Vec::new(),
+                ends: Vec::new(),
+                failure: Some((first, failure)),
+                errors: Vec::new(),
+                mapped: Vec::new(),
+                seconds: 0.0,
+                worker: 0,
+                pid: 0,
+            }
+        }
+    };
+    let mut encoded = Vec::new();
+    encode_outcome(&outcome, &[], &mut encoded);
+    let mut reply = Vec::with_capacity(16 + encoded.len());
+    reply.extend_from_slice(&seq.to_ne_bytes());
+    reply.extend_from_slice(&u64::from(outcome.pid).to_ne_bytes());
+    reply.extend_from_slice(&encoded);
+    drop(encoded);
+    // Rank 0 keeps receiving while it sends, so this completes unless rank 0 is gone (then the
+    // MPI runtime ends the job).
+    ops.send_and_wait(0, TAG_OUTCOME, reply, Duration::from_secs(3600))
+        .map_err(|_| ())?;
+    Ok(if stop_after {
+        Continue::Stop
+    } else {
+        Continue::Yes
+    })
+}

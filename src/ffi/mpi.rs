@@ -1,0 +1,123 @@
+//! The MPI backend's boundary: the operations table a shim compiled with mpicc hands to pj
+//! (`pj_mpi_attach` on rank 0, `pj_mpi_serve` on every other rank, `pj_mpi_detach` at exit).
+//!
+//! libpj never links MPI: the shim (`pj_mpi.c`, built only when MPI is found) wraps the few MPI
+//! calls pj needs as C function pointers on pj's own communicator.
+
+use std::ffi::{c_int, c_void};
+
+use super::{null_argument, pj_error_t, pj_status, run, run_value};
+use crate::backend::mpi::{MpiOps, attach, detach, serve};
+
+/// The MPI operations pj uses, on a communicator of the shim's (pj's own duplicate of
+/// `MPI_COMM_WORLD`, so that pj's messages never mix with the program's). Supplied by the pj_mpi
+/// shim; a program only calls `pj_mpi_main` (pj_mpi.h). Every function returns 0 on success and
+/// a non-zero MPI error code otherwise, unless stated. pj calls them from one thread at a time
+/// (rank 0: pj's dispatcher thread; other ranks: the thread in `pj_mpi_serve`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pj_mpi_ops_t {
+    /// Passed back to every function; the shim's own state.
+    pub context: *mut c_void,
+    /// This process's rank in the communicator.
+    pub rank: c_int,
+    /// The number of ranks.
+    pub size: c_int,
+    /// Starts sending `len` bytes at `data` to rank `dest` with `tag` (non-blocking) and stores a
+    /// handle in `*request`; pj keeps `data` unchanged until `test` reports completion.
+    pub isend: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            dest: c_int,
+            tag: c_int,
+            data: *const u8,
+            len: usize,
+            request: *mut *mut c_void,
+        ) -> c_int,
+    >,
+    /// Returns 1 when the send behind `request` has completed (the handle is then released), 0
+    /// while it is pending, a negative value on error.
+    pub test: Option<unsafe extern "C" fn(context: *mut c_void, request: *mut c_void) -> c_int>,
+    /// Returns 1 when a message from any rank is waiting, and stores its source, tag and length in
+    /// bytes; 0 when none is; a negative value on error. Never blocks.
+    pub iprobe: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            source: *mut c_int,
+            tag: *mut c_int,
+            len: *mut usize,
+        ) -> c_int,
+    >,
+    /// Receives the message `iprobe` announced (from `source`, with `tag`, `len` bytes) into
+    /// `data`, which has room for `len` bytes.
+    pub recv: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            source: c_int,
+            tag: c_int,
+            data: *mut u8,
+            len: usize,
+        ) -> c_int,
+    >,
+}
+
+/// Rank 0 only (called by `pj_mpi_main`): makes `backend` "mpi" available in this process, with
+/// the other ranks of `ops` as workers. The table is copied; its functions and context must stay
+/// valid until `pj_mpi_detach` returns. pj's dispatcher thread starts now and waits (up to 30 s)
+/// for every worker rank to report its registry; a call on backend "mpi" fails with
+/// PJ_STATUS_IO when a rank registered other functions or never answered.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `ops` or one of its functions is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT when `ops->rank` is not 0 or `ops->size` < 1; PJ_STATUS_BUSY when
+/// a table is already attached; PJ_STATUS_IO when the dispatcher thread cannot start.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_mpi_attach(
+    ops: *const pj_mpi_ops_t,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        // SAFETY: NULL is checked; otherwise the caller passes a valid table (contract).
+        let ops = unsafe { ops.as_ref() }.ok_or_else(|| null_argument("ops"))?;
+        attach(checked(ops)?)
+    })
+}
+
+/// Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
+/// process registered (`pj_register`, before this call), each batch in a forked child process so
+/// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches,
+/// with the exit status the rank should end with (0; 2 when `ops` is unusable or the registry
+/// differs from rank 0's, which rank 0 then reports).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_mpi_serve(ops: *const pj_mpi_ops_t) -> c_int {
+    run_value(4, || {
+        // SAFETY: NULL is checked; otherwise the caller passes a valid table (contract).
+        let Some(ops) = (unsafe { ops.as_ref() }) else {
+            return 2;
+        };
+        match checked(ops) {
+            Ok(ops) => serve(ops),
+            Err(_) => 2,
+        }
+    })
+}
+
+/// Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still
+/// runs on the worker ranks, tells them to leave, and stops pj's dispatcher thread. Calls on
+/// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. No effect when nothing is attached.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_mpi_detach() {
+    run_value((), detach);
+}
+
+/// The table as the core uses it, with every function present.
+fn checked(ops: &pj_mpi_ops_t) -> crate::error::Result<MpiOps> {
+    Ok(MpiOps {
+        context: ops.context,
+        rank: ops.rank,
+        size: ops.size,
+        isend: ops.isend.ok_or_else(|| null_argument("ops->isend"))?,
+        test: ops.test.ok_or_else(|| null_argument("ops->test"))?,
+        iprobe: ops.iprobe.ok_or_else(|| null_argument("ops->iprobe"))?,
+        recv: ops.recv.ok_or_else(|| null_argument("ops->recv"))?,
+    })
+}
