@@ -308,6 +308,9 @@ pub enum Death {
     Exited(i32),
     /// Gone, status unknown (it was reaped by someone else).
     Unknown,
+    /// No sign of life for this many seconds: an MPI rank that stopped answering (its process
+    /// is on another machine, or the MPI runtime keeps the job going without it).
+    Silent(u32),
 }
 
 /// What came back from running a batch.

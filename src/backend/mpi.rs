@@ -68,11 +68,17 @@ const TAG_BATCH: c_int = 2;
 const TAG_OUTCOME: c_int = 3;
 const TAG_CANCEL: c_int = 4;
 const TAG_STOP: c_int = 5;
+const TAG_ALIVE: c_int = 6;
 
 /// How long rank 0 waits for every worker rank to report its registry.
 const HELLO_LIMIT: Duration = Duration::from_secs(30);
 /// How long stopping waits for cancelled batches and the final messages.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
+/// A rank running a batch says it is alive this often...
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// ...and rank 0 gives it up after this long without a word. By default Open MPI ends the whole
+/// job when a rank dies; this covers runtimes that keep the job going (mpirun --enable-recovery).
+const SILENCE_LIMIT: Duration = Duration::from_secs(10);
 
 fn mpi_error(what: &str, code: c_int) -> Error {
     Error::new(ErrorKind::Io, format!("MPI {what} failed (error {code})"))
@@ -117,6 +123,20 @@ impl MpiOps {
             0 => Ok(false),
             code => Err(mpi_error("test", code)),
         }
+    }
+
+    /// Drops the completed sends of `sends`; whether there were any.
+    fn complete(&self, sends: &mut Vec<PendingSend>) -> Result<bool> {
+        let before = sends.len();
+        let mut i = 0;
+        while i < sends.len() {
+            if self.sent(&sends[i])? {
+                sends.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(sends.len() < before)
     }
 
     /// Sends `bytes` and waits (polling, backing off) until the send completes or `limit` passes.
@@ -380,6 +400,8 @@ pub fn not_attached() -> Error {
 /// A batch on a worker rank.
 struct InFlight {
     seq: u64,
+    /// When the rank last sent anything.
+    heard: Instant,
     batch: Batch,
     link: CallLink,
     cancelled: bool,
@@ -594,6 +616,7 @@ impl Dispatcher {
                 self.sends.push(send);
                 self.slots[slot] = Some(InFlight {
                     seq,
+                    heard: Instant::now(),
                     batch,
                     link,
                     cancelled: false,
@@ -606,27 +629,22 @@ impl Dispatcher {
     /// One round: completes sends, receives outcomes, cancels aborted batches. Whether anything
     /// happened.
     fn poll(&mut self) -> Result<bool> {
-        let mut progressed = false;
-        let mut i = 0;
-        while i < self.sends.len() {
-            if self.ops.sent(&self.sends[i])? {
-                self.sends.swap_remove(i);
-                progressed = true;
-            } else {
-                i += 1;
-            }
-        }
+        let mut progressed = self.ops.complete(&mut self.sends)?;
         while let Some((source, tag, len)) = self.ops.probe()? {
             progressed = true;
             let mut buf = std::mem::take(&mut self.buf);
             self.ops.receive(source, tag, len, &mut buf)?;
-            if tag == TAG_OUTCOME
-                && let Some(slot) = slot_of(source, self.slots.len())
-            {
-                self.finish(slot, &buf);
+            if let Some(slot) = slot_of(source, self.slots.len()) {
+                if let Some(running) = &mut self.slots[slot] {
+                    running.heard = Instant::now();
+                }
+                if tag == TAG_OUTCOME {
+                    self.finish(slot, &buf);
+                }
             }
             self.buf = buf;
         }
+        self.give_up_silent_ranks();
         for slot in 0..self.slots.len() {
             let cancel = match &mut self.slots[slot] {
                 Some(running)
@@ -687,6 +705,37 @@ impl Dispatcher {
             }
         };
         let _ = link.reply.send(outcome);
+    }
+
+    /// A rank that said nothing for [`SILENCE_LIMIT`] while running a batch is lost: its batch
+    /// fails (WORKER_DIED, at the batch's first task: which task ran is unknown) and it gets no
+    /// more work.
+    fn give_up_silent_ranks(&mut self) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .as_ref()
+                .is_none_or(|r| r.heard.elapsed() < SILENCE_LIMIT)
+            {
+                continue;
+            }
+            let Some(InFlight {
+                batch, link, heard, ..
+            }) = self.slots[slot].take()
+            else {
+                continue;
+            };
+            self.usable[slot] = false;
+            link.abort.store(true, Ordering::Relaxed);
+            let failure = TaskFailure::Died {
+                pid: 0,
+                death: crate::task::Death::Silent(heard.elapsed().as_secs() as u32),
+                fault_address: None,
+                backtrace: None,
+            };
+            let _ = link
+                .reply
+                .send(BatchOutcome::failed(&batch, slot, batch.first, failure));
+        }
     }
 
     /// An MPI operation failed: every batch in flight fails with `message`.
@@ -831,13 +880,21 @@ fn run_batch_message(
             };
             pool.dispatch(batch, &link);
             drop(link);
-            // Wait for the outcome, watching for rank 0's cancel (or stop) meanwhile.
-            loop {
+            // Wait for the outcome, watching for rank 0's cancel (or stop) meanwhile, and saying
+            // now and then that this rank is alive.
+            let mut alive_sent = Instant::now();
+            let mut alive_sends = Vec::new();
+            let outcome = loop {
                 match outcomes.recv_timeout(Duration::from_millis(5)) {
                     Ok(outcome) => break outcome,
                     Err(RecvTimeoutError::Disconnected) => return Err(()),
                     Err(RecvTimeoutError::Timeout) => {}
                 }
+                if alive_sent.elapsed() >= HEARTBEAT {
+                    alive_sent = Instant::now();
+                    alive_sends.push(ops.start_send(0, TAG_ALIVE, Vec::new()).map_err(|_| ())?);
+                }
+                ops.complete(&mut alive_sends).map_err(|_| ())?;
                 let mut scratch = Vec::new();
                 while let Ok(Some((source, tag, len))) = ops.probe() {
                     if ops.receive(source, tag, len, &mut scratch).is_err() {
@@ -854,7 +911,13 @@ fn run_batch_message(
                         stop_after |= tag == TAG_STOP;
                     }
                 }
+            };
+            let mut backoff = Backoff::default();
+            while !alive_sends.is_empty() {
+                ops.complete(&mut alive_sends).map_err(|_| ())?;
+                backoff.pause();
             }
+            outcome
         }
         Err(error) => {
             // The batch's first task index and size lead its encoding.

@@ -429,7 +429,7 @@ impl Proxy {
         // parent's, which it was forked from) is still loaded.
         let crash = match death {
             Death::Signal(signal) => worker.running.crash().read(signal),
-            Death::Exited(_) | Death::Unknown => None,
+            Death::Exited(_) | Death::Unknown | Death::Silent(_) => None,
         };
         let (fault_address, backtrace) =
             crash.map_or((None, None), |c| (c.fault_address, c.backtrace));

@@ -339,6 +339,7 @@ fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
                 Death::Signal(signal) => (1, signal),
                 Death::Exited(status) => (2, status),
                 Death::Unknown => (3, 0),
+                Death::Silent(seconds) => (4, seconds as i32),
             };
             put(out, kind);
             out.extend_from_slice(&i64::from(value).to_ne_bytes());
@@ -400,6 +401,7 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
                 1 => Death::Signal(value),
                 2 => Death::Exited(value),
                 3 => Death::Unknown,
+                4 => Death::Silent(value as u32),
                 _ => return Err(malformed(r.what)),
             };
             let has_address = r.word()? != 0;

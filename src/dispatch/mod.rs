@@ -872,9 +872,10 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
             fault_address,
             backtrace,
         } => {
-            context.worker = match rank {
-                Some(rank) => format!("process {pid} on MPI rank {rank}"),
-                None => format!("process {pid}"),
+            context.worker = match (rank, *pid) {
+                (Some(rank), 0) => format!("MPI rank {rank}"),
+                (Some(rank), pid) => format!("process {pid} on MPI rank {rank}"),
+                (None, pid) => format!("process {pid}"),
             };
             context.fault_address = *fault_address;
             context.backtrace = backtrace.clone();
@@ -888,10 +889,16 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
                     format!("exited with exit status {status}")
                 }
                 Death::Unknown => "disappeared".to_owned(),
+                Death::Silent(seconds) => format!("stopped answering for {seconds} s"),
+            };
+            let subject = match (*pid, rank) {
+                (0, Some(_)) => "the rank".to_owned(),
+                (0, None) => "the worker".to_owned(),
+                (pid, _) => format!("the worker process (pid {pid})"),
             };
             (
                 ErrorKind::WorkerDied,
-                format!("task {index}: the worker process (pid {pid}) {how} while running it"),
+                format!("task {index}: {subject} {how} while running it"),
             )
         }
         TaskFailure::TimedOut { limit, elapsed } => {
