@@ -77,7 +77,7 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 }
 
 /// Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
-/// `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing"), `prefer`
+/// `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing", "mpi"), `prefer`
 /// ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
 /// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
 /// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
@@ -141,8 +141,20 @@ pub extern "C" fn pj_config_set_n_jobs(
 }
 
 /// Sets the backend by name: "processes" (the default; aliases "loky", "multiprocessing"),
-/// "threads" (alias "threading") or "sequential". With an effective n_jobs of 1 every backend runs
-/// the tasks sequentially in the caller's thread, as joblib does.
+/// "threads" (alias "threading"), "sequential" or "mpi". With an effective n_jobs of 1 every backend
+/// runs the tasks sequentially in the caller's thread, as joblib does.
+///
+/// "mpi": the program runs under `mpirun -n N` and calls `pj_mpi_main(&argc, &argv)` (pj_mpi.h, the
+/// pj_mpi library built where MPI is installed) after its `pj_register` calls; rank 0 continues as
+/// the caller and ranks 1..N-1 are the workers (n_jobs, when positive, caps how many are used; one
+/// rank alone runs calls sequentially). Tasks name registered functions, without userdata
+/// (`pj_parallel_submit_named`), and arguments and results travel by MPI messages (each below 2 GiB;
+/// no memmapping). Each worker rank runs its batches in a forked child process, so a task that
+/// crashes, exits or overruns `timeout` is reported (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT,
+/// the message ending "(MPI rank R)") and the rank goes on; a rank that stops answering for 10 s
+/// fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
+/// whole job when a rank dies). Without `pj_mpi_main`, `pj_parallel_new` fails with
+/// PJ_STATUS_UNSUPPORTED.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT for an unknown name.
