@@ -771,10 +771,12 @@ impl Dispatcher {
         }
         // Sends still pending are abandoned with their bytes (MPI may still read them).
         std::mem::forget(std::mem::take(&mut self.sends));
+        // A rank refused at the handshake learns it here, and ends with status 2.
         for slot in 0..self.slots.len() {
+            let refused = vec![u8::from(!self.usable[slot])];
             let _ = self
                 .ops
-                .send_and_wait(rank_of(slot), TAG_STOP, Vec::new(), STOP_LIMIT);
+                .send_and_wait(rank_of(slot), TAG_STOP, refused, STOP_LIMIT);
         }
     }
 }
@@ -827,6 +829,7 @@ pub fn serve(ops: MpiOps) -> c_int {
             return 2;
         }
         match tag {
+            TAG_STOP if buf.first() == Some(&1) => return 2,
             TAG_STOP => return 0,
             TAG_BATCH => match run_batch_message(&ops, &pool, &functions, &buf) {
                 Ok(Continue::Yes) => {}
