@@ -19,20 +19,6 @@ use pj::task::TaskOutput;
 
 const CASE: &str = "PJ_TEST_CASE";
 
-/// Pids of this process's children (what `pj` forked and has not reaped).
-fn children() -> Vec<i32> {
-    let mut pids = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            pids.extend(
-                text.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
-    }
-    pids
-}
-
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }

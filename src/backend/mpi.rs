@@ -254,8 +254,6 @@ struct World {
 }
 
 static WORLD: Mutex<Option<World>> = Mutex::new(None);
-/// Whether a table was ever attached (a detached process does not attach again).
-static ATTACHED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn world() -> std::sync::MutexGuard<'static, Option<World>> {
     WORLD.lock().unwrap_or_else(|p| p.into_inner())
@@ -276,10 +274,11 @@ pub fn attach(ops: MpiOps) -> Result<()> {
         )));
     }
     let mut world = world();
-    if world.is_some() || ATTACHED_ONCE.swap(true, Ordering::AcqRel) {
+    if world.is_some() {
         return Err(Error::new(
             ErrorKind::Busy,
-            "an MPI table is already attached (pj_mpi_main runs once per program)",
+            "an MPI table is already attached (pj_mpi_main runs once per program; \
+             pj_mpi_detach ends an attachment)",
         ));
     }
     let (orders, queue) = unbounded();

@@ -194,3 +194,17 @@ pub fn child_case_command(key: &str, value: impl AsRef<std::ffi::OsStr>) -> std:
         .env(key, value);
     command
 }
+
+/// Pids of this process's children (what `pj` forked and has not reaped).
+pub fn children() -> Vec<i32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}

@@ -1,0 +1,346 @@
+//! The MPI backend's protocol without MPI: an in-process stand-in for the shim's operations table
+//! (one mailbox per rank, ranks 1..N as threads running `pj_mpi_serve`), so that rank 0's
+//! dispatcher and the worker ranks' loop are tested by `cargo test` wherever it runs. The real
+//! thing, under mpirun, is tested by ctest (examples/mpi).
+//!
+//! One test function: an attachment is process-wide, so the scenarios run in sequence.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::ffi::{CString, c_int, c_void};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+/// One message in flight.
+struct Message {
+    source: c_int,
+    tag: c_int,
+    bytes: Vec<u8>,
+}
+
+/// Every rank's mailbox; `corrupt_hello_from`: a rank whose registry report is garbled on the way
+/// (as if it had registered other functions).
+struct Fabric {
+    mailboxes: Vec<Mutex<VecDeque<Message>>>,
+    corrupt_hello_from: Option<c_int>,
+}
+
+/// A rank's end: its number and the fabric (the table's `context`).
+struct Endpoint {
+    rank: c_int,
+    fabric: Arc<Fabric>,
+}
+
+/// A send completes at its second test, so that pj's wait for completion is exercised.
+struct Request {
+    tests: u32,
+}
+
+unsafe extern "C" fn isend(
+    context: *mut c_void,
+    dest: c_int,
+    tag: c_int,
+    data: *const u8,
+    len: usize,
+    request: *mut *mut c_void,
+) -> c_int {
+    // SAFETY: the context is the Endpoint this table was made with; pj passes `len` readable
+    // bytes and a valid out-pointer.
+    let (me, bytes) = unsafe {
+        (
+            &*context.cast::<Endpoint>(),
+            std::slice::from_raw_parts(data, len),
+        )
+    };
+    let mut bytes = bytes.to_vec();
+    if tag == 1 && Some(me.rank) == me.fabric.corrupt_hello_from {
+        bytes[0] ^= 0xff;
+    }
+    let Some(mailbox) = me.fabric.mailboxes.get(dest as usize) else {
+        return 6; // MPI_ERR_RANK
+    };
+    mailbox.lock().unwrap().push_back(Message {
+        source: me.rank,
+        tag,
+        bytes,
+    });
+    // SAFETY: a valid out-pointer (contract).
+    unsafe { *request = Box::into_raw(Box::new(Request { tests: 0 })).cast() };
+    0
+}
+
+unsafe extern "C" fn test(_: *mut c_void, request: *mut c_void) -> c_int {
+    // SAFETY: a request isend made, not yet reported complete.
+    let pending = unsafe { &mut *request.cast::<Request>() };
+    pending.tests += 1;
+    if pending.tests < 2 {
+        return 0;
+    }
+    // SAFETY: complete: released once, as the table's contract says.
+    drop(unsafe { Box::from_raw(request.cast::<Request>()) });
+    1
+}
+
+unsafe extern "C" fn iprobe(
+    context: *mut c_void,
+    source: *mut c_int,
+    tag: *mut c_int,
+    len: *mut usize,
+) -> c_int {
+    // SAFETY: as in isend; the out-pointers are valid.
+    let me = unsafe { &*context.cast::<Endpoint>() };
+    let mailbox = me.fabric.mailboxes[me.rank as usize].lock().unwrap();
+    let Some(first) = mailbox.front() else {
+        return 0;
+    };
+    // SAFETY: valid out-pointers (contract).
+    unsafe {
+        *source = first.source;
+        *tag = first.tag;
+        *len = first.bytes.len();
+    }
+    1
+}
+
+unsafe extern "C" fn recv(
+    context: *mut c_void,
+    source: c_int,
+    tag: c_int,
+    data: *mut u8,
+    len: usize,
+) -> c_int {
+    // SAFETY: as in isend; `data` has room for `len` bytes.
+    let me = unsafe { &*context.cast::<Endpoint>() };
+    let message = me.fabric.mailboxes[me.rank as usize]
+        .lock()
+        .unwrap()
+        .pop_front()
+        .expect("recv follows a successful iprobe");
+    assert_eq!(
+        (message.source, message.tag, message.bytes.len()),
+        (source, tag, len)
+    );
+    // SAFETY: `len` bytes fit in `data`.
+    unsafe { std::ptr::copy_nonoverlapping(message.bytes.as_ptr(), data, len) };
+    0
+}
+
+fn table(rank: c_int, fabric: &Arc<Fabric>) -> pj_mpi_ops_t {
+    let endpoint = Box::new(Endpoint {
+        rank,
+        fabric: Arc::clone(fabric),
+    });
+    pj_mpi_ops_t {
+        // Leaked: the table must stay valid until detach, and a test process is short-lived.
+        context: Box::into_raw(endpoint).cast(),
+        rank,
+        size: fabric.mailboxes.len() as c_int,
+        isend: Some(isend),
+        test: Some(test),
+        iprobe: Some(iprobe),
+        recv: Some(recv),
+    }
+}
+
+/// An MPI job of `size` ranks: attaches rank 0 here, runs the others on threads; returns them, to
+/// join after `pj_mpi_detach` (with their exit statuses).
+fn start_job(
+    size: usize,
+    corrupt_hello_from: Option<c_int>,
+) -> Vec<std::thread::JoinHandle<c_int>> {
+    let fabric = Arc::new(Fabric {
+        mailboxes: (0..size).map(|_| Mutex::default()).collect(),
+        corrupt_hello_from,
+    });
+    let workers = (1..size as c_int)
+        .map(|rank| {
+            let ops = table(rank, &fabric);
+            let ops = SendOps(ops);
+            std::thread::spawn(move || {
+                let ops = ops;
+                pj_mpi_serve(&ops.0)
+            })
+        })
+        .collect();
+    let ops = table(0, &fabric);
+    let mut err = std::ptr::null_mut();
+    check(pj_mpi_attach(&ops, &mut err), err).unwrap();
+    workers
+}
+
+struct SendOps(pj_mpi_ops_t);
+// SAFETY: the endpoint behind the context is Sync (mailboxes behind mutexes).
+unsafe impl Send for SendOps {}
+
+fn end_job(workers: Vec<std::thread::JoinHandle<c_int>>) -> Vec<c_int> {
+    pj_mpi_detach();
+    workers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+/// Task: x * x; fails on 37 (code 3), crashes on 1_000_005.
+unsafe extern "C" fn square(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments, or a big buffer whose first 8 bytes are x.
+    let x = unsafe { arg_u64(arg, len.min(8)) };
+    match x {
+        37 => {
+            pj_out_error(out, c"thirty-seven".as_ptr());
+            3
+        }
+        // SAFETY: deliberately crashes this worker process.
+        1_000_005 => unsafe {
+            libc::raise(libc::SIGSEGV);
+            0
+        },
+        _ if len > 8 => {
+            // A big argument comes back reversed.
+            // SAFETY: `len` readable bytes.
+            let mut bytes = unsafe { std::slice::from_raw_parts(arg, len) }.to_vec();
+            bytes.reverse();
+            pj_out_set(out, bytes.as_ptr(), bytes.len());
+            0
+        }
+        _ => {
+            let y = (x * x).to_ne_bytes();
+            pj_out_set(out, y.as_ptr(), 8);
+            0
+        }
+    }
+}
+
+fn submit_named(par: &Par, arg: &[u8]) -> Result<(), CError> {
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_parallel_submit_named(par.0, c"square".as_ptr(), arg.as_ptr(), arg.len(), &mut err),
+        err,
+    )
+}
+
+/// Submits every x (stopping at a failure, which collect then reports and which ends the call).
+fn squares(par: &Par, xs: impl Iterator<Item = u64>) -> Result<Vec<u64>, CError> {
+    for x in xs {
+        if let Err(error) = submit_named(par, &x.to_ne_bytes()) {
+            // A task's failure is reported by collect too; an executor's own is not.
+            par.collect()?;
+            return Err(error);
+        }
+    }
+    Ok(as_u64s(&par.collect()?))
+}
+
+#[test]
+fn the_mpi_protocol_over_an_in_process_fabric() {
+    let name = CString::new("square").unwrap();
+    assert_eq!(
+        pj_register(name.as_ptr(), Some(square), std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    let started = Instant::now();
+
+    // Three ranks: ordered results, twice on one object, then a second object.
+    let workers = start_job(3, None);
+    let par = parallel(&[("backend", "mpi")]).unwrap();
+    let expected: Vec<u64> = (0..5000).map(|x| if x == 37 { 0 } else { x * x }).collect();
+    let xs = || (0..5000u64).map(|x| if x == 37 { 0 } else { x });
+    assert_eq!(squares(&par, xs()).unwrap(), expected);
+    assert_eq!(squares(&par, xs()).unwrap(), expected);
+    drop(par);
+
+    // Failures name the task and the rank; the object works afterwards.
+    let par = parallel(&[("backend", "mpi")]).unwrap();
+    let error = squares(&par, 0..100).unwrap_err();
+    assert_eq!(error.status, pj_status::TaskFailed);
+    assert_eq!(error.task_index, 37);
+    assert!(error.message.contains("(MPI rank "), "{}", error.message);
+    let error = squares(&par, 1_000_000..1_000_010).unwrap_err();
+    assert_eq!(error.status, pj_status::WorkerDied, "{}", error.message);
+    assert_eq!(error.task_index, 5);
+    assert!(error.message.contains("SIGSEGV") && error.message.contains("(MPI rank "));
+    assert_eq!(
+        squares(&par, 0..10).unwrap(),
+        (0..10).map(|x| x * x).collect::<Vec<_>>()
+    );
+
+    // Big arguments and results (4 MiB each way), byte for byte.
+    for i in 0..4u64 {
+        let mut big: Vec<u8> = (0..4 << 20).map(|b: u64| (b * 7 + i) as u8).collect();
+        big[..8].copy_from_slice(&(100 + i).to_ne_bytes());
+        submit_named(&par, &big).unwrap();
+    }
+    for (i, result) in par.collect().unwrap().iter().enumerate() {
+        let mut big: Vec<u8> = (0..4 << 20)
+            .map(|b: u64| (b * 7 + i as u64) as u8)
+            .collect();
+        big[..8].copy_from_slice(&(100 + i as u64).to_ne_bytes());
+        big.reverse();
+        assert!(result == &big, "big result {i} differs");
+    }
+
+    // on_error=collect: every task runs, the failed one carries its status.
+    let collecting = parallel(&[("backend", "mpi"), ("on_error", "collect")]).unwrap();
+    for x in 30..40u64 {
+        submit_named(&collecting, &x.to_ne_bytes()).unwrap();
+    }
+    let mut res = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    check(pj_parallel_collect(collecting.0, &mut res, &mut err), err).unwrap();
+    assert_eq!(pj_results_len(res), 10);
+    assert_eq!(pj_results_status(res, 7), pj_status::TaskFailed);
+    assert_eq!(pj_results_status(res, 6), pj_status::Ok);
+    pj_results_free(res);
+    drop(collecting);
+
+    // n_jobs=1 keeps the call on rank 0; pointer submissions must name registered functions.
+    let sequential = parallel(&[("backend", "mpi"), ("n_jobs", "1")]).unwrap();
+    assert_eq!(squares(&sequential, 0..5).unwrap(), vec![0, 1, 4, 9, 16]);
+    let error = sequential
+        .submit(Some(square), 8 as *mut c_void, &1u64.to_ne_bytes())
+        .unwrap_err();
+    assert_eq!(error.status, pj_status::InvalidArgument);
+    drop(sequential);
+    drop(par);
+    assert_eq!(end_job(workers), vec![0, 0], "worker ranks leave cleanly");
+
+    // Detached: backend "mpi" is unsupported again.
+    let error = parallel(&[("backend", "mpi")]).err().expect("detached");
+    assert_eq!(error.status, pj_status::Unsupported);
+
+    // A rank whose registry report differs is named; it ends with status 2, the others with 0.
+    let workers = start_job(3, Some(2));
+    let par = parallel(&[("backend", "mpi")]).unwrap();
+    let error = squares(&par, 0..4).unwrap_err();
+    assert_eq!(error.status, pj_status::Io);
+    assert!(
+        error
+            .message
+            .contains("MPI rank 2 registered other task functions"),
+        "{}",
+        error.message
+    );
+    drop(par);
+    assert_eq!(end_job(workers), vec![0, 2]);
+
+    // One rank alone: calls run on it, sequentially.
+    let workers = start_job(1, None);
+    let par = parallel(&[("backend", "mpi")]).unwrap();
+    assert_eq!(squares(&par, 0..5).unwrap(), vec![0, 1, 4, 9, 16]);
+    drop(par);
+    assert!(end_job(workers).is_empty());
+
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Each worker rank's forked child went with its rank's pool.
+    assert_eq!(children(), Vec::<i32>::new());
+}
