@@ -600,16 +600,12 @@ impl Dispatcher {
             call: link.call,
             results_above: u64::MAX,
         };
-        let mut encoded = Vec::new();
-        encode_batch(&batch, flags, &[], &[], true, &mut encoded);
+        let mut message = Vec::new();
+        encode_batch(&batch, flags, &[], &[], true, &mut message);
         let timeout = link.timeout.map_or(0, |t| {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
         });
-        let mut message = Vec::with_capacity(16 + encoded.len());
-        message.extend_from_slice(&seq.to_ne_bytes());
-        message.extend_from_slice(&timeout.to_ne_bytes());
-        message.extend_from_slice(&encoded);
-        drop(encoded);
+        append_trailer(&mut message, seq, timeout);
         match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
             Ok(send) => {
                 self.sends.push(send);
@@ -667,13 +663,7 @@ impl Dispatcher {
 
     /// Hands the outcome in `message` (from the rank of `slot`) to its call.
     fn finish(&mut self, slot: usize, message: &[u8]) {
-        let header = |at: usize| {
-            message
-                .get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_ne_bytes)
-        };
-        let (Some(seq), Some(pid)) = (header(0), header(8)) else {
+        let Some((body, seq, pid)) = split_trailer(message) else {
             return;
         };
         if self.slots[slot].as_ref().is_none_or(|r| r.seq != seq) {
@@ -682,7 +672,7 @@ impl Dispatcher {
         let Some(InFlight { batch, link, .. }) = self.slots[slot].take() else {
             return;
         };
-        let outcome = match decode_outcome(&message[16..], slot) {
+        let outcome = match decode_outcome(body, slot) {
             Ok((mut outcome, _)) => {
                 outcome.pid = pid as u32;
                 outcome.seconds = batch
@@ -788,6 +778,21 @@ fn fail(batch: &Batch, link: &CallLink, message: &str) {
         .send(BatchOutcome::failed(batch, 0, batch.first, failure));
 }
 
+/// Batch and outcome messages end with two words (sequence number, then the timeout or the worker
+/// pid): a trailer, so that the encoded body is never copied to make room for a header.
+fn append_trailer(message: &mut Vec<u8>, seq: u64, word: u64) {
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&word.to_ne_bytes());
+}
+
+/// The body, sequence number and second word of a message [`append_trailer`] finished.
+fn split_trailer(message: &[u8]) -> Option<(&[u8], u64, u64)> {
+    let (body, trailer) = message.split_at_checked(message.len().checked_sub(16)?)?;
+    let seq = u64::from_ne_bytes(trailer[..8].try_into().ok()?);
+    let word = u64::from_ne_bytes(trailer[8..].try_into().ok()?);
+    Some((body, seq, word))
+}
+
 fn rank_of(slot: usize) -> c_int {
     (slot + 1) as c_int
 }
@@ -853,17 +858,11 @@ fn run_batch_message(
     functions: &[crate::task::TaskFn],
     message: &[u8],
 ) -> std::result::Result<Continue, ()> {
-    let word = |at: usize| {
-        message
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_ne_bytes)
-    };
-    let (Some(seq), Some(timeout)) = (word(0), word(8)) else {
+    let Some((body, seq, timeout)) = split_trailer(message) else {
         return Err(());
     };
     // SAFETY: with a registry, the batch's callbacks are indices into this process's functions.
-    let decoded = unsafe { decode_batch(&message[16..], Some(functions)) };
+    let decoded = unsafe { decode_batch(body, Some(functions)) };
     let (reply, outcomes) = unbounded();
     let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut stop_after = false;
@@ -923,11 +922,16 @@ fn run_batch_message(
         }
         Err(error) => {
             // The batch's first task index and size lead its encoding.
-            let first = word(16).unwrap_or(0) as usize;
+            let word = |at: usize| {
+                body.get(at..at + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_ne_bytes) as usize
+            };
+            let first = word(0);
             let failure = TaskFailure::Spawn(format!("cannot decode the batch: {error}"));
             BatchOutcome {
                 first,
-                size: word(24).unwrap_or(0) as usize,
+                size: word(8),
                 data: Vec::new(),
                 ends: Vec::new(),
                 failure: Some((first, failure)),
@@ -939,13 +943,9 @@ fn run_batch_message(
             }
         }
     };
-    let mut encoded = Vec::new();
-    encode_outcome(&outcome, &[], &mut encoded);
-    let mut reply = Vec::with_capacity(16 + encoded.len());
-    reply.extend_from_slice(&seq.to_ne_bytes());
-    reply.extend_from_slice(&u64::from(outcome.pid).to_ne_bytes());
-    reply.extend_from_slice(&encoded);
-    drop(encoded);
+    let mut reply = Vec::new();
+    encode_outcome(&outcome, &[], &mut reply);
+    append_trailer(&mut reply, seq, u64::from(outcome.pid));
     // Rank 0 keeps receiving while it sends, so this completes unless rank 0 is gone (then the
     // MPI runtime ends the job).
     ops.send_and_wait(0, TAG_OUTCOME, reply, Duration::from_secs(3600))
