@@ -40,6 +40,12 @@ install(FILES "${PJ_INCLUDE_DIR}/pj.h" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}"
 if(EXISTS "${PJ_ROOT}/bindings/cpp/include/pj.hpp")
   install(FILES "${PJ_ROOT}/bindings/cpp/include/pj.hpp" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
 endif()
+# The MPI backend's shim, when MPI was found (bindings/mpi): lib/libpj_mpi.a and include/pj_mpi.h.
+# A program links it before libpj and MPI: cc app.c -lpj_mpi -lpj $(mpicc --showme:link).
+if(TARGET pj_mpi)
+  install(TARGETS pj_mpi ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+  install(FILES "${PJ_ROOT}/bindings/mpi/pj_mpi.h" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
+endif()
 
 # CMake package: relocatable (paths relative to the config file), so written at configure time.
 configure_package_config_file("${PJ_ROOT}/cmake/pjConfig.cmake.in"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the MPI backend's bench (benches/mpi/mpi_overhead.c) and runs it under mpirun: the
+# per-task overhead of backend "mpi" against backend "processes", and the speedup of CPU-bound
+# tasks on each. Figures only; nothing is asserted. Works from any directory.
+#
+#   scripts/bench-mpi.sh [trivial_tasks=200000] [cpu_tasks=200] [cpu_ms=10]
+#
+# Environment: RANKS (default 3: rank 0 dispatches, the others work), BUILD_DIR (default
+# build-mpi), MPIRUN (default mpirun), MPIRUN_FLAGS (extra flags for mpirun).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+build_dir=${BUILD_DIR:-build-mpi}
+mpirun=${MPIRUN:-mpirun}
+if ! command -v "$mpirun" >/dev/null; then
+    echo "error: $mpirun not found (Debian: apt-get install libopenmpi-dev openmpi-bin)" >&2
+    exit 1
+fi
+
+generator="Unix Makefiles"
+if command -v ninja >/dev/null; then generator=Ninja; fi
+if [[ -f $build_dir/CMakeCache.txt ]] && ! grep -qx "CMAKE_GENERATOR:INTERNAL=$generator" "$build_dir/CMakeCache.txt"; then
+    generator=$(sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$build_dir/CMakeCache.txt")
+fi
+# Quiet unless something fails.
+if ! log=$(cmake -S . -B "$build_dir" -G "$generator" -DCMAKE_BUILD_TYPE=Release 2>&1 &&
+           cmake --build "$build_dir" --target pj_mpi_bench 2>&1); then
+    printf '%s\n' "$log" >&2
+    exit 1
+fi
+bench=$build_dir/benches/mpi/pj_mpi_bench
+if [[ ! -x $bench ]]; then
+    echo "error: $bench was not built: CMake found no MPI (see $build_dir/CMakeCache.txt)" >&2
+    exit 1
+fi
+
+flags=()
+if "$mpirun" --version 2>&1 | grep -q "Open MPI\|OpenRTE"; then
+    flags=(--oversubscribe)
+    if [[ $(id -u) -eq 0 ]]; then flags+=(--allow-run-as-root); fi
+fi
+# shellcheck disable=SC2206 # MPIRUN_FLAGS is meant to be split
+flags+=(${MPIRUN_FLAGS:-})
+printf '$ %s\n' "$mpirun ${flags[*]} -n ${RANKS:-3} $bench $*"
+"$mpirun" "${flags[@]}" -n "${RANKS:-3}" "$bench" "$@"
