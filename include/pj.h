@@ -436,15 +436,18 @@ pj_status pj_mpi_attach(const pj_mpi_ops_t *ops, pj_error_t **error_out);
 
 // Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
 // process registered (`pj_register`, before this call), each batch in a forked child process so
-// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches,
-// with the exit status the rank should end with (0; 2 when `ops` is unusable or the registry
-// differs from rank 0's, which rank 0 then reports).
+// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches:
+// 0; 2 when `ops` is unusable or the registry differs from rank 0's (which rank 0 reports); 3
+// when rank 0 gave up another rank for silence, so that this rank must leave without
+// MPI_Finalize (which would wait for the dead rank forever).
 int pj_mpi_serve(const pj_mpi_ops_t *ops);
 
 // Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still
 // runs on the worker ranks, tells them to leave, and stops pj's dispatcher thread. Calls on
-// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. No effect when nothing is attached.
-void pj_mpi_detach(void);
+// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. Returns the number of worker ranks
+// given up for silence (see backend "mpi"): when it is not 0, MPI_Finalize would wait for them
+// forever, so the shim leaves without it. Returns 0 when nothing is attached.
+int pj_mpi_detach(void);
 
 // Registers a task function under `name` (UTF-8, copied), for workers that do not share the
 // caller's memory image: with `start_method` "spawn", worker processes are fresh runs of the same

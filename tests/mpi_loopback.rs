@@ -178,7 +178,7 @@ struct SendOps(pj_mpi_ops_t);
 unsafe impl Send for SendOps {}
 
 fn end_job(workers: Vec<std::thread::JoinHandle<c_int>>) -> Vec<c_int> {
-    pj_mpi_detach();
+    assert_eq!(pj_mpi_detach(), 0, "no rank was given up");
     workers.into_iter().map(|w| w.join().unwrap()).collect()
 }
 

@@ -15,9 +15,10 @@ typedef struct {
     MPI_Comm comm;      /* pj's communicator (a duplicate of MPI_COMM_WORLD) */
     int we_initialized; /* pj_mpi_main called MPI_Init_thread, so it owns MPI_Finalize */
     int detached;       /* rank 0: pj_mpi_detach and MPI_Comm_free are done */
+    int lost;           /* rank 0: worker ranks pj gave up for silence (dead) */
 } shim_state;
 
-static shim_state state = {MPI_COMM_NULL, 0, 0};
+static shim_state state = {MPI_COMM_NULL, 0, 0, 0};
 static pj_mpi_ops_t ops;
 static int started;
 
@@ -118,7 +119,7 @@ static void rank0_detach(void) {
         return;
     }
     state.detached = 1;
-    pj_mpi_detach();
+    state.lost = pj_mpi_detach();
     MPI_Comm_free(&state.comm);
 }
 
@@ -141,7 +142,10 @@ static void rank0_at_exit(void) {
         return; /* the program finalized MPI: finalize_callback did the rest */
     }
     rank0_detach();
-    if (state.we_initialized) {
+    /* A dead rank never joins MPI_Finalize's closing synchronization: with one lost (possible
+     * only when the runtime keeps the job going, mpirun --enable-recovery), finalizing would
+     * wait forever, so rank 0 leaves without it. */
+    if (state.we_initialized && state.lost == 0) {
         MPI_Finalize();
     }
 }
@@ -224,6 +228,9 @@ int pj_mpi_main(int *argc, char ***argv) {
     if (rank != 0) {
         int code = pj_mpi_serve(&ops);
         MPI_Comm_free(&state.comm);
+        if (code == 3) {
+            exit(0); /* a rank of the job died: MPI_Finalize would wait for it forever */
+        }
         MPI_Finalized(&finalized);
         if (!finalized) {
             MPI_Finalize(); /* even when the program initialized MPI: it never gets control back */

@@ -55,6 +55,11 @@ extern "C" {
  *
  * With MPI_COMM_WORLD of size 1, rank 0 runs every task itself, sequentially.
  *
+ * A rank that dies: by default Open MPI ends the whole job. Under `mpirun --enable-recovery` the
+ * job goes on; pj gives the silent rank up after 10 s (its batch fails with
+ * PJ_STATUS_WORKER_DIED) and, since MPI_Finalize would then wait for the dead rank forever, every
+ * rank leaves at the end without finalizing MPI.
+ *
  * The program's own MPI use: a program that initializes MPI itself (MPI_Init_thread with
  * MPI_THREAD_MULTIPLE) may use it on every rank before calling pj_mpi_main. Afterwards only rank 0
  * runs the program, so nothing involving the other ranks (MPI_COMM_WORLD traffic, collectives)

@@ -15,6 +15,10 @@
  *                                         fail with PJ_STATUS_IO ("registered other task functions")
  *     mpirun -n 3 ./mpi_checks timeout    timeout 0.5 s and a task that sleeps 30 s:
  *                                         PJ_STATUS_TIMEOUT within a few seconds, then a call works
+ *     mpirun --enable-recovery -n 3 ./mpi_checks lost
+ *                                         task 3 SIGKILLs the worker rank running it (its forked
+ *                                         child's parent): rank 0 gives the silent rank up after
+ *                                         10 s (PJ_STATUS_WORKER_DIED), then calls use the others
  *     mpirun -n 3 ./mpi_checks own_init   the program initializes MPI itself (before pj_mpi_main)
  *                                         and finalizes it before returning from main: pj lets
  *                                         the worker ranks go inside that MPI_Finalize
@@ -27,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pj.h"
 #include "pj_mpi.h"
@@ -133,6 +138,20 @@ static int32_t task_sleep(void *userdata, const uint8_t *arg, size_t arg_len, pj
     while (nanosleep(&ts, &ts) != 0) {
     }
     return pj_out_set(out, (const uint8_t *)&seconds, sizeof seconds) == PJ_STATUS_OK ? 0 : 1;
+}
+
+/* int64 i -> i, but task 3 SIGKILLs the worker rank that runs it: the task runs in a child that
+ * the rank forked, so the rank is its parent (and the child dies with it) */
+static int32_t task_kill_rank(void *userdata, const uint8_t *arg, size_t arg_len, pj_out_t *out) {
+    (void)userdata;
+    int64_t i = read_i64(arg, arg_len, 0);
+    if (i == 3) {
+        kill(getppid(), SIGKILL);
+        for (;;) {
+            pause();
+        }
+    }
+    return pj_out_set(out, (const uint8_t *)&i, sizeof i) == PJ_STATUS_OK ? 0 : 1;
 }
 
 /* registered by the ranks other than 0 in mode "mismatch" only */
@@ -498,6 +517,29 @@ static void mode_timeout(void) {
     pj_parallel_free(par);
 }
 
+static void mode_lost(void) {
+    pj_parallel_t *par = new_mpi(NULL, NULL);
+    if (par == NULL) {
+        return;
+    }
+    pj_error_t *err = NULL;
+    pj_results_t *res = NULL;
+    double t0 = now();
+    pj_status st = run_i64(par, "kill_rank", 0, 8, &res, &err);
+    double elapsed = now() - t0;
+    print_error("8 tasks, task 3 kills its rank", st, err);
+    printf("the call returned after %.1f s\n", elapsed);
+    CHECK(st == PJ_STATUS_WORKER_DIED, "status %s, not PJ_STATUS_WORKER_DIED", pj_status_str(st));
+    CHECK(err != NULL && strstr(pj_error_message(err), "stopped answering") != NULL &&
+              strstr(pj_error_message(err), "MPI rank") != NULL,
+          "the message does not say that an MPI rank stopped answering");
+    CHECK(elapsed < 30.0, "the call took %.1f s (the silence limit is 10 s)", elapsed);
+    pj_error_free(err);
+    pj_results_free(res);
+    check_squares(par, "the next call, on the ranks left (1000 tasks)", 0, 1000, NULL);
+    pj_parallel_free(par);
+}
+
 int main(int argc, char **argv) {
     /* Mode own_init: MPI belongs to the program, which finalizes it before exit. */
     int own_init = argc > 1 && strcmp(argv[1], "own_init") == 0;
@@ -517,6 +559,7 @@ int main(int argc, char **argv) {
         pj_register("fail37", task_fail37, NULL) != PJ_STATUS_OK ||
         pj_register("crash", task_crash, NULL) != PJ_STATUS_OK ||
         pj_register("sleep", task_sleep, NULL) != PJ_STATUS_OK ||
+        pj_register("kill_rank", task_kill_rank, NULL) != PJ_STATUS_OK ||
         (mismatch && env_rank() > 0 && pj_register("extra", task_extra, NULL) != PJ_STATUS_OK)) {
         fprintf(stderr, "pj_register failed\n");
         return 1;
@@ -544,6 +587,8 @@ int main(int argc, char **argv) {
         mode_mismatch();
     } else if (strcmp(mode, "timeout") == 0) {
         mode_timeout();
+    } else if (strcmp(mode, "lost") == 0) {
+        mode_lost();
     } else if (own_init) {
         size_t per_rank[256] = {0};
         pj_parallel_t *par = new_mpi(NULL, NULL);

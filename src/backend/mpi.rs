@@ -24,6 +24,7 @@
 //! short spin to sleeps of up to a few milliseconds, so an idle rank costs next to no CPU. Rank 0's
 //! dispatcher blocks on its job queue (no polling at all) while no batch is in flight.
 
+use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
@@ -237,8 +238,12 @@ impl Backoff {
 // Stop is sent once per program: boxing the common variant would cost an allocation per batch.
 #[allow(clippy::large_enum_variant)]
 enum Order {
-    Run { batch: Batch, link: CallLink },
-    Stop(Sender<()>),
+    Run {
+        batch: Batch,
+        link: CallLink,
+    },
+    /// Answered with the number of ranks given up.
+    Stop(Sender<usize>),
 }
 
 /// What the dispatcher found about the worker ranks' registries (`None` while it is still
@@ -305,18 +310,21 @@ pub fn attach(ops: MpiOps) -> Result<()> {
     Ok(())
 }
 
-/// Rank 0 at exit: cancels what runs, stops the worker ranks and the dispatcher.
-pub fn detach() {
+/// Rank 0 at exit: cancels what runs, stops the worker ranks and the dispatcher. Returns how
+/// many worker ranks were given up for silence (then MPI_Finalize would wait for them forever).
+pub fn detach() -> usize {
     let Some(mut world) = world().take() else {
-        return;
+        return 0;
     };
     let (ack, acked) = unbounded();
+    let mut lost = 0;
     if world.orders.send(Order::Stop(ack)).is_ok() {
-        let _ = acked.recv_timeout(STOP_LIMIT * 3);
+        lost = acked.recv_timeout(STOP_LIMIT * 3).unwrap_or(0);
     }
     if let Some(thread) = world.thread.take() {
         let _ = thread.join();
     }
+    lost
 }
 
 /// The number of worker ranks, when this process is rank 0 of an attached MPI job.
@@ -399,20 +407,32 @@ pub fn not_attached() -> Error {
 /// A batch on a worker rank.
 struct InFlight {
     seq: u64,
-    /// When the rank last sent anything.
-    heard: Instant,
     batch: Batch,
     link: CallLink,
     cancelled: bool,
 }
 
+/// Batches in flight per worker rank: while one runs, the next is already there, so a rank never
+/// waits for rank 0 to notice an outcome and send more.
+const DEPTH: usize = 2;
+
+/// Rank 0's view of one worker rank.
+struct Rank {
+    /// Its batches, oldest first (it runs them in this order).
+    batches: VecDeque<InFlight>,
+    /// When it last sent anything, or was given work while idle.
+    heard: Instant,
+    /// Passed the registry check and not given up.
+    usable: bool,
+    /// Given up for silence: gone, so not even told to stop.
+    lost: bool,
+}
+
 /// Rank 0's dispatcher state.
 struct Dispatcher {
     ops: MpiOps,
-    /// By worker rank - 1: the batch it runs, if any; ranks that failed the handshake are
-    /// never used (`usable`).
-    slots: Vec<Option<InFlight>>,
-    usable: Vec<bool>,
+    /// By worker rank - 1.
+    ranks: Vec<Rank>,
     sends: Vec<PendingSend>,
     next_seq: u64,
     buf: Vec<u8>,
@@ -423,8 +443,14 @@ impl Dispatcher {
         let ranks = (ops.size - 1).max(0) as usize;
         Dispatcher {
             ops,
-            slots: (0..ranks).map(|_| None).collect(),
-            usable: vec![false; ranks],
+            ranks: (0..ranks)
+                .map(|_| Rank {
+                    batches: VecDeque::new(),
+                    heard: Instant::now(),
+                    usable: false,
+                    lost: false,
+                })
+                .collect(),
             sends: Vec::new(),
             next_seq: 1,
             buf: Vec::new(),
@@ -447,9 +473,9 @@ impl Dispatcher {
                     false
                 }
             };
-            // Take orders while a rank is free (or to learn of a stop).
+            // Take orders while a rank has room (or to learn of a stop).
             let mut stop = None;
-            while self.free_slot().is_some() {
+            while self.free_rank().is_some() {
                 let order = if self.idle() && !progressed {
                     // Nothing in flight: block on the queue, no polling at all.
                     match queue.recv() {
@@ -459,8 +485,7 @@ impl Dispatcher {
                 } else {
                     match queue.try_recv() {
                         Ok(order) => order,
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => break,
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 };
                 progressed = true;
@@ -475,9 +500,9 @@ impl Dispatcher {
             if let Some(ack) = stop {
                 break Some(ack);
             }
-            if self.free_slot().is_none() && self.slots.iter().all(Option::is_none) {
-                // No usable rank at all (every rank failed the handshake): pj refuses calls then,
-                // so only a stop can come.
+            if self.ranks.iter().all(|r| !r.usable && r.batches.is_empty()) {
+                // No usable rank at all (every rank failed the handshake or was given up): only
+                // a stop is worth waiting for.
                 match queue.recv() {
                     Ok(Order::Stop(ack)) => break Some(ack),
                     Ok(Order::Run { batch, link }) => {
@@ -489,29 +514,30 @@ impl Dispatcher {
             }
             if progressed {
                 backoff.reset();
-            } else {
-                let wait = backoff.next();
-                if !wait.is_zero() {
-                    // Sleep, but wake for a new batch when a rank is free.
-                    if self.free_slot().is_some() {
-                        match queue.recv_timeout(wait) {
-                            Ok(Order::Run { batch, link }) => {
-                                self.start(batch, link);
-                                backoff.reset();
-                            }
-                            Ok(Order::Stop(ack)) => break Some(ack),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => break None,
-                        }
-                    } else {
-                        std::thread::sleep(wait);
+                continue;
+            }
+            let wait = backoff.next();
+            if wait.is_zero() {
+                continue;
+            }
+            // Sleep, but wake for a new batch when a rank has room.
+            if self.free_rank().is_some() {
+                match queue.recv_timeout(wait) {
+                    Ok(Order::Run { batch, link }) => {
+                        self.start(batch, link);
+                        backoff.reset();
                     }
+                    Ok(Order::Stop(ack)) => break Some(ack),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break None,
                 }
+            } else {
+                std::thread::sleep(wait);
             }
         };
-        self.stop();
+        let lost = self.stop();
         if let Some(ack) = ack {
-            let _ = ack.send(());
+            let _ = ack.send(lost);
         }
     }
 
@@ -519,7 +545,7 @@ impl Dispatcher {
     fn handshake(&mut self) -> std::result::Result<(), String> {
         let ours = crate::registry::fingerprint();
         let mut problems = Vec::new();
-        let mut answered = vec![false; self.slots.len()];
+        let mut answered = vec![false; self.ranks.len()];
         let deadline = Instant::now() + HELLO_LIMIT;
         let mut backoff = Backoff::default();
         while answered.iter().any(|a| !a) && Instant::now() < deadline {
@@ -529,7 +555,7 @@ impl Dispatcher {
                     if let Err(error) = self.ops.receive(source, tag, len, &mut buf) {
                         return Err(error.to_string());
                     }
-                    let Some(slot) = slot_of(source, self.slots.len()) else {
+                    let Some(slot) = slot_of(source, self.ranks.len()) else {
                         continue;
                     };
                     if tag != TAG_HELLO {
@@ -541,7 +567,7 @@ impl Dispatcher {
                         .and_then(|b| b.try_into().ok())
                         .map(u64::from_ne_bytes);
                     if theirs == Some(ours) {
-                        self.usable[slot] = true;
+                        self.ranks[slot].usable = true;
                     } else {
                         let names = String::from_utf8_lossy(buf.get(8..).unwrap_or_default())
                             .replace('\n', ", ");
@@ -575,21 +601,24 @@ impl Dispatcher {
     }
 
     fn idle(&self) -> bool {
-        self.slots.iter().all(Option::is_none) && self.sends.is_empty()
+        self.ranks.iter().all(|r| r.batches.is_empty()) && self.sends.is_empty()
     }
 
-    fn free_slot(&self) -> Option<usize> {
-        (0..self.slots.len()).find(|&s| self.usable[s] && self.slots[s].is_none())
+    /// A usable rank with room for a batch, the least busy first.
+    fn free_rank(&self) -> Option<usize> {
+        (0..self.ranks.len())
+            .filter(|&s| self.ranks[s].usable && self.ranks[s].batches.len() < DEPTH)
+            .min_by_key(|&s| self.ranks[s].batches.len())
     }
 
-    /// Sends `batch` to a free rank.
+    /// Sends `batch` to a rank with room.
     fn start(&mut self, batch: Batch, link: CallLink) {
         if link.abort.load(Ordering::Relaxed) {
             let _ = link.reply.send(BatchOutcome::skipped(&batch, 0));
             return;
         }
-        let Some(slot) = self.free_slot() else {
-            unreachable!("start is only called with a free rank")
+        let Some(slot) = self.free_rank() else {
+            unreachable!("start is only called when a rank has room")
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -609,9 +638,13 @@ impl Dispatcher {
         match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
             Ok(send) => {
                 self.sends.push(send);
-                self.slots[slot] = Some(InFlight {
+                let rank = &mut self.ranks[slot];
+                if rank.batches.is_empty() {
+                    // Its silence while idle does not count.
+                    rank.heard = Instant::now();
+                }
+                rank.batches.push_back(InFlight {
                     seq,
-                    heard: Instant::now(),
                     batch,
                     link,
                     cancelled: false,
@@ -629,10 +662,8 @@ impl Dispatcher {
             progressed = true;
             let mut buf = std::mem::take(&mut self.buf);
             self.ops.receive(source, tag, len, &mut buf)?;
-            if let Some(slot) = slot_of(source, self.slots.len()) {
-                if let Some(running) = &mut self.slots[slot] {
-                    running.heard = Instant::now();
-                }
+            if let Some(slot) = slot_of(source, self.ranks.len()) {
+                self.ranks[slot].heard = Instant::now();
                 if tag == TAG_OUTCOME {
                     self.finish(slot, &buf);
                 }
@@ -640,21 +671,15 @@ impl Dispatcher {
             self.buf = buf;
         }
         self.give_up_silent_ranks();
-        for slot in 0..self.slots.len() {
-            let cancel = match &mut self.slots[slot] {
-                Some(running)
-                    if !running.cancelled && running.link.abort.load(Ordering::Relaxed) =>
-                {
-                    running.cancelled = true;
-                    Some(running.seq)
+        for slot in 0..self.ranks.len() {
+            for running in &mut self.ranks[slot].batches {
+                if running.cancelled || !running.link.abort.load(Ordering::Relaxed) {
+                    continue;
                 }
-                _ => None,
-            };
-            if let Some(seq) = cancel {
-                let send =
-                    self.ops
-                        .start_send(rank_of(slot), TAG_CANCEL, seq.to_ne_bytes().to_vec())?;
-                self.sends.push(send);
+                running.cancelled = true;
+                let cancel = running.seq.to_ne_bytes().to_vec();
+                self.sends
+                    .push(self.ops.start_send(rank_of(slot), TAG_CANCEL, cancel)?);
                 progressed = true;
             }
         }
@@ -666,10 +691,12 @@ impl Dispatcher {
         let Some((body, seq, pid)) = split_trailer(message) else {
             return;
         };
-        if self.slots[slot].as_ref().is_none_or(|r| r.seq != seq) {
-            return;
-        }
-        let Some(InFlight { batch, link, .. }) = self.slots[slot].take() else {
+        let batches = &mut self.ranks[slot].batches;
+        let Some(InFlight { batch, link, .. }) = batches
+            .iter()
+            .position(|r| r.seq == seq)
+            .and_then(|at| batches.remove(at))
+        else {
             return;
         };
         let outcome = match decode_outcome(body, slot) {
@@ -696,77 +723,74 @@ impl Dispatcher {
         let _ = link.reply.send(outcome);
     }
 
-    /// A rank that said nothing for [`SILENCE_LIMIT`] while running a batch is lost: its batch
-    /// fails (WORKER_DIED, at the batch's first task: which task ran is unknown) and it gets no
+    /// A rank that said nothing for [`SILENCE_LIMIT`] while it had work is lost: its batches
+    /// fail (WORKER_DIED, each at its first task: which task ran is unknown) and it gets no
     /// more work.
     fn give_up_silent_ranks(&mut self) {
-        for slot in 0..self.slots.len() {
-            if self.slots[slot]
-                .as_ref()
-                .is_none_or(|r| r.heard.elapsed() < SILENCE_LIMIT)
-            {
+        for (slot, rank) in self.ranks.iter_mut().enumerate() {
+            if rank.batches.is_empty() || rank.heard.elapsed() < SILENCE_LIMIT {
                 continue;
             }
-            let Some(InFlight {
-                batch, link, heard, ..
-            }) = self.slots[slot].take()
-            else {
-                continue;
-            };
-            self.usable[slot] = false;
-            link.abort.store(true, Ordering::Relaxed);
-            let failure = TaskFailure::Died {
-                pid: 0,
-                death: crate::task::Death::Silent(heard.elapsed().as_secs() as u32),
-                fault_address: None,
-                backtrace: None,
-            };
-            let _ = link
-                .reply
-                .send(BatchOutcome::failed(&batch, slot, batch.first, failure));
+            rank.usable = false;
+            rank.lost = true;
+            let silent = rank.heard.elapsed().as_secs() as u32;
+            for InFlight { batch, link, .. } in rank.batches.drain(..) {
+                link.abort.store(true, Ordering::Relaxed);
+                let failure = TaskFailure::Died {
+                    pid: 0,
+                    death: crate::task::Death::Silent(silent),
+                    fault_address: None,
+                    backtrace: None,
+                };
+                let _ = link
+                    .reply
+                    .send(BatchOutcome::failed(&batch, slot, batch.first, failure));
+            }
         }
     }
 
     /// An MPI operation failed: every batch in flight fails with `message`.
     fn fail_all(&mut self, message: &str) {
-        for slot in 0..self.slots.len() {
-            if let Some(InFlight { batch, link, .. }) = self.slots[slot].take() {
+        for rank in &mut self.ranks {
+            for InFlight { batch, link, .. } in rank.batches.drain(..) {
                 fail(&batch, &link, message);
             }
-            self.usable[slot] = false;
+            rank.usable = false;
         }
     }
 
-    /// Cancels what runs, waits (bounded) for it, then tells every rank to leave.
-    fn stop(&mut self) {
-        for running in self.slots.iter().flatten() {
+    /// Cancels what runs, waits (bounded) for it, then tells every rank to leave; returns how many
+    /// ranks were given up.
+    fn stop(&mut self) -> usize {
+        for running in self.ranks.iter().flat_map(|r| &r.batches) {
             running.link.abort.store(true, Ordering::Relaxed);
         }
         let deadline = Instant::now() + STOP_LIMIT;
         let mut backoff = Backoff::default();
-        while (self.slots.iter().any(Option::is_some) || !self.sends.is_empty())
-            && Instant::now() < deadline
-        {
+        while !self.idle() && Instant::now() < deadline {
             match self.poll() {
                 Ok(true) => backoff.reset(),
                 Ok(false) => backoff.pause(),
                 Err(_) => break,
             }
         }
-        for slot in 0..self.slots.len() {
-            if let Some(InFlight { batch, link, .. }) = self.slots[slot].take() {
+        for (slot, rank) in self.ranks.iter_mut().enumerate() {
+            for InFlight { batch, link, .. } in rank.batches.drain(..) {
                 let _ = link.reply.send(BatchOutcome::skipped(&batch, slot));
             }
         }
         // Sends still pending are abandoned with their bytes (MPI may still read them).
         std::mem::forget(std::mem::take(&mut self.sends));
-        // A rank refused at the handshake learns it here, and ends with status 2.
-        for slot in 0..self.slots.len() {
-            let refused = vec![u8::from(!self.usable[slot])];
+        // A rank refused at the handshake learns it here, and ends with status 2; when a rank
+        // was lost, every rank learns that MPI_Finalize would wait for it forever.
+        let lost = self.ranks.iter().filter(|r| r.lost).count();
+        for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost) {
+            let stop = vec![u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
             let _ = self
                 .ops
-                .send_and_wait(rank_of(slot), TAG_STOP, refused, STOP_LIMIT);
+                .send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT);
         }
+        lost
     }
 }
 
@@ -815,144 +839,200 @@ pub fn serve(ops: MpiOps) -> c_int {
     if ops.send_and_wait(0, TAG_HELLO, hello, HELLO_LIMIT).is_err() {
         return 2;
     }
-    let functions = crate::registry::functions();
     // One forked child, kept across batches and calls: the rank survives whatever a task does.
     let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork) else {
         return 2;
     };
-    let mut buf = Vec::new();
-    let mut backoff = Backoff::default();
-    loop {
-        let Ok(message) = ops.probe() else { return 2 };
-        let Some((source, tag, len)) = message else {
-            backoff.pause();
-            continue;
-        };
-        backoff.reset();
-        if ops.receive(source, tag, len, &mut buf).is_err() {
-            return 2;
-        }
-        match tag {
-            TAG_STOP if buf.first() == Some(&1) => return 2,
-            TAG_STOP => return 0,
-            TAG_BATCH => match run_batch_message(&ops, &pool, &functions, &buf) {
-                Ok(Continue::Yes) => {}
-                Ok(Continue::Stop) => return 0,
-                Err(()) => return 2,
-            },
-            // A cancel that arrived after its batch ended, or a stray message.
-            _ => {}
-        }
-    }
-}
-
-enum Continue {
-    Yes,
-    Stop,
-}
-
-/// Runs one batch message in the local pool and sends its outcome back to rank 0.
-fn run_batch_message(
-    ops: &MpiOps,
-    pool: &ProcessPool,
-    functions: &[crate::task::TaskFn],
-    message: &[u8],
-) -> std::result::Result<Continue, ()> {
-    let Some((body, seq, timeout)) = split_trailer(message) else {
-        return Err(());
+    let mut worker = WorkerRank {
+        ops,
+        pool,
+        functions: crate::registry::functions(),
+        batches: VecDeque::new(),
+        sends: Vec::new(),
+        last_sent: Instant::now(),
+        buf: Vec::new(),
     };
-    // SAFETY: with a registry, the batch's callbacks are indices into this process's functions.
-    let decoded = unsafe { decode_batch(body, Some(functions)) };
-    let (reply, outcomes) = unbounded();
-    let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut stop_after = false;
-    let outcome = match decoded {
-        Ok(decoded) => {
-            let mut batch = decoded.batch;
-            batch.dispatched_at = Some(Instant::now());
-            let link = CallLink {
-                reply,
-                abort: Arc::clone(&abort),
-                timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
-                collect: decoded.flags.collect,
-                access: decoded.flags.access,
-                call: decoded.flags.call,
-                results_spill: None,
-            };
-            pool.dispatch(batch, &link);
-            drop(link);
-            // Wait for the outcome, watching for rank 0's cancel (or stop) meanwhile, and saying
-            // now and then that this rank is alive.
-            let mut alive_sent = Instant::now();
-            let mut alive_sends = Vec::new();
-            let outcome = loop {
-                match outcomes.recv_timeout(Duration::from_millis(5)) {
-                    Ok(outcome) => break outcome,
-                    Err(RecvTimeoutError::Disconnected) => return Err(()),
-                    Err(RecvTimeoutError::Timeout) => {}
-                }
-                if alive_sent.elapsed() >= HEARTBEAT {
-                    alive_sent = Instant::now();
-                    alive_sends.push(ops.start_send(0, TAG_ALIVE, Vec::new()).map_err(|_| ())?);
-                }
-                ops.complete(&mut alive_sends).map_err(|_| ())?;
-                let mut scratch = Vec::new();
-                while let Ok(Some((source, tag, len))) = ops.probe() {
-                    if ops.receive(source, tag, len, &mut scratch).is_err() {
-                        return Err(());
-                    }
-                    let cancels_this = tag == TAG_CANCEL
-                        && scratch
+    let status = worker.serve().unwrap_or(2);
+    // The outcomes of the last batches are on their way; let them leave before the pool goes.
+    let mut backoff = Backoff::default();
+    while !worker.sends.is_empty() && worker.ops.complete(&mut worker.sends).is_ok() {
+        backoff.pause();
+    }
+    status
+}
+
+/// A batch handed to the rank's local pool, whose outcome goes back to rank 0.
+struct LocalBatch {
+    seq: u64,
+    abort: Arc<std::sync::atomic::AtomicBool>,
+    outcome: Receiver<BatchOutcome>,
+}
+
+/// A worker rank's state.
+struct WorkerRank {
+    ops: MpiOps,
+    pool: ProcessPool,
+    functions: Vec<crate::task::TaskFn>,
+    /// In the pool, oldest first (its one worker runs them in this order).
+    batches: VecDeque<LocalBatch>,
+    sends: Vec<PendingSend>,
+    /// When this rank last sent rank 0 anything (the heartbeat's clock).
+    last_sent: Instant,
+    buf: Vec<u8>,
+}
+
+impl WorkerRank {
+    /// The loop: takes messages, hands batches to the pool, returns outcomes in order, says it is
+    /// alive while it has work. `Err` when MPI fails.
+    fn serve(&mut self) -> Result<c_int> {
+        let mut stopping: Option<c_int> = None;
+        let mut backoff = Backoff::default();
+        loop {
+            let mut progressed = self.ops.complete(&mut self.sends)?;
+            while let Some((source, tag, len)) = self.ops.probe()? {
+                progressed = true;
+                let mut buf = std::mem::take(&mut self.buf);
+                self.ops.receive(source, tag, len, &mut buf)?;
+                match tag {
+                    TAG_BATCH => self.start(&buf)?,
+                    TAG_CANCEL => {
+                        let seq = buf
                             .get(..8)
                             .and_then(|b| b.try_into().ok())
-                            .map(u64::from_ne_bytes)
-                            == Some(seq);
-                    if cancels_this || tag == TAG_STOP {
-                        abort.store(true, Ordering::Relaxed);
-                        stop_after |= tag == TAG_STOP;
+                            .map(u64::from_ne_bytes);
+                        for local in &self.batches {
+                            if Some(local.seq) == seq {
+                                local.abort.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    TAG_STOP => {
+                        // Refused at the handshake: status 2; a rank of the job was lost: 3
+                        // (leave without MPI_Finalize). What still runs is cancelled.
+                        stopping = Some(match (buf.first(), buf.get(1)) {
+                            (Some(1), _) => 2,
+                            (_, Some(1)) => 3,
+                            _ => 0,
+                        });
+                        for local in &self.batches {
+                            local.abort.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+                self.buf = buf;
+            }
+            while let Some(front) = self.batches.front() {
+                match front.outcome.try_recv() {
+                    Ok(outcome) => {
+                        let seq = front.seq;
+                        self.batches.pop_front();
+                        self.send_outcome(seq, &outcome)?;
+                        progressed = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(Error::new(ErrorKind::Io, "the local pool went away"));
                     }
                 }
-            };
-            let mut backoff = Backoff::default();
-            while !alive_sends.is_empty() {
-                ops.complete(&mut alive_sends).map_err(|_| ())?;
-                backoff.pause();
             }
-            outcome
-        }
-        Err(error) => {
-            // The batch's first task index and size lead its encoding.
-            let word = |at: usize| {
-                body.get(at..at + 8)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_ne_bytes) as usize
-            };
-            let first = word(0);
-            let failure = TaskFailure::Spawn(format!("cannot decode the batch: {error}"));
-            BatchOutcome {
-                first,
-                size: word(8),
-                data: Vec::new(),
-                ends: Vec::new(),
-                failure: Some((first, failure)),
-                errors: Vec::new(),
-                mapped: Vec::new(),
-                seconds: 0.0,
-                worker: 0,
-                pid: 0,
+            if let Some(status) = stopping
+                && self.batches.is_empty()
+            {
+                return Ok(status);
+            }
+            if !self.batches.is_empty() && self.last_sent.elapsed() >= HEARTBEAT {
+                self.sends
+                    .push(self.ops.start_send(0, TAG_ALIVE, Vec::new())?);
+                self.last_sent = Instant::now();
+            }
+            if progressed {
+                backoff.reset();
+                continue;
+            }
+            let wait = backoff.next();
+            match self.batches.front() {
+                // Wake at once for the outcome; look at MPI again after `wait`.
+                Some(front) if !wait.is_zero() => match front.outcome.recv_timeout(wait) {
+                    Ok(outcome) => {
+                        let seq = front.seq;
+                        self.batches.pop_front();
+                        self.send_outcome(seq, &outcome)?;
+                        backoff.reset();
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(Error::new(ErrorKind::Io, "the local pool went away"));
+                    }
+                },
+                _ => backoff.pause(),
             }
         }
-    };
-    let mut reply = Vec::new();
-    encode_outcome(&outcome, &[], &mut reply);
-    append_trailer(&mut reply, seq, u64::from(outcome.pid));
-    // Rank 0 keeps receiving while it sends, so this completes unless rank 0 is gone (then the
-    // MPI runtime ends the job).
-    ops.send_and_wait(0, TAG_OUTCOME, reply, Duration::from_secs(3600))
-        .map_err(|_| ())?;
-    Ok(if stop_after {
-        Continue::Stop
-    } else {
-        Continue::Yes
-    })
+    }
+
+    /// Decodes a batch message and hands the batch to the local pool.
+    fn start(&mut self, message: &[u8]) -> Result<()> {
+        let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
+        let (body, seq, timeout) = split_trailer(message).ok_or_else(malformed)?;
+        let (reply, outcome) = unbounded();
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // SAFETY: with a registry, the batch's callbacks are indices into this process's
+        // functions.
+        match unsafe { decode_batch(body, Some(&self.functions)) } {
+            Ok(decoded) => {
+                let mut batch = decoded.batch;
+                batch.dispatched_at = Some(Instant::now());
+                let link = CallLink {
+                    reply,
+                    abort: Arc::clone(&abort),
+                    timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
+                    collect: decoded.flags.collect,
+                    access: decoded.flags.access,
+                    call: decoded.flags.call,
+                    results_spill: None,
+                };
+                self.pool.dispatch(batch, &link);
+            }
+            Err(error) => {
+                // The batch's first task index and size lead its encoding.
+                let word = |at: usize| {
+                    body.get(at..at + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_ne_bytes) as usize
+                };
+                let first = word(0);
+                let failure = TaskFailure::Spawn(format!("cannot decode the batch: {error}"));
+                let _ = reply.send(BatchOutcome {
+                    first,
+                    size: word(8),
+                    data: Vec::new(),
+                    ends: Vec::new(),
+                    failure: Some((first, failure)),
+                    errors: Vec::new(),
+                    mapped: Vec::new(),
+                    seconds: 0.0,
+                    worker: 0,
+                    pid: 0,
+                });
+            }
+        }
+        self.batches.push_back(LocalBatch {
+            seq,
+            abort,
+            outcome,
+        });
+        Ok(())
+    }
+
+    /// Starts sending an outcome to rank 0 (rank 0 keeps receiving while it sends, so this
+    /// completes unless rank 0 is gone, and then the MPI runtime ends the job).
+    fn send_outcome(&mut self, seq: u64, outcome: &BatchOutcome) -> Result<()> {
+        let mut message = Vec::new();
+        encode_outcome(outcome, &[], &mut message);
+        append_trailer(&mut message, seq, u64::from(outcome.pid));
+        self.sends
+            .push(self.ops.start_send(0, TAG_OUTCOME, message)?);
+        self.last_sent = Instant::now();
+        Ok(())
+    }
 }

@@ -84,9 +84,10 @@ pub extern "C" fn pj_mpi_attach(
 
 /// Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
 /// process registered (`pj_register`, before this call), each batch in a forked child process so
-/// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches,
-/// with the exit status the rank should end with (0; 2 when `ops` is unusable or the registry
-/// differs from rank 0's, which rank 0 then reports).
+/// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches:
+/// 0; 2 when `ops` is unusable or the registry differs from rank 0's (which rank 0 reports); 3
+/// when rank 0 gave up another rank for silence, so that this rank must leave without
+/// MPI_Finalize (which would wait for the dead rank forever).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_mpi_serve(ops: *const pj_mpi_ops_t) -> c_int {
     run_value(4, || {
@@ -103,10 +104,12 @@ pub extern "C" fn pj_mpi_serve(ops: *const pj_mpi_ops_t) -> c_int {
 
 /// Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still
 /// runs on the worker ranks, tells them to leave, and stops pj's dispatcher thread. Calls on
-/// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. No effect when nothing is attached.
+/// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. Returns the number of worker ranks
+/// given up for silence (see backend "mpi"): when it is not 0, MPI_Finalize would wait for them
+/// forever, so the shim leaves without it. Returns 0 when nothing is attached.
 #[unsafe(no_mangle)]
-pub extern "C" fn pj_mpi_detach() {
-    run_value((), detach);
+pub extern "C" fn pj_mpi_detach() -> c_int {
+    run_value(0, || c_int::try_from(detach()).unwrap_or(c_int::MAX))
 }
 
 /// The table as the core uses it, with every function present.
