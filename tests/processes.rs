@@ -214,6 +214,36 @@ fn child_case() {
             println!("THREADS={threads},{}", thread_count());
             println!("CHILDREN={kids},{}", children().len());
         }
+        "idle" => {
+            // Readers spin briefly before they sleep; idle, nobody may keep spinning.
+            let par = two_workers(&[("keep_workers", "true"), ("batch_size", "1")]);
+            for _ in 0..3 {
+                for i in 0..2_000u64 {
+                    par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                        .unwrap();
+                }
+                assert_eq!(par.collect().unwrap().len(), 2_000);
+            }
+            let workers = children();
+            // utime + stime, in clock ticks, of this process (the proxies are its threads) and of
+            // the kept workers.
+            let ticks = |pid: &str| -> u64 {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                let fields: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .collect();
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+            };
+            let total =
+                || ticks("self") + workers.iter().map(|p| ticks(&p.to_string())).sum::<u64>();
+            let before = total();
+            std::thread::sleep(Duration::from_secs(1));
+            println!("WORKERS={}", workers.len());
+            println!("IDLE_TICKS={}", total() - before);
+        }
         "kept" => {
             // Tasks slow enough that both workers are forked and served, even under load.
             unsafe extern "C" fn slow_double(
@@ -536,6 +566,15 @@ fn a_kept_worker_killed_between_calls_is_replaced() {
         "0",
         "freeing the object retires kept workers"
     );
+}
+
+#[test]
+fn idle_proxies_and_workers_do_not_spin() {
+    let lines = run_case("idle");
+    assert_eq!(value(&lines, "WORKERS"), "2");
+    // A thread spinning through that second would show about 100 ticks; idle is 0 or 1.
+    let ticks: u64 = value(&lines, "IDLE_TICKS").parse().unwrap();
+    assert!(ticks <= 10, "{ticks} clock ticks of CPU in 1 s idle");
 }
 
 /// Data the workers read through `userdata`: it exists before the call, so the fork copies it.
