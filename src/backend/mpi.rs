@@ -8,11 +8,13 @@
 //!
 //! Rank 0. One dispatcher thread owns every MPI exchange. Calls of every `Parallel` object on
 //! backend "mpi" queue their batches to it (an [`MpiPool`] is a handle on that queue); the
-//! dispatcher sends each batch to an idle worker rank (one batch in flight per rank), encoded as the
-//! spawn start method encodes it (registry indices, argument bytes), and hands each outcome to its
-//! call. Sends are non-blocking and the dispatcher keeps receiving while they complete, so large
+//! dispatcher sends each batch to the least busy worker rank (up to two batches in flight per rank,
+//! so that a rank finds its next batch waiting when it finishes one), encoded as the spawn start
+//! method encodes it (registry indices, argument bytes), and hands each outcome to its call.
+//! Sends are non-blocking and the dispatcher keeps receiving while they complete, so large
 //! payloads in both directions cannot deadlock. When a call is aborted (a task failed, a timeout,
-//! pj_parallel_cancel), the ranks running its batches are told to cancel them.
+//! pj_parallel_cancel), the ranks holding its batches are told to cancel them. A rank silent for
+//! 10 s while it has work is given up (heartbeats come every second).
 //!
 //! Worker ranks. Before anything else a rank reports its registry's fingerprint, and rank 0 checks
 //! every rank against its own. A rank runs each batch through a local one-worker process pool (a
@@ -88,7 +90,18 @@ fn mpi_error(what: &str, code: c_int) -> Error {
 /// A send in progress: its request and the bytes MPI reads until it completes.
 struct PendingSend {
     request: *mut c_void,
-    _bytes: Vec<u8>,
+    bytes: Vec<u8>,
+    completed: bool,
+}
+
+impl Drop for PendingSend {
+    fn drop(&mut self) {
+        if !self.completed {
+            // MPI may still read the bytes (a send abandoned at shutdown or after an error):
+            // they are leaked, never freed under it.
+            std::mem::forget(std::mem::take(&mut self.bytes));
+        }
+    }
 }
 
 impl MpiOps {
@@ -112,15 +125,22 @@ impl MpiOps {
         }
         Ok(PendingSend {
             request,
-            _bytes: bytes,
+            bytes,
+            completed: false,
         })
     }
 
     /// Whether `send` has completed (its request is then released by the shim).
-    fn sent(&self, send: &PendingSend) -> Result<bool> {
+    fn sent(&self, send: &mut PendingSend) -> Result<bool> {
+        if send.completed {
+            return Ok(true);
+        }
         // SAFETY: a request isend returned and test has not yet reported complete.
         match unsafe { (self.test)(self.context, send.request) } {
-            1 => Ok(true),
+            1 => {
+                send.completed = true;
+                Ok(true)
+            }
             0 => Ok(false),
             code => Err(mpi_error("test", code)),
         }
@@ -131,7 +151,7 @@ impl MpiOps {
         let before = sends.len();
         let mut i = 0;
         while i < sends.len() {
-            if self.sent(&sends[i])? {
+            if self.sent(&mut sends[i])? {
                 sends.swap_remove(i);
             } else {
                 i += 1;
@@ -148,13 +168,11 @@ impl MpiOps {
         bytes: Vec<u8>,
         limit: Duration,
     ) -> Result<()> {
-        let send = self.start_send(dest, tag, bytes)?;
+        let mut send = self.start_send(dest, tag, bytes)?;
         let deadline = Instant::now() + limit;
         let mut backoff = Backoff::default();
-        while !self.sent(&send)? {
+        while !self.sent(&mut send)? {
             if Instant::now() > deadline {
-                // The request stays with MPI (leaked with its bytes) rather than freed under it.
-                std::mem::forget(send);
                 return Err(Error::new(
                     ErrorKind::Io,
                     format!("MPI rank {dest} did not take a message within {limit:?}"),
@@ -779,8 +797,8 @@ impl Dispatcher {
                 let _ = link.reply.send(BatchOutcome::skipped(&batch, slot));
             }
         }
-        // Sends still pending are abandoned with their bytes (MPI may still read them).
-        std::mem::forget(std::mem::take(&mut self.sends));
+        // Sends still pending are abandoned (their bytes are leaked: MPI may still read them).
+        self.sends.clear();
         // A rank refused at the handshake learns it here, and ends with status 2; when a rank
         // was lost, every rank learns that MPI_Finalize would wait for it forever.
         let lost = self.ranks.iter().filter(|r| r.lost).count();
