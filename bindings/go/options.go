@@ -90,6 +90,10 @@ func Backend(name string) Option {
 		case "threads", "threading":
 			s.backend = "threads"
 			s.set("backend", name)
+		case "mpi":
+			s.fail(goError(StatusUnsupported, -1, fmt.Sprintf(
+				"backend %q is not available from Go yet: it needs the pj_mpi shim "+
+					"(pj_mpi_main, for C programs run under mpirun)", name)))
 		case "sequential":
 			s.backend = "sequential"
 			s.set("backend", name)

@@ -593,6 +593,19 @@ func TestProcessesAreRefused(t *testing.T) {
 	}
 }
 
+func TestMPIIsRefused(t *testing.T) {
+	for _, opt := range []Option{Backend("mpi"), Set("backend", "mpi")} {
+		_, err := Map(context.Background(), ints(10), func(x int) (int, error) {
+			t.Error("fn called")
+			return x, nil
+		}, opt)
+		e := asError(t, err)
+		if !errors.Is(err, ErrUnsupported) || !strings.Contains(e.Message, "pj_mpi_main") {
+			t.Errorf("got %v, want ErrUnsupported naming pj_mpi_main", err)
+		}
+	}
+}
+
 func TestEveryOptionIsAccepted(t *testing.T) {
 	opts := []Option{
 		NJobs(2), Backend("threading"), Prefer("threads"), Require("sharedmem"), Verbose(0),
