@@ -602,6 +602,8 @@ public:
     Options&& n_jobs(std::int64_t n) && { return std::move(n_jobs(n)); }
 
     /// "processes" (the default; "loky", "multiprocessing"), "threads" ("threading"), "sequential".
+    /// ("mpi" runs only functions registered with pj_register, submitted by name through the C API
+    /// after pj_mpi_main: map's lambdas are refused there with pj::InvalidArgument.)
     Options& backend(const std::string& name) & {
         detail::ErrorSlot err;
         detail::check(pj_config_set_backend(raw(), name.c_str(), err.out()), err);
