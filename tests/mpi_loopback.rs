@@ -217,6 +217,12 @@ unsafe extern "C" fn square(
     }
 }
 
+/// Task: sleeps 30 s (only a cancellation ends it in time).
+unsafe extern "C" fn nap(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+    std::thread::sleep(Duration::from_secs(30));
+    0
+}
+
 fn submit_named(par: &Par, arg: &[u8]) -> Result<(), CError> {
     let mut err = std::ptr::null_mut();
     check(
@@ -242,6 +248,10 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
     let name = CString::new("square").unwrap();
     assert_eq!(
         pj_register(name.as_ptr(), Some(square), std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_register(c"nap".as_ptr(), Some(nap), std::ptr::null_mut()),
         pj_status::Ok
     );
     let started = Instant::now();
@@ -298,6 +308,37 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
     assert_eq!(pj_results_status(res, 6), pj_status::Ok);
     pj_results_free(res);
     drop(collecting);
+
+    // pj_parallel_cancel from another thread: the ranks are told, kill their running tasks, and
+    // the call ends CANCELLED at once; the ranks serve the next call.
+    let napping =
+        std::sync::Arc::new(parallel(&[("backend", "mpi"), ("batch_size", "1")]).unwrap());
+    let canceller = {
+        let napping = napping.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(pj_parallel_cancel(napping.0), pj_status::Ok);
+        })
+    };
+    let cancel_started = Instant::now();
+    for _ in 0..4 {
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_submit_named(napping.0, c"nap".as_ptr(), [].as_ptr(), 0, &mut err);
+        assert_eq!(status, pj_status::Ok);
+    }
+    let error = napping.collect().unwrap_err();
+    assert_eq!(error.status, pj_status::Cancelled, "{}", error.message);
+    assert!(
+        cancel_started.elapsed() < Duration::from_secs(5),
+        "cancelling took {:?}",
+        cancel_started.elapsed()
+    );
+    canceller.join().unwrap();
+    assert_eq!(
+        squares(&napping, 0..20).unwrap(),
+        (0..20).map(|x| x * x).collect::<Vec<_>>()
+    );
+    drop(napping);
 
     // n_jobs=1 keeps the call on rank 0; pointer submissions must name registered functions.
     let sequential = parallel(&[("backend", "mpi"), ("n_jobs", "1")]).unwrap();
