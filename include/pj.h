@@ -431,15 +431,17 @@ void pj_error_free(pj_error_t *error);
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `ops` or one of its functions is NULL;
 // PJ_STATUS_INVALID_ARGUMENT when `ops->rank` is not 0 or `ops->size` < 1; PJ_STATUS_BUSY when
-// a table is already attached; PJ_STATUS_IO when the dispatcher thread cannot start.
+// a table is already attached (a new one may be attached after `pj_mpi_detach`); PJ_STATUS_IO
+// when the dispatcher thread cannot start.
 pj_status pj_mpi_attach(const pj_mpi_ops_t *ops, pj_error_t **error_out);
 
 // Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
 // process registered (`pj_register`, before this call), each batch in a forked child process so
-// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches:
-// 0; 2 when `ops` is unusable or the registry differs from rank 0's (which rank 0 reports); 3
-// when rank 0 gave up another rank for silence, so that this rank must leave without
-// MPI_Finalize (which would wait for the dead rank forever).
+// that a crashing task is reported instead of ending the MPI job. Returns the status the rank
+// should exit with, once rank 0 detaches: 0; 2 when `ops` is NULL or incomplete, an MPI
+// operation fails, or the registry differs from rank 0's (which rank 0 reports); 3 when rank 0
+// gave up another rank for silence, so that this rank must leave without MPI_Finalize (which
+// would wait for the dead rank forever); 4 when pj panicked (a bug).
 int pj_mpi_serve(const pj_mpi_ops_t *ops);
 
 // Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still

@@ -69,7 +69,8 @@ pub struct pj_mpi_ops_t {
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `ops` or one of its functions is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT when `ops->rank` is not 0 or `ops->size` < 1; PJ_STATUS_BUSY when
-/// a table is already attached; PJ_STATUS_IO when the dispatcher thread cannot start.
+/// a table is already attached (a new one may be attached after `pj_mpi_detach`); PJ_STATUS_IO
+/// when the dispatcher thread cannot start.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_mpi_attach(
     ops: *const pj_mpi_ops_t,
@@ -84,10 +85,11 @@ pub extern "C" fn pj_mpi_attach(
 
 /// Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
 /// process registered (`pj_register`, before this call), each batch in a forked child process so
-/// that a crashing task is reported instead of ending the MPI job. Returns when rank 0 detaches:
-/// 0; 2 when `ops` is unusable or the registry differs from rank 0's (which rank 0 reports); 3
-/// when rank 0 gave up another rank for silence, so that this rank must leave without
-/// MPI_Finalize (which would wait for the dead rank forever).
+/// that a crashing task is reported instead of ending the MPI job. Returns the status the rank
+/// should exit with, once rank 0 detaches: 0; 2 when `ops` is NULL or incomplete, an MPI
+/// operation fails, or the registry differs from rank 0's (which rank 0 reports); 3 when rank 0
+/// gave up another rank for silence, so that this rank must leave without MPI_Finalize (which
+/// would wait for the dead rank forever); 4 when pj panicked (a bug).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_mpi_serve(ops: *const pj_mpi_ops_t) -> c_int {
     run_value(4, || {
