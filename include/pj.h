@@ -203,6 +203,9 @@ typedef struct {
   // Receives the message `iprobe` announced (from `source`, with `tag`, `len` bytes) into
   // `data`, which has room for `len` bytes.
   int (*recv)(void *context, int source, int tag, uint8_t *data, size_t len);
+  // The largest message `isend` takes, in bytes (MPI counts are ints: INT_MAX); 0: no limit.
+  // A batch whose arguments or results need more fails with PJ_STATUS_IO saying so.
+  size_t max_message;
 } pj_mpi_ops_t;
 
 // A task callback. pj calls it once per task with the `userdata` given at submission, the task's

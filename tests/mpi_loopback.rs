@@ -144,8 +144,12 @@ fn table(rank: c_int, fabric: &Arc<Fabric>) -> pj_mpi_ops_t {
         test: Some(test),
         iprobe: Some(iprobe),
         recv: Some(recv),
+        max_message: MAX_MESSAGE,
     }
 }
+
+/// The fabric's message limit (MPI's is INT_MAX bytes), small enough to test.
+const MAX_MESSAGE: usize = 16 << 20;
 
 /// An MPI job of `size` ranks: attaches rank 0 here, runs the others on threads; returns them, to
 /// join after `pj_mpi_detach` (with their exit statuses).
@@ -182,7 +186,7 @@ fn end_job(workers: Vec<std::thread::JoinHandle<c_int>>) -> Vec<c_int> {
     workers.into_iter().map(|w| w.join().unwrap()).collect()
 }
 
-/// Task: x * x; fails on 37 (code 3), crashes on 1_000_005.
+/// Task: x * x; fails on 37 (code 3), crashes on 1_000_005, returns 20 MiB for 2_000_000.
 unsafe extern "C" fn square(
     _: *mut c_void,
     arg: *const u8,
@@ -201,6 +205,11 @@ unsafe extern "C" fn square(
             libc::raise(libc::SIGSEGV);
             0
         },
+        2_000_000 => {
+            let big = vec![1u8; 20 << 20];
+            pj_out_set(out, big.as_ptr(), big.len());
+            0
+        }
         _ if len > 8 => {
             // A big argument comes back reversed.
             // SAFETY: `len` readable bytes.
@@ -294,6 +303,27 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
         big.reverse();
         assert!(result == &big, "big result {i} differs");
     }
+
+    // Above the transport's message limit: arguments are refused before they travel, results are
+    // replaced by a failure saying why; the object works afterwards.
+    let mut too_big = vec![0u8; 20 << 20];
+    too_big[..8].copy_from_slice(&7u64.to_ne_bytes());
+    submit_named(&par, &too_big).unwrap();
+    let error = par.collect().unwrap_err();
+    assert_eq!(error.status, pj_status::Io);
+    assert!(
+        error.message.contains("the arguments of this batch"),
+        "{}",
+        error.message
+    );
+    let error = squares(&par, 2_000_000..2_000_001).unwrap_err();
+    assert_eq!(error.status, pj_status::Io);
+    assert!(
+        error.message.contains("the results of this batch"),
+        "{}",
+        error.message
+    );
+    assert_eq!(squares(&par, 0..3).unwrap(), vec![0, 1, 4]);
 
     // on_error=collect: every task runs, the failed one carries its status.
     let collecting = parallel(&[("backend", "mpi"), ("on_error", "collect")]).unwrap();

@@ -224,6 +224,7 @@ int pj_mpi_main(int *argc, char ***argv) {
     ops.test = shim_test;
     ops.iprobe = shim_iprobe;
     ops.recv = shim_recv;
+    ops.max_message = (size_t)INT_MAX;
 
     if (rank != 0) {
         int code = pj_mpi_serve(&ops);

@@ -58,6 +58,8 @@ pub struct MpiOps {
     pub test: unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int,
     pub iprobe: unsafe extern "C" fn(*mut c_void, *mut c_int, *mut c_int, *mut usize) -> c_int,
     pub recv: unsafe extern "C" fn(*mut c_void, c_int, c_int, *mut u8, usize) -> c_int,
+    /// The largest message the transport carries, in bytes.
+    pub max_message: usize,
 }
 
 // SAFETY: the table is plain function pointers and the shim's context, which the shim keeps valid
@@ -653,6 +655,14 @@ impl Dispatcher {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
         });
         append_trailer(&mut message, seq, timeout);
+        if message.len() > self.ops.max_message {
+            fail(
+                &batch,
+                &link,
+                &too_big("the arguments of this batch", message.len(), &self.ops),
+            );
+            return;
+        }
         match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
             Ok(send) => {
                 self.sends.push(send);
@@ -810,6 +820,15 @@ impl Dispatcher {
         }
         lost
     }
+}
+
+/// Why a message cannot travel.
+fn too_big(what: &str, len: usize, ops: &MpiOps) -> String {
+    format!(
+        "{what} would take {len} bytes in one MPI message, above the transport's limit of {} \
+         bytes (MPI counts are ints): use smaller arguments or results, or a smaller batch_size",
+        ops.max_message
+    )
 }
 
 fn fail(batch: &Batch, link: &CallLink, message: &str) {
@@ -1047,6 +1066,24 @@ impl WorkerRank {
     fn send_outcome(&mut self, seq: u64, outcome: &BatchOutcome) -> Result<()> {
         let mut message = Vec::new();
         encode_outcome(outcome, &[], &mut message);
+        if message.len() > self.ops.max_message {
+            // Sent instead: the batch failed, at its first task, saying why.
+            let why = too_big("the results of this batch", message.len(), &self.ops);
+            let failure = TaskFailure::Spawn(why);
+            let failed = BatchOutcome {
+                first: outcome.first,
+                size: outcome.size,
+                data: Vec::new(),
+                ends: Vec::new(),
+                failure: Some((outcome.first, failure)),
+                errors: Vec::new(),
+                mapped: Vec::new(),
+                seconds: 0.0,
+                worker: 0,
+                pid: outcome.pid,
+            };
+            encode_outcome(&failed, &[], &mut message);
+        }
         append_trailer(&mut message, seq, u64::from(outcome.pid));
         self.sends
             .push(self.ops.start_send(0, TAG_OUTCOME, message)?);

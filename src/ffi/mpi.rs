@@ -59,6 +59,9 @@ pub struct pj_mpi_ops_t {
             len: usize,
         ) -> c_int,
     >,
+    /// The largest message `isend` takes, in bytes (MPI counts are ints: INT_MAX); 0: no limit.
+    /// A batch whose arguments or results need more fails with PJ_STATUS_IO saying so.
+    pub max_message: usize,
 }
 
 /// Rank 0 only (called by `pj_mpi_main`): makes `backend` "mpi" available in this process, with
@@ -124,5 +127,9 @@ fn checked(ops: &pj_mpi_ops_t) -> crate::error::Result<MpiOps> {
         test: ops.test.ok_or_else(|| null_argument("ops->test"))?,
         iprobe: ops.iprobe.ok_or_else(|| null_argument("ops->iprobe"))?,
         recv: ops.recv.ok_or_else(|| null_argument("ops->recv"))?,
+        max_message: match ops.max_message {
+            0 => usize::MAX,
+            limit => limit,
+        },
     })
 }
