@@ -602,8 +602,8 @@ public:
     Options&& n_jobs(std::int64_t n) && { return std::move(n_jobs(n)); }
 
     /// "processes" (the default; "loky", "multiprocessing"), "threads" ("threading"), "sequential".
-    /// ("mpi" runs only functions registered with pj_register, submitted by name through the C API
-    /// after pj_mpi_main: map's lambdas are refused there with pj::InvalidArgument.)
+    /// "mpi" (after pj_mpi_main, pj_mpi.h) runs only functions registered with
+    /// pj::register_function, through map<F>: lambdas are refused with pj::InvalidArgument.
     Options& backend(const std::string& name) & {
         detail::ErrorSlot err;
         detail::check(pj_config_set_backend(raw(), name.c_str(), err.out()), err);
@@ -691,6 +691,15 @@ public:
     /// comment); leave it off with capturing lambdas.
     Options& keep_workers(bool keep) & { return set("keep_workers", keep ? "true" : "false"); }
     Options&& keep_workers(bool keep) && { return std::move(keep_workers(keep)); }
+
+    /// How worker processes start (pj's own option): "fork" (the default: copies of the caller,
+    /// which see its memory) or "spawn" (fresh runs of the executable: only functions registered
+    /// with pj::register_function run there, through Parallel::map<F>; see
+    /// pj::worker_main_if_requested).
+    Options& start_method(const std::string& method) & { return set("start_method", method); }
+    Options&& start_method(const std::string& method) && {
+        return std::move(start_method(method));
+    }
 
     /// What a failed task does (pj's own option): "raise" (the default, as joblib: the first
     /// failure ends the call and is thrown) or "collect" (every task runs; Parallel::map_collect
@@ -999,6 +1008,35 @@ std::int32_t task_trampoline(void* userdata, const std::uint8_t* arg, std::size_
     return exception_code;
 }
 
+/// What a plain function `R f(A)` takes and returns (the functions register_function accepts).
+template <typename Fn>
+struct function_traits;
+template <typename R, typename A>
+struct function_traits<R (*)(A)> {
+    using input = std::decay_t<A>;
+    using result = R;
+};
+template <typename R, typename A>
+struct function_traits<R (*)(A) noexcept> : function_traits<R (*)(A)> {};
+
+/// The task callback for a registered function F: no userdata (a worker started afresh or an MPI
+/// rank has none of the caller's memory), the input decoded from the argument bytes.
+template <auto F>
+std::int32_t registered_trampoline(void*, const std::uint8_t* arg, std::size_t arg_len,
+                                   pj_out_t* out) noexcept {
+    using traits = function_traits<decltype(F)>;
+    try {
+        const typename traits::input input = codec<typename traits::input>::decode(arg, arg_len);
+        write_result<typename traits::result>(out, F(input));
+        return 0;
+    } catch (const std::exception& e) {
+        pj_out_error(out, e.what());
+    } catch (...) {
+        pj_out_error(out, "unknown C++ exception");
+    }
+    return exception_code;
+}
+
 /// Does nothing (for the empty call that abandons a stream's call).
 inline std::int32_t noop_task(void*, const std::uint8_t*, std::size_t, pj_out_t*) noexcept {
     return 0;
@@ -1087,11 +1125,12 @@ template <typename Range, typename F>
 using map_result_t =
     typename map_result<std::remove_reference_t<Range>, std::remove_reference_t<F>>::type;
 
-template <typename Range>
+/// The producer over `range`, encoding each element as a T (by default, the element's own type).
+template <typename Range, typename T = element_t<Range>>
 auto make_producer(Range& range) {
     using It = iterator_t<Range>;
     using End = sentinel_t<Range>;
-    return Producer<It, End, element_t<Range>>(begin(range), end(range));
+    return Producer<It, End, T>(begin(range), end(range));
 }
 
 /// 0, 1, ..., n-1 as a range (for map_indexed).
@@ -1353,6 +1392,42 @@ private:
 };
 
 // ------------------------------------------------------------------------------------------------
+// Named functions: worker processes started afresh (start_method "spawn") and MPI ranks
+// ------------------------------------------------------------------------------------------------
+
+/**
+ * Registers the plain function `F` (`R f(const T&)`, or `R f(T)`; T and R encodable by pj::codec)
+ * under `name`, so that Parallel::map<F> can run it in processes that are not forks of the caller:
+ * workers started afresh from the executable (Options().start_method("spawn")) and the ranks of an
+ * MPI job (backend "mpi", after pj_mpi_main from pj_mpi.h). Every process of the program must
+ * register the same functions under the same names in the same order, at the start of main,
+ * before pj::worker_main_if_requested (or pj_mpi_main). Registering a name again for the same
+ * function does nothing. Throws InvalidArgument for an empty name or one already registered for
+ * another function. Thread-safe.
+ *
+ * @code
+ *     double root(const double& x) { return std::sqrt(x); }
+ *     int main(int argc, char** argv) {
+ *         pj::register_function<root>("root");
+ *         pj::worker_main_if_requested(argc, argv);  // a spawned worker serves here, never returns
+ *         pj::Parallel par(pj::Options().n_jobs(2).start_method("spawn"));
+ *         std::vector<double> roots = par.map<root>(std::vector<double>{1, 4, 9});
+ *     }
+ * @endcode
+ */
+template <auto F>
+void register_function(const std::string& name) {
+    detail::ErrorSlot err;
+    detail::check(pj_register(name.c_str(), &detail::registered_trampoline<F>, err.out()), err);
+}
+
+/// In a process that pj started as a spawned worker, serves tasks and exits without returning;
+/// otherwise returns at once. Call it at the start of main, after the register_function calls
+/// (see pj_worker_main_if_requested).
+inline void worker_main_if_requested(int argc, char** argv) {
+    pj_worker_main_if_requested(argc, const_cast<const char* const*>(argv));
+}
+
 // Parallel
 // ------------------------------------------------------------------------------------------------
 
@@ -1399,6 +1474,38 @@ public:
     template <typename Range, typename F, typename R = detail::map_result_t<Range, F>>
     std::vector<R> map(Range&& inputs, F&& f) {
         return map_impl<R>(inputs, f);
+    }
+
+    /**
+     * Applies the registered function F (see pj::register_function) to every element of
+     * `inputs` and returns the results in input order. The only map that works with
+     * start_method "spawn" and backend "mpi", where the workers are not copies of the caller; on
+     * other backends it runs like map(inputs, F). Throws as map does; InvalidArgument when F was
+     * not registered.
+     */
+    template <auto F, typename Range,
+              typename R = typename detail::function_traits<decltype(F)>::result>
+    std::vector<R> map(Range&& inputs) {
+        using T = typename detail::function_traits<decltype(F)>::input;
+        return decode_or_throw<R>(
+            run_map_with<T>(inputs, &detail::registered_trampoline<F>, nullptr));
+    }
+
+    /// map<F> over a braced list: par.map<root>({1.0, 4.0}).
+    template <auto F, typename T,
+              typename R = typename detail::function_traits<decltype(F)>::result>
+    std::vector<R> map(std::initializer_list<T> inputs) {
+        using In = typename detail::function_traits<decltype(F)>::input;
+        return decode_or_throw<R>(
+            run_map_with<In>(inputs, &detail::registered_trampoline<F>, nullptr));
+    }
+
+    /// map_collect for a registered function (see map<F>).
+    template <auto F, typename Range,
+              typename R = typename detail::function_traits<decltype(F)>::result>
+    std::vector<Outcome<R>> map_collect(Range&& inputs) {
+        using T = typename detail::function_traits<decltype(F)>::input;
+        return outcomes<R>(run_map_with<T>(inputs, &detail::registered_trampoline<F>, nullptr));
     }
 
     /// map over a braced list: par.map({1.0, 4.0, 9.0}, f).
@@ -1503,33 +1610,43 @@ private:
             return run_map<R>(inputs, pointer);
         } else {
             using T = detail::element_t<Range>;
-            pj_parallel_t* raw = handle();
-            auto producer = detail::make_producer(inputs);
-            pj_results_t* out = nullptr;
-            detail::ErrorSlot err;
-            detail::CallScope scope(raw, &core_->progress);
             // f lives on the caller's stack for the whole (synchronous) call, and exists when the
             // workers fork.
-            const pj_status status = pj_parallel_map(
-                raw, &detail::task_trampoline<F, T, R>,
-                const_cast<void*>(static_cast<const void*>(std::addressof(f))),
-                &decltype(producer)::call, &producer, &out, err.out());
-            Results results(out);
-            if (status != PJ_STATUS_BUSY) {
-                core_->calls.fetch_add(1);  // this call replaced any call of this thread
-            }
-            scope.rethrow_if_failed();
-            if (status != PJ_STATUS_OK) {
-                producer.rethrow_if_failed();
-                detail::check(status, err);
-            }
-            return results;
+            return run_map_with<T>(inputs, &detail::task_trampoline<F, T, R>,
+                                   const_cast<void*>(static_cast<const void*>(std::addressof(f))));
         }
+    }
+
+    /// Runs `task` (with `userdata`) over inputs, each encoded as a T, with pj_parallel_map.
+    template <typename T, typename Range>
+    Results run_map_with(Range& inputs, pj_task_fn task, void* userdata) {
+        pj_parallel_t* raw = handle();
+        auto producer = detail::make_producer<Range, T>(inputs);
+        pj_results_t* out = nullptr;
+        detail::ErrorSlot err;
+        detail::CallScope scope(raw, &core_->progress);
+        const pj_status status = pj_parallel_map(raw, task, userdata, &decltype(producer)::call,
+                                                 &producer, &out, err.out());
+        Results results(out);
+        if (status != PJ_STATUS_BUSY) {
+            core_->calls.fetch_add(1);  // this call replaced any call of this thread
+        }
+        scope.rethrow_if_failed();
+        if (status != PJ_STATUS_OK) {
+            producer.rethrow_if_failed();
+            detail::check(status, err);
+        }
+        return results;
     }
 
     template <typename R, typename Range, typename F>
     std::vector<R> map_impl(Range& inputs, F& f) {
-        Results results = run_map<R>(inputs, f);
+        return decode_or_throw<R>(run_map<R>(inputs, f));
+    }
+
+    /// The results, decoded; with on_error=collect, the first failure (in input order) is thrown.
+    template <typename R>
+    static std::vector<R> decode_or_throw(Results results) {
         if (pj_results_error_count(results.capi()) != 0) {
             // on_error=collect: throw the first failure, now that every task ran.
             const std::size_t n = results.size();
@@ -1545,7 +1662,12 @@ private:
 
     template <typename R, typename Range, typename F>
     std::vector<Outcome<R>> map_collect_impl(Range& inputs, F& f) {
-        Results results = run_map<R>(inputs, f);
+        return outcomes<R>(run_map<R>(inputs, f));
+    }
+
+    /// Every task's outcome: its decoded value, or its error.
+    template <typename R>
+    static std::vector<Outcome<R>> outcomes(const Results& results) {
         std::vector<Outcome<R>> out;
         const std::size_t n = results.size();
         out.reserve(n);

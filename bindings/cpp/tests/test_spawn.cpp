@@ -1,0 +1,98 @@
+// Parallel::map<F> with registered functions on workers started afresh (start_method "spawn"):
+// this program is its own worker, so it has its own main (no GoogleTest). Exits non-zero on the
+// first failed check.
+#include "pj.hpp"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const std::string& what) {
+    std::printf("%s: %s\n", ok ? "ok" : "FAILED", what.c_str());
+    if (!ok) {
+        ++failures;
+    }
+}
+
+double root(const double& x) { return std::sqrt(x); }
+
+// Returns the input with the pid of the process that ran it; throws on "bad".
+std::string tag(std::string s) {
+    if (s == "bad") {
+        throw std::runtime_error("no bad words");
+    }
+    return s + "@" + std::to_string(getpid());
+}
+
+std::string not_registered(const std::string& s) { return s; }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    pj::register_function<root>("root");
+    pj::register_function<tag>("tag");
+    pj::worker_main_if_requested(argc, argv);  // a spawned worker serves here and exits
+
+    pj::Parallel par(pj::Options().n_jobs(2).start_method("spawn"));
+    std::vector<double> roots = par.map<root>(std::vector<double>{0, 1, 4, 9, 16, 25});
+    check(roots == std::vector<double>{0, 1, 2, 3, 4, 5}, "map<root> returns the roots in order");
+
+    std::vector<std::string> inputs;
+    for (int i = 0; i < 50; i++) {
+        inputs.push_back("s" + std::to_string(i));
+    }
+    std::vector<std::string> tagged = par.map<tag>(inputs);
+    bool in_order = tagged.size() == inputs.size();
+    std::set<std::string> pids;
+    for (std::size_t i = 0; in_order && i < inputs.size(); i++) {
+        const std::size_t at = tagged[i].find('@');
+        in_order = at != std::string::npos && tagged[i].substr(0, at) == inputs[i];
+        if (in_order) {
+            pids.insert(tagged[i].substr(at + 1));
+        }
+    }
+    check(in_order, "map<tag> over 50 strings keeps their order");
+    check(pids.count(std::to_string(getpid())) == 0, "the tasks ran in other processes");
+
+    try {
+        par.map<tag>({std::string("x"), std::string("bad"), std::string("y")});
+        check(false, "a throwing registered function is reported");
+    } catch (const pj::TaskError& e) {
+        check(e.task_index() == 1 && std::string(e.what()).find("no bad words") != std::string::npos,
+              std::string("a throwing registered function is reported: ") + e.what());
+    }
+
+    pj::Parallel collecting(pj::Options().n_jobs(2).start_method("spawn").on_error("collect"));
+    std::vector<pj::Outcome<std::string>> outcomes =
+        collecting.map_collect<tag>(std::vector<std::string>{"a", "bad", "c"});
+    check(outcomes.size() == 3 && outcomes[0].ok() && !outcomes[1].ok() && outcomes[2].ok(),
+          "map_collect<tag> gives each task's outcome");
+
+    try {
+        par.map<not_registered>(std::vector<std::string>{"a"});
+        check(false, "an unregistered function is refused");
+    } catch (const pj::InvalidArgument& e) {
+        check(std::string(e.what()).find("pj_register") != std::string::npos,
+              std::string("an unregistered function is refused: ") + e.what());
+    }
+
+    // On threads, map<F> runs like map(inputs, F).
+    pj::Parallel threads(pj::Options().n_jobs(2).backend("threads"));
+    check(threads.map<root>({1.0, 4.0}) == std::vector<double>{1, 2}, "map<root> on threads");
+
+    if (failures != 0) {
+        std::printf("%d check(s) failed\n", failures);
+        return 1;
+    }
+    std::printf("all checks passed\n");
+    return 0;
+}
