@@ -400,6 +400,36 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
     drop(par);
     assert_eq!(end_job(workers), vec![0, 2]);
 
+    // pj_mpi_detach while a call runs (a program leaving with a call in flight): the dispatcher
+    // stops even though every rank is busy, and the call ends with an error instead of waiting.
+    let workers = start_job(3, None);
+    let caller = std::thread::spawn(|| {
+        let par = parallel(&[("backend", "mpi"), ("batch_size", "1")]).unwrap();
+        for _ in 0..8 {
+            let mut err = std::ptr::null_mut();
+            if pj_parallel_submit_named(par.0, c"nap".as_ptr(), [].as_ptr(), 0, &mut err)
+                != pj_status::Ok
+            {
+                pj_error_free(err);
+                break;
+            }
+        }
+        par.collect().map(|r| r.len())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let detach_started = Instant::now();
+    assert_eq!(pj_mpi_detach(), 0);
+    let outcome = caller.join().unwrap();
+    assert!(outcome.is_err(), "the call cannot succeed: {outcome:?}");
+    assert!(
+        detach_started.elapsed() < Duration::from_secs(5),
+        "detaching took {:?}",
+        detach_started.elapsed()
+    );
+    for worker in workers {
+        assert_eq!(worker.join().unwrap(), 0);
+    }
+
     // One rank alone: calls run on it, sequentially.
     let workers = start_job(1, None);
     let par = parallel(&[("backend", "mpi")]).unwrap();

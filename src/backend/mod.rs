@@ -87,13 +87,17 @@ impl Backend {
             Backend::Sequential => "caller thread".to_owned(),
             Backend::Threads(_) => format!("thread {worker}"),
             Backend::Processes(_) => format!("worker process {worker}"),
+            Backend::Mpi(_) if worker == mpi::NO_RANK => {
+                "rank 0 (no rank took the batch)".to_owned()
+            }
             Backend::Mpi(_) => format!("MPI rank {}", worker + 1),
         }
     }
 
-    /// For the MPI backend, the rank that worker number `worker` is.
+    /// For the MPI backend, the rank that worker number `worker` is (none for a batch that never
+    /// reached a rank).
     pub fn mpi_rank(&self, worker: usize) -> Option<usize> {
-        matches!(self, Backend::Mpi(_)).then_some(worker + 1)
+        (matches!(self, Backend::Mpi(_)) && worker != mpi::NO_RANK).then(|| worker + 1)
     }
 
     /// Number of workers running batches concurrently.

@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -254,28 +254,26 @@ impl Backoff {
 // ---------------------------------------------------------------------------------------------
 // Rank 0
 
-/// One batch for the dispatcher, or the order to stop.
-// Stop is sent once per program: boxing the common variant would cost an allocation per batch.
+/// One batch for the dispatcher, or a wake-up to see the stop flag.
+// Wake is sent once per program: boxing the common variant would cost an allocation per batch.
 #[allow(clippy::large_enum_variant)]
 enum Order {
-    Run {
-        batch: Batch,
-        link: CallLink,
-    },
-    /// Answered with the number of ranks given up.
-    Stop(Sender<usize>),
+    Run { batch: Batch, link: CallLink },
+    Wake,
 }
 
 /// What the dispatcher found about the worker ranks' registries (`None` while it is still
 /// waiting for them).
 type Readiness = Arc<(Mutex<Option<std::result::Result<(), String>>>, Condvar)>;
 
-/// Rank 0's attachment: the dispatcher's queue and thread.
+/// Rank 0's attachment: the dispatcher's queue, stop flag and thread (which returns how many
+/// ranks it gave up).
 struct World {
     orders: Sender<Order>,
     ready: Readiness,
     workers: usize,
-    thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<usize>>,
 }
 
 static WORLD: Mutex<Option<World>> = Mutex::new(None);
@@ -308,12 +306,13 @@ pub fn attach(ops: MpiOps) -> Result<()> {
     }
     let (orders, queue) = unbounded();
     let ready: Readiness = Arc::default();
+    let stopping = Arc::new(AtomicBool::new(false));
     let workers = (ops.size - 1) as usize;
     let thread = {
-        let ready = Arc::clone(&ready);
+        let (ready, stopping) = (Arc::clone(&ready), Arc::clone(&stopping));
         std::thread::Builder::new()
             .name("pj-mpi".into())
-            .spawn(move || Dispatcher::new(ops).run(&queue, &ready))
+            .spawn(move || Dispatcher::new(ops).run(&queue, &ready, &stopping))
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Io,
@@ -325,6 +324,7 @@ pub fn attach(ops: MpiOps) -> Result<()> {
         orders,
         ready,
         workers,
+        stopping,
         thread: Some(thread),
     });
     Ok(())
@@ -336,15 +336,15 @@ pub fn detach() -> usize {
     let Some(mut world) = world().take() else {
         return 0;
     };
-    let (ack, acked) = unbounded();
-    let mut lost = 0;
-    if world.orders.send(Order::Stop(ack)).is_ok() {
-        lost = acked.recv_timeout(STOP_LIMIT * 3).unwrap_or(0);
-    }
-    if let Some(thread) = world.thread.take() {
-        let _ = thread.join();
-    }
-    lost
+    // The flag is seen at the dispatcher's next round, even while every rank is busy; the wake-up
+    // ends a wait on the queue.
+    world.stopping.store(true, Ordering::Release);
+    let _ = world.orders.send(Order::Wake);
+    world
+        .thread
+        .take()
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or(0)
 }
 
 /// The number of worker ranks, when this process is rank 0 of an attached MPI job.
@@ -406,10 +406,7 @@ impl MpiPool {
         if let Err(unsent) = self.orders.send(order)
             && let Order::Run { batch, link } = unsent.into_inner()
         {
-            let failure = TaskFailure::Spawn("the MPI backend is detached".into());
-            let _ = link
-                .reply
-                .send(BatchOutcome::failed(&batch, 0, batch.first, failure));
+            fail(&batch, &link, "the MPI backend is detached (pj_mpi_detach)");
         }
     }
 }
@@ -477,15 +474,18 @@ impl Dispatcher {
         }
     }
 
-    fn run(mut self, queue: &Receiver<Order>, ready: &Readiness) {
+    /// The dispatcher's life: the registry check, then batches until `stopping`; returns how many
+    /// ranks it gave up.
+    fn run(mut self, queue: &Receiver<Order>, ready: &Readiness, stopping: &AtomicBool) -> usize {
         let verdict = self.handshake();
         {
             let (lock, changed) = &**ready;
             *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
             changed.notify_all();
         }
+        let stop = || stopping.load(Ordering::Acquire);
         let mut backoff = Backoff::default();
-        let ack = loop {
+        while !stop() {
             let mut progressed = match self.poll() {
                 Ok(progressed) => progressed,
                 Err(error) => {
@@ -493,9 +493,8 @@ impl Dispatcher {
                     false
                 }
             };
-            // Take orders while a rank has room (or to learn of a stop).
-            let mut stop = None;
-            while self.free_rank().is_some() {
+            // Take orders while a rank has room.
+            while self.free_rank().is_some() && !stop() {
                 let order = if self.idle() && !progressed {
                     // Nothing in flight: block on the queue, no polling at all.
                     match queue.recv() {
@@ -509,28 +508,23 @@ impl Dispatcher {
                     }
                 };
                 progressed = true;
-                match order {
-                    Order::Run { batch, link } => self.start(batch, link),
-                    Order::Stop(ack) => {
-                        stop = Some(ack);
-                        break;
-                    }
+                if let Order::Run { batch, link } = order {
+                    self.start(batch, link);
                 }
             }
-            if let Some(ack) = stop {
-                break Some(ack);
+            if stop() {
+                break;
             }
             if self.ranks.iter().all(|r| !r.usable && r.batches.is_empty()) {
-                // No usable rank at all (every rank failed the handshake or was given up): only
-                // a stop is worth waiting for.
+                // No usable rank at all (every rank failed the handshake or was given up).
                 match queue.recv() {
-                    Ok(Order::Stop(ack)) => break Some(ack),
                     Ok(Order::Run { batch, link }) => {
-                        fail(&batch, &link, "no MPI rank can run tasks");
-                        continue;
+                        fail(&batch, &link, "no MPI rank can run tasks")
                     }
-                    Err(_) => break None,
+                    Ok(Order::Wake) => {}
+                    Err(_) => break,
                 }
+                continue;
             }
             if progressed {
                 backoff.reset();
@@ -547,18 +541,25 @@ impl Dispatcher {
                         self.start(batch, link);
                         backoff.reset();
                     }
-                    Ok(Order::Stop(ack)) => break Some(ack),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => break None,
+                    Ok(Order::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             } else {
                 std::thread::sleep(wait);
             }
-        };
-        let lost = self.stop();
-        if let Some(ack) = ack {
-            let _ = ack.send(lost);
         }
+        let lost = self.stop();
+        // Batches still queued never reach a rank; their calls learn why.
+        while let Ok(order) = queue.try_recv() {
+            if let Order::Run { batch, link } = order {
+                fail(
+                    &batch,
+                    &link,
+                    "the MPI backend was detached (pj_mpi_detach)",
+                );
+            }
+        }
+        lost
     }
 
     /// Waits for every worker rank's registry report and checks it against ours.
@@ -831,12 +832,16 @@ fn too_big(what: &str, len: usize, ops: &MpiOps) -> String {
     )
 }
 
+/// The worker number of a batch that failed before it reached a rank.
+pub const NO_RANK: usize = usize::MAX;
+
+/// Fails a batch that never reached a rank.
 fn fail(batch: &Batch, link: &CallLink, message: &str) {
     link.abort.store(true, Ordering::Relaxed);
     let failure = TaskFailure::Spawn(message.to_owned());
     let _ = link
         .reply
-        .send(BatchOutcome::failed(batch, 0, batch.first, failure));
+        .send(BatchOutcome::failed(batch, NO_RANK, batch.first, failure));
 }
 
 /// Batch and outcome messages end with two words (sequence number, then the timeout or the worker
