@@ -32,6 +32,7 @@ pub mod parallel;
 pub mod progress;
 pub mod registry;
 pub mod sigint;
+pub mod spin;
 pub mod task;
 
 pub use error::{Error, ErrorKind, Result};

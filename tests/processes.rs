@@ -215,14 +215,20 @@ fn child_case() {
             println!("CHILDREN={kids},{}", children().len());
         }
         "idle" => {
-            // Readers spin briefly before they sleep; idle, nobody may keep spinning.
+            // Waiters spin briefly before they sleep (process proxies and workers, worker threads,
+            // the caller); idle, nobody may keep spinning.
             let par = two_workers(&[("keep_workers", "true"), ("batch_size", "1")]);
+            let threads =
+                parallel(&[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")]).unwrap();
             for _ in 0..3 {
-                for i in 0..2_000u64 {
-                    par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
-                        .unwrap();
+                for executor in [&par, &threads] {
+                    for i in 0..2_000u64 {
+                        executor
+                            .submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                            .unwrap();
+                    }
+                    assert_eq!(executor.collect().unwrap().len(), 2_000);
                 }
-                assert_eq!(par.collect().unwrap().len(), 2_000);
             }
             let workers = children();
             // utime + stime, in clock ticks, of this process (the proxies are its threads) and of

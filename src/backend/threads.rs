@@ -190,7 +190,14 @@ fn spawn_worker(shared: &Arc<Shared>, worker: usize) -> std::io::Result<Worker> 
 }
 
 fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
-    while let Ok(job) = shared.queue.recv() {
+    let queued = || match shared.queue.try_recv() {
+        Ok(job) => Some(Ok(job)),
+        Err(crossbeam_channel::TryRecvError::Empty) => None,
+        Err(crossbeam_channel::TryRecvError::Disconnected) => {
+            Some(Err(crossbeam_channel::RecvError))
+        }
+    };
+    while let Ok(job) = crate::spin::wait(queued, || shared.queue.recv()) {
         let timed = job.link.timeout.is_some();
         if timed {
             slot.running.reset();

@@ -759,7 +759,15 @@ impl Call {
         loop {
             // The call holds a sender of its own reply channel, so this cannot disconnect. The
             // timeout only lets a cancellation (an atomic store, async-signal-safe) be seen.
-            match self.replies.recv_timeout(CANCEL_POLL) {
+            let replies = &self.replies;
+            let arrived = || match replies.try_recv() {
+                Ok(outcome) => Some(Ok(outcome)),
+                Err(crossbeam_channel::TryRecvError::Empty) => None,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Some(Err(crossbeam_channel::RecvTimeoutError::Disconnected))
+                }
+            };
+            match crate::spin::wait(arrived, || replies.recv_timeout(CANCEL_POLL)) {
                 Ok(outcome) => return self.absorb(outcome, batching),
                 Err(_) if self.check_cancelled() => return,
                 Err(_) => {}
