@@ -1192,23 +1192,27 @@ struct StreamState {
     virtual void rethrow_if_failed() const = 0;
 };
 
-template <typename Range, typename F>
+template <typename Range, typename F, typename T = element_t<std::remove_reference_t<Range>>>
 struct ImapState final : StreamState {
     using Stored = std::remove_cv_t<std::remove_reference_t<Range>>;
     // An lvalue range is referenced (it must outlive the stream); an rvalue one is moved in.
     using Holder = std::conditional_t<std::is_lvalue_reference_v<Range>, Range, Stored>;
+    using Held = std::remove_reference_t<Holder>;
 
     ImapState(Range&& range_in, F&& f_in)
         : range(std::forward<Range>(range_in)),
           f(std::forward<F>(f_in)),
-          producer(make_producer(range)) {}
+          producer(make_producer<Held, T>(range)) {}
 
     void rethrow_if_failed() const override { producer.rethrow_if_failed(); }
 
     Holder range;
     std::decay_t<F> f;
-    decltype(make_producer(std::declval<std::remove_reference_t<Holder>&>())) producer;
+    decltype(make_producer<Held, T>(std::declval<Held&>())) producer;
 };
+
+/// The function slot of an ImapState whose task is a registered function (it has no object).
+struct NoFunction {};
 
 }  // namespace detail
 
@@ -1500,6 +1504,16 @@ public:
             run_map_with<In>(inputs, &detail::registered_trampoline<F>, nullptr));
     }
 
+    /// imap for a registered function (see map<F>): a pj::Stream of (index, result) pairs.
+    template <auto F, typename Range,
+              typename R = typename detail::function_traits<decltype(F)>::result>
+    Stream<R> imap(Range&& inputs) {
+        using T = typename detail::function_traits<decltype(F)>::input;
+        using State = detail::ImapState<Range&&, detail::NoFunction, T>;
+        auto owned = std::make_unique<State>(std::forward<Range>(inputs), detail::NoFunction{});
+        return start_stream<R>(std::move(owned), &detail::registered_trampoline<F>, nullptr);
+    }
+
     /// map_collect for a registered function (see map<F>).
     template <auto F, typename Range,
               typename R = typename detail::function_traits<decltype(F)>::result>
@@ -1699,17 +1713,25 @@ private:
         using State = detail::ImapState<Range&&, F&&>;
         using T = detail::element_t<std::remove_reference_t<Range>>;
         using Fn = std::decay_t<F>;
-        pj_parallel_t* raw = handle();
         // On the heap before the call starts, so it exists when the workers fork and stays put
-        // while the Stream moves; owned by the stream before pj holds pointers into it.
+        // while the Stream moves.
         auto owned = std::make_unique<State>(std::forward<Range>(inputs), std::forward<F>(f));
+        void* userdata = std::addressof(owned->f);
+        return start_stream<R>(std::move(owned), &detail::task_trampoline<Fn, T, R>, userdata);
+    }
+
+    /// Starts the streaming call of `owned` (inputs and producer) with `task`; the stream owns
+    /// the state before pj holds pointers into it.
+    template <typename R, typename State>
+    Stream<R> start_stream(std::unique_ptr<State> owned, pj_task_fn task, void* userdata) {
+        pj_parallel_t* raw = handle();
         State& state = *owned;
         Stream<R> stream(core_, 0, std::move(owned));
         detail::ErrorSlot err;
         detail::CallScope scope(raw, &core_->progress);
-        const pj_status status =
-            pj_parallel_imap(raw, &detail::task_trampoline<Fn, T, R>, std::addressof(state.f),
-                             &decltype(state.producer)::call, &state.producer, err.out());
+        const pj_status status = pj_parallel_imap(raw, task, userdata,
+                                                  &decltype(state.producer)::call, &state.producer,
+                                                  err.out());
         if (status == PJ_STATUS_BUSY) {
             detail::check(status, err);
         }

@@ -63,6 +63,15 @@ int main(int argc, char** argv) {
     check(in_order, "map<tag> over 50 strings keeps their order");
     check(pids.count(std::to_string(getpid())) == 0, "the tasks ran in other processes");
 
+    std::vector<std::size_t> streamed;
+    bool streamed_right = true;
+    for (auto&& [i, r] : par.imap<root>(std::vector<double>{0, 1, 4, 9})) {
+        streamed.push_back(i);
+        streamed_right = streamed_right && r == static_cast<double>(i);
+    }
+    check(streamed_right && streamed == std::vector<std::size_t>{0, 1, 2, 3},
+          "imap<root> streams the roots in order");
+
     try {
         par.map<tag>({std::string("x"), std::string("bad"), std::string("y")});
         check(false, "a throwing registered function is reported");
