@@ -990,15 +990,14 @@ void write_result(pj_out_t* out, const R& value) {
     codec<R>::encode(value, dst);
 }
 
-/// The task callback for a function object F applied to a T decoded from the argument bytes.
-/// Runs in a worker (process or thread) or on the caller's thread; never lets anything unwind.
-template <typename F, typename T, typename R>
-std::int32_t task_trampoline(void* userdata, const std::uint8_t* arg, std::size_t arg_len,
-                             pj_out_t* out) noexcept {
+/// Decodes a T from the argument bytes, applies `call` and writes its R; an exception becomes the
+/// task's error message and exception_code. Never lets anything unwind.
+template <typename T, typename R, typename Call>
+std::int32_t run_task(const std::uint8_t* arg, std::size_t arg_len, pj_out_t* out,
+                      Call&& call) noexcept {
     try {
-        F& f = *static_cast<F*>(userdata);
         const T input = codec<T>::decode(arg, arg_len);
-        write_result<R>(out, std::invoke(f, input));
+        write_result<R>(out, call(input));
         return 0;
     } catch (const std::exception& e) {
         pj_out_error(out, e.what());
@@ -1006,6 +1005,15 @@ std::int32_t task_trampoline(void* userdata, const std::uint8_t* arg, std::size_
         pj_out_error(out, "unknown C++ exception");
     }
     return exception_code;
+}
+
+/// The task callback for a function object F applied to a T decoded from the argument bytes.
+/// Runs in a worker (process or thread) or on the caller's thread.
+template <typename F, typename T, typename R>
+std::int32_t task_trampoline(void* userdata, const std::uint8_t* arg, std::size_t arg_len,
+                             pj_out_t* out) noexcept {
+    F& f = *static_cast<F*>(userdata);
+    return run_task<T, R>(arg, arg_len, out, [&f](const T& input) { return std::invoke(f, input); });
 }
 
 /// What a plain function `R f(A)` takes and returns (the functions register_function accepts).
@@ -1025,16 +1033,9 @@ template <auto F>
 std::int32_t registered_trampoline(void*, const std::uint8_t* arg, std::size_t arg_len,
                                    pj_out_t* out) noexcept {
     using traits = function_traits<decltype(F)>;
-    try {
-        const typename traits::input input = codec<typename traits::input>::decode(arg, arg_len);
-        write_result<typename traits::result>(out, F(input));
-        return 0;
-    } catch (const std::exception& e) {
-        pj_out_error(out, e.what());
-    } catch (...) {
-        pj_out_error(out, "unknown C++ exception");
-    }
-    return exception_code;
+    using T = typename traits::input;
+    return run_task<T, typename traits::result>(arg, arg_len, out,
+                                                [](const T& input) { return F(input); });
 }
 
 /// Does nothing (for the empty call that abandons a stream's call).
