@@ -101,6 +101,12 @@ fn parallel_functions() {
     let par = Par(par_out);
     pj_parallel_free(null_mut());
     assert_eq!(pj_parallel_cancel(null()), pj_status::NullArgument);
+    // The MPI entry points: a NULL table is refused; detaching without a table does nothing.
+    let mut err = std::ptr::null_mut();
+    assert_eq!(pj_mpi_attach(null(), &mut err), pj_status::NullArgument);
+    pj_error_free(err);
+    assert_eq!(pj_mpi_serve(null()), 2);
+    assert_eq!(pj_mpi_detach(), 0);
 
     let mut err = null_mut();
     expect_null_argument(
