@@ -396,8 +396,10 @@ pj_status pj_config_pop(pj_error_t **error_out);
 // The status this error was returned with. NULL gives PJ_STATUS_NULL_ARGUMENT.
 pj_status pj_error_status(const pj_error_t *error);
 
-// The one-line message (UTF-8), e.g. `task 537 failed with code 7: bad input`. The string belongs to
-// the error and lives until `pj_error_free`. NULL gives an empty static string.
+// The one-line message (UTF-8), e.g. `task 537 failed with code 7: bad input`. It never holds a
+// newline or another control character: those of an embedded text (a callback's message, an OS
+// error) appear escaped as `\n`, `\t`, `\u{1b}`. The string belongs to the error and lives until
+// `pj_error_free`. NULL gives an empty static string.
 const char *pj_error_message(const pj_error_t *error);
 
 // A multi-line report (UTF-8, each line ending in a newline), pj's counterpart of joblib's worker
@@ -405,7 +407,8 @@ const char *pj_error_message(const pj_error_t *error);
 // or process id) and the callback's code; for a dead worker the signal (or exit status), the fault
 // address and a backtrace of the crashing thread captured by the worker's crash handler
 // (function, file and line when the program has symbols and debug info); for a timeout the limit
-// and how long the task had run; then the message. The string
+// and how long the task had run; then the message, and a callback's message of several lines as it
+// gave it (one indented line each). The string
 // belongs to the error and lives until `pj_error_free`. NULL gives an empty static string.
 const char *pj_error_report(const pj_error_t *error);
 
@@ -418,7 +421,8 @@ int64_t pj_error_task_index(const pj_error_t *error);
 int32_t pj_error_callback_code(const pj_error_t *error);
 
 // The message the failed task's callback attached with `pj_out_error`, exactly as given (the
-// one-line message embeds it as `task N failed with code C: <message>`). The string belongs to the
+// one-line message embeds it, control characters escaped, as `task N failed with code C: <message>`,
+// or `task N failed with code C` when it is empty). The string belongs to the
 // error and lives until it is freed. NULL when there is none (no message attached, the error is
 // not a callback failure, or `error` is NULL).
 const char *pj_error_callback_message(const pj_error_t *error);
@@ -529,8 +533,9 @@ pj_status pj_parallel_submit(pj_parallel_t *parallel,
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
-// the error names the first failed task (by index), its code and message, and tasks queued behind
-// it never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
+// the error names the call's failure (the first one seen, as joblib raises the first failure it
+// observes: the same one a refused submit named), its code and message, and tasks queued behind it
+// never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
 // error names the task, and the signal or exit status); PJ_STATUS_TIMEOUT when a task ran past the
 // timeout (the error names the task and the limit; on processes its worker was killed, on threads
 // the stuck thread was abandoned: it keeps running the callback, so the callback must not use

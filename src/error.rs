@@ -86,11 +86,12 @@ pub struct Error {
 }
 
 impl Error {
-    /// A new error of `kind` with a one-line `message`.
+    /// A new error of `kind` with `message`, kept to one line: control characters in it (a
+    /// callback's newlines, an OS message's tab) are escaped as `\n`, `\t`, `\u{1b}`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
-            message: message.into(),
+            message: one_line(message.into()),
             task: None,
         }
     }
@@ -165,6 +166,16 @@ impl Error {
             }
         }
         out.push_str(&format!("  message: {}\n", self.message));
+        // The message escapes a callback's control characters; the report shows its text as given,
+        // one indented line per line, when it spans several.
+        if let Some(text) = self.task().and_then(|t| t.callback_message.as_deref())
+            && text.contains(['\n', '\r'])
+        {
+            out.push_str("  callback message:\n");
+            for line in text.lines() {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
         out
     }
 }
@@ -176,6 +187,23 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// `text` with its control characters escaped (Rust's debug escapes: `\n`, `\r`, `\t`, `\u{1b}`),
+/// so that it prints as one line; unchanged, without copying, when it has none.
+pub(crate) fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
 
 /// The conventional name of a signal ("SIGSEGV"), or "signal N" for others.
 pub fn signal_name(signal: i32) -> String {

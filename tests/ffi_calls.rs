@@ -104,9 +104,9 @@ fn failure_at_537_names_the_task_and_stops_dispatch() {
 }
 
 #[test]
-fn the_first_failure_by_index_wins() {
-    // Every task from 50 on fails; whichever worker fails first, the error names the lowest index seen,
-    // and never one above a task that failed earlier in submission order within the same batch.
+fn sequentially_the_first_failure_is_the_first_failing_task() {
+    // Every task from 50 on fails; on one worker the first failure seen is task 50, and a batch
+    // stops at its first failing task (none above it is run or named).
     unsafe extern "C" fn fail_from_50(
         _: *mut c_void,
         arg: *const u8,
@@ -513,4 +513,119 @@ fn backend_mpi_without_pj_mpi_main_is_unsupported_and_says_why() {
     let mut err = std::ptr::null_mut();
     let status = pj::ffi::pj_mpi_attach(std::ptr::null(), &mut err);
     assert_eq!(take_error(status, err).status, pj_status::NullArgument);
+}
+
+#[test]
+fn submit_and_collect_report_the_same_failure() {
+    // Task 900 fails at once; task 100 fails a second later, after 900's failure stopped the submit
+    // loop. The call has one failure, the first one seen: submit and collect both name task 900.
+    unsafe extern "C" fn late_low_early_high(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: 8-byte arguments.
+        let x = unsafe { arg_u64(arg, len) };
+        match x {
+            100 => {
+                std::thread::sleep(Duration::from_secs(1));
+                2
+            }
+            900 => 1,
+            _ => {
+                pj_out_set(out, arg, len);
+                0
+            }
+        }
+    }
+    let par = parallel(&[("n_jobs", "2"), ("backend", "threads"), ("batch_size", "1")]).unwrap();
+    let mut refused = None;
+    for i in 0..1000u64 {
+        if let Err(e) = par.submit(
+            Some(late_low_early_high),
+            std::ptr::null_mut(),
+            &i.to_ne_bytes(),
+        ) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("a submit is refused once a task failed");
+    let collected = par.collect().unwrap_err();
+    assert_eq!(
+        collected.task_index, refused.task_index,
+        "{collected:?} vs {refused:?}"
+    );
+    assert_eq!(collected.message, refused.message);
+    assert_eq!(collected.status, refused.status);
+}
+
+#[test]
+fn the_message_is_one_line_and_the_report_keeps_the_callbacks_text() {
+    unsafe extern "C" fn multi_line(
+        _: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: 8-byte arguments.
+        match unsafe { arg_u64(arg, len) } {
+            3 => {
+                pj_out_error(out, c"first line\nsecond\tline\r\x1b[1m".as_ptr());
+                7
+            }
+            5 => {
+                pj_out_error(out, c"".as_ptr());
+                7
+            }
+            _ => 0,
+        }
+    }
+    let par = parallel(&[("n_jobs", "1"), ("on_error", "collect")]).unwrap();
+    for i in 0..6u64 {
+        par.submit(Some(multi_line), std::ptr::null_mut(), &i.to_ne_bytes())
+            .unwrap();
+    }
+    let mut res = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    check(pj_parallel_collect(par.0, &mut res, &mut err), err).unwrap();
+    let text = |s: *const std::ffi::c_char| {
+        (!s.is_null()).then(|| {
+            // SAFETY: a NUL-terminated string owned by the results, alive until pj_results_free.
+            unsafe { std::ffi::CStr::from_ptr(s) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let error_of = |index: usize| {
+        let e = pj_results_error(res, index);
+        assert!(!e.is_null(), "task {index} failed");
+        CError {
+            status: pj_error_status(e),
+            message: text(pj_error_message(e)).unwrap_or_default(),
+            report: text(pj_error_report(e)).unwrap_or_default(),
+            task_index: pj_error_task_index(e),
+            code: pj_error_callback_code(e),
+            callback_message: text(pj_error_callback_message(e)),
+        }
+    };
+    let three = error_of(3);
+    assert!(
+        !three.message.chars().any(char::is_control),
+        "{:?}",
+        three.message
+    );
+    assert_eq!(
+        three.message,
+        "task 3 failed with code 7: first line\\nsecond\\tline\\r\\u{1b}[1m"
+    );
+    assert_eq!(
+        three.callback_message.as_deref(),
+        Some("first line\nsecond\tline\r\x1b[1m")
+    );
+    assert!(three.report.contains("first line\n"), "{}", three.report);
+    let five = error_of(5);
+    assert_eq!(five.message, "task 5 failed with code 7");
+    pj_results_free(res);
 }

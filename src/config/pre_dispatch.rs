@@ -717,7 +717,8 @@ mod tests {
         let err = PreDispatchExpr::parse(text).expect_err(text);
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
         assert!(
-            err.message().contains(&format!("\"{text}\"")),
+            err.message()
+                .contains(&crate::error::one_line(format!("\"{text}\""))),
             "{text}: {}",
             err.message()
         );

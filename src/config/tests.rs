@@ -25,10 +25,11 @@ fn rejects(key: &str, value: &str) -> String {
         .set(key, value)
         .expect_err(&format!("{key}={value:?} accepted"));
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    let quoted = format!(
+    // As the message shows it: one line, control characters escaped.
+    let quoted = crate::error::one_line(format!(
         "\"{}\"",
         value.trim_matches(|c: char| c.is_ascii_whitespace())
-    );
+    ));
     assert!(
         err.message().contains(&quoted),
         "{key}={value:?}: {}",

@@ -243,7 +243,8 @@ pub struct SpillOptions {
     pub folder: Option<std::path::PathBuf>,
 }
 
-/// The first failure seen, by task index, and which worker saw it.
+/// The call's failure: the first one seen (as joblib raises the first failure it observes), and which
+/// worker saw it. Later failures never replace it, so `submit` and `collect` report the same one.
 #[derive(Clone, Debug)]
 struct Failure {
     index: usize,
@@ -803,7 +804,7 @@ impl Call {
         self.in_flight -= 1;
         self.in_flight_tasks -= outcome.size;
         if let Some((index, failure)) = outcome.failure.take() {
-            if self.failure.as_ref().is_none_or(|f| index < f.index) {
+            if self.failure.is_none() {
                 self.failure = Some(Failure {
                     index,
                     failure,
@@ -860,8 +861,10 @@ fn failure_error(failure: &Failure, backend: &Backend) -> Error {
         TaskFailure::Returned { code, message } => {
             context.code = Some(*code);
             context.callback_message = message.clone();
+            // An empty message adds nothing (no dangling colon); Error::new keeps it one line.
             let detail = message
                 .as_deref()
+                .filter(|m| !m.is_empty())
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
             (

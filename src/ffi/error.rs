@@ -68,8 +68,10 @@ pub extern "C" fn pj_error_status(error: *const pj_error_t) -> pj_status {
     })
 }
 
-/// The one-line message (UTF-8), e.g. `task 537 failed with code 7: bad input`. The string belongs to
-/// the error and lives until `pj_error_free`. NULL gives an empty static string.
+/// The one-line message (UTF-8), e.g. `task 537 failed with code 7: bad input`. It never holds a
+/// newline or another control character: those of an embedded text (a callback's message, an OS
+/// error) appear escaped as `\n`, `\t`, `\u{1b}`. The string belongs to the error and lives until
+/// `pj_error_free`. NULL gives an empty static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
     run_value(c"".as_ptr(), || {
@@ -82,7 +84,8 @@ pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
 /// or process id) and the callback's code; for a dead worker the signal (or exit status), the fault
 /// address and a backtrace of the crashing thread captured by the worker's crash handler
 /// (function, file and line when the program has symbols and debug info); for a timeout the limit
-/// and how long the task had run; then the message. The string
+/// and how long the task had run; then the message, and a callback's message of several lines as it
+/// gave it (one indented line each). The string
 /// belongs to the error and lives until `pj_error_free`. NULL gives an empty static string.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_report(error: *const pj_error_t) -> *const c_char {
@@ -115,7 +118,8 @@ pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
 }
 
 /// The message the failed task's callback attached with `pj_out_error`, exactly as given (the
-/// one-line message embeds it as `task N failed with code C: <message>`). The string belongs to the
+/// one-line message embeds it, control characters escaped, as `task N failed with code C: <message>`,
+/// or `task N failed with code C` when it is empty). The string belongs to the
 /// error and lives until it is freed. NULL when there is none (no message attached, the error is
 /// not a callback failure, or `error` is NULL).
 #[unsafe(no_mangle)]

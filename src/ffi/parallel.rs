@@ -157,8 +157,9 @@ pub extern "C" fn pj_parallel_submit(
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
-/// the error names the first failed task (by index), its code and message, and tasks queued behind
-/// it never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
+/// the error names the call's failure (the first one seen, as joblib raises the first failure it
+/// observes: the same one a refused submit named), its code and message, and tasks queued behind it
+/// never started; PJ_STATUS_WORKER_DIED when a worker process died while running a task (the
 /// error names the task, and the signal or exit status); PJ_STATUS_TIMEOUT when a task ran past the
 /// timeout (the error names the task and the limit; on processes its worker was killed, on threads
 /// the stuck thread was abandoned: it keeps running the callback, so the callback must not use
