@@ -491,7 +491,7 @@ func decodeNamed[R any](res *C.pj_results_t, out []R, c *call) *Error {
 			if e.TaskIndex < 0 {
 				e.TaskIndex = i
 			}
-			e = namedFailure(e, int32(C.pj_error_callback_code(cerr)))
+			e = namedFailure(e, cerr)
 			if !c.collect {
 				return e
 			}
@@ -521,24 +521,30 @@ func decodeNamed[R any](res *C.pj_results_t, out []R, c *call) *Error {
 // takeNamedError copies and frees the error of a named call that pj ended with a failure.
 func takeNamedError(status C.pj_status, cerr *C.pj_error_t) *Error {
 	defer C.pj_error_free(cerr)
-	var code int32
-	if cerr != nil {
-		code = int32(C.pj_error_callback_code(cerr))
-	}
-	return namedFailure(copyError(status, cerr), code)
+	return namedFailure(copyError(status, cerr), cerr)
 }
 
 // namedFailure turns pj's error about a task that the named-task trampoline failed (code) into the
 // error Map would give: "task 7 failed: <the error's text>" with the text as its cause, or "task 7
 // panicked: <value>" with a *PanicError; pj's report keeps its lines about the task (backend,
 // worker) and gets this message and the panic's stack. Other errors (timeouts, dead workers, ...) are
-// returned as they are.
-func namedFailure(e *Error, code int32) *Error {
+// returned as they are. cerr is pj's error (or nil): its callback message is the trampoline's text
+// as given (pj's one-line message escapes its newlines).
+func namedFailure(e *Error, cerr *C.pj_error_t) *Error {
+	var code int32
+	if cerr != nil {
+		code = int32(C.pj_error_callback_code(cerr))
+	}
 	if e.Status != StatusTaskFailed || e.TaskIndex < 0 || code < codeNamedError || code > codeNamedBroken {
 		return e
 	}
 	i := e.TaskIndex
-	text := strings.TrimPrefix(e.Message, fmt.Sprintf("task %d failed with code %d: ", i, code))
+	var text string
+	if raw := C.pj_error_callback_message(cerr); raw != nil {
+		text = C.GoString(raw)
+	} else {
+		text = strings.TrimPrefix(e.Message, fmt.Sprintf("task %d failed with code %d: ", i, code))
+	}
 	var stack []byte
 	if code == codeNamedPanic {
 		value := text
