@@ -11,7 +11,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{BackendKind, Config, MaxNbytes, OnError, ProgressMode, Resolved, StartMethod};
+use crate::config::{
+    BackendKind, Config, MaxNbytes, MmapMode, OnError, ProgressMode, Resolved, StartMethod,
+};
 use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
 };
@@ -353,7 +355,9 @@ fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop, backend: &Bac
         handle_sigint: settings.handle_sigint,
     };
     // joblib memmaps large arguments for process workers only; threads share memory already.
+    // mmap_mode "none" (joblib's None) memmaps nothing: everything is copied.
     let spill = match (backend, settings.max_nbytes) {
+        _ if settings.mmap_mode == MmapMode::None => None,
         (Backend::Processes(_), MaxNbytes::Bytes(above)) => Some(SpillOptions {
             above,
             mode: settings.mmap_mode,

@@ -207,7 +207,7 @@ func MaxNbytes(size string) Option {
 	return func(s *settings) { s.set("max_nbytes", size) }
 }
 
-// MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c"). Validated; no effect on this package's
+// MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c", "none"). Validated; no effect on this package's
 // calls (MapNamed decodes each input into a Go value of its own).
 func MmapMode(mode string) Option {
 	return func(s *settings) { s.set("mmap_mode", mode) }

@@ -155,16 +155,21 @@ pub enum MmapMode {
     WPlus,
     /// Copy-on-write: writes stay private to the worker.
     C,
+    /// No memmapping (joblib's `mmap_mode=None`, which loads arrays into memory instead): large
+    /// arguments and results travel like small ones, copied into the other process's memory, and
+    /// the temp folder is never used.
+    None,
 }
 
 impl MmapMode {
-    /// The `numpy.memmap` spelling (`r`, `r+`, `w+`, `c`).
+    /// The `numpy.memmap` spelling (`r`, `r+`, `w+`, `c`), or `none`.
     pub fn name(self) -> &'static str {
         match self {
             MmapMode::R => "r",
             MmapMode::RPlus => "r+",
             MmapMode::WPlus => "w+",
             MmapMode::C => "c",
+            MmapMode::None => "none",
         }
     }
 }
@@ -746,7 +751,7 @@ impl Config {
     /// Keys: `n_jobs` (integer or `none`), `backend`, `prefer`, `require`, `verbose`, `timeout`
     /// (seconds, `none`/`inf`), `pre_dispatch` (`all` or an expression on `n_jobs`), `batch_size`
     /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
-    /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`), `return_as` (`list`, `generator`,
+    /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`, `none`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
     /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`) and `start_method` (`fork`,
     /// `spawn`). Leading and trailing ASCII whitespace of the value is ignored;

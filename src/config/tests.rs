@@ -407,11 +407,18 @@ fn mmap_mode_and_return_as() {
         ("r+", MmapMode::RPlus),
         ("w+", MmapMode::WPlus),
         ("c", MmapMode::C),
+        ("none", MmapMode::None),
     ] {
         assert_eq!(set("mmap_mode", text).mmap_mode, Some(mode));
         assert_eq!(mode.name(), text);
     }
-    for bad in ["x", "", "none", "R", "w", "rw"] {
+    // joblib's None, in either spelling: no memmapping (not "restore the default").
+    assert_eq!(set("mmap_mode", "None").mmap_mode, Some(MmapMode::None));
+    assert_eq!(
+        resolved(&set("mmap_mode", "none")).mmap_mode,
+        MmapMode::None
+    );
+    for bad in ["x", "", "NONE", "null", "R", "w", "rw"] {
         rejects("mmap_mode", bad);
     }
     for (text, ret) in [

@@ -81,7 +81,7 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
 /// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
 /// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
-/// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
+/// "w+", "c", "none"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 /// `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
 /// as of their fork, so userdata created after it is not valid in them), `on_error` ("raise": the
 /// first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
@@ -100,7 +100,10 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// call) and mapped by the workers instead of being copied to each of them; the same content
 /// submitted many times is written once. `mmap_mode` decides the worker's view: "r" (default)
 /// read-only, a write kills the worker (PJ_STATUS_WORKER_DIED, SIGSEGV); "r+" and "w+" writable,
-/// each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
+/// each task with its own copy; "c" copy-on-write; "none" (or "None", joblib's `mmap_mode=None`,
+/// which loads arrays into memory instead of memmapping them) memmaps nothing: large arguments and
+/// results are copied through the socket like small ones, into the worker's (or caller's) own
+/// memory, and the temp folder is never used. Writes never reach your original buffer: share
 /// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
 /// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
 /// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
