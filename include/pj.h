@@ -388,6 +388,11 @@ size_t pj_effective_n_jobs(const pj_config_t *config);
 // default; `pj_effective_n_jobs` follows the same rule. Other threads (pj's workers included) do
 // not see it. Undo with `pj_config_pop`.
 //
+// `require` ("sharedmem") is a hard constraint, as in joblib: a backend without shared memory
+// ("processes", "mpi") set on another config than the constraint (say, pushed here while the
+// object's own config sets require "sharedmem") gives way to "threads". Only one config that sets
+// both conflicts: `pj_parallel_new` then fails with PJ_STATUS_INVALID_ARGUMENT.
+//
 // Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
 pj_status pj_config_push(const pj_config_t *config, pj_error_t **error_out);
 

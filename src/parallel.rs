@@ -134,7 +134,7 @@ impl Parallel {
             Some(call) => call,
             empty => empty.insert(new_call(
                 &self.settings,
-                &state.batching,
+                &mut state.batching,
                 &self.stop,
                 backend,
             )),
@@ -171,7 +171,7 @@ impl Parallel {
         let state = &mut *entered;
         abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = new_call(&self.settings, &state.batching, &self.stop, backend)
+        let call = new_call(&self.settings, &mut state.batching, &self.stop, backend)
             .with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
     }
@@ -186,7 +186,7 @@ impl Parallel {
         abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
         state.call = Some(
-            new_call(&self.settings, &state.batching, &self.stop, backend)
+            new_call(&self.settings, &mut state.batching, &self.stop, backend)
                 .with_producer(callback, producer),
         );
         Ok(())
@@ -338,7 +338,9 @@ fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
     Some(progress)
 }
 
-fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop, backend: &Backend) -> Call {
+fn new_call(settings: &Resolved, batching: &mut Batching, stop: &Stop, backend: &Backend) -> Call {
+    // Each call learns its own batch size, as joblib resets its statistics at each call.
+    batching.reset();
     if settings.sequential
         && let Some(limit) = settings.timeout
     {

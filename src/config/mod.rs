@@ -827,12 +827,26 @@ impl Config {
 
     /// Fields set in `self` win over `outer`: this is how scoped defaults stack (object config >
     /// pushed config > joblib defaults), like joblib's `parallel_config` contexts.
+    ///
+    /// One exception, joblib's: `require="sharedmem"` is a hard constraint, so a backend without
+    /// shared memory that comes from another layer than the constraint (a scoped
+    /// `backend="processes"` under an object's `require="sharedmem"`, or the reverse) gives way to
+    /// threads. Only a config that sets both itself conflicts ([`Config::resolve`] refuses it).
     pub fn layered_over(&self, outer: &Config) -> Config {
+        let mut backend = self.backend.or(outer.backend);
+        let require = self.require.or(outer.require);
+        let from_other_layers = self.backend.is_some() != self.require.is_some();
+        if require == Some(Require::SharedMem)
+            && backend.is_some_and(|b| !b.has_shared_memory())
+            && from_other_layers
+        {
+            backend = Some(BackendKind::Threads);
+        }
         Config {
             n_jobs: self.n_jobs.or(outer.n_jobs),
-            backend: self.backend.or(outer.backend),
+            backend,
             prefer: self.prefer.or(outer.prefer),
-            require: self.require.or(outer.require),
+            require,
             verbose: self.verbose.or(outer.verbose),
             timeout: self.timeout.or(outer.timeout),
             pre_dispatch: self

@@ -461,6 +461,52 @@ fn layering_prefers_inner_fields() {
     assert_eq!(outer.layered_over(&Config::default()), outer);
 }
 
+/// joblib: a scoped backend without shared memory becomes threads under require="sharedmem" from
+/// another layer; a config that sets both conflicts.
+#[test]
+fn require_sharedmem_from_another_layer_turns_the_backend_into_threads() {
+    let processes = set("backend", "processes");
+    let shared = set("require", "sharedmem");
+    for (inner, outer) in [(&shared, &processes), (&processes, &shared)] {
+        let layered = inner.layered_over(outer);
+        assert_eq!(layered.backend, Some(BackendKind::Threads));
+        assert_eq!(resolved(&layered).backend, BackendKind::Threads);
+    }
+    let mut mpi = set("backend", "mpi");
+    assert_eq!(
+        shared.layered_over(&mpi).backend,
+        Some(BackendKind::Threads)
+    );
+    // Backends with shared memory are kept.
+    let sequential = set("backend", "sequential");
+    assert_eq!(
+        resolved(&shared.layered_over(&sequential)).backend,
+        BackendKind::Sequential
+    );
+    // One config asking for both conflicts, wherever it sits.
+    mpi.set("backend", "loky").unwrap();
+    mpi.set("require", "sharedmem").unwrap();
+    for layered in [
+        mpi.clone(),
+        Config::default().layered_over(&mpi),
+        mpi.layered_over(&Config::default()),
+        set("n_jobs", "2").layered_over(&mpi),
+    ] {
+        assert_eq!(layered.backend, Some(BackendKind::Processes));
+        let err = layered.resolve(4).unwrap_err();
+        assert!(
+            err.message().contains("does not support shared memory"),
+            "{}",
+            err.message()
+        );
+    }
+    // Three layers: the backend from the outermost, the constraint from the middle one.
+    let three = set("n_jobs", "2")
+        .layered_over(&shared)
+        .layered_over(&processes);
+    assert_eq!(resolved(&three).backend, BackendKind::Threads);
+}
+
 #[test]
 fn resolve_defaults() {
     let r = resolved(&Config::default());

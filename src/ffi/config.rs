@@ -271,6 +271,11 @@ pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
 /// default; `pj_effective_n_jobs` follows the same rule. Other threads (pj's workers included) do
 /// not see it. Undo with `pj_config_pop`.
 ///
+/// `require` ("sharedmem") is a hard constraint, as in joblib: a backend without shared memory
+/// ("processes", "mpi") set on another config than the constraint (say, pushed here while the
+/// object's own config sets require "sharedmem") gives way to "threads". Only one config that sets
+/// both conflicts: `pj_parallel_new` then fails with PJ_STATUS_INVALID_ARGUMENT.
+///
 /// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_push(
