@@ -404,11 +404,12 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
                     settings.n_jobs,
                     settings.keep_workers,
                     settings.start_method,
+                    settings.stack_size,
                 )
                 .map_err(cannot)?,
             )
         } else {
-            Backend::Threads(ThreadPool::new(settings.n_jobs).map_err(cannot)?)
+            Backend::Threads(ThreadPool::new(settings.n_jobs, settings.stack_size).map_err(cannot)?)
         };
         *slot = Some(backend);
     }

@@ -882,7 +882,8 @@ pub fn serve(ops: MpiOps) -> c_int {
         return 2;
     }
     // One forked child, kept across batches and calls: the rank survives whatever a task does.
-    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork) else {
+    let stack_size = crate::config::default_stack_size();
+    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork, stack_size) else {
         return 2;
     };
     let mut worker = WorkerRank {

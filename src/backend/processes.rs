@@ -89,8 +89,15 @@ pub struct ProcessPool {
 }
 
 impl ProcessPool {
-    /// Starts `size` proxy threads; workers are forked by the first batch of each call.
-    pub fn new(size: usize, keep_workers: bool, start: StartMethod) -> io::Result<Self> {
+    /// Starts `size` proxy threads; workers are forked by the first batch of each call. A forked
+    /// worker runs its tasks on the copy of its proxy thread, so proxies get `stack_size` bytes
+    /// of stack: the tasks' stack. (A spawned worker runs them on its main thread.)
+    pub fn new(
+        size: usize,
+        keep_workers: bool,
+        start: StartMethod,
+        stack_size: usize,
+    ) -> io::Result<Self> {
         let spawn = match start {
             StartMethod::Fork => None,
             StartMethod::Spawn => Some(Arc::new(SpawnPlan::new()?)),
@@ -113,6 +120,7 @@ impl ProcessPool {
             // If spawning fails part-way, dropping `pool` on the error path joins what started.
             let proxy = std::thread::Builder::new()
                 .name(format!("pj-proxy-{slot}"))
+                .stack_size(stack_size)
                 .spawn(move || {
                     Proxy {
                         slot,

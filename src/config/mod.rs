@@ -286,8 +286,20 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 /// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
 pub const MAX_N_JOBS: i64 = 65_536;
 
+/// The smallest accepted `stack_size`: room for pj's own frames and a small task.
+pub const MIN_STACK_SIZE: usize = 64 << 10;
+
+/// The largest accepted `stack_size` (1 GiB); also the most an inherited RLIMIT_STACK gives.
+pub const MAX_STACK_SIZE: usize = 1 << 30;
+
+/// The task stack when RLIMIT_STACK is unlimited: Linux's usual limit (8 MiB).
+pub const UNLIMITED_STACK_DEFAULT: usize = 8 << 20;
+
+/// Rust's own thread stack, the least a task stack is given by default (2 MiB).
+const RUST_THREAD_STACK: usize = 2 << 20;
+
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -305,6 +317,7 @@ pub const KEYS: [&str; 17] = [
     "handle_sigint",
     "progress",
     "start_method",
+    "stack_size",
 ];
 
 /// How worker processes start (pj's `start_method` option, after Python's multiprocessing).
@@ -417,6 +430,9 @@ pub struct Config {
     pub progress_hook: Option<ProgressHook>,
     /// How worker processes start.
     pub start_method: Option<StartMethod>,
+    /// Bytes of stack for the threads that run tasks (worker threads, and the thread of each worker
+    /// process); within [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
+    pub stack_size: Option<usize>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -460,6 +476,8 @@ pub struct Resolved {
     pub progress_hook: Option<ProgressHook>,
     /// How worker processes start (default fork).
     pub start_method: StartMethod,
+    /// Bytes of stack for the threads that run tasks (default: [`default_stack_size`]).
+    pub stack_size: usize,
 }
 
 impl Resolved {
@@ -693,6 +711,52 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
+/// The task stack size when none is set: the caller's stack, i.e. the soft RLIMIT_STACK (8 MiB on
+/// most Linux systems; [`UNLIMITED_STACK_DEFAULT`] when unlimited), at least Rust's 2 MiB thread
+/// default and at most [`MAX_STACK_SIZE`].
+pub fn default_stack_size() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, exclusive `limit`.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return UNLIMITED_STACK_DEFAULT;
+    }
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(MAX_STACK_SIZE)
+        .clamp(RUST_THREAD_STACK, MAX_STACK_SIZE)
+}
+
+fn check_stack_size(bytes: u64, shown: &str) -> Result<usize> {
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(b))
+        .ok_or_else(|| {
+            invalid_value(
+                "stack_size",
+                shown,
+                format!(
+                    "expected a number of bytes from {MIN_STACK_SIZE} (64K) to {MAX_STACK_SIZE} \
+                     (1G), or \"none\" for the caller's stack size"
+                ),
+            )
+        })
+}
+
+/// Bytes, `"8M"`-style sizes (as `max_nbytes`), or `none` for the default.
+fn parse_stack_size(value: &str) -> Result<Option<usize>> {
+    let bytes = crate::memmap::parse_max_nbytes(value).map_err(|_| {
+        invalid_value(
+            "stack_size",
+            value,
+            "expected a number of bytes, a size like \"8M\", or \"none\"",
+        )
+    })?;
+    bytes.map(|b| check_stack_size(b, value)).transpose()
+}
+
 fn parse_start_method(value: &str) -> Result<StartMethod> {
     match value {
         "fork" => Ok(StartMethod::Fork),
@@ -753,8 +817,8 @@ impl Config {
     /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`, `none`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
-    /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`) and `start_method` (`fork`,
-    /// `spawn`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`), `start_method` (`fork`,
+    /// `spawn`) and `stack_size` (bytes, `8M`-style sizes, `none`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -780,6 +844,7 @@ impl Config {
             "handle_sigint" => self.handle_sigint = Some(parse_bool("handle_sigint", value)?),
             "progress" => self.progress = Some(parse_progress(value)?),
             "start_method" => self.start_method = Some(parse_start_method(value)?),
+            "stack_size" => self.stack_size = parse_stack_size(value)?,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -809,6 +874,13 @@ impl Config {
     pub fn set_batch_size(&mut self, size: usize) -> Result<()> {
         let size = NonZeroUsize::new(size).ok_or_else(|| batch_size_error(&size.to_string()))?;
         self.batch_size = Some(BatchSize::Fixed(size));
+        Ok(())
+    }
+
+    /// Sets the stack size, in bytes, of the threads that run tasks (worker threads, and the thread
+    /// of each worker process); from [`MIN_STACK_SIZE`] to [`MAX_STACK_SIZE`].
+    pub fn set_stack_size(&mut self, bytes: usize) -> Result<()> {
+        self.stack_size = Some(check_stack_size(bytes as u64, &bytes.to_string())?);
         Ok(())
     }
 
@@ -867,6 +939,7 @@ impl Config {
             progress: self.progress.or(outer.progress),
             progress_hook: self.progress_hook.or(outer.progress_hook),
             start_method: self.start_method.or(outer.start_method),
+            stack_size: self.stack_size.or(outer.stack_size),
         }
     }
 
@@ -943,6 +1016,10 @@ impl Config {
             progress: self.progress.unwrap_or_default(),
             progress_hook: self.progress_hook,
             start_method: self.start_method.unwrap_or_default(),
+            stack_size: match self.stack_size {
+                Some(bytes) => check_stack_size(bytes as u64, &bytes.to_string())?,
+                None => default_stack_size(),
+            },
         })
     }
 }

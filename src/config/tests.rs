@@ -715,3 +715,39 @@ fn effective_n_jobs_as_joblib() {
     );
     assert!(effective_n_jobs(Some(MAX_N_JOBS + 1), 2).is_err());
 }
+
+#[test]
+fn stack_size_is_validated_and_defaults_to_the_callers_stack() {
+    assert_eq!(set("stack_size", "8M").stack_size, Some(8 << 20));
+    assert_eq!(set("stack_size", "65536").stack_size, Some(MIN_STACK_SIZE));
+    assert_eq!(set("stack_size", "1G").stack_size, Some(MAX_STACK_SIZE));
+    assert_eq!(set("stack_size", "none").stack_size, None);
+    for bad in [
+        "0",
+        "65535",
+        "1025M",
+        "-1",
+        "big",
+        "",
+        "18446744073709551615",
+    ] {
+        rejects("stack_size", bad);
+    }
+    let mut config = Config::default();
+    assert!(config.set_stack_size(MIN_STACK_SIZE - 1).is_err());
+    assert!(config.set_stack_size(MAX_STACK_SIZE + 1).is_err());
+    assert!(config.set_stack_size(usize::MAX).is_err());
+    assert_eq!(config.stack_size, None, "refused values change nothing");
+    config.set_stack_size(3 << 20).unwrap();
+    assert_eq!(resolved(&config).stack_size, 3 << 20);
+    // Unset: the caller's RLIMIT_STACK, within Rust's 2 MiB and MAX_STACK_SIZE.
+    let default = resolved(&Config::default()).stack_size;
+    assert_eq!(default, default_stack_size());
+    assert!((2 << 20..=MAX_STACK_SIZE).contains(&default), "{default}");
+    // A field set directly, bypassing the setters, is checked at resolution.
+    let direct = Config {
+        stack_size: Some(1),
+        ..Config::default()
+    };
+    assert!(direct.resolve(4).is_err());
+}

@@ -13,7 +13,7 @@ use crate::error::Error;
 ///
 /// Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
 /// `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
-/// `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
+/// `pj_config_set_stack_size`, `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
 pub struct pj_config_t {
     pub(crate) config: Config,
 }
@@ -91,7 +91,8 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
 /// workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
 /// call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
-/// functions, without userdata; see `examples/spawn.c`). Every value is validated now. On failure
+/// functions, without userdata; see `examples/spawn.c`) and `stack_size` (bytes, "8M"-style sizes
+/// or "none": see `pj_config_set_stack_size`). Every value is validated now. On failure
 /// the config is unchanged.
 ///
 /// Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
@@ -222,6 +223,27 @@ pub extern "C" fn pj_config_set_timeout(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || borrow_mut(config)?.set_timeout(seconds))
+}
+
+/// Sets the stack size, in bytes, of the threads that run tasks: the worker threads (threads
+/// backend) and the thread that runs tasks in each forked worker process. The default is the
+/// caller's own stack size, the soft RLIMIT_STACK (`ulimit -s`, 8 MiB on most Linux systems; 8 MiB
+/// when unlimited), at least 2 MiB and at most 1 GiB. With n_jobs 1, tasks run on the caller's
+/// thread; spawned workers (start_method "spawn") run them on their main thread, whose stack is
+/// RLIMIT_STACK; neither is changed by this option. A task that overflows its stack kills its
+/// worker process (PJ_STATUS_WORKER_DIED, SIGSEGV) but, on threads, the whole program, as any
+/// stack overflow does: give deep recursion room here. `pj_config_set(cfg, "stack_size", "none")`
+/// restores the default.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// below 65536 (64 KiB) or above 1073741824 (1 GiB).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_stack_size(
+    config: *mut pj_config_t,
+    bytes: usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || borrow_mut(config)?.set_stack_size(bytes))
 }
 
 /// Sets (or, with `fn` NULL, clears) the progress callback: see `pj_progress_fn`. `userdata` must stay
