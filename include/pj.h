@@ -266,7 +266,7 @@ void pj_config_free(pj_config_t *config);
 // Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
 // `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing", "mpi"), `prefer`
 // ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
-// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
+// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"; at most 1048576),
 // `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
 // "w+", "c", "none"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 // `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
@@ -334,11 +334,12 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
 pj_status pj_config_set_backend(pj_config_t *config, const char *backend, pj_error_t **error_out);
 
-// Sets a fixed batch size (tasks per batch). The default is "auto" (joblib's heuristic), which
-// only the string setter can restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+// Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
+// the same range). The default is "auto" (joblib's heuristic), which only the string setter can
+// restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
-// for 0.
+// for 0 or a value above 1048576.
 pj_status pj_config_set_batch_size(pj_config_t *config, size_t batch_size, pj_error_t **error_out);
 
 // Sets joblib's verbosity level (0 silent; progress lines on stderr below 50, stdout from 50).
@@ -668,13 +669,20 @@ pj_status pj_parallel_for(pj_parallel_t *parallel,
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 // Call it only from inside the task callback that received `out`.
 //
-// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
-// `len > 0`.
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
+// `len > 0`; PJ_STATUS_INVALID_ARGUMENT when `len` exceeds PTRDIFF_MAX (no buffer is that large;
+// the output is unchanged); PJ_STATUS_IO when the copy cannot be allocated: the output is then
+// empty and the task fails with PJ_STATUS_IO whatever the callback returns, unless a later
+// `pj_out_set` or `pj_out_alloc` succeeds.
 pj_status pj_out_set(pj_out_t *out, const uint8_t *data, size_t len);
 
 // Replaces the task's output with `len` zeroed bytes and returns a pointer to them, to be written
 // in place. The pointer is valid until the callback returns or calls another `pj_out_*` function.
-// Returns NULL when `out` is NULL (never NULL otherwise, even for `len` 0).
+// Never NULL for a `len` that can be allocated (even 0). Returns NULL when `out` is NULL, and when
+// the bytes cannot be allocated (any `len` beyond the memory available, SIZE_MAX included): the
+// output is then empty and the task fails with PJ_STATUS_IO ("task N: cannot allocate its output
+// of L bytes ...") whatever the callback returns, unless a later `pj_out_set` or `pj_out_alloc`
+// succeeds. A failed allocation never aborts the process.
 uint8_t *pj_out_alloc(pj_out_t *out, size_t len);
 
 // Attaches a message (a NUL-terminated string, copied; invalid UTF-8 is replaced) that explains a
@@ -699,7 +707,8 @@ pj_status pj_results_get(const pj_results_t *results,
 // The status of task `index`: PJ_STATUS_OK when it succeeded (always, unless the call used
 // on_error=collect); with on_error=collect, its own failure: PJ_STATUS_TASK_FAILED (the callback
 // returned non-zero), PJ_STATUS_TIMEOUT (it ran past the timeout and its worker was stopped),
-// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it) or
+// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it), PJ_STATUS_IO (its
+// output could not be allocated, see `pj_out_alloc`, or no worker could be started for it) or
 // PJ_STATUS_PANIC. A failed task's output is empty; `pj_results_error` tells more.
 //
 // Returns that status; PJ_STATUS_NULL_ARGUMENT when `results` is NULL; PJ_STATUS_INVALID_ARGUMENT

@@ -651,7 +651,10 @@ impl Dispatcher {
             results_above: u64::MAX,
         };
         let mut message = Vec::new();
-        encode_batch(&batch, flags, &[], &[], true, &mut message);
+        if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
+            fail(&batch, &link, &error.to_string());
+            return;
+        }
         let timeout = link.timeout.map_or(0, |t| {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
         });

@@ -286,6 +286,11 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 /// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
 pub const MAX_N_JOBS: i64 = 65_536;
 
+/// The largest fixed `batch_size`: a batch's tasks wait for one another in one worker, so beyond
+/// a million there is nothing left to amortise, only memory to exhaust (auto batching stops far
+/// lower, at [`crate::dispatch::batching::MAX_BATCH_SIZE`]).
+pub const MAX_FIXED_BATCH_SIZE: usize = 1 << 20;
+
 /// The smallest accepted `stack_size`: room for pj's own frames and a small task.
 pub const MIN_STACK_SIZE: usize = 64 << 10;
 
@@ -641,19 +646,25 @@ fn parse_timeout(value: &str) -> Result<Option<f64>> {
 
 fn batch_size_error(shown: &str) -> Error {
     Error::invalid(format!(
-        "batch_size must be \"auto\" or a positive integer, got \"{shown}\""
+        "batch_size must be \"auto\" or an integer from 1 to {MAX_FIXED_BATCH_SIZE}, got \"{shown}\""
     ))
+}
+
+/// The one check of a fixed batch size, shared by both setters and resolution.
+fn check_batch_size(size: usize, shown: &str) -> Result<NonZeroUsize> {
+    NonZeroUsize::new(size)
+        .filter(|n| n.get() <= MAX_FIXED_BATCH_SIZE)
+        .ok_or_else(|| batch_size_error(shown))
 }
 
 fn parse_batch_size(value: &str) -> Result<BatchSize> {
     if value == "auto" {
         return Ok(BatchSize::Auto);
     }
-    parse_integer(value)
+    let size = parse_integer(value)
         .and_then(|n| usize::try_from(n).ok())
-        .and_then(NonZeroUsize::new)
-        .map(BatchSize::Fixed)
-        .ok_or_else(|| batch_size_error(value))
+        .ok_or_else(|| batch_size_error(value))?;
+    check_batch_size(size, value).map(BatchSize::Fixed)
 }
 
 /// Expands `~` and `~/...` with `$HOME` and makes the path absolute against the current directory,
@@ -869,10 +880,11 @@ impl Config {
         Ok(())
     }
 
-    /// Sets a fixed number of tasks per batch. 0 is refused; the adaptive default (`"auto"`) can
-    /// only be restored through [`Config::set`], since it is not a number.
+    /// Sets a fixed number of tasks per batch, from 1 to [`MAX_FIXED_BATCH_SIZE`] (the check
+    /// [`Config::set`] applies too); the adaptive default (`"auto"`) can only be restored through
+    /// [`Config::set`], since it is not a number.
     pub fn set_batch_size(&mut self, size: usize) -> Result<()> {
-        let size = NonZeroUsize::new(size).ok_or_else(|| batch_size_error(&size.to_string()))?;
+        let size = check_batch_size(size, &size.to_string())?;
         self.batch_size = Some(BatchSize::Fixed(size));
         Ok(())
     }
@@ -1003,7 +1015,12 @@ impl Config {
             verbose,
             timeout,
             pre_dispatch,
-            batch_size: self.batch_size.unwrap_or(BatchSize::Auto),
+            batch_size: match self.batch_size {
+                Some(BatchSize::Fixed(n)) => {
+                    BatchSize::Fixed(check_batch_size(n.get(), &n.to_string())?)
+                }
+                Some(BatchSize::Auto) | None => BatchSize::Auto,
+            },
             temp_folder: self.temp_folder.clone(),
             max_nbytes: self
                 .max_nbytes

@@ -313,7 +313,7 @@ fn batch_size_values() {
     let msg = rejects("batch_size", "0");
     assert_eq!(
         msg,
-        "batch_size must be \"auto\" or a positive integer, got \"0\""
+        "batch_size must be \"auto\" or an integer from 1 to 1048576, got \"0\""
     );
     for bad in [
         "-1",
@@ -334,6 +334,19 @@ fn batch_size_values() {
     assert!(err.message().contains("got \"0\""), "{}", err.message());
     assert_eq!(config.batch_size, Some(BatchSize::Fixed(nz(5))));
     assert_eq!(BatchSize::Auto.to_string(), "auto");
+    // Both setters share one limit; resolution checks fields set directly.
+    let max = MAX_FIXED_BATCH_SIZE;
+    for size in [max + 1, 4_000_000_000, usize::MAX] {
+        rejects("batch_size", &size.to_string());
+        assert!(config.set_batch_size(size).is_err());
+    }
+    assert_eq!(
+        set("batch_size", &max.to_string()).batch_size,
+        Some(BatchSize::Fixed(nz(max)))
+    );
+    config.set_batch_size(max).unwrap();
+    config.batch_size = Some(BatchSize::Fixed(nz(max + 1)));
+    assert!(config.resolve(4).is_err());
 }
 
 #[test]

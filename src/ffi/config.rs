@@ -79,7 +79,7 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
 /// `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing", "mpi"), `prefer`
 /// ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
-/// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
+/// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"; at most 1048576),
 /// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
 /// "w+", "c", "none"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 /// `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
@@ -176,11 +176,12 @@ pub extern "C" fn pj_config_set_backend(
     })
 }
 
-/// Sets a fixed batch size (tasks per batch). The default is "auto" (joblib's heuristic), which
-/// only the string setter can restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+/// Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
+/// the same range). The default is "auto" (joblib's heuristic), which only the string setter can
+/// restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
-/// for 0.
+/// for 0 or a value above 1048576.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_set_batch_size(
     config: *mut pj_config_t,
