@@ -506,3 +506,19 @@ fn parallel_for_covers_the_whole_size_range() {
         assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
     }
 }
+
+/// Shared buffers larger than any folder can hold fail with an error status (no panic, no abort).
+#[test]
+fn a_shared_buffer_beyond_any_folder_is_an_error() {
+    for nbytes in [usize::MAX, usize::MAX / 2 + 1, HUGE] {
+        let mut shared = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        let status = pj_shared_new(std::ptr::null(), nbytes, &mut shared, &mut err);
+        let error = take_error(status, err);
+        assert!(
+            matches!(error.status, pj_status::Io | pj_status::InvalidArgument),
+            "{nbytes}: {error:?}"
+        );
+        assert!(shared.is_null());
+    }
+}
