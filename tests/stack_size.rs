@@ -115,3 +115,25 @@ fn a_smaller_stack_size_makes_the_worker_die_not_the_caller() {
     .unwrap();
     assert_eq!(results.len(), 4);
 }
+
+#[test]
+fn the_typed_setter_checks_the_documented_range() {
+    let cfg = config(&[]).unwrap();
+    for (bytes, expected) in [
+        (64 << 10, pj_status::Ok),
+        (1 << 30, pj_status::Ok),
+        ((64 << 10) - 1, pj_status::InvalidArgument),
+        ((1 << 30) + 1, pj_status::InvalidArgument),
+        (usize::MAX, pj_status::InvalidArgument),
+        (0, pj_status::InvalidArgument),
+    ] {
+        let mut err = std::ptr::null_mut();
+        let status = pj_config_set_stack_size(cfg, bytes, &mut err);
+        if status != pj_status::Ok {
+            let e = take_error(status, err);
+            assert!(e.message.contains("stack_size"), "{}", e.message);
+        }
+        assert_eq!(status, expected, "{bytes}");
+    }
+    pj_config_free(cfg);
+}
