@@ -117,7 +117,7 @@ typedef struct pj_out_t pj_out_t;
 //
 // Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
 // `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
-// `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
+// `pj_config_set_stack_size`, `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
 typedef struct pj_config_t pj_config_t;
 
 // An error: a status, a one-line message, a multi-line report and, for task errors, the index of the
@@ -266,9 +266,9 @@ void pj_config_free(pj_config_t *config);
 // Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
 // `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing", "mpi"), `prefer`
 // ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
-// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
+// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"; at most 1048576),
 // `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
-// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
+// "w+", "c", "none"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 // `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
 // as of their fork, so userdata created after it is not valid in them), `on_error` ("raise": the
 // first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
@@ -278,7 +278,8 @@ void pj_config_free(pj_config_t *config);
 // terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
 // workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
 // call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
-// functions, without userdata; see `examples/spawn.c`). Every value is validated now. On failure
+// functions, without userdata; see `examples/spawn.c`) and `stack_size` (bytes, "8M"-style sizes
+// or "none": see `pj_config_set_stack_size`). Every value is validated now. On failure
 // the config is unchanged.
 //
 // Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
@@ -287,7 +288,10 @@ void pj_config_free(pj_config_t *config);
 // call) and mapped by the workers instead of being copied to each of them; the same content
 // submitted many times is written once. `mmap_mode` decides the worker's view: "r" (default)
 // read-only, a write kills the worker (PJ_STATUS_WORKER_DIED, SIGSEGV); "r+" and "w+" writable,
-// each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
+// each task with its own copy; "c" copy-on-write; "none" (or "None", joblib's `mmap_mode=None`,
+// which loads arrays into memory instead of memmapping them) memmaps nothing: large arguments and
+// results are copied through the socket like small ones, into the worker's (or caller's) own
+// memory, and the temp folder is never used. Writes never reach your original buffer: share
 // writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
 // with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
 // max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
@@ -330,11 +334,12 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
 pj_status pj_config_set_backend(pj_config_t *config, const char *backend, pj_error_t **error_out);
 
-// Sets a fixed batch size (tasks per batch). The default is "auto" (joblib's heuristic), which
-// only the string setter can restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+// Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
+// the same range). The default is "auto" (joblib's heuristic), which only the string setter can
+// restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
-// for 0.
+// for 0 or a value above 1048576.
 pj_status pj_config_set_batch_size(pj_config_t *config, size_t batch_size, pj_error_t **error_out);
 
 // Sets joblib's verbosity level (0 silent; progress lines on stderr below 50, stdout from 50).
@@ -357,6 +362,20 @@ pj_status pj_config_set_verbose(pj_config_t *config, int64_t verbose, pj_error_t
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 // for 0, a negative value or NaN.
 pj_status pj_config_set_timeout(pj_config_t *config, double seconds, pj_error_t **error_out);
+
+// Sets the stack size, in bytes, of the threads that run tasks: the worker threads (threads
+// backend) and the thread that runs tasks in each forked worker process. The default is the
+// caller's own stack size, the soft RLIMIT_STACK (`ulimit -s`, 8 MiB on most Linux systems; 8 MiB
+// when unlimited), at least 2 MiB and at most 1 GiB. With n_jobs 1, tasks run on the caller's
+// thread; spawned workers (start_method "spawn") run them on their main thread, whose stack is
+// RLIMIT_STACK; neither is changed by this option. A task that overflows its stack kills its
+// worker process (PJ_STATUS_WORKER_DIED, SIGSEGV) but, on threads, the whole program, as any
+// stack overflow does: give deep recursion room here. `pj_config_set(cfg, "stack_size", "none")`
+// restores the default.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+// below 65536 (64 KiB) or above 1073741824 (1 GiB).
+pj_status pj_config_set_stack_size(pj_config_t *config, size_t bytes, pj_error_t **error_out);
 
 // Sets (or, with `fn` NULL, clears) the progress callback: see `pj_progress_fn`. `userdata` must stay
 // valid while an object created from this config runs calls. Works with verbose lines and the
@@ -384,6 +403,11 @@ size_t pj_effective_n_jobs(const pj_config_t *config);
 // own config if set there, else from the innermost pushed config that sets it, else joblib's
 // default; `pj_effective_n_jobs` follows the same rule. Other threads (pj's workers included) do
 // not see it. Undo with `pj_config_pop`.
+//
+// `require` ("sharedmem") is a hard constraint, as in joblib: a backend without shared memory
+// ("processes", "mpi") set on another config than the constraint (say, pushed here while the
+// object's own config sets require "sharedmem") gives way to "threads". Only one config that sets
+// both conflicts: `pj_parallel_new` then fails with PJ_STATUS_INVALID_ARGUMENT.
 //
 // Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
 pj_status pj_config_push(const pj_config_t *config, pj_error_t **error_out);
@@ -650,13 +674,20 @@ pj_status pj_parallel_for(pj_parallel_t *parallel,
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 // Call it only from inside the task callback that received `out`.
 //
-// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
-// `len > 0`.
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
+// `len > 0`; PJ_STATUS_INVALID_ARGUMENT when `len` exceeds PTRDIFF_MAX (no buffer is that large;
+// the output is unchanged); PJ_STATUS_IO when the copy cannot be allocated: the output is then
+// empty and the task fails with PJ_STATUS_IO whatever the callback returns, unless a later
+// `pj_out_set` or `pj_out_alloc` succeeds.
 pj_status pj_out_set(pj_out_t *out, const uint8_t *data, size_t len);
 
 // Replaces the task's output with `len` zeroed bytes and returns a pointer to them, to be written
 // in place. The pointer is valid until the callback returns or calls another `pj_out_*` function.
-// Returns NULL when `out` is NULL (never NULL otherwise, even for `len` 0).
+// Never NULL for a `len` that can be allocated (even 0). Returns NULL when `out` is NULL, and when
+// the bytes cannot be allocated (any `len` beyond the memory available, SIZE_MAX included): the
+// output is then empty and the task fails with PJ_STATUS_IO ("task N: cannot allocate its output
+// of L bytes ...") whatever the callback returns, unless a later `pj_out_set` or `pj_out_alloc`
+// succeeds. A failed allocation never aborts the process.
 uint8_t *pj_out_alloc(pj_out_t *out, size_t len);
 
 // Attaches a message (a NUL-terminated string, copied; invalid UTF-8 is replaced) that explains a
@@ -681,7 +712,8 @@ pj_status pj_results_get(const pj_results_t *results,
 // The status of task `index`: PJ_STATUS_OK when it succeeded (always, unless the call used
 // on_error=collect); with on_error=collect, its own failure: PJ_STATUS_TASK_FAILED (the callback
 // returned non-zero), PJ_STATUS_TIMEOUT (it ran past the timeout and its worker was stopped),
-// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it) or
+// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it), PJ_STATUS_IO (its
+// output could not be allocated, see `pj_out_alloc`, or no worker could be started for it) or
 // PJ_STATUS_PANIC. A failed task's output is empty; `pj_results_error` tells more.
 //
 // Returns that status; PJ_STATUS_NULL_ARGUMENT when `results` is NULL; PJ_STATUS_INVALID_ARGUMENT

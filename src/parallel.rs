@@ -11,7 +11,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{BackendKind, Config, MaxNbytes, OnError, ProgressMode, Resolved, StartMethod};
+use crate::config::{
+    BackendKind, Config, MaxNbytes, MmapMode, OnError, ProgressMode, Resolved, StartMethod,
+};
 use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
 };
@@ -132,7 +134,7 @@ impl Parallel {
             Some(call) => call,
             empty => empty.insert(new_call(
                 &self.settings,
-                &state.batching,
+                &mut state.batching,
                 &self.stop,
                 backend,
             )),
@@ -169,7 +171,7 @@ impl Parallel {
         let state = &mut *entered;
         abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = new_call(&self.settings, &state.batching, &self.stop, backend)
+        let call = new_call(&self.settings, &mut state.batching, &self.stop, backend)
             .with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
     }
@@ -184,7 +186,7 @@ impl Parallel {
         abandon_call(state);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
         state.call = Some(
-            new_call(&self.settings, &state.batching, &self.stop, backend)
+            new_call(&self.settings, &mut state.batching, &self.stop, backend)
                 .with_producer(callback, producer),
         );
         Ok(())
@@ -336,7 +338,9 @@ fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
     Some(progress)
 }
 
-fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop, backend: &Backend) -> Call {
+fn new_call(settings: &Resolved, batching: &mut Batching, stop: &Stop, backend: &Backend) -> Call {
+    // Each call learns its own batch size, as joblib resets its statistics at each call.
+    batching.reset();
     if settings.sequential
         && let Some(limit) = settings.timeout
     {
@@ -353,7 +357,9 @@ fn new_call(settings: &Resolved, batching: &Batching, stop: &Stop, backend: &Bac
         handle_sigint: settings.handle_sigint,
     };
     // joblib memmaps large arguments for process workers only; threads share memory already.
+    // mmap_mode "none" (joblib's None) memmaps nothing: everything is copied.
     let spill = match (backend, settings.max_nbytes) {
+        _ if settings.mmap_mode == MmapMode::None => None,
         (Backend::Processes(_), MaxNbytes::Bytes(above)) => Some(SpillOptions {
             above,
             mode: settings.mmap_mode,
@@ -398,11 +404,12 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
                     settings.n_jobs,
                     settings.keep_workers,
                     settings.start_method,
+                    settings.stack_size,
                 )
                 .map_err(cannot)?,
             )
         } else {
-            Backend::Threads(ThreadPool::new(settings.n_jobs).map_err(cannot)?)
+            Backend::Threads(ThreadPool::new(settings.n_jobs, settings.stack_size).map_err(cannot)?)
         };
         *slot = Some(backend);
     }

@@ -84,20 +84,44 @@ pub struct TaskOutput {
     arena: Vec<u8>,
     start: usize,
     message: Option<String>,
+    /// The size of the last write, when it could not be allocated: the task then fails (unless a
+    /// later write succeeds), whatever its callback returns.
+    failed_alloc: Option<usize>,
 }
 
 impl TaskOutput {
-    /// Replaces the task's output with a copy of `data`.
-    pub fn set(&mut self, data: &[u8]) {
+    /// Makes room for an output of `len` bytes (the previous output is dropped); false, with the
+    /// output empty and the failure recorded, when the memory cannot be had. Never aborts.
+    fn make_room(&mut self, len: usize) -> bool {
         self.arena.truncate(self.start);
+        if self.arena.try_reserve(len).is_err() {
+            self.failed_alloc = Some(len);
+            return false;
+        }
+        self.failed_alloc = None;
+        true
+    }
+
+    /// Replaces the task's output with a copy of `data`. False when the bytes cannot be
+    /// allocated: the output is then empty and the task fails (unless a later write succeeds).
+    pub fn set(&mut self, data: &[u8]) -> bool {
+        if !self.make_room(data.len()) {
+            return false;
+        }
         self.arena.extend_from_slice(data);
+        true
     }
 
     /// Replaces the task's output with `len` zeroed bytes and returns them for writing in place.
-    pub fn alloc(&mut self, len: usize) -> &mut [u8] {
-        self.arena.truncate(self.start);
+    /// `None` when they cannot be allocated: the output is then empty and the task fails (unless a
+    /// later write succeeds).
+    pub fn alloc(&mut self, len: usize) -> Option<&mut [u8]> {
+        if !self.make_room(len) {
+            return None;
+        }
+        // Room was reserved: this cannot allocate.
         self.arena.resize(self.start + len, 0);
-        &mut self.arena[self.start..]
+        Some(&mut self.arena[self.start..])
     }
 
     /// Attaches an error message, reported if the callback returns non-zero.
@@ -151,9 +175,15 @@ pub struct SpillFile {
     pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
+/// At most this many tasks' room is set aside when a batch is created; larger batches grow as tasks
+/// come (a fixed batch_size is a limit, not a promise that many tasks will come).
+const PREALLOCATED_TASKS: usize = 4096;
+
 impl Batch {
-    /// An empty batch whose first task will have index `first`, with room for `capacity` tasks.
+    /// An empty batch whose first task will have index `first`, with room for `capacity` tasks
+    /// (up to a few thousand; more grow as they come).
     pub fn new(first: usize, capacity: usize) -> Self {
+        let capacity = capacity.min(PREALLOCATED_TASKS);
         Batch {
             first,
             callbacks: Vec::with_capacity(capacity),
@@ -177,11 +207,26 @@ impl Batch {
         }
     }
 
-    /// Appends a task, copying its argument bytes.
-    pub fn push(&mut self, callback: Callback, arg: &[u8]) {
+    /// Appends a task, copying its argument bytes; an I/O error, with the batch unchanged, when
+    /// the memory for the copy cannot be had (arguments are sized by the caller: never abort).
+    pub fn push(&mut self, callback: Callback, arg: &[u8]) -> crate::Result<()> {
+        let reserved = self.args.try_reserve(arg.len()).and_then(|()| {
+            self.callbacks.try_reserve(1)?;
+            self.arg_ends.try_reserve(1)
+        });
+        if let Err(error) = reserved {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Io,
+                format!(
+                    "cannot copy a task argument of {} bytes: {error}",
+                    arg.len()
+                ),
+            ));
+        }
         self.callbacks.push(callback);
         self.args.extend_from_slice(arg);
         self.arg_ends.push(self.args.len());
+        Ok(())
     }
 
     /// Number of tasks in the batch.
@@ -275,7 +320,8 @@ pub enum TaskFailure {
     Returned { code: i32, message: Option<String> },
     /// pj's own code panicked while running the task.
     Panicked(String),
-    /// No worker could be started to run the task (fork or socket failure).
+    /// pj could not run the task or keep its output: no worker could be started (fork or socket
+    /// failure), or memory for its output could not be allocated. Reported as an I/O error.
     Spawn(String),
     /// The worker process running the task died.
     Died {
@@ -510,6 +556,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         arena: Vec::new(),
         start: 0,
         message: None,
+        failed_alloc: None,
     };
     let mut ends = Vec::with_capacity(size);
     let mut failure = None;
@@ -540,6 +587,23 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         // SAFETY: `Callback::new`'s contract makes the callback callable here with its userdata; `arg`
         // is a live slice for the duration of the call and `out` a live, exclusive TaskOutput.
         let code = unsafe { (callback.func)(callback.userdata, arg.as_ptr(), arg.len(), &mut out) };
+        if let Some(len) = out.failed_alloc.take() {
+            // The output could not be kept: the task failed, whatever its callback returned.
+            out.arena.truncate(out.start);
+            out.message = None;
+            let lost = TaskFailure::Spawn(format!(
+                "cannot allocate its output of {len} bytes (pj_out_alloc / pj_out_set): out of \
+                 memory"
+            ));
+            if ctx.collect {
+                errors.push((index, lost));
+                ends.push(out.arena.len());
+                continue;
+            }
+            ctx.abort.store(true, Ordering::Relaxed);
+            failure = Some((index, lost));
+            break;
+        }
         if code != 0 {
             out.arena.truncate(out.start);
             let returned = TaskFailure::Returned {
@@ -605,7 +669,7 @@ mod tests {
         let cb = unsafe { Callback::new(double_it, std::ptr::null_mut()) };
         let mut batch = Batch::new(first, values.len());
         for v in values {
-            batch.push(cb, &v.to_ne_bytes());
+            batch.push(cb, &v.to_ne_bytes()).unwrap();
         }
         batch
     }

@@ -520,3 +520,131 @@ fn a_million_streamed_tasks_keep_memory_flat() {
     assert!(growth < 64 << 20, "peak RSS grew by {} MiB", growth >> 20);
     let _ = &mut count;
 }
+
+/// Task: adds 1 to the AtomicUsize `userdata` points to (only seen by the caller when tasks share
+/// its memory).
+unsafe extern "C" fn count_in_caller(
+    userdata: *mut c_void,
+    _: *const u8,
+    _: usize,
+    _: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: tests pass a live AtomicUsize.
+    let counter = unsafe { &*(userdata as *const std::sync::atomic::AtomicUsize) };
+    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    0
+}
+
+/// require="sharedmem" on the object, backend="processes" from a scope: joblib switches to
+/// threads ("the backend becomes thread-based even when parallel_config asked otherwise"); only
+/// a config that sets both conflicts.
+#[test]
+fn require_sharedmem_turns_a_scoped_process_backend_into_threads() {
+    let scoped = config(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+    assert_eq!(pj_config_push(scoped, std::ptr::null_mut()), pj_status::Ok);
+    let created = parallel(&[("require", "sharedmem")]);
+    let same_config = parallel(&[("backend", "processes"), ("require", "sharedmem")]).err();
+    assert_eq!(pj_config_pop(std::ptr::null_mut()), pj_status::Ok);
+    pj_config_free(scoped);
+    let par = created.expect("a scoped backend yields to require=sharedmem");
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    for _ in 0..8 {
+        par.submit(Some(count_in_caller), ud(&counter), &[])
+            .unwrap();
+    }
+    assert_eq!(par.collect().unwrap().len(), 8);
+    assert_eq!(
+        counter.load(std::sync::atomic::Ordering::SeqCst),
+        8,
+        "the tasks ran in the caller's memory (threads)"
+    );
+    let err = same_config.expect("backend and require on one config conflict");
+    assert_eq!(err.status, pj_status::InvalidArgument);
+    assert!(
+        err.message.contains("does not support shared memory"),
+        "{}",
+        err.message
+    );
+    // The same conflict within one pushed config.
+    let both = config(&[("backend", "processes"), ("require", "sharedmem")]).unwrap();
+    assert_eq!(pj_config_push(both, std::ptr::null_mut()), pj_status::Ok);
+    let err = parallel(&[]).err();
+    assert_eq!(pj_config_pop(std::ptr::null_mut()), pj_status::Ok);
+    pj_config_free(both);
+    assert_eq!(
+        err.expect("one scope asking for both conflicts").status,
+        pj_status::InvalidArgument
+    );
+}
+
+/// Task for the batching test: raises the AtomicBool `userdata` points to.
+unsafe extern "C" fn raise_flag(
+    userdata: *mut c_void,
+    _: *const u8,
+    _: usize,
+    _: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: tests pass a live AtomicBool.
+    let flag = unsafe { &*(userdata as *const std::sync::atomic::AtomicBool) };
+    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    0
+}
+
+/// Producer of `end` empty arguments, counting in the u64 `userdata` points to.
+unsafe extern "C" fn empty_producer(
+    userdata: *mut c_void,
+    arg: *mut *const u8,
+    len: *mut usize,
+) -> i32 {
+    // SAFETY: tests pass a live [u64; 2] (produced, end) and valid output pointers.
+    let state = unsafe { &mut *(userdata as *mut [u64; 2]) };
+    if state[0] == state[1] {
+        return 0;
+    }
+    state[0] += 1;
+    // SAFETY: valid output pointers; a zero-length argument needs no bytes.
+    unsafe {
+        *arg = std::ptr::null();
+        *len = 0;
+    }
+    1
+}
+
+unsafe extern "C" fn nothing(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+    0
+}
+
+/// Auto batching starts afresh at each call, as joblib resets its statistics: after a call of
+/// tiny tasks has grown the batches, the next call's first task is dispatched (and runs) as soon as
+/// it is submitted, in a batch of one, instead of waiting for a batch of hundreds to fill.
+#[test]
+fn auto_batching_starts_afresh_at_each_call() {
+    let par = parallel(&[("backend", "threads"), ("n_jobs", "2")]).unwrap();
+    let mut state = [0u64, 200_000];
+    let mut res = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_map(
+        par.0,
+        Some(nothing),
+        std::ptr::null_mut(),
+        Some(empty_producer),
+        (&raw mut state).cast(),
+        &mut res,
+        &mut err,
+    );
+    check(status, err).unwrap();
+    assert_eq!(pj_results_len(res), 200_000);
+    pj_results_free(res);
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    par.submit(Some(raise_flag), ud(&ran), &[]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ran.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ran_before_collect = ran.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(par.collect().unwrap().len(), 1);
+    assert!(
+        ran_before_collect,
+        "the second call's first task waited for a batch sized by the first call"
+    );
+}

@@ -77,6 +77,7 @@ fn config_functions() {
         pj_config_set_batch_size(null_mut(), 2, null_mut()),
         pj_config_set_verbose(null_mut(), 2, null_mut()),
         pj_config_set_timeout(null_mut(), 2.0, null_mut()),
+        pj_config_set_stack_size(null_mut(), 1 << 20, null_mut()),
     ] {
         assert_eq!(status, pj_status::NullArgument);
     }

@@ -149,6 +149,29 @@ fn max_nbytes_none_and_threads_never_spill() {
     assert_eq!(par.collect().unwrap().len(), 1);
 }
 
+/// mmap_mode "none" (joblib's `mmap_mode=None`): large arguments are loaded into the worker's own
+/// memory instead of being mapped from a file, so the temp folder is never used and a task may
+/// write to its copy.
+#[test]
+fn mmap_mode_none_loads_arguments_into_the_workers_memory() {
+    for spelling in ["none", "None"] {
+        let par = executor(
+            Path::new("/nonexistent/pj-mmap-none"),
+            &[("mmap_mode", spelling)],
+        );
+        let arg = big_arg(5);
+        let mut write = 1u8;
+        par.submit(Some(inspect), (&raw mut write).cast(), &arg)
+            .unwrap();
+        let results = par.collect().unwrap();
+        let [sum, _, from_file, first] = words(&results[0]);
+        assert_eq!(sum, byte_sum(&arg), "{spelling}");
+        assert_eq!(first, u64::from(arg[0]));
+        assert_eq!(from_file, 0, "{spelling}: copied into memory, not mapped");
+        assert_eq!(arg[0], 5, "the caller's argument is untouched");
+    }
+}
+
 #[test]
 fn max_nbytes_sets_the_threshold() {
     let folder = fresh_folder("threshold");

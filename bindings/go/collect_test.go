@@ -370,6 +370,7 @@ var validValues = map[string]string{
 	"handle_sigint": "false",
 	"progress":      "none",
 	"start_method":  "spawn",
+	"stack_size":    "8M",
 }
 
 // Set takes every key pj_config_set takes: the list comes from pj's own message for an unknown key,

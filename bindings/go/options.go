@@ -194,6 +194,14 @@ func BatchSize(size string) Option {
 	return func(s *settings) { s.set("batch_size", size) }
 }
 
+// StackSize sets pj's stack_size: the stack of pj's worker threads ("8M", a number of bytes, or
+// "none" for the caller's RLIMIT_STACK; 64K to 1G). Validated. Go functions run on goroutine stacks,
+// which grow on their own, so it matters only to deep C code called through cgo from fn; workers of
+// MapNamed (spawned processes) run on their main thread, with RLIMIT_STACK.
+func StackSize(size string) Option {
+	return func(s *settings) { s.set("stack_size", size) }
+}
+
 // TempFolder sets joblib's temp_folder (where memory-mapped files go). It is validated now; it
 // matters only to the process backends of MapNamed (arguments and results larger than max_nbytes).
 func TempFolder(path string) Option {
@@ -207,7 +215,7 @@ func MaxNbytes(size string) Option {
 	return func(s *settings) { s.set("max_nbytes", size) }
 }
 
-// MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c"). Validated; no effect on this package's
+// MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c", "none"). Validated; no effect on this package's
 // calls (MapNamed decodes each input into a Go value of its own).
 func MmapMode(mode string) Option {
 	return func(s *settings) { s.set("mmap_mode", mode) }
@@ -374,6 +382,7 @@ func ChunkSize(n int) Option {
 //   - "handle_sigint": "false" only; "true" is refused (see HandleSigint);
 //   - "start_method": "spawn", which the process backends of MapNamed always use; "fork" is refused
 //     with ErrUnsupported (Go code cannot run in a forked child);
+//   - "stack_size": see StackSize;
 //   - "temp_folder", "max_nbytes", "mmap_mode", "keep_workers": validated; they concern worker
 //     processes and memory-mapped data, i.e. at most the process backends of MapNamed.
 //

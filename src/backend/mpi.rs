@@ -651,7 +651,10 @@ impl Dispatcher {
             results_above: u64::MAX,
         };
         let mut message = Vec::new();
-        encode_batch(&batch, flags, &[], &[], true, &mut message);
+        if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
+            fail(&batch, &link, &error.to_string());
+            return;
+        }
         let timeout = link.timeout.map_or(0, |t| {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
         });
@@ -882,7 +885,8 @@ pub fn serve(ops: MpiOps) -> c_int {
         return 2;
     }
     // One forked child, kept across batches and calls: the rank survives whatever a task does.
-    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork) else {
+    let stack_size = crate::config::default_stack_size();
+    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork, stack_size) else {
         return 2;
     };
     let mut worker = WorkerRank {

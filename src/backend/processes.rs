@@ -89,8 +89,15 @@ pub struct ProcessPool {
 }
 
 impl ProcessPool {
-    /// Starts `size` proxy threads; workers are forked by the first batch of each call.
-    pub fn new(size: usize, keep_workers: bool, start: StartMethod) -> io::Result<Self> {
+    /// Starts `size` proxy threads; workers are forked by the first batch of each call. A forked
+    /// worker runs its tasks on the copy of its proxy thread, so proxies get `stack_size` bytes
+    /// of stack: the tasks' stack. (A spawned worker runs them on its main thread.)
+    pub fn new(
+        size: usize,
+        keep_workers: bool,
+        start: StartMethod,
+        stack_size: usize,
+    ) -> io::Result<Self> {
         let spawn = match start {
             StartMethod::Fork => None,
             StartMethod::Spawn => Some(Arc::new(SpawnPlan::new()?)),
@@ -113,6 +120,7 @@ impl ProcessPool {
             // If spawning fails part-way, dropping `pool` on the error path joins what started.
             let proxy = std::thread::Builder::new()
                 .name(format!("pj-proxy-{slot}"))
+                .stack_size(stack_size)
                 .spawn(move || {
                     Proxy {
                         slot,
@@ -317,6 +325,7 @@ impl Proxy {
             }
         }
         let by_index = self.spawn.is_some();
+        // Nothing was sent when the frame cannot be allocated: the worker stays usable.
         encode_batch(
             batch,
             flags,
@@ -324,7 +333,8 @@ impl Proxy {
             results_folder,
             by_index,
             &mut self.buf,
-        );
+        )
+        .map_err(|e| Some(Lost::fatal(batch.first, TaskFailure::Spawn(e.to_string()))))?;
         self.fds.clear();
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
@@ -383,6 +393,11 @@ impl Proxy {
                     ))
                 })?;
                 Ok(outcome)
+            }
+            // The caller could not allocate the outcome (a result too large for its memory):
+            // the frame was not read, so this worker's stream is unusable.
+            Err(error) if error.kind() == io::ErrorKind::OutOfMemory => {
+                Err(Some(Lost::fatal(batch.first, self.kill_worker(&error))))
             }
             _ if overdue.get().is_some() => {
                 let Some((index, limit, elapsed)) = overdue.get() else {
@@ -454,6 +469,9 @@ impl Proxy {
             // SAFETY: `pid` is our own child, not yet reaped, so the pid cannot have been reused.
             unsafe { libc::kill(worker.pid, libc::SIGKILL) };
             let _ = wait_for(worker.pid, 0);
+        }
+        if error.kind() == io::ErrorKind::OutOfMemory {
+            return TaskFailure::Spawn(error.to_string());
         }
         TaskFailure::Spawn(format!(
             "a worker process sent an unreadable result ({error})"

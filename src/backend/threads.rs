@@ -62,6 +62,8 @@ struct Worker {
 struct Shared {
     queue: Receiver<Arc<Job>>,
     level: usize,
+    /// Bytes of stack for each worker thread (replacements included).
+    stack_size: usize,
     workers: Mutex<Vec<Worker>>,
     /// Wakes the watchdog when a timed batch starts (sent by workers, so it never misses one).
     wake: Mutex<Option<Sender<()>>>,
@@ -78,8 +80,9 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// Starts `size` worker threads (at least one), one nesting level below the calling thread.
-    pub fn new(size: usize) -> std::io::Result<Self> {
+    /// Starts `size` worker threads (at least one), one nesting level below the calling thread,
+    /// each with `stack_size` bytes of stack.
+    pub fn new(size: usize, stack_size: usize) -> std::io::Result<Self> {
         let (jobs, queue) = unbounded::<Arc<Job>>();
         let size = size.max(1);
         let pool = ThreadPool {
@@ -87,6 +90,7 @@ impl ThreadPool {
             shared: Arc::new(Shared {
                 queue,
                 level: crate::nesting::level() + 1,
+                stack_size,
                 workers: Mutex::new(Vec::with_capacity(size)),
                 wake: Mutex::new(None),
             }),
@@ -182,6 +186,7 @@ fn spawn_worker(shared: &Arc<Shared>, worker: usize) -> std::io::Result<Worker> 
     let (thread_slot, thread_shared) = (slot.clone(), shared.clone());
     let handle = std::thread::Builder::new()
         .name(format!("pj-worker-{worker}"))
+        .stack_size(shared.stack_size)
         .spawn(move || {
             crate::nesting::set_level(thread_shared.level);
             worker_loop(worker, &thread_slot, &thread_shared)

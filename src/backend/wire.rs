@@ -118,6 +118,9 @@ impl RunFlags {
 /// order of the descriptors; `results_folder` is where the worker writes results above
 /// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
 /// registry indices (the caller checked that every task's function is registered).
+///
+/// The frame is as large as the batch's arguments: when it cannot be allocated, this is an
+/// [`io::ErrorKind::OutOfMemory`] error (never an abort).
 pub fn encode_batch(
     batch: &Batch,
     flags: RunFlags,
@@ -125,16 +128,19 @@ pub fn encode_batch(
     results_folder: &[u8],
     by_index: bool,
     out: &mut Vec<u8>,
-) {
+) -> io::Result<()> {
     let (callbacks, args, arg_ends) = batch.parts();
     out.clear();
-    out.reserve(
-        48 + callbacks.len() * 24
-            + args.len()
-            + batch.forced.len() * 8
-            + batch.spilled.len() * 32
-            + attached.len() * 8,
-    );
+    // Everything written below, so that nothing reallocates.
+    let len = 80
+        + callbacks.len() * 24
+        + args.len()
+        + results_folder.len()
+        + batch.forced.len() * 8
+        + batch.spilled.len() * 32
+        + attached.len() * 8;
+    out.try_reserve_exact(len)
+        .map_err(|e| out_of_memory(len, &e))?;
     put(out, batch.first);
     put(out, callbacks.len());
     put(out, args.len());
@@ -180,6 +186,7 @@ pub fn encode_batch(
         put(out, end);
     }
     out.extend_from_slice(args);
+    Ok(())
 }
 
 /// A batch as the worker receives it.
@@ -441,7 +448,11 @@ pub fn decode_outcome(
     };
     let (first, size, completed, data_len) = (r.word()?, r.word()?, r.word()?, r.word()?);
     let ends = r.words(completed)?;
-    let data = r.bytes(data_len)?.to_vec();
+    let bytes = r.bytes(data_len)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(bytes.len())
+        .map_err(|e| out_of_memory(bytes.len(), &e))?;
+    data.extend_from_slice(bytes);
     if ends.windows(2).any(|w| w[0] > w[1]) || ends.last().is_some_and(|&end| end != data_len) {
         return Err(malformed("outcome"));
     }
@@ -573,10 +584,28 @@ pub fn recv_frame_with_fds(
         recv_exact(fd, &mut header[got..], false, &watch)?;
     }
     let len = usize::try_from(u64::from_ne_bytes(header)).map_err(|_| malformed("oversized"))?;
-    buf.clear();
-    buf.resize(len, 0);
+    make_room(buf, len)?;
     recv_exact(fd, buf, false, &watch)?;
     Ok(true)
+}
+
+/// Empties `buf` and makes it `len` bytes long, without aborting when the memory cannot be had:
+/// frames are sized by the tasks' data, so that is an [`io::ErrorKind::OutOfMemory`] error (the
+/// frame is then unread: the stream cannot be used any more).
+fn make_room(buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    buf.clear();
+    buf.try_reserve_exact(len)
+        .map_err(|e| out_of_memory(len, &e))?;
+    buf.resize(len, 0);
+    Ok(())
+}
+
+/// The error for `len` bytes that could not be allocated.
+fn out_of_memory(len: usize, error: &std::collections::TryReserveError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::OutOfMemory,
+        format!("cannot allocate {len} bytes for a batch's frame: {error}"),
+    )
 }
 
 /// One recvmsg into `bytes`, collecting any descriptors that come with them.
@@ -660,8 +689,7 @@ pub fn recv_frame(
         return Ok(false);
     }
     let len = usize::try_from(u64::from_ne_bytes(header)).map_err(|_| malformed("oversized"))?;
-    buf.clear();
-    buf.resize(len, 0);
+    make_room(buf, len)?;
     recv_exact(fd, buf, false, &watch)?;
     Ok(true)
 }
@@ -763,7 +791,7 @@ mod tests {
         let cb = unsafe { Callback::new(echo, 0x1234 as *mut c_void) };
         let mut batch = Batch::new(40, 3);
         for arg in [&b"a"[..], b"", b"xyz"] {
-            batch.push(cb, arg);
+            batch.push(cb, arg).unwrap();
         }
         let mut buf = Vec::new();
         let flags = RunFlags {
@@ -774,7 +802,7 @@ mod tests {
             results_above: 1 << 20,
         };
         let batch = batch.retry_without(41, TaskFailure::Spawn("lost".into()));
-        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", false, &mut buf);
+        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", false, &mut buf).unwrap();
         // SAFETY: encoded in this process.
         let decoded = unsafe { decode_batch(&buf, None) }.unwrap();
         let (back, back_flags) = (decoded.batch, decoded.flags);

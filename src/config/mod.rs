@@ -155,16 +155,21 @@ pub enum MmapMode {
     WPlus,
     /// Copy-on-write: writes stay private to the worker.
     C,
+    /// No memmapping (joblib's `mmap_mode=None`, which loads arrays into memory instead): large
+    /// arguments and results travel like small ones, copied into the other process's memory, and
+    /// the temp folder is never used.
+    None,
 }
 
 impl MmapMode {
-    /// The `numpy.memmap` spelling (`r`, `r+`, `w+`, `c`).
+    /// The `numpy.memmap` spelling (`r`, `r+`, `w+`, `c`), or `none`.
     pub fn name(self) -> &'static str {
         match self {
             MmapMode::R => "r",
             MmapMode::RPlus => "r+",
             MmapMode::WPlus => "w+",
             MmapMode::C => "c",
+            MmapMode::None => "none",
         }
     }
 }
@@ -281,8 +286,25 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 /// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
 pub const MAX_N_JOBS: i64 = 65_536;
 
+/// The largest fixed `batch_size`: a batch's tasks wait for one another in one worker, so beyond
+/// a million there is nothing left to amortise, only memory to exhaust (auto batching stops far
+/// lower, at [`crate::dispatch::batching::MAX_BATCH_SIZE`]).
+pub const MAX_FIXED_BATCH_SIZE: usize = 1 << 20;
+
+/// The smallest accepted `stack_size`: room for pj's own frames and a small task.
+pub const MIN_STACK_SIZE: usize = 64 << 10;
+
+/// The largest accepted `stack_size` (1 GiB); also the most an inherited RLIMIT_STACK gives.
+pub const MAX_STACK_SIZE: usize = 1 << 30;
+
+/// The task stack when RLIMIT_STACK is unlimited: Linux's usual limit (8 MiB).
+pub const UNLIMITED_STACK_DEFAULT: usize = 8 << 20;
+
+/// Rust's own thread stack, the least a task stack is given by default (2 MiB).
+const RUST_THREAD_STACK: usize = 2 << 20;
+
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -300,6 +322,7 @@ pub const KEYS: [&str; 17] = [
     "handle_sigint",
     "progress",
     "start_method",
+    "stack_size",
 ];
 
 /// How worker processes start (pj's `start_method` option, after Python's multiprocessing).
@@ -412,6 +435,9 @@ pub struct Config {
     pub progress_hook: Option<ProgressHook>,
     /// How worker processes start.
     pub start_method: Option<StartMethod>,
+    /// Bytes of stack for the threads that run tasks (worker threads, and the thread of each worker
+    /// process); within [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
+    pub stack_size: Option<usize>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -455,6 +481,8 @@ pub struct Resolved {
     pub progress_hook: Option<ProgressHook>,
     /// How worker processes start (default fork).
     pub start_method: StartMethod,
+    /// Bytes of stack for the threads that run tasks (default: [`default_stack_size`]).
+    pub stack_size: usize,
 }
 
 impl Resolved {
@@ -618,19 +646,25 @@ fn parse_timeout(value: &str) -> Result<Option<f64>> {
 
 fn batch_size_error(shown: &str) -> Error {
     Error::invalid(format!(
-        "batch_size must be \"auto\" or a positive integer, got \"{shown}\""
+        "batch_size must be \"auto\" or an integer from 1 to {MAX_FIXED_BATCH_SIZE}, got \"{shown}\""
     ))
+}
+
+/// The one check of a fixed batch size, shared by both setters and resolution.
+fn check_batch_size(size: usize, shown: &str) -> Result<NonZeroUsize> {
+    NonZeroUsize::new(size)
+        .filter(|n| n.get() <= MAX_FIXED_BATCH_SIZE)
+        .ok_or_else(|| batch_size_error(shown))
 }
 
 fn parse_batch_size(value: &str) -> Result<BatchSize> {
     if value == "auto" {
         return Ok(BatchSize::Auto);
     }
-    parse_integer(value)
+    let size = parse_integer(value)
         .and_then(|n| usize::try_from(n).ok())
-        .and_then(NonZeroUsize::new)
-        .map(BatchSize::Fixed)
-        .ok_or_else(|| batch_size_error(value))
+        .ok_or_else(|| batch_size_error(value))?;
+    check_batch_size(size, value).map(BatchSize::Fixed)
 }
 
 /// Expands `~` and `~/...` with `$HOME` and makes the path absolute against the current directory,
@@ -686,6 +720,52 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
         "false" | "False" | "0" | "no" => Ok(false),
         _ => Err(invalid_value(key, value, "expected \"true\" or \"false\"")),
     }
+}
+
+/// The task stack size when none is set: the caller's stack, i.e. the soft RLIMIT_STACK (8 MiB on
+/// most Linux systems; [`UNLIMITED_STACK_DEFAULT`] when unlimited), at least Rust's 2 MiB thread
+/// default and at most [`MAX_STACK_SIZE`].
+pub fn default_stack_size() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the valid, exclusive `limit`.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return UNLIMITED_STACK_DEFAULT;
+    }
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(MAX_STACK_SIZE)
+        .clamp(RUST_THREAD_STACK, MAX_STACK_SIZE)
+}
+
+fn check_stack_size(bytes: u64, shown: &str) -> Result<usize> {
+    usize::try_from(bytes)
+        .ok()
+        .filter(|b| (MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(b))
+        .ok_or_else(|| {
+            invalid_value(
+                "stack_size",
+                shown,
+                format!(
+                    "expected a number of bytes from {MIN_STACK_SIZE} (64K) to {MAX_STACK_SIZE} \
+                     (1G), or \"none\" for the caller's stack size"
+                ),
+            )
+        })
+}
+
+/// Bytes, `"8M"`-style sizes (as `max_nbytes`), or `none` for the default.
+fn parse_stack_size(value: &str) -> Result<Option<usize>> {
+    let bytes = crate::memmap::parse_max_nbytes(value).map_err(|_| {
+        invalid_value(
+            "stack_size",
+            value,
+            "expected a number of bytes, a size like \"8M\", or \"none\"",
+        )
+    })?;
+    bytes.map(|b| check_stack_size(b, value)).transpose()
 }
 
 fn parse_start_method(value: &str) -> Result<StartMethod> {
@@ -746,10 +826,10 @@ impl Config {
     /// Keys: `n_jobs` (integer or `none`), `backend`, `prefer`, `require`, `verbose`, `timeout`
     /// (seconds, `none`/`inf`), `pre_dispatch` (`all` or an expression on `n_jobs`), `batch_size`
     /// (`auto` or a positive integer), `temp_folder`, `max_nbytes` (bytes, `none`, or `1.5M`-style
-    /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`), `return_as` (`list`, `generator`,
+    /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`, `none`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
-    /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`) and `start_method` (`fork`,
-    /// `spawn`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`), `start_method` (`fork`,
+    /// `spawn`) and `stack_size` (bytes, `8M`-style sizes, `none`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -775,6 +855,7 @@ impl Config {
             "handle_sigint" => self.handle_sigint = Some(parse_bool("handle_sigint", value)?),
             "progress" => self.progress = Some(parse_progress(value)?),
             "start_method" => self.start_method = Some(parse_start_method(value)?),
+            "stack_size" => self.stack_size = parse_stack_size(value)?,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -799,11 +880,19 @@ impl Config {
         Ok(())
     }
 
-    /// Sets a fixed number of tasks per batch. 0 is refused; the adaptive default (`"auto"`) can
-    /// only be restored through [`Config::set`], since it is not a number.
+    /// Sets a fixed number of tasks per batch, from 1 to [`MAX_FIXED_BATCH_SIZE`] (the check
+    /// [`Config::set`] applies too); the adaptive default (`"auto"`) can only be restored through
+    /// [`Config::set`], since it is not a number.
     pub fn set_batch_size(&mut self, size: usize) -> Result<()> {
-        let size = NonZeroUsize::new(size).ok_or_else(|| batch_size_error(&size.to_string()))?;
+        let size = check_batch_size(size, &size.to_string())?;
         self.batch_size = Some(BatchSize::Fixed(size));
+        Ok(())
+    }
+
+    /// Sets the stack size, in bytes, of the threads that run tasks (worker threads, and the thread
+    /// of each worker process); from [`MIN_STACK_SIZE`] to [`MAX_STACK_SIZE`].
+    pub fn set_stack_size(&mut self, bytes: usize) -> Result<()> {
+        self.stack_size = Some(check_stack_size(bytes as u64, &bytes.to_string())?);
         Ok(())
     }
 
@@ -822,12 +911,26 @@ impl Config {
 
     /// Fields set in `self` win over `outer`: this is how scoped defaults stack (object config >
     /// pushed config > joblib defaults), like joblib's `parallel_config` contexts.
+    ///
+    /// One exception, joblib's: `require="sharedmem"` is a hard constraint, so a backend without
+    /// shared memory that comes from another layer than the constraint (a scoped
+    /// `backend="processes"` under an object's `require="sharedmem"`, or the reverse) gives way to
+    /// threads. Only a config that sets both itself conflicts ([`Config::resolve`] refuses it).
     pub fn layered_over(&self, outer: &Config) -> Config {
+        let mut backend = self.backend.or(outer.backend);
+        let require = self.require.or(outer.require);
+        let from_other_layers = self.backend.is_some() != self.require.is_some();
+        if require == Some(Require::SharedMem)
+            && backend.is_some_and(|b| !b.has_shared_memory())
+            && from_other_layers
+        {
+            backend = Some(BackendKind::Threads);
+        }
         Config {
             n_jobs: self.n_jobs.or(outer.n_jobs),
-            backend: self.backend.or(outer.backend),
+            backend,
             prefer: self.prefer.or(outer.prefer),
-            require: self.require.or(outer.require),
+            require,
             verbose: self.verbose.or(outer.verbose),
             timeout: self.timeout.or(outer.timeout),
             pre_dispatch: self
@@ -848,6 +951,7 @@ impl Config {
             progress: self.progress.or(outer.progress),
             progress_hook: self.progress_hook.or(outer.progress_hook),
             start_method: self.start_method.or(outer.start_method),
+            stack_size: self.stack_size.or(outer.stack_size),
         }
     }
 
@@ -911,7 +1015,12 @@ impl Config {
             verbose,
             timeout,
             pre_dispatch,
-            batch_size: self.batch_size.unwrap_or(BatchSize::Auto),
+            batch_size: match self.batch_size {
+                Some(BatchSize::Fixed(n)) => {
+                    BatchSize::Fixed(check_batch_size(n.get(), &n.to_string())?)
+                }
+                Some(BatchSize::Auto) | None => BatchSize::Auto,
+            },
             temp_folder: self.temp_folder.clone(),
             max_nbytes: self
                 .max_nbytes
@@ -924,6 +1033,10 @@ impl Config {
             progress: self.progress.unwrap_or_default(),
             progress_hook: self.progress_hook,
             start_method: self.start_method.unwrap_or_default(),
+            stack_size: match self.stack_size {
+                Some(bytes) => check_stack_size(bytes as u64, &bytes.to_string())?,
+                None => default_stack_size(),
+            },
         })
     }
 }

@@ -314,7 +314,7 @@ fn batch_size_values() {
     let msg = rejects("batch_size", "0");
     assert_eq!(
         msg,
-        "batch_size must be \"auto\" or a positive integer, got \"0\""
+        "batch_size must be \"auto\" or an integer from 1 to 1048576, got \"0\""
     );
     for bad in [
         "-1",
@@ -335,6 +335,19 @@ fn batch_size_values() {
     assert!(err.message().contains("got \"0\""), "{}", err.message());
     assert_eq!(config.batch_size, Some(BatchSize::Fixed(nz(5))));
     assert_eq!(BatchSize::Auto.to_string(), "auto");
+    // Both setters share one limit; resolution checks fields set directly.
+    let max = MAX_FIXED_BATCH_SIZE;
+    for size in [max + 1, 4_000_000_000, usize::MAX] {
+        rejects("batch_size", &size.to_string());
+        assert!(config.set_batch_size(size).is_err());
+    }
+    assert_eq!(
+        set("batch_size", &max.to_string()).batch_size,
+        Some(BatchSize::Fixed(nz(max)))
+    );
+    config.set_batch_size(max).unwrap();
+    config.batch_size = Some(BatchSize::Fixed(nz(max + 1)));
+    assert!(config.resolve(4).is_err());
 }
 
 #[test]
@@ -408,11 +421,18 @@ fn mmap_mode_and_return_as() {
         ("r+", MmapMode::RPlus),
         ("w+", MmapMode::WPlus),
         ("c", MmapMode::C),
+        ("none", MmapMode::None),
     ] {
         assert_eq!(set("mmap_mode", text).mmap_mode, Some(mode));
         assert_eq!(mode.name(), text);
     }
-    for bad in ["x", "", "none", "R", "w", "rw"] {
+    // joblib's None, in either spelling: no memmapping (not "restore the default").
+    assert_eq!(set("mmap_mode", "None").mmap_mode, Some(MmapMode::None));
+    assert_eq!(
+        resolved(&set("mmap_mode", "none")).mmap_mode,
+        MmapMode::None
+    );
+    for bad in ["x", "", "NONE", "null", "R", "w", "rw"] {
         rejects("mmap_mode", bad);
     }
     for (text, ret) in [
@@ -453,6 +473,52 @@ fn layering_prefers_inner_fields() {
     assert_eq!(layered.batch_size, Some(BatchSize::Fixed(nz(4))));
     assert_eq!(Config::default().layered_over(&outer), outer);
     assert_eq!(outer.layered_over(&Config::default()), outer);
+}
+
+/// joblib: a scoped backend without shared memory becomes threads under require="sharedmem" from
+/// another layer; a config that sets both conflicts.
+#[test]
+fn require_sharedmem_from_another_layer_turns_the_backend_into_threads() {
+    let processes = set("backend", "processes");
+    let shared = set("require", "sharedmem");
+    for (inner, outer) in [(&shared, &processes), (&processes, &shared)] {
+        let layered = inner.layered_over(outer);
+        assert_eq!(layered.backend, Some(BackendKind::Threads));
+        assert_eq!(resolved(&layered).backend, BackendKind::Threads);
+    }
+    let mut mpi = set("backend", "mpi");
+    assert_eq!(
+        shared.layered_over(&mpi).backend,
+        Some(BackendKind::Threads)
+    );
+    // Backends with shared memory are kept.
+    let sequential = set("backend", "sequential");
+    assert_eq!(
+        resolved(&shared.layered_over(&sequential)).backend,
+        BackendKind::Sequential
+    );
+    // One config asking for both conflicts, wherever it sits.
+    mpi.set("backend", "loky").unwrap();
+    mpi.set("require", "sharedmem").unwrap();
+    for layered in [
+        mpi.clone(),
+        Config::default().layered_over(&mpi),
+        mpi.layered_over(&Config::default()),
+        set("n_jobs", "2").layered_over(&mpi),
+    ] {
+        assert_eq!(layered.backend, Some(BackendKind::Processes));
+        let err = layered.resolve(4).unwrap_err();
+        assert!(
+            err.message().contains("does not support shared memory"),
+            "{}",
+            err.message()
+        );
+    }
+    // Three layers: the backend from the outermost, the constraint from the middle one.
+    let three = set("n_jobs", "2")
+        .layered_over(&shared)
+        .layered_over(&processes);
+    assert_eq!(resolved(&three).backend, BackendKind::Threads);
 }
 
 #[test]
@@ -662,4 +728,40 @@ fn effective_n_jobs_as_joblib() {
         err.message()
     );
     assert!(effective_n_jobs(Some(MAX_N_JOBS + 1), 2).is_err());
+}
+
+#[test]
+fn stack_size_is_validated_and_defaults_to_the_callers_stack() {
+    assert_eq!(set("stack_size", "8M").stack_size, Some(8 << 20));
+    assert_eq!(set("stack_size", "65536").stack_size, Some(MIN_STACK_SIZE));
+    assert_eq!(set("stack_size", "1G").stack_size, Some(MAX_STACK_SIZE));
+    assert_eq!(set("stack_size", "none").stack_size, None);
+    for bad in [
+        "0",
+        "65535",
+        "1025M",
+        "-1",
+        "big",
+        "",
+        "18446744073709551615",
+    ] {
+        rejects("stack_size", bad);
+    }
+    let mut config = Config::default();
+    assert!(config.set_stack_size(MIN_STACK_SIZE - 1).is_err());
+    assert!(config.set_stack_size(MAX_STACK_SIZE + 1).is_err());
+    assert!(config.set_stack_size(usize::MAX).is_err());
+    assert_eq!(config.stack_size, None, "refused values change nothing");
+    config.set_stack_size(3 << 20).unwrap();
+    assert_eq!(resolved(&config).stack_size, 3 << 20);
+    // Unset: the caller's RLIMIT_STACK, within Rust's 2 MiB and MAX_STACK_SIZE.
+    let default = resolved(&Config::default()).stack_size;
+    assert_eq!(default, default_stack_size());
+    assert!((2 << 20..=MAX_STACK_SIZE).contains(&default), "{default}");
+    // A field set directly, bypassing the setters, is checked at resolution.
+    let direct = Config {
+        stack_size: Some(1),
+        ..Config::default()
+    };
+    assert!(direct.resolve(4).is_err());
 }

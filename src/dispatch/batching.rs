@@ -29,7 +29,8 @@ pub struct SizeChange {
     pub grew: bool,
 }
 
-/// The batch size policy of one `Parallel` object; its statistics persist across calls.
+/// The batch size policy of one `Parallel` object; its statistics start afresh at each call
+/// ([`Batching::reset`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batching {
     auto: bool,
@@ -60,6 +61,16 @@ impl Batching {
             auto: true,
             size: size.max(1),
             smoothed_seconds: 0.0,
+        }
+    }
+
+    /// Forgets what earlier calls taught the auto heuristic, as joblib does at each call: "auto"
+    /// starts again at size 1 with no smoothed duration (a call of slow tasks must not start with
+    /// the big batches a call of tiny tasks grew); a fixed size stays as it is.
+    pub fn reset(&mut self) {
+        if self.auto {
+            self.size = 1;
+            self.smoothed_seconds = 0.0;
         }
     }
 
@@ -156,6 +167,22 @@ mod tests {
         let mut fixed = Batching::new(BatchSize::Fixed(std::num::NonZeroUsize::new(5).unwrap()));
         fixed.record(5, 0.000_001);
         assert_eq!(fixed.adjust(), None);
+        assert_eq!(fixed.size(), 5);
+    }
+
+    #[test]
+    fn reset_forgets_auto_statistics_and_keeps_a_fixed_size() {
+        let mut batching = Batching::new(BatchSize::Auto);
+        for _ in 0..10 {
+            let size = batching.size();
+            batching.record(size, 0.000_001);
+            batching.adjust();
+        }
+        assert!(batching.size() > 1);
+        batching.reset();
+        assert_eq!(batching, Batching::new(BatchSize::Auto));
+        let mut fixed = Batching::new(BatchSize::Fixed(std::num::NonZeroUsize::new(5).unwrap()));
+        fixed.reset();
         assert_eq!(fixed.size(), 5);
     }
 

@@ -105,11 +105,12 @@ impl Results {
     }
 
     /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order;
-    /// `describe` turns a collected task failure into its error.
+    /// `describe` turns a collected task failure into its error. An I/O error when the joined
+    /// results cannot be allocated (their sizes are the tasks': never abort).
     fn from_outcomes(
         mut outcomes: Vec<(BatchOutcome, usize)>,
         describe: impl Fn(usize, &TaskFailure, &BatchOutcome) -> Error,
-    ) -> Results {
+    ) -> Result<Results, Error> {
         outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
         let mut mapped = Vec::new();
         for (outcome, skip) in &mut outcomes {
@@ -132,20 +133,34 @@ impl Results {
             );
         }
         if let [(only, 0)] = outcomes.as_mut_slice() {
-            return Results {
+            return Ok(Results {
                 data: std::mem::take(&mut only.data),
                 ends: std::mem::take(&mut only.ends),
                 errors,
                 mapped,
-            };
+            });
         }
-        let total_tasks = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
+        let total_tasks: usize = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
+        let total_bytes: usize = outcomes
+            .iter()
+            .map(|(o, skip)| o.data.len() - if *skip == 0 { 0 } else { o.ends[skip - 1] })
+            .fold(0, usize::saturating_add);
         let mut results = Results {
             data: Vec::new(),
-            ends: Vec::with_capacity(total_tasks),
+            ends: Vec::new(),
             errors,
             mapped,
         };
+        let reserved = results
+            .data
+            .try_reserve_exact(total_bytes)
+            .and_then(|()| results.ends.try_reserve_exact(total_tasks));
+        if let Err(error) = reserved {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot gather the call's results ({total_bytes} bytes): {error}"),
+            ));
+        }
         for (outcome, skip) in outcomes {
             let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
             let base = results.data.len();
@@ -154,7 +169,7 @@ impl Results {
                 .ends
                 .extend(outcome.ends[skip..].iter().map(|end| base + end - start));
         }
-        results
+        Ok(results)
     }
 }
 
@@ -483,20 +498,17 @@ impl Call {
             Arrived::Ordered(map) => outcomes.extend(map.into_values().map(|o| (o, 0))),
             Arrived::Unordered(queue) => outcomes.extend(queue.into_iter().map(|o| (o, 0))),
         }
-        Ok(Results::from_outcomes(
-            outcomes,
-            |index, failure, outcome| {
-                failure_error(
-                    &Failure {
-                        index,
-                        failure: failure.clone(),
-                        worker: outcome.worker,
-                        pid: outcome.pid,
-                    },
-                    backend,
-                )
-            },
-        ))
+        Results::from_outcomes(outcomes, |index, failure, outcome| {
+            failure_error(
+                &Failure {
+                    index,
+                    failure: failure.clone(),
+                    worker: outcome.worker,
+                    pid: outcome.pid,
+                },
+                backend,
+            )
+        })
     }
 
     /// The next result in the call's order, pulling from the producer as room allows; `Ok(None)`
@@ -615,7 +627,12 @@ impl Call {
                     return;
                 }
             }
-            _ => self.pending.push(callback, arg),
+            _ => {
+                if let Err(error) = self.pending.push(callback, arg) {
+                    self.fail_producer(error);
+                    return;
+                }
+            }
         }
         self.submitted += 1;
         if self.pending.len() >= batching.size() {

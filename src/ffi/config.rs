@@ -13,7 +13,7 @@ use crate::error::Error;
 ///
 /// Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
 /// `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
-/// `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
+/// `pj_config_set_stack_size`, `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
 pub struct pj_config_t {
     pub(crate) config: Config,
 }
@@ -79,9 +79,9 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
 /// `backend` ("threads"/"threading", "sequential", "processes"/"loky"/"multiprocessing", "mpi"), `prefer`
 /// ("threads", "processes", "none"), `require` ("sharedmem", "none"), `verbose` ("0", "10"),
-/// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"),
+/// `timeout` (seconds, "none"), `pre_dispatch` ("all", "2*n_jobs", "3"), `batch_size` ("auto", "8"; at most 1048576),
 /// `temp_folder` (a path), `max_nbytes` ("1M", "512k", "none", "1048576"), `mmap_mode` ("r", "r+",
-/// "w+", "c"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
+/// "w+", "c", "none"), `return_as` ("list", "generator", "generator_unordered"), and pj's own
 /// `keep_workers` ("true"/"false": worker processes outlive a call; they then see the parent's memory
 /// as of their fork, so userdata created after it is not valid in them), `on_error` ("raise": the
 /// first failure ends the call, as joblib; "collect": every task runs, the call returns OK and each
@@ -91,7 +91,8 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
 /// workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
 /// call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
-/// functions, without userdata; see `examples/spawn.c`). Every value is validated now. On failure
+/// functions, without userdata; see `examples/spawn.c`) and `stack_size` (bytes, "8M"-style sizes
+/// or "none": see `pj_config_set_stack_size`). Every value is validated now. On failure
 /// the config is unchanged.
 ///
 /// Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
@@ -100,7 +101,10 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// call) and mapped by the workers instead of being copied to each of them; the same content
 /// submitted many times is written once. `mmap_mode` decides the worker's view: "r" (default)
 /// read-only, a write kills the worker (PJ_STATUS_WORKER_DIED, SIGSEGV); "r+" and "w+" writable,
-/// each task with its own copy; "c" copy-on-write. Writes never reach your original buffer: share
+/// each task with its own copy; "c" copy-on-write; "none" (or "None", joblib's `mmap_mode=None`,
+/// which loads arrays into memory instead of memmapping them) memmaps nothing: large arguments and
+/// results are copied through the socket like small ones, into the worker's (or caller's) own
+/// memory, and the temp folder is never used. Writes never reach your original buffer: share
 /// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
 /// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
 /// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
@@ -172,11 +176,12 @@ pub extern "C" fn pj_config_set_backend(
     })
 }
 
-/// Sets a fixed batch size (tasks per batch). The default is "auto" (joblib's heuristic), which
-/// only the string setter can restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+/// Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
+/// the same range). The default is "auto" (joblib's heuristic), which only the string setter can
+/// restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
-/// for 0.
+/// for 0 or a value above 1048576.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_set_batch_size(
     config: *mut pj_config_t,
@@ -219,6 +224,27 @@ pub extern "C" fn pj_config_set_timeout(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || borrow_mut(config)?.set_timeout(seconds))
+}
+
+/// Sets the stack size, in bytes, of the threads that run tasks: the worker threads (threads
+/// backend) and the thread that runs tasks in each forked worker process. The default is the
+/// caller's own stack size, the soft RLIMIT_STACK (`ulimit -s`, 8 MiB on most Linux systems; 8 MiB
+/// when unlimited), at least 2 MiB and at most 1 GiB. With n_jobs 1, tasks run on the caller's
+/// thread; spawned workers (start_method "spawn") run them on their main thread, whose stack is
+/// RLIMIT_STACK; neither is changed by this option. A task that overflows its stack kills its
+/// worker process (PJ_STATUS_WORKER_DIED, SIGSEGV) but, on threads, the whole program, as any
+/// stack overflow does: give deep recursion room here. `pj_config_set(cfg, "stack_size", "none")`
+/// restores the default.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// below 65536 (64 KiB) or above 1073741824 (1 GiB).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_stack_size(
+    config: *mut pj_config_t,
+    bytes: usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || borrow_mut(config)?.set_stack_size(bytes))
 }
 
 /// Sets (or, with `fn` NULL, clears) the progress callback: see `pj_progress_fn`. `userdata` must stay
@@ -267,6 +293,11 @@ pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
 /// own config if set there, else from the innermost pushed config that sets it, else joblib's
 /// default; `pj_effective_n_jobs` follows the same rule. Other threads (pj's workers included) do
 /// not see it. Undo with `pj_config_pop`.
+///
+/// `require` ("sharedmem") is a hard constraint, as in joblib: a backend without shared memory
+/// ("processes", "mpi") set on another config than the constraint (say, pushed here while the
+/// object's own config sets require "sharedmem") gives way to "threads". Only one config that sets
+/// both conflicts: `pj_parallel_new` then fails with PJ_STATUS_INVALID_ARGUMENT.
 ///
 /// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
 #[unsafe(no_mangle)]

@@ -160,7 +160,8 @@ pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a s
         .map_err(|_| Error::invalid(format!("argument `{name}` is not valid UTF-8")))
 }
 
-/// Borrows `len` bytes at `ptr`; `(NULL, 0)` is the empty slice.
+/// Borrows `len` bytes at `ptr`; `(NULL, 0)` is the empty slice. A length beyond `isize::MAX`
+/// (C's PTRDIFF_MAX) is an invalid argument: no object is that large.
 ///
 /// # Safety
 /// When `len > 0`, `ptr` must be NULL or point to `len` readable bytes that outlive the borrow.
@@ -174,6 +175,16 @@ pub(crate) unsafe fn bytes_arg<'a>(
     }
     if ptr.is_null() {
         return Err(null_argument(name));
+    }
+    if isize::try_from(len).is_err() {
+        let len_name = match name {
+            "arg" => "arg_len",
+            _ => "len",
+        };
+        return Err(Error::invalid(format!(
+            "`{len_name}` {len} is larger than any buffer can be (at most {} bytes)",
+            isize::MAX
+        )));
     }
     // SAFETY: non-NULL with `len` readable bytes per this function's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })

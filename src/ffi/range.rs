@@ -109,7 +109,8 @@ pub extern "C" fn pj_parallel_for(
             if next >= n {
                 return Ok(false);
             }
-            let end = n.min(next + grain);
+            // Saturating: with n near SIZE_MAX, next + grain would wrap and never reach n.
+            let end = n.min(next.saturating_add(grain));
             let arg = RangeArg {
                 start: next as u64,
                 end: end as u64,

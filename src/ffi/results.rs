@@ -5,7 +5,7 @@ use std::ffi::c_char;
 use super::error::pj_error_t;
 use super::{bytes_arg, null_argument, out_arg, pj_status, run, run_value};
 use crate::dispatch::Results;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::task::TaskOutput;
 
 /// The ordered results of a call: one byte string per task, in submission order, and with
@@ -40,8 +40,11 @@ impl pj_results_t {
 /// Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 /// Call it only from inside the task callback that received `out`.
 ///
-/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
-/// `len > 0`.
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
+/// `len > 0`; PJ_STATUS_INVALID_ARGUMENT when `len` exceeds PTRDIFF_MAX (no buffer is that large;
+/// the output is unchanged); PJ_STATUS_IO when the copy cannot be allocated: the output is then
+/// empty and the task fails with PJ_STATUS_IO whatever the callback returns, unless a later
+/// `pj_out_set` or `pj_out_alloc` succeeds.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_out_set(out: *mut TaskOutput, data: *const u8, len: usize) -> pj_status {
     run(std::ptr::null_mut(), || {
@@ -49,20 +52,31 @@ pub extern "C" fn pj_out_set(out: *mut TaskOutput, data: *const u8, len: usize) 
         let out = unsafe { out.as_mut() }.ok_or_else(|| null_argument("out"))?;
         // SAFETY: the caller guarantees `len` readable bytes at a non-NULL `data`.
         let data = unsafe { bytes_arg(data, len, "data") }?;
-        out.set(data);
+        if !out.set(data) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("pj_out_set: cannot allocate {len} bytes: out of memory"),
+            ));
+        }
         Ok(())
     })
 }
 
 /// Replaces the task's output with `len` zeroed bytes and returns a pointer to them, to be written
 /// in place. The pointer is valid until the callback returns or calls another `pj_out_*` function.
-/// Returns NULL when `out` is NULL (never NULL otherwise, even for `len` 0).
+/// Never NULL for a `len` that can be allocated (even 0). Returns NULL when `out` is NULL, and when
+/// the bytes cannot be allocated (any `len` beyond the memory available, SIZE_MAX included): the
+/// output is then empty and the task fails with PJ_STATUS_IO ("task N: cannot allocate its output
+/// of L bytes ...") whatever the callback returns, unless a later `pj_out_set` or `pj_out_alloc`
+/// succeeds. A failed allocation never aborts the process.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_out_alloc(out: *mut TaskOutput, len: usize) -> *mut u8 {
     run_value(std::ptr::null_mut(), || {
         // SAFETY: a non-NULL `out` is the live output handle of the running callback.
         match unsafe { out.as_mut() } {
-            Some(out) => out.alloc(len).as_mut_ptr(),
+            Some(out) => out
+                .alloc(len)
+                .map_or(std::ptr::null_mut(), <[u8]>::as_mut_ptr),
             None => std::ptr::null_mut(),
         }
     })
@@ -133,7 +147,8 @@ pub extern "C" fn pj_results_get(
 /// The status of task `index`: PJ_STATUS_OK when it succeeded (always, unless the call used
 /// on_error=collect); with on_error=collect, its own failure: PJ_STATUS_TASK_FAILED (the callback
 /// returned non-zero), PJ_STATUS_TIMEOUT (it ran past the timeout and its worker was stopped),
-/// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it) or
+/// PJ_STATUS_WORKER_DIED (its worker process crashed or exited while running it), PJ_STATUS_IO (its
+/// output could not be allocated, see `pj_out_alloc`, or no worker could be started for it) or
 /// PJ_STATUS_PANIC. A failed task's output is empty; `pj_results_error` tells more.
 ///
 /// Returns that status; PJ_STATUS_NULL_ARGUMENT when `results` is NULL; PJ_STATUS_INVALID_ARGUMENT

@@ -396,12 +396,13 @@ pub enum MapAccess {
 
 impl From<MmapMode> for MapAccess {
     /// numpy's modes: `r` is read-only, `r+` and `w+` shared (a worker reopens `w+` as `r+`, as
-    /// joblib does, since truncating would zero the data), `c` copy-on-write.
+    /// joblib does, since truncating would zero the data), `c` copy-on-write. `none` maps nothing
+    /// (calls with it never spill); were it asked, a private copy is the closest meaning.
     fn from(mode: MmapMode) -> Self {
         match mode {
             MmapMode::R => MapAccess::ReadOnly,
             MmapMode::RPlus | MmapMode::WPlus => MapAccess::Shared,
-            MmapMode::C => MapAccess::Private,
+            MmapMode::C | MmapMode::None => MapAccess::Private,
         }
     }
 }

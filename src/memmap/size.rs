@@ -95,17 +95,19 @@ pub fn parse_max_nbytes(value: &str) -> Result<Option<u64>> {
 }
 
 /// Parses `mmap_mode`: `"r"`, `"r+"`, `"w+"` or `"c"` (numpy's spellings, case-sensitive as in
-/// joblib). Anything else is an [`ErrorKind::InvalidArgument`](crate::ErrorKind) quoting the value.
+/// joblib), or `"none"`/`"None"` (joblib's `None`: no memmapping, see [`MmapMode::None`]). Anything
+/// else is an [`ErrorKind::InvalidArgument`](crate::ErrorKind) quoting the value.
 pub fn parse_mmap_mode(value: &str) -> Result<MmapMode> {
     match value {
         "r" => Ok(MmapMode::R),
         "r+" => Ok(MmapMode::RPlus),
         "w+" => Ok(MmapMode::WPlus),
         "c" => Ok(MmapMode::C),
+        "none" | "None" => Ok(MmapMode::None),
         _ => Err(invalid_value(
             "mmap_mode",
             value,
-            "expected \"r\", \"r+\", \"w+\" or \"c\"",
+            "expected \"r\", \"r+\", \"w+\", \"c\" or \"none\"",
         )),
     }
 }
@@ -390,12 +392,14 @@ mod tests {
             ("r+", MmapMode::RPlus),
             ("w+", MmapMode::WPlus),
             ("c", MmapMode::C),
+            ("none", MmapMode::None),
         ] {
             assert_eq!(parse_mmap_mode(text).unwrap(), mode);
             assert_eq!(mode.name(), text);
         }
+        assert_eq!(parse_mmap_mode("None").unwrap(), MmapMode::None);
         for bad in [
-            "", "x", "R", "R+", "w", "rw", "r+ ", " r", "none", "None", "c+", "r\0", "+r", "ｒ",
+            "", "x", "R", "R+", "w", "rw", "r+ ", " r", "NONE", "nil", "c+", "r\0", "+r", "ｒ",
         ] {
             let err = parse_mmap_mode(bad).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidArgument);
@@ -403,7 +407,7 @@ mod tests {
         }
         assert_eq!(
             parse_mmap_mode("w").unwrap_err().message(),
-            "invalid mmap_mode \"w\": expected \"r\", \"r+\", \"w+\" or \"c\""
+            "invalid mmap_mode \"w\": expected \"r\", \"r+\", \"w+\", \"c\" or \"none\""
         );
     }
 }

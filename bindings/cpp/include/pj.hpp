@@ -677,7 +677,19 @@ public:
     Options& max_nbytes(std::uint64_t bytes) & { return set("max_nbytes", std::to_string(bytes)); }
     Options&& max_nbytes(std::uint64_t bytes) && { return std::move(max_nbytes(bytes)); }
 
-    /// How workers map those files: "r", "r+", "w+" or "c".
+    /// Stack bytes of the threads that run tasks (worker threads, forked workers' task thread);
+    /// default: the caller's RLIMIT_STACK (8 MiB when unlimited); 64 KiB to 1 GiB.
+    Options& stack_size(std::size_t bytes) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_stack_size(raw(), bytes, err.out()), err);
+        return *this;
+    }
+    Options&& stack_size(std::size_t bytes) && { return std::move(stack_size(bytes)); }
+    /// Stack size as text: "8M", a number of bytes, or "none" (the default).
+    Options& stack_size(const std::string& value) & { return set("stack_size", value); }
+    Options&& stack_size(const std::string& value) && { return std::move(stack_size(value)); }
+
+    /// How workers map those files: "r", "r+", "w+", "c" or "none" (copied, never mapped).
     Options& mmap_mode(const std::string& mode) & { return set("mmap_mode", mode); }
     Options&& mmap_mode(const std::string& mode) && { return std::move(mmap_mode(mode)); }
 

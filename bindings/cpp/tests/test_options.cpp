@@ -67,6 +67,10 @@ TEST(Options, EverySetterAcceptsJoblibValues) {
         .max_nbytes(std::uint64_t{4096})
         .max_nbytes("none")
         .mmap_mode("r+")
+        .mmap_mode("none")
+        .stack_size(std::size_t{16} << 20)
+        .stack_size("8M")
+        .stack_size("none")
         .return_as("generator")
         .keep_workers(false)
         .on_error("collect")
@@ -108,6 +112,9 @@ TEST(Options, BadValuesThrowInvalidArgumentQuotingThem) {
     EXPECT_FALSE(invalid([](pj::Options& o) { o.timeout(-1.0); }).empty());
     EXPECT_FALSE(invalid([](pj::Options& o) { o.timeout(NAN); }).empty());
     EXPECT_FALSE(invalid([](pj::Options& o) { o.batch_size(std::size_t{0}); }).empty());
+    EXPECT_FALSE(invalid([](pj::Options& o) { o.batch_size(static_cast<std::size_t>(-1)); }).empty());
+    EXPECT_FALSE(invalid([](pj::Options& o) { o.stack_size(std::size_t{1}); }).empty());
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.stack_size("deep"); }), "deep"));
     EXPECT_FALSE(invalid([](pj::Options& o) { o.pre_dispatch(0); }).empty());
     EXPECT_THROW(pj::Options().set("timeout", "soon"), pj::InvalidArgument);
 }
