@@ -768,7 +768,13 @@ impl Call {
                 }
             };
             match crate::spin::wait(arrived, || replies.recv_timeout(CANCEL_POLL)) {
-                Ok(outcome) => return self.absorb(outcome, batching),
+                Ok(outcome) => {
+                    self.absorb(outcome, batching);
+                    // A cancellation's first effect may be this outcome (a process worker killed
+                    // by the abort): the call must not take the room it makes for a new task.
+                    self.check_cancelled();
+                    return;
+                }
                 Err(_) if self.check_cancelled() => return,
                 Err(_) => {}
             }
