@@ -107,7 +107,7 @@ typedef uint32_t pj_status;
 // `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
 //
 // Under the hood: a window at the end of its batch's output arena, so a task allocates nothing of
-// its own.
+// its own, and the flag that stops the task's call (for `pj_out_cancelled`).
 typedef struct pj_out_t pj_out_t;
 
 // Options for `pj_parallel_new`: every option starts unset (joblib's defaults apply). Created by
@@ -659,6 +659,22 @@ uint8_t *pj_out_alloc(pj_out_t *out, size_t len);
 //
 // Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` or `message` is NULL.
 pj_status pj_out_error(pj_out_t *out, const char *message);
+
+// 1 when the call running this task is stopping, else 0. It stops when it was cancelled (`pj_parallel_cancel`, or a
+// SIGINT with handle_sigint), another task failed under on_error "raise" (fail-fast), or its
+// executor is being freed (`pj_parallel_free`) or abandoned by a new call. Once 1 it stays 1
+// for the rest of the task. Call it only from inside the task callback that received `out`.
+//
+// pj never interrupts a running callback on threads (nor on processes when freeing): the call
+// that stops waits for it, so that no callback touches your memory after that call returns. A
+// long callback that polls this (it is one atomic load: no lock, no system call, cheap enough
+// for every iteration of a loop) and returns early makes cancel, fail-fast and free prompt; what
+// it returns then is discarded. On processes a cancel or a failure kills running workers
+// (this may return 1 just before), and every backend sees the flag: threads, n_jobs 1,
+// forked and spawned workers, MPI ranks.
+//
+// Returns 0 when `out` is NULL.
+int32_t pj_out_cancelled(const pj_out_t *out);
 
 // Number of results (one per task). NULL gives 0.
 size_t pj_results_len(const pj_results_t *results);

@@ -78,12 +78,15 @@ impl Callback {
 /// `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
 ///
 /// Under the hood: a window at the end of its batch's output arena, so a task allocates nothing of
-/// its own.
+/// its own, and the flag that stops the task's call (for `pj_out_cancelled`).
 #[derive(Debug)]
 pub struct TaskOutput {
     arena: Vec<u8>,
     start: usize,
     message: Option<String>,
+    /// The running batch's abort flag ([`RunContext::abort`]); valid while the callback runs,
+    /// which is the only time a `TaskOutput` is lent out.
+    stop: *const AtomicBool,
 }
 
 impl TaskOutput {
@@ -108,6 +111,15 @@ impl TaskOutput {
     /// The bytes written so far (for tests and the safe API).
     pub fn data(&self) -> &[u8] {
         &self.arena[self.start..]
+    }
+
+    /// Whether the task's call is stopping: cancelled (`pj_parallel_cancel`, SIGINT with
+    /// handle_sigint), failed under fail-fast, or abandoned (its executor is being freed). One
+    /// relaxed atomic load: cheap enough for a callback to poll in its loop.
+    pub fn cancelled(&self) -> bool {
+        // SAFETY: `stop` points to the abort flag of the batch this output belongs to, which
+        // `run_batch` borrows for longer than any callback holding this output can run.
+        unsafe { &*self.stop }.load(Ordering::Relaxed)
     }
 }
 
@@ -470,7 +482,8 @@ pub fn monotonic_ns() -> u64 {
 /// How a worker runs a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct RunContext<'a> {
-    /// Raised on the first failure (fail-fast) or a cancellation: no further task starts.
+    /// Raised on the first failure (fail-fast), a cancellation or when the call is abandoned: no
+    /// further task starts, and running callbacks see it through `pj_out_cancelled`.
     pub abort: &'a AtomicBool,
     /// The worker's number in its pool (0 for the sequential backend).
     pub worker: usize,
@@ -510,6 +523,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         arena: Vec::new(),
         start: 0,
         message: None,
+        stop: ctx.abort,
     };
     let mut ends = Vec::with_capacity(size);
     let mut failure = None;

@@ -1027,6 +1027,7 @@ impl WorkerRank {
                 let link = CallLink {
                     reply,
                     abort: Arc::clone(&abort),
+                    drain: Arc::new(AtomicBool::new(false)),
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
                     collect: decoded.flags.collect,
                     access: decoded.flags.access,
