@@ -565,6 +565,12 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
                 ends.push(out.arena.len());
                 continue;
             }
+            if ctx.abort.load(Ordering::Relaxed) {
+                // The call was already stopping (cancelled, or another task failed): this failure
+                // is likely the callback's answer to pj_out_cancelled, not the call's cause. The
+                // batch ends as one cut short by the abort.
+                break;
+            }
             ctx.abort.store(true, Ordering::Relaxed);
             failure = Some((index, returned));
             break;

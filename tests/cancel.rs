@@ -283,3 +283,59 @@ fn free_with_a_call_in_flight_lets_polling_callbacks_finish_on_threads_and_proce
         }
     }
 }
+
+/// Task: polls `pj_out_cancelled` for up to 10 s and fails with code 9 once it sees the call
+/// stopping (as a callback that reports its interruption would).
+unsafe extern "C" fn fail_when_cancelled(
+    _: *mut c_void,
+    _: *const u8,
+    _: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if pj_out_cancelled(out) != 0 {
+            pj_out_error(out, c"interrupted".as_ptr());
+            return 9;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
+#[test]
+fn a_failure_caused_by_the_stop_is_not_the_calls_failure() {
+    // Task 0 polls and fails once it sees the call stopping; the call's failure is still task 1's,
+    // which stopped it, although task 0 has the lower index.
+    for backend in ["threads", "sequential"] {
+        let par = Arc::new(
+            parallel(&[("backend", backend), ("n_jobs", "2"), ("batch_size", "1")]).unwrap(),
+        );
+        if backend == "sequential" {
+            // One thread: the stop comes from a cancel instead.
+            let canceller = {
+                let par = par.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    pj_parallel_cancel(par.0);
+                })
+            };
+            let submitted = par.submit(Some(fail_when_cancelled), std::ptr::null_mut(), &[]);
+            let error = submitted
+                .err()
+                .unwrap_or_else(|| par.collect().unwrap_err());
+            assert_eq!(error.status, pj_status::Cancelled, "{backend}: {error:?}");
+            let _ = par.collect();
+            canceller.join().unwrap();
+            continue;
+        }
+        par.submit(Some(fail_when_cancelled), std::ptr::null_mut(), &[])
+            .unwrap();
+        par.submit(Some(fail_late), std::ptr::null_mut(), &[])
+            .unwrap();
+        let error = par.collect().unwrap_err();
+        assert_eq!(error.status, pj_status::TaskFailed, "{backend}: {error:?}");
+        assert_eq!(error.task_index, 1, "{backend}: {error:?}");
+        assert_eq!(error.code, 3, "{backend}: {error:?}");
+    }
+}
