@@ -225,6 +225,12 @@ typedef struct {
 // runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
 // `pj_parallel_map`. It must not unwind (no C++ exception, no longjmp out of it) and must not use the
 // `pj_parallel_t` running it (that gives PJ_STATUS_BUSY).
+//
+// Stopping early: once the call is cancelled, another task failed (on_error "raise") or the
+// executor is being freed, pj starts no new task, but it waits for callbacks running on threads
+// (and on the caller's thread) before the call returns. A long callback should poll
+// `pj_out_cancelled(out)` and return as soon as it gives 1; its result (or failure) is then
+// discarded and never taken for the call's cause.
 typedef int32_t (*pj_task_fn)(void *userdata, const uint8_t *arg, size_t arg_len, pj_out_t *out);
 
 // A producer of task arguments for `pj_parallel_map`, always called on the caller's thread. Return 1
@@ -501,9 +507,14 @@ pj_status pj_parallel_new(const pj_config_t *config,
                           pj_parallel_t **parallel_out,
                           pj_error_t **error_out);
 
-// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, running
-// tasks are waited for (so no worker touches your data after this returns), then the workers are
-// joined. NULL is a no-op. Must not be called while another thread is inside a function on it.
+// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, and
+// running callbacks see `pj_out_cancelled` return 1 and are waited for, on every backend (process
+// workers are not killed here: a callback may finish or clean up), so no callback touches your
+// data after this returns; then the worker threads are joined and the worker processes reaped
+// (none outlives this call). So free returns as soon as the running callbacks return: a callback
+// that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
+// for running past the timeout on threads. NULL is a no-op. Must not be called while another
+// thread is inside a function on it.
 void pj_parallel_free(pj_parallel_t *parallel);
 
 // Adds a task to the current call (starting one if none is in flight): `fn(userdata, arg, arg_len,
@@ -613,10 +624,14 @@ pj_status pj_parallel_next(pj_parallel_t *parallel,
 // names a backend, as joblib does.
 size_t pj_nesting_level(void);
 
-// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start,
-// running process workers are killed (running thread tasks finish), and the blocked call (submit,
-// collect, map or next) returns PJ_STATUS_CANCELLED, within about 20 ms plus the time to kill.
-// The object stays usable. No effect when no call is in flight.
+// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start, and
+// the blocked call returns PJ_STATUS_CANCELLED. A submit blocked by a full window returns within
+// about 20 ms. collect, map, next and `pj_parallel_for` return once no callback of the call runs
+// any more: process workers running a task are killed (within about 100 ms); callbacks running on
+// threads (or on the caller's thread, n_jobs 1) cannot be interrupted and are waited for, so that
+// none touches your memory after the call returns. They see `pj_out_cancelled` return 1: a
+// long callback that polls it and returns early makes the cancellation prompt. The object stays
+// usable. No effect when no call is in flight.
 //
 // Async-signal-safe (it only stores two atomics): a SIGINT handler, or any thread, may call it.
 // `parallel` must stay alive during the call (do not race it with `pj_parallel_free`).

@@ -11,8 +11,11 @@
 //! are valid there. At the end of the call the workers are retired (socket shut down, process
 //! reaped) unless `keep_workers` is set.
 //!
-//! Fail fast. Once the call is aborted (a task failed, or the call was abandoned), a proxy waiting
-//! for its worker stops within 100 ms, SIGKILLs it and reaps it; its batch counts as not run.
+//! Fail fast. Once the call is aborted (a task failed, or it was cancelled), a proxy waiting for its
+//! worker raises the stop flag in the worker's shared page (what `pj_out_cancelled` reads there)
+//! within 100 ms, SIGKILLs the worker and reaps it; its batch counts as not run. An abandoned call
+//! (`pj_parallel_free`: `CallLink::drain`) only raises the flag and waits for the outcome, as the
+//! thread backend must: the running task may finish, and the worker stops before its next one.
 //!
 //! Timeouts. With a timeout, the worker stamps each task's start (CLOCK_MONOTONIC, shared by every
 //! process) in the shared page; the proxy, waiting for the outcome, checks the stamp every tenth
