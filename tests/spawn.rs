@@ -362,10 +362,8 @@ fn free_lets_polling_tasks_finish() {
     assert_eq!(saw.len(), 2, "both running tasks saw the flag and finished");
     for pid in started {
         // SAFETY: signal 0 only checks that the process exists.
-        assert!(
-            unsafe { libc::kill(pid, 0) } != 0,
-            "worker {pid} outlived free"
-        );
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "worker {pid} outlived free");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
