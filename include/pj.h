@@ -675,10 +675,11 @@ uint8_t *pj_out_alloc(pj_out_t *out, size_t len);
 // Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` or `message` is NULL.
 pj_status pj_out_error(pj_out_t *out, const char *message);
 
-// 1 when the call running this task is stopping, else 0. It stops when it was cancelled (`pj_parallel_cancel`, or a
-// SIGINT with handle_sigint), another task failed under on_error "raise" (fail-fast), or its
-// executor is being freed (`pj_parallel_free`) or abandoned by a new call. Once 1 it stays 1
-// for the rest of the task. Call it only from inside the task callback that received `out`.
+// 1 when the call running this task is stopping, else 0. A call stops when it is cancelled
+// (`pj_parallel_cancel`, or a SIGINT with handle_sigint), when another task failed under
+// on_error "raise" (fail-fast), or when its executor is being freed (`pj_parallel_free`) or
+// abandoned by a new call. Once 1 it stays 1 for the rest of the task. Call it only from inside
+// the task callback that received `out`, on its thread.
 //
 // pj never interrupts a running callback on threads (nor on processes when freeing): the call
 // that stops waits for it, so that no callback touches your memory after that call returns. A

@@ -89,10 +89,11 @@ pub extern "C" fn pj_out_error(out: *mut TaskOutput, message: *const c_char) -> 
     })
 }
 
-/// 1 when the call running this task is stopping, else 0. It stops when it was cancelled (`pj_parallel_cancel`, or a
-/// SIGINT with handle_sigint), another task failed under on_error "raise" (fail-fast), or its
-/// executor is being freed (`pj_parallel_free`) or abandoned by a new call. Once 1 it stays 1
-/// for the rest of the task. Call it only from inside the task callback that received `out`.
+/// 1 when the call running this task is stopping, else 0. A call stops when it is cancelled
+/// (`pj_parallel_cancel`, or a SIGINT with handle_sigint), when another task failed under
+/// on_error "raise" (fail-fast), or when its executor is being freed (`pj_parallel_free`) or
+/// abandoned by a new call. Once 1 it stays 1 for the rest of the task. Call it only from inside
+/// the task callback that received `out`, on its thread.
 ///
 /// pj never interrupts a running callback on threads (nor on processes when freeing): the call
 /// that stops waits for it, so that no callback touches your memory after that call returns. A
