@@ -107,7 +107,7 @@ typedef uint32_t pj_status;
 // `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
 //
 // Under the hood: a window at the end of its batch's output arena, so a task allocates nothing of
-// its own.
+// its own, and the flag that stops the task's call (for `pj_out_cancelled`).
 typedef struct pj_out_t pj_out_t;
 
 // Options for `pj_parallel_new`: every option starts unset (joblib's defaults apply). Created by
@@ -225,6 +225,12 @@ typedef struct {
 // runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
 // `pj_parallel_map`. It must not unwind (no C++ exception, no longjmp out of it) and must not use the
 // `pj_parallel_t` running it (that gives PJ_STATUS_BUSY).
+//
+// Stopping early: once the call is cancelled, another task failed (on_error "raise") or the
+// executor is being freed, pj starts no new task, but it waits for callbacks running on threads
+// (and on the caller's thread) before the call returns. A long callback should poll
+// `pj_out_cancelled(out)` and return as soon as it gives 1; its result (or failure) is then
+// discarded and never taken for the call's cause.
 typedef int32_t (*pj_task_fn)(void *userdata, const uint8_t *arg, size_t arg_len, pj_out_t *out);
 
 // A producer of task arguments for `pj_parallel_map`, always called on the caller's thread. Return 1
@@ -529,9 +535,14 @@ pj_status pj_parallel_new(const pj_config_t *config,
                           pj_parallel_t **parallel_out,
                           pj_error_t **error_out);
 
-// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, running
-// tasks are waited for (so no worker touches your data after this returns), then the workers are
-// joined. NULL is a no-op. Must not be called while another thread is inside a function on it.
+// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, and
+// running callbacks see `pj_out_cancelled` return 1 and are waited for, on every backend (process
+// workers are not killed here: a callback may finish or clean up), so no callback touches your
+// data after this returns; then the worker threads are joined and the worker processes reaped
+// (none outlives this call). So free returns as soon as the running callbacks return: a callback
+// that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
+// for running past the timeout on threads. NULL is a no-op. Must not be called while another
+// thread is inside a function on it.
 void pj_parallel_free(pj_parallel_t *parallel);
 
 // Adds a task to the current call (starting one if none is in flight): `fn(userdata, arg, arg_len,
@@ -642,10 +653,14 @@ pj_status pj_parallel_next(pj_parallel_t *parallel,
 // names a backend, as joblib does.
 size_t pj_nesting_level(void);
 
-// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start,
-// running process workers are killed (running thread tasks finish), and the blocked call (submit,
-// collect, map or next) returns PJ_STATUS_CANCELLED, within about 20 ms plus the time to kill.
-// The object stays usable. No effect when no call is in flight.
+// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start, and
+// the blocked call returns PJ_STATUS_CANCELLED. A submit blocked by a full window returns within
+// about 20 ms. collect, map, next and `pj_parallel_for` return once no callback of the call runs
+// any more: process workers running a task are killed (within about 100 ms); callbacks running on
+// threads (or on the caller's thread, n_jobs 1) cannot be interrupted and are waited for, so that
+// none touches your memory after the call returns. They see `pj_out_cancelled` return 1: a
+// long callback that polls it and returns early makes the cancellation prompt. The object stays
+// usable. No effect when no call is in flight.
 //
 // Async-signal-safe (it only stores two atomics): a SIGINT handler, or any thread, may call it.
 // `parallel` must stay alive during the call (do not race it with `pj_parallel_free`).
@@ -695,6 +710,23 @@ uint8_t *pj_out_alloc(pj_out_t *out, size_t len);
 //
 // Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` or `message` is NULL.
 pj_status pj_out_error(pj_out_t *out, const char *message);
+
+// 1 when the call running this task is stopping, else 0. A call stops when it is cancelled
+// (`pj_parallel_cancel`, or a SIGINT with handle_sigint), when another task failed under
+// on_error "raise" (fail-fast), or when its executor is being freed (`pj_parallel_free`) or
+// abandoned by a new call. Once 1 it stays 1 for the rest of the task. Call it only from inside
+// the task callback that received `out`, on its thread.
+//
+// pj never interrupts a running callback on threads (nor on processes when freeing): the call
+// that stops waits for it, so that no callback touches your memory after that call returns. A
+// long callback that polls this (it is one atomic load: no lock, no system call, cheap enough
+// for every iteration of a loop) and returns early makes cancel, fail-fast and free prompt; what
+// it returns then is discarded. On processes a cancel or a failure kills running workers
+// (this may return 1 just before), and every backend sees the flag: threads, n_jobs 1,
+// forked and spawned workers, MPI ranks.
+//
+// Returns 0 when `out` is NULL.
+int32_t pj_out_cancelled(const pj_out_t *out);
 
 // Number of results (one per task). NULL gives 0.
 size_t pj_results_len(const pj_results_t *results);

@@ -219,8 +219,8 @@ impl Parallel {
     }
 
     /// Cancels the call in flight, if any: it stops dispatching, running process workers are killed
-    /// (threads finish their current task), and the blocked call returns
-    /// [`ErrorKind::Cancelled`] within tens of milliseconds. No effect when no call is in flight.
+    /// (threads finish their current task, which sees `pj_out_cancelled`), and the blocked call
+    /// returns [`ErrorKind::Cancelled`] once no task of it runs. No effect when no call is in flight.
     /// Only atomic stores: callable from any thread or a signal handler.
     pub fn cancel(&self) {
         self.stop.cancel(CancelReason::Requested);

@@ -78,7 +78,7 @@ impl Callback {
 /// `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
 ///
 /// Under the hood: a window at the end of its batch's output arena, so a task allocates nothing of
-/// its own.
+/// its own, and the flag that stops the task's call (for `pj_out_cancelled`).
 #[derive(Debug)]
 pub struct TaskOutput {
     arena: Vec<u8>,
@@ -87,6 +87,9 @@ pub struct TaskOutput {
     /// The size of the last write, when it could not be allocated: the task then fails (unless a
     /// later write succeeds), whatever its callback returns.
     failed_alloc: Option<usize>,
+    /// The running batch's abort flag ([`RunContext::abort`]); valid while the callback runs,
+    /// which is the only time a `TaskOutput` is lent out.
+    stop: *const AtomicBool,
 }
 
 impl TaskOutput {
@@ -132,6 +135,15 @@ impl TaskOutput {
     /// The bytes written so far (for tests and the safe API).
     pub fn data(&self) -> &[u8] {
         &self.arena[self.start..]
+    }
+
+    /// Whether the task's call is stopping: cancelled (`pj_parallel_cancel`, SIGINT with
+    /// handle_sigint), failed under fail-fast, or abandoned (its executor is being freed). One
+    /// relaxed atomic load: cheap enough for a callback to poll in its loop.
+    pub fn cancelled(&self) -> bool {
+        // SAFETY: `stop` points to the abort flag of the batch this output belongs to, which
+        // `run_batch` borrows for longer than any callback holding this output can run.
+        unsafe { &*self.stop }.load(Ordering::Relaxed)
     }
 }
 
@@ -516,7 +528,8 @@ pub fn monotonic_ns() -> u64 {
 /// How a worker runs a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct RunContext<'a> {
-    /// Raised on the first failure (fail-fast) or a cancellation: no further task starts.
+    /// Raised on the first failure (fail-fast), a cancellation or when the call is abandoned: no
+    /// further task starts, and running callbacks see it through `pj_out_cancelled`.
     pub abort: &'a AtomicBool,
     /// The worker's number in its pool (0 for the sequential backend).
     pub worker: usize,
@@ -557,6 +570,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         start: 0,
         message: None,
         failed_alloc: None,
+        stop: ctx.abort,
     };
     let mut ends = Vec::with_capacity(size);
     let mut failure = None;
@@ -614,6 +628,12 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
                 errors.push((index, returned));
                 ends.push(out.arena.len());
                 continue;
+            }
+            if ctx.abort.load(Ordering::Relaxed) {
+                // The call was already stopping (cancelled, or another task failed): this failure
+                // is likely the callback's answer to pj_out_cancelled, not the call's cause. The
+                // batch ends as one cut short by the abort.
+                break;
             }
             ctx.abort.store(true, Ordering::Relaxed);
             failure = Some((index, returned));

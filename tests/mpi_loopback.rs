@@ -232,6 +232,35 @@ unsafe extern "C" fn nap(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOut
     0
 }
 
+/// Task: the argument is a folder. Writes `started-<pid>` there, polls `pj_out_cancelled` for up
+/// to 10 s and writes `saw-<pid>` once it sees the call stopping.
+unsafe extern "C" fn poll(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+    // SAFETY: pj passes `len` readable bytes: a folder's path, built from an OsStr.
+    let dir = std::path::PathBuf::from(unsafe {
+        std::ffi::OsStr::from_encoded_bytes_unchecked(std::slice::from_raw_parts(arg, len))
+    });
+    let pid = std::process::id();
+    std::fs::write(dir.join(format!("started-{pid}")), b"").unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if pj_out_cancelled(out) != 0 {
+            std::fs::write(dir.join(format!("saw-{pid}")), b"").unwrap();
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
+/// Files in `dir` whose names start with `prefix`.
+fn count(dir: &std::path::Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .count()
+}
+
 fn submit_named(par: &Par, arg: &[u8]) -> Result<(), CError> {
     let mut err = std::ptr::null_mut();
     check(
@@ -261,6 +290,10 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
     );
     assert_eq!(
         pj_register(c"nap".as_ptr(), Some(nap), std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_register(c"poll".as_ptr(), Some(poll), std::ptr::null_mut()),
         pj_status::Ok
     );
     let started = Instant::now();
@@ -369,6 +402,39 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
         (0..20).map(|x| x * x).collect::<Vec<_>>()
     );
     drop(napping);
+
+    // pj_parallel_free with tasks running on the ranks: as on processes, they are not killed but
+    // see pj_out_cancelled, finish, and free returns once they have.
+    let dir = std::env::temp_dir().join(format!("pj-mpi-free-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let polling = parallel(&[("backend", "mpi"), ("batch_size", "1")]).unwrap();
+    let folder = dir.as_os_str().as_encoded_bytes();
+    for _ in 0..2 {
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_submit_named(
+            polling.0,
+            c"poll".as_ptr(),
+            folder.as_ptr(),
+            folder.len(),
+            &mut err,
+        );
+        assert_eq!(status, pj_status::Ok);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&dir, "started-") < 2 {
+        assert!(Instant::now() < deadline, "the polling tasks did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let free_started = Instant::now();
+    drop(polling);
+    assert!(
+        free_started.elapsed() < Duration::from_secs(3),
+        "free took {:?}",
+        free_started.elapsed()
+    );
+    assert_eq!(count(&dir, "saw-"), 2, "both running tasks saw the flag");
+    let _ = std::fs::remove_dir_all(&dir);
 
     // n_jobs=1 keeps the call on rank 0; pointer submissions must name registered functions.
     let sequential = parallel(&[("backend", "mpi"), ("n_jobs", "1")]).unwrap();

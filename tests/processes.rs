@@ -792,12 +792,28 @@ fn a_failure_kills_the_running_workers_instead_of_waiting() {
     assert_eq!(as_u64s(&par.collect().unwrap()), vec![2, 4, 6, 8]);
 }
 
+/// Task: sleeps up to 10 s, returning as soon as `pj_out_cancelled` says the call is stopping.
+unsafe extern "C" fn sleep_until_cancelled(
+    _: *mut c_void,
+    _: *const u8,
+    _: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) && pj_out_cancelled(out) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
 #[test]
 fn freeing_mid_call_on_processes_returns_promptly() {
+    // Free waits for running tasks (as on threads) and tells them to stop: tasks that poll
+    // pj_out_cancelled end at once; queued ones never start.
     let par = two_workers(&[("batch_size", "1"), ("pre_dispatch", "all")]);
     for i in 1..20u64 {
         par.submit(
-            Some(fail_first_sleep_rest),
+            Some(sleep_until_cancelled),
             std::ptr::null_mut(),
             &i.to_ne_bytes(),
         )

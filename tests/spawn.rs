@@ -60,6 +60,26 @@ unsafe extern "C" fn moody(
     }
 }
 
+/// Task: the argument is a folder. Writes `started-<pid>` there, polls `pj_out_cancelled` for up
+/// to 10 s and writes `saw-<pid>` once it sees the call stopping.
+unsafe extern "C" fn poll(_: *mut c_void, arg: *const u8, len: usize, out: *mut TaskOutput) -> i32 {
+    // SAFETY: pj passes `len` readable bytes: a folder's path, built from an OsStr.
+    let dir = std::path::PathBuf::from(unsafe {
+        std::ffi::OsStr::from_encoded_bytes_unchecked(std::slice::from_raw_parts(arg, len))
+    });
+    let pid = std::process::id();
+    std::fs::write(dir.join(format!("started-{pid}")), pid.to_string()).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if pj_out_cancelled(out) != 0 {
+            std::fs::write(dir.join(format!("saw-{pid}")), pid.to_string()).unwrap();
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    0
+}
+
 unsafe extern "C" fn unregistered(
     _: *mut c_void,
     _: *const u8,
@@ -105,6 +125,7 @@ fn words(r: &[u8]) -> Vec<u64> {
 fn main() {
     register("square", Some(square));
     register("moody", Some(moody));
+    register("poll", Some(poll));
     // A copy of this program started with PJ_TEST_EXTRA registers one more function, so that its
     // registry differs from the caller's.
     if std::env::var_os("PJ_TEST_EXTRA").is_some() {
@@ -135,6 +156,7 @@ fn main() {
     errors_crashes_and_timeouts_are_reported();
     big_arguments_and_results_travel_through_files();
     pointer_submits_must_be_registered_and_without_userdata();
+    free_lets_polling_tasks_finish();
     println!("spawn: all scenarios passed");
 }
 
@@ -151,8 +173,8 @@ fn mismatched_registries_are_refused() {
     unsafe { std::env::remove_var("PJ_TEST_EXTRA") };
     assert_eq!(err.status, pj_status::Io, "{}", err.message);
     assert!(
-        err.message.contains("caller [square, moody]")
-            && err.message.contains("worker [square, moody, extra]"),
+        err.message.contains("caller [square, moody, poll]")
+            && err.message.contains("worker [square, moody, poll, extra]"),
         "{}",
         err.message
     );
@@ -301,4 +323,47 @@ fn pointer_submits_must_be_registered_and_without_userdata() {
     let mut err = std::ptr::null_mut();
     let status = pj_parallel_submit_named(par.0, name.as_ptr(), std::ptr::null(), 0, &mut err);
     assert_eq!(take_error(status, err).status, pj_status::InvalidArgument);
+}
+
+/// pj_parallel_free with tasks running in spawned workers: they see pj_out_cancelled (through the
+/// memfd page they share with their proxy), finish, and free returns once they have, leaving no
+/// worker behind.
+fn free_lets_polling_tasks_finish() {
+    let dir = std::env::temp_dir().join(format!("pj-spawn-free-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = |prefix: &str| -> Vec<i32> {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.parse().ok())
+            .collect()
+    };
+    let par = spawn_executor(&[("batch_size", "1")]);
+    let folder = dir.as_os_str().as_encoded_bytes();
+    for _ in 0..4 {
+        submit_named(&par, "poll", folder).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files("started-").len() < 2 {
+        assert!(Instant::now() < deadline, "the polling tasks did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let start = Instant::now();
+    drop(par);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "free took {:?}",
+        start.elapsed()
+    );
+    let (started, saw) = (files("started-"), files("saw-"));
+    assert_eq!(started.len(), 2, "queued tasks never start");
+    assert_eq!(saw.len(), 2, "both running tasks saw the flag and finished");
+    for pid in started {
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "worker {pid} outlived free");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -50,6 +50,9 @@ type call struct {
 	errs    []*Error
 
 	stop atomic.Bool // set by halt: trampolines and the producer stop at their next input
+	// stopped, when not nil, is called by halt (after stop is set): MapContext's functions see
+	// their context done.
+	stopped func()
 
 	// The producer's state. Only the goroutine driving the pj call touches it (pj calls the producer
 	// on the thread that made the call, and a cgo callback runs on the calling goroutine).
@@ -92,6 +95,7 @@ func newCall(s *settings, n, workers int) *call {
 		timeout:  s.timeout,
 		start:    time.Now(),
 		collect:  s.collect,
+		stopped:  s.stopped,
 	}
 	if c.collect {
 		c.errs = make([]*Error, n)
@@ -110,6 +114,9 @@ func (c *call) halt(reason error) {
 	}
 	c.mu.Unlock()
 	c.stop.Store(true)
+	if c.stopped != nil {
+		c.stopped()
+	}
 }
 
 // why is the reason the call stopped early, or nil.

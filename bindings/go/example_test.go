@@ -312,3 +312,23 @@ func ExampleMapNamed() {
 	// 27 111 true
 	// 97 118 true
 }
+
+// A long function that watches its context lets a failure elsewhere end the call at once: here
+// input 0 would wait a minute, but input 1 fails after 10 ms and MapContext returns right after.
+func ExampleMapContext() {
+	start := time.Now()
+	_, err := pj.MapContext(context.Background(), []int{0, 1}, func(ctx context.Context, x int) (int, error) {
+		if x == 1 {
+			time.Sleep(10 * time.Millisecond)
+			return 0, errors.New("no luck")
+		}
+		select {
+		case <-ctx.Done(): // the call is stopping: give up
+			return 0, ctx.Err()
+		case <-time.After(time.Minute):
+			return x, nil
+		}
+	}, pj.NJobs(2), pj.ChunkSize(1))
+	fmt.Println(err, time.Since(start) < 5*time.Second)
+	// Output: pj: task 1 failed: no luck true
+}

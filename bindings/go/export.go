@@ -98,7 +98,7 @@ func pjgoNamedTask(arg *C.uint8_t, length C.size_t, out *C.pj_out_t, first C.int
 	if length > 0 {
 		in = unsafe.Slice((*byte)(unsafe.Pointer(arg)), int(length))
 	}
-	result, code, msg := runNamedTask(in)
+	result, code, msg := runNamedTask(in, out)
 	if code == codeOK {
 		var data *C.uint8_t
 		if len(result) > 0 {

@@ -42,7 +42,8 @@ type namedFunc struct {
 	in, out reflect.Type
 	// run decodes an input from arg, calls the function and encodes its result: codeOK with the
 	// result, or one of the codeNamed* codes with a message.
-	run func(arg []byte) (result []byte, code int32, msg string)
+	// out is the task's pj output handle (valid while run runs), for RegisterContext's context.
+	run func(arg []byte, out *C.pj_out_t) (result []byte, code int32, msg string)
 }
 
 // registry holds the functions registered with Register. It is sealed by WorkerMainIfRequested: a
@@ -81,6 +82,27 @@ var workerMainCalled atomic.Bool
 // Register panics when name is empty, not UTF-8 or contains a NUL byte, when fn is nil, when name is
 // already registered, and when called after WorkerMainIfRequested.
 func Register[T, R any](name string, fn func(T) (R, error)) {
+	var call func(context.Context, T) (R, error)
+	if fn != nil {
+		call = func(_ context.Context, input T) (R, error) { return fn(input) }
+	}
+	register(name, call, false)
+}
+
+// RegisterContext is Register for a function that takes a context: it is done once the function's
+// call is stopping (pj_out_cancelled: cancelled, because ctx of MapNamed is done; failed fast,
+// because another input failed; or ended), so that a long function can return early. In worker
+// processes a cancellation or a failure kills the running workers, so there the context serves
+// mostly when the call runs on threads or sequentially. ctx.Err() asks pj directly (one atomic
+// load): poll it in a loop; ctx.Done() starts a goroutine that polls every millisecond until the
+// function returns. The context is done once the function has returned.
+func RegisterContext[T, R any](name string, fn func(context.Context, T) (R, error)) {
+	register(name, fn, true)
+}
+
+// register is Register and RegisterContext: withContext says whether fn wants a task context
+// (without, it gets nil).
+func register[T, R any](name string, fn func(context.Context, T) (R, error), withContext bool) {
 	switch {
 	case name == "" || !utf8.ValidString(name) || strings.ContainsRune(name, 0):
 		panic(fmt.Sprintf("pj.Register(%q): the name must be non-empty UTF-8 without NUL bytes", name))
@@ -88,13 +110,19 @@ func Register[T, R any](name string, fn func(T) (R, error)) {
 		panic(fmt.Sprintf("pj.Register(%q): nil function", name))
 	}
 	in, out := reflect.TypeFor[T](), reflect.TypeFor[R]()
-	f := &namedFunc{in: in, out: out, run: func(arg []byte) ([]byte, int32, string) {
+	f := &namedFunc{in: in, out: out, run: func(arg []byte, pjOut *C.pj_out_t) ([]byte, int32, string) {
 		var input T
 		if err := gob.NewDecoder(bytes.NewReader(arg)).Decode(&input); err != nil {
 			return nil, codeNamedBroken, fmt.Sprintf(
 				"pj (Go): cannot decode the input of %q as %v: %v", name, in, err)
 		}
-		result, code, msg := callNamed(fn, input)
+		var ctx context.Context
+		if withContext {
+			task := newTaskContext(pjOut)
+			defer task.end()
+			ctx = task
+		}
+		result, code, msg := callNamed(fn, ctx, input)
 		if code != codeOK {
 			return nil, code, msg
 		}
@@ -124,7 +152,7 @@ func Register[T, R any](name string, fn func(T) (R, error)) {
 
 // callNamed calls fn on input and returns its result, or the code and message of its error or panic
 // (recovered here; panic(nil) arrives as *runtime.PanicNilError).
-func callNamed[T, R any](fn func(T) (R, error), input T) (result R, code int32, msg string) {
+func callNamed[T, R any](fn func(context.Context, T) (R, error), ctx context.Context, input T) (result R, code int32, msg string) {
 	returned := false
 	defer func() {
 		if !returned {
@@ -132,7 +160,7 @@ func callNamed[T, R any](fn func(T) (R, error), input T) (result R, code int32, 
 			msg = describe(recover()) + panicSeparator + string(debug.Stack())
 		}
 	}()
-	result, err := fn(input)
+	result, err := fn(ctx, input)
 	returned = true
 	if err != nil {
 		return result, codeNamedError, describe(err)
@@ -218,7 +246,7 @@ func splitName(arg []byte) (name string, payload []byte, ok bool) {
 
 // runNamedTask runs one task of a named call (in a worker process, or on pj's threads): the function
 // named at the start of arg, on the input encoded after it. No panic leaves it.
-func runNamedTask(arg []byte) (result []byte, code int32, msg string) {
+func runNamedTask(arg []byte, out *C.pj_out_t) (result []byte, code int32, msg string) {
 	returned := false
 	defer func() {
 		if !returned {
@@ -240,7 +268,7 @@ func runNamedTask(arg []byte) (result []byte, code int32, msg string) {
 			"process %d: every process of the program must register the same functions, from init "+
 			"functions", name, os.Getpid())
 	}
-	result, code, msg = f.run(payload)
+	result, code, msg = f.run(payload, out)
 	returned = true
 	return result, code, msg
 }

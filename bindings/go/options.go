@@ -35,9 +35,10 @@ type settings struct {
 	processes *Error
 	timeout   time.Duration
 	progress  func(done, total int, elapsed time.Duration)
-	chunk     int   // inputs per pj task; 0: automatic
-	collect   bool  // on_error "collect": every input runs, each failure is the input's own
-	err       error // the first invalid option
+	chunk     int    // inputs per pj task; 0: automatic
+	collect   bool   // on_error "collect": every input runs, each failure is the input's own
+	err       error  // the first invalid option
+	stopped   func() // MapContext: cancels the functions' context when the call stops early
 }
 
 func newSettings(opts []Option) *settings {

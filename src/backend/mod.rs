@@ -32,8 +32,13 @@ use crate::task::{Batch, BatchOutcome, RunContext, run_batch};
 pub struct CallLink {
     /// Receives one outcome per dispatched batch, whatever happens to it.
     pub reply: Sender<BatchOutcome>,
-    /// Raised on the first failure (or cancellation): tasks not yet started are skipped.
+    /// Raised on the first failure (or cancellation): tasks not yet started are skipped, and
+    /// running callbacks see it through `pj_out_cancelled`.
     pub abort: Arc<AtomicBool>,
+    /// Raised (before `abort`, which is then stored with Release) when the call is abandoned
+    /// (`pj_parallel_free`): backends that would kill a running task on abort let it finish
+    /// instead, as threads must, so that free behaves alike on every backend.
+    pub drain: Arc<AtomicBool>,
     /// The per-task time limit, counted from each task's start on its worker.
     pub timeout: Option<Duration>,
     /// on_error=collect: a failed, crashed or timed-out task does not stop the call.

@@ -13,7 +13,9 @@
 //! method encodes it (registry indices, argument bytes), and hands each outcome to its call.
 //! Sends are non-blocking and the dispatcher keeps receiving while they complete, so large
 //! payloads in both directions cannot deadlock. When a call is aborted (a task failed, a timeout,
-//! pj_parallel_cancel), the ranks holding its batches are told to cancel them. A rank silent for
+//! pj_parallel_cancel), the ranks holding its batches are told to cancel them (their running tasks
+//! are killed); when it is abandoned (pj_parallel_free), to let running tasks finish, as the
+//! process backend does; either way those tasks see pj_out_cancelled. A rank silent for
 //! 10 s while it has work is given up (heartbeats come every second).
 //!
 //! Worker ranks. Before anything else a rank reports its registry's fingerprint, and rank 0 checks
@@ -705,11 +707,14 @@ impl Dispatcher {
         self.give_up_silent_ranks();
         for slot in 0..self.ranks.len() {
             for running in &mut self.ranks[slot].batches {
-                if running.cancelled || !running.link.abort.load(Ordering::Relaxed) {
+                if running.cancelled || !running.link.abort.load(Ordering::Acquire) {
                     continue;
                 }
                 running.cancelled = true;
-                let cancel = running.seq.to_ne_bytes().to_vec();
+                // The batch's sequence number, then 1 when the call is abandoned (`drain`: the
+                // rank lets a running task finish instead of killing it), else 0.
+                let mut cancel = running.seq.to_ne_bytes().to_vec();
+                cancel.push(u8::from(running.link.drain.load(Ordering::Relaxed)));
                 self.sends
                     .push(self.ops.start_send(rank_of(slot), TAG_CANCEL, cancel)?);
                 progressed = true;
@@ -911,6 +916,8 @@ pub fn serve(ops: MpiOps) -> c_int {
 struct LocalBatch {
     seq: u64,
     abort: Arc<std::sync::atomic::AtomicBool>,
+    /// Raised with `abort` when rank 0's call was abandoned: the running task may finish.
+    drain: Arc<AtomicBool>,
     outcome: Receiver<BatchOutcome>,
 }
 
@@ -946,9 +953,13 @@ impl WorkerRank {
                             .get(..8)
                             .and_then(|b| b.try_into().ok())
                             .map(u64::from_ne_bytes);
+                        let drain = buf.get(8) == Some(&1);
                         for local in &self.batches {
                             if Some(local.seq) == seq {
-                                local.abort.store(true, Ordering::Relaxed);
+                                if drain {
+                                    local.drain.store(true, Ordering::Relaxed);
+                                }
+                                local.abort.store(true, Ordering::Release);
                             }
                         }
                     }
@@ -1022,6 +1033,7 @@ impl WorkerRank {
         let (body, seq, timeout) = split_trailer(message).ok_or_else(malformed)?;
         let (reply, outcome) = unbounded();
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drain = Arc::new(AtomicBool::new(false));
         // SAFETY: with a registry, the batch's callbacks are indices into this process's
         // functions.
         match unsafe { decode_batch(body, Some(&self.functions)) } {
@@ -1031,6 +1043,7 @@ impl WorkerRank {
                 let link = CallLink {
                     reply,
                     abort: Arc::clone(&abort),
+                    drain: Arc::clone(&drain),
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
                     collect: decoded.flags.collect,
                     access: decoded.flags.access,
@@ -1065,6 +1078,7 @@ impl WorkerRank {
         self.batches.push_back(LocalBatch {
             seq,
             abort,
+            drain,
             outcome,
         });
         Ok(())

@@ -11,8 +11,11 @@
 //! are valid there. At the end of the call the workers are retired (socket shut down, process
 //! reaped) unless `keep_workers` is set.
 //!
-//! Fail fast. Once the call is aborted (a task failed, or the call was abandoned), a proxy waiting
-//! for its worker stops within 100 ms, SIGKILLs it and reaps it; its batch counts as not run.
+//! Fail fast. Once the call is aborted (a task failed, or it was cancelled), a proxy waiting for its
+//! worker raises the stop flag in the worker's shared page (what `pj_out_cancelled` reads there)
+//! within 100 ms, SIGKILLs the worker and reaps it; its batch counts as not run. An abandoned call
+//! (`pj_parallel_free`: `CallLink::drain`) only raises the flag and waits for the outcome, as the
+//! thread backend must: the running task may finish, and the worker stops before its next one.
 //!
 //! Timeouts. With a timeout, the worker stamps each task's start (CLOCK_MONOTONIC, shared by every
 //! process) in the shared page; the proxy, waiting for the outcome, checks the stamp every tenth
@@ -301,6 +304,11 @@ impl Proxy {
             unreachable!("a worker was just installed")
         };
         worker.running.get().reset();
+        // The worker is idle (between batches): it reads the flag only after this frame arrives.
+        worker
+            .running
+            .stop()
+            .store(link.abort.load(Ordering::Relaxed), Ordering::Relaxed);
         let flags = RunFlags {
             timed: link.timeout.is_some(),
             collect: link.collect,
@@ -339,14 +347,19 @@ impl Proxy {
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
         let running = worker.running.get();
+        let stop = worker.running.stop();
         let overdue = Cell::new(None);
         // EOF is the fast signal of a death; the periodic check covers a stream kept open by a
         // grandchild the task started, which would otherwise hide the death forever. It also
-        // stops waiting once the call is aborted (fail fast means running tasks are killed) or the
-        // running task is past the timeout.
+        // stops waiting once the call is aborted (fail fast and cancel kill running tasks; an
+        // abandoned call, `drain`, lets them finish) or the running task is past the timeout. The
+        // worker's tasks see the abort through the shared page first (pj_out_cancelled).
         let alive = || {
-            if link.abort.load(Ordering::Relaxed) {
-                return false;
+            if link.abort.load(Ordering::Acquire) {
+                stop.store(true, Ordering::Relaxed);
+                if !link.drain.load(Ordering::Relaxed) {
+                    return false;
+                }
             }
             if let Some(limit) = link.timeout
                 && let Some((index, elapsed)) = running.elapsed()
@@ -714,7 +727,9 @@ pub(super) fn serve(
 ) -> i32 {
     crate::nesting::set_level(level);
     let served = catch_unwind(AssertUnwindSafe(|| {
-        let abort = AtomicBool::new(false);
+        // In the shared page: the parent raises it when the call is aborted, so a running
+        // callback sees it (pj_out_cancelled) and the batch stops before its next task.
+        let abort = running.stop();
         let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
         let mut received = Vec::new();
         let mut spill = SpillMaps::default();
@@ -748,7 +763,6 @@ pub(super) fn serve(
             spill
                 .files
                 .extend(attached.into_iter().zip(received.drain(..)));
-            abort.store(false, Ordering::Relaxed);
             let Ok(spilled) = spill.map_batch(&batch, flags.access) else {
                 return 5;
             };
@@ -757,7 +771,7 @@ pub(super) fn serve(
                 timed: flags.timed,
                 collect: flags.collect,
                 spilled: &spilled,
-                ..RunContext::new(&abort, slot)
+                ..RunContext::new(abort, slot)
             };
             let mut outcome = run_batch(&batch, ctx);
             drop(spilled);
@@ -802,6 +816,10 @@ pub(super) struct SharedRunning {
 struct Shared {
     running: Running,
     crash: CrashRecord,
+    /// The running batch's abort flag, as the worker's tasks see it (`pj_out_cancelled`): the
+    /// proxy sets it before sending each batch and raises it once the call is aborted; the
+    /// worker raises it itself when a task fails under fail-fast.
+    stop: AtomicBool,
 }
 
 // SAFETY: the page is owned by this value and only accessed through atomics.
@@ -870,6 +888,11 @@ impl SharedRunning {
     pub(super) fn crash(&self) -> &CrashRecord {
         // SAFETY: as in `get`.
         unsafe { &(*self.ptr).crash }
+    }
+
+    pub(super) fn stop(&self) -> &AtomicBool {
+        // SAFETY: as in `get`.
+        unsafe { &(*self.ptr).stop }
     }
 }
 

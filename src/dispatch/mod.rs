@@ -351,6 +351,7 @@ impl Call {
             link: CallLink {
                 reply,
                 abort: stop.abort.clone(),
+                drain: Arc::new(AtomicBool::new(false)),
                 timeout,
                 collect,
                 access: crate::memmap::MapAccess::ReadOnly,
@@ -596,9 +597,13 @@ impl Call {
     }
 
     /// Stops queued work and waits for the outcomes of everything in flight, so that no worker still
-    /// uses the caller's data (userdata, callbacks) when this returns; then ends the call.
+    /// uses the caller's data (userdata, callbacks) when this returns; then ends the call. Running
+    /// tasks are waited for on every backend (process workers are not killed): they see the abort
+    /// through `pj_out_cancelled` and may end early.
     pub fn abandon(mut self, backend: Option<&Backend>, batching: &mut Batching) {
-        self.link.abort.store(true, Ordering::Relaxed);
+        self.link.drain.store(true, Ordering::Relaxed);
+        // Release: whoever sees the abort sees `drain` too.
+        self.link.abort.store(true, Ordering::Release);
         self.producer = None;
         self.drain(batching);
         if let Some(progress) = self.progress.take() {
@@ -786,7 +791,13 @@ impl Call {
                 }
             };
             match crate::spin::wait(arrived, || replies.recv_timeout(CANCEL_POLL)) {
-                Ok(outcome) => return self.absorb(outcome, batching),
+                Ok(outcome) => {
+                    self.absorb(outcome, batching);
+                    // A cancellation's first effect may be this outcome (a process worker killed
+                    // by the abort): the call must not take the room it makes for a new task.
+                    self.check_cancelled();
+                    return;
+                }
                 Err(_) if self.check_cancelled() => return,
                 Err(_) => {}
             }

@@ -29,6 +29,12 @@ use crate::task::{Callback, TaskOutput};
 /// runs on the caller's thread, inside `pj_parallel_submit`, `pj_parallel_collect` or
 /// `pj_parallel_map`. It must not unwind (no C++ exception, no longjmp out of it) and must not use the
 /// `pj_parallel_t` running it (that gives PJ_STATUS_BUSY).
+///
+/// Stopping early: once the call is cancelled, another task failed (on_error "raise") or the
+/// executor is being freed, pj starts no new task, but it waits for callbacks running on threads
+/// (and on the caller's thread) before the call returns. A long callback should poll
+/// `pj_out_cancelled(out)` and return as soon as it gives 1; its result (or failure) is then
+/// discarded and never taken for the call's cause.
 pub type pj_task_fn = Option<
     unsafe extern "C" fn(
         userdata: *mut c_void,
@@ -110,9 +116,14 @@ pub extern "C" fn pj_parallel_new(
     })
 }
 
-/// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, running
-/// tasks are waited for (so no worker touches your data after this returns), then the workers are
-/// joined. NULL is a no-op. Must not be called while another thread is inside a function on it.
+/// Frees an executor. A call still in flight is abandoned: tasks not yet started never start, and
+/// running callbacks see `pj_out_cancelled` return 1 and are waited for, on every backend (process
+/// workers are not killed here: a callback may finish or clean up), so no callback touches your
+/// data after this returns; then the worker threads are joined and the worker processes reaped
+/// (none outlives this call). So free returns as soon as the running callbacks return: a callback
+/// that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
+/// for running past the timeout on threads. NULL is a no-op. Must not be called while another
+/// thread is inside a function on it.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
     run_value((), || {
@@ -356,10 +367,14 @@ fn c_producer(producer: pj_producer_fn, userdata: *mut c_void) -> Result<Produce
     }))
 }
 
-/// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start,
-/// running process workers are killed (running thread tasks finish), and the blocked call (submit,
-/// collect, map or next) returns PJ_STATUS_CANCELLED, within about 20 ms plus the time to kill.
-/// The object stays usable. No effect when no call is in flight.
+/// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start, and
+/// the blocked call returns PJ_STATUS_CANCELLED. A submit blocked by a full window returns within
+/// about 20 ms. collect, map, next and `pj_parallel_for` return once no callback of the call runs
+/// any more: process workers running a task are killed (within about 100 ms); callbacks running on
+/// threads (or on the caller's thread, n_jobs 1) cannot be interrupted and are waited for, so that
+/// none touches your memory after the call returns. They see `pj_out_cancelled` return 1: a
+/// long callback that polls it and returns early makes the cancellation prompt. The object stays
+/// usable. No effect when no call is in flight.
 ///
 /// Async-signal-safe (it only stores two atomics): a SIGINT handler, or any thread, may call it.
 /// `parallel` must stay alive during the call (do not race it with `pj_parallel_free`).

@@ -103,6 +103,29 @@ pub extern "C" fn pj_out_error(out: *mut TaskOutput, message: *const c_char) -> 
     })
 }
 
+/// 1 when the call running this task is stopping, else 0. A call stops when it is cancelled
+/// (`pj_parallel_cancel`, or a SIGINT with handle_sigint), when another task failed under
+/// on_error "raise" (fail-fast), or when its executor is being freed (`pj_parallel_free`) or
+/// abandoned by a new call. Once 1 it stays 1 for the rest of the task. Call it only from inside
+/// the task callback that received `out`, on its thread.
+///
+/// pj never interrupts a running callback on threads (nor on processes when freeing): the call
+/// that stops waits for it, so that no callback touches your memory after that call returns. A
+/// long callback that polls this (it is one atomic load: no lock, no system call, cheap enough
+/// for every iteration of a loop) and returns early makes cancel, fail-fast and free prompt; what
+/// it returns then is discarded. On processes a cancel or a failure kills running workers
+/// (this may return 1 just before), and every backend sees the flag: threads, n_jobs 1,
+/// forked and spawned workers, MPI ranks.
+///
+/// Returns 0 when `out` is NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_out_cancelled(out: *const TaskOutput) -> i32 {
+    run_value(0, || {
+        // SAFETY: a non-NULL `out` is the live output handle of the running callback.
+        i32::from(unsafe { out.as_ref() }.is_some_and(TaskOutput::cancelled))
+    })
+}
+
 /// Number of results (one per task). NULL gives 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_len(results: *const pj_results_t) -> usize {

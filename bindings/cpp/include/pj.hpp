@@ -47,6 +47,9 @@
  * - "threads": on pj's worker threads, several at once, on the same function object: it must be
  *   thread-safe (it is called as a non-const lvalue; a `mutable` lambda races with itself).
  * - n_jobs 1 (the default when unset) or "sequential": on the caller's thread.
+ * - Everywhere: a long function can poll pj::cancelled() and return early once its call is
+ *   cancelled, has failed or is being destroyed (a call waits for the functions running on
+ *   threads).
  *
  * @par Threading
  * A pj::Parallel runs one call at a time; another thread that uses it meanwhile gets a pj::Error
@@ -991,6 +994,39 @@ private:
 
 namespace detail {
 
+/// The output handle of the task running on this thread, for pj::cancelled(); NULL outside tasks.
+inline thread_local pj_out_t* current_out = nullptr;
+
+/// Makes `out` this thread's current task output for one task, then restores the previous one (a
+/// task may run a nested call on its own thread).
+class CurrentOut {
+public:
+    explicit CurrentOut(pj_out_t* out) noexcept : previous_(current_out) { current_out = out; }
+    ~CurrentOut() { current_out = previous_; }
+    CurrentOut(const CurrentOut&) = delete;
+    CurrentOut& operator=(const CurrentOut&) = delete;
+
+private:
+    pj_out_t* previous_;
+};
+
+}  // namespace detail
+
+/**
+ * Inside a task's function: true once the call running it is stopping (cancelled, another task
+ * failed under on_error "raise", or its pj::Parallel is being destroyed). Outside a task: false.
+ *
+ * A call that stops waits for the functions still running on threads (a thread cannot be
+ * interrupted), so a long function that polls this and returns early makes cancellation,
+ * fail-fast and destruction prompt; what it returns then is discarded. Cheap enough to call in
+ * every iteration of a loop (pj_out_cancelled: one atomic load). Works on every backend.
+ */
+inline bool cancelled() noexcept {
+    return detail::current_out != nullptr && pj_out_cancelled(detail::current_out) != 0;
+}
+
+namespace detail {
+
 /// Writes `value` with codec<R> into the task's output.
 template <typename R>
 void write_result(pj_out_t* out, const R& value) {
@@ -1007,6 +1043,7 @@ void write_result(pj_out_t* out, const R& value) {
 template <typename T, typename R, typename Call>
 std::int32_t run_task(const std::uint8_t* arg, std::size_t arg_len, pj_out_t* out,
                       Call&& call) noexcept {
+    const CurrentOut current(out);
     try {
         const T input = codec<T>::decode(arg, arg_len);
         write_result<R>(out, call(input));
@@ -1473,7 +1510,8 @@ public:
     Parallel& operator=(Parallel&&) noexcept = default;
     Parallel(const Parallel&) = delete;
     Parallel& operator=(const Parallel&) = delete;
-    /// Frees the executor once no pj::Stream of it is alive (a call in flight is abandoned).
+    /// Frees the executor once no pj::Stream of it is alive (a call in flight is abandoned: its
+    /// queued tasks never start, running ones are waited for and see pj::cancelled()).
     ~Parallel() = default;
 
     /**
