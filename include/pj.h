@@ -313,11 +313,12 @@ pj_status pj_config_set(pj_config_t *config,
                         const char *value,
                         pj_error_t **error_out);
 
-// Sets `n_jobs`: a positive number of workers, or negative for "all CPUs but |n|-1"
-// (cpus + 1 + n, at least 1), as joblib. Unset means 1.
+// Sets `n_jobs`: a positive number of workers, at most 65536, or negative for "all CPUs but |n|-1"
+// (cpus + 1 + n, at least 1), as joblib. Unset means 1. A positive value is taken as given, never
+// capped at the CPU count (as in joblib).
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
-// for 0 (no meaning) or a value beyond the documented limit.
+// for 0 (no meaning) or a value above 65536 (any negative value gives at least 1 worker).
 pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t **error_out);
 
 // Sets the backend by name: "processes" (the default; aliases "loky", "multiprocessing"),
@@ -343,6 +344,13 @@ pj_status pj_config_set_backend(pj_config_t *config, const char *backend, pj_err
 // Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
 // the same range). The default is "auto" (joblib's heuristic), which only the string setter can
 // restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+//
+// "auto" starts each call with batches of one task and doubles the size while batches complete in
+// under 0.2 s (halving it above 2 s), as joblib's process backends do; the statistics start afresh
+// at each call. A deliberate deviation from joblib: pj auto-batches on the threads backend too
+// (joblib's threading backend always dispatches single tasks), because a C task can take
+// nanoseconds and one dispatch per task would cost more than the task. Set 1 for joblib's threading
+// behaviour (and its exact verbose lines). With n_jobs 1 nothing is batched, as in joblib.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 // for 0 or a value above 1048576.
@@ -550,10 +558,24 @@ void pj_parallel_free(pj_parallel_t *parallel);
 // is 0). Tasks are grouped into batches and dispatched as batches fill up; results come back, in
 // submission order, from `pj_parallel_collect`.
 //
+// The call belongs to the thread of its first submit until `pj_parallel_collect` ends it (other
+// threads get PJ_STATUS_BUSY meanwhile). Blocking: with pre_dispatch set (default "2*n_jobs"), a
+// submit waits while pre_dispatch × the current batch size tasks are submitted and not completed
+// (results waiting to be collected do not count), so a fast submitter is paced by the workers; with
+// n_jobs 1 the task runs inside this submit (once its batch is full).
+//
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL, or `arg` is NULL
-// with `arg_len > 0`; PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the
-// worker threads cannot be started; PJ_STATUS_TASK_FAILED once a task of this call has failed (the
-// error names it; the task is not added, and `pj_parallel_collect` ends the call with the same error).
+// with `arg_len > 0`; PJ_STATUS_INVALID_ARGUMENT when `arg_len` exceeds PTRDIFF_MAX, when the
+// backend needs registered functions (start_method "spawn", backend "mpi") and `fn` is not one or
+// `userdata` is not NULL, or when the executor was created in another process (a fork of its
+// creator); PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the workers
+// cannot be started or the argument cannot be copied (memory, temp folder);
+// PJ_STATUS_CANCELLED when the call was cancelled (`pj_parallel_cancel`, also while this submit
+// was blocked, or a SIGINT with handle_sigint). Once the call has failed, every submit returns its
+// failure, without adding the task: PJ_STATUS_TASK_FAILED, PJ_STATUS_WORKER_DIED or
+// PJ_STATUS_TIMEOUT as `pj_parallel_collect` describes them, with the same error that
+// `pj_parallel_collect` then ends the call with (under on_error=collect, task failures never stop
+// a submit).
 pj_status pj_parallel_submit(pj_parallel_t *parallel,
                              pj_task_fn fn,
                              void *userdata,
@@ -563,8 +585,9 @@ pj_status pj_parallel_submit(pj_parallel_t *parallel,
 
 // Ends the current call: waits for every submitted task and stores their results, in submission
 // order, in `*results_out` (owned by the caller: free with `pj_results_free`). Without a call in
-// flight it returns an empty result set. After it returns (whatever the status) the object is ready
-// for a new call.
+// flight it returns an empty result set. Once it has run (OK or any failure of the call) the call is
+// over and the object is ready for a new call; PJ_STATUS_NULL_ARGUMENT (NULL `results_out`) and
+// PJ_STATUS_BUSY return before touching the call, which stays open: collect it again.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
 // PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:

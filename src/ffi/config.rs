@@ -130,11 +130,12 @@ pub extern "C" fn pj_config_set(
     })
 }
 
-/// Sets `n_jobs`: a positive number of workers, or negative for "all CPUs but |n|-1"
-/// (cpus + 1 + n, at least 1), as joblib. Unset means 1.
+/// Sets `n_jobs`: a positive number of workers, at most 65536, or negative for "all CPUs but |n|-1"
+/// (cpus + 1 + n, at least 1), as joblib. Unset means 1. A positive value is taken as given, never
+/// capped at the CPU count (as in joblib).
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
-/// for 0 (no meaning) or a value beyond the documented limit.
+/// for 0 (no meaning) or a value above 65536 (any negative value gives at least 1 worker).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_set_n_jobs(
     config: *mut pj_config_t,
@@ -179,6 +180,13 @@ pub extern "C" fn pj_config_set_backend(
 /// Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
 /// the same range). The default is "auto" (joblib's heuristic), which only the string setter can
 /// restore: `pj_config_set(cfg, "batch_size", "auto", &err)`.
+///
+/// "auto" starts each call with batches of one task and doubles the size while batches complete in
+/// under 0.2 s (halving it above 2 s), as joblib's process backends do; the statistics start afresh
+/// at each call. A deliberate deviation from joblib: pj auto-batches on the threads backend too
+/// (joblib's threading backend always dispatches single tasks), because a C task can take
+/// nanoseconds and one dispatch per task would cost more than the task. Set 1 for joblib's threading
+/// behaviour (and its exact verbose lines). With n_jobs 1 nothing is batched, as in joblib.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 /// for 0 or a value above 1048576.

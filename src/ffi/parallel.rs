@@ -139,10 +139,24 @@ pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
 /// is 0). Tasks are grouped into batches and dispatched as batches fill up; results come back, in
 /// submission order, from `pj_parallel_collect`.
 ///
+/// The call belongs to the thread of its first submit until `pj_parallel_collect` ends it (other
+/// threads get PJ_STATUS_BUSY meanwhile). Blocking: with pre_dispatch set (default "2*n_jobs"), a
+/// submit waits while pre_dispatch × the current batch size tasks are submitted and not completed
+/// (results waiting to be collected do not count), so a fast submitter is paced by the workers; with
+/// n_jobs 1 the task runs inside this submit (once its batch is full).
+///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL, or `arg` is NULL
-/// with `arg_len > 0`; PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the
-/// worker threads cannot be started; PJ_STATUS_TASK_FAILED once a task of this call has failed (the
-/// error names it; the task is not added, and `pj_parallel_collect` ends the call with the same error).
+/// with `arg_len > 0`; PJ_STATUS_INVALID_ARGUMENT when `arg_len` exceeds PTRDIFF_MAX, when the
+/// backend needs registered functions (start_method "spawn", backend "mpi") and `fn` is not one or
+/// `userdata` is not NULL, or when the executor was created in another process (a fork of its
+/// creator); PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the workers
+/// cannot be started or the argument cannot be copied (memory, temp folder);
+/// PJ_STATUS_CANCELLED when the call was cancelled (`pj_parallel_cancel`, also while this submit
+/// was blocked, or a SIGINT with handle_sigint). Once the call has failed, every submit returns its
+/// failure, without adding the task: PJ_STATUS_TASK_FAILED, PJ_STATUS_WORKER_DIED or
+/// PJ_STATUS_TIMEOUT as `pj_parallel_collect` describes them, with the same error that
+/// `pj_parallel_collect` then ends the call with (under on_error=collect, task failures never stop
+/// a submit).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_submit(
     parallel: *mut pj_parallel_t,
@@ -163,8 +177,9 @@ pub extern "C" fn pj_parallel_submit(
 
 /// Ends the current call: waits for every submitted task and stores their results, in submission
 /// order, in `*results_out` (owned by the caller: free with `pj_results_free`). Without a call in
-/// flight it returns an empty result set. After it returns (whatever the status) the object is ready
-/// for a new call.
+/// flight it returns an empty result set. Once it has run (OK or any failure of the call) the call is
+/// over and the object is ready for a new call; PJ_STATUS_NULL_ARGUMENT (NULL `results_out`) and
+/// PJ_STATUS_BUSY return before touching the call, which stays open: collect it again.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `results_out` is NULL;
 /// PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_TASK_FAILED when a task failed:
