@@ -629,3 +629,17 @@ fn the_message_is_one_line_and_the_report_keeps_the_callbacks_text() {
     assert_eq!(five.message, "task 5 failed with code 7");
     pj_results_free(res);
 }
+
+#[test]
+fn collect_without_results_out_keeps_the_call_open() {
+    // pj.h: NULL_ARGUMENT returns before touching the call, which a second collect then ends.
+    let par = parallel(&[("n_jobs", "2"), ("backend", "threads")]).unwrap();
+    for i in 0..3u64 {
+        par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+            .unwrap();
+    }
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_collect(par.0, std::ptr::null_mut(), &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::NullArgument);
+    assert_eq!(as_u64s(&par.collect().unwrap()), vec![0, 2, 4]);
+}
