@@ -532,7 +532,7 @@ fn terminate(pid: libc::pid_t) {
 /// Waits for our child `pid` (`flags` 0 blocks, WNOHANG polls). `Some(death)` once it has ended;
 /// `None` while it runs. A child already reaped elsewhere (SIGCHLD ignored by the host) is
 /// `Death::Unknown`.
-fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
+pub(super) fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
     loop {
         let mut status = 0;
         // SAFETY: waits for one specific child of ours; `status` is a valid out-pointer.
@@ -555,7 +555,7 @@ fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
 
 /// Whether our child `pid` is still running, without reaping it (the proxy reaps it afterwards to
 /// learn how it died).
-fn wait_for_peek(pid: libc::pid_t) -> bool {
+pub(super) fn wait_for_peek(pid: libc::pid_t) -> bool {
     // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     loop {
@@ -611,9 +611,7 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
         let pid = started.inspect_err(|_| registry::forget(parent_end.as_raw_fd()))?;
         let socket: OwnedFd = parent_end.into();
         if let Err(error) = handshake(socket.as_raw_fd(), pid) {
-            // SAFETY: our own child, not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = wait_for(pid, 0);
+            // The handshake already killed and reaped the worker.
             registry::forget(socket.as_raw_fd());
             return Err(error);
         }
