@@ -29,6 +29,9 @@ pub struct Parallel {
     /// Cancellation of the call in flight, reachable without the lock.
     stop: Stop,
     state: Mutex<State>,
+    /// The fork generation and process this object was created in: a copy inherited by a forked
+    /// child refuses calls (its pool's threads and workers are the parent's).
+    born: (u64, u32),
 }
 
 #[derive(Debug)]
@@ -96,6 +99,8 @@ impl Parallel {
             ));
         }
         let mut settings = layered.resolve(crate::cpu::cpu_count())?;
+        // Before the object exists, hence before any fork can copy it.
+        crate::fork::register_handlers();
         if settings.backend == BackendKind::Mpi {
             use_mpi_ranks(&mut settings)?;
         }
@@ -110,7 +115,14 @@ impl Parallel {
             owner: AtomicU64::new(0),
             stop: Stop::default(),
             state: Mutex::new(state),
+            born: (crate::fork::generation(), std::process::id()),
         })
+    }
+
+    /// Whether this object was inherited through a fork (this process is not the one that created
+    /// it). Such an object refuses calls; freeing it must leak it (see `pj_parallel_free`).
+    pub fn inherited(&self) -> bool {
+        self.born.0 != crate::fork::generation()
     }
 
     /// The settings every call of this object uses.
@@ -262,6 +274,13 @@ impl Parallel {
     /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
     /// another thread's call is in flight or this thread re-enters from inside a task.
     fn enter(&self) -> Result<Entered<'_>> {
+        if self.inherited() {
+            return Err(Error::invalid(format!(
+                "this executor was created in process {}; this process is a fork of it, where its \
+                 workers do not exist: create a new executor in the child",
+                self.born.1
+            )));
+        }
         let me = current_thread();
         if self.owner.load(Ordering::Acquire) != me
             && self
@@ -370,10 +389,18 @@ impl Drop for Parallel {
     fn drop(&mut self) {
         // An unfinished call is abandoned: queued tasks are skipped, running ones are waited for, so no
         // worker uses the caller's data after the object is gone.
+        let inherited = self.inherited();
         let state = self
             .state
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if inherited {
+            // A copy made by fork: its threads and workers are the parent's (joining or killing
+            // them here would hang or hit the parent's), its temp files too. Leak them.
+            std::mem::forget(state.call.take());
+            std::mem::forget(state.backend.take());
+            return;
+        }
         if let Some(call) = state.call.take() {
             call.abandon(state.backend.as_ref(), &mut state.batching);
         }

@@ -40,6 +40,17 @@
 //! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
 //! makes malloc and stdio usable in the child. A task callback must not take locks that another
 //! parent thread may hold at the time of the fork (documented in the header).
+//!
+//! Locks across a fork (audit; handlers in [`crate::fork`]). pj's process-wide locks a child may
+//! take: the fork lock of [`spawn_worker`] (held by the forking proxy itself: reset in the child);
+//! the task registry's RwLock, handle_sigint's state and the MPI attachment (taken by the prepare
+//! handler, so no other thread is inside them at the fork; the child also drops its copy of the
+//! MPI attachment, whose thread did not survive). Per-object locks (a `Parallel`'s state, the
+//! thread pool's mutexes, channels) belong to executors, which refuse calls in a forked child
+//! before touching any of them, and are leaked there by free. The CPU-count and crash-stack
+//! one-time initializations complete before pj first forks. Not covered: Rust's stdout/stderr
+//! locks (a task printing through Rust's std in a worker forked while another thread printed) and
+//! the host's own locks.
 
 use std::cell::Cell;
 use std::io;
@@ -583,11 +594,9 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
     // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
     // of the child's end, a concurrent fork would let another worker inherit that end and keep the
     // stream open after this worker dies. With the lock, every pj socket that exists during a fork
-    // is in the registry, and the new worker closes all but its own.
-    static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _forking = FORK_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // is in the registry, and the new worker closes all but its own. The child inherits the lock
+    // held: pj's fork handler frees it there, so a task can start its own process pool.
+    let _forking = crate::fork::FORK_LOCK.lock();
     let running = SharedRunning::new(spawn.is_some())?;
     // Done at pool creation already; a no-op here.
     crash::prepare();
