@@ -29,7 +29,10 @@
 //! (never "any child"), reads which task was running from a shared page the worker updates before
 //! each task, and reports `TaskFailure::Died`. The next batch gets a fresh worker. A worker killed
 //! by a crash signal (SIGSEGV, SIGABRT, ...) first records the crashing stack in that page from its
-//! crash handler ([`super::crash`]); the proxy symbolizes it for the report.
+//! crash handler ([`super::crash`]); the proxy symbolizes it for the report. A worker that had
+//! served batches and dies before any task of its current batch started (a kept worker killed
+//! while idle, between calls or batches) is no task's fault: the batch runs, whole, on a fresh
+//! worker, whatever on_error says.
 //!
 //! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
 //! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
@@ -204,6 +207,9 @@ struct Worker {
     /// Spill files whose descriptors this worker already received, in call `call`.
     sent_files: Vec<u64>,
     call: u64,
+    /// It returned the outcome of a batch: it was working, so a later death before any task of a
+    /// batch started is not a start-up failure that would repeat.
+    served: bool,
 }
 
 /// A proxy thread's state: its slot and its current worker.
@@ -250,6 +256,13 @@ impl Proxy {
         let outcome = loop {
             let attempt = retry.as_ref().unwrap_or(&batch);
             match self.exchange(attempt, &link) {
+                // A worker that had served died before any task of this attempt started (killed
+                // while idle, between calls or batches): nothing of it ran, nobody is to blame.
+                // The same attempt goes to a fresh worker; should that one die before starting,
+                // `unstarted` is false and the death is reported.
+                Err(Some(Lost {
+                    unstarted: true, ..
+                })) => {}
                 Ok(mut outcome) => {
                     outcome.seconds = batch
                         .dispatched_at
@@ -264,6 +277,7 @@ impl Proxy {
                     index,
                     failure,
                     retryable: true,
+                    ..
                 })) if link.collect => {
                     retry = Some(attempt.retry_without(index, failure));
                 }
@@ -387,6 +401,9 @@ impl Proxy {
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;
                 outcome.pid = u32::try_from(pid).unwrap_or(0);
+                if let Some(worker) = self.worker.as_mut() {
+                    worker.served = true;
+                }
                 outcome.mapped = map_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,
@@ -406,6 +423,7 @@ impl Proxy {
                     index,
                     failure: TaskFailure::TimedOut { limit, elapsed },
                     retryable: !batch_forces(batch, index),
+                    unstarted: false,
                 }))
             }
             Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {
@@ -456,6 +474,7 @@ impl Proxy {
             // A worker that died before its first task (or on a task it should have skipped) would
             // die again: only a death that a task caused is retried without that task.
             retryable: running.is_some() && !batch_forces(batch, index),
+            unstarted: running.is_none() && worker.served,
         }
     }
 
@@ -503,6 +522,9 @@ struct Lost {
     failure: TaskFailure,
     /// Whether running the batch again without that task can succeed (on_error=collect).
     retryable: bool,
+    /// A worker that had served batches died before any task of this one started: the batch
+    /// runs again, whole, on a fresh worker (the task named is not to blame).
+    unstarted: bool,
 }
 
 impl Lost {
@@ -511,6 +533,7 @@ impl Lost {
             index,
             failure,
             retryable: false,
+            unstarted: false,
         }
     }
 }
@@ -630,6 +653,7 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
             running,
             sent_files: Vec::new(),
             call: 0,
+            served: false,
         });
     }
     // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
@@ -651,6 +675,7 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
         running,
         sent_files: Vec::new(),
         call: 0,
+        served: false,
     })
 }
 
