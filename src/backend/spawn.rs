@@ -161,11 +161,11 @@ pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
 fn not_answered(pid: libc::pid_t, waited: Duration) -> io::Error {
     const ENTRY: &str = "a program using start_method \"spawn\" must call \
         pj_worker_main_if_requested(argc, argv) at the start of main, after its pj_register calls";
-    // The stream ended or the liveness check failed: a child that ended has a status by now, or
-    // very soon (its socket closes as it exits).
+    // The stream ended or the liveness check failed. A child that is exiting closes its socket
+    // before it becomes a zombie: before the limit, give it a moment to show its status.
     let mut ended = wait_for(pid, libc::WNOHANG);
-    let settle = Instant::now() + Duration::from_millis(500);
-    while ended.is_none() && !wait_for_peek(pid) && Instant::now() < settle {
+    let settle = Instant::now() + Duration::from_secs(1);
+    while ended.is_none() && waited < HANDSHAKE_LIMIT && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(5));
         ended = wait_for(pid, libc::WNOHANG);
     }
