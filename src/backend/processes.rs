@@ -111,8 +111,10 @@ impl ProcessPool {
         };
         let (jobs, queue) = unbounded::<Job>();
         let size = size.max(1);
-        // Once per process, off the path of the first fork: the workers' crash-handler stack.
+        // Once per process, off the path of the first fork: the workers' crash-handler stack, and
+        // pj's fork handlers (MPI worker ranks make pools without an executor).
         crash::prepare();
+        crate::fork::register_handlers();
         let level = crate::nesting::level() + 1;
         let mut pool = ProcessPool {
             jobs: Some(jobs),
