@@ -138,8 +138,10 @@ typedef struct pj_error_t pj_error_t;
 //
 // Fork: an executor copied into a child by `fork()` (the host's own, or a pj worker process whose
 // task reaches an executor of the parent) belongs to the parent. Every call on it in the child returns
-// PJ_STATUS_INVALID_ARGUMENT ("this executor was created in process N ...") at once; create a new
-// executor in the child. `pj_parallel_free` on the copy is safe and leaks it (see there).
+// at once: PJ_STATUS_INVALID_ARGUMENT ("this executor was created in process N ..."), or
+// PJ_STATUS_BUSY when the copy was taken while another thread's call was in flight (as for a task of
+// a worker process using the executor running it); create a new executor in the child.
+// `pj_parallel_free` on the copy is safe and leaks it (see there).
 //
 // Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
 // `pj_parallel_next`, `pj_parallel_for`, `pj_parallel_cancel`, `pj_parallel_free`.

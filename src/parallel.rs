@@ -274,21 +274,27 @@ impl Parallel {
     /// Claims the object for this thread (or confirms it owns it) and locks its state; BUSY when
     /// another thread's call is in flight or this thread re-enters from inside a task.
     fn enter(&self) -> Result<Entered<'_>> {
-        if self.inherited() {
-            return Err(Error::invalid(format!(
-                "this executor was created in process {}; this process is a fork of it, where its \
-                 workers do not exist: create a new executor in the child",
-                self.born.1
-            )));
-        }
         let me = current_thread();
-        if self.owner.load(Ordering::Acquire) != me
+        let owned = self.owner.load(Ordering::Acquire) == me;
+        if !owned
             && self
                 .owner
                 .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
         {
+            // Also a copy inherited by a fork while another thread's call was in flight (a
+            // process worker's task using the executor that runs it).
             return Err(busy());
+        }
+        if self.inherited() {
+            if !owned {
+                self.owner.store(0, Ordering::Release);
+            }
+            return Err(Error::invalid(format!(
+                "this executor was created in process {}; this process is a fork of it, where its \
+                 workers do not exist: create a new executor in the child",
+                self.born.1
+            )));
         }
         let mut entered = Entered {
             owner: &self.owner,
