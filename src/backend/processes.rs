@@ -621,7 +621,7 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
     // stream open after this worker dies. With the lock, every pj socket that exists during a fork
     // is in the registry, and the new worker closes all but its own. The child inherits the lock
     // held: pj's fork handler frees it there, so a task can start its own process pool.
-    let _forking = crate::fork::FORK_LOCK.lock();
+    let forking = crate::fork::FORK_LOCK.lock();
     let running = SharedRunning::new(spawn.is_some())?;
     // Done at pool creation already; a no-op here.
     crash::prepare();
@@ -642,6 +642,9 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
         let started = plan.start(&ids);
         registry::forget(child_end.as_raw_fd());
         drop(child_end);
+        // The child's end is closed here: other forks may go on while this worker starts up
+        // (up to the handshake limit).
+        drop(forking);
         let pid = started.inspect_err(|_| registry::forget(parent_end.as_raw_fd()))?;
         let socket: OwnedFd = parent_end.into();
         if let Err(error) = handshake(socket.as_raw_fd(), pid) {
