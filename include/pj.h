@@ -136,6 +136,13 @@ typedef struct pj_error_t pj_error_t;
 // the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
 // is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 //
+// Fork: an executor copied into a child by `fork()` (the host's own, or a pj worker process whose
+// task reaches an executor of the parent) belongs to the parent. Every call on it in the child returns
+// at once: PJ_STATUS_INVALID_ARGUMENT ("this executor was created in process N ..."), or
+// PJ_STATUS_BUSY when the copy was taken while another thread's call was in flight (as for a task of
+// a worker process using the executor running it); create a new executor in the child.
+// `pj_parallel_free` on the copy is safe and leaks it (see there).
+//
 // Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
 // `pj_parallel_next`, `pj_parallel_for`, `pj_parallel_cancel`, `pj_parallel_free`.
 typedef struct pj_parallel_t pj_parallel_t;
@@ -529,6 +536,11 @@ pj_status pj_parallel_submit_named(pj_parallel_t *parallel,
 // (kept for start methods that will need them; they may be 0 and NULL). A program that uses
 // spawn but never calls it gets PJ_STATUS_INVALID_ARGUMENT from `pj_parallel_new` in the worker
 // copy, and the caller's call fails with PJ_STATUS_IO saying so.
+//
+// Start-up limit: a worker copy must reach this call within 30 seconds of being started (what
+// `main` does before it counts, so keep it short). The caller's call fails with PJ_STATUS_IO when a
+// copy ends before answering (the message gives its exit status or signal) or is still running
+// after 30 seconds without answering (the copy is then killed; the message says so).
 int pj_worker_main_if_requested(int argc, const char *const *argv);
 
 // Creates an executor from `config` (copied: the config may be freed afterwards; NULL means every
@@ -551,6 +563,11 @@ pj_status pj_parallel_new(const pj_config_t *config,
 // that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
 // for running past the timeout on threads. NULL is a no-op. Must not be called while another
 // thread is inside a function on it.
+//
+// In a child process forked after the executor was created (the executor is a copy there), this only
+// releases the handle: it neither joins threads (they exist only in the parent), nor kills or waits
+// for the parent's worker processes, nor removes the parent's temp files; the memory the copy holds
+// is leaked in the child.
 void pj_parallel_free(pj_parallel_t *parallel);
 
 // Adds a task to the current call (starting one if none is in flight): `fn(userdata, arg, arg_len,

@@ -18,6 +18,7 @@
 //! - [`sigint`]: handle_sigint's handler, installed only while a call blocks;
 //! - [`nesting`]: how deep the current thread is in nested calls;
 //! - [`progress`]: joblib's verbose lines, the progress bar and the progress callback;
+//! - [`fork`]: fork handlers: locks held across a fork, the fork generation of inherited objects;
 //! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
 
 pub mod backend;
@@ -26,6 +27,7 @@ pub mod cpu;
 pub mod dispatch;
 pub mod error;
 pub mod ffi;
+pub mod fork;
 pub mod memmap;
 pub mod nesting;
 pub mod parallel;

@@ -31,6 +31,9 @@ pub struct Parallel {
     /// Cancellation of the call in flight, reachable without the lock.
     stop: Stop,
     state: Mutex<State>,
+    /// The fork generation and process this object was created in: a copy inherited by a forked
+    /// child refuses calls (its pool's threads and workers are the parent's).
+    born: (u64, u32),
 }
 
 #[derive(Debug)]
@@ -98,6 +101,8 @@ impl Parallel {
             ));
         }
         let mut settings = layered.resolve(crate::cpu::cpu_count())?;
+        // Before the object exists, hence before any fork can copy it.
+        crate::fork::register_handlers();
         if settings.backend == BackendKind::Mpi {
             use_mpi_ranks(&mut settings)?;
         }
@@ -112,7 +117,14 @@ impl Parallel {
             owner: AtomicU64::new(0),
             stop: Stop::default(),
             state: Mutex::new(state),
+            born: (crate::fork::generation(), std::process::id()),
         })
+    }
+
+    /// Whether this object was inherited through a fork (this process is not the one that created
+    /// it). Such an object refuses calls; freeing it must leak it (see `pj_parallel_free`).
+    pub fn inherited(&self) -> bool {
+        self.born.0 != crate::fork::generation()
     }
 
     /// The settings every call of this object uses.
@@ -265,13 +277,26 @@ impl Parallel {
     /// another thread's call is in flight or this thread re-enters from inside a task.
     fn enter(&self) -> Result<Entered<'_>> {
         let me = current_thread();
-        if self.owner.load(Ordering::Acquire) != me
+        let owned = self.owner.load(Ordering::Acquire) == me;
+        if !owned
             && self
                 .owner
                 .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
         {
+            // Also a copy inherited by a fork while another thread's call was in flight (a
+            // process worker's task using the executor that runs it).
             return Err(busy());
+        }
+        if self.inherited() {
+            if !owned {
+                self.owner.store(0, Ordering::Release);
+            }
+            return Err(Error::invalid(format!(
+                "this executor was created in process {}; this process is a fork of it, where its \
+                 workers do not exist: create a new executor in the child",
+                self.born.1
+            )));
         }
         let mut entered = Entered {
             owner: &self.owner,
@@ -376,10 +401,18 @@ impl Drop for Parallel {
     fn drop(&mut self) {
         // An unfinished call is abandoned: queued tasks are skipped, running ones are waited for, so no
         // worker uses the caller's data after the object is gone.
+        let inherited = self.inherited();
         let state = self
             .state
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if inherited {
+            // A copy made by fork: its threads and workers are the parent's (joining or killing
+            // them here would hang or hit the parent's), its temp files too. Leak them.
+            std::mem::forget(state.call.take());
+            std::mem::forget(state.backend.take());
+            return;
+        }
         if let Some(call) = state.call.take() {
             call.abandon(state.backend.as_ref(), &mut state.batching);
         }

@@ -15,6 +15,17 @@ use crate::task::TaskFn;
 /// The registered functions, in registration order.
 static REGISTRY: RwLock<Vec<(String, TaskFn)>> = RwLock::new(Vec::new());
 
+/// The registry held for writing across a fork ([`crate::fork`]): no other thread is inside it
+/// when the child's copy is taken, so the child finds it whole and unlocked.
+pub(crate) struct ForkHold(
+    #[allow(dead_code)] std::sync::RwLockWriteGuard<'static, Vec<(String, TaskFn)>>,
+);
+
+/// Takes the registry for a fork (released when the hold is dropped, in the parent and the child).
+pub(crate) fn hold_for_fork() -> ForkHold {
+    ForkHold(REGISTRY.write().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// Registers `func` under `name`. Registering the same name and function again is a no-op; the same
 /// name for another function, or an empty name, is refused.
 pub fn register(name: &str, func: TaskFn) -> Result<()> {

@@ -32,6 +32,15 @@ unsafe impl Send for Installed {}
 
 static STATE: Mutex<Option<Installed>> = Mutex::new(None);
 
+/// handle_sigint's state held across a fork ([`crate::fork`]), so that no other thread is inside it
+/// at the fork; released in the parent and the child.
+pub(crate) struct ForkHold(#[allow(dead_code)] std::sync::MutexGuard<'static, Option<Installed>>);
+
+/// Takes handle_sigint's state for a fork.
+pub(crate) fn hold_for_fork() -> ForkHold {
+    ForkHold(STATE.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// pj's SIGINT handler: cancels every registered call.
 extern "C" fn on_sigint(_: libc::c_int) {
     for target in &TARGETS {

@@ -133,6 +133,18 @@ fn main() {
     }
     // A copy started with PJ_TEST_FORGET never becomes a worker, as a program that forgot the
     // call: it runs this main on, and creating an executor must fail there.
+    // A copy started with PJ_TEST_SLOW_START takes 2 s before it reaches the entry point; one
+    // started with PJ_TEST_HANG never reaches it and never ends (as a program stuck at start-up).
+    if std::env::var_os("PJ_WORKER_FD").is_some() {
+        if std::env::var_os("PJ_TEST_SLOW_START").is_some() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        if std::env::var_os("PJ_TEST_HANG").is_some() {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
     if std::env::var_os("PJ_TEST_FORGET").is_none() {
         pj_worker_main_if_requested(0, std::ptr::null());
     } else if std::env::var_os("PJ_WORKER_FD").is_some() {
@@ -150,13 +162,25 @@ fn main() {
     // Environment changes first, while this process has no other thread.
     mismatched_registries_are_refused();
     a_program_that_forgets_the_worker_entry_is_reported();
+    a_worker_that_starts_slowly_still_works();
+    // 30 s of waiting: runs beside the scenarios below.
+    let hung = a_worker_that_never_answers_is_given_up_at_the_limit();
 
     MARKER.store(42, Ordering::Relaxed);
+    // While the hung worker's start-up is awaited, other workers start (forks are not held up for
+    // the 30 s).
+    let start = Instant::now();
     named_tasks_run_in_fresh_processes();
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
     errors_crashes_and_timeouts_are_reported();
     big_arguments_and_results_travel_through_files();
     pointer_submits_must_be_registered_and_without_userdata();
     free_lets_polling_tasks_finish();
+    hung.join().expect("the hung-worker scenario passed");
     println!("spawn: all scenarios passed");
 }
 
@@ -194,7 +218,8 @@ fn a_program_that_forgets_the_worker_entry_is_reported() {
     unsafe { std::env::remove_var("PJ_TEST_FORGET") };
     assert_eq!(err.status, pj_status::Io, "{}", err.message);
     assert!(
-        err.message.contains("pj_worker_main_if_requested"),
+        err.message.contains("pj_worker_main_if_requested")
+            && err.message.contains("exited with status 1"),
         "{}",
         err.message
     );
@@ -203,6 +228,59 @@ fn a_program_that_forgets_the_worker_entry_is_reported() {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// Issue 16 item 1: the start-up limit is 30 s, not the first liveness poll (100 ms).
+fn a_worker_that_starts_slowly_still_works() {
+    // SAFETY: no other pj thread; the previous executors were dropped and joined.
+    unsafe { std::env::set_var("PJ_TEST_SLOW_START", "1") };
+    let par = spawn_executor(&[]);
+    for i in 0..4u64 {
+        submit_named(&par, "square", &i.to_ne_bytes()).unwrap();
+    }
+    let results = par.collect();
+    drop(par);
+    // SAFETY: the executor and its threads are gone; no other thread runs.
+    unsafe { std::env::remove_var("PJ_TEST_SLOW_START") };
+    let results = results.unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(words(&results[3])[0], 9);
+}
+
+/// A copy that never answers (alive, stuck before the entry point) fails the call once the
+/// documented 30 s are over, with a message saying so; not before, not much later.
+fn a_worker_that_never_answers_is_given_up_at_the_limit() -> std::thread::JoinHandle<()> {
+    // SAFETY: no other pj thread runs yet; the variable is read when the pool starts (first submit).
+    unsafe { std::env::set_var("PJ_TEST_HANG", "1") };
+    let par = spawn_executor(&[]);
+    let (pool_started, started) = std::sync::mpsc::channel();
+    let scenario = std::thread::spawn(move || {
+        let start = Instant::now();
+        // The call belongs to this thread (its first submit), which collects it too.
+        let submitted = submit_named(&par, "square", &1u64.to_ne_bytes());
+        pool_started.send(()).unwrap();
+        let err = submitted
+            .err()
+            .or_else(|| par.collect().err())
+            .expect("the call fails");
+        let waited = start.elapsed();
+        assert_eq!(err.status, pj_status::Io, "{}", err.message);
+        assert!(
+            err.message.contains("did not answer within 30 s")
+                && err.message.contains("pj_worker_main_if_requested"),
+            "{}",
+            err.message
+        );
+        assert!(
+            waited >= Duration::from_secs(29) && waited < Duration::from_secs(90),
+            "{waited:?}"
+        );
+    });
+    started.recv().unwrap();
+    // SAFETY: the pool captured its environment at the submit; the threads now running (the
+    // scenario's, waiting in collect, and the pool's proxies, which fork and exec with that copy)
+    // never read the environment.
+    unsafe { std::env::remove_var("PJ_TEST_HANG") };
+    scenario
 }
 
 fn named_tasks_run_in_fresh_processes() {

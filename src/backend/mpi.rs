@@ -284,6 +284,23 @@ fn world() -> std::sync::MutexGuard<'static, Option<World>> {
     WORLD.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The MPI attachment held across a fork ([`crate::fork`]); released in the parent and the child.
+pub(crate) struct ForkHold(std::sync::MutexGuard<'static, Option<World>>);
+
+/// Takes the MPI attachment for a fork.
+pub(crate) fn hold_for_fork() -> ForkHold {
+    ForkHold(world())
+}
+
+impl ForkHold {
+    /// In the child: the dispatcher thread and the MPI library's state did not survive the fork,
+    /// so the child has no MPI attached. The parent's attachment is leaked, not dropped (dropping
+    /// would join a thread that does not exist here).
+    pub(crate) fn forget_in_child(&mut self) {
+        std::mem::forget(self.0.take());
+    }
+}
+
 /// Rank 0: makes backend "mpi" available, with ranks 1..size as workers.
 pub fn attach(ops: MpiOps) -> Result<()> {
     if ops.rank != 0 {

@@ -32,7 +32,10 @@
 //! (never "any child"), reads which task was running from a shared page the worker updates before
 //! each task, and reports `TaskFailure::Died`. The next batch gets a fresh worker. A worker killed
 //! by a crash signal (SIGSEGV, SIGABRT, ...) first records the crashing stack in that page from its
-//! crash handler ([`super::crash`]); the proxy symbolizes it for the report.
+//! crash handler ([`super::crash`]); the proxy symbolizes it for the report. A worker that had
+//! served batches and dies before any task of its current batch started (a kept worker killed
+//! while idle, between calls or batches) is no task's fault: the batch runs, whole, on a fresh
+//! worker, whatever on_error says.
 //!
 //! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
 //! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
@@ -43,6 +46,17 @@
 //! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
 //! makes malloc and stdio usable in the child. A task callback must not take locks that another
 //! parent thread may hold at the time of the fork (documented in the header).
+//!
+//! Locks across a fork (audit; handlers in [`crate::fork`]). pj's process-wide locks a child may
+//! take: the fork lock of [`spawn_worker`] (held by the forking proxy itself: reset in the child);
+//! the task registry's RwLock, handle_sigint's state and the MPI attachment (taken by the prepare
+//! handler, so no other thread is inside them at the fork; the child also drops its copy of the
+//! MPI attachment, whose thread did not survive). Per-object locks (a `Parallel`'s state, the
+//! thread pool's mutexes, channels) belong to executors, which refuse calls in a forked child
+//! before touching any of them, and are leaked there by free. The CPU-count and crash-stack
+//! one-time initializations complete before pj first forks. Not covered: Rust's stdout/stderr
+//! locks (a task printing through Rust's std in a worker forked while another thread printed) and
+//! the host's own locks.
 
 use std::cell::Cell;
 use std::io;
@@ -107,8 +121,10 @@ impl ProcessPool {
         };
         let (jobs, queue) = unbounded::<Job>();
         let size = size.max(1);
-        // Once per process, off the path of the first fork: the workers' crash-handler stack.
+        // Once per process, off the path of the first fork: the workers' crash-handler stack, and
+        // pj's fork handlers (MPI worker ranks make pools without an executor).
         crash::prepare();
+        crate::fork::register_handlers();
         let level = crate::nesting::level() + 1;
         let mut pool = ProcessPool {
             jobs: Some(jobs),
@@ -204,6 +220,9 @@ struct Worker {
     /// Spill files whose descriptors this worker already received, in call `call`.
     sent_files: Vec<u64>,
     call: u64,
+    /// It returned the outcome of a batch: it was working, so a later death before any task of a
+    /// batch started is not a start-up failure that would repeat.
+    served: bool,
 }
 
 /// A proxy thread's state: its slot and its current worker.
@@ -250,6 +269,13 @@ impl Proxy {
         let outcome = loop {
             let attempt = retry.as_ref().unwrap_or(&batch);
             match self.exchange(attempt, &link) {
+                // A worker that had served died before any task of this attempt started (killed
+                // while idle, between calls or batches): nothing of it ran, nobody is to blame.
+                // The same attempt goes to a fresh worker; should that one die before starting,
+                // `unstarted` is false and the death is reported.
+                Err(Some(Lost {
+                    unstarted: true, ..
+                })) => {}
                 Ok(mut outcome) => {
                     outcome.seconds = batch
                         .dispatched_at
@@ -264,6 +290,7 @@ impl Proxy {
                     index,
                     failure,
                     retryable: true,
+                    ..
                 })) if link.collect => {
                     retry = Some(attempt.retry_without(index, failure));
                 }
@@ -399,6 +426,9 @@ impl Proxy {
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;
                 outcome.pid = u32::try_from(pid).unwrap_or(0);
+                if let Some(worker) = self.worker.as_mut() {
+                    worker.served = true;
+                }
                 outcome.mapped = map_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,
@@ -423,6 +453,7 @@ impl Proxy {
                     index,
                     failure: TaskFailure::TimedOut { limit, elapsed },
                     retryable: !batch_forces(batch, index),
+                    unstarted: false,
                 }))
             }
             Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {
@@ -473,6 +504,7 @@ impl Proxy {
             // A worker that died before its first task (or on a task it should have skipped) would
             // die again: only a death that a task caused is retried without that task.
             retryable: running.is_some() && !batch_forces(batch, index),
+            unstarted: running.is_none() && worker.served,
         }
     }
 
@@ -523,6 +555,9 @@ struct Lost {
     failure: TaskFailure,
     /// Whether running the batch again without that task can succeed (on_error=collect).
     retryable: bool,
+    /// A worker that had served batches died before any task of this one started: the batch
+    /// runs again, whole, on a fresh worker (the task named is not to blame).
+    unstarted: bool,
 }
 
 impl Lost {
@@ -531,6 +566,7 @@ impl Lost {
             index,
             failure,
             retryable: false,
+            unstarted: false,
         }
     }
 }
@@ -563,7 +599,7 @@ fn terminate(pid: libc::pid_t) {
 /// Waits for our child `pid` (`flags` 0 blocks, WNOHANG polls). `Some(death)` once it has ended;
 /// `None` while it runs. A child already reaped elsewhere (SIGCHLD ignored by the host) is
 /// `Death::Unknown`.
-fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
+pub(super) fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
     loop {
         let mut status = 0;
         // SAFETY: waits for one specific child of ours; `status` is a valid out-pointer.
@@ -586,7 +622,7 @@ fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
 
 /// Whether our child `pid` is still running, without reaping it (the proxy reaps it afterwards to
 /// learn how it died).
-fn wait_for_peek(pid: libc::pid_t) -> bool {
+pub(super) fn wait_for_peek(pid: libc::pid_t) -> bool {
     // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     loop {
@@ -614,11 +650,9 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
     // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
     // of the child's end, a concurrent fork would let another worker inherit that end and keep the
     // stream open after this worker dies. With the lock, every pj socket that exists during a fork
-    // is in the registry, and the new worker closes all but its own.
-    static FORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _forking = FORK_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // is in the registry, and the new worker closes all but its own. The child inherits the lock
+    // held: pj's fork handler frees it there, so a task can start its own process pool.
+    let forking = crate::fork::FORK_LOCK.lock();
     let running = SharedRunning::new(spawn.is_some())?;
     // Done at pool creation already; a no-op here.
     crash::prepare();
@@ -639,12 +673,13 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
         let started = plan.start(&ids);
         registry::forget(child_end.as_raw_fd());
         drop(child_end);
+        // The child's end is closed here: other forks may go on while this worker starts up
+        // (up to the handshake limit).
+        drop(forking);
         let pid = started.inspect_err(|_| registry::forget(parent_end.as_raw_fd()))?;
         let socket: OwnedFd = parent_end.into();
         if let Err(error) = handshake(socket.as_raw_fd(), pid) {
-            // SAFETY: our own child, not yet reaped.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = wait_for(pid, 0);
+            // The handshake already killed and reaped the worker.
             registry::forget(socket.as_raw_fd());
             return Err(error);
         }
@@ -654,6 +689,7 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
             running,
             sent_files: Vec::new(),
             call: 0,
+            served: false,
         });
     }
     // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
@@ -675,6 +711,7 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
         running,
         sent_files: Vec::new(),
         call: 0,
+        served: false,
     })
 }
 

@@ -17,8 +17,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
-use super::processes::{SharedRunning, serve, tie_to_parent};
+use super::processes::{SharedRunning, serve, tie_to_parent, wait_for, wait_for_peek};
 use super::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
+use crate::task::Death;
 
 /// The environment variables that make a process a worker.
 const FD_VAR: &str = "PJ_WORKER_FD";
@@ -27,8 +28,9 @@ const PARENT_VAR: &str = "PJ_WORKER_PARENT";
 const SLOT_VAR: &str = "PJ_WORKER_SLOT";
 const LEVEL_VAR: &str = "PJ_WORKER_LEVEL";
 
-/// How long a spawned worker may take to reach `pj_worker_main_if_requested`.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
+/// How long a spawned worker may take to reach `pj_worker_main_if_requested` (documented with
+/// start_method in the header).
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a spawned worker needs to know, passed through its environment.
 #[derive(Debug, Clone, Copy)]
@@ -124,26 +126,27 @@ impl SpawnPlan {
 }
 
 /// In the parent: checks that the worker `pid` on `socket` registered the same functions, in the
-/// same order. Fails if it differs, exits first, or does not answer in time.
+/// same order. Fails if it differs, exits first, or does not answer within [`HANDSHAKE_LIMIT`]; on
+/// failure the worker is gone (killed if needed, and reaped).
 pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
     let fingerprint = crate::registry::fingerprint();
     let mut frame = fingerprint.to_ne_bytes().to_vec();
     frame.extend_from_slice(crate::registry::names().join("\n").as_bytes());
-    send_frame(socket, &frame)?;
-    let deadline = Instant::now() + HANDSHAKE_LIMIT;
-    let alive = || Instant::now() < deadline && still_running(pid);
+    let started = Instant::now();
+    let deadline = started + HANDSHAKE_LIMIT;
+    let alive = || Instant::now() < deadline && wait_for_peek(pid);
     let mut reply = Vec::new();
-    let answered = recv_frame(socket, &mut reply, LIVENESS_PERIOD_MS, &alive).unwrap_or(false);
-    if !answered {
-        return Err(io::Error::other(
-            "the spawned worker did not answer: the program must call \
-             pj_worker_main_if_requested(argc, argv) at the start of main, after its pj_register \
-             calls",
-        ));
+    let answered = send_frame(socket, &frame)
+        .and_then(|()| recv_frame(socket, &mut reply, LIVENESS_PERIOD_MS, &alive));
+    if !matches!(answered, Ok(true)) {
+        return Err(not_answered(pid, started.elapsed()));
     }
     if reply.first() == Some(&1) {
         return Ok(());
     }
+    // SAFETY: our own child, not yet reaped, so the pid cannot have been reused.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = wait_for(pid, 0);
     let theirs = String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned();
     Err(io::Error::other(format!(
         "the spawned worker registered other task functions than the caller: caller [{}], \
@@ -153,10 +156,58 @@ pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
     )))
 }
 
-fn still_running(pid: libc::pid_t) -> bool {
-    let mut status = 0;
-    // SAFETY: polls our own child without blocking; a reaped child reports its pid.
-    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::WNOWAIT) == 0 }
+/// Why the worker `pid` did not answer the handshake: it ended (reaped here, with how), or it is
+/// still running past the limit (killed and reaped here).
+fn not_answered(pid: libc::pid_t, waited: Duration) -> io::Error {
+    const ENTRY: &str = "a program using start_method \"spawn\" must call \
+        pj_worker_main_if_requested(argc, argv) at the start of main, after its pj_register calls";
+    // The stream ended or the liveness check failed. A child that is exiting closes its socket
+    // before it becomes a zombie: before the limit, give it a moment to show its status.
+    let mut ended = wait_for(pid, libc::WNOHANG);
+    let settle = Instant::now() + Duration::from_secs(1);
+    while ended.is_none() && waited < HANDSHAKE_LIMIT && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(5));
+        ended = wait_for(pid, libc::WNOHANG);
+    }
+    let how = match ended {
+        Some(Death::Exited(127)) => {
+            return io::Error::other(format!(
+                "the spawned worker (pid {pid}) could not start: executing /proc/self/exe failed \
+                 (exit status 127)"
+            ));
+        }
+        Some(Death::Exited(code)) => format!("exited with status {code}"),
+        Some(Death::Signal(signal)) => {
+            format!("was killed by {}", crate::error::signal_name(signal))
+        }
+        Some(Death::Unknown | Death::Silent(_)) => "ended (status unknown)".to_owned(),
+        None => {
+            // SAFETY: our own child, still running (not reaped), so the pid is still its own.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = wait_for(pid, 0);
+            if waited < HANDSHAKE_LIMIT {
+                return io::Error::other(format!(
+                    "the spawned worker (pid {pid}) closed its connection without answering pj's \
+                     handshake, so it was killed: {ENTRY}"
+                ));
+            }
+            return io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the spawned worker (pid {pid}) is running but did not answer within {} s \
+                     (waited {:.1} s), so it was killed: {ENTRY}; it never called it, or its \
+                     start-up before the call takes longer than that",
+                    HANDSHAKE_LIMIT.as_secs(),
+                    waited.as_secs_f64()
+                ),
+            );
+        }
+    };
+    io::Error::other(format!(
+        "the spawned worker (pid {pid}) {how} after {:.1} s, before answering pj's handshake: \
+         {ENTRY}; a program that calls it ended for another reason before reaching it",
+        waited.as_secs_f64()
+    ))
 }
 
 /// Whether this process was started as a spawned worker (and has not become one yet).

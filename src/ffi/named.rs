@@ -70,6 +70,11 @@ pub extern "C" fn pj_parallel_submit_named(
 /// (kept for start methods that will need them; they may be 0 and NULL). A program that uses
 /// spawn but never calls it gets PJ_STATUS_INVALID_ARGUMENT from `pj_parallel_new` in the worker
 /// copy, and the caller's call fails with PJ_STATUS_IO saying so.
+///
+/// Start-up limit: a worker copy must reach this call within 30 seconds of being started (what
+/// `main` does before it counts, so keep it short). The caller's call fails with PJ_STATUS_IO when a
+/// copy ends before answering (the message gives its exit status or signal) or is still running
+/// after 30 seconds without answering (the copy is then killed; the message says so).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_worker_main_if_requested(argc: c_int, argv: *const *const c_char) -> c_int {
     let _ = (argc, argv);

@@ -65,6 +65,13 @@ pub type pj_producer_fn = Option<
 /// the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
 /// is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
 ///
+/// Fork: an executor copied into a child by `fork()` (the host's own, or a pj worker process whose
+/// task reaches an executor of the parent) belongs to the parent. Every call on it in the child returns
+/// at once: PJ_STATUS_INVALID_ARGUMENT ("this executor was created in process N ..."), or
+/// PJ_STATUS_BUSY when the copy was taken while another thread's call was in flight (as for a task of
+/// a worker process using the executor running it); create a new executor in the child.
+/// `pj_parallel_free` on the copy is safe and leaks it (see there).
+///
 /// Methods: `pj_parallel_submit`, `pj_parallel_collect`, `pj_parallel_map`, `pj_parallel_imap`,
 /// `pj_parallel_next`, `pj_parallel_for`, `pj_parallel_cancel`, `pj_parallel_free`.
 pub struct pj_parallel_t {
@@ -124,6 +131,11 @@ pub extern "C" fn pj_parallel_new(
 /// that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
 /// for running past the timeout on threads. NULL is a no-op. Must not be called while another
 /// thread is inside a function on it.
+///
+/// In a child process forked after the executor was created (the executor is a copy there), this only
+/// releases the handle: it neither joins threads (they exist only in the parent), nor kills or waits
+/// for the parent's worker processes, nor removes the parent's temp files; the memory the copy holds
+/// is leaked in the child.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
     run_value((), || {

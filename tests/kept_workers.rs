@@ -1,0 +1,69 @@
+//! Kept workers (keep_workers=true) that die while idle (issue 16 item 7): a worker that dies
+//! between calls, or after it received a batch but before any task of it started, is replaced
+//! silently and the batch runs on a fresh worker; only a task that was running is blamed.
+
+mod common;
+
+use std::ffi::c_void;
+
+use common::*;
+use pj::ffi::*;
+use pj::task::TaskOutput;
+
+/// Task: returns this process's pid.
+unsafe extern "C" fn pid_task(_: *mut c_void, _: *const u8, _: usize, out: *mut TaskOutput) -> i32 {
+    let pid = u64::from(std::process::id());
+    pj_out_set(out, pid.to_ne_bytes().as_ptr(), 8);
+    0
+}
+
+/// Runs `n` tasks in one call and returns each task's status and pid.
+fn call(par: &Par, n: usize) -> Result<Vec<(pj_status, u64)>, CError> {
+    for _ in 0..n {
+        par.submit(Some(pid_task), std::ptr::null_mut(), &[])?;
+    }
+    let mut res = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    check(pj_parallel_collect(par.0, &mut res, &mut err), err)?;
+    let statuses: Vec<pj_status> = (0..n).map(|i| pj_results_status(res, i)).collect();
+    let results = results_to_vec(res);
+    Ok(statuses
+        .into_iter()
+        .zip(results.iter().map(|r| {
+            r.get(..8)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap()))
+        }))
+        .collect())
+}
+
+#[test]
+fn an_idle_kept_worker_killed_from_outside_is_replaced_without_blaming_a_task() {
+    for on_error in ["collect", "raise"] {
+        let par = parallel(&[
+            ("backend", "processes"),
+            ("n_jobs", "2"),
+            ("keep_workers", "true"),
+            ("batch_size", "1"),
+            ("on_error", on_error),
+        ])
+        .unwrap();
+        let mut outcomes = call(&par, 8).unwrap();
+        for round in 0..20 {
+            let victim = outcomes[round % outcomes.len()].1;
+            // SAFETY: killing our own idle worker, as a user's `kill -9` would; its proxy has not
+            // reaped it (it is idle), so the pid is still that worker's.
+            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+            // At once: the death is typically noticed only once a batch was sent to it.
+            outcomes = call(&par, 8)
+                .unwrap_or_else(|e| panic!("{on_error}, round {round}: {}", e.message));
+            assert!(
+                outcomes.iter().all(|(status, _)| *status == pj_status::Ok),
+                "{on_error}, round {round}: {outcomes:?}"
+            );
+            assert!(
+                outcomes.iter().all(|(_, pid)| *pid != victim),
+                "{on_error}, round {round}: the killed worker ran a task"
+            );
+        }
+    }
+}
