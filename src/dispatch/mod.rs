@@ -294,6 +294,10 @@ pub struct Call {
     completed_tasks: usize,
     /// No more input will come: the producer ended, or `collect` was called.
     input_done: bool,
+    /// The producer ended before any completion, while the first window was being filled. joblib
+    /// reads that window as a slice of the input and finds the end only when the first completion
+    /// asks for more, after reporting it: `input_done` is set then.
+    end_unseen: bool,
     /// Large arguments: when to spill them, and the files once the first one was.
     spill_options: Option<SpillOptions>,
     spill: Option<spill::CallSpill>,
@@ -366,6 +370,7 @@ impl Call {
             dispatched_tasks: 0,
             completed_tasks: 0,
             input_done: false,
+            end_unseen: false,
             spill_options: None,
             spill: None,
         }
@@ -467,7 +472,9 @@ impl Call {
             self.wait_for_room(backend, batching, false);
             self.produce_one(backend, batching);
         }
-        self.input_done = true;
+        if !self.end_unseen {
+            self.input_done = true;
+        }
         self.flush(backend, true);
         self.drain(batching);
         // A cancellation may have ended the work without a wait ever timing out.
@@ -538,6 +545,16 @@ impl Call {
             } else if self.in_flight > 0 {
                 self.wait_one(batching);
             } else if self.producer.is_none() {
+                // Every result was handed out: no more input can come. A call fed by submits
+                // learns it only here, after reporting its last completion as still reading: the
+                // final line is due now (the sequential path's comes from finish_progress).
+                let input_was_open = !std::mem::replace(&mut self.input_done, true);
+                if input_was_open && !matches!(backend, Backend::Sequential) {
+                    let snapshot = self.snapshot();
+                    if let Some(progress) = self.progress.as_mut() {
+                        progress.completed(&snapshot);
+                    }
+                }
                 self.finish_progress(backend);
                 backend.end_call();
                 return Ok(None);
@@ -618,7 +635,13 @@ impl Call {
         }
         self.submitted += 1;
         if self.pending.len() >= batching.size() {
-            self.absorb_ready(batching);
+            // Auto-batching sizes the next batch from the latest durations, so it takes in every
+            // completion first. A fixed size takes them in only when the window is full (as
+            // joblib, which reports each completion and then dispatches one more batch), so the
+            // counters each verbose line is chosen from do not depend on how fast tasks ran.
+            if batching.is_auto() {
+                self.absorb_ready(batching);
+            }
             if self.failed() {
                 return;
             }
@@ -666,7 +689,16 @@ impl Call {
         let produced = producer(&mut |arg: &[u8]| self.push(backend, batching, callback, arg));
         match produced {
             Ok(true) => self.producer = Some(producer),
-            Ok(false) => {}
+            // joblib's `_original_iterator = None`: later completions are reported against the
+            // tasks dispatched, and the one completing the last task prints "finished".
+            Ok(false)
+                if self.completed_tasks == 0
+                    && self.submitted > 0
+                    && self.pre_dispatch.is_some() =>
+            {
+                self.end_unseen = true;
+            }
+            Ok(false) => self.input_done = true,
             Err(error) => self.fail_producer(error),
         }
     }
@@ -822,6 +854,9 @@ impl Call {
                     progress.completed(&snapshot);
                 }
             }
+        }
+        if std::mem::take(&mut self.end_unseen) {
+            self.input_done = true;
         }
         if self.failed() || outcome.completed() == 0 {
             return;

@@ -145,6 +145,8 @@ pub struct Progress {
     announced_tasks: usize,
     /// The latest counters: what the bar shows when redrawn after a verbose line, and at the end.
     last: Snapshot,
+    /// joblib's sequential path: see [`Progress::sequential`].
+    sequential: bool,
 }
 
 impl Progress {
@@ -158,7 +160,17 @@ impl Progress {
             sink,
             announced_tasks: 0,
             last: Snapshot::default(),
+            sequential: false,
         }
+    }
+
+    /// Reports as joblib's sequential path (`n_jobs=1`) does, whatever the batches: its loop
+    /// evaluates progress after every task, counting the task as a batch of its own and the input
+    /// as still being read, so its lines depend only on the number of tasks done; the final line
+    /// comes once, from [`Progress::loop_ended`].
+    pub fn sequential(mut self) -> Self {
+        self.sequential = true;
+        self
     }
 
     /// Adds the user's callback, called once per completed task.
@@ -180,7 +192,7 @@ impl Progress {
     }
 
     /// A parallel call starts on `workers` workers of the backend called `backend_class_name`
-    /// ([`verbose::backend_class_name`]); prints nothing for one worker.
+    /// (joblib's class name, `Resolved::backend_class_name`); prints nothing for one worker.
     pub fn start(&mut self, backend_class_name: &str, workers: usize) {
         if let Some(line) = self.verbose.start(backend_class_name, workers) {
             self.write_verbose(line);
@@ -199,13 +211,40 @@ impl Progress {
     pub fn completed(&mut self, snapshot: &Snapshot) {
         let elapsed = self.clock.elapsed_seconds();
         self.announce_tasks(snapshot, elapsed);
-        self.report(snapshot, elapsed);
+        if !self.sequential {
+            self.report(snapshot, elapsed);
+            return;
+        }
+        for done in self.last.completed_tasks + 1..=snapshot.completed_tasks {
+            let task = Snapshot {
+                dispatched_batches: done,
+                dispatched_tasks: done,
+                completed_tasks: done,
+                input_exhausted: false,
+                still_reading: true,
+                aborting: false,
+            };
+            self.report(&task, elapsed);
+        }
     }
 
     /// The sequential path's loop ended (every task ran, or one failed): joblib evaluates its
-    /// progress once more there, which is where a sequential call's final line comes from.
+    /// progress once more there, with the input closed, which is where a sequential call's final
+    /// line comes from. `snapshot` is the dispatcher's, with every completion already reported.
     pub fn loop_ended(&mut self, snapshot: &Snapshot) {
-        self.completed(snapshot);
+        if !self.sequential {
+            self.completed(snapshot);
+            return;
+        }
+        let end = Snapshot {
+            dispatched_batches: snapshot.dispatched_tasks,
+            input_exhausted: true,
+            still_reading: false,
+            ..*snapshot
+        };
+        let elapsed = self.clock.elapsed_seconds();
+        self.announce_tasks(&end, elapsed);
+        self.report(&end, elapsed);
     }
 
     /// The call is over: writes the bar's final line.
