@@ -10,8 +10,9 @@
 //! same way and compares:
 //! - `n_jobs=1` (batch_size "auto"): the same sequence, through `pj_parallel_map`, submit and
 //!   collect, and `pj_parallel_imap` / `pj_parallel_next`;
-//! - `n_jobs=2`, `batch_size=1`, threads: the same sequence through `pj_parallel_map`; see
-//!   [`threads_batch_size_1_lines_are_joblibs`] for why that one can be exact;
+//! - `n_jobs=2`, `batch_size=1`, threads: the same sequence through `pj_parallel_map` and through
+//!   submit and collect; see [`threads_batch_size_1_lines_are_joblibs`] for why that can be exact
+//!   (imap/next differs by design: its window counts results not yet read);
 //! - `n_jobs=2`, `batch_size=1`, processes (`loky`, `multiprocessing`): the start line, then
 //!   joblib's threading lines, since joblib's own process runs vary from run to run (see
 //!   `timing-dependent.txt`) and pj's do not.
@@ -217,6 +218,13 @@ fn sequential_lines_are_joblibs_through_imap_and_next() {
 #[test]
 fn threads_batch_size_1_lines_are_joblibs() {
     assert_identical("map", "threading");
+}
+
+/// The same lines through submits and collect: collect closes the input, and the end is noticed
+/// at the next completion, after reporting it, as joblib notices the end of its generator.
+#[test]
+fn threads_batch_size_1_lines_are_joblibs_through_submit_and_collect() {
+    assert_identical("submit", "threading");
 }
 
 /// The same lines when tasks take uneven times and complete out of order: they do not depend on

@@ -294,9 +294,9 @@ pub struct Call {
     completed_tasks: usize,
     /// No more input will come: the producer ended, or `collect` was called.
     input_done: bool,
-    /// The producer ended before any completion, while the first window was being filled. joblib
-    /// reads that window as a slice of the input and finds the end only when the first completion
-    /// asks for more, after reporting it: `input_done` is set then.
+    /// The input ended (the producer's end before any completion, or `collect`) with a completion
+    /// still to come: joblib finds the end of its input only when a completion asks for more,
+    /// after reporting it, so `input_done` is set at the next completion.
     end_unseen: bool,
     /// Large arguments: when to spill them, and the files once the first one was.
     spill_options: Option<SpillOptions>,
@@ -408,6 +408,29 @@ impl Call {
         }
     }
 
+    /// No more input will come: `collect` was called, or `next` handed out the last result of a
+    /// call fed by submits (a producer's end is seen in `produce_one`). As with a producer, the
+    /// end is noticed at the next completion, after reporting it, when one is still to come (as
+    /// joblib notices the end of its input at the first completion after the last dispatch);
+    /// otherwise the call is complete now and its final line is due.
+    fn close_input(&mut self, backend: &Backend) {
+        if self.input_done || self.end_unseen {
+            return;
+        }
+        if self.pre_dispatch.is_some() && (self.in_flight > 0 || !self.pending.is_empty()) {
+            self.end_unseen = true;
+            return;
+        }
+        self.input_done = true;
+        // The sequential path's final line comes from finish_progress.
+        if !self.failed() && !matches!(backend, Backend::Sequential) {
+            let snapshot = self.snapshot();
+            if let Some(progress) = self.progress.as_mut() {
+                progress.completed(&snapshot);
+            }
+        }
+    }
+
     /// Ends progress reporting: the sequential path's last evaluation, and the bar's final line.
     fn finish_progress(&mut self, backend: &Backend) {
         let snapshot = self.snapshot();
@@ -472,9 +495,7 @@ impl Call {
             self.wait_for_room(backend, batching, false);
             self.produce_one(backend, batching);
         }
-        if !self.end_unseen {
-            self.input_done = true;
-        }
+        self.close_input(backend);
         self.flush(backend, true);
         self.drain(batching);
         // A cancellation may have ended the work without a wait ever timing out.
@@ -545,16 +566,9 @@ impl Call {
             } else if self.in_flight > 0 {
                 self.wait_one(batching);
             } else if self.producer.is_none() {
-                // Every result was handed out: no more input can come. A call fed by submits
-                // learns it only here, after reporting its last completion as still reading: the
-                // final line is due now (the sequential path's comes from finish_progress).
-                let input_was_open = !std::mem::replace(&mut self.input_done, true);
-                if input_was_open && !matches!(backend, Backend::Sequential) {
-                    let snapshot = self.snapshot();
-                    if let Some(progress) = self.progress.as_mut() {
-                        progress.completed(&snapshot);
-                    }
-                }
+                // Every result was handed out: no more input can come (a call fed by submits
+                // learns it only here).
+                self.close_input(backend);
                 self.finish_progress(backend);
                 backend.end_call();
                 return Ok(None);
