@@ -35,9 +35,11 @@ const MARK: &str = "@@ pj-golden ";
 const END: &str = "end";
 
 /// The pj options of each configuration named in the expected files.
+/// `sequential+batch7` is `sequential` with batches of 7 tasks, compared with the same files.
 fn options(config: &str) -> &'static [(&'static str, &'static str)] {
     match config {
         "sequential" => &[("n_jobs", "1")],
+        "sequential+batch7" => &[("n_jobs", "1"), ("batch_size", "7")],
         "threading" => &[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")],
         "loky" => &[("backend", "loky"), ("n_jobs", "2"), ("batch_size", "1")],
         "multiprocessing" => &[
@@ -66,6 +68,7 @@ fn name(config: &str, verbose: i64, n: u64) -> String {
 
 /// The expected lines of one configuration, as committed.
 fn expected(name: &str) -> Vec<String> {
+    let name = name.replace("+batch7", "");
     let path: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
         "tests",
@@ -207,6 +210,13 @@ fn sequential_lines_are_joblibs_through_submit_and_collect() {
 #[test]
 fn sequential_lines_are_joblibs_through_imap_and_next() {
     assert_identical("imap", "sequential");
+}
+
+/// joblib's sequential loop counts every task as a batch of its own, whatever batch_size says.
+#[test]
+fn sequential_lines_do_not_depend_on_the_batch_size() {
+    assert_identical("map", "sequential+batch7");
+    assert_identical("submit", "sequential+batch7");
 }
 
 /// With batches of one task, pj's caller thread evaluates progress after each completion it takes
