@@ -6,15 +6,12 @@
 //! [`ErrorKind::Busy`] at once, as does a task that uses the object running it (joblib's "This
 //! Parallel instance is already running !").
 
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{
-    BackendKind, BatchSize, Config, MaxNbytes, OnError, ProgressMode, Resolved, StartMethod,
-};
+use crate::config::{BackendKind, Config, MaxNbytes, OnError, ProgressMode, Resolved, StartMethod};
 use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
 };
@@ -102,13 +99,7 @@ impl Parallel {
         if settings.backend == BackendKind::Mpi {
             use_mpi_ranks(&mut settings)?;
         }
-        // joblib's sequential backend never auto-batches: "auto" is one task at a time there.
-        let batching = match settings.batch_size {
-            BatchSize::Auto if settings.sequential => {
-                Batching::new(BatchSize::Fixed(NonZeroUsize::MIN))
-            }
-            setting => Batching::new(setting),
-        };
+        let batching = Batching::new(settings.batch_size);
         let state = State {
             backend: None,
             batching,

@@ -167,7 +167,8 @@ impl Progress {
     /// Reports as joblib's sequential path (`n_jobs=1`) does, whatever the batches: its loop
     /// evaluates progress after every task, counting the task as a batch of its own and the input
     /// as still being read, so its lines depend only on the number of tasks done; the final line
-    /// comes once, from [`Progress::loop_ended`].
+    /// comes once, from [`Progress::loop_ended`]. joblib's sequential backend never auto-batches,
+    /// so pj's batch size changes there (which keep its per-task cost low) are not reported.
     pub fn sequential(mut self) -> Self {
         self.sequential = true;
         self
@@ -199,8 +200,11 @@ impl Progress {
         }
     }
 
-    /// The auto-batching policy changed the batch size.
+    /// The auto-batching policy changed the batch size (not reported on the sequential path).
     pub fn batch_size_changed(&mut self, change: &SizeChange) {
+        if self.sequential {
+            return;
+        }
         if let Some(line) = self.verbose.batch_size_changed(change) {
             self.write_verbose(line);
         }

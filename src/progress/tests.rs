@@ -809,6 +809,12 @@ fn sequential_progress_counts_tasks_not_batches_and_ends_once() {
     )
     .with_callback(callback)
     .sequential();
+    // pj's own batching on the sequential path is not joblib's to report.
+    progress.batch_size_changed(&SizeChange {
+        seconds: 0.001,
+        size: 2,
+        grew: true,
+    });
     clock.set(0.3);
     progress.completed(&Snapshot {
         dispatched_batches: 1,
