@@ -134,6 +134,26 @@ fn the_callback_sees_every_task_on_every_backend_on_the_callers_thread() {
     }
 }
 
+/// A call of fewer tasks than pre_dispatch: joblib's lines do not see the end of its input before
+/// its first completion, but the callback is told the total by the last task.
+#[test]
+fn the_callback_knows_the_total_of_a_short_call_at_its_last_task() {
+    for backend in ["threads", "processes", "sequential"] {
+        for n in [1u64, 3] {
+            let seen = Seen::default();
+            let par = with_callback(&[("backend", backend), ("n_jobs", "2")], &seen);
+            for i in 0..n {
+                par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .unwrap();
+            }
+            assert_eq!(par.collect().unwrap().len(), n as usize);
+            let calls = seen.calls.lock().unwrap();
+            let last = calls.last().unwrap();
+            assert_eq!((last.0, last.1), (n, n as i64), "{backend} n={n}");
+        }
+    }
+}
+
 #[test]
 fn the_callback_can_be_cleared_and_config_checks_progress_values() {
     let seen = Seen::default();

@@ -417,6 +417,7 @@ impl Call {
         if self.input_done || self.end_unseen {
             return;
         }
+        self.note_input_end();
         if self.pre_dispatch.is_some() && (self.in_flight > 0 || !self.pending.is_empty()) {
             self.end_unseen = true;
             return;
@@ -428,6 +429,14 @@ impl Call {
             if let Some(progress) = self.progress.as_mut() {
                 progress.completed(&snapshot);
             }
+        }
+    }
+
+    /// Tells progress reporting the call's number of tasks, now that no more input will come.
+    fn note_input_end(&mut self) {
+        let total = self.submitted;
+        if let Some(progress) = self.progress.as_mut() {
+            progress.input_ended(total);
         }
     }
 
@@ -546,6 +555,11 @@ impl Call {
             // Keep the workers fed before handing anything out.
             while self.producer.is_some() && !self.failed() && self.has_room(batching, true) {
                 self.produce_one(backend, batching);
+            }
+            if self.producer.is_none() && (self.input_done || self.end_unseen) {
+                // The input ended: send what is left now (it already counts in the window), so
+                // that once the end is seen, every task has been dispatched, as in joblib.
+                self.flush(backend, true);
             }
             self.absorb_ready(batching);
             if self.failed() {
@@ -705,14 +719,14 @@ impl Call {
             Ok(true) => self.producer = Some(producer),
             // joblib's `_original_iterator = None`: later completions are reported against the
             // tasks dispatched, and the one completing the last task prints "finished".
-            Ok(false)
-                if self.completed_tasks == 0
-                    && self.submitted > 0
-                    && self.pre_dispatch.is_some() =>
-            {
-                self.end_unseen = true;
+            Ok(false) => {
+                self.note_input_end();
+                if self.completed_tasks == 0 && self.submitted > 0 && self.pre_dispatch.is_some() {
+                    self.end_unseen = true;
+                } else {
+                    self.input_done = true;
+                }
             }
-            Ok(false) => self.input_done = true,
             Err(error) => self.fail_producer(error),
         }
     }

@@ -147,6 +147,8 @@ pub struct Progress {
     last: Snapshot,
     /// joblib's sequential path: see [`Progress::sequential`].
     sequential: bool,
+    /// The number of tasks, once the dispatcher knows no more will come ([`Progress::input_ended`]).
+    input_total: Option<usize>,
 }
 
 impl Progress {
@@ -161,6 +163,7 @@ impl Progress {
             announced_tasks: 0,
             last: Snapshot::default(),
             sequential: false,
+            input_total: None,
         }
     }
 
@@ -198,6 +201,13 @@ impl Progress {
         if let Some(line) = self.verbose.start(backend_class_name, workers) {
             self.write_verbose(line);
         }
+    }
+
+    /// No more input will come: the call has `total` tasks. The callback and the bar show that
+    /// total from now on, even where joblib's counters (and so the verbose lines) have not seen
+    /// the end of the input yet.
+    pub fn input_ended(&mut self, total: usize) {
+        self.input_total = Some(total);
     }
 
     /// The auto-batching policy changed the batch size (not reported on the sequential path).
@@ -268,6 +278,7 @@ impl Progress {
         self.verbose
             .settings()
             .total_tasks
+            .or(self.input_total)
             .or(read_to_end.then_some(snapshot.dispatched_tasks))
     }
 
