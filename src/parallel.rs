@@ -357,8 +357,10 @@ fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
     if bar {
         progress = progress.with_bar(Stream::Stderr, Stream::Stderr.is_terminal());
     }
-    if !settings.sequential {
-        progress.start(settings.backend.joblib_class_name(), workers);
+    if settings.sequential {
+        progress = progress.sequential();
+    } else {
+        progress.start(settings.backend_class_name, workers);
     }
     Some(progress)
 }

@@ -8,6 +8,7 @@ mod common;
 use std::ffi::c_void;
 use std::process::Command;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -44,6 +45,33 @@ unsafe extern "C" fn nap_1ms(
     let y = (2 * unsafe { arg_u64(arg, len) }).to_ne_bytes();
     pj_out_set(out, y.as_ptr(), 8);
     0
+}
+
+/// Producer: 0, 1, ..., 19 from the AtomicU64 `userdata` points to.
+unsafe extern "C" fn count_to_20(
+    userdata: *mut c_void,
+    arg: *mut *const u8,
+    len: *mut usize,
+) -> i32 {
+    thread_local! {
+        static BUF: std::cell::Cell<[u8; 8]> = const { std::cell::Cell::new([0; 8]) };
+    }
+    // SAFETY: the child passes a live AtomicU64.
+    let next = unsafe { &*(userdata as *const AtomicU64) };
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    if i >= 20 {
+        return 0;
+    }
+    BUF.with(|buf| {
+        buf.set(i.to_ne_bytes());
+        // SAFETY: valid output pointers; the thread-local buffer outlives the producer call (pj
+        // copies the argument before calling the producer again).
+        unsafe {
+            *arg = buf.as_ptr().cast::<u8>();
+            *len = 8;
+        }
+    });
+    1
 }
 
 /// Builds an executor with a progress callback recording into `seen`.
@@ -102,6 +130,26 @@ fn the_callback_sees_every_task_on_every_backend_on_the_callers_thread() {
                 calls.windows(2).all(|w| w[0].2 <= w[1].2),
                 "{case}: elapsed never goes back"
             );
+        }
+    }
+}
+
+/// A call of fewer tasks than pre_dispatch: joblib's lines do not see the end of its input before
+/// its first completion, but the callback is told the total by the last task.
+#[test]
+fn the_callback_knows_the_total_of_a_short_call_at_its_last_task() {
+    for backend in ["threads", "processes", "sequential"] {
+        for n in [1u64, 3] {
+            let seen = Seen::default();
+            let par = with_callback(&[("backend", backend), ("n_jobs", "2")], &seen);
+            for i in 0..n {
+                par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .unwrap();
+            }
+            assert_eq!(par.collect().unwrap().len(), n as usize);
+            let calls = seen.calls.lock().unwrap();
+            let last = calls.last().unwrap();
+            assert_eq!((last.0, last.1), (n, n as i64), "{backend} n={n}");
         }
     }
 }
@@ -204,6 +252,47 @@ fn child_case() {
             400,
         ),
         "sequential" => run(&[("n_jobs", "1"), ("verbose", "10")], 20),
+        "stream_imap" | "stream_submit" => {
+            for n_jobs in ["1", "2"] {
+                let par = parallel(&[
+                    ("backend", "threads"),
+                    ("n_jobs", n_jobs),
+                    ("verbose", "10"),
+                ])
+                .unwrap();
+                let n: u64 = 20;
+                let next = AtomicU64::new(0);
+                if case == "stream_imap" {
+                    let mut err = std::ptr::null_mut();
+                    let status = pj_parallel_imap(
+                        par.0,
+                        Some(nap_1ms),
+                        std::ptr::null_mut(),
+                        Some(count_to_20),
+                        (&next as *const AtomicU64).cast_mut().cast(),
+                        &mut err,
+                    );
+                    check(status, err).unwrap();
+                } else {
+                    for i in 0..n {
+                        par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                            .unwrap();
+                    }
+                }
+                let mut read = 0;
+                loop {
+                    let (mut index, mut data, mut len) = (0usize, std::ptr::null(), 0usize);
+                    let mut err = std::ptr::null_mut();
+                    let status = pj_parallel_next(par.0, &mut index, &mut data, &mut len, &mut err);
+                    if status == pj_status::Done {
+                        break;
+                    }
+                    check(status, err).unwrap();
+                    read += 1;
+                }
+                assert_eq!(read, n);
+            }
+        }
         "bar" => run(
             &[
                 ("backend", "threads"),
@@ -280,6 +369,26 @@ fn a_sequential_call_prints_its_final_line() {
             && last.ends_with("finished"),
         "{stderr}"
     );
+}
+
+/// A streamed call (imap/next, or submits read with next) ends with joblib's final line, once.
+#[test]
+fn a_streamed_call_prints_its_final_line_once() {
+    for case in ["stream_imap", "stream_submit"] {
+        let (_, stderr) = run_case(case, &[]);
+        for n_jobs in [1, 2] {
+            let prefix = format!("[Parallel(n_jobs={n_jobs})]: ");
+            let lines = pj_lines(&stderr, &prefix);
+            let finished: Vec<&&str> = lines.iter().filter(|l| l.ends_with("finished")).collect();
+            assert_eq!(finished.len(), 1, "{case} n_jobs={n_jobs}: {stderr}");
+            let last = lines.last().unwrap();
+            assert!(
+                last.starts_with(&format!("{prefix}Done  20 out of  20 | elapsed:"))
+                    && last.ends_with("finished"),
+                "{case} n_jobs={n_jobs}: {stderr}"
+            );
+        }
+    }
 }
 
 #[test]

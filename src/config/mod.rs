@@ -43,8 +43,10 @@ impl BackendKind {
         }
     }
 
-    /// joblib's backend class name, for verbose lines that must match joblib's byte for byte
-    /// (`Using backend ThreadingBackend with 2 concurrent workers.`).
+    /// joblib's backend class name, for the verbose start line
+    /// (`Using backend ThreadingBackend with 2 concurrent workers.`). A backend spelt
+    /// `multiprocessing` is announced as `MultiprocessingBackend` instead
+    /// ([`Resolved::backend_class_name`]).
     pub fn joblib_class_name(self) -> &'static str {
         match self {
             BackendKind::Processes => "LokyBackend",
@@ -403,6 +405,10 @@ pub struct Config {
     pub n_jobs: Option<i64>,
     /// An explicit backend; it wins over `prefer`.
     pub backend: Option<BackendKind>,
+    /// joblib's class name for `backend` as it was spelt, when it is not the kind's own
+    /// ([`BackendKind::joblib_class_name`]): `multiprocessing` runs on pj's process pool as `loky`
+    /// does, but joblib announces it as `MultiprocessingBackend`. Set and layered with `backend`.
+    pub backend_class: Option<&'static str>,
     /// A soft backend hint.
     pub prefer: Option<Prefer>,
     /// A hard backend constraint.
@@ -450,6 +456,9 @@ pub struct Resolved {
     /// The backend after backend/prefer/require resolution, before the `n_jobs == 1` fallback to
     /// sequential (which `sequential` reports).
     pub backend: BackendKind,
+    /// joblib's class name for it, as the verbose start line announces it: the kind's own, or
+    /// `MultiprocessingBackend` when the backend was given as `multiprocessing`.
+    pub backend_class_name: &'static str,
     /// Whether the call runs in the caller's thread: the sequential backend, or a single worker.
     pub sequential: bool,
     /// Verbosity level (default 0).
@@ -836,7 +845,7 @@ impl Config {
         let value = value.trim_matches(|c: char| c.is_ascii_whitespace());
         match key {
             "n_jobs" => self.n_jobs = parse_n_jobs(value)?,
-            "backend" => self.backend = parse_backend(value)?,
+            "backend" => self.set_backend(value)?,
             "prefer" => self.prefer = parse_prefer(value)?,
             "require" => self.require = parse_require(value)?,
             "verbose" => self.verbose = parse_verbose(value)?,
@@ -876,7 +885,9 @@ impl Config {
 
     /// Sets the backend by pj or joblib name (see [`BackendKind::from_name`]); `none` unsets it.
     pub fn set_backend(&mut self, name: &str) -> Result<()> {
-        self.backend = parse_backend(name.trim_matches(|c: char| c.is_ascii_whitespace()))?;
+        let name = name.trim_matches(|c: char| c.is_ascii_whitespace());
+        self.backend = parse_backend(name)?;
+        self.backend_class = (name == "multiprocessing").then_some("MultiprocessingBackend");
         Ok(())
     }
 
@@ -918,6 +929,12 @@ impl Config {
     /// threads. Only a config that sets both itself conflicts ([`Config::resolve`] refuses it).
     pub fn layered_over(&self, outer: &Config) -> Config {
         let mut backend = self.backend.or(outer.backend);
+        // joblib's class name goes with the backend it was given for.
+        let mut backend_class = if self.backend.is_some() {
+            self.backend_class
+        } else {
+            outer.backend_class
+        };
         let require = self.require.or(outer.require);
         let from_other_layers = self.backend.is_some() != self.require.is_some();
         if require == Some(Require::SharedMem)
@@ -925,10 +942,12 @@ impl Config {
             && from_other_layers
         {
             backend = Some(BackendKind::Threads);
+            backend_class = None;
         }
         Config {
             n_jobs: self.n_jobs.or(outer.n_jobs),
             backend,
+            backend_class,
             prefer: self.prefer.or(outer.prefer),
             require,
             verbose: self.verbose.or(outer.verbose),
@@ -1011,6 +1030,10 @@ impl Config {
             n_jobs_requested: self.n_jobs,
             n_jobs,
             backend,
+            backend_class_name: match (self.backend, self.backend_class) {
+                (Some(explicit), Some(class)) if explicit == backend => class,
+                _ => backend.joblib_class_name(),
+            },
             sequential: backend == BackendKind::Sequential || n_jobs == 1,
             verbose,
             timeout,

@@ -182,6 +182,48 @@ fn backend_names_and_aliases() {
 }
 
 #[test]
+fn the_start_line_names_the_backend_as_joblib_does() {
+    let class = |config: &Config| resolved(config).backend_class_name;
+    assert_eq!(
+        class(&set("backend", "multiprocessing")),
+        "MultiprocessingBackend"
+    );
+    assert_eq!(
+        class(&set("backend", " multiprocessing ")),
+        "MultiprocessingBackend"
+    );
+    assert_eq!(class(&set("backend", "loky")), "LokyBackend");
+    assert_eq!(class(&set("backend", "processes")), "LokyBackend");
+    assert_eq!(class(&set("backend", "threading")), "ThreadingBackend");
+    assert_eq!(class(&Config::default()), "LokyBackend");
+    let mut config = Config::default();
+    config.set_backend("multiprocessing").unwrap();
+    assert_eq!(class(&config), "MultiprocessingBackend");
+    // Naming another backend afterwards forgets the spelling.
+    config.set("backend", "processes").unwrap();
+    assert_eq!(class(&config), "LokyBackend");
+    // The spelling travels with the backend through scoped defaults, and only with it.
+    let outer = set("backend", "multiprocessing");
+    assert_eq!(
+        class(&set("n_jobs", "2").layered_over(&outer)),
+        "MultiprocessingBackend"
+    );
+    assert_eq!(
+        class(&set("backend", "loky").layered_over(&outer)),
+        "LokyBackend"
+    );
+    assert_eq!(
+        class(&set("backend", "threads").layered_over(&outer)),
+        "ThreadingBackend"
+    );
+    // require=sharedmem turns a scoped multiprocessing backend into threads: so does the name.
+    assert_eq!(
+        class(&set("require", "sharedmem").layered_over(&outer)),
+        "ThreadingBackend"
+    );
+}
+
+#[test]
 fn prefer_and_require() {
     assert_eq!(set("prefer", "processes").prefer, Some(Prefer::Processes));
     assert_eq!(set("prefer", "threads").prefer, Some(Prefer::Threads));

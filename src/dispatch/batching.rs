@@ -74,6 +74,11 @@ impl Batching {
         }
     }
 
+    /// Whether the size adapts to batch durations ("auto").
+    pub fn is_auto(&self) -> bool {
+        self.auto
+    }
+
     /// The size the next batch gets.
     pub fn size(&self) -> usize {
         self.size

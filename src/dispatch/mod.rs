@@ -310,6 +310,10 @@ pub struct Call {
     completed_tasks: usize,
     /// No more input will come: the producer ended, or `collect` was called.
     input_done: bool,
+    /// The input ended (the producer's end before any completion, or `collect`) with a completion
+    /// still to come: joblib finds the end of its input only when a completion asks for more,
+    /// after reporting it, so `input_done` is set at the next completion.
+    end_unseen: bool,
     /// Large arguments: when to spill them, and the files once the first one was.
     spill_options: Option<SpillOptions>,
     spill: Option<spill::CallSpill>,
@@ -383,6 +387,7 @@ impl Call {
             dispatched_tasks: 0,
             completed_tasks: 0,
             input_done: false,
+            end_unseen: false,
             spill_options: None,
             spill: None,
         }
@@ -417,6 +422,38 @@ impl Call {
             input_exhausted: self.input_done || self.pre_dispatch.is_none(),
             still_reading: !self.input_done,
             aborting: self.failed(),
+        }
+    }
+
+    /// No more input will come: `collect` was called, or `next` handed out the last result of a
+    /// call fed by submits (a producer's end is seen in `produce_one`). As with a producer, the
+    /// end is noticed at the next completion, after reporting it, when one is still to come (as
+    /// joblib notices the end of its input at the first completion after the last dispatch);
+    /// otherwise the call is complete now and its final line is due.
+    fn close_input(&mut self, backend: &Backend) {
+        if self.input_done || self.end_unseen {
+            return;
+        }
+        self.note_input_end();
+        if self.pre_dispatch.is_some() && (self.in_flight > 0 || !self.pending.is_empty()) {
+            self.end_unseen = true;
+            return;
+        }
+        self.input_done = true;
+        // The sequential path's final line comes from finish_progress.
+        if !self.failed() && !matches!(backend, Backend::Sequential) {
+            let snapshot = self.snapshot();
+            if let Some(progress) = self.progress.as_mut() {
+                progress.completed(&snapshot);
+            }
+        }
+    }
+
+    /// Tells progress reporting the call's number of tasks, now that no more input will come.
+    fn note_input_end(&mut self) {
+        let total = self.submitted;
+        if let Some(progress) = self.progress.as_mut() {
+            progress.input_ended(total);
         }
     }
 
@@ -484,7 +521,7 @@ impl Call {
             self.wait_for_room(backend, batching, false);
             self.produce_one(backend, batching);
         }
-        self.input_done = true;
+        self.close_input(backend);
         self.flush(backend, true);
         self.drain(batching);
         // A cancellation may have ended the work without a wait ever timing out.
@@ -533,6 +570,11 @@ impl Call {
             while self.producer.is_some() && !self.failed() && self.has_room(batching, true) {
                 self.produce_one(backend, batching);
             }
+            if self.producer.is_none() && (self.input_done || self.end_unseen) {
+                // The input ended: send what is left now (it already counts in the window), so
+                // that once the end is seen, every task has been dispatched, as in joblib.
+                self.flush(backend, true);
+            }
             self.absorb_ready(batching);
             if self.failed() {
                 continue;
@@ -552,6 +594,9 @@ impl Call {
             } else if self.in_flight > 0 {
                 self.wait_one(batching);
             } else if self.producer.is_none() {
+                // Every result was handed out: no more input can come (a call fed by submits
+                // learns it only here).
+                self.close_input(backend);
                 self.finish_progress(backend);
                 backend.end_call();
                 return Ok(None);
@@ -641,7 +686,13 @@ impl Call {
         }
         self.submitted += 1;
         if self.pending.len() >= batching.size() {
-            self.absorb_ready(batching);
+            // Auto-batching sizes the next batch from the latest durations, so it takes in every
+            // completion first. A fixed size takes them in only when the window is full (as
+            // joblib, which reports each completion and then dispatches one more batch), so the
+            // counters each verbose line is chosen from do not depend on how fast tasks ran.
+            if batching.is_auto() {
+                self.absorb_ready(batching);
+            }
             if self.failed() {
                 return;
             }
@@ -689,7 +740,16 @@ impl Call {
         let produced = producer(&mut |arg: &[u8]| self.push(backend, batching, callback, arg));
         match produced {
             Ok(true) => self.producer = Some(producer),
-            Ok(false) => {}
+            // joblib's `_original_iterator = None`: later completions are reported against the
+            // tasks dispatched, and the one completing the last task prints "finished".
+            Ok(false) => {
+                self.note_input_end();
+                if self.completed_tasks == 0 && self.submitted > 0 && self.pre_dispatch.is_some() {
+                    self.end_unseen = true;
+                } else {
+                    self.input_done = true;
+                }
+            }
             Err(error) => self.fail_producer(error),
         }
     }
@@ -851,6 +911,9 @@ impl Call {
                     progress.completed(&snapshot);
                 }
             }
+        }
+        if std::mem::take(&mut self.end_unseen) {
+            self.input_done = true;
         }
         if self.failed() || outcome.completed() == 0 {
             return;

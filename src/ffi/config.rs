@@ -186,7 +186,9 @@ pub extern "C" fn pj_config_set_backend(
 /// at each call. A deliberate deviation from joblib: pj auto-batches on the threads backend too
 /// (joblib's threading backend always dispatches single tasks), because a C task can take
 /// nanoseconds and one dispatch per task would cost more than the task. Set 1 for joblib's threading
-/// behaviour (and its exact verbose lines). With n_jobs 1 nothing is batched, as in joblib.
+/// behaviour (and its exact verbose lines). With n_jobs 1 pj batches too (single tasks would cost
+/// about 1 us each instead of tens of ns) but reports progress task by task and prints no batch-size
+/// lines, so the verbose lines are those of joblib's sequential backend.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
 /// for 0 or a value above 1048576.

@@ -145,6 +145,10 @@ pub struct Progress {
     announced_tasks: usize,
     /// The latest counters: what the bar shows when redrawn after a verbose line, and at the end.
     last: Snapshot,
+    /// joblib's sequential path: see [`Progress::sequential`].
+    sequential: bool,
+    /// The number of tasks, once the dispatcher knows no more will come ([`Progress::input_ended`]).
+    input_total: Option<usize>,
 }
 
 impl Progress {
@@ -158,7 +162,19 @@ impl Progress {
             sink,
             announced_tasks: 0,
             last: Snapshot::default(),
+            sequential: false,
+            input_total: None,
         }
+    }
+
+    /// Reports as joblib's sequential path (`n_jobs=1`) does, whatever the batches: its loop
+    /// evaluates progress after every task, counting the task as a batch of its own and the input
+    /// as still being read, so its lines depend only on the number of tasks done; the final line
+    /// comes once, from [`Progress::loop_ended`]. joblib's sequential backend never auto-batches,
+    /// so pj's batch size changes there (which keep its per-task cost low) are not reported.
+    pub fn sequential(mut self) -> Self {
+        self.sequential = true;
+        self
     }
 
     /// Adds the user's callback, called once per completed task.
@@ -180,15 +196,25 @@ impl Progress {
     }
 
     /// A parallel call starts on `workers` workers of the backend called `backend_class_name`
-    /// ([`verbose::backend_class_name`]); prints nothing for one worker.
+    /// (joblib's class name, `Resolved::backend_class_name`); prints nothing for one worker.
     pub fn start(&mut self, backend_class_name: &str, workers: usize) {
         if let Some(line) = self.verbose.start(backend_class_name, workers) {
             self.write_verbose(line);
         }
     }
 
-    /// The auto-batching policy changed the batch size.
+    /// No more input will come: the call has `total` tasks. The callback and the bar show that
+    /// total from now on, even where joblib's counters (and so the verbose lines) have not seen
+    /// the end of the input yet.
+    pub fn input_ended(&mut self, total: usize) {
+        self.input_total = Some(total);
+    }
+
+    /// The auto-batching policy changed the batch size (not reported on the sequential path).
     pub fn batch_size_changed(&mut self, change: &SizeChange) {
+        if self.sequential {
+            return;
+        }
         if let Some(line) = self.verbose.batch_size_changed(change) {
             self.write_verbose(line);
         }
@@ -199,13 +225,40 @@ impl Progress {
     pub fn completed(&mut self, snapshot: &Snapshot) {
         let elapsed = self.clock.elapsed_seconds();
         self.announce_tasks(snapshot, elapsed);
-        self.report(snapshot, elapsed);
+        if !self.sequential {
+            self.report(snapshot, elapsed);
+            return;
+        }
+        for done in self.last.completed_tasks + 1..=snapshot.completed_tasks {
+            let task = Snapshot {
+                dispatched_batches: done,
+                dispatched_tasks: done,
+                completed_tasks: done,
+                input_exhausted: false,
+                still_reading: true,
+                aborting: false,
+            };
+            self.report(&task, elapsed);
+        }
     }
 
     /// The sequential path's loop ended (every task ran, or one failed): joblib evaluates its
-    /// progress once more there, which is where a sequential call's final line comes from.
+    /// progress once more there, with the input closed, which is where a sequential call's final
+    /// line comes from. `snapshot` is the dispatcher's, with every completion already reported.
     pub fn loop_ended(&mut self, snapshot: &Snapshot) {
-        self.completed(snapshot);
+        if !self.sequential {
+            self.completed(snapshot);
+            return;
+        }
+        let end = Snapshot {
+            dispatched_batches: snapshot.dispatched_tasks,
+            input_exhausted: true,
+            still_reading: false,
+            ..*snapshot
+        };
+        let elapsed = self.clock.elapsed_seconds();
+        self.announce_tasks(&end, elapsed);
+        self.report(&end, elapsed);
     }
 
     /// The call is over: writes the bar's final line.
@@ -225,6 +278,7 @@ impl Progress {
         self.verbose
             .settings()
             .total_tasks
+            .or(self.input_total)
             .or(read_to_end.then_some(snapshot.dispatched_tasks))
     }
 

@@ -4,8 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::verbose::{
-    backend_class_name, forced_to_threads_note, python_float_repr, short_format_time,
-    verbosity_filter_prints,
+    forced_to_threads_note, python_float_repr, short_format_time, verbosity_filter_prints,
 };
 use super::*;
 use crate::config::BackendKind;
@@ -89,19 +88,19 @@ fn printed_at(reporter: &VerboseReporter, snapshots: &[Snapshot]) -> Vec<usize> 
 fn start_line_names_the_backend_and_the_workers() {
     let r = reporter(Some(2), 1, Some(10), 4);
     assert_eq!(
-        r.start(backend_class_name(BackendKind::Threads), 2)
+        r.start(BackendKind::Threads.joblib_class_name(), 2)
             .as_deref(),
-        Some("[Parallel(n_jobs=2)]: Using backend ThreadsBackend with 2 concurrent workers.\n")
+        Some("[Parallel(n_jobs=2)]: Using backend ThreadingBackend with 2 concurrent workers.\n")
     );
     // The prefix shows the raw request, not the effective count.
     let r = reporter(Some(-1), 5, None, 16);
     assert_eq!(
-        r.start(backend_class_name(BackendKind::Processes), 8)
+        r.start(BackendKind::Processes.joblib_class_name(), 8)
             .as_deref(),
-        Some("[Parallel(n_jobs=-1)]: Using backend ProcessesBackend with 8 concurrent workers.\n")
+        Some("[Parallel(n_jobs=-1)]: Using backend LokyBackend with 8 concurrent workers.\n")
     );
     assert_eq!(
-        backend_class_name(BackendKind::Sequential),
+        BackendKind::Sequential.joblib_class_name(),
         "SequentialBackend"
     );
 }
@@ -414,7 +413,7 @@ fn sequential_list_of_5_tasks_at_verbose_10() {
     // b = j: lines at 1 and 4; the final line comes from the loop's cleanup. No start line.
     let r = reporter(None, 10, Some(5), 2);
     assert_eq!(
-        r.start(backend_class_name(BackendKind::Sequential), 1),
+        r.start(BackendKind::Sequential.joblib_class_name(), 1),
         None
     );
     let mut lines = printed(&r, &sequential(5), |k| k as f64 / 10.0);
@@ -788,6 +787,67 @@ fn sequential_loop_end_gives_the_final_line() {
             "[Parallel(n_jobs=2)]: Done 5 out of 5 | elapsed:    0.5s finished\n",
         ]
     );
+}
+
+#[test]
+fn sequential_progress_counts_tasks_not_batches_and_ends_once() {
+    // The dispatcher's own counters for 7 tasks run as a batch of 3 then a batch of 4 (the second
+    // taken in after the input ended, which alone would print "finished"), then the loop's end:
+    // joblib's sequential lines for 7 tasks at verbose 10, the final one once.
+    let clock = ManualClock::default();
+    let out = Recorder::default();
+    let (callback, calls) = recording_callback();
+    let mut progress = Progress::new(
+        VerboseSettings {
+            n_jobs_requested: Some(1),
+            verbose: 10,
+            total_tasks: None,
+            pre_dispatch_tasks: 2,
+        },
+        Box::new(clock.clone()),
+        Box::new(out.clone()),
+    )
+    .with_callback(callback)
+    .sequential();
+    // pj's own batching on the sequential path is not joblib's to report.
+    progress.batch_size_changed(&SizeChange {
+        seconds: 0.001,
+        size: 2,
+        grew: true,
+    });
+    clock.set(0.3);
+    progress.completed(&Snapshot {
+        dispatched_batches: 1,
+        dispatched_tasks: 3,
+        completed_tasks: 3,
+        input_exhausted: false,
+        still_reading: true,
+        aborting: false,
+    });
+    clock.set(0.7);
+    let end = Snapshot {
+        dispatched_batches: 2,
+        dispatched_tasks: 7,
+        completed_tasks: 7,
+        input_exhausted: true,
+        still_reading: false,
+        aborting: false,
+    };
+    progress.completed(&end);
+    progress.loop_ended(&end);
+    progress.finish();
+    let lines: Vec<String> = out.take().into_iter().map(|(_, line)| line).collect();
+    assert_eq!(
+        lines,
+        [
+            "[Parallel(n_jobs=1)]: Done   1 tasks      | elapsed:    0.3s\n",
+            "[Parallel(n_jobs=1)]: Done   4 tasks      | elapsed:    0.7s\n",
+            "[Parallel(n_jobs=1)]: Done   7 tasks      | elapsed:    0.7s\n",
+            "[Parallel(n_jobs=1)]: Done   7 out of   7 | elapsed:    0.7s finished\n",
+        ]
+    );
+    let done: Vec<u64> = calls.lock().unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(done, (1..=7).collect::<Vec<_>>(), "one callback per task");
 }
 
 #[test]

@@ -1,5 +1,8 @@
-//! joblib's verbose output, byte for byte (joblib-behaviour.md §5; joblib 1.6.0's
-//! `Parallel.print_progress`, `_verbosity_filter`, `short_format_time` and the auto-batching messages).
+//! joblib's verbose lines, as joblib 1.6.0's `Parallel.print_progress`, `_verbosity_filter`,
+//! `short_format_time` and the auto-batching messages write them (joblib-behaviour.md §5). Which
+//! lines a call prints depends on the dispatcher's counters at each completion; how those match
+//! joblib's is described in the README (checked against joblib's real output by
+//! tests/verbose_golden.rs).
 //!
 //! Every line is `[Parallel(n_jobs=<requested>)]: <message>\n`. The requested value is printed as
 //! joblib prints it: the user's number after scoped defaults are applied (`-1` stays `-1`), and `1`
@@ -15,32 +18,21 @@
 //! Shapes 1 and 2 are thinned by [`verbosity_filter_prints`] (on the number of dispatched
 //! *batches*), shape 3 by its own rule in [`VerboseReporter::progress`].
 //!
-//! Backend names in the start line. pj's backends are not joblib's (its process pool is not loky),
-//! so the start line names them honestly ([`backend_class_name`]): `ProcessesBackend`,
-//! `ThreadsBackend`, `SequentialBackend` (the last is never printed: a sequential call has no start
-//! line). The shape of the line is joblib's, so tools that parse `Using backend (\w+) with (\d+)
-//! concurrent workers.` keep working. [`VerboseReporter::start`] prints whatever name it is given,
-//! so a caller that prefers joblib's own names can pass [`BackendKind::joblib_class_name`].
+//! Backend names in the start line are joblib's class names
+//! ([`crate::config::BackendKind::joblib_class_name`]: `LokyBackend` for pj's process pool,
+//! `ThreadingBackend`; `MultiprocessingBackend` when the backend was given as `multiprocessing`,
+//! see [`crate::config::Resolved::backend_class_name`]), so that the lines read as joblib's;
+//! [`VerboseReporter::start`] prints whatever name it is given. A sequential call has no start
+//! line.
 //!
 //! Times are formatted as on Unix: joblib subtracts 0.1 s on Windows only.
 
-use crate::config::BackendKind;
 use crate::dispatch::SizeChange;
 
 use super::{Snapshot, Stream};
 
 /// Level from which joblib prints its notes: auto-batching changes and the forced-to-threads note.
 pub const NOTES_FROM_VERBOSE: i64 = 10;
-
-/// The class name pj prints for a backend in the start line (see the module documentation).
-pub fn backend_class_name(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Processes => "ProcessesBackend",
-        BackendKind::Threads => "ThreadsBackend",
-        BackendKind::Sequential => "SequentialBackend",
-        BackendKind::Mpi => "MpiBackend",
-    }
-}
 
 /// What a [`VerboseReporter`] needs to know about its call, fixed when the call starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
