@@ -535,17 +535,24 @@ unsafe extern "C" fn count_in_caller(
     0
 }
 
-/// require="sharedmem" on the object, backend="processes" from a scope: joblib switches to
-/// threads ("the backend becomes thread-based even when parallel_config asked otherwise"); only
-/// a config that sets both conflicts.
+/// require="sharedmem" on the object, backend="processes" (and n_jobs) from a scope: joblib 1.6
+/// switches to threads with n_jobs 1 ("the backend becomes thread-based even when parallel_config
+/// asked otherwise"), also when one scope sets both; only the object's own config setting both
+/// conflicts.
 #[test]
 fn require_sharedmem_turns_a_scoped_process_backend_into_threads() {
     let scoped = config(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
     assert_eq!(pj_config_push(scoped, std::ptr::null_mut()), pj_status::Ok);
-    let created = parallel(&[("require", "sharedmem")]);
+    let created = parallel(&[("require", "sharedmem"), ("n_jobs", "2")]);
+    let requiring = config(&[("require", "sharedmem")]).unwrap();
+    let n_jobs_without_own = pj_effective_n_jobs(requiring);
     let same_config = parallel(&[("backend", "processes"), ("require", "sharedmem")]).err();
     assert_eq!(pj_config_pop(std::ptr::null_mut()), pj_status::Ok);
     pj_config_free(scoped);
+    assert_eq!(
+        n_jobs_without_own, 1,
+        "the scope's n_jobs went with its backend"
+    );
     let par = created.expect("a scoped backend yields to require=sharedmem");
     let counter = std::sync::atomic::AtomicUsize::new(0);
     for _ in 0..8 {
@@ -565,16 +572,55 @@ fn require_sharedmem_turns_a_scoped_process_backend_into_threads() {
         "{}",
         err.message
     );
-    // The same conflict within one pushed config.
+    // One pushed config asking for both: joblib switches too.
     let both = config(&[("backend", "processes"), ("require", "sharedmem")]).unwrap();
     assert_eq!(pj_config_push(both, std::ptr::null_mut()), pj_status::Ok);
-    let err = parallel(&[]).err();
+    let created = parallel(&[("n_jobs", "2")]);
     assert_eq!(pj_config_pop(std::ptr::null_mut()), pj_status::Ok);
     pj_config_free(both);
-    assert_eq!(
-        err.expect("one scope asking for both conflicts").status,
-        pj_status::InvalidArgument
-    );
+    let par = created.expect("one scope with backend and require switches to threads");
+    for _ in 0..8 {
+        par.submit(Some(count_in_caller), ud(&counter), &[])
+            .unwrap();
+    }
+    assert_eq!(par.collect().unwrap().len(), 8);
+    assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 16);
+    pj_config_free(requiring);
+}
+
+const CASE: &str = "PJ_TEST_DISPATCH_CASE";
+
+/// At verbose >= 10, the switch is announced with joblib's line, on stdout (a plain print there).
+#[test]
+fn the_sharedmem_switch_is_announced_at_verbose_10() {
+    let run = |verbose: &str| {
+        let output = child_case_command(CASE, verbose).output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let line = "Using ThreadingBackend as joblib backend instead of MultiprocessingBackend as the \
+                latter does not provide shared memory semantics.\n";
+    let loud = run("10");
+    assert!(loud.contains(line), "{loud}");
+    assert_eq!(loud.matches("Using ThreadingBackend").count(), 1, "{loud}");
+    let quiet = run("9");
+    assert!(!quiet.contains("Using ThreadingBackend"), "{quiet}");
+}
+
+/// Makes an executor whose scoped backend gives way to require=sharedmem, at the verbose level
+/// given in the environment (run by the test above in a fresh copy of this binary).
+#[test]
+#[ignore = "run by other tests in a child process"]
+fn child_case() {
+    let Ok(verbose) = std::env::var(CASE) else {
+        return;
+    };
+    let scoped = config(&[("backend", "multiprocessing"), ("n_jobs", "3")]).unwrap();
+    assert_eq!(pj_config_push(scoped, std::ptr::null_mut()), pj_status::Ok);
+    let par = parallel(&[("require", "sharedmem"), ("verbose", &verbose)]).unwrap();
+    assert_eq!(pj_config_pop(std::ptr::null_mut()), pj_status::Ok);
+    pj_config_free(scoped);
+    drop(par);
 }
 
 /// Task for the batching test: raises the AtomicBool `userdata` points to.

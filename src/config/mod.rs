@@ -444,6 +444,9 @@ pub struct Config {
     /// Bytes of stack for the threads that run tasks (worker threads, and the thread of each worker
     /// process); within [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
     pub stack_size: Option<usize>,
+    /// Set by [`Config::over_scopes`] when `require="sharedmem"` turned a scoped backend into
+    /// threads: joblib's class name of the backend given up, for joblib's verbose notice.
+    pub sharedmem_replaced: Option<&'static str>,
 }
 
 /// The settings one call uses: a [`Config`] with joblib's defaults applied and every rule checked.
@@ -459,6 +462,8 @@ pub struct Resolved {
     /// joblib's class name for it, as the verbose start line announces it: the kind's own, or
     /// `MultiprocessingBackend` when the backend was given as `multiprocessing`.
     pub backend_class_name: &'static str,
+    /// joblib's class name of a scoped backend that `require="sharedmem"` replaced by threads.
+    pub sharedmem_replaced: Option<&'static str>,
     /// Whether the call runs in the caller's thread: the sequential backend, or a single worker.
     pub sequential: bool,
     /// Verbosity level (default 0).
@@ -921,29 +926,17 @@ impl Config {
     }
 
     /// Fields set in `self` win over `outer`: this is how scoped defaults stack (object config >
-    /// pushed config > joblib defaults), like joblib's `parallel_config` contexts.
-    ///
-    /// One exception, joblib's: `require="sharedmem"` is a hard constraint, so a backend without
-    /// shared memory that comes from another layer than the constraint (a scoped
-    /// `backend="processes"` under an object's `require="sharedmem"`, or the reverse) gives way to
-    /// threads. Only a config that sets both itself conflicts ([`Config::resolve`] refuses it).
+    /// pushed config > joblib defaults), like joblib's `parallel_config` contexts. Pure precedence;
+    /// [`Config::over_scopes`] adds the `require` rule when an object meets its scopes.
     pub fn layered_over(&self, outer: &Config) -> Config {
-        let mut backend = self.backend.or(outer.backend);
+        let backend = self.backend.or(outer.backend);
         // joblib's class name goes with the backend it was given for.
-        let mut backend_class = if self.backend.is_some() {
+        let backend_class = if self.backend.is_some() {
             self.backend_class
         } else {
             outer.backend_class
         };
         let require = self.require.or(outer.require);
-        let from_other_layers = self.backend.is_some() != self.require.is_some();
-        if require == Some(Require::SharedMem)
-            && backend.is_some_and(|b| !b.has_shared_memory())
-            && from_other_layers
-        {
-            backend = Some(BackendKind::Threads);
-            backend_class = None;
-        }
         Config {
             n_jobs: self.n_jobs.or(outer.n_jobs),
             backend,
@@ -971,7 +964,37 @@ impl Config {
             progress_hook: self.progress_hook.or(outer.progress_hook),
             start_method: self.start_method.or(outer.start_method),
             stack_size: self.stack_size.or(outer.stack_size),
+            sharedmem_replaced: self.sharedmem_replaced.or(outer.sharedmem_replaced),
         }
+    }
+
+    /// An object's own config (`self`) over its thread's scoped defaults (`scopes`, already
+    /// layered), with joblib's rule for `require="sharedmem"`, a hard constraint: a backend without
+    /// shared memory that the object did not name together with `require` itself gives way to
+    /// threads, and n_jobs is then the object's own or 1 (a scope's n_jobs was meant for the
+    /// backend given up); [`Config::sharedmem_replaced`] keeps the name of that backend. Only an
+    /// object config that sets both conflicts ([`Config::resolve`] refuses it). Measured against
+    /// joblib 1.6: `parallel_config(backend="loky", n_jobs=3)` around
+    /// `Parallel(require="sharedmem")` gives ThreadingBackend with n_jobs 1 (2 with
+    /// `Parallel(n_jobs=2, ...)`), and so does one `parallel_config` that sets both.
+    pub fn over_scopes(&self, scopes: &Config) -> Config {
+        let mut layered = self.layered_over(scopes);
+        let own_conflict = self.backend.is_some() && self.require.is_some();
+        if let Some(backend) = layered.backend
+            && layered.require == Some(Require::SharedMem)
+            && !backend.has_shared_memory()
+            && !own_conflict
+        {
+            layered.sharedmem_replaced = Some(
+                layered
+                    .backend_class
+                    .unwrap_or_else(|| backend.joblib_class_name()),
+            );
+            layered.backend = Some(BackendKind::Threads);
+            layered.backend_class = None;
+            layered.n_jobs = self.n_jobs;
+        }
+        layered
     }
 
     /// The backend joblib would pick (its §2.2 rules, without contexts): an explicit backend wins
@@ -1034,6 +1057,7 @@ impl Config {
                 (Some(explicit), Some(class)) if explicit == backend => class,
                 _ => backend.joblib_class_name(),
             },
+            sharedmem_replaced: self.sharedmem_replaced,
             sequential: backend == BackendKind::Sequential || n_jobs == 1,
             verbose,
             timeout,

@@ -29,14 +29,18 @@ pub fn depth() -> usize {
     STACK.with(|stack| stack.borrow().len())
 }
 
-/// `config` layered over every scoped default of this thread.
+/// `config` (an object's own) over every scoped default of this thread: the scopes layer among
+/// themselves (innermost first), then the object meets them ([`Config::over_scopes`]).
 pub fn with_scopes(config: &Config) -> Config {
     STACK.with(|stack| {
-        stack
+        let scopes = stack
             .borrow()
             .iter()
             .rev()
-            .fold(config.clone(), |layered, outer| layered.layered_over(outer))
+            .fold(Config::default(), |layered, outer| {
+                layered.layered_over(outer)
+            });
+        config.over_scopes(&scopes)
     })
 }
 

@@ -218,7 +218,7 @@ fn the_start_line_names_the_backend_as_joblib_does() {
     );
     // require=sharedmem turns a scoped multiprocessing backend into threads: so does the name.
     assert_eq!(
-        class(&set("require", "sharedmem").layered_over(&outer)),
+        class(&set("require", "sharedmem").over_scopes(&outer)),
         "ThreadingBackend"
     );
 }
@@ -517,50 +517,65 @@ fn layering_prefers_inner_fields() {
     assert_eq!(outer.layered_over(&Config::default()), outer);
 }
 
-/// joblib: a scoped backend without shared memory becomes threads under require="sharedmem" from
-/// another layer; a config that sets both conflicts.
+/// joblib 1.6, measured: require="sharedmem" turns a backend without shared memory that the object
+/// did not name itself into threads, n_jobs becoming the object's own or 1; only an object config
+/// that sets both conflicts.
 #[test]
-fn require_sharedmem_from_another_layer_turns_the_backend_into_threads() {
+fn require_sharedmem_turns_a_scoped_backend_into_threads() {
     let processes = set("backend", "processes");
+    let mut scoped = processes.clone();
+    scoped.set("n_jobs", "3").unwrap();
     let shared = set("require", "sharedmem");
-    for (inner, outer) in [(&shared, &processes), (&processes, &shared)] {
-        let layered = inner.layered_over(outer);
-        assert_eq!(layered.backend, Some(BackendKind::Threads));
-        assert_eq!(resolved(&layered).backend, BackendKind::Threads);
-    }
-    let mut mpi = set("backend", "mpi");
+    // The object requires, the scope names the backend (and n_jobs, meant for that backend).
+    let layered = shared.over_scopes(&scoped);
+    assert_eq!(layered.backend, Some(BackendKind::Threads));
+    assert_eq!(layered.n_jobs, None);
+    let r = resolved(&layered);
+    assert_eq!((r.backend, r.n_jobs), (BackendKind::Threads, 1));
+    assert_eq!(r.sharedmem_replaced, Some("LokyBackend"));
+    assert_eq!(r.backend_class_name, "ThreadingBackend");
+    // The object's own n_jobs stays.
+    let mut shared_two = shared.clone();
+    shared_two.set("n_jobs", "2").unwrap();
+    let r = resolved(&shared_two.over_scopes(&scoped));
+    assert_eq!((r.backend, r.n_jobs), (BackendKind::Threads, 2));
+    // One scope that sets both (joblib's parallel_config(backend=..., require=...)) also switches.
+    let mut both = scoped.clone();
+    both.set("require", "sharedmem").unwrap();
+    let r = resolved(&Config::default().over_scopes(&both));
+    assert_eq!((r.backend, r.n_jobs), (BackendKind::Threads, 1));
+    // The object names the backend, a scope requires: the constraint still holds.
+    let r = resolved(&processes.over_scopes(&shared));
+    assert_eq!(r.backend, BackendKind::Threads);
+    // MPI has no shared memory either; its class name is the one announced as replaced.
+    let mpi = set("backend", "mpi");
+    assert_eq!(shared.over_scopes(&mpi).backend, Some(BackendKind::Threads));
+    let multiprocessing = set("backend", "multiprocessing");
     assert_eq!(
-        shared.layered_over(&mpi).backend,
-        Some(BackendKind::Threads)
+        shared.over_scopes(&multiprocessing).sharedmem_replaced,
+        Some("MultiprocessingBackend")
     );
-    // Backends with shared memory are kept.
+    // Backends with shared memory are kept, and nothing is replaced.
     let sequential = set("backend", "sequential");
+    let r = resolved(&shared.over_scopes(&sequential));
+    assert_eq!(r.backend, BackendKind::Sequential);
+    assert_eq!(r.sharedmem_replaced, None);
+    // No require: the scoped backend stays.
     assert_eq!(
-        resolved(&shared.layered_over(&sequential)).backend,
-        BackendKind::Sequential
+        resolved(&Config::default().over_scopes(&scoped)).backend,
+        BackendKind::Processes
     );
-    // One config asking for both conflicts, wherever it sits.
-    mpi.set("backend", "loky").unwrap();
-    mpi.set("require", "sharedmem").unwrap();
-    for layered in [
-        mpi.clone(),
-        Config::default().layered_over(&mpi),
-        mpi.layered_over(&Config::default()),
-        set("n_jobs", "2").layered_over(&mpi),
-    ] {
-        assert_eq!(layered.backend, Some(BackendKind::Processes));
-        let err = layered.resolve(4).unwrap_err();
+    // The object config asking for both conflicts, whatever its scopes.
+    let mut own_both = set("backend", "loky");
+    own_both.set("require", "sharedmem").unwrap();
+    for scopes in [Config::default(), sequential.clone(), scoped.clone()] {
+        let err = own_both.over_scopes(&scopes).resolve(4).unwrap_err();
         assert!(
             err.message().contains("does not support shared memory"),
             "{}",
             err.message()
         );
     }
-    // Three layers: the backend from the outermost, the constraint from the middle one.
-    let three = set("n_jobs", "2")
-        .layered_over(&shared)
-        .layered_over(&processes);
-    assert_eq!(resolved(&three).backend, BackendKind::Threads);
 }
 
 #[test]

@@ -305,9 +305,13 @@ pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
 /// not see it. Undo with `pj_config_pop`.
 ///
 /// `require` ("sharedmem") is a hard constraint, as in joblib: a backend without shared memory
-/// ("processes", "mpi") set on another config than the constraint (say, pushed here while the
-/// object's own config sets require "sharedmem") gives way to "threads". Only one config that sets
-/// both conflicts: `pj_parallel_new` then fails with PJ_STATUS_INVALID_ARGUMENT.
+/// ("processes", "mpi") that the object's own config does not name together with the constraint
+/// (say, pushed here while the object's config sets require "sharedmem", or both pushed here)
+/// gives way to "threads", with the object's own n_jobs or 1 (a pushed n_jobs was meant for the
+/// backend given up), and at verbose >= 10 joblib's notice "Using ThreadingBackend as joblib
+/// backend instead of LokyBackend as the latter does not provide shared memory semantics." is
+/// printed on stdout. Only the object's own config setting both conflicts: `pj_parallel_new` then
+/// fails with PJ_STATUS_INVALID_ARGUMENT.
 ///
 /// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config` is NULL.
 #[unsafe(no_mangle)]
