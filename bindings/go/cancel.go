@@ -1,7 +1,8 @@
 package pj
 
-// Functions that stop early: MapContext gives fn a context done when the call stops, and
-// RegisterContext gives a named function one that asks pj (pj_out_cancelled).
+// Functions that stop early: MapContext (and MapIndexedContext, MapCollectContext, StreamContext)
+// gives fn a context done when the call stops, and RegisterContext gives a named function one that
+// asks pj (pj_out_cancelled).
 
 /*
 #include "shim.h"
@@ -10,6 +11,7 @@ import "C"
 
 import (
 	"context"
+	"iter"
 	"sync"
 	"time"
 )
@@ -26,12 +28,51 @@ import (
 func MapContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, T) (R, error), opts ...Option) ([]R, error) {
 	callCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wrapped func(T) (R, error)
+	return mapAll(ctx, inputs, withContext(callCtx, fn), nil, stoppedBy(cancel, opts))
+}
+
+// MapIndexedContext is MapIndexed for a function that takes a context, as MapContext gives it.
+func MapIndexedContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, int, T) (R, error), opts ...Option) ([]R, error) {
+	callCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wrapped func(int, T) (R, error)
 	if fn != nil {
-		wrapped = func(input T) (R, error) { return fn(callCtx, input) }
+		wrapped = func(i int, input T) (R, error) { return fn(callCtx, i, input) }
 	}
-	opts = append(opts[:len(opts):len(opts)], func(s *settings) { s.stopped = cancel })
-	return mapAll(ctx, inputs, wrapped, nil, opts)
+	return mapAll(ctx, inputs, nil, wrapped, stoppedBy(cancel, opts))
+}
+
+// MapCollectContext is MapCollect for a function that takes a context, as MapContext gives it (a
+// failed input does not stop a collecting call, so the context is done when ctx is, when a call
+// of fn runs past the Timeout option, or when the call returned).
+func MapCollectContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, T) (R, error), opts ...Option) ([]Result[R], error) {
+	callCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	return MapCollect(ctx, inputs, withContext(callCtx, fn), stoppedBy(cancel, opts)...)
+}
+
+// StreamContext is Stream for a function that takes a context, as MapContext gives it; breaking
+// out of the loop also makes it done, so the calls of fn still running can return at once.
+func StreamContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, T) (R, error), opts ...Option) iter.Seq2[Result[R], error] {
+	return func(yield func(Result[R], error) bool) {
+		callCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		Stream(ctx, inputs, withContext(callCtx, fn), stoppedBy(cancel, opts)...)(yield)
+	}
+}
+
+// withContext gives fn the call's context (nil stays nil, for the callers' own check).
+func withContext[T, R any](callCtx context.Context, fn func(context.Context, T) (R, error)) func(T) (R, error) {
+	if fn == nil {
+		return nil
+	}
+	return func(input T) (R, error) { return fn(callCtx, input) }
+}
+
+// stoppedBy adds, after the caller's options, the hook that cancels the functions' context when
+// the call stops early (without writing into the caller's slice).
+func stoppedBy(cancel func(), opts []Option) []Option {
+	return append(opts[:len(opts):len(opts)], func(s *settings) { s.stopped = cancel })
 }
 
 // taskContext is the context of one call of a function registered with RegisterContext: done

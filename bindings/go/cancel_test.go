@@ -135,3 +135,64 @@ func TestRegisterContextIsNotDoneInACallThatGoesOn(t *testing.T) {
 		}
 	}
 }
+
+func TestStreamContextBreakIsPrompt(t *testing.T) {
+	begin := time.Now()
+	seen := 0
+	for r, err := range StreamContext(context.Background(), []int{1, 0, 0, 0}, func(ctx context.Context, x int) (int, error) {
+		if x == 1 {
+			return 1, nil
+		}
+		return waitForDone(ctx), nil
+	}, NJobs(2), ChunkSize(1)) {
+		if err != nil {
+			t.Fatalf("got %v", err)
+		}
+		seen += r.Value
+		break
+	}
+	if seen != 1 {
+		t.Fatalf("the first result was not input 0's")
+	}
+	if elapsed := time.Since(begin); elapsed > 2*time.Second {
+		t.Errorf("leaving the stream took %v with functions watching their context", elapsed)
+	}
+	settle(t)
+}
+
+func TestMapCollectContextIsDoneWithTheCallersContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	begin := time.Now()
+	_, err := MapCollectContext(ctx, []int{0, 1, 2}, func(ctx context.Context, x int) (int, error) {
+		if x == 1 {
+			return 0, errors.New("collected, not stopping")
+		}
+		return waitForDone(ctx), nil
+	}, NJobs(2), ChunkSize(1))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+	if elapsed := time.Since(begin); elapsed > 2*time.Second {
+		t.Errorf("MapCollectContext took %v after its context ended", elapsed)
+	}
+	settle(t)
+}
+
+func TestMapIndexedContextFailFastIsPrompt(t *testing.T) {
+	begin := time.Now()
+	_, err := MapIndexedContext(context.Background(), []int{0, 0}, func(ctx context.Context, i, _ int) (int, error) {
+		if i == 1 {
+			time.Sleep(200 * time.Millisecond)
+			return 0, errors.New("one gives up")
+		}
+		return waitForDone(ctx), nil
+	}, NJobs(2), ChunkSize(1))
+	if !errors.Is(err, ErrTaskFailed) || asError(t, err).TaskIndex != 1 {
+		t.Fatalf("got %v", err)
+	}
+	if elapsed := time.Since(begin); elapsed > 2*time.Second {
+		t.Errorf("fail-fast took %v with a sibling watching its context", elapsed)
+	}
+	settle(t)
+}

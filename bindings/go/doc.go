@@ -94,8 +94,10 @@
 //
 // A call that fails or is cancelled starts no new input, but Go cannot interrupt a function that
 // is running, and a failing call returns only once the calls of fn already running have returned.
-// A long function can return early instead: MapContext passes fn a context that is done once the
-// call stops (ctx done, another input failed, a timeout, or the call returned); RegisterContext
+// A long function can return early instead: MapContext (likewise MapIndexedContext,
+// MapCollectContext and StreamContext) passes fn a context that is done once the call stops (ctx
+// done, another input failed, a timeout, the stream's loop was left, or the call returned);
+// RegisterContext
 // registers a named function that gets a context done once pj says its call is stopping
 // (pj_out_cancelled: its ctx.Err() asks pj with one atomic load, so it can be polled in a loop, and
 // its Done channel is served by a goroutine that polls every millisecond, started at its first
