@@ -188,7 +188,7 @@ mod tests {
                 let _ = crate::registry::lookup("fork-test-missing");
                 drop(crate::registry::hold_for_fork());
                 drop(crate::sigint::SigintGuard::enter(
-                    &crate::dispatch::Stop::default(),
+                    &crate::stop::Stop::default(),
                 ));
                 let _ = crate::backend::mpi::worker_ranks();
                 drop(FORK_LOCK.lock());

@@ -35,6 +35,7 @@ pub mod progress;
 pub mod registry;
 pub mod sigint;
 pub mod spin;
+pub mod stop;
 pub mod task;
 
 pub use error::{Error, ErrorKind, Result};

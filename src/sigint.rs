@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-use crate::dispatch::{CancelReason, Stop};
+use crate::stop::{CancelReason, Stop};
 
 /// How many calls may block with handle_sigint at once (beyond it, extra calls are simply not
 /// cancelled by SIGINT; they remain cancellable with `pj_parallel_cancel`).

@@ -7,6 +7,7 @@
 //! tiny C task costs nanoseconds, so batching pays on every backend.
 
 use crate::config::BatchSize;
+use crate::progress::SizeChange;
 
 /// Batches shorter than this grow.
 pub const MIN_IDEAL_BATCH_SECONDS: f64 = 0.2;
@@ -17,17 +18,6 @@ pub const MAX_IDEAL_BATCH_SECONDS: f64 = 2.0;
 /// streaming call would buffer that many results. 65,536 tasks already amortise a batch's fixed
 /// cost (tens of microseconds) to under a nanosecond per task.
 pub const MAX_BATCH_SIZE: usize = 1 << 16;
-
-/// A change of batch size, for verbose reporting ("Batch computation too fast ...").
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SizeChange {
-    /// The smoothed batch duration that caused the change, in seconds.
-    pub seconds: f64,
-    /// The new batch size.
-    pub size: usize,
-    /// True when the size grew (batches were too fast).
-    pub grew: bool,
-}
 
 /// The batch size policy of one `Parallel` object; its statistics start afresh at each call
 /// ([`Batching::reset`]).

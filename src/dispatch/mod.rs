@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
 
-pub use batching::{Batching, SizeChange};
+pub use crate::stop::{CancelReason, Stop};
+pub use batching::Batching;
 
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
@@ -175,43 +176,6 @@ impl Results {
 
 /// How often a blocked call looks for a cancellation.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Why a call was cancelled (the value of [`Stop::cancelled`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CancelReason {
-    /// `pj_parallel_cancel`.
-    Requested = 1,
-    /// A SIGINT, with handle_sigint.
-    Sigint = 2,
-}
-
-/// An object's means to stop its call in flight: `abort` stops queued and running work (workers
-/// check it), `cancelled` says the stop came from outside, and why (0: not cancelled). Both are
-/// plain atomics, so setting them is async-signal-safe.
-#[derive(Debug, Default)]
-pub struct Stop {
-    /// Shared with the call's workers.
-    pub abort: Arc<AtomicBool>,
-    /// Set by a cancellation request: a [`CancelReason`] as u8, or 0.
-    pub cancelled: Arc<AtomicU8>,
-}
-
-impl Stop {
-    /// Requests that the call in flight stop and return [`ErrorKind::Cancelled`]. Async-signal-safe.
-    pub fn cancel(&self, reason: CancelReason) {
-        self.cancelled.store(reason as u8, Ordering::Relaxed);
-        self.abort.store(true, Ordering::Relaxed);
-    }
-
-    /// Another handle on the same two flags.
-    pub fn share(&self) -> Stop {
-        Stop {
-            abort: self.abort.clone(),
-            cancelled: self.cancelled.clone(),
-        }
-    }
-}
 
 /// Pulls task arguments for a call: hands the next argument to `sink` and returns `Ok(true)`, or
 /// returns `Ok(false)` at the end of the input, or the producer's error. Runs on the thread that

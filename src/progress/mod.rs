@@ -16,10 +16,19 @@ pub mod verbose;
 use std::io::{self, IsTerminal, Write};
 use std::time::Instant;
 
-use crate::dispatch::SizeChange;
-
 pub use bar::ProgressBar;
 pub use verbose::{VerboseReporter, VerboseSettings};
+
+/// A change of batch size, for verbose reporting ("Batch computation too fast ...").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SizeChange {
+    /// The smoothed batch duration that caused the change, in seconds.
+    pub seconds: f64,
+    /// The new batch size.
+    pub size: usize,
+    /// True when the size grew (batches were too fast).
+    pub grew: bool,
+}
 
 /// The dispatcher's counters when progress is evaluated, named after joblib's attributes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -27,7 +27,7 @@
 //!
 //! Times are formatted as on Unix: joblib subtracts 0.1 s on Windows only.
 
-use crate::dispatch::SizeChange;
+use super::SizeChange;
 
 use super::{Snapshot, Stream};
 
