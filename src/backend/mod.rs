@@ -8,6 +8,7 @@
 //! - [`Backend::Mpi`]: the other ranks of an MPI job, fed by rank 0's dispatcher thread.
 
 mod crash;
+mod failure;
 pub mod mpi;
 mod processes;
 pub mod spawn;

@@ -24,155 +24,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, unbounded};
 
 pub use crate::stop::{CancelReason, Stop};
+mod results;
+
 pub use batching::Batching;
+pub use results::Results;
+use results::find_mapped;
 
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
-use crate::error::{Error, ErrorKind, TaskContext, signal_name};
-use crate::memmap::Mapping;
+use crate::error::{Error, ErrorKind};
 use crate::progress::{Progress, Snapshot};
 use crate::sigint::SigintGuard;
-use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure};
-
-/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`, or a mapped
-/// file for results above max_nbytes (process backend). With on_error=collect, failed tasks have
-/// an empty output and an entry in `errors`.
-#[derive(Debug, Default)]
-pub struct Results {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-    /// (task index, its error), sorted by index.
-    errors: Vec<(usize, Error)>,
-    /// (task index, the mapped file holding its output), sorted by index.
-    mapped: Vec<(usize, Mapping)>,
-}
-
-/// A mapped result's bytes.
-fn mapped_bytes(mapping: &Mapping) -> &[u8] {
-    if mapping.is_empty() {
-        return &[];
-    }
-    // SAFETY: a read-only mapping of `len()` bytes that lives as long as the borrow of it.
-    unsafe { std::slice::from_raw_parts(mapping.as_ptr(), mapping.len()) }
-}
-
-/// The output of task `index` if it came back through a file.
-fn find_mapped(mapped: &[(usize, Mapping)], index: usize) -> Option<&[u8]> {
-    if mapped.is_empty() {
-        return None;
-    }
-    let at = mapped.binary_search_by_key(&index, |(i, _)| *i).ok()?;
-    Some(mapped_bytes(&mapped[at].1))
-}
-
-impl Results {
-    /// Number of results (one per task).
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// True when the call had no task.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// Task `index`'s output bytes.
-    pub fn get(&self, index: usize) -> Option<&[u8]> {
-        if let Some(bytes) = find_mapped(&self.mapped, index) {
-            return Some(bytes);
-        }
-        let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        Some(&self.data[start..end])
-    }
-
-    /// The error of task `index` (on_error=collect), or `None` when it succeeded.
-    pub fn error(&self, index: usize) -> Option<&Error> {
-        if self.errors.is_empty() {
-            return None;
-        }
-        let at = self.errors.binary_search_by_key(&index, |(i, _)| *i).ok()?;
-        Some(&self.errors[at].1)
-    }
-
-    /// Number of tasks that failed (on_error=collect).
-    pub fn error_count(&self) -> usize {
-        self.errors.len()
-    }
-
-    /// Every failed task's (index, error), by index (on_error=collect).
-    pub fn errors(&self) -> &[(usize, Error)] {
-        &self.errors
-    }
-
-    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order;
-    /// `describe` turns a collected task failure into its error. An I/O error when the joined
-    /// results cannot be allocated (their sizes are the tasks': never abort).
-    fn from_outcomes(
-        mut outcomes: Vec<(BatchOutcome, usize)>,
-        describe: impl Fn(usize, &TaskFailure, &BatchOutcome) -> Error,
-    ) -> Result<Results, Error> {
-        outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
-        let mut mapped = Vec::new();
-        for (outcome, skip) in &mut outcomes {
-            let from = outcome.first + *skip;
-            mapped.extend(
-                std::mem::take(&mut outcome.mapped)
-                    .into_iter()
-                    .filter(|(index, _)| *index >= from),
-            );
-        }
-        let mut errors = Vec::new();
-        for (outcome, skip) in &outcomes {
-            let from = outcome.first + skip;
-            errors.extend(
-                outcome
-                    .errors
-                    .iter()
-                    .filter(|(index, _)| *index >= from)
-                    .map(|(index, failure)| (*index, describe(*index, failure, outcome))),
-            );
-        }
-        if let [(only, 0)] = outcomes.as_mut_slice() {
-            return Ok(Results {
-                data: std::mem::take(&mut only.data),
-                ends: std::mem::take(&mut only.ends),
-                errors,
-                mapped,
-            });
-        }
-        let total_tasks: usize = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
-        let total_bytes: usize = outcomes
-            .iter()
-            .map(|(o, skip)| o.data.len() - if *skip == 0 { 0 } else { o.ends[skip - 1] })
-            .fold(0, usize::saturating_add);
-        let mut results = Results {
-            data: Vec::new(),
-            ends: Vec::new(),
-            errors,
-            mapped,
-        };
-        let reserved = results
-            .data
-            .try_reserve_exact(total_bytes)
-            .and_then(|()| results.ends.try_reserve_exact(total_tasks));
-        if let Err(error) = reserved {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot gather the call's results ({total_bytes} bytes): {error}"),
-            ));
-        }
-        for (outcome, skip) in outcomes {
-            let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
-            let base = results.data.len();
-            results.data.extend_from_slice(&outcome.data[start..]);
-            results
-                .ends
-                .extend(outcome.ends[skip..].iter().map(|end| base + end - start));
-        }
-        Ok(results)
-    }
-}
+use crate::task::{Batch, BatchOutcome, Callback, TaskFailure};
 
 /// How often a blocked call looks for a cancellation.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -461,7 +324,7 @@ impl Call {
         }
         self.failure
             .as_ref()
-            .map(|failure| failure_error(failure, backend))
+            .map(|f| backend.task_error(f.index, &f.failure, f.worker, f.pid))
     }
 
     /// Adds a task pushed by the user. Blocks while the window is full (tasks submitted and not
@@ -501,15 +364,7 @@ impl Call {
             Arrived::Unordered(queue) => outcomes.extend(queue.into_iter().map(|o| (o, 0))),
         }
         Results::from_outcomes(outcomes, |index, failure, outcome| {
-            failure_error(
-                &Failure {
-                    index,
-                    failure: failure.clone(),
-                    worker: outcome.worker,
-                    pid: outcome.pid,
-                },
-                backend,
-            )
+            backend.task_error(index, failure, outcome.worker, outcome.pid)
         })
     }
 
@@ -593,13 +448,7 @@ impl Call {
                 .binary_search_by_key(&index, |(i, _)| *i)
                 .ok()
                 .map(|at| {
-                    let failure = Failure {
-                        index,
-                        failure: outcome.errors[at].1.clone(),
-                        worker: outcome.worker,
-                        pid: outcome.pid,
-                    };
-                    failure_error(&failure, backend)
+                    backend.task_error(index, &outcome.errors[at].1, outcome.worker, outcome.pid)
                 })
         };
         Ok(Some(Streamed { index, data, error }))
@@ -890,98 +739,4 @@ impl Call {
             Arrived::Unordered(queue) => queue.push_back(outcome),
         }
     }
-}
-
-fn failure_error(failure: &Failure, backend: &Backend) -> Error {
-    let Failure {
-        index,
-        ref failure,
-        worker,
-        pid,
-    } = *failure;
-    let rank = backend.mpi_rank(worker);
-    let worker = match (rank, pid) {
-        (Some(rank), 0) => format!("MPI rank {rank}"),
-        (Some(rank), pid) => format!("process {pid} on MPI rank {rank}"),
-        (None, 0) => backend.describe_worker(worker),
-        (None, pid) => format!("process {pid} (worker {worker})"),
-    };
-    let mut context = TaskContext {
-        index,
-        backend: backend.name(),
-        worker,
-        ..TaskContext::default()
-    };
-    let (kind, message) = match failure {
-        TaskFailure::Returned { code, message } => {
-            context.code = Some(*code);
-            context.callback_message = message.clone();
-            // An empty message adds nothing (no dangling colon); Error::new keeps it one line.
-            let detail = message
-                .as_deref()
-                .filter(|m| !m.is_empty())
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            (
-                ErrorKind::TaskFailed,
-                format!("task {index} failed with code {code}{detail}"),
-            )
-        }
-        TaskFailure::Panicked(text) => (
-            ErrorKind::Panic,
-            format!("task {index}: pj panicked: {text}"),
-        ),
-        TaskFailure::Spawn(text) => (ErrorKind::Io, format!("task {index}: {text}")),
-        TaskFailure::Died {
-            pid,
-            death,
-            fault_address,
-            backtrace,
-        } => {
-            context.worker = match (rank, *pid) {
-                (Some(rank), 0) => format!("MPI rank {rank}"),
-                (Some(rank), pid) => format!("process {pid} on MPI rank {rank}"),
-                (None, pid) => format!("process {pid}"),
-            };
-            context.fault_address = *fault_address;
-            context.backtrace = backtrace.clone();
-            let how = match *death {
-                Death::Signal(signal) => {
-                    context.signal = Some(signal);
-                    format!("was killed by {}", signal_name(signal))
-                }
-                Death::Exited(status) => {
-                    context.exit_status = Some(status);
-                    format!("exited with exit status {status}")
-                }
-                Death::Unknown => "disappeared".to_owned(),
-                Death::Silent(seconds) => format!("stopped answering for {seconds} s"),
-            };
-            let subject = match (*pid, rank) {
-                (0, Some(_)) => "the rank".to_owned(),
-                (0, None) => "the worker".to_owned(),
-                (pid, _) => format!("the worker process (pid {pid})"),
-            };
-            (
-                ErrorKind::WorkerDied,
-                format!("task {index}: {subject} {how} while running it"),
-            )
-        }
-        TaskFailure::TimedOut { limit, elapsed } => {
-            context.timeout = Some((*limit, *elapsed));
-            (
-                ErrorKind::Timeout,
-                format!(
-                    "task {index} timed out: it ran for {:.2} s, over the {} s limit (timeout)",
-                    elapsed.as_secs_f64(),
-                    limit.as_secs_f64()
-                ),
-            )
-        }
-    };
-    let message = match rank {
-        Some(rank) => format!("{message} (MPI rank {rank})"),
-        None => message,
-    };
-    Error::new(kind, message).with_task(context)
 }

@@ -1,0 +1,147 @@
+//! A call's results: outputs joined in input order from batch outcomes (each possibly read in part
+//! by `next`), results that came back through mapped files, and the per-task errors of
+//! on_error=collect.
+
+use crate::error::{Error, ErrorKind};
+use crate::memmap::Mapping;
+use crate::task::{BatchOutcome, TaskFailure};
+
+/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`, or a mapped
+/// file for results above max_nbytes (process backend). With on_error=collect, failed tasks have
+/// an empty output and an entry in `errors`.
+#[derive(Debug, Default)]
+pub struct Results {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    /// (task index, its error), sorted by index.
+    errors: Vec<(usize, Error)>,
+    /// (task index, the mapped file holding its output), sorted by index.
+    mapped: Vec<(usize, Mapping)>,
+}
+
+/// A mapped result's bytes.
+fn mapped_bytes(mapping: &Mapping) -> &[u8] {
+    if mapping.is_empty() {
+        return &[];
+    }
+    // SAFETY: a read-only mapping of `len()` bytes that lives as long as the borrow of it.
+    unsafe { std::slice::from_raw_parts(mapping.as_ptr(), mapping.len()) }
+}
+
+/// The output of task `index` if it came back through a file.
+pub(super) fn find_mapped(mapped: &[(usize, Mapping)], index: usize) -> Option<&[u8]> {
+    if mapped.is_empty() {
+        return None;
+    }
+    let at = mapped.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+    Some(mapped_bytes(&mapped[at].1))
+}
+
+impl Results {
+    /// Number of results (one per task).
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// True when the call had no task.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Task `index`'s output bytes.
+    pub fn get(&self, index: usize) -> Option<&[u8]> {
+        if let Some(bytes) = find_mapped(&self.mapped, index) {
+            return Some(bytes);
+        }
+        let end = *self.ends.get(index)?;
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        Some(&self.data[start..end])
+    }
+
+    /// The error of task `index` (on_error=collect), or `None` when it succeeded.
+    pub fn error(&self, index: usize) -> Option<&Error> {
+        if self.errors.is_empty() {
+            return None;
+        }
+        let at = self.errors.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+        Some(&self.errors[at].1)
+    }
+
+    /// Number of tasks that failed (on_error=collect).
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// Every failed task's (index, error), by index (on_error=collect).
+    pub fn errors(&self) -> &[(usize, Error)] {
+        &self.errors
+    }
+
+    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order;
+    /// `describe` turns a collected task failure into its error. An I/O error when the joined
+    /// results cannot be allocated (their sizes are the tasks': never abort).
+    pub(super) fn from_outcomes(
+        mut outcomes: Vec<(BatchOutcome, usize)>,
+        describe: impl Fn(usize, &TaskFailure, &BatchOutcome) -> Error,
+    ) -> Result<Results, Error> {
+        outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
+        let mut mapped = Vec::new();
+        for (outcome, skip) in &mut outcomes {
+            let from = outcome.first + *skip;
+            mapped.extend(
+                std::mem::take(&mut outcome.mapped)
+                    .into_iter()
+                    .filter(|(index, _)| *index >= from),
+            );
+        }
+        let mut errors = Vec::new();
+        for (outcome, skip) in &outcomes {
+            let from = outcome.first + skip;
+            errors.extend(
+                outcome
+                    .errors
+                    .iter()
+                    .filter(|(index, _)| *index >= from)
+                    .map(|(index, failure)| (*index, describe(*index, failure, outcome))),
+            );
+        }
+        if let [(only, 0)] = outcomes.as_mut_slice() {
+            return Ok(Results {
+                data: std::mem::take(&mut only.data),
+                ends: std::mem::take(&mut only.ends),
+                errors,
+                mapped,
+            });
+        }
+        let total_tasks: usize = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
+        let total_bytes: usize = outcomes
+            .iter()
+            .map(|(o, skip)| o.data.len() - if *skip == 0 { 0 } else { o.ends[skip - 1] })
+            .fold(0, usize::saturating_add);
+        let mut results = Results {
+            data: Vec::new(),
+            ends: Vec::new(),
+            errors,
+            mapped,
+        };
+        let reserved = results
+            .data
+            .try_reserve_exact(total_bytes)
+            .and_then(|()| results.ends.try_reserve_exact(total_tasks));
+        if let Err(error) = reserved {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot gather the call's results ({total_bytes} bytes): {error}"),
+            ));
+        }
+        for (outcome, skip) in outcomes {
+            let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
+            let base = results.data.len();
+            results.data.extend_from_slice(&outcome.data[start..]);
+            results
+                .ends
+                .extend(outcome.ends[skip..].iter().map(|end| base + end - start));
+        }
+        Ok(results)
+    }
+}
