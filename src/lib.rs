@@ -1,7 +1,8 @@
 //! pj: joblib's `Parallel` for C, C++ and Go.
 //!
-//! A user hands pj a task callback and many inputs; pj runs them on a worker pool (threads today,
-//! forked processes later) or sequentially, in batches, and returns the results in submission order.
+//! A user hands pj a task callback and many inputs; pj runs them on a worker pool (threads, worker
+//! processes forked or spawned, or MPI ranks) or sequentially, in batches, and returns the results in
+//! submission order. `docs/ARCHITECTURE.md` draws the layers and one call's journey.
 //! The C ABI lives in [`ffi`] and is described by the generated `include/pj.h`; everything else is the
 //! safe core it delegates to.
 //!
@@ -16,9 +17,11 @@
 //! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
 //! - [`registry`]: task functions by name, for workers spawned afresh (`start_method=spawn`);
 //! - [`sigint`]: handle_sigint's handler, installed only while a call blocks;
+//! - [`stop`]: the flags that stop a call (cancel, SIGINT, fail-fast);
+//! - [`spin`]: the short adaptive spin every waiter does before it sleeps;
+//! - [`fork`]: pj's fork handlers (locks usable in a forked child, inherited executors refused);
 //! - [`nesting`]: how deep the current thread is in nested calls;
 //! - [`progress`]: joblib's verbose lines, the progress bar and the progress callback;
-//! - [`fork`]: fork handlers: locks held across a fork, the fork generation of inherited objects;
 //! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
 
 pub mod backend;

@@ -1,6 +1,6 @@
 //! Batch sizing: a fixed size, or joblib's "auto" heuristic.
 //!
-//! joblib's rule, reproduced exactly (joblib-behaviour.md §3.2): keep an exponential moving average
+//! joblib's rule (its `AutoBatchingMixin`), reproduced exactly: keep an exponential moving average
 //! (0.8 old / 0.2 new) of the dispatch-to-completion time of batches of the current size; before each
 //! dispatch, grow at most 2x while batches take less than 0.2 s, shrink when they take more than 2 s,
 //! and reset the average whenever the size changes. Unlike joblib, pj applies it to threads too: a

@@ -1,5 +1,5 @@
 //! Golden tests: fixed sequences of completions, with the lines computed by hand from the formulas
-//! of joblib-behaviour.md §5 (and cross-checked once against joblib 1.6.0's `print_progress`).
+//! of joblib 1.6's verbose output (cross-checked once against joblib 1.6.0's `print_progress`).
 
 use std::sync::{Arc, Mutex};
 

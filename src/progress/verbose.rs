@@ -1,5 +1,5 @@
 //! joblib's verbose lines, as joblib 1.6.0's `Parallel.print_progress`, `_verbosity_filter`,
-//! `short_format_time` and the auto-batching messages write them (joblib-behaviour.md §5). Which
+//! `short_format_time` and the auto-batching messages write them. Which
 //! lines a call prints depends on the dispatcher's counters at each completion; how those match
 //! joblib's is described in the README (checked against joblib's real output by
 //! tests/verbose_golden.rs).
