@@ -102,9 +102,15 @@ impl Parallel {
         }
         let mut settings = layered.resolve(crate::cpu::cpu_count())?;
         if let Some(replaced) = settings.sharedmem_replaced
-            && settings.verbose >= 10
+            && let Some(note) = crate::progress::verbose::forced_to_threads_note(
+                settings.verbose,
+                replaced,
+                BackendKind::Threads.joblib_class_name(),
+            )
         {
-            note_sharedmem_switch(replaced);
+            // joblib prints it with a bare print: stdout, whatever the verbose level.
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(note.as_bytes());
         }
         // Before the object exists, hence before any fork can copy it.
         crate::fork::register_handlers();
@@ -469,17 +475,6 @@ fn use_mpi_ranks(settings: &mut Resolved) -> Result<()> {
     settings.sequential = ranks == 0 || settings.n_jobs_requested == Some(1);
     settings.n_jobs = wanted.max(1);
     Ok(())
-}
-
-/// joblib's notice (a plain print, so on stdout) when require="sharedmem" replaced a scoped
-/// backend by threads, at verbose >= 10.
-fn note_sharedmem_switch(replaced: &str) {
-    use std::io::Write;
-    let line = format!(
-        "Using ThreadingBackend as joblib backend instead of {replaced} as the latter does not \
-         provide shared memory semantics.\n"
-    );
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
 }
 
 /// joblib's warning when a timeout is set on the sequential path (one thread cannot watch itself),
