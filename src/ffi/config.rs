@@ -46,7 +46,9 @@ impl Owned for pj_config_t {}
 /// Creates a config with every option unset and stores it in `*config_out` (owned by the caller:
 /// free it with `pj_config_free`).
 ///
-/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL.
+/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL (nothing is created).
+/// It takes no `error_out`, unlike other fallible functions: a NULL `config_out` is its only
+/// failure, so the status is the whole report.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_new(config_out: *mut *mut pj_config_t) -> pj_status {
     run_without_error_out(|| {

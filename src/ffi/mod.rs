@@ -3,7 +3,9 @@
 //! Every export checks its pointers, catches panics, converts its arguments, delegates to the safe
 //! core and converts the answer. Conventions (also stated at the top of `include/pj.h`):
 //! - fallible functions return [`pj_status`] and take a last `pj_error_t **error_out` (may be NULL);
-//!   on failure, a non-NULL `error_out` receives an owned error; on success it is left untouched;
+//!   on failure, a non-NULL `error_out` receives an owned error; on success it is left untouched.
+//!   The few without one (`pj_config_new`, `pj_results_get`, `pj_out_set`, `pj_out_error`,
+//!   `pj_parallel_cancel`: their C signatures are fixed) report by status alone;
 //! - outputs are written only on success;
 //! - a `**out` parameter hands ownership to the caller, who frees it with the matching `_free`.
 

@@ -148,7 +148,9 @@ pub extern "C" fn pj_results_len(results: *const pj_results_t) -> usize {
 /// `pj_results_free`. An empty output gives a non-NULL pointer and length 0.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when a pointer is NULL; PJ_STATUS_INVALID_ARGUMENT
-/// when `index >= pj_results_len(results)`. Outputs are written only on success.
+/// when `index >= pj_results_len(results)`. Outputs are written only on success. It takes no
+/// `error_out`, unlike other fallible functions: each failing status has that one cause, so the
+/// status is the whole report.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_get(
     results: *const pj_results_t,
