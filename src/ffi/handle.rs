@@ -94,3 +94,59 @@ impl<H: Owned> Out<*mut H> {
         self.write(Box::into_raw(Box::new(handle)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    struct Thing(u32);
+
+    // SAFETY: the test only passes pointers `Out::give` made, before `free_box`, or NULL.
+    unsafe impl Handle for Thing {
+        const ARG: &'static str = "thing";
+    }
+
+    impl Owned for Thing {}
+
+    #[test]
+    fn a_given_handle_is_borrowed_changed_and_freed() {
+        let mut slot: *mut Thing = std::ptr::null_mut();
+        out_arg(&mut slot, "thing_out").unwrap().give(Thing(7));
+        assert!(!slot.is_null());
+        assert_eq!(borrow(slot).unwrap().0, 7);
+        borrow_mut(slot).unwrap().0 = 8;
+        assert_eq!(borrow_opt(slot).map(|t| t.0), Some(8));
+        assert_eq!(borrow_mut_opt(slot).map(|t| t.0), Some(8));
+        free_box(slot);
+    }
+
+    #[test]
+    fn null_pointers_name_their_parameter_and_free_is_a_no_op() {
+        let error = borrow::<Thing>(std::ptr::null()).err().unwrap();
+        assert_eq!(error.kind(), ErrorKind::NullArgument);
+        assert_eq!(error.message(), "argument `thing` is NULL");
+        let error = borrow_mut::<Thing>(std::ptr::null_mut()).err().unwrap();
+        assert_eq!(error.message(), "argument `thing` is NULL");
+        assert!(borrow_opt::<Thing>(std::ptr::null()).is_none());
+        assert!(borrow_mut_opt::<Thing>(std::ptr::null_mut()).is_none());
+        let error = out_arg::<usize>(std::ptr::null_mut(), "len_out")
+            .err()
+            .unwrap();
+        assert_eq!(error.kind(), ErrorKind::NullArgument);
+        assert_eq!(error.message(), "argument `len_out` is NULL");
+        assert!(out_opt::<usize>(std::ptr::null_mut()).is_none());
+        free_box::<Thing>(std::ptr::null_mut());
+    }
+
+    #[test]
+    fn an_output_is_written_only_when_asked() {
+        let mut len = 5usize;
+        let out = out_arg(&mut len, "len_out").unwrap();
+        out.write(9);
+        assert_eq!(len, 9);
+        let mut untouched = 3usize;
+        let _checked = out_opt(&mut untouched).unwrap();
+        assert_eq!(untouched, 3);
+    }
+}
