@@ -270,7 +270,9 @@ const char *pj_version(void);
 // Creates a config with every option unset and stores it in `*config_out` (owned by the caller:
 // free it with `pj_config_free`).
 //
-// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL.
+// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL (nothing is created).
+// It takes no `error_out`, unlike other fallible functions: a NULL `config_out` is its only
+// failure, so the status is the whole report.
 pj_status pj_config_new(pj_config_t **config_out);
 
 // Frees a config. NULL is a no-op.
@@ -781,7 +783,9 @@ size_t pj_results_len(const pj_results_t *results);
 // `pj_results_free`. An empty output gives a non-NULL pointer and length 0.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when a pointer is NULL; PJ_STATUS_INVALID_ARGUMENT
-// when `index >= pj_results_len(results)`. Outputs are written only on success.
+// when `index >= pj_results_len(results)`. Outputs are written only on success. It takes no
+// `error_out`, unlike other fallible functions: each failing status has that one cause, so the
+// status is the whole report.
 pj_status pj_results_get(const pj_results_t *results,
                          size_t index,
                          const uint8_t **data_out,

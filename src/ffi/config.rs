@@ -2,7 +2,10 @@
 
 use std::ffi::{c_char, c_void};
 
-use super::{null_argument, out_arg, pj_error_t, pj_status, run, run_value, str_arg};
+use super::{
+    Handle, Owned, borrow, borrow_mut, borrow_opt, free_box, out_arg, pj_error_t, pj_status, run,
+    run_value, run_without_error_out, str_arg,
+};
 use crate::config::{Config, ProgressHook};
 use crate::error::Error;
 
@@ -33,34 +36,25 @@ pub type pj_progress_fn = Option<
     unsafe extern "C" fn(userdata: *mut c_void, completed: u64, total: i64, elapsed_seconds: f64),
 >;
 
-/// Borrows a config handle mutably.
-fn borrow_mut<'a>(config: *mut pj_config_t) -> Result<&'a mut Config, Error> {
-    // SAFETY: a non-NULL handle came from `pj_config_new` and is alive and not used concurrently
-    // (the caller's obligations under the documented ownership and threading rules).
-    unsafe { config.as_mut() }
-        .map(|c| &mut c.config)
-        .ok_or_else(|| null_argument("config"))
+// SAFETY: C only holds configs `pj_config_new` gave it, alive until `pj_config_free`.
+unsafe impl Handle for pj_config_t {
+    const ARG: &'static str = "config";
 }
 
-/// Borrows a config handle for reading; NULL gives None.
-pub(crate) fn borrow<'a>(config: *const pj_config_t) -> Option<&'a Config> {
-    // SAFETY: as for `borrow_mut`; reading only.
-    unsafe { config.as_ref() }.map(|c| &c.config)
-}
+impl Owned for pj_config_t {}
 
 /// Creates a config with every option unset and stores it in `*config_out` (owned by the caller:
 /// free it with `pj_config_free`).
 ///
-/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL.
+/// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `config_out` is NULL (nothing is created).
+/// It takes no `error_out`, unlike other fallible functions: a NULL `config_out` is its only
+/// failure, so the status is the whole report.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_new(config_out: *mut *mut pj_config_t) -> pj_status {
-    run(std::ptr::null_mut(), || {
-        out_arg(config_out, "config_out")?;
-        let config = Box::into_raw(Box::new(pj_config_t {
+    run_without_error_out(|| {
+        out_arg(config_out, "config_out")?.give(pj_config_t {
             config: Config::default(),
-        }));
-        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
-        unsafe { *config_out = config };
+        });
         Ok(())
     })
 }
@@ -68,12 +62,7 @@ pub extern "C" fn pj_config_new(config_out: *mut *mut pj_config_t) -> pj_status 
 /// Frees a config. NULL is a no-op.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
-    run_value((), || {
-        if !config.is_null() {
-            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_config_new`, freed once.
-            drop(unsafe { Box::from_raw(config) });
-        }
-    })
+    run_value((), || free_box(config))
 }
 
 /// Sets an option from strings, with joblib's keywords and spellings: `n_jobs` ("4", "-1", "none"),
@@ -123,7 +112,7 @@ pub extern "C" fn pj_config_set(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let config = borrow_mut(config)?;
+        let config = &mut borrow_mut(config)?.config;
         // SAFETY: the caller passes NUL-terminated strings that live for the call (contract).
         let (key, value) = unsafe { (str_arg(key, "key")?, str_arg(value, "value")?) };
         config.set(key, value)
@@ -142,7 +131,7 @@ pub extern "C" fn pj_config_set_n_jobs(
     n_jobs: i64,
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
-    run(error_out, || borrow_mut(config)?.set_n_jobs(n_jobs))
+    run(error_out, || borrow_mut(config)?.config.set_n_jobs(n_jobs))
 }
 
 /// Sets the backend by name: "processes" (the default; aliases "loky", "multiprocessing"),
@@ -170,7 +159,7 @@ pub extern "C" fn pj_config_set_backend(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let config = borrow_mut(config)?;
+        let config = &mut borrow_mut(config)?.config;
         // SAFETY: the caller passes a NUL-terminated string that lives for the call (contract).
         let backend = unsafe { str_arg(backend, "backend") }?;
         config.set_backend(backend)
@@ -198,7 +187,9 @@ pub extern "C" fn pj_config_set_batch_size(
     batch_size: usize,
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
-    run(error_out, || borrow_mut(config)?.set_batch_size(batch_size))
+    run(error_out, || {
+        borrow_mut(config)?.config.set_batch_size(batch_size)
+    })
 }
 
 /// Sets joblib's verbosity level (0 silent; progress lines on stderr below 50, stdout from 50).
@@ -211,7 +202,9 @@ pub extern "C" fn pj_config_set_verbose(
     verbose: i64,
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
-    run(error_out, || borrow_mut(config)?.set_verbose(verbose))
+    run(error_out, || {
+        borrow_mut(config)?.config.set_verbose(verbose)
+    })
 }
 
 /// Sets the per-task timeout in seconds; INFINITY means no limit (the default).
@@ -233,7 +226,9 @@ pub extern "C" fn pj_config_set_timeout(
     seconds: f64,
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
-    run(error_out, || borrow_mut(config)?.set_timeout(seconds))
+    run(error_out, || {
+        borrow_mut(config)?.config.set_timeout(seconds)
+    })
 }
 
 /// Sets the stack size, in bytes, of the threads that run tasks: the worker threads (threads
@@ -254,7 +249,9 @@ pub extern "C" fn pj_config_set_stack_size(
     bytes: usize,
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
-    run(error_out, || borrow_mut(config)?.set_stack_size(bytes))
+    run(error_out, || {
+        borrow_mut(config)?.config.set_stack_size(bytes)
+    })
 }
 
 /// Sets (or, with `fn` NULL, clears) the progress callback: see `pj_progress_fn`. `userdata` must stay
@@ -270,7 +267,7 @@ pub extern "C" fn pj_config_set_progress(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let config = borrow_mut(config)?;
+        let config = &mut borrow_mut(config)?.config;
         config.progress_hook = r#fn.map(|func| ProgressHook { func, userdata });
         Ok(())
     })
@@ -291,7 +288,7 @@ pub extern "C" fn pj_cpu_count() -> usize {
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_effective_n_jobs(config: *const pj_config_t) -> usize {
     run_value(0, || {
-        let own = borrow(config).cloned().unwrap_or_default();
+        let own = borrow_opt(config).map_or_else(Config::default, |c| c.config.clone());
         crate::config::scope::with_scopes(&own)
             .resolve(crate::cpu::cpu_count())
             .map_or(0, |resolved| resolved.n_jobs)
@@ -320,8 +317,7 @@ pub extern "C" fn pj_config_push(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let config = borrow(config).ok_or_else(|| null_argument("config"))?;
-        crate::config::scope::push(config);
+        crate::config::scope::push(&borrow(config)?.config);
         Ok(())
     })
 }

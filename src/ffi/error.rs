@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, c_char};
 
-use super::{pj_status, run_value};
+use super::{Handle, Owned, borrow_opt, free_box, pj_status, run_value};
 use crate::error::Error;
 
 /// An error: a status, a one-line message, a multi-line report and, for task errors, the index of the
@@ -25,13 +25,17 @@ fn c_string(text: String) -> CString {
     })
 }
 
-impl pj_error_t {
-    /// Boxes `error` for C, with its strings prepared once.
-    pub(crate) fn boxed(error: Error) -> *mut pj_error_t {
-        Box::into_raw(Box::new(pj_error_t::new(error)))
-    }
+// SAFETY: C only holds errors pj gave through `error_out` (alive until `pj_error_free`) or lent from
+// a results object (alive until `pj_results_free`).
+unsafe impl Handle for pj_error_t {
+    const ARG: &'static str = "error";
+}
 
-    /// `error` with its C strings prepared once (for errors a results object lends out).
+impl Owned for pj_error_t {}
+
+impl pj_error_t {
+    /// `error` with its C strings prepared once (to hand to C through `error_out`, or for errors a
+    /// results object lends out).
     pub(crate) fn new(error: Error) -> pj_error_t {
         let message = c_string(error.message().to_owned());
         let report = c_string(error.report());
@@ -53,18 +57,11 @@ impl pj_error_t {
     }
 }
 
-/// Borrows an error handle, or None for NULL.
-fn borrow<'a>(error: *const pj_error_t) -> Option<&'a pj_error_t> {
-    // SAFETY: a non-NULL handle came from `pj_error_t::boxed` and is alive until `pj_error_free`
-    // (the caller's obligation under the documented ownership rules).
-    unsafe { error.as_ref() }
-}
-
 /// The status this error was returned with. NULL gives PJ_STATUS_NULL_ARGUMENT.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_status(error: *const pj_error_t) -> pj_status {
     run_value(pj_status::Panic, || {
-        borrow(error).map_or(pj_status::NullArgument, |e| pj_status::of(e.error.kind()))
+        borrow_opt(error).map_or(pj_status::NullArgument, |e| pj_status::of(e.error.kind()))
     })
 }
 
@@ -75,7 +72,7 @@ pub extern "C" fn pj_error_status(error: *const pj_error_t) -> pj_status {
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
     run_value(c"".as_ptr(), || {
-        borrow(error).map_or(c"".as_ptr(), |e| e.message.as_ptr())
+        borrow_opt(error).map_or(c"".as_ptr(), |e| e.message.as_ptr())
     })
 }
 
@@ -90,7 +87,7 @@ pub extern "C" fn pj_error_message(error: *const pj_error_t) -> *const c_char {
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_report(error: *const pj_error_t) -> *const c_char {
     run_value(c"".as_ptr(), || {
-        borrow(error).map_or(c"".as_ptr(), |e| e.report.as_ptr())
+        borrow_opt(error).map_or(c"".as_ptr(), |e| e.report.as_ptr())
     })
 }
 
@@ -99,7 +96,7 @@ pub extern "C" fn pj_error_report(error: *const pj_error_t) -> *const c_char {
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_task_index(error: *const pj_error_t) -> i64 {
     run_value(-1, || {
-        borrow(error)
+        borrow_opt(error)
             .and_then(|e| e.error.task_index())
             .map_or(-1, |index| i64::try_from(index).unwrap_or(i64::MAX))
     })
@@ -110,7 +107,7 @@ pub extern "C" fn pj_error_task_index(error: *const pj_error_t) -> i64 {
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
     run_value(0, || {
-        borrow(error)
+        borrow_opt(error)
             .and_then(|e| e.error.task())
             .and_then(|t| t.code)
             .unwrap_or(0)
@@ -125,7 +122,7 @@ pub extern "C" fn pj_error_callback_code(error: *const pj_error_t) -> i32 {
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_callback_message(error: *const pj_error_t) -> *const c_char {
     run_value(std::ptr::null(), || {
-        borrow(error)
+        borrow_opt(error)
             .and_then(|e| e.callback_message.as_ref())
             .map_or(std::ptr::null(), |m| m.as_ptr())
     })
@@ -134,11 +131,5 @@ pub extern "C" fn pj_error_callback_message(error: *const pj_error_t) -> *const 
 /// Frees an error. NULL is a no-op; freeing twice is undefined behaviour.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_error_free(error: *mut pj_error_t) {
-    run_value((), || {
-        if !error.is_null() {
-            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_error_t::boxed` and is freed
-            // once (double free is excluded by the documented contract).
-            drop(unsafe { Box::from_raw(error) });
-        }
-    })
+    run_value((), || free_box(error))
 }

@@ -3,7 +3,9 @@
 //! Every export checks its pointers, catches panics, converts its arguments, delegates to the safe
 //! core and converts the answer. Conventions (also stated at the top of `include/pj.h`):
 //! - fallible functions return [`pj_status`] and take a last `pj_error_t **error_out` (may be NULL);
-//!   on failure, a non-NULL `error_out` receives an owned error; on success it is left untouched;
+//!   on failure, a non-NULL `error_out` receives an owned error; on success it is left untouched.
+//!   The few without one (`pj_config_new`, `pj_results_get`, `pj_out_set`, `pj_out_error`,
+//!   `pj_parallel_cancel`: their C signatures are fixed) report by status alone;
 //! - outputs are written only on success;
 //! - a `**out` parameter hands ownership to the caller, who frees it with the matching `_free`.
 
@@ -14,6 +16,7 @@
 
 mod config;
 mod error;
+mod handle;
 mod mpi;
 mod named;
 mod parallel;
@@ -34,6 +37,9 @@ pub use results::*;
 pub use shared::*;
 
 use crate::error::{Error, ErrorKind, panic_message};
+pub(crate) use handle::{
+    Handle, Owned, borrow, borrow_mut, borrow_mut_opt, borrow_opt, free_box, out_arg, out_opt,
+};
 
 /// Every status a pj function can return. The numbers are stable: they never change meaning, and
 /// retired numbers are never reused.
@@ -125,12 +131,16 @@ pub(crate) fn run_status(
         ),
     };
     let status = pj_status::of(error.kind());
-    if !error_out.is_null() {
-        // SAFETY: a non-NULL `error_out` points to writable storage for one pointer (documented
-        // contract of every function that takes it).
-        unsafe { *error_out = pj_error_t::boxed(error) };
+    if let Some(error_out) = out_opt(error_out) {
+        error_out.give(pj_error_t::new(error));
     }
     status
+}
+
+/// Like [`run`], for the few fallible exports without `error_out`: the status is the whole report,
+/// and a failure's message goes nowhere.
+pub(crate) fn run_without_error_out(body: impl FnOnce() -> Result<(), Error>) -> pj_status {
+    run(std::ptr::null_mut(), body)
 }
 
 /// Runs an export that reports no error object: a panic yields `on_panic`.
@@ -188,15 +198,6 @@ pub(crate) unsafe fn bytes_arg<'a>(
     }
     // SAFETY: non-NULL with `len` readable bytes per this function's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
-}
-
-/// Checks that an output pointer is non-NULL.
-pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<(), Error> {
-    if ptr.is_null() {
-        Err(null_argument(name))
-    } else {
-        Ok(())
-    }
 }
 
 /// A short, static description of a status: `"PJ_STATUS_TIMEOUT: a task exceeded the timeout"`.

@@ -6,7 +6,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use super::{null_argument, pj_error_t, pj_status, run, run_value};
+use super::{Handle, borrow, borrow_opt, null_argument, pj_error_t, pj_status, run, run_value};
 use crate::backend::mpi::{MpiOps, attach, detach, serve};
 
 /// The MPI operations pj uses, on a communicator of the shim's (pj's own duplicate of
@@ -64,6 +64,11 @@ pub struct pj_mpi_ops_t {
     pub max_message: usize,
 }
 
+// SAFETY: C hands pj only tables it owns (the shim's), valid for the call that receives them.
+unsafe impl Handle for pj_mpi_ops_t {
+    const ARG: &'static str = "ops";
+}
+
 /// Rank 0 only (called by `pj_mpi_main`): makes `backend` "mpi" available in this process, with
 /// the other ranks of `ops` as workers. The table is copied; its functions and context must stay
 /// valid until `pj_mpi_detach` returns. pj's dispatcher thread starts now and waits (up to 30 s)
@@ -79,11 +84,7 @@ pub extern "C" fn pj_mpi_attach(
     ops: *const pj_mpi_ops_t,
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
-    run(error_out, || {
-        // SAFETY: NULL is checked; otherwise the caller passes a valid table (contract).
-        let ops = unsafe { ops.as_ref() }.ok_or_else(|| null_argument("ops"))?;
-        attach(checked(ops)?)
-    })
+    run(error_out, || attach(checked(borrow(ops)?)?))
 }
 
 /// Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
@@ -96,8 +97,7 @@ pub extern "C" fn pj_mpi_attach(
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_mpi_serve(ops: *const pj_mpi_ops_t) -> c_int {
     run_value(4, || {
-        // SAFETY: NULL is checked; otherwise the caller passes a valid table (contract).
-        let Some(ops) = (unsafe { ops.as_ref() }) else {
+        let Some(ops) = borrow_opt(ops) else {
             return 2;
         };
         match checked(ops) {

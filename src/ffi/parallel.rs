@@ -3,8 +3,8 @@
 use std::ffi::c_void;
 
 use super::{
-    borrow as borrow_config, bytes_arg, null_argument, out_arg, pj_config_t, pj_error_t,
-    pj_results_t, pj_status, run, run_status, run_value,
+    Handle, Owned, borrow, borrow_opt, bytes_arg, free_box, null_argument, out_arg, pj_config_t,
+    pj_error_t, pj_results_t, pj_status, run, run_status, run_value,
 };
 use crate::config::Config;
 use crate::dispatch::Producer;
@@ -78,17 +78,17 @@ pub struct pj_parallel_t {
     parallel: Parallel,
 }
 
-fn borrow<'a>(parallel: *const pj_parallel_t) -> Result<&'a Parallel, Error> {
-    // SAFETY: a non-NULL handle came from `pj_parallel_new` and is alive until `pj_parallel_free`
-    // (caller's obligation); `Parallel` itself serialises concurrent use.
-    unsafe { parallel.as_ref() }
-        .map(|p| &p.parallel)
-        .ok_or_else(|| null_argument("parallel"))
+// SAFETY: C only holds executors `pj_parallel_new` gave it, alive until `pj_parallel_free`; they
+// are only ever borrowed shared (`Parallel` itself serialises concurrent use).
+unsafe impl Handle for pj_parallel_t {
+    const ARG: &'static str = "parallel";
 }
 
-/// The executor behind a handle, for the other `pj_parallel_*` modules.
+impl Owned for pj_parallel_t {}
+
+/// The executor behind a handle; NULL is a NullArgument error. For every `pj_parallel_*` module.
 pub(super) fn parallel_behind<'a>(parallel: *const pj_parallel_t) -> Result<&'a Parallel, Error> {
-    borrow(parallel)
+    borrow(parallel).map(|p| &p.parallel)
 }
 
 fn callback(func: pj_task_fn, userdata: *mut c_void) -> Result<Callback, Error> {
@@ -113,12 +113,10 @@ pub extern "C" fn pj_parallel_new(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        out_arg(parallel_out, "parallel_out")?;
+        let parallel_out = out_arg(parallel_out, "parallel_out")?;
         let default = Config::default();
-        let parallel = Parallel::new(borrow_config(config).unwrap_or(&default))?;
-        let handle = Box::into_raw(Box::new(pj_parallel_t { parallel }));
-        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
-        unsafe { *parallel_out = handle };
+        let parallel = Parallel::new(borrow_opt(config).map_or(&default, |c| &c.config))?;
+        parallel_out.give(pj_parallel_t { parallel });
         Ok(())
     })
 }
@@ -138,12 +136,7 @@ pub extern "C" fn pj_parallel_new(
 /// is leaked in the child.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
-    run_value((), || {
-        if !parallel.is_null() {
-            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_parallel_new`, freed once.
-            drop(unsafe { Box::from_raw(parallel) });
-        }
-    })
+    run_value((), || free_box(parallel))
 }
 
 /// Adds a task to the current call (starting one if none is in flight): `fn(userdata, arg, arg_len,
@@ -179,7 +172,7 @@ pub extern "C" fn pj_parallel_submit(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let parallel = borrow(parallel)?;
+        let parallel = parallel_behind(parallel)?;
         let callback = callback(r#fn, userdata)?;
         // SAFETY: the caller guarantees `arg_len` readable bytes at a non-NULL `arg` for the call.
         let arg = unsafe { bytes_arg(arg, arg_len, "arg") }?;
@@ -217,11 +210,10 @@ pub extern "C" fn pj_parallel_collect(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let parallel = borrow(parallel)?;
-        out_arg(results_out, "results_out")?;
+        let parallel = parallel_behind(parallel)?;
+        let results_out = out_arg(results_out, "results_out")?;
         let results = parallel.collect()?;
-        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
-        unsafe { *results_out = pj_results_t::boxed(results) };
+        results_out.give(pj_results_t::new(results));
         Ok(())
     })
 }
@@ -251,13 +243,12 @@ pub extern "C" fn pj_parallel_map(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let parallel = borrow(parallel)?;
+        let parallel = parallel_behind(parallel)?;
         let callback = callback(r#fn, userdata)?;
         let producer = c_producer(producer, producer_userdata)?;
-        out_arg(results_out, "results_out")?;
+        let results_out = out_arg(results_out, "results_out")?;
         let results = parallel.map(callback, producer)?;
-        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
-        unsafe { *results_out = pj_results_t::boxed(results) };
+        results_out.give(pj_results_t::new(results));
         Ok(())
     })
 }
@@ -282,7 +273,7 @@ pub extern "C" fn pj_parallel_imap(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        let parallel = borrow(parallel)?;
+        let parallel = parallel_behind(parallel)?;
         let callback = callback(r#fn, userdata)?;
         let producer = c_producer(producer, producer_userdata)?;
         parallel.imap(callback, producer)
@@ -313,10 +304,10 @@ pub extern "C" fn pj_parallel_next(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run_status(error_out, || {
-        let parallel = borrow(parallel)?;
-        out_arg(index_out, "index_out")?;
-        out_arg(data_out, "data_out")?;
-        out_arg(len_out, "len_out")?;
+        let parallel = parallel_behind(parallel)?;
+        let index_out = out_arg(index_out, "index_out")?;
+        let data_out = out_arg(data_out, "data_out")?;
+        let len_out = out_arg(len_out, "len_out")?;
         let next = parallel.next(|streamed| {
             let view = (streamed.index, streamed.data.as_ptr(), streamed.data.len());
             (view, streamed.error)
@@ -324,12 +315,9 @@ pub extern "C" fn pj_parallel_next(
         let Some(((index, data, len), task_error)) = next else {
             return Ok(pj_status::Done);
         };
-        // SAFETY: the three output pointers were checked non-NULL and point to writable storage.
-        unsafe {
-            *index_out = index;
-            *data_out = data;
-            *len_out = len;
-        }
+        index_out.write(index);
+        data_out.write(data);
+        len_out.write(len);
         // With on_error=collect, a failed task's turn reports its own error; the call goes on.
         match task_error {
             Some(error) => Err(error),
@@ -410,11 +398,11 @@ fn c_producer(producer: pj_producer_fn, userdata: *mut c_void) -> Result<Produce
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_cancel(parallel: *const pj_parallel_t) -> pj_status {
     // No error object: building one allocates, which a signal handler must not do.
-    run_value(pj_status::Panic, || match borrow(parallel) {
-        Ok(parallel) => {
-            parallel.cancel();
+    run_value(pj_status::Panic, || match borrow_opt(parallel) {
+        Some(handle) => {
+            handle.parallel.cancel();
             pj_status::Ok
         }
-        Err(_) => pj_status::NullArgument,
+        None => pj_status::NullArgument,
     })
 }

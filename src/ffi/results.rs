@@ -3,7 +3,10 @@
 use std::ffi::c_char;
 
 use super::error::pj_error_t;
-use super::{bytes_arg, null_argument, out_arg, pj_status, run, run_value};
+use super::{
+    Handle, Owned, borrow, borrow_mut, borrow_mut_opt, borrow_opt, bytes_arg, free_box,
+    null_argument, out_arg, pj_status, run_value, run_without_error_out,
+};
 use crate::dispatch::Results;
 use crate::error::{Error, ErrorKind};
 use crate::task::TaskOutput;
@@ -21,14 +24,29 @@ pub struct pj_results_t {
     errors: Vec<(usize, pj_error_t)>,
 }
 
+// SAFETY: C only holds results `pj_parallel_collect` or `pj_parallel_map` gave it, alive until
+// `pj_results_free`.
+unsafe impl Handle for pj_results_t {
+    const ARG: &'static str = "results";
+}
+
+impl Owned for pj_results_t {}
+
+// SAFETY: C only holds the output handle pj lent to the running task callback, alive until the
+// callback returns (pj.h: `pj_out_t` is only ever lent to a task callback).
+unsafe impl Handle for TaskOutput {
+    const ARG: &'static str = "out";
+}
+
 impl pj_results_t {
-    pub(crate) fn boxed(results: Results) -> *mut pj_results_t {
+    /// `results` with their errors prepared as C objects, to hand to C.
+    pub(crate) fn new(results: Results) -> pj_results_t {
         let errors = results
             .errors()
             .iter()
             .map(|(index, error)| (*index, pj_error_t::new(error.clone())))
             .collect();
-        Box::into_raw(Box::new(pj_results_t { results, errors }))
+        pj_results_t { results, errors }
     }
 
     fn error(&self, index: usize) -> Option<&pj_error_t> {
@@ -47,9 +65,8 @@ impl pj_results_t {
 /// `pj_out_set` or `pj_out_alloc` succeeds.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_out_set(out: *mut TaskOutput, data: *const u8, len: usize) -> pj_status {
-    run(std::ptr::null_mut(), || {
-        // SAFETY: a non-NULL `out` is the live output handle of the running callback.
-        let out = unsafe { out.as_mut() }.ok_or_else(|| null_argument("out"))?;
+    run_without_error_out(|| {
+        let out = borrow_mut(out)?;
         // SAFETY: the caller guarantees `len` readable bytes at a non-NULL `data`.
         let data = unsafe { bytes_arg(data, len, "data") }?;
         if !out.set(data) {
@@ -71,14 +88,11 @@ pub extern "C" fn pj_out_set(out: *mut TaskOutput, data: *const u8, len: usize) 
 /// succeeds. A failed allocation never aborts the process.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_out_alloc(out: *mut TaskOutput, len: usize) -> *mut u8 {
-    run_value(std::ptr::null_mut(), || {
-        // SAFETY: a non-NULL `out` is the live output handle of the running callback.
-        match unsafe { out.as_mut() } {
-            Some(out) => out
-                .alloc(len)
-                .map_or(std::ptr::null_mut(), <[u8]>::as_mut_ptr),
-            None => std::ptr::null_mut(),
-        }
+    run_value(std::ptr::null_mut(), || match borrow_mut_opt(out) {
+        Some(out) => out
+            .alloc(len)
+            .map_or(std::ptr::null_mut(), <[u8]>::as_mut_ptr),
+        None => std::ptr::null_mut(),
     })
 }
 
@@ -88,9 +102,8 @@ pub extern "C" fn pj_out_alloc(out: *mut TaskOutput, len: usize) -> *mut u8 {
 /// Returns PJ_STATUS_OK, or PJ_STATUS_NULL_ARGUMENT when `out` or `message` is NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_out_error(out: *mut TaskOutput, message: *const c_char) -> pj_status {
-    run(std::ptr::null_mut(), || {
-        // SAFETY: a non-NULL `out` is the live output handle of the running callback.
-        let out = unsafe { out.as_mut() }.ok_or_else(|| null_argument("out"))?;
+    run_without_error_out(|| {
+        let out = borrow_mut(out)?;
         if message.is_null() {
             return Err(null_argument("message"));
         }
@@ -121,25 +134,23 @@ pub extern "C" fn pj_out_error(out: *mut TaskOutput, message: *const c_char) -> 
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_out_cancelled(out: *const TaskOutput) -> i32 {
     run_value(0, || {
-        // SAFETY: a non-NULL `out` is the live output handle of the running callback.
-        i32::from(unsafe { out.as_ref() }.is_some_and(TaskOutput::cancelled))
+        i32::from(borrow_opt(out).is_some_and(TaskOutput::cancelled))
     })
 }
 
 /// Number of results (one per task). NULL gives 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_len(results: *const pj_results_t) -> usize {
-    run_value(0, || {
-        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
-        unsafe { results.as_ref() }.map_or(0, |r| r.results.len())
-    })
+    run_value(0, || borrow_opt(results).map_or(0, |r| r.results.len()))
 }
 
 /// Borrows the output of task `index`: `*data_out` and `*len_out` receive its bytes, valid until
 /// `pj_results_free`. An empty output gives a non-NULL pointer and length 0.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when a pointer is NULL; PJ_STATUS_INVALID_ARGUMENT
-/// when `index >= pj_results_len(results)`. Outputs are written only on success.
+/// when `index >= pj_results_len(results)`. Outputs are written only on success. It takes no
+/// `error_out`, unlike other fallible functions: each failing status has that one cause, so the
+/// status is the whole report.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_get(
     results: *const pj_results_t,
@@ -147,22 +158,18 @@ pub extern "C" fn pj_results_get(
     data_out: *mut *const u8,
     len_out: *mut usize,
 ) -> pj_status {
-    run(std::ptr::null_mut(), || {
-        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
-        let results = unsafe { results.as_ref() }.ok_or_else(|| null_argument("results"))?;
-        out_arg(data_out, "data_out")?;
-        out_arg(len_out, "len_out")?;
+    run_without_error_out(|| {
+        let results = borrow(results)?;
+        let data_out = out_arg(data_out, "data_out")?;
+        let len_out = out_arg(len_out, "len_out")?;
         let bytes = results.results.get(index).ok_or_else(|| {
             Error::invalid(format!(
                 "index {index} is out of range: there are {} results",
                 results.results.len()
             ))
         })?;
-        // SAFETY: both output pointers were checked non-NULL and point to writable storage (contract).
-        unsafe {
-            *data_out = bytes.as_ptr();
-            *len_out = bytes.len();
-        }
+        data_out.write(bytes.as_ptr());
+        len_out.write(bytes.len());
         Ok(())
     })
 }
@@ -179,8 +186,7 @@ pub extern "C" fn pj_results_get(
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_status(results: *const pj_results_t, index: usize) -> pj_status {
     run_value(pj_status::Panic, || {
-        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
-        let Some(results) = (unsafe { results.as_ref() }) else {
+        let Some(results) = borrow_opt(results) else {
             return pj_status::NullArgument;
         };
         if index >= results.results.len() {
@@ -204,8 +210,7 @@ pub extern "C" fn pj_results_error(
     index: usize,
 ) -> *const pj_error_t {
     run_value(std::ptr::null(), || {
-        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
-        unsafe { results.as_ref() }
+        borrow_opt(results)
             .and_then(|r| r.error(index))
             .map_or(std::ptr::null(), |e| e as *const pj_error_t)
     })
@@ -214,21 +219,12 @@ pub extern "C" fn pj_results_error(
 /// Number of failed tasks (on_error=collect; always 0 otherwise). NULL gives 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_error_count(results: *const pj_results_t) -> usize {
-    run_value(0, || {
-        // SAFETY: a non-NULL handle is alive until `pj_results_free` (caller's obligation).
-        unsafe { results.as_ref() }.map_or(0, |r| r.errors.len())
-    })
+    run_value(0, || borrow_opt(results).map_or(0, |r| r.errors.len()))
 }
 
 /// Frees results (and every pointer `pj_results_get` and `pj_results_error` returned from them).
 /// NULL is a no-op.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_free(results: *mut pj_results_t) {
-    run_value((), || {
-        if !results.is_null() {
-            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_results_t::boxed` and is
-            // freed once (documented contract).
-            drop(unsafe { Box::from_raw(results) });
-        }
-    })
+    run_value((), || free_box(results))
 }

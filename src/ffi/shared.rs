@@ -1,7 +1,9 @@
 //! `pj_shared_t`: a buffer that tasks of every backend read and write in place.
 
-use super::config::borrow as borrow_config;
-use super::{out_arg, pj_config_t, pj_error_t, pj_status, run, run_value};
+use super::{
+    Handle, Owned, borrow_opt, free_box, out_arg, pj_config_t, pj_error_t, pj_status, run,
+    run_value,
+};
 use crate::config::Config;
 use crate::memmap::SharedBuffer;
 use crate::memmap::folder::prepare_temp_folder;
@@ -22,6 +24,13 @@ pub struct pj_shared_t {
     buffer: SharedBuffer,
 }
 
+// SAFETY: C only holds buffers `pj_shared_new` gave it, alive until `pj_shared_free`.
+unsafe impl Handle for pj_shared_t {
+    const ARG: &'static str = "shared";
+}
+
+impl Owned for pj_shared_t {}
+
 /// Creates a zeroed shared buffer of `nbytes` bytes (0 is allowed: `pj_shared_data` is then a
 /// non-NULL pointer that must not be dereferenced) in the temp folder that `config` resolves to
 /// (its `temp_folder` option, else PJ_TEMP_FOLDER, /dev/shm when it has more than 2 GB free,
@@ -38,15 +47,13 @@ pub extern "C" fn pj_shared_new(
     error_out: *mut *mut pj_error_t,
 ) -> pj_status {
     run(error_out, || {
-        out_arg(shared_out, "shared_out")?;
+        let shared_out = out_arg(shared_out, "shared_out")?;
         let default = Config::default();
-        let config = borrow_config(config).unwrap_or(&default);
+        let config = borrow_opt(config).map_or(&default, |c| &c.config);
         let layered = crate::config::scope::with_scopes(config);
         let folder = prepare_temp_folder(layered.temp_folder.as_deref(), nbytes as u64)?;
         let buffer = SharedBuffer::new(&folder.path, nbytes)?;
-        let handle = Box::into_raw(Box::new(pj_shared_t { buffer }));
-        // SAFETY: checked non-NULL; points to writable storage for one pointer (contract).
-        unsafe { *shared_out = handle };
+        shared_out.give(pj_shared_t { buffer });
         Ok(())
     })
 }
@@ -56,28 +63,19 @@ pub extern "C" fn pj_shared_new(
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_shared_data(shared: *const pj_shared_t) -> *mut u8 {
     run_value(std::ptr::null_mut(), || {
-        // SAFETY: a non-NULL handle is alive until `pj_shared_free` (caller's obligation).
-        unsafe { shared.as_ref() }.map_or(std::ptr::null_mut(), |s| s.buffer.data())
+        borrow_opt(shared).map_or(std::ptr::null_mut(), |s| s.buffer.data())
     })
 }
 
 /// The buffer's size in bytes. NULL gives 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_shared_len(shared: *const pj_shared_t) -> usize {
-    run_value(0, || {
-        // SAFETY: a non-NULL handle is alive until `pj_shared_free` (caller's obligation).
-        unsafe { shared.as_ref() }.map_or(0, |s| s.buffer.len())
-    })
+    run_value(0, || borrow_opt(shared).map_or(0, |s| s.buffer.len()))
 }
 
 /// Frees a shared buffer: unmaps it here (workers that still map it keep their own mapping until
 /// they exit). No call that uses it may be running. NULL is a no-op.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_shared_free(shared: *mut pj_shared_t) {
-    run_value((), || {
-        if !shared.is_null() {
-            // SAFETY: a non-NULL handle came from `Box::into_raw` in `pj_shared_new`, freed once.
-            drop(unsafe { Box::from_raw(shared) });
-        }
-    })
+    run_value((), || free_box(shared))
 }
