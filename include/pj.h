@@ -20,7 +20,9 @@
  * - Fallible functions return a pj_status (PJ_STATUS_OK is 0; the numbers never change) and take a
  *   last parameter `pj_error_t **error_out`, which may be NULL. On failure, a non-NULL error_out
  *   receives an owned error (free it with pj_error_free); on success it is left untouched. There is
- *   no thread-local "last error".
+ *   no thread-local "last error". Exceptions, whose status is their whole report (each failing
+ *   status has one cause): pj_config_new, pj_results_get, pj_parallel_cancel, and pj_out_set /
+ *   pj_out_error, called inside task callbacks.
  * - Inputs are `const` pointers or values; outputs are non-const pointers and come last (before
  *   error_out). Outputs are written only on success. A `**out` parameter hands ownership of a new
  *   object to the caller. A buffer is always followed by its length; (NULL, 0) is an empty buffer.
