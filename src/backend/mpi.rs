@@ -41,6 +41,7 @@ use super::wire::{RunFlags, decode_batch, decode_outcome, encode_batch, encode_o
 use super::{CallLink, ProcessPool};
 use crate::config::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
+use crate::spin::Backoff;
 use crate::task::{Batch, BatchOutcome, TaskFailure};
 
 /// The shim's MPI operations (see `pj_mpi_ops_t` in the header for each function's contract).
@@ -208,48 +209,6 @@ impl MpiOps {
             return Err(mpi_error("receive", code));
         }
         Ok(())
-    }
-}
-
-/// Polling pace: a short spin, then sleeps doubling up to a few milliseconds (longer after a
-/// long idle spell), reset by any progress.
-#[derive(Default)]
-struct Backoff {
-    rounds: u32,
-    idle_since: Option<Instant>,
-}
-
-impl Backoff {
-    const SPINS: u32 = 64;
-
-    fn reset(&mut self) {
-        self.rounds = 0;
-        self.idle_since = None;
-    }
-
-    /// How long to wait now (zero while spinning).
-    fn next(&mut self) -> Duration {
-        self.rounds = self.rounds.saturating_add(1);
-        if self.rounds <= Self::SPINS {
-            return Duration::ZERO;
-        }
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        let cap = if since.elapsed() > Duration::from_secs(1) {
-            Duration::from_millis(10)
-        } else {
-            Duration::from_millis(2)
-        };
-        let step = (self.rounds - Self::SPINS).min(16);
-        (Duration::from_micros(10) * (1u32 << step.min(10))).min(cap)
-    }
-
-    fn pause(&mut self) {
-        let wait = self.next();
-        if wait.is_zero() {
-            std::hint::spin_loop();
-        } else {
-            std::thread::sleep(wait);
-        }
     }
 }
 
