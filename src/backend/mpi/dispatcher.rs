@@ -1,0 +1,456 @@
+//! Rank 0's dispatcher thread, which owns every MPI exchange. It sends each batch to the least
+//! busy worker rank (up to two batches in flight per rank, so that a rank finds its next batch
+//! waiting when it finishes one), encoded as the spawn start method encodes it (registry indices,
+//! argument bytes), and hands each outcome to its call. Sends are non-blocking and the dispatcher
+//! keeps receiving while they complete, so large payloads in both directions cannot deadlock.
+//! When a call is aborted (a task failed, a timeout, pj_parallel_cancel), the ranks holding its
+//! batches are told to cancel them (their running tasks are killed); when it is abandoned
+//! (pj_parallel_free), to let running tasks finish, as the process backend does; either way those
+//! tasks see pj_out_cancelled. A rank silent for 10 s while it has work is given up (heartbeats
+//! come every second).
+
+use std::collections::VecDeque;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::ops::{MpiOps, PendingSend};
+use super::rank0::{Order, Readiness, fail};
+use super::{
+    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
+    append_trailer, split_trailer, too_big,
+};
+use crate::backend::CallLink;
+use crate::backend::wire::{RunFlags, decode_outcome, encode_batch};
+use crate::error::Result;
+use crate::spin::Backoff;
+use crate::task::{Batch, BatchOutcome, TaskFailure};
+
+/// How long stopping waits for cancelled batches and the final messages.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// A batch on a worker rank.
+struct InFlight {
+    seq: u64,
+    batch: Batch,
+    link: CallLink,
+    cancelled: bool,
+}
+
+/// Batches in flight per worker rank: while one runs, the next is already there, so a rank never
+/// waits for rank 0 to notice an outcome and send more.
+const DEPTH: usize = 2;
+
+/// Rank 0's view of one worker rank.
+struct Rank {
+    /// Its batches, oldest first (it runs them in this order).
+    batches: VecDeque<InFlight>,
+    /// When it last sent anything, or was given work while idle.
+    heard: Instant,
+    /// Passed the registry check and not given up.
+    usable: bool,
+    /// Given up for silence: gone, so not even told to stop.
+    lost: bool,
+}
+
+/// Rank 0's dispatcher state.
+pub(super) struct Dispatcher {
+    ops: MpiOps,
+    /// By worker rank - 1.
+    ranks: Vec<Rank>,
+    sends: Vec<PendingSend>,
+    next_seq: u64,
+    buf: Vec<u8>,
+}
+
+impl Dispatcher {
+    pub(super) fn new(ops: MpiOps) -> Self {
+        let ranks = (ops.size - 1).max(0) as usize;
+        Dispatcher {
+            ops,
+            ranks: (0..ranks)
+                .map(|_| Rank {
+                    batches: VecDeque::new(),
+                    heard: Instant::now(),
+                    usable: false,
+                    lost: false,
+                })
+                .collect(),
+            sends: Vec::new(),
+            next_seq: 1,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The dispatcher's life: the registry check, then batches until `stopping`; returns how many
+    /// ranks it gave up.
+    pub(super) fn run(
+        mut self,
+        queue: &Receiver<Order>,
+        ready: &Readiness,
+        stopping: &AtomicBool,
+    ) -> usize {
+        let verdict = self.handshake();
+        {
+            let (lock, changed) = &**ready;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+            changed.notify_all();
+        }
+        let stop = || stopping.load(Ordering::Acquire);
+        let mut backoff = Backoff::default();
+        while !stop() {
+            let mut progressed = match self.poll() {
+                Ok(progressed) => progressed,
+                Err(error) => {
+                    self.fail_all(&error.to_string());
+                    false
+                }
+            };
+            // Take orders while a rank has room.
+            while self.free_rank().is_some() && !stop() {
+                let order = if self.idle() && !progressed {
+                    // Nothing in flight: block on the queue, no polling at all.
+                    match queue.recv() {
+                        Ok(order) => order,
+                        Err(_) => break,
+                    }
+                } else {
+                    match queue.try_recv() {
+                        Ok(order) => order,
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                };
+                progressed = true;
+                if let Order::Run { batch, link } = order {
+                    self.start(batch, link);
+                }
+            }
+            if stop() {
+                break;
+            }
+            if self.ranks.iter().all(|r| !r.usable && r.batches.is_empty()) {
+                // No usable rank at all (every rank failed the handshake or was given up).
+                match queue.recv() {
+                    Ok(Order::Run { batch, link }) => {
+                        fail(&batch, &link, "no MPI rank can run tasks")
+                    }
+                    Ok(Order::Wake) => {}
+                    Err(_) => break,
+                }
+                continue;
+            }
+            if progressed {
+                backoff.reset();
+                continue;
+            }
+            let wait = backoff.next();
+            if wait.is_zero() {
+                continue;
+            }
+            // Sleep, but wake for a new batch when a rank has room.
+            if self.free_rank().is_some() {
+                match queue.recv_timeout(wait) {
+                    Ok(Order::Run { batch, link }) => {
+                        self.start(batch, link);
+                        backoff.reset();
+                    }
+                    Ok(Order::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                std::thread::sleep(wait);
+            }
+        }
+        let lost = self.stop();
+        // Batches still queued never reach a rank; their calls learn why.
+        while let Ok(order) = queue.try_recv() {
+            if let Order::Run { batch, link } = order {
+                fail(
+                    &batch,
+                    &link,
+                    "the MPI backend was detached (pj_mpi_detach)",
+                );
+            }
+        }
+        lost
+    }
+
+    /// Waits for every worker rank's registry report and checks it against ours.
+    fn handshake(&mut self) -> std::result::Result<(), String> {
+        let ours = crate::registry::fingerprint();
+        let mut problems = Vec::new();
+        let mut answered = vec![false; self.ranks.len()];
+        let deadline = Instant::now() + HELLO_LIMIT;
+        let mut backoff = Backoff::default();
+        while answered.iter().any(|a| !a) && Instant::now() < deadline {
+            match self.ops.probe() {
+                Ok(Some((source, tag, len))) => {
+                    let mut buf = Vec::new();
+                    if let Err(error) = self.ops.receive(source, tag, len, &mut buf) {
+                        return Err(error.to_string());
+                    }
+                    let Some(slot) = slot_of(source, self.ranks.len()) else {
+                        continue;
+                    };
+                    if tag != TAG_HELLO {
+                        continue;
+                    }
+                    answered[slot] = true;
+                    let theirs = buf
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_ne_bytes);
+                    if theirs == Some(ours) {
+                        self.ranks[slot].usable = true;
+                    } else {
+                        let names = String::from_utf8_lossy(buf.get(8..).unwrap_or_default())
+                            .replace('\n', ", ");
+                        problems.push(format!(
+                            "MPI rank {source} registered other task functions than rank 0: rank 0 \
+                             [{}], rank {source} [{names}]",
+                            crate::registry::names().join(", ")
+                        ));
+                    }
+                    backoff.reset();
+                }
+                Ok(None) => backoff.pause(),
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        for (slot, answered) in answered.iter().enumerate() {
+            if !answered {
+                problems.push(format!(
+                    "MPI rank {} did not report its registry within {} s: every rank must call \
+                     pj_mpi_main after its pj_register calls",
+                    slot + 1,
+                    HELLO_LIMIT.as_secs()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.ranks.iter().all(|r| r.batches.is_empty()) && self.sends.is_empty()
+    }
+
+    /// A usable rank with room for a batch, the least busy first.
+    fn free_rank(&self) -> Option<usize> {
+        (0..self.ranks.len())
+            .filter(|&s| self.ranks[s].usable && self.ranks[s].batches.len() < DEPTH)
+            .min_by_key(|&s| self.ranks[s].batches.len())
+    }
+
+    /// Sends `batch` to a rank with room.
+    fn start(&mut self, batch: Batch, link: CallLink) {
+        if link.abort.load(Ordering::Relaxed) {
+            let _ = link.reply.send(BatchOutcome::skipped(&batch, 0));
+            return;
+        }
+        let Some(slot) = self.free_rank() else {
+            unreachable!("start is only called when a rank has room")
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let flags = RunFlags {
+            timed: link.timeout.is_some(),
+            collect: link.collect,
+            access: link.access,
+            call: link.call,
+            results_above: u64::MAX,
+        };
+        let mut message = Vec::new();
+        if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
+            fail(&batch, &link, &error.to_string());
+            return;
+        }
+        let timeout = link.timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        append_trailer(&mut message, seq, timeout);
+        if message.len() > self.ops.max_message {
+            fail(
+                &batch,
+                &link,
+                &too_big("the arguments of this batch", message.len(), &self.ops),
+            );
+            return;
+        }
+        match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
+            Ok(send) => {
+                self.sends.push(send);
+                let rank = &mut self.ranks[slot];
+                if rank.batches.is_empty() {
+                    // Its silence while idle does not count.
+                    rank.heard = Instant::now();
+                }
+                rank.batches.push_back(InFlight {
+                    seq,
+                    batch,
+                    link,
+                    cancelled: false,
+                });
+            }
+            Err(error) => fail(&batch, &link, &error.to_string()),
+        }
+    }
+
+    /// One round: completes sends, receives outcomes, cancels aborted batches. Whether anything
+    /// happened.
+    fn poll(&mut self) -> Result<bool> {
+        let mut progressed = self.ops.complete(&mut self.sends)?;
+        while let Some((source, tag, len)) = self.ops.probe()? {
+            progressed = true;
+            let mut buf = std::mem::take(&mut self.buf);
+            self.ops.receive(source, tag, len, &mut buf)?;
+            if let Some(slot) = slot_of(source, self.ranks.len()) {
+                self.ranks[slot].heard = Instant::now();
+                if tag == TAG_OUTCOME {
+                    self.finish(slot, &buf);
+                }
+            }
+            self.buf = buf;
+        }
+        self.give_up_silent_ranks();
+        for slot in 0..self.ranks.len() {
+            for running in &mut self.ranks[slot].batches {
+                if running.cancelled || !running.link.abort.load(Ordering::Acquire) {
+                    continue;
+                }
+                running.cancelled = true;
+                // The batch's sequence number, then 1 when the call is abandoned (`drain`: the
+                // rank lets a running task finish instead of killing it), else 0.
+                let mut cancel = running.seq.to_ne_bytes().to_vec();
+                cancel.push(u8::from(running.link.drain.load(Ordering::Relaxed)));
+                self.sends
+                    .push(self.ops.start_send(rank_of(slot), TAG_CANCEL, cancel)?);
+                progressed = true;
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Hands the outcome in `message` (from the rank of `slot`) to its call.
+    fn finish(&mut self, slot: usize, message: &[u8]) {
+        let Some((body, seq, pid)) = split_trailer(message) else {
+            return;
+        };
+        let batches = &mut self.ranks[slot].batches;
+        let Some(InFlight { batch, link, .. }) = batches
+            .iter()
+            .position(|r| r.seq == seq)
+            .and_then(|at| batches.remove(at))
+        else {
+            return;
+        };
+        let outcome = match decode_outcome(body, slot) {
+            Ok((mut outcome, _)) => {
+                outcome.pid = pid as u32;
+                outcome.seconds = batch
+                    .dispatched_at
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                if outcome.failure.is_some() {
+                    link.abort.store(true, Ordering::Relaxed);
+                }
+                outcome
+            }
+            Err(error) => {
+                link.abort.store(true, Ordering::Relaxed);
+                BatchOutcome::failed(
+                    &batch,
+                    slot,
+                    batch.first,
+                    TaskFailure::Spawn(format!("MPI rank {}: {error}", rank_of(slot))),
+                )
+            }
+        };
+        let _ = link.reply.send(outcome);
+    }
+
+    /// A rank that said nothing for [`SILENCE_LIMIT`] while it had work is lost: its batches
+    /// fail (WORKER_DIED, each at its first task: which task ran is unknown) and it gets no
+    /// more work.
+    fn give_up_silent_ranks(&mut self) {
+        for (slot, rank) in self.ranks.iter_mut().enumerate() {
+            if rank.batches.is_empty() || rank.heard.elapsed() < SILENCE_LIMIT {
+                continue;
+            }
+            rank.usable = false;
+            rank.lost = true;
+            let silent = rank.heard.elapsed().as_secs() as u32;
+            for InFlight { batch, link, .. } in rank.batches.drain(..) {
+                link.abort.store(true, Ordering::Relaxed);
+                let failure = TaskFailure::Died {
+                    pid: 0,
+                    death: crate::task::Death::Silent(silent),
+                    fault_address: None,
+                    backtrace: None,
+                };
+                let _ = link
+                    .reply
+                    .send(BatchOutcome::failed(&batch, slot, batch.first, failure));
+            }
+        }
+    }
+
+    /// An MPI operation failed: every batch in flight fails with `message`.
+    fn fail_all(&mut self, message: &str) {
+        for rank in &mut self.ranks {
+            for InFlight { batch, link, .. } in rank.batches.drain(..) {
+                fail(&batch, &link, message);
+            }
+            rank.usable = false;
+        }
+    }
+
+    /// Cancels what runs, waits (bounded) for it, then tells every rank to leave; returns how many
+    /// ranks were given up.
+    fn stop(&mut self) -> usize {
+        for running in self.ranks.iter().flat_map(|r| &r.batches) {
+            running.link.abort.store(true, Ordering::Relaxed);
+        }
+        let deadline = Instant::now() + STOP_LIMIT;
+        let mut backoff = Backoff::default();
+        while !self.idle() && Instant::now() < deadline {
+            match self.poll() {
+                Ok(true) => backoff.reset(),
+                Ok(false) => backoff.pause(),
+                Err(_) => break,
+            }
+        }
+        for (slot, rank) in self.ranks.iter_mut().enumerate() {
+            for InFlight { batch, link, .. } in rank.batches.drain(..) {
+                let _ = link.reply.send(BatchOutcome::skipped(&batch, slot));
+            }
+        }
+        // Sends still pending are abandoned (their bytes are leaked: MPI may still read them).
+        self.sends.clear();
+        // A rank refused at the handshake learns it here, and ends with status 2; when a rank
+        // was lost, every rank learns that MPI_Finalize would wait for it forever.
+        let lost = self.ranks.iter().filter(|r| r.lost).count();
+        for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost) {
+            let stop = vec![u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
+            let _ = self
+                .ops
+                .send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT);
+        }
+        lost
+    }
+}
+
+fn rank_of(slot: usize) -> c_int {
+    (slot + 1) as c_int
+}
+
+fn slot_of(rank: c_int, slots: usize) -> Option<usize> {
+    usize::try_from(rank)
+        .ok()
+        .and_then(|r| r.checked_sub(1))
+        .filter(|&s| s < slots)
+}

@@ -1,0 +1,259 @@
+//! A worker rank. Before anything else it reports its registry's fingerprint, and rank 0 checks
+//! every rank against its own. A rank runs each batch through a local one-worker process pool (a
+//! forked child kept across batches): a task that crashes, exits or overruns its timeout kills
+//! that child, not the rank, so it is reported (naming the rank and the task) instead of ending
+//! the MPI job; on_error=collect retries the rest of the batch there, as on the process backend.
+
+use std::collections::VecDeque;
+use std::ffi::c_int;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
+
+use super::ops::{MpiOps, PendingSend};
+use super::{
+    HEARTBEAT, HELLO_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
+    append_trailer, split_trailer, too_big,
+};
+use crate::backend::wire::{decode_batch, encode_outcome};
+use crate::backend::{CallLink, ProcessPool};
+use crate::config::StartMethod;
+use crate::error::{Error, ErrorKind, Result};
+use crate::spin::Backoff;
+use crate::task::{BatchOutcome, TaskFailure};
+
+/// A worker rank: reports its registry, then runs rank 0's batches until told to stop. Returns
+/// the rank's exit status.
+pub fn serve(ops: MpiOps) -> c_int {
+    let mut hello = crate::registry::fingerprint().to_ne_bytes().to_vec();
+    hello.extend_from_slice(crate::registry::names().join("\n").as_bytes());
+    if ops.send_and_wait(0, TAG_HELLO, hello, HELLO_LIMIT).is_err() {
+        return 2;
+    }
+    // One forked child, kept across batches and calls: the rank survives whatever a task does.
+    let stack_size = crate::config::default_stack_size();
+    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork, stack_size) else {
+        return 2;
+    };
+    let mut worker = WorkerRank {
+        ops,
+        pool,
+        functions: crate::registry::functions(),
+        batches: VecDeque::new(),
+        sends: Vec::new(),
+        last_sent: Instant::now(),
+        buf: Vec::new(),
+    };
+    let status = worker.serve().unwrap_or(2);
+    // The outcomes of the last batches are on their way; let them leave before the pool goes.
+    let mut backoff = Backoff::default();
+    while !worker.sends.is_empty() && worker.ops.complete(&mut worker.sends).is_ok() {
+        backoff.pause();
+    }
+    status
+}
+
+/// A batch handed to the rank's local pool, whose outcome goes back to rank 0.
+struct LocalBatch {
+    seq: u64,
+    abort: Arc<std::sync::atomic::AtomicBool>,
+    /// Raised with `abort` when rank 0's call was abandoned: the running task may finish.
+    drain: Arc<AtomicBool>,
+    outcome: Receiver<BatchOutcome>,
+}
+
+/// A worker rank's state.
+struct WorkerRank {
+    ops: MpiOps,
+    pool: ProcessPool,
+    functions: Vec<crate::task::TaskFn>,
+    /// In the pool, oldest first (its one worker runs them in this order).
+    batches: VecDeque<LocalBatch>,
+    sends: Vec<PendingSend>,
+    /// When this rank last sent rank 0 anything (the heartbeat's clock).
+    last_sent: Instant,
+    buf: Vec<u8>,
+}
+
+impl WorkerRank {
+    /// The loop: takes messages, hands batches to the pool, returns outcomes in order, says it is
+    /// alive while it has work. `Err` when MPI fails.
+    fn serve(&mut self) -> Result<c_int> {
+        let mut stopping: Option<c_int> = None;
+        let mut backoff = Backoff::default();
+        loop {
+            let mut progressed = self.ops.complete(&mut self.sends)?;
+            while let Some((source, tag, len)) = self.ops.probe()? {
+                progressed = true;
+                let mut buf = std::mem::take(&mut self.buf);
+                self.ops.receive(source, tag, len, &mut buf)?;
+                match tag {
+                    TAG_BATCH => self.start(&buf)?,
+                    TAG_CANCEL => {
+                        let seq = buf
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_ne_bytes);
+                        let drain = buf.get(8) == Some(&1);
+                        for local in &self.batches {
+                            if Some(local.seq) == seq {
+                                if drain {
+                                    local.drain.store(true, Ordering::Relaxed);
+                                }
+                                local.abort.store(true, Ordering::Release);
+                            }
+                        }
+                    }
+                    TAG_STOP => {
+                        // Refused at the handshake: status 2; a rank of the job was lost: 3
+                        // (leave without MPI_Finalize). What still runs is cancelled.
+                        stopping = Some(match (buf.first(), buf.get(1)) {
+                            (Some(1), _) => 2,
+                            (_, Some(1)) => 3,
+                            _ => 0,
+                        });
+                        for local in &self.batches {
+                            local.abort.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+                self.buf = buf;
+            }
+            while let Some(front) = self.batches.front() {
+                match front.outcome.try_recv() {
+                    Ok(outcome) => {
+                        let seq = front.seq;
+                        self.batches.pop_front();
+                        self.send_outcome(seq, &outcome)?;
+                        progressed = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(Error::new(ErrorKind::Io, "the local pool went away"));
+                    }
+                }
+            }
+            if let Some(status) = stopping
+                && self.batches.is_empty()
+            {
+                return Ok(status);
+            }
+            if !self.batches.is_empty() && self.last_sent.elapsed() >= HEARTBEAT {
+                self.sends
+                    .push(self.ops.start_send(0, TAG_ALIVE, Vec::new())?);
+                self.last_sent = Instant::now();
+            }
+            if progressed {
+                backoff.reset();
+                continue;
+            }
+            let wait = backoff.next();
+            match self.batches.front() {
+                // Wake at once for the outcome; look at MPI again after `wait`.
+                Some(front) if !wait.is_zero() => match front.outcome.recv_timeout(wait) {
+                    Ok(outcome) => {
+                        let seq = front.seq;
+                        self.batches.pop_front();
+                        self.send_outcome(seq, &outcome)?;
+                        backoff.reset();
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(Error::new(ErrorKind::Io, "the local pool went away"));
+                    }
+                },
+                _ => backoff.pause(),
+            }
+        }
+    }
+
+    /// Decodes a batch message and hands the batch to the local pool.
+    fn start(&mut self, message: &[u8]) -> Result<()> {
+        let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
+        let (body, seq, timeout) = split_trailer(message).ok_or_else(malformed)?;
+        let (reply, outcome) = unbounded();
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drain = Arc::new(AtomicBool::new(false));
+        // SAFETY: with a registry, the batch's callbacks are indices into this process's
+        // functions.
+        match unsafe { decode_batch(body, Some(&self.functions)) } {
+            Ok(decoded) => {
+                let mut batch = decoded.batch;
+                batch.dispatched_at = Some(Instant::now());
+                let link = CallLink {
+                    reply,
+                    abort: Arc::clone(&abort),
+                    drain: Arc::clone(&drain),
+                    timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
+                    collect: decoded.flags.collect,
+                    access: decoded.flags.access,
+                    call: decoded.flags.call,
+                    results_spill: None,
+                };
+                self.pool.dispatch(batch, &link);
+            }
+            Err(error) => {
+                // The batch's first task index and size lead its encoding.
+                let word = |at: usize| {
+                    body.get(at..at + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(0, u64::from_ne_bytes) as usize
+                };
+                let first = word(0);
+                let failure = TaskFailure::Spawn(format!("cannot decode the batch: {error}"));
+                let _ = reply.send(BatchOutcome {
+                    first,
+                    size: word(8),
+                    data: Vec::new(),
+                    ends: Vec::new(),
+                    failure: Some((first, failure)),
+                    errors: Vec::new(),
+                    mapped: Vec::new(),
+                    seconds: 0.0,
+                    worker: 0,
+                    pid: 0,
+                });
+            }
+        }
+        self.batches.push_back(LocalBatch {
+            seq,
+            abort,
+            drain,
+            outcome,
+        });
+        Ok(())
+    }
+
+    /// Starts sending an outcome to rank 0 (rank 0 keeps receiving while it sends, so this
+    /// completes unless rank 0 is gone, and then the MPI runtime ends the job).
+    fn send_outcome(&mut self, seq: u64, outcome: &BatchOutcome) -> Result<()> {
+        let mut message = Vec::new();
+        encode_outcome(outcome, &[], &mut message);
+        if message.len() > self.ops.max_message {
+            // Sent instead: the batch failed, at its first task, saying why.
+            let why = too_big("the results of this batch", message.len(), &self.ops);
+            let failure = TaskFailure::Spawn(why);
+            let failed = BatchOutcome {
+                first: outcome.first,
+                size: outcome.size,
+                data: Vec::new(),
+                ends: Vec::new(),
+                failure: Some((outcome.first, failure)),
+                errors: Vec::new(),
+                mapped: Vec::new(),
+                seconds: 0.0,
+                worker: 0,
+                pid: outcome.pid,
+            };
+            encode_outcome(&failed, &[], &mut message);
+        }
+        append_trailer(&mut message, seq, u64::from(outcome.pid));
+        self.sends
+            .push(self.ops.start_send(0, TAG_OUTCOME, message)?);
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+}
