@@ -9,6 +9,7 @@
 
 mod pre_dispatch;
 pub mod scope;
+mod size;
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 pub use pre_dispatch::{MAX_EXPR_LEN, MAX_MAGNITUDE, PreDispatchExpr};
+pub use size::{parse_max_nbytes, parse_mmap_mode};
 
 /// Where tasks run. joblib's names are accepted as aliases, so code ported from Python keeps working.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -772,7 +774,7 @@ fn check_stack_size(bytes: u64, shown: &str) -> Result<usize> {
 
 /// Bytes, `"8M"`-style sizes (as `max_nbytes`), or `none` for the default.
 fn parse_stack_size(value: &str) -> Result<Option<usize>> {
-    let bytes = crate::memmap::parse_max_nbytes(value).map_err(|_| {
+    let bytes = parse_max_nbytes(value).map_err(|_| {
         invalid_value(
             "stack_size",
             value,
@@ -859,10 +861,10 @@ impl Config {
             "batch_size" => self.batch_size = Some(parse_batch_size(value)?),
             "temp_folder" => self.temp_folder = Some(parse_temp_folder(value)?),
             "max_nbytes" => {
-                let limit = crate::memmap::parse_max_nbytes(value)?;
+                let limit = parse_max_nbytes(value)?;
                 self.max_nbytes = Some(limit.map_or(MaxNbytes::Disabled, MaxNbytes::Bytes));
             }
-            "mmap_mode" => self.mmap_mode = Some(crate::memmap::parse_mmap_mode(value)?),
+            "mmap_mode" => self.mmap_mode = Some(parse_mmap_mode(value)?),
             "return_as" => self.return_as = Some(parse_return_as(value)?),
             "keep_workers" => self.keep_workers = Some(parse_bool("keep_workers", value)?),
             "on_error" => self.on_error = Some(parse_on_error(value)?),

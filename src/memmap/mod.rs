@@ -2,7 +2,6 @@
 //! backend uses to pass large arguments and results through files instead of pipes, and the explicit
 //! shared buffer behind `pj_shared_t`.
 //!
-//! - [`size`]: parsing of `max_nbytes` (`"1M"`, `"none"`, ...) and `mmap_mode` (`r`, `r+`, `w+`, `c`);
 //! - [`folder`]: which temp folder a call uses (option > `PJ_TEMP_FOLDER` > `/dev/shm` with more
 //!   than 2 GB free > `TMPDIR`/`TEMP`/`TMP` > `/tmp`, re-resolved at every call) and the checks that
 //!   make a missing, unwritable or full folder an I/O error before any task runs;
@@ -26,7 +25,6 @@ pub mod folder;
 pub mod hash;
 pub mod mapping;
 pub mod shared;
-pub mod size;
 pub mod spill;
 
 pub use backing::BackingFile;
@@ -36,7 +34,8 @@ pub use folder::{
 pub use hash::content_hash;
 pub use mapping::{MapAccess, Mapping};
 pub use shared::SharedBuffer;
-pub use size::{MmapMode, parse_max_nbytes, parse_mmap_mode};
+// The option parsers live with the other options; re-exported so this module stays self-contained.
+pub use crate::config::{MmapMode, parse_max_nbytes, parse_mmap_mode};
 pub use spill::{Spill, SpillRef};
 
 /// Helpers for this module's tests: private temp directories and permission games.
