@@ -6,274 +6,38 @@
 //! resolution cannot assume they went through the setters). A [`Config`] only records what was set;
 //! joblib's defaults are applied by [`Config::resolve`], which lets scoped defaults be layered with
 //! [`Config::layered_over`] first.
+//!
+//! This module holds [`Config`], [`Resolved`] and the defaults and limits; the parts live in:
+//! - `keywords`: the keyword enums ([`BackendKind`], [`Prefer`], [`MmapMode`], ...) and their
+//!   spellings;
+//! - `parse`: the parsers and checks of option values given as strings;
+//! - `size`: [`parse_max_nbytes`] and [`parse_mmap_mode`] (sizes like `"1.5M"`, computed exactly);
+//! - `pre_dispatch`: [`PreDispatchExpr`], the `pre_dispatch` expression language;
+//! - [`scope`]: the thread's stack of scoped defaults.
 
+mod keywords;
+mod parse;
 mod pre_dispatch;
 pub mod scope;
+mod size;
 
-use std::fmt;
-use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+pub use keywords::{
+    BackendKind, BatchSize, MaxNbytes, MmapMode, OnError, PreDispatch, Prefer, ProgressMode,
+    Require, ReturnAs, StartMethod,
+};
+use parse::{
+    check_batch_size, check_n_jobs, check_stack_size, check_timeout, check_verbose, parse_backend,
+    parse_batch_size, parse_bool, parse_n_jobs, parse_on_error, parse_prefer, parse_progress,
+    parse_require, parse_return_as, parse_stack_size, parse_start_method, parse_temp_folder,
+    parse_timeout, parse_verbose,
+};
 pub use pre_dispatch::{MAX_EXPR_LEN, MAX_MAGNITUDE, PreDispatchExpr};
-
-/// Where tasks run. joblib's names are accepted as aliases, so code ported from Python keeps working.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendKind {
-    /// Forked worker processes (joblib's `loky` and `multiprocessing`).
-    Processes,
-    /// A pool of threads in the calling process (joblib's `threading`).
-    Threads,
-    /// The caller's thread, one task after another.
-    Sequential,
-    /// The other ranks of an MPI job (`mpirun`), with this process as rank 0.
-    Mpi,
-}
-
-impl BackendKind {
-    /// pj's canonical spelling, used in messages and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Processes => "processes",
-            BackendKind::Threads => "threads",
-            BackendKind::Sequential => "sequential",
-            BackendKind::Mpi => "mpi",
-        }
-    }
-
-    /// joblib's backend class name, for the verbose start line
-    /// (`Using backend ThreadingBackend with 2 concurrent workers.`). A backend spelt
-    /// `multiprocessing` is announced as `MultiprocessingBackend` instead
-    /// ([`Resolved::backend_class_name`]).
-    pub fn joblib_class_name(self) -> &'static str {
-        match self {
-            BackendKind::Processes => "LokyBackend",
-            BackendKind::Threads => "ThreadingBackend",
-            BackendKind::Sequential => "SequentialBackend",
-            BackendKind::Mpi => "MPIBackend",
-        }
-    }
-
-    /// Looks a backend up by pj or joblib name (`processes`/`loky`/`multiprocessing`,
-    /// `threads`/`threading`, `sequential`); names are case-sensitive, as in joblib.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "processes" | "loky" | "multiprocessing" => Some(BackendKind::Processes),
-            "threads" | "threading" => Some(BackendKind::Threads),
-            "sequential" => Some(BackendKind::Sequential),
-            "mpi" => Some(BackendKind::Mpi),
-            _ => None,
-        }
-    }
-
-    /// Whether tasks see the caller's memory (what `require="sharedmem"` asks for).
-    pub fn has_shared_memory(self) -> bool {
-        !matches!(self, BackendKind::Processes | BackendKind::Mpi)
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A soft hint for the backend, used only when none is named: libraries state a preference and
-/// leave the final choice to their users, as joblib recommends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prefer {
-    /// Prefer worker processes.
-    Processes,
-    /// Prefer threads.
-    Threads,
-}
-
-impl Prefer {
-    /// joblib's spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Prefer::Processes => "processes",
-            Prefer::Threads => "threads",
-        }
-    }
-}
-
-impl fmt::Display for Prefer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A hard constraint on the backend: tasks that write to the caller's memory need it to be shared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Require {
-    /// Tasks must see the caller's memory: threads or sequential, never processes.
-    SharedMem,
-}
-
-impl Require {
-    /// joblib's spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Require::SharedMem => "sharedmem",
-        }
-    }
-}
-
-impl fmt::Display for Require {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How many tasks go into one batch: joblib's adaptive heuristic, or a fixed count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BatchSize {
-    /// Adapt the batch size so that a batch takes 0.2 to 2 seconds.
-    Auto,
-    /// Always this many tasks per batch.
-    Fixed(NonZeroUsize),
-}
-
-impl fmt::Display for BatchSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BatchSize::Auto => f.write_str("auto"),
-            BatchSize::Fixed(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-/// How a worker maps an argument that was passed through a file (above `max_nbytes`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MmapMode {
-    /// Read-only (joblib's default): workers cannot modify shared inputs by accident.
-    R,
-    /// Read-write.
-    RPlus,
-    /// Created or truncated, then read-write.
-    WPlus,
-    /// Copy-on-write: writes stay private to the worker.
-    C,
-    /// No memmapping (joblib's `mmap_mode=None`, which loads arrays into memory instead): large
-    /// arguments and results travel like small ones, copied into the other process's memory, and
-    /// the temp folder is never used.
-    None,
-}
-
-impl MmapMode {
-    /// The `numpy.memmap` spelling (`r`, `r+`, `w+`, `c`), or `none`.
-    pub fn name(self) -> &'static str {
-        match self {
-            MmapMode::R => "r",
-            MmapMode::RPlus => "r+",
-            MmapMode::WPlus => "w+",
-            MmapMode::C => "c",
-            MmapMode::None => "none",
-        }
-    }
-}
-
-impl fmt::Display for MmapMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// How results are handed back: all at once, or as they become available.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReturnAs {
-    /// Every result, in input order, once all tasks are done.
-    List,
-    /// Results in input order, each as soon as it and all earlier ones are ready.
-    Generator,
-    /// Results in completion order.
-    GeneratorUnordered,
-}
-
-impl ReturnAs {
-    /// joblib's spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            ReturnAs::List => "list",
-            ReturnAs::Generator => "generator",
-            ReturnAs::GeneratorUnordered => "generator_unordered",
-        }
-    }
-}
-
-impl fmt::Display for ReturnAs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The size above which an argument travels through a memory-mapped file instead of a pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MaxNbytes {
-    /// Never use files (joblib's `max_nbytes=None`).
-    Disabled,
-    /// Arguments strictly larger than this many bytes use a file.
-    Bytes(u64),
-}
-
-impl fmt::Display for MaxNbytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MaxNbytes::Disabled => f.write_str("none"),
-            MaxNbytes::Bytes(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-/// How many tasks a call reads from its input before the first one completes.
-#[derive(Clone, Debug, PartialEq)]
-pub enum PreDispatch {
-    /// Read the whole input up front.
-    All,
-    /// An arithmetic expression on `n_jobs`, evaluated for each call.
-    Expr(PreDispatchExpr),
-}
-
-impl PreDispatch {
-    /// Parses joblib's spellings: `"all"`, or an expression such as `"2*n_jobs"` or `"3"` (see
-    /// [`PreDispatchExpr::parse`]).
-    pub fn parse(text: &str) -> Result<Self> {
-        if text == "all" {
-            Ok(PreDispatch::All)
-        } else {
-            PreDispatchExpr::parse(text).map(PreDispatch::Expr)
-        }
-    }
-
-    /// The number of tasks to read up front for `n_jobs` workers; `None` means the whole input.
-    /// An expression that is invalid for this `n_jobs`, or below 1, is an error.
-    pub fn tasks(&self, n_jobs: usize) -> Result<Option<usize>> {
-        match self {
-            PreDispatch::All => Ok(None),
-            PreDispatch::Expr(expr) => expr.eval(n_jobs).map(Some),
-        }
-    }
-}
-
-impl Default for PreDispatch {
-    /// joblib's default, `"2*n_jobs"`: enough queued work to keep every worker busy while the
-    /// next batches are formed.
-    fn default() -> Self {
-        PreDispatch::Expr(pre_dispatch::default_expr())
-    }
-}
-
-impl fmt::Display for PreDispatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PreDispatch::All => f.write_str("all"),
-            PreDispatch::Expr(expr) => f.write_str(expr.source()),
-        }
-    }
-}
+pub use size::{parse_max_nbytes, parse_mmap_mode};
 
 /// The backend used when neither a backend nor a hint is given: processes, as joblib (loky).
 pub const DEFAULT_BACKEND: BackendKind = BackendKind::Processes;
@@ -327,28 +91,6 @@ pub const KEYS: [&str; 18] = [
     "stack_size",
 ];
 
-/// How worker processes start (pj's `start_method` option, after Python's multiprocessing).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StartMethod {
-    /// A copy of the caller (the default): function pointers and userdata are valid in it.
-    #[default]
-    Fork,
-    /// A fresh run of the same executable that turns into a worker in
-    /// `pj_worker_main_if_requested`: tasks must name registered functions, without userdata.
-    Spawn,
-}
-
-/// pj's `progress` option: how progress is shown besides joblib's verbose lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ProgressMode {
-    /// Nothing beyond verbose lines (the default).
-    #[default]
-    None,
-    /// A progress bar on stderr: redrawn in place on a terminal, a plain line every few seconds
-    /// otherwise.
-    Bar,
-}
-
 /// A progress callback, as C declares `pj_progress_fn`: called with (userdata, completed tasks,
 /// total or -1 when unknown, elapsed seconds).
 pub type ProgressFn = unsafe extern "C" fn(*mut std::ffi::c_void, u64, i64, f64);
@@ -384,16 +126,6 @@ impl PartialEq for ProgressHook {
     fn eq(&self, other: &Self) -> bool {
         std::ptr::fn_addr_eq(self.func, other.func) && self.userdata == other.userdata
     }
-}
-
-/// What a call does when a task fails (pj's `on_error` option; joblib always raises).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnError {
-    /// joblib's behaviour: the first failure ends the call, queued tasks never start.
-    #[default]
-    Raise,
-    /// Every task runs; each result carries its own status, and the call returns OK.
-    Collect,
 }
 
 /// The options of a call as they were set. Every field `None` means "not set here", so that
@@ -527,215 +259,6 @@ pub fn effective_n_jobs(requested: Option<i64>, cpus: usize) -> Result<usize> {
         }
     }
 }
-
-fn invalid_value(key: &str, value: &str, detail: impl fmt::Display) -> Error {
-    Error::invalid(format!("invalid {key} \"{value}\": {detail}"))
-}
-
-/// joblib's spelling of "unset" (Python's `None`).
-fn is_none(value: &str) -> bool {
-    value == "none" || value == "None"
-}
-
-/// An optionally signed decimal integer, nothing else (no spaces inside, no `_`, no float).
-fn parse_integer(value: &str) -> Option<i64> {
-    let digits = value.strip_prefix(['+', '-']).unwrap_or(value);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    value.parse().ok()
-}
-
-fn check_n_jobs(n: i64, shown: &str) -> Result<i64> {
-    if n == 0 {
-        return Err(invalid_value(
-            "n_jobs",
-            shown,
-            "n_jobs == 0 has no meaning; use a positive number of workers, or -1 for all CPUs",
-        ));
-    }
-    if n > MAX_N_JOBS {
-        return Err(invalid_value(
-            "n_jobs",
-            shown,
-            format!("at most {MAX_N_JOBS} workers are supported"),
-        ));
-    }
-    Ok(n)
-}
-
-fn parse_n_jobs(value: &str) -> Result<Option<i64>> {
-    if is_none(value) {
-        return Ok(None);
-    }
-    let n = parse_integer(value)
-        .ok_or_else(|| invalid_value("n_jobs", value, "expected a non-zero integer or \"none\""))?;
-    check_n_jobs(n, value).map(Some)
-}
-
-fn parse_backend(value: &str) -> Result<Option<BackendKind>> {
-    if is_none(value) {
-        return Ok(None);
-    }
-    BackendKind::from_name(value).map(Some).ok_or_else(|| {
-        invalid_value(
-            "backend",
-            value,
-            "expected \"processes\" (or \"loky\", \"multiprocessing\"), \"threads\" (or \"threading\"), \
-             \"sequential\", \"mpi\" or \"none\"",
-        )
-    })
-}
-
-fn parse_prefer(value: &str) -> Result<Option<Prefer>> {
-    match value {
-        "processes" => Ok(Some(Prefer::Processes)),
-        "threads" => Ok(Some(Prefer::Threads)),
-        v if is_none(v) => Ok(None),
-        _ => Err(invalid_value(
-            "prefer",
-            value,
-            "not a valid backend hint, expected \"processes\", \"threads\" or \"none\"",
-        )),
-    }
-}
-
-fn parse_require(value: &str) -> Result<Option<Require>> {
-    match value {
-        "sharedmem" => Ok(Some(Require::SharedMem)),
-        v if is_none(v) => Ok(None),
-        _ => Err(invalid_value(
-            "require",
-            value,
-            "not a valid backend constraint, expected \"sharedmem\" or \"none\"",
-        )),
-    }
-}
-
-fn check_verbose(level: i64, shown: &str) -> Result<i64> {
-    if level < 0 {
-        return Err(invalid_value("verbose", shown, "expected an integer >= 0"));
-    }
-    Ok(level)
-}
-
-fn parse_verbose(value: &str) -> Result<Option<i64>> {
-    if is_none(value) {
-        return Ok(None);
-    }
-    let level = parse_integer(value)
-        .ok_or_else(|| invalid_value("verbose", value, "expected an integer >= 0"))?;
-    check_verbose(level, value).map(Some)
-}
-
-/// A timeout in seconds; `+inf` means no limit.
-fn check_timeout(seconds: f64, shown: &str) -> Result<Option<f64>> {
-    if seconds == f64::INFINITY {
-        return Ok(None);
-    }
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(invalid_value(
-            "timeout",
-            shown,
-            "expected a number of seconds > 0, or \"none\" for no limit",
-        ));
-    }
-    Ok(Some(seconds))
-}
-
-fn parse_timeout(value: &str) -> Result<Option<f64>> {
-    if is_none(value) {
-        return Ok(None);
-    }
-    // Rust's float syntax: decimal, exponent, "inf"/"infinity" (any case); "nan" is refused below.
-    let seconds: f64 = value.parse().map_err(|_| {
-        invalid_value(
-            "timeout",
-            value,
-            "expected a number of seconds > 0, or \"none\" for no limit",
-        )
-    })?;
-    check_timeout(seconds, value)
-}
-
-fn batch_size_error(shown: &str) -> Error {
-    Error::invalid(format!(
-        "batch_size must be \"auto\" or an integer from 1 to {MAX_FIXED_BATCH_SIZE}, got \"{shown}\""
-    ))
-}
-
-/// The one check of a fixed batch size, shared by both setters and resolution.
-fn check_batch_size(size: usize, shown: &str) -> Result<NonZeroUsize> {
-    NonZeroUsize::new(size)
-        .filter(|n| n.get() <= MAX_FIXED_BATCH_SIZE)
-        .ok_or_else(|| batch_size_error(shown))
-}
-
-fn parse_batch_size(value: &str) -> Result<BatchSize> {
-    if value == "auto" {
-        return Ok(BatchSize::Auto);
-    }
-    let size = parse_integer(value)
-        .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| batch_size_error(value))?;
-    check_batch_size(size, value).map(BatchSize::Fixed)
-}
-
-/// Expands `~` and `~/...` with `$HOME` and makes the path absolute against the current directory,
-/// as joblib does, so that later changes of directory do not move the folder. Existence is checked
-/// when a call needs the folder.
-fn parse_temp_folder(value: &str) -> Result<PathBuf> {
-    if value.is_empty() {
-        return Err(invalid_value(
-            "temp_folder",
-            value,
-            "expected a directory path",
-        ));
-    }
-    if value.contains('\0') {
-        return Err(invalid_value(
-            "temp_folder",
-            value,
-            "a path cannot contain a NUL byte",
-        ));
-    }
-    let path = if value == "~" || value.starts_with("~/") {
-        let home = std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| {
-                invalid_value("temp_folder", value, "cannot expand \"~\": HOME is not set")
-            })?;
-        let mut path = PathBuf::from(home);
-        if let Some(rest) = value.strip_prefix("~/") {
-            path.push(rest.trim_start_matches('/'));
-        }
-        path
-    } else if value.starts_with('~') {
-        return Err(invalid_value(
-            "temp_folder",
-            value,
-            "only \"~\" and \"~/...\" are expanded, not \"~user\"",
-        ));
-    } else {
-        PathBuf::from(value)
-    };
-    std::path::absolute(Path::new(&path)).map_err(|e| {
-        invalid_value(
-            "temp_folder",
-            value,
-            format!("cannot make the path absolute: {e}"),
-        )
-    })
-}
-
-fn parse_bool(key: &str, value: &str) -> Result<bool> {
-    match value {
-        "true" | "True" | "1" | "yes" => Ok(true),
-        "false" | "False" | "0" | "no" => Ok(false),
-        _ => Err(invalid_value(key, value, "expected \"true\" or \"false\"")),
-    }
-}
-
 /// The task stack size when none is set: the caller's stack, i.e. the soft RLIMIT_STACK (8 MiB on
 /// most Linux systems; [`UNLIMITED_STACK_DEFAULT`] when unlimited), at least Rust's 2 MiB thread
 /// default and at most [`MAX_STACK_SIZE`].
@@ -753,86 +276,6 @@ pub fn default_stack_size() -> usize {
         .unwrap_or(MAX_STACK_SIZE)
         .clamp(RUST_THREAD_STACK, MAX_STACK_SIZE)
 }
-
-fn check_stack_size(bytes: u64, shown: &str) -> Result<usize> {
-    usize::try_from(bytes)
-        .ok()
-        .filter(|b| (MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(b))
-        .ok_or_else(|| {
-            invalid_value(
-                "stack_size",
-                shown,
-                format!(
-                    "expected a number of bytes from {MIN_STACK_SIZE} (64K) to {MAX_STACK_SIZE} \
-                     (1G), or \"none\" for the caller's stack size"
-                ),
-            )
-        })
-}
-
-/// Bytes, `"8M"`-style sizes (as `max_nbytes`), or `none` for the default.
-fn parse_stack_size(value: &str) -> Result<Option<usize>> {
-    let bytes = crate::memmap::parse_max_nbytes(value).map_err(|_| {
-        invalid_value(
-            "stack_size",
-            value,
-            "expected a number of bytes, a size like \"8M\", or \"none\"",
-        )
-    })?;
-    bytes.map(|b| check_stack_size(b, value)).transpose()
-}
-
-fn parse_start_method(value: &str) -> Result<StartMethod> {
-    match value {
-        "fork" => Ok(StartMethod::Fork),
-        "spawn" => Ok(StartMethod::Spawn),
-        v if is_none(v) => Ok(StartMethod::Fork),
-        _ => Err(invalid_value(
-            "start_method",
-            value,
-            "expected \"fork\" or \"spawn\"",
-        )),
-    }
-}
-
-fn parse_progress(value: &str) -> Result<ProgressMode> {
-    match value {
-        "bar" => Ok(ProgressMode::Bar),
-        v if is_none(v) => Ok(ProgressMode::None),
-        _ => Err(invalid_value(
-            "progress",
-            value,
-            "expected \"bar\" or \"none\"",
-        )),
-    }
-}
-
-fn parse_on_error(value: &str) -> Result<OnError> {
-    match value {
-        "raise" => Ok(OnError::Raise),
-        "collect" => Ok(OnError::Collect),
-        v if is_none(v) => Ok(OnError::Raise),
-        _ => Err(invalid_value(
-            "on_error",
-            value,
-            "expected \"raise\" (stop at the first failure) or \"collect\" (run every task)",
-        )),
-    }
-}
-
-fn parse_return_as(value: &str) -> Result<ReturnAs> {
-    match value {
-        "list" => Ok(ReturnAs::List),
-        "generator" => Ok(ReturnAs::Generator),
-        "generator_unordered" => Ok(ReturnAs::GeneratorUnordered),
-        _ => Err(invalid_value(
-            "return_as",
-            value,
-            "expected \"list\", \"generator\" or \"generator_unordered\"",
-        )),
-    }
-}
-
 impl Config {
     /// Sets an option from strings, with joblib's keywords and spellings, so that C, C++ and Go
     /// callers can pass options straight from their own configuration files or command lines.
@@ -859,10 +302,10 @@ impl Config {
             "batch_size" => self.batch_size = Some(parse_batch_size(value)?),
             "temp_folder" => self.temp_folder = Some(parse_temp_folder(value)?),
             "max_nbytes" => {
-                let limit = crate::memmap::parse_max_nbytes(value)?;
+                let limit = parse_max_nbytes(value)?;
                 self.max_nbytes = Some(limit.map_or(MaxNbytes::Disabled, MaxNbytes::Bytes));
             }
-            "mmap_mode" => self.mmap_mode = Some(crate::memmap::parse_mmap_mode(value)?),
+            "mmap_mode" => self.mmap_mode = Some(parse_mmap_mode(value)?),
             "return_as" => self.return_as = Some(parse_return_as(value)?),
             "keep_workers" => self.keep_workers = Some(parse_bool("keep_workers", value)?),
             "on_error" => self.on_error = Some(parse_on_error(value)?),
@@ -997,9 +440,9 @@ impl Config {
         layered
     }
 
-    /// The backend joblib would pick (its §2.2 rules, without contexts): an explicit backend wins
-    /// over `prefer` but must honour `require="sharedmem"`; otherwise `require` forces threads and
-    /// `prefer` picks between threads and processes.
+    /// The backend joblib would pick (its backend/prefer/require rules, without contexts): an
+    /// explicit backend wins over `prefer` but must honour `require="sharedmem"`; otherwise
+    /// `require` forces threads and `prefer` picks between threads and processes.
     fn resolve_backend(&self) -> Result<BackendKind> {
         let shared = self.require == Some(Require::SharedMem);
         if self.prefer == Some(Prefer::Processes) && shared {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::error::ErrorKind;
+use std::num::NonZeroUsize;
 
 fn nz(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap()
@@ -701,7 +702,7 @@ fn resolve_checks_pre_dispatch_with_the_effective_n_jobs() {
     );
 }
 
-/// joblib §2.2, rows that apply without contexts (n_jobs = 2).
+/// joblib's backend/prefer/require rules, rows that apply without contexts (n_jobs = 2).
 #[test]
 fn resolve_backend_table() {
     let with = |pairs: &[(&str, &str)]| {

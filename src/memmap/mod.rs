@@ -1,14 +1,15 @@
-//! Memory-mapped sharing (DESIGN §3, joblib reference §8): the building blocks the process backend
-//! uses to pass large arguments and results through files instead of pipes, and the explicit
+//! Memory-mapped sharing, as joblib's memmapping reducer does it: the building blocks the process
+//! backend uses to pass large arguments and results through files instead of pipes, and the explicit
 //! shared buffer behind `pj_shared_t`.
 //!
-//! - [`size`]: parsing of `max_nbytes` (`"1M"`, `"none"`, ...) and `mmap_mode` (`r`, `r+`, `w+`, `c`);
 //! - [`folder`]: which temp folder a call uses (option > `PJ_TEMP_FOLDER` > `/dev/shm` with more
 //!   than 2 GB free > `TMPDIR`/`TEMP`/`TMP` > `/tmp`, re-resolved at every call) and the checks that
 //!   make a missing, unwritable or full folder an I/O error before any task runs;
-//! - [`file`](mod@file): anonymous backing files (`O_TMPFILE`, else create-and-unlink) whose space is
-//!   reserved up front, their mappings, and [`Spill`], which writes each distinct large argument
-//!   once per call;
+//! - [`backing`]: anonymous backing files (`O_TMPFILE`, else create-and-unlink) whose space is
+//!   reserved up front;
+//! - [`mapping`]: their mappings, and how numpy's `mmap_mode` maps to `mmap` protections;
+//! - [`hash`]: XXH64, the content hash that keys the spill;
+//! - [`spill`]: [`Spill`], which writes each distinct large argument once per call;
 //! - [`shared`]: [`SharedBuffer`], a zero-filled `MAP_SHARED` buffer that forked workers write in
 //!   place.
 //!
@@ -19,17 +20,23 @@
 //!
 //! Only the process backend needs any of this: threads and the sequential backend pass pointers.
 
-pub mod file;
+pub mod backing;
 pub mod folder;
+pub mod hash;
+pub mod mapping;
 pub mod shared;
-pub mod size;
+pub mod spill;
 
-pub use file::{BackingFile, MapAccess, Mapping, Spill, SpillRef, content_hash};
+pub use backing::BackingFile;
 pub use folder::{
     FolderProbe, FolderSource, TempFolder, check_folder, prepare_temp_folder, resolve_temp_folder,
 };
+pub use hash::content_hash;
+pub use mapping::{MapAccess, Mapping};
 pub use shared::SharedBuffer;
-pub use size::{MmapMode, parse_max_nbytes, parse_mmap_mode};
+// The option parsers live with the other options; re-exported so this module stays self-contained.
+pub use crate::config::{MmapMode, parse_max_nbytes, parse_mmap_mode};
+pub use spill::{Spill, SpillRef};
 
 /// Helpers for this module's tests: private temp directories and permission games.
 #[cfg(test)]
@@ -112,6 +119,13 @@ pub(crate) mod testing {
 
     pub fn chmod(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A copy of bytes `offset..offset + len` of `file`, read through a read-only mapping.
+    pub fn mapped(file: &super::BackingFile, offset: u64, len: usize) -> Vec<u8> {
+        let map = super::Mapping::map(file.fd(), offset, len, super::MapAccess::ReadOnly).unwrap();
+        // SAFETY: `map` is a live read-only mapping of `len` bytes that nothing writes meanwhile.
+        unsafe { std::slice::from_raw_parts(map.as_ptr(), len) }.to_vec()
     }
 
     /// Whether the tests run with an effective uid of 0, where permission bits are bypassed.

@@ -1,6 +1,6 @@
 //! [`SharedBuffer`]: memory that a call's tasks write in place, whatever backend runs them; the
 //! Rust side of the C type `pj_shared_t` (joblib's documented pattern of a `w+` output array that
-//! every task fills, §8.3).
+//! every task fills).
 //!
 //! Backing: an anonymous file from [`BackingFile`] in the resolved temp folder, mapped
 //! `MAP_SHARED`, rather than `memfd_create` or `MAP_SHARED | MAP_ANONYMOUS`. Both alternatives would
@@ -13,13 +13,13 @@
 //! - has a descriptor, so a worker forked *before* the buffer existed can still receive and map it
 //!   (`SCM_RIGHTS`), which an anonymous mapping cannot offer.
 //!
-//! It has no name (see [`file`](super::file)), so nothing is left in the folder however the
+//! It has no name (see [`backing`](super::backing)), so nothing is left in the folder however the
 //! process ends.
 
 use std::os::fd::BorrowedFd;
 use std::path::Path;
 
-use super::file::{BackingFile, MapAccess, Mapping};
+use super::{BackingFile, MapAccess, Mapping};
 use crate::error::Result;
 
 /// A zero-filled buffer shared between the caller and every process forked after its creation:

@@ -1,11 +1,12 @@
-//! Parsing of `max_nbytes` and `mmap_mode`, in joblib's spellings.
+//! Parsing of `max_nbytes` and `mmap_mode`, in joblib's spellings (also `stack_size`, which takes
+//! the same sizes). The memory-mapping code re-exports these parsers; config imports nothing from it.
 //!
-//! joblib's rules for a size string (reference §8.1): the **last character** is the unit, the rest is
+//! joblib's rules for a size string: the **last character** is the unit, the rest is
 //! parsed as a Python float (so `"1.5M"`, `"0.5K"` and `" 1M"` are accepted, and whitespace between the
 //! number and the unit is tolerated) and the product is truncated to an integer. pj follows them, with
 //! two deliberate differences:
 //!
-//! - the unit may be lower case (`"1m"`), as DESIGN §3 says; joblib rejects it with a confusing
+//! - the unit may be lower case (`"1m"`); joblib rejects it with a confusing
 //!   message, and nobody writes `"1m"` meaning anything but a mebibyte;
 //! - the product is computed **exactly** in integers, never through an `f64`, so a large value such as
 //!   `"9007199254740993K"` is not silently rounded, and `inf`, `nan`, a sign, `_` digit separators or
@@ -18,7 +19,7 @@
 
 use crate::error::{Error, Result};
 
-pub use crate::config::MmapMode;
+use super::MmapMode;
 
 /// Multipliers of the accepted units, as powers of two (binary units: 1 K = 1024 bytes).
 const UNIT_SHIFTS: [(char, u32); 3] = [('K', 10), ('M', 20), ('G', 30)];
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn units_are_case_insensitive() {
-        // A deliberate difference from joblib, which rejects lower case (DESIGN §3).
+        // A deliberate difference from joblib, which rejects lower case.
         assert_eq!(bytes("1m"), Some(1 << 20));
         assert_eq!(bytes("512k"), Some(512 << 10));
         assert_eq!(bytes("2g"), Some(2 << 30));

@@ -1,0 +1,313 @@
+//! The content-keyed spill of a call's large arguments: each distinct byte string is written once
+//! per call to anonymous backing files, at page-aligned offsets that workers map directly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::backing::{BackingFile, page_size, round_up};
+use super::folder::folder_error;
+use super::hash::content_hash;
+use crate::error::{Error, Result};
+
+/// Smallest file the spill creates: small entries share files (fewer descriptors), while the
+/// unreserved tail of a file costs nothing, since files are sparse until reserved.
+pub const DEFAULT_SEGMENT_BYTES: usize = 64 << 20;
+
+/// Where a spilled byte string lives: file `file` of the [`Spill`], `len` bytes at `offset`.
+/// `offset` is a multiple of [`page_size`], so a worker can map the entry directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpillRef {
+    /// Index of the file, for [`Spill::file`].
+    pub file: usize,
+    /// Byte offset in the file (page-aligned).
+    pub offset: u64,
+    /// Length in bytes (never 0).
+    pub len: usize,
+}
+
+struct Segment {
+    file: BackingFile,
+    /// Bytes handed out so far (page-aligned): the next entry starts here.
+    used: usize,
+}
+
+/// The large arguments of one call, written to anonymous files in the temp folder so workers can
+/// map them instead of reading them through a pipe. Content-keyed: the same bytes submitted to
+/// every task are written once ([`get_or_write`](Spill::get_or_write)). No file exists until the
+/// first entry is written, and every file goes when the `Spill` and the workers' mappings do.
+pub struct Spill {
+    folder: PathBuf,
+    segment_bytes: usize,
+    segments: Vec<Segment>,
+    /// (hash, length) -> entries with that key; almost always one.
+    index: HashMap<(u64, usize), Vec<SpillRef>>,
+}
+
+impl Spill {
+    /// An empty spill that will put its files in `folder` (already resolved and checked).
+    pub fn new(folder: impl Into<PathBuf>) -> Self {
+        Self::with_segment_bytes(folder, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// An empty spill whose files are at least `segment_bytes` long (rounded up to a page).
+    pub fn with_segment_bytes(folder: impl Into<PathBuf>, segment_bytes: usize) -> Self {
+        Spill {
+            folder: folder.into(),
+            segment_bytes: round_up(segment_bytes.max(1), page_size()).unwrap_or(usize::MAX),
+            segments: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Where `bytes` is stored, writing it only if no identical content was stored before (equal
+    /// hash, length **and** bytes). Meant for read-only (`r`) and copy-on-write (`c`) arguments:
+    /// an entry may be handed to many tasks, so a worker mapping it writable (`r+`, `w+`) would
+    /// change what later tasks see; give those [`write_new`](Self::write_new).
+    ///
+    /// `bytes` must not be empty: an argument is spilled only when it is larger than
+    /// `max_nbytes >= 0`. A full folder is an [`ErrorKind::Io`](crate::ErrorKind::Io) naming it;
+    /// nothing is partially recorded then.
+    pub fn get_or_write(&mut self, bytes: &[u8]) -> Result<SpillRef> {
+        let key = (content_hash(bytes), bytes.len());
+        if let Some(candidates) = self.index.get(&key) {
+            for &entry in candidates {
+                let file = &self.segments[entry.file].file;
+                let same = file.holds_at(entry.offset, bytes).map_err(|e| {
+                    folder_error(
+                        &self.folder,
+                        format_args!("cannot read back a spilled argument: {e}"),
+                    )
+                })?;
+                if same {
+                    return Ok(entry);
+                }
+            }
+        }
+        let entry = self.write_new(bytes)?;
+        self.index.entry(key).or_default().push(entry);
+        Ok(entry)
+    }
+
+    /// Writes `bytes` to a new entry, even if the same content is stored already (for arguments
+    /// that workers map writable). Same rules as [`get_or_write`](Self::get_or_write).
+    pub fn write_new(&mut self, bytes: &[u8]) -> Result<SpillRef> {
+        if bytes.is_empty() {
+            return Err(Error::invalid(
+                "cannot spill an empty argument (only arguments above max_nbytes are spilled)",
+            ));
+        }
+        let page = page_size();
+        let span = round_up(bytes.len(), page).ok_or_else(|| {
+            Error::invalid(format!("an argument of {} bytes is too large", bytes.len()))
+        })?;
+        let fits_last = self
+            .segments
+            .last()
+            .is_some_and(|s| s.file.len() as usize - s.used >= bytes.len());
+        if !fits_last {
+            let size = span.max(self.segment_bytes);
+            let file = BackingFile::create_sparse(&self.folder, size as u64)?;
+            self.segments.push(Segment { file, used: 0 });
+        }
+        let file_index = self.segments.len() - 1;
+        let segment = self
+            .segments
+            .last_mut()
+            .expect("a segment was just ensured");
+        let offset = segment.used as u64;
+        segment.file.reserve(offset, bytes.len() as u64)?;
+        segment.file.write_all_at(offset, bytes).map_err(|e| {
+            folder_error(
+                &self.folder,
+                format_args!("cannot write a spilled argument: {e}"),
+            )
+        })?;
+        // The tail of the last page may be shorter than `span` when the file ends there; the
+        // next entry would not fit anyway.
+        segment.used = (segment.used + span).min(segment.file.len() as usize);
+        Ok(SpillRef {
+            file: file_index,
+            offset,
+            len: bytes.len(),
+        })
+    }
+
+    /// File `id` (from a [`SpillRef`]), to pass to a worker or map with
+    /// [`Mapping::map`](super::Mapping::map).
+    pub fn file(&self, id: usize) -> Option<&BackingFile> {
+        self.segments.get(id).map(|s| &s.file)
+    }
+
+    /// How many files exist (0 until the first entry).
+    pub fn file_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The folder the files are in.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spill")
+            .field("folder", &self.folder)
+            .field("files", &self.segments.len())
+            .field("entries", &self.index.values().map(Vec::len).sum::<usize>())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::memmap::testing::{TempDir, in_forked_child, mapped};
+    use crate::memmap::{MapAccess, Mapping};
+
+    #[test]
+    fn spill_writes_the_same_content_once() {
+        let dir = TempDir::new();
+        let mut spill = Spill::new(dir.path());
+        assert_eq!(spill.file_count(), 0, "no file before the first entry");
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let first = spill.get_or_write(&big).unwrap();
+        // A different allocation with the same content, as a caller rebuilding its array would.
+        for _ in 0..5 {
+            assert_eq!(spill.get_or_write(&big.clone()).unwrap(), first);
+        }
+        assert_eq!(spill.file_count(), 1);
+        assert_eq!(first.offset % page_size() as u64, 0);
+        assert_eq!(
+            mapped(spill.file(first.file).unwrap(), first.offset, first.len),
+            big
+        );
+        assert_eq!(dir.entries(), Vec::<String>::new());
+
+        // Different content (one byte, or one byte shorter) is written again.
+        let mut other = big.clone();
+        other[1_234_567] ^= 0xff;
+        let second = spill.get_or_write(&other).unwrap();
+        assert_ne!(second, first);
+        let shorter = spill.get_or_write(&big[..big.len() - 1]).unwrap();
+        assert_ne!(shorter, first);
+        assert_eq!(
+            mapped(spill.file(second.file).unwrap(), second.offset, second.len),
+            other
+        );
+        assert_eq!(
+            mapped(spill.file(first.file).unwrap(), first.offset, first.len),
+            big
+        );
+        // write_new never reuses.
+        assert_ne!(spill.write_new(&big).unwrap(), first);
+        drop(spill);
+        assert_eq!(dir.entries(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn forked_worker_maps_a_spilled_argument_through_the_inherited_fd() {
+        let dir = TempDir::new();
+        let mut spill = Spill::new(dir.path());
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let entry = spill.get_or_write(&data).unwrap();
+        let fd = spill.file(entry.file).unwrap().fd();
+        // The worker maps read-only (mmap_mode "r") and checks the content without allocating.
+        let status = in_forked_child(|| {
+            let Ok(map) = Mapping::map(fd, entry.offset, entry.len, MapAccess::ReadOnly) else {
+                return 2;
+            };
+            for i in 0..entry.len {
+                // SAFETY: `map` is a live read-only mapping of `entry.len` bytes.
+                if unsafe { map.as_ptr().add(i).read() } != (i % 241) as u8 {
+                    return 3;
+                }
+            }
+            0
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status}"
+        );
+
+        // A write through a read-only view kills the worker with SIGSEGV: never silent corruption.
+        let status = in_forked_child(|| {
+            let Ok(map) = Mapping::map(fd, entry.offset, entry.len, MapAccess::ReadOnly) else {
+                return 2;
+            };
+            // SAFETY: deliberately not safe: a store to a PROT_READ page, which the kernel turns
+            // into SIGSEGV; it ends this forked child only (the default action after Rust's stack
+            // overflow handler declines the fault).
+            unsafe { std::ptr::write_volatile(map.as_ptr(), 1) };
+            0
+        });
+        assert!(libc::WIFSIGNALED(status), "{status}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSEGV);
+        assert_eq!(
+            mapped(spill.file(entry.file).unwrap(), entry.offset, entry.len),
+            data
+        );
+        drop(spill);
+        assert_eq!(dir.entries(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn spill_collisions_are_caught_by_comparing_bytes() {
+        let dir = TempDir::new();
+        let mut spill = Spill::new(dir.path());
+        let a = vec![1u8; 5000];
+        let b = vec![2u8; 5000];
+        let ra = spill.get_or_write(&a).unwrap();
+        // Forge a collision: file b's bytes under a's key, as if the hashes were equal.
+        let key = (content_hash(&b), b.len());
+        spill.index.insert(key, vec![ra]);
+        let rb = spill.get_or_write(&b).unwrap();
+        assert_ne!(ra, rb);
+        assert_eq!(mapped(spill.file(rb.file).unwrap(), rb.offset, rb.len), b);
+        assert_eq!(spill.index[&key].len(), 2);
+    }
+
+    #[test]
+    fn spill_packs_small_entries_and_grows_for_big_ones() {
+        let dir = TempDir::new();
+        let page = page_size();
+        let mut spill = Spill::with_segment_bytes(dir.path(), 4 * page);
+        let refs: Vec<_> = (0..4u8)
+            .map(|i| spill.write_new(&[i; 100]).unwrap())
+            .collect();
+        assert_eq!(spill.file_count(), 1);
+        let offsets: Vec<u64> = refs.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, page as u64, 2 * page as u64, 3 * page as u64]);
+        let next = spill.write_new(&[9; 100]).unwrap();
+        assert_eq!((next.file, next.offset), (1, 0));
+        let big = vec![5u8; 10 * page + 1];
+        let r = spill.write_new(&big).unwrap();
+        assert_eq!((r.file, r.offset), (2, 0));
+        assert_eq!(spill.file(2).unwrap().len(), 11 * page as u64);
+        for (i, r) in refs.iter().enumerate() {
+            assert_eq!(
+                mapped(spill.file(r.file).unwrap(), r.offset, r.len),
+                [i as u8; 100]
+            );
+        }
+        assert_eq!(dir.entries(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn spill_errors() {
+        let mut spill = Spill::new("/nope/pj-missing");
+        assert_eq!(
+            spill.get_or_write(&[]).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
+        let err = spill.get_or_write(b"data").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(
+            err.message().starts_with("temp folder /nope/pj-missing: "),
+            "{}",
+            err.message()
+        );
+        assert_eq!(spill.file_count(), 0);
+    }
+}
