@@ -405,6 +405,25 @@ static void mode_fail(void) {
     pj_parallel_free(par);
 }
 
+/* Ends a call after its submits: `submitted` is the last submit's status. A refused submit (a
+ * failure seen while submitting) leaves the call open, and collect ends it with the same error:
+ * checked here, so that the caller sees one error either way. */
+static pj_status collect_after_submits(pj_parallel_t *par, pj_status submitted, pj_results_t **res,
+                                       pj_error_t **err) {
+    if (submitted == PJ_STATUS_OK) {
+        return pj_parallel_collect(par, res, err);
+    }
+    int64_t refused_index = pj_error_task_index(*err);
+    pj_error_free(*err);
+    *err = NULL;
+    pj_status st = pj_parallel_collect(par, res, err);
+    CHECK(st == submitted && pj_error_task_index(*err) == refused_index,
+          "collect ended the call with %s for task %lld, the refused submit said %s for task %lld",
+          pj_status_str(st), (long long)pj_error_task_index(*err), pj_status_str(submitted),
+          (long long)refused_index);
+    return st;
+}
+
 static void crash_call(pj_parallel_t *par, int sig, const char *sig_name) {
     pj_error_t *err = NULL;
     pj_results_t *res = NULL;
@@ -413,9 +432,7 @@ static void crash_call(pj_parallel_t *par, int sig, const char *sig_name) {
         int64_t arg[2] = {i, sig};
         st = pj_parallel_submit_named(par, "crash", (const uint8_t *)arg, sizeof arg, &err);
     }
-    if (st == PJ_STATUS_OK) {
-        st = pj_parallel_collect(par, &res, &err);
-    }
+    st = collect_after_submits(par, st, &res, &err);
     char what[64];
     snprintf(what, sizeof what, "20 tasks, task 5 dies of %s", sig_name);
     print_error(what, st, err);
@@ -501,9 +518,7 @@ static void mode_timeout(void) {
         st = pj_parallel_submit_named(par, "sleep", (const uint8_t *)&seconds[i], sizeof seconds[i],
                                       &err);
     }
-    if (st == PJ_STATUS_OK) {
-        st = pj_parallel_collect(par, &res, &err);
-    }
+    st = collect_after_submits(par, st, &res, &err);
     double elapsed = now() - t0;
     print_error("timeout 0.5 s, task 1 sleeps 30 s", st, err);
     printf("the call returned after %.2f s\n", elapsed);
