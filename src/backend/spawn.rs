@@ -17,7 +17,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
-use super::processes::{SharedRunning, serve, tie_to_parent, wait_for, wait_for_peek};
+use super::processes::child::{wait_for, wait_for_peek};
+use super::processes::page::SharedRunning;
+use super::processes::worker::{serve, tie_to_parent};
 use super::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
 use crate::task::Death;
 

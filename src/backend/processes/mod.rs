@@ -37,16 +37,6 @@
 //! while idle, between calls or batches) is no task's fault: the batch runs, whole, on a fresh
 //! worker, whatever on_error says.
 //!
-//! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
-//! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
-//! decides), close the parent's ends of every pj socket they inherited, and leave only through
-//! `_exit`. pj changes no signal disposition of the parent.
-//!
-//! Fork safety. Between fork and the worker loop the child runs only async-signal-safe calls
-//! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
-//! makes malloc and stdio usable in the child. A task callback must not take locks that another
-//! parent thread may hold at the time of the fork (documented in the header).
-//!
 //! Locks across a fork (audit; handlers in [`crate::fork`]). pj's process-wide locks a child may
 //! take: the fork lock of [`spawn_worker`] (held by the forking proxy itself: reset in the child);
 //! the task registry's RwLock, handle_sigint's state and the MPI attachment (taken by the prepare
@@ -58,31 +48,34 @@
 //! locks (a task printing through Rust's std in a worker forked while another thread printed) and
 //! the host's own locks.
 
+pub(super) mod child;
+mod fds;
+pub(super) mod page;
+pub(super) mod worker;
+
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 
+use self::child::{terminate, wait_for, wait_for_peek};
+use self::page::SharedRunning;
+use self::worker::worker_main;
 use super::CallLink;
-use super::crash::{self, CrashRecord};
+use super::crash;
 use super::spawn::{SpawnPlan, WorkerIds, handshake};
-use super::spill::{SpillMaps, map_results, spill_results};
+use super::spill::map_results;
 use super::wire::{
-    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_batch, decode_outcome,
-    encode_batch, encode_outcome, recv_frame_with_fds, send_frame_with_fds,
+    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_outcome, encode_batch,
+    recv_frame_with_fds, send_frame_with_fds,
 };
 use crate::config::StartMethod;
-use crate::task::TaskFn;
-use crate::task::{Batch, BatchOutcome, Death, RunContext, Running, TaskFailure, run_batch};
-use std::os::fd::FromRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
+use crate::task::{Batch, BatchOutcome, Death, TaskFailure};
 
 /// One batch for a proxy.
 struct Job {
@@ -545,7 +538,7 @@ impl Proxy {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        registry::forget(self.socket.as_raw_fd());
+        fds::forget(self.socket.as_raw_fd());
     }
 }
 
@@ -576,75 +569,6 @@ fn batch_forces(batch: &Batch, index: usize) -> bool {
     batch.forced.iter().any(|(i, _)| *i == index)
 }
 
-/// How long a timed-out worker may take to leave after SIGTERM before it gets SIGKILL.
-const TERM_GRACE: Duration = Duration::from_millis(100);
-
-/// Stops a worker whose task overran: SIGTERM (it may clean up), SIGKILL after [`TERM_GRACE`],
-/// then reaps it.
-fn terminate(pid: libc::pid_t) {
-    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + TERM_GRACE;
-    while std::time::Instant::now() < deadline {
-        if wait_for(pid, libc::WNOHANG).is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // SAFETY: as above; the child has not been reaped (the last poll found it running).
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = wait_for(pid, 0);
-}
-
-/// Waits for our child `pid` (`flags` 0 blocks, WNOHANG polls). `Some(death)` once it has ended;
-/// `None` while it runs. A child already reaped elsewhere (SIGCHLD ignored by the host) is
-/// `Death::Unknown`.
-pub(super) fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for one specific child of ours; `status` is a valid out-pointer.
-        let got = unsafe { libc::waitpid(pid, &mut status, flags) };
-        if got == pid {
-            return Some(if libc::WIFSIGNALED(status) {
-                Death::Signal(libc::WTERMSIG(status))
-            } else {
-                Death::Exited(libc::WEXITSTATUS(status))
-            });
-        }
-        if got == 0 {
-            return None;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Some(Death::Unknown);
-        }
-    }
-}
-
-/// Whether our child `pid` is still running, without reaping it (the proxy reaps it afterwards to
-/// learn how it died).
-pub(super) fn wait_for_peek(pid: libc::pid_t) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waits (without blocking, without reaping) for one specific child of ours.
-        let got = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if got == 0 {
-            // SAFETY: waitid filled `info`; si_pid is 0 when the child has not changed state.
-            return unsafe { info.si_pid() } == 0;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
-        }
-    }
-}
-
 /// Forks a worker for `slot`. The child never returns from here.
 fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Result<Worker> {
     // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
@@ -659,8 +583,8 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
     let (parent_end, child_end) = UnixStream::pair()?;
     // SAFETY: getpid has no preconditions.
     let parent_pid = unsafe { libc::getpid() };
-    registry::remember(parent_end.as_raw_fd());
-    registry::remember(child_end.as_raw_fd());
+    fds::remember(parent_end.as_raw_fd());
+    fds::remember(child_end.as_raw_fd());
     if let Some(plan) = spawn {
         let page = running.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
         let ids = WorkerIds {
@@ -671,16 +595,16 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
             level,
         };
         let started = plan.start(&ids);
-        registry::forget(child_end.as_raw_fd());
+        fds::forget(child_end.as_raw_fd());
         drop(child_end);
         // The child's end is closed here: other forks may go on while this worker starts up
         // (up to the handshake limit).
         drop(forking);
-        let pid = started.inspect_err(|_| registry::forget(parent_end.as_raw_fd()))?;
+        let pid = started.inspect_err(|_| fds::forget(parent_end.as_raw_fd()))?;
         let socket: OwnedFd = parent_end.into();
         if let Err(error) = handshake(socket.as_raw_fd(), pid) {
             // The handshake already killed and reaped the worker.
-            registry::forget(socket.as_raw_fd());
+            fds::forget(socket.as_raw_fd());
             return Err(error);
         }
         return Ok(Worker {
@@ -695,10 +619,10 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
     // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
     // and leaves through _exit, never returning into the parent's code.
     let pid = unsafe { libc::fork() };
-    registry::forget(child_end.as_raw_fd());
+    fds::forget(child_end.as_raw_fd());
     if pid < 0 {
         let error = io::Error::last_os_error();
-        registry::forget(parent_end.as_raw_fd());
+        fds::forget(parent_end.as_raw_fd());
         return Err(error);
     }
     if pid == 0 {
@@ -713,274 +637,4 @@ fn spawn_worker(slot: usize, level: usize, spawn: Option<&SpawnPlan>) -> io::Res
         call: 0,
         served: false,
     })
-}
-
-/// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
-fn worker_main(
-    socket: RawFd,
-    running: &SharedRunning,
-    parent_pid: libc::pid_t,
-    slot: usize,
-    level: usize,
-) -> ! {
-    tie_to_parent(parent_pid);
-    // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
-    crash::install(running.crash());
-    // Drop the inherited parent ends of every pj socket, so that their workers see EOF when due.
-    registry::close_all_except(socket);
-    let code = serve(socket, running, slot, level, None);
-    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
-    unsafe { libc::_exit(code) }
-}
-
-/// A worker's first step, forked or spawned (async-signal-safe): die with the parent, and leave
-/// at once if it died before the request was in place; leave SIGINT to the parent, which decides.
-pub(super) fn tie_to_parent(parent_pid: libc::pid_t) {
-    // SAFETY: prctl, getppid, _exit and signal are async-signal-safe and act on this process only.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != parent_pid {
-            libc::_exit(1);
-        }
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-    }
-}
-
-/// The worker loop: reads batches, runs them, writes outcomes, until the stream ends; returns the
-/// exit status. `functions`: for a spawned worker, the registry that batch callbacks index into
-/// (a forked worker gets function addresses instead).
-pub(super) fn serve(
-    socket: RawFd,
-    running: &SharedRunning,
-    slot: usize,
-    level: usize,
-    functions: Option<&[TaskFn]>,
-) -> i32 {
-    crate::nesting::set_level(level);
-    let served = catch_unwind(AssertUnwindSafe(|| {
-        // In the shared page: the parent raises it when the call is aborted, so a running
-        // callback sees it (pj_out_cancelled) and the batch stops before its next task.
-        let abort = running.stop();
-        let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
-        let mut received = Vec::new();
-        let mut spill = SpillMaps::default();
-        // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
-        while let Ok(true) = recv_frame_with_fds(
-            socket,
-            &mut inbox,
-            &mut received,
-            LIVENESS_PERIOD_MS,
-            &|| true,
-        ) {
-            // SAFETY: the frame was encoded by our parent, of which this process is a fork (its
-            // addresses are valid here), or, for a spawned worker, carries registry indices.
-            let Ok(DecodedBatch {
-                batch,
-                flags,
-                attached,
-                results_folder,
-            }) = (unsafe { decode_batch(&inbox, functions) })
-            else {
-                return 3;
-            };
-            if attached.len() != received.len() {
-                return 3;
-            }
-            if flags.call != spill.call {
-                // A kept worker's new call: the previous call's files and mappings go, so their
-                // space is freed once the parent drops them too.
-                spill = SpillMaps::for_call(flags.call);
-            }
-            spill
-                .files
-                .extend(attached.into_iter().zip(received.drain(..)));
-            let Ok(spilled) = spill.map_batch(&batch, flags.access) else {
-                return 5;
-            };
-            let ctx = RunContext {
-                running: Some(running.get()),
-                timed: flags.timed,
-                collect: flags.collect,
-                spilled: &spilled,
-                ..RunContext::new(abort, slot)
-            };
-            let mut outcome = run_batch(&batch, ctx);
-            drop(spilled);
-            spill.end_batch();
-            let mut files = Vec::new();
-            if flags.results_above != u64::MAX {
-                let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
-                match spill_results(&mut outcome, flags.results_above, folder, MAX_FDS_PER_FRAME) {
-                    Ok(spilled) => files = spilled,
-                    Err(error) => {
-                        outcome.failure = Some((
-                            outcome.first,
-                            TaskFailure::Spawn(format!(
-                                "cannot return a result through a file: {error}"
-                            )),
-                        ));
-                    }
-                }
-            }
-            let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
-            let raw: Vec<RawFd> = files.iter().map(|f| f.fd.as_raw_fd()).collect();
-            encode_outcome(&outcome, &listed, &mut outbox);
-            if send_frame_with_fds(socket, &outbox, &raw).is_err() {
-                return 0;
-            }
-        }
-        0
-    }));
-    served.unwrap_or(4)
-}
-
-/// A [`Running`] record and a [`CrashRecord`] in a MAP_SHARED page that survives fork: the worker
-/// writes, the parent reads. For a spawned worker the page is a memfd, passed by descriptor.
-pub(super) struct SharedRunning {
-    ptr: *mut Shared,
-    /// The memfd behind the page (spawn start method only).
-    fd: Option<OwnedFd>,
-}
-
-/// The layout of the shared page.
-#[repr(C)]
-struct Shared {
-    running: Running,
-    crash: CrashRecord,
-    /// The running batch's abort flag, as the worker's tasks see it (`pj_out_cancelled`): the
-    /// proxy sets it before sending each batch and raises it once the call is aborted; the
-    /// worker raises it itself when a task fails under fail-fast.
-    stop: AtomicBool,
-}
-
-// SAFETY: the page is owned by this value and only accessed through atomics.
-unsafe impl Send for SharedRunning {}
-
-const PAGE: usize = 4096;
-const _: () = assert!(std::mem::size_of::<Shared>() <= PAGE);
-
-impl SharedRunning {
-    /// A fresh page; `passable`: backed by a memfd that a spawned worker can map.
-    fn new(passable: bool) -> io::Result<Self> {
-        if !passable {
-            return Self::map(None);
-        }
-        // SAFETY: a NUL-terminated name; the flags are valid.
-        let raw = unsafe { libc::memfd_create(c"pj-worker".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor memfd_create just returned, owned from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sizing our own memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Self::map(Some(fd))
-    }
-
-    /// Maps the page of a spawned worker's parent, from the descriptor it passed.
-    pub(super) fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        Self::map(Some(fd))
-    }
-
-    fn map(fd: Option<OwnedFd>) -> io::Result<Self> {
-        let (flags, raw) = match &fd {
-            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
-            None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
-        };
-        // SAFETY: a shared mapping of one page (of the memfd, sized to a page, or anonymous);
-        // checked for MAP_FAILED below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SharedRunning {
-            ptr: ptr.cast(),
-            fd,
-        })
-    }
-
-    pub(super) fn get(&self) -> &Running {
-        // SAFETY: the mapping is page-aligned, zero-filled (a valid `Shared`: atomics and a bool,
-        // all zero) and lives as long as `self`.
-        unsafe { &(*self.ptr).running }
-    }
-
-    pub(super) fn crash(&self) -> &CrashRecord {
-        // SAFETY: as in `get`.
-        unsafe { &(*self.ptr).crash }
-    }
-
-    pub(super) fn stop(&self) -> &AtomicBool {
-        // SAFETY: as in `get`.
-        unsafe { &(*self.ptr).stop }
-    }
-}
-
-impl Drop for SharedRunning {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the page mapped in `new`, once.
-        unsafe { libc::munmap(self.ptr.cast(), PAGE) };
-    }
-}
-
-/// The parent ends of pj's worker sockets in this process, so that a newly forked worker can close
-/// the copies it inherits (async-signal-safe: a fixed array of atomics, no lock).
-mod registry {
-    use super::*;
-
-    const SLOTS: usize = 1024;
-    static FDS: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
-
-    /// Records `fd`; beyond the table's capacity it is simply not recorded (harmless but for the
-    /// EOF backup of parent-death detection).
-    pub fn remember(fd: RawFd) {
-        for slot in &FDS {
-            if slot
-                .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-        }
-    }
-
-    pub fn forget(fd: RawFd) {
-        for slot in &FDS {
-            if slot
-                .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return;
-            }
-        }
-    }
-
-    /// In a freshly forked child: closes every recorded fd but `keep`.
-    pub fn close_all_except(keep: RawFd) {
-        for slot in &FDS {
-            let fd = slot.swap(-1, Ordering::Relaxed);
-            if fd >= 0 && fd != keep {
-                // SAFETY: closing an inherited descriptor of the parent's; close is
-                // async-signal-safe.
-                unsafe { libc::close(fd) };
-            }
-        }
-    }
 }
