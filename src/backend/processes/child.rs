@@ -22,7 +22,15 @@ pub(super) fn terminate(pid: libc::pid_t) {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    // SAFETY: as above; the child has not been reaped (the last poll found it running).
+    // The child has not been reaped (the last poll found it running).
+    kill_and_reap(pid);
+}
+
+/// SIGKILLs our child `pid` and reaps it (blocking until it is gone). `pid` must be a child of
+/// ours that nobody has reaped yet, so that it cannot have been reused by another process.
+pub(in crate::backend) fn kill_and_reap(pid: libc::pid_t) {
+    // SAFETY: kill has no memory-safety preconditions; per the contract above, `pid` is our own
+    // child, not yet reaped, so the signal cannot reach another process.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = wait_for(pid, 0);
 }

@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use super::child::{terminate, wait_for, wait_for_peek};
+use super::child::{kill_and_reap, terminate, wait_for, wait_for_peek};
 use super::start::{Worker, spawn_worker};
 use crate::backend::CallLink;
 use crate::backend::spawn::SpawnPlan;
@@ -306,9 +306,8 @@ impl Proxy {
             }
             Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {
                 if let Some(worker) = self.worker.take() {
-                    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
-                    unsafe { libc::kill(worker.pid, libc::SIGKILL) };
-                    let _ = wait_for(worker.pid, 0);
+                    // Our own child, not yet reaped.
+                    kill_and_reap(worker.pid);
                 }
                 Err(None)
             }
@@ -359,9 +358,8 @@ impl Proxy {
     /// Kills and reaps a worker that sent garbage.
     fn kill_worker(&mut self, error: &io::Error) -> TaskFailure {
         if let Some(worker) = self.worker.take() {
-            // SAFETY: `pid` is our own child, not yet reaped, so the pid cannot have been reused.
-            unsafe { libc::kill(worker.pid, libc::SIGKILL) };
-            let _ = wait_for(worker.pid, 0);
+            // Our own child, not yet reaped.
+            kill_and_reap(worker.pid);
         }
         if error.kind() == io::ErrorKind::OutOfMemory {
             return TaskFailure::Spawn(error.to_string());
