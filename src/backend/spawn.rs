@@ -17,7 +17,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
-use super::processes::{SharedRunning, serve, tie_to_parent, wait_for, wait_for_peek};
+use super::processes::child::{kill_and_reap, wait_for, wait_for_peek};
+use super::processes::page::SharedRunning;
+use super::processes::worker::{serve, tie_to_parent};
 use super::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
 use crate::task::Death;
 
@@ -144,9 +146,8 @@ pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
     if reply.first() == Some(&1) {
         return Ok(());
     }
-    // SAFETY: our own child, not yet reaped, so the pid cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = wait_for(pid, 0);
+    // Our own child, not yet reaped.
+    kill_and_reap(pid);
     let theirs = String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned();
     Err(io::Error::other(format!(
         "the spawned worker registered other task functions than the caller: caller [{}], \
@@ -182,9 +183,8 @@ fn not_answered(pid: libc::pid_t, waited: Duration) -> io::Error {
         }
         Some(Death::Unknown | Death::Silent(_)) => "ended (status unknown)".to_owned(),
         None => {
-            // SAFETY: our own child, still running (not reaped), so the pid is still its own.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = wait_for(pid, 0);
+            // Our own child, still running (not reaped).
+            kill_and_reap(pid);
             if waited < HANDSHAKE_LIMIT {
                 return io::Error::other(format!(
                     "the spawned worker (pid {pid}) closed its connection without answering pj's \

@@ -1,0 +1,116 @@
+//! Starting a worker, and the parent's handle on it ([`Worker`]): fork, or spawn through
+//! [`crate::backend::spawn`], one at a time under pj's fork lock.
+//!
+//! Locks across a fork (audit; handlers in [`crate::fork`]). pj's process-wide locks a child may
+//! take: the fork lock of [`spawn_worker`] (held by the forking proxy itself: reset in the child);
+//! the task registry's RwLock, handle_sigint's state and the MPI attachment (taken by the prepare
+//! handler, so no other thread is inside them at the fork; the child also drops its copy of the
+//! MPI attachment, whose thread did not survive). Per-object locks (a `Parallel`'s state, the
+//! thread pool's mutexes, channels) belong to executors, which refuse calls in a forked child
+//! before touching any of them, and are leaked there by free. The CPU-count and crash-stack
+//! one-time initializations complete before pj first forks. Not covered: Rust's stdout/stderr
+//! locks (a task printing through Rust's std in a worker forked while another thread printed) and
+//! the host's own locks.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use super::fds;
+use super::page::SharedRunning;
+use super::worker::worker_main;
+use crate::backend::crash;
+use crate::backend::spawn::{SpawnPlan, WorkerIds, handshake};
+
+/// The parent's side of one forked worker.
+pub(super) struct Worker {
+    pub(super) pid: libc::pid_t,
+    pub(super) socket: OwnedFd,
+    pub(super) running: SharedRunning,
+    /// Spill files whose descriptors this worker already received, in call `call`.
+    pub(super) sent_files: Vec<u64>,
+    pub(super) call: u64,
+    /// It returned the outcome of a batch: it was working, so a later death before any task of a
+    /// batch started is not a start-up failure that would repeat.
+    pub(super) served: bool,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        fds::forget(self.socket.as_raw_fd());
+    }
+}
+
+/// Forks a worker for `slot`. The child never returns from here.
+pub(super) fn spawn_worker(
+    slot: usize,
+    level: usize,
+    spawn: Option<&SpawnPlan>,
+) -> io::Result<Worker> {
+    // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
+    // of the child's end, a concurrent fork would let another worker inherit that end and keep the
+    // stream open after this worker dies. With the lock, every pj socket that exists during a fork
+    // is in the registry, and the new worker closes all but its own. The child inherits the lock
+    // held: pj's fork handler frees it there, so a task can start its own process pool.
+    let forking = crate::fork::FORK_LOCK.lock();
+    let running = SharedRunning::new(spawn.is_some())?;
+    // Done at pool creation already; a no-op here.
+    crash::prepare();
+    let (parent_end, child_end) = UnixStream::pair()?;
+    // SAFETY: getpid has no preconditions.
+    let parent_pid = unsafe { libc::getpid() };
+    fds::remember(parent_end.as_raw_fd());
+    fds::remember(child_end.as_raw_fd());
+    if let Some(plan) = spawn {
+        let page = running.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        let ids = WorkerIds {
+            socket: child_end.as_raw_fd(),
+            page,
+            parent: parent_pid,
+            slot,
+            level,
+        };
+        let started = plan.start(&ids);
+        fds::forget(child_end.as_raw_fd());
+        drop(child_end);
+        // The child's end is closed here: other forks may go on while this worker starts up
+        // (up to the handshake limit).
+        drop(forking);
+        let pid = started.inspect_err(|_| fds::forget(parent_end.as_raw_fd()))?;
+        let socket: OwnedFd = parent_end.into();
+        if let Err(error) = handshake(socket.as_raw_fd(), pid) {
+            // The handshake already killed and reaped the worker.
+            fds::forget(socket.as_raw_fd());
+            return Err(error);
+        }
+        return Ok(Worker {
+            pid,
+            socket,
+            running,
+            sent_files: Vec::new(),
+            call: 0,
+            served: false,
+        });
+    }
+    // SAFETY: fork has no memory-safety preconditions; the child below only runs the worker loop
+    // and leaves through _exit, never returning into the parent's code.
+    let pid = unsafe { libc::fork() };
+    fds::forget(child_end.as_raw_fd());
+    if pid < 0 {
+        let error = io::Error::last_os_error();
+        fds::forget(parent_end.as_raw_fd());
+        return Err(error);
+    }
+    if pid == 0 {
+        worker_main(child_end.as_raw_fd(), &running, parent_pid, slot, level);
+    }
+    drop(child_end);
+    Ok(Worker {
+        pid,
+        socket: parent_end.into(),
+        running,
+        sent_files: Vec::new(),
+        call: 0,
+        served: false,
+    })
+}

@@ -1,0 +1,151 @@
+//! The worker process's side: its first steps after fork (or exec), and the loop that reads
+//! batches, runs them with the very same `run_batch` as a thread would, and writes outcomes.
+//!
+//! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
+//! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
+//! decides), close the parent's ends of every pj socket they inherited, and leave only through
+//! `_exit`. pj changes no signal disposition of the parent.
+//!
+//! Fork safety. Between fork and the worker loop the child runs only async-signal-safe calls
+//! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
+//! makes malloc and stdio usable in the child. A task callback must not take locks that another
+//! parent thread may hold at the time of the fork (documented in the header).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use super::fds;
+use super::page::SharedRunning;
+use crate::backend::crash;
+use crate::backend::spill::{SpillMaps, spill_results};
+use crate::backend::wire::{
+    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_batch, encode_outcome,
+    recv_frame_with_fds, send_frame_with_fds,
+};
+use crate::task::{RunContext, TaskFailure, TaskFn, run_batch};
+
+/// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
+pub(super) fn worker_main(
+    socket: RawFd,
+    running: &SharedRunning,
+    parent_pid: libc::pid_t,
+    slot: usize,
+    level: usize,
+) -> ! {
+    tie_to_parent(parent_pid);
+    // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
+    crash::install(running.crash());
+    // Drop the inherited parent ends of every pj socket, so that their workers see EOF when due.
+    fds::close_all_except(socket);
+    let code = serve(socket, running, slot, level, None);
+    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
+    unsafe { libc::_exit(code) }
+}
+
+/// A worker's first step, forked or spawned (async-signal-safe): die with the parent, and leave
+/// at once if it died before the request was in place; leave SIGINT to the parent, which decides.
+pub(in crate::backend) fn tie_to_parent(parent_pid: libc::pid_t) {
+    // SAFETY: prctl, getppid, _exit and signal are async-signal-safe and act on this process only.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        if libc::getppid() != parent_pid {
+            libc::_exit(1);
+        }
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
+/// The worker loop: reads batches, runs them, writes outcomes, until the stream ends; returns the
+/// exit status. `functions`: for a spawned worker, the registry that batch callbacks index into
+/// (a forked worker gets function addresses instead).
+pub(in crate::backend) fn serve(
+    socket: RawFd,
+    running: &SharedRunning,
+    slot: usize,
+    level: usize,
+    functions: Option<&[TaskFn]>,
+) -> i32 {
+    crate::nesting::set_level(level);
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        // In the shared page: the parent raises it when the call is aborted, so a running
+        // callback sees it (pj_out_cancelled) and the batch stops before its next task.
+        let abort = running.stop();
+        let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
+        let mut received = Vec::new();
+        let mut spill = SpillMaps::default();
+        // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
+        while let Ok(true) = recv_frame_with_fds(
+            socket,
+            &mut inbox,
+            &mut received,
+            LIVENESS_PERIOD_MS,
+            &|| true,
+        ) {
+            // SAFETY: the frame was encoded by our parent, of which this process is a fork (its
+            // addresses are valid here), or, for a spawned worker, carries registry indices.
+            let Ok(DecodedBatch {
+                batch,
+                flags,
+                attached,
+                results_folder,
+            }) = (unsafe { decode_batch(&inbox, functions) })
+            else {
+                return 3;
+            };
+            if attached.len() != received.len() {
+                return 3;
+            }
+            if flags.call != spill.call {
+                // A kept worker's new call: the previous call's files and mappings go, so their
+                // space is freed once the parent drops them too.
+                spill = SpillMaps::for_call(flags.call);
+            }
+            spill
+                .files
+                .extend(attached.into_iter().zip(received.drain(..)));
+            let Ok(spilled) = spill.map_batch(&batch, flags.access) else {
+                return 5;
+            };
+            let ctx = RunContext {
+                running: Some(running.get()),
+                timed: flags.timed,
+                collect: flags.collect,
+                spilled: &spilled,
+                ..RunContext::new(abort, slot)
+            };
+            let mut outcome = run_batch(&batch, ctx);
+            drop(spilled);
+            spill.end_batch();
+            let mut files = Vec::new();
+            if flags.results_above != u64::MAX {
+                let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
+                match spill_results(&mut outcome, flags.results_above, folder, MAX_FDS_PER_FRAME) {
+                    Ok(spilled) => files = spilled,
+                    Err(error) => {
+                        outcome.failure = Some((
+                            outcome.first,
+                            TaskFailure::Spawn(format!(
+                                "cannot return a result through a file: {error}"
+                            )),
+                        ));
+                    }
+                }
+            }
+            let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
+            let raw: Vec<RawFd> = files.iter().map(|f| f.fd.as_raw_fd()).collect();
+            encode_outcome(&outcome, &listed, &mut outbox);
+            if send_frame_with_fds(socket, &outbox, &raw).is_err() {
+                return 0;
+            }
+        }
+        0
+    }));
+    served.unwrap_or(4)
+}
