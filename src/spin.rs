@@ -10,7 +10,7 @@
 //! spins at most once, for at most [`SPIN`].
 //!
 //! Some waits have nothing to sleep on: the MPI backend learns of a message only by probing
-//! (pj never blocks inside MPI). Those poll with a [`Backoff`]: a short spin, then sleeps that
+//! (pj never blocks inside MPI). Those poll with a `Backoff`: a short spin, then sleeps that
 //! double up to a few milliseconds, so that an idle poller costs next to no CPU.
 
 use std::cell::Cell;

@@ -11,7 +11,6 @@ mod crash;
 mod failure;
 pub mod mpi;
 mod processes;
-pub mod spawn;
 mod spill;
 mod threads;
 pub mod wire;
@@ -24,6 +23,7 @@ use crossbeam_channel::Sender;
 
 pub use mpi::MpiPool;
 pub use processes::ProcessPool;
+pub use processes::spawn;
 pub use threads::ThreadPool;
 
 use crate::task::{Batch, BatchOutcome, RunContext, run_batch};

@@ -11,12 +11,12 @@
 //! are valid there. At the end of the call the workers are retired (socket shut down, process
 //! reaped) unless `keep_workers` is set.
 //!
-//! Modules, each using only those listed after it; [`super::spawn`] uses `worker`, `page` and
-//! `child`, and is used by `pool`, `proxy` and `start` (a one-way graph):
+//! Modules, each using only those listed after it (a one-way graph):
 //! - `pool`: [`ProcessPool`], the shared job queue and the proxy threads;
 //! - `proxy`: a proxy thread, which starts its worker, sends it batches and reads their outcomes;
-//! - `start`: the parent's handle on one worker, and starting it (fork, or spawn through
-//!   [`super::spawn`]);
+//! - `start`: the parent's handle on one worker, and starting it (fork, or [`spawn`]);
+//! - [`spawn`]: the `spawn` start method: a worker started afresh from the executable, and its
+//!   handshake;
 //! - `worker`: the worker process's side, its first steps and its batch loop;
 //! - `page`: the page a worker shares with its parent;
 //! - `child`: waiting for, and stopping, one child process;
@@ -27,6 +27,7 @@ mod fds;
 pub(super) mod page;
 mod pool;
 mod proxy;
+pub mod spawn;
 mod start;
 pub(super) mod worker;
 

@@ -9,9 +9,9 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, unbounded};
 
 use super::proxy::{Control, Job, Proxy};
+use super::spawn::SpawnPlan;
 use crate::backend::CallLink;
 use crate::backend::crash;
-use crate::backend::spawn::SpawnPlan;
 use crate::config::StartMethod;
 use crate::task::{Batch, BatchOutcome, TaskFailure};
 

@@ -37,9 +37,9 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use super::child::{kill_and_reap, terminate, wait_for, wait_for_peek};
+use super::spawn::SpawnPlan;
 use super::start::{Worker, spawn_worker};
 use crate::backend::CallLink;
-use crate::backend::spawn::SpawnPlan;
 use crate::backend::spill::map_results;
 use crate::backend::wire::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_outcome, encode_batch,

@@ -18,9 +18,9 @@ use std::os::unix::net::UnixStream;
 
 use super::fds;
 use super::page::SharedRunning;
+use super::spawn::{SpawnPlan, WorkerIds, handshake};
 use super::worker::worker_main;
 use crate::backend::crash;
-use crate::backend::spawn::{SpawnPlan, WorkerIds, handshake};
 
 /// The parent's side of one forked worker.
 pub(super) struct Worker {

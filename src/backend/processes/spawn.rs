@@ -17,10 +17,10 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
-use super::processes::child::{kill_and_reap, wait_for, wait_for_peek};
-use super::processes::page::SharedRunning;
-use super::processes::worker::{serve, tie_to_parent};
-use super::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
+use super::child::{kill_and_reap, wait_for, wait_for_peek};
+use super::page::SharedRunning;
+use super::worker::{serve, tie_to_parent};
+use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
 use crate::task::Death;
 
 /// The environment variables that make a process a worker.
@@ -248,9 +248,9 @@ pub fn worker_main_if_requested() {
         // SAFETY: leaving without running the program's exit handlers.
         unsafe { libc::_exit(6) }
     };
-    super::crash::prepare();
+    crate::backend::crash::prepare();
     running.crash().record_modules();
-    super::crash::install(running.crash());
+    crate::backend::crash::install(running.crash());
     let code = match answer_handshake(socket) {
         Ok(()) => {
             let functions = crate::registry::functions();
