@@ -6,39 +6,40 @@
 //! The C ABI lives in [`ffi`] and is described by the generated `include/pj.h`; everything else is the
 //! safe core it delegates to.
 //!
-//! Module map:
-//! - [`config`]: options, joblib spellings, validation and resolution of a call's settings;
-//! - [`cpu`]: the CPU count (affinity, cgroup quotas, `PJ_MAX_CPU_COUNT`);
-//! - [`error`]: the error type;
+//! Module map (only `ffi` and `task`, which tests and benches drive, are public; the rest is the
+//! crate's own):
+//! - `config`: options, joblib spellings, validation and resolution of a call's settings;
+//! - `cpu`: the CPU count (affinity, cgroup quotas, `PJ_MAX_CPU_COUNT`);
+//! - `error`: the error type;
 //! - [`task`]: what one task is (callback, argument bytes) and where its output goes;
-//! - [`dispatch`]: batching, ordering and fail-fast for one call;
-//! - [`backend`]: the worker pools behind one enum;
-//! - [`memmap`]: temp folders, anonymous memory-mapped files, spilled arguments, shared buffers;
-//! - [`parallel`]: the `Parallel` object: settings, pool reuse, one call at a time;
-//! - [`registry`]: task functions by name, for workers spawned afresh (`start_method=spawn`);
-//! - [`sigint`]: handle_sigint's handler, installed only while a call blocks;
-//! - [`stop`]: the flags that stop a call (cancel, SIGINT, fail-fast);
-//! - [`spin`]: the short adaptive spin every waiter does before it sleeps;
-//! - [`fork`]: pj's fork handlers (locks usable in a forked child, inherited executors refused);
-//! - [`nesting`]: how deep the current thread is in nested calls;
-//! - [`progress`]: joblib's verbose lines, the progress bar and the progress callback;
+//! - `dispatch`: batching, ordering and fail-fast for one call;
+//! - `backend`: the worker pools behind one enum;
+//! - `memmap`: temp folders, anonymous memory-mapped files, spilled arguments, shared buffers;
+//! - `parallel`: the `Parallel` object: settings, pool reuse, one call at a time;
+//! - `registry`: task functions by name, for workers spawned afresh (`start_method=spawn`);
+//! - `sigint`: handle_sigint's handler, installed only while a call blocks;
+//! - `stop`: the flags that stop a call (cancel, SIGINT, fail-fast);
+//! - `spin`: the short adaptive spin every waiter does before it sleeps;
+//! - `fork`: pj's fork handlers (locks usable in a forked child, inherited executors refused);
+//! - `nesting`: how deep the current thread is in nested calls;
+//! - `progress`: joblib's verbose lines, the progress bar and the progress callback;
 //! - [`ffi`]: the C boundary (the only home of exported `extern "C"` functions).
 
-pub mod backend;
-pub mod config;
-pub mod cpu;
-pub mod dispatch;
-pub mod error;
+pub(crate) mod backend;
+pub(crate) mod config;
+pub(crate) mod cpu;
+pub(crate) mod dispatch;
+pub(crate) mod error;
 pub mod ffi;
-pub mod fork;
-pub mod memmap;
-pub mod nesting;
-pub mod parallel;
-pub mod progress;
-pub mod registry;
-pub mod sigint;
-pub mod spin;
-pub mod stop;
+pub(crate) mod fork;
+pub(crate) mod memmap;
+pub(crate) mod nesting;
+pub(crate) mod parallel;
+pub(crate) mod progress;
+pub(crate) mod registry;
+pub(crate) mod sigint;
+pub(crate) mod spin;
+pub(crate) mod stop;
 pub mod task;
 
 pub use error::{Error, ErrorKind, Result};

@@ -36,7 +36,6 @@ use parse::{
     parse_require, parse_return_as, parse_stack_size, parse_start_method, parse_temp_folder,
     parse_timeout, parse_verbose,
 };
-pub use pre_dispatch::{MAX_EXPR_LEN, MAX_MAGNITUDE, PreDispatchExpr};
 pub use size::{parse_max_nbytes, parse_mmap_mode};
 
 /// The backend used when neither a backend nor a hint is given: processes, as joblib (loky).

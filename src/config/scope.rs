@@ -25,6 +25,7 @@ pub fn pop() -> bool {
 }
 
 /// Number of scoped defaults pushed on this thread.
+#[cfg(test)]
 pub fn depth() -> usize {
     STACK.with(|stack| stack.borrow().len())
 }

@@ -45,6 +45,7 @@ impl Batching {
         }
     }
 
+    #[cfg(test)]
     /// Starts "auto" at `size` (joblib's tables start some replays above 1).
     pub fn auto_from(size: usize) -> Self {
         Batching {

@@ -302,16 +302,6 @@ impl Call {
         self
     }
 
-    /// Number of tasks submitted (or produced) so far.
-    pub fn submitted(&self) -> usize {
-        self.submitted
-    }
-
-    /// True while a producer still has inputs to give.
-    pub fn has_producer(&self) -> bool {
-        self.producer.is_some()
-    }
-
     /// True once a task has failed (or the producer did): nothing more will be dispatched.
     pub fn failed(&self) -> bool {
         self.failure.is_some() || self.producer_error.is_some()

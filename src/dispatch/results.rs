@@ -43,11 +43,6 @@ impl Results {
         self.ends.len()
     }
 
-    /// True when the call had no task.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// Task `index`'s output bytes.
     pub fn get(&self, index: usize) -> Option<&[u8]> {
         if let Some(bytes) = find_mapped(&self.mapped, index) {
@@ -56,20 +51,6 @@ impl Results {
         let end = *self.ends.get(index)?;
         let start = if index == 0 { 0 } else { self.ends[index - 1] };
         Some(&self.data[start..end])
-    }
-
-    /// The error of task `index` (on_error=collect), or `None` when it succeeded.
-    pub fn error(&self, index: usize) -> Option<&Error> {
-        if self.errors.is_empty() {
-            return None;
-        }
-        let at = self.errors.binary_search_by_key(&index, |(i, _)| *i).ok()?;
-        Some(&self.errors[at].1)
-    }
-
-    /// Number of tasks that failed (on_error=collect).
-    pub fn error_count(&self) -> usize {
-        self.errors.len()
     }
 
     /// Every failed task's (index, error), by index (on_error=collect).

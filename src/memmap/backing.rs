@@ -71,6 +71,8 @@ pub struct BackingFile {
     fd: OwnedFd,
     len: u64,
     folder: PathBuf,
+    /// Read by tests, which check which way the file was made.
+    #[cfg_attr(not(test), allow(dead_code))]
     method: CreateMethod,
 }
 
@@ -152,16 +154,13 @@ impl BackingFile {
     }
 
     /// Whether the file has no bytes.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// The folder the file's space comes from.
-    pub fn folder(&self) -> &Path {
-        &self.folder
-    }
-
     /// Whether `O_TMPFILE` or the unlink fallback made the file.
+    #[cfg(test)]
     pub fn method(&self) -> CreateMethod {
         self.method
     }

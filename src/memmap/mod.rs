@@ -28,15 +28,9 @@ pub mod shared;
 pub mod spill;
 
 pub use backing::BackingFile;
-pub use folder::{
-    FolderProbe, FolderSource, TempFolder, check_folder, prepare_temp_folder, resolve_temp_folder,
-};
-pub use hash::content_hash;
 pub use mapping::{MapAccess, Mapping};
 pub use shared::SharedBuffer;
-// The option parsers live with the other options; re-exported so this module stays self-contained.
-pub use crate::config::{MmapMode, parse_max_nbytes, parse_mmap_mode};
-pub use spill::{Spill, SpillRef};
+pub use spill::Spill;
 
 /// Helpers for this module's tests: private temp directories and permission games.
 #[cfg(test)]

@@ -16,7 +16,6 @@
 //! It has no name (see [`backing`](super::backing)), so nothing is left in the folder however the
 //! process ends.
 
-use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use super::{BackingFile, MapAccess, Mapping};
@@ -29,7 +28,9 @@ use crate::error::Result;
 /// `w+` arrays, each task should write its own slice.
 #[derive(Debug)]
 pub struct SharedBuffer {
-    /// `None` for a zero-length buffer: no file is created.
+    /// `None` for a zero-length buffer: no file is created. Kept open for the buffer's life (tests
+    /// hand its descriptor to a worker forked before the buffer existed).
+    #[cfg_attr(not(test), allow(dead_code))]
     file: Option<BackingFile>,
     map: Mapping,
 }
@@ -70,13 +71,15 @@ impl SharedBuffer {
     }
 
     /// Whether the buffer has no bytes.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// The backing file's descriptor (close-on-exec), to hand to a worker that was forked before
     /// the buffer existed; `None` for a zero-length buffer.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+    #[cfg(test)]
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.file.as_ref().map(BackingFile::fd)
     }
 }

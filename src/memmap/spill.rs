@@ -2,7 +2,7 @@
 //! per call to anonymous backing files, at page-aligned offsets that workers map directly.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::backing::{BackingFile, page_size, round_up};
 use super::folder::folder_error;
@@ -139,13 +139,9 @@ impl Spill {
     }
 
     /// How many files exist (0 until the first entry).
+    #[cfg(test)]
     pub fn file_count(&self) -> usize {
         self.segments.len()
-    }
-
-    /// The folder the files are in.
-    pub fn folder(&self) -> &Path {
-        &self.folder
     }
 }
 

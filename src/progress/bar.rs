@@ -46,11 +46,6 @@ impl ProgressBar {
         }
     }
 
-    /// Whether it redraws in place.
-    pub fn is_terminal(&self) -> bool {
-        self.terminal
-    }
-
     /// True when an unfinished in-place line is on the terminal: anything else written to that
     /// stream must clear it first ([`CLEAR_LINE`]) and redraw it after ([`ProgressBar::redraw`]).
     pub fn has_line_on_screen(&self) -> bool {
