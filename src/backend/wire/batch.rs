@@ -1,0 +1,231 @@
+//! The encoding of a batch: its callbacks (function address and userdata address, valid in the
+//! worker because it is a fork of the parent; or registry indices for a spawned worker), its
+//! argument end offsets and argument bytes, the run flags, and the spill files it refers to.
+
+use std::io;
+
+use super::{Reader, malformed, out_of_memory, put};
+use crate::memmap::MapAccess;
+use crate::task::{ArgRef, Batch, Callback, TaskFailure, TaskFn};
+
+/// How the worker runs a batch: the [`crate::task::RunContext`] flags that cross the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunFlags {
+    /// Record each task's start time (the call has a timeout).
+    pub timed: bool,
+    /// on_error=collect: failed tasks do not stop the batch.
+    pub collect: bool,
+    /// How spilled arguments are mapped (mmap_mode).
+    pub access: MapAccess,
+    /// Which call the batch belongs to: a kept worker drops the previous call's spill files when
+    /// it changes.
+    pub call: u64,
+    /// Results longer than this many bytes go back through files (u64::MAX: never).
+    pub results_above: u64,
+}
+
+impl Default for RunFlags {
+    fn default() -> Self {
+        RunFlags {
+            timed: false,
+            collect: false,
+            access: MapAccess::ReadOnly,
+            call: 0,
+            results_above: u64::MAX,
+        }
+    }
+}
+
+impl RunFlags {
+    fn bits(self) -> usize {
+        let access = match self.access {
+            MapAccess::ReadOnly => 0,
+            MapAccess::Shared => 1,
+            MapAccess::Private => 2,
+        };
+        usize::from(self.timed) | usize::from(self.collect) << 1 | access << 2
+    }
+
+    fn from_bits(bits: usize) -> io::Result<Self> {
+        let access = match (bits >> 2) & 3 {
+            0 => MapAccess::ReadOnly,
+            1 => MapAccess::Shared,
+            2 => MapAccess::Private,
+            _ => return Err(malformed("batch")),
+        };
+        Ok(RunFlags {
+            timed: bits & 1 != 0,
+            collect: bits & 2 != 0,
+            access,
+            call: 0,
+            results_above: u64::MAX,
+        })
+    }
+}
+
+/// Encodes `batch` into `out` (cleared first). Of `batch.forced` only the indices travel: the
+/// worker skips those tasks, and the parent, which kept the batch, merges their failures.
+/// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
+/// order of the descriptors; `results_folder` is where the worker writes results above
+/// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
+/// registry indices (the caller checked that every task's function is registered).
+///
+/// The frame is as large as the batch's arguments: when it cannot be allocated, this is an
+/// [`io::ErrorKind::OutOfMemory`] error (never an abort).
+pub fn encode_batch(
+    batch: &Batch,
+    flags: RunFlags,
+    attached: &[u64],
+    results_folder: &[u8],
+    by_index: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let (callbacks, args, arg_ends) = batch.parts();
+    out.clear();
+    // Everything written below, so that nothing reallocates.
+    let len = 80
+        + callbacks.len() * 24
+        + args.len()
+        + results_folder.len()
+        + batch.forced.len() * 8
+        + batch.spilled.len() * 32
+        + attached.len() * 8;
+    out.try_reserve_exact(len)
+        .map_err(|e| out_of_memory(len, &e))?;
+    put(out, batch.first);
+    put(out, callbacks.len());
+    put(out, args.len());
+    put(out, flags.bits());
+    out.extend_from_slice(&flags.call.to_ne_bytes());
+    out.extend_from_slice(&flags.results_above.to_ne_bytes());
+    put(out, results_folder.len());
+    out.extend_from_slice(results_folder);
+    put(out, batch.forced.len());
+    for (index, _) in &batch.forced {
+        put(out, *index);
+    }
+    put(out, batch.spilled.len());
+    for (index, at) in &batch.spilled {
+        put(out, *index);
+        out.extend_from_slice(&at.file.to_ne_bytes());
+        out.extend_from_slice(&at.offset.to_ne_bytes());
+        put(out, at.len);
+    }
+    put(out, attached.len());
+    for id in attached {
+        out.extend_from_slice(&id.to_ne_bytes());
+    }
+    // Tasks of a batch usually share their function: look each one up once.
+    let mut last: Option<(usize, usize)> = None;
+    for callback in callbacks {
+        let (mut func, userdata) = callback.to_raw();
+        if by_index {
+            func = match last {
+                Some((address, index)) if address == func => index,
+                _ => {
+                    let index = crate::registry::index_of(callback.func())
+                        .map_or(usize::MAX, |i| i as usize);
+                    last = Some((func, index));
+                    index
+                }
+            };
+        }
+        put(out, func);
+        put(out, userdata);
+    }
+    for &end in arg_ends {
+        put(out, end);
+    }
+    out.extend_from_slice(args);
+    Ok(())
+}
+
+/// A batch as the worker receives it.
+#[derive(Debug)]
+pub struct DecodedBatch {
+    /// The tasks.
+    pub batch: Batch,
+    /// How to run them.
+    pub flags: RunFlags,
+    /// The ids of the spill files whose descriptors came with the frame, in their order.
+    pub attached: Vec<u64>,
+    /// Where to write results above `flags.results_above` (a path, as bytes).
+    pub results_folder: Vec<u8>,
+}
+
+/// Decodes a batch encoded by [`encode_batch`]; with `functions` (a spawned worker's registry),
+/// callbacks are registry indices into it.
+///
+/// # Safety
+/// Without `functions`, `buf` must come from `encode_batch` in this process or the process this
+/// one was forked from, so that its callback addresses are valid here.
+pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Result<DecodedBatch> {
+    let mut r = Reader { buf, what: "batch" };
+    let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
+    let mut flags = RunFlags::from_bits(r.word()?)?;
+    flags.call = r.word()? as u64;
+    flags.results_above = r.word()? as u64;
+    let folder_len = r.word()?;
+    let results_folder = r.bytes(folder_len)?.to_vec();
+    let forced_count = r.word()?;
+    if forced_count > count {
+        return Err(malformed("batch"));
+    }
+    let forced = r.words(forced_count)?;
+    let spilled_count = r.word()?;
+    if spilled_count > count {
+        return Err(malformed("batch"));
+    }
+    let mut spilled = Vec::with_capacity(spilled_count);
+    for _ in 0..spilled_count {
+        let index = r.word()?;
+        let (file, offset) = (r.word()? as u64, r.word()? as u64);
+        let len = r.word()?;
+        spilled.push((index, ArgRef { file, offset, len }));
+    }
+    let attached_count = r.word()?;
+    let attached = r
+        .words(attached_count)?
+        .into_iter()
+        .map(|id| id as u64)
+        .collect();
+    let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
+    let callbacks = match functions {
+        Some(functions) => raw
+            .chunks_exact(2)
+            .map(|pair| {
+                let func = *functions.get(pair[0]).ok_or_else(|| malformed("batch"))?;
+                // SAFETY: a function this process registered, called without userdata, as the
+                // spawn start method documents.
+                Ok(unsafe { Callback::new(func, std::ptr::null_mut()) })
+            })
+            .collect::<io::Result<Vec<_>>>()?,
+        // SAFETY: the caller guarantees the addresses came from `to_raw` in this address space
+        // image.
+        None => raw
+            .chunks_exact(2)
+            .map(|pair| unsafe { Callback::from_raw((pair[0], pair[1])) })
+            .collect(),
+    };
+    let arg_ends = r.words(count)?;
+    let args = r.bytes(args_len)?.to_vec();
+    if arg_ends.windows(2).any(|w| w[0] > w[1])
+        || arg_ends.last().is_some_and(|&end| end != args_len)
+    {
+        return Err(malformed("batch"));
+    }
+    let mut batch = Batch::from_parts(first, callbacks, args, arg_ends);
+    // The worker only needs to know which tasks to skip; the failures themselves stay with the
+    // parent.
+    batch.forced = forced
+        .into_iter()
+        .map(|index| (index, TaskFailure::Spawn(String::new())))
+        .collect();
+    batch.spilled = spilled;
+    Ok(DecodedBatch {
+        batch,
+        flags,
+        attached,
+        results_folder,
+    })
+}
