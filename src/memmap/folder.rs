@@ -1,7 +1,7 @@
 //! Where memory-mapped files go: resolution of the temp folder, and the checks that make a bad
 //! folder fail before any task runs.
 //!
-//! Resolution order (DESIGN §3, after joblib §8.4):
+//! Resolution order (joblib's, with `PJ_TEMP_FOLDER` for `JOBLIB_TEMP_FOLDER`):
 //! 1. the `temp_folder` option;
 //! 2. the `PJ_TEMP_FOLDER` environment variable (joblib: `JOBLIB_TEMP_FOLDER`);
 //! 3. `/dev/shm`, when it is a writable directory with more than 2e9 bytes free (joblib's threshold,
@@ -9,8 +9,8 @@
 //! 4. `TMPDIR`, `TEMP`, `TMP`, the first one set and non-empty (Python's `tempfile` order);
 //! 5. `/tmp`.
 //!
-//! It is re-run at every call (joblib binds it once per executor, a pitfall in §8.4), so a changed
-//! option or environment takes effect at the next call. `~` and `~/...` are expanded with `HOME`
+//! It is re-run at every call (joblib binds it once per executor, which misses a later change), so
+//! a changed option or environment takes effect at the next call. `~` and `~/...` are expanded with `HOME`
 //! and relative paths are made absolute, as joblib does.
 //!
 //! Unlike Python's `tempfile`, a `TMPDIR` naming a missing directory is not silently skipped: the
