@@ -332,9 +332,10 @@ pub enum TaskFailure {
     Returned { code: i32, message: Option<String> },
     /// pj's own code panicked while running the task.
     Panicked(String),
-    /// pj could not run the task or keep its output: no worker could be started (fork or socket
-    /// failure), or memory for its output could not be allocated. Reported as an I/O error.
-    Spawn(String),
+    /// pj could not run the task or keep its output: no worker could be started or reached (fork,
+    /// socket, a batch that cannot be decoded), or memory for its output could not be allocated.
+    /// Reported as an I/O error.
+    Io(String),
     /// The worker process running the task died.
     Died {
         /// The worker's process id.
@@ -605,7 +606,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
             // The output could not be kept: the task failed, whatever its callback returned.
             out.arena.truncate(out.start);
             out.message = None;
-            let lost = TaskFailure::Spawn(format!(
+            let lost = TaskFailure::Io(format!(
                 "cannot allocate its output of {len} bytes (pj_out_alloc / pj_out_set): out of \
                  memory"
             ));

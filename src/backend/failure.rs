@@ -53,7 +53,7 @@ impl Backend {
                 ErrorKind::Panic,
                 format!("task {index}: pj panicked: {text}"),
             ),
-            TaskFailure::Spawn(text) => (ErrorKind::Io, format!("task {index}: {text}")),
+            TaskFailure::Io(text) => (ErrorKind::Io, format!("task {index}: {text}")),
             TaskFailure::Died {
                 pid,
                 death,

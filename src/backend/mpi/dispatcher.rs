@@ -366,7 +366,7 @@ impl Dispatcher {
                     &batch,
                     slot,
                     batch.first,
-                    TaskFailure::Spawn(format!("MPI rank {}: {error}", rank_of(slot))),
+                    TaskFailure::Io(format!("MPI rank {}: {error}", rank_of(slot))),
                 )
             }
         };

@@ -203,7 +203,7 @@ impl WorkerRank {
                         .map_or(0, u64::from_ne_bytes) as usize
                 };
                 let first = word(0);
-                let failure = TaskFailure::Spawn(format!("cannot decode the batch: {error}"));
+                let failure = TaskFailure::Io(format!("cannot decode the batch: {error}"));
                 let _ = reply.send(BatchOutcome {
                     first,
                     size: word(8),
@@ -235,7 +235,7 @@ impl WorkerRank {
         if message.len() > self.ops.max_message {
             // Sent instead: the batch failed, at its first task, saying why.
             let why = too_big("the results of this batch", message.len(), &self.ops);
-            let failure = TaskFailure::Spawn(why);
+            let failure = TaskFailure::Io(why);
             let failed = BatchOutcome {
                 first: outcome.first,
                 size: outcome.size,

@@ -204,7 +204,7 @@ pub const NO_RANK: usize = usize::MAX;
 /// Fails a batch that never reached a rank.
 pub(super) fn fail(batch: &Batch, link: &CallLink, message: &str) {
     link.abort.store(true, Ordering::Relaxed);
-    let failure = TaskFailure::Spawn(message.to_owned());
+    let failure = TaskFailure::Io(message.to_owned());
     let _ = link
         .reply
         .send(BatchOutcome::failed(batch, NO_RANK, batch.first, failure));

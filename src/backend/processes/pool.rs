@@ -81,7 +81,7 @@ impl ProcessPool {
             && let Err(unsent) = jobs.send(job)
         {
             let Job { batch, link } = unsent.into_inner();
-            let failure = TaskFailure::Spawn("the process pool is shut down".into());
+            let failure = TaskFailure::Io("the process pool is shut down".into());
             let _ = link
                 .reply
                 .send(BatchOutcome::failed(&batch, 0, batch.first, failure));

@@ -163,7 +163,7 @@ impl Proxy {
                 spawn_worker(self.slot, self.level, self.spawn.as_deref()).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,
-                        TaskFailure::Spawn(format!("cannot start a worker process: {e}")),
+                        TaskFailure::Io(format!("cannot start a worker process: {e}")),
                     ))
                 })?;
             self.worker = Some(worker);
@@ -217,7 +217,7 @@ impl Proxy {
             by_index,
             &mut self.buf,
         )
-        .map_err(|e| Some(Lost::fatal(batch.first, TaskFailure::Spawn(e.to_string()))))?;
+        .map_err(|e| Some(Lost::fatal(batch.first, TaskFailure::Io(e.to_string()))))?;
         self.fds.clear();
         let fd = worker.socket.as_raw_fd();
         let pid = worker.pid;
@@ -280,7 +280,7 @@ impl Proxy {
                 outcome.mapped = map_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,
-                        TaskFailure::Spawn(e.message().to_owned()),
+                        TaskFailure::Io(e.message().to_owned()),
                     ))
                 })?;
                 Ok(outcome)
@@ -320,10 +320,7 @@ impl Proxy {
     /// the worker records the index in the shared page before each task.
     fn reap_dead(&mut self, batch: &Batch) -> Lost {
         let Some(worker) = self.worker.take() else {
-            return Lost::fatal(
-                batch.first,
-                TaskFailure::Spawn("the worker vanished".into()),
-            );
+            return Lost::fatal(batch.first, TaskFailure::Io("the worker vanished".into()));
         };
         let running = worker
             .running
@@ -362,9 +359,9 @@ impl Proxy {
             kill_and_reap(worker.pid);
         }
         if error.kind() == io::ErrorKind::OutOfMemory {
-            return TaskFailure::Spawn(error.to_string());
+            return TaskFailure::Io(error.to_string());
         }
-        TaskFailure::Spawn(format!(
+        TaskFailure::Io(format!(
             "a worker process sent an unreadable result ({error})"
         ))
     }

@@ -131,7 +131,7 @@ pub(in crate::backend) fn serve(
                     Err(error) => {
                         outcome.failure = Some((
                             outcome.first,
-                            TaskFailure::Spawn(format!(
+                            TaskFailure::Io(format!(
                                 "cannot return a result through a file: {error}"
                             )),
                         ));

@@ -219,7 +219,7 @@ pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Resu
     // parent.
     batch.forced = forced
         .into_iter()
-        .map(|index| (index, TaskFailure::Spawn(String::new())))
+        .map(|index| (index, TaskFailure::Io(String::new())))
         .collect();
     batch.spilled = spilled;
     Ok(DecodedBatch {

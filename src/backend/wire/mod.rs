@@ -97,7 +97,7 @@ mod tests {
             call: 12,
             results_above: 1 << 20,
         };
-        let batch = batch.retry_without(41, TaskFailure::Spawn("lost".into()));
+        let batch = batch.retry_without(41, TaskFailure::Io("lost".into()));
         encode_batch(&batch, flags, &[7, 9], b"/tmp/x", false, &mut buf).unwrap();
         // SAFETY: encoded in this process.
         let decoded = unsafe { decode_batch(&buf, None) }.unwrap();

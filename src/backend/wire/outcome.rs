@@ -55,7 +55,7 @@ fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
-        TaskFailure::Spawn(text) => {
+        TaskFailure::Io(text) => {
             put(out, 3);
             put(out, index);
             put(out, text.len());
@@ -123,7 +123,7 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
             let failure = if tag == 2 {
                 TaskFailure::Panicked(text)
             } else {
-                TaskFailure::Spawn(text)
+                TaskFailure::Io(text)
             };
             Ok((index, failure))
         }
