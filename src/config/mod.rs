@@ -31,10 +31,10 @@ pub use keywords::{
     Require, ReturnAs, StartMethod,
 };
 use parse::{
-    check_batch_size, check_n_jobs, check_stack_size, check_timeout, check_verbose, parse_backend,
-    parse_batch_size, parse_bool, parse_n_jobs, parse_on_error, parse_prefer, parse_progress,
-    parse_require, parse_return_as, parse_stack_size, parse_start_method, parse_temp_folder,
-    parse_timeout, parse_verbose,
+    check_batch_size, check_n_jobs, check_stack_size, check_timeout, check_timeout_limit,
+    check_verbose, parse_backend, parse_batch_size, parse_bool, parse_n_jobs, parse_on_error,
+    parse_prefer, parse_progress, parse_require, parse_return_as, parse_stack_size,
+    parse_start_method, parse_temp_folder, parse_timeout, parse_verbose,
 };
 pub use size::{parse_max_nbytes, parse_mmap_mode};
 
@@ -146,8 +146,10 @@ pub struct Config {
     pub require: Option<Require>,
     /// joblib's verbosity level (>= 0).
     pub verbose: Option<i64>,
-    /// `Some(None)`: explicitly no limit; `Some(Some(s))`: a finite limit `s > 0` in seconds.
-    pub timeout: Option<Option<f64>>,
+    /// `Some(None)`: explicitly no limit (it overrides an outer scope's limit); `Some(Some(d))`: a
+    /// limit `d > 0`. The setters check and convert the value once; [`Config::resolve`] only
+    /// refuses a zero set directly in the field.
+    pub timeout: Option<Option<Duration>>,
     /// Tasks read before the first completion.
     pub pre_dispatch: Option<PreDispatch>,
     /// Tasks per batch.
@@ -479,16 +481,11 @@ impl Config {
             Some(level) => check_verbose(level, &level.to_string())?,
             None => 0,
         };
-        let timeout = match self.timeout.flatten() {
-            None => None,
-            Some(seconds) => check_timeout(seconds, &seconds.to_string())?.and_then(|s| {
-                // Beyond Duration's range is "no limit" in practice; a positive limit too small to
-                // represent becomes the smallest one rather than zero.
-                Duration::try_from_secs_f64(s)
-                    .ok()
-                    .map(|d| d.max(Duration::from_nanos(1)))
-            }),
-        };
+        let timeout = self
+            .timeout
+            .flatten()
+            .map(check_timeout_limit)
+            .transpose()?;
         let pre_dispatch = self.pre_dispatch.clone().unwrap_or_default();
         pre_dispatch.tasks(n_jobs)?;
         Ok(Resolved {

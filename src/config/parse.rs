@@ -5,6 +5,7 @@
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{
     BackendKind, BatchSize, MAX_FIXED_BATCH_SIZE, MAX_N_JOBS, MAX_STACK_SIZE, MIN_STACK_SIZE,
@@ -112,33 +113,44 @@ pub(super) fn parse_verbose(value: &str) -> Result<Option<i64>> {
     check_verbose(level, value).map(Some)
 }
 
-/// A timeout in seconds; `+inf` means no limit.
-pub(super) fn check_timeout(seconds: f64, shown: &str) -> Result<Option<f64>> {
+/// A timeout in seconds, checked and converted once, where it enters: `+inf` means no limit (so
+/// C callers can express joblib's `None` with a double), and so does a limit beyond `Duration`'s
+/// range (centuries); a positive limit too small to represent becomes the smallest one (1 ns)
+/// rather than zero. 0, negative values and NaN are refused.
+pub(super) fn check_timeout(seconds: f64, shown: &str) -> Result<Option<Duration>> {
     if seconds == f64::INFINITY {
         return Ok(None);
     }
     if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(invalid_value(
-            "timeout",
-            shown,
-            "expected a number of seconds > 0, or \"none\" for no limit",
-        ));
+        return Err(timeout_error(shown));
     }
-    Ok(Some(seconds))
+    Ok(Duration::try_from_secs_f64(seconds)
+        .ok()
+        .map(|limit| limit.max(Duration::from_nanos(1))))
 }
 
-pub(super) fn parse_timeout(value: &str) -> Result<Option<f64>> {
+/// A limit set directly in a `Config` (its fields are public) must be positive, as the setters'.
+pub(super) fn check_timeout_limit(limit: Duration) -> Result<Duration> {
+    if limit.is_zero() {
+        return Err(timeout_error("0"));
+    }
+    Ok(limit)
+}
+
+fn timeout_error(shown: &str) -> Error {
+    invalid_value(
+        "timeout",
+        shown,
+        "expected a number of seconds > 0, or \"none\" for no limit",
+    )
+}
+
+pub(super) fn parse_timeout(value: &str) -> Result<Option<Duration>> {
     if is_none(value) {
         return Ok(None);
     }
     // Rust's float syntax: decimal, exponent, "inf"/"infinity" (any case); "nan" is refused below.
-    let seconds: f64 = value.parse().map_err(|_| {
-        invalid_value(
-            "timeout",
-            value,
-            "expected a number of seconds > 0, or \"none\" for no limit",
-        )
-    })?;
+    let seconds: f64 = value.parse().map_err(|_| timeout_error(value))?;
     check_timeout(seconds, value)
 }
 

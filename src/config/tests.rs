@@ -264,9 +264,18 @@ fn verbose_levels() {
 
 #[test]
 fn timeout_values() {
-    assert_eq!(set("timeout", "2.5").timeout, Some(Some(2.5)));
-    assert_eq!(set("timeout", "1e-3").timeout, Some(Some(0.001)));
-    assert_eq!(set("timeout", "10").timeout, Some(Some(10.0)));
+    assert_eq!(
+        set("timeout", "2.5").timeout,
+        Some(Some(Duration::from_millis(2500)))
+    );
+    assert_eq!(
+        set("timeout", "1e-3").timeout,
+        Some(Some(Duration::from_millis(1)))
+    );
+    assert_eq!(
+        set("timeout", "10").timeout,
+        Some(Some(Duration::from_secs(10)))
+    );
     for none in ["none", "None", "inf", "infinity", "Infinity", "+inf"] {
         assert_eq!(set("timeout", none).timeout, Some(None), "{none}");
     }
@@ -281,7 +290,7 @@ fn timeout_values() {
     config.set_timeout(f64::INFINITY).unwrap();
     assert_eq!(config.timeout, Some(None));
     config.set_timeout(0.5).unwrap();
-    assert_eq!(config.timeout, Some(Some(0.5)));
+    assert_eq!(config.timeout, Some(Some(Duration::from_millis(500))));
     for bad in [0.0, -0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
         let err = config.set_timeout(bad).unwrap_err();
         assert!(
@@ -290,7 +299,19 @@ fn timeout_values() {
             err.message()
         );
     }
-    assert_eq!(config.timeout, Some(Some(0.5)));
+    assert_eq!(config.timeout, Some(Some(Duration::from_millis(500))));
+    config.set_timeout(1e300).unwrap();
+    assert_eq!(
+        config.timeout,
+        Some(None),
+        "beyond Duration's range means no limit"
+    );
+    config.set_timeout(1e-300).unwrap();
+    assert_eq!(
+        config.timeout,
+        Some(Some(Duration::from_nanos(1))),
+        "a positive limit never rounds to zero"
+    );
 }
 
 #[test]
@@ -646,11 +667,7 @@ fn resolve_rechecks_public_fields() {
             ..Config::default()
         },
         Config {
-            timeout: Some(Some(0.0)),
-            ..Config::default()
-        },
-        Config {
-            timeout: Some(Some(f64::NAN)),
+            timeout: Some(Some(Duration::ZERO)),
             ..Config::default()
         },
     ] {
@@ -658,20 +675,12 @@ fn resolve_rechecks_public_fields() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     }
     let r = resolved(&Config {
-        timeout: Some(Some(f64::INFINITY)),
-        ..Config::default()
-    });
-    assert_eq!(r.timeout, None);
-    let r = resolved(&Config {
-        timeout: Some(Some(1e300)),
-        ..Config::default()
-    });
-    assert_eq!(r.timeout, None, "beyond Duration's range means no limit");
-    let r = resolved(&Config {
-        timeout: Some(Some(1e-300)),
+        timeout: Some(Some(Duration::from_nanos(1))),
         ..Config::default()
     });
     assert_eq!(r.timeout, Some(Duration::from_nanos(1)));
+    let r = resolved(&set("timeout", "1e300"));
+    assert_eq!(r.timeout, None, "beyond Duration's range means no limit");
     let r = resolved(&set("timeout", "1.5"));
     assert_eq!(r.timeout, Some(Duration::from_millis(1500)));
 }
