@@ -335,9 +335,16 @@ fn shared_object(ip: u64) -> Option<SharedObject> {
     };
     Some(SharedObject {
         file: text(info.dli_fname).unwrap_or_else(|| "?".to_owned()),
-        symbol: text(info.dli_sname).map(|name| (name, ip.wrapping_sub(info.dli_saddr as u64))),
+        symbol: text(info.dli_sname)
+            .map(|name| (demangled(&name), ip.wrapping_sub(info.dli_saddr as u64))),
         base: info.dli_fbase as u64,
     })
+}
+
+/// A symbol name as its language writes it: Rust (without the hash suffix) or C++; other names
+/// (C) unchanged.
+fn demangled(name: &str) -> String {
+    format!("{:#}", backtrace::SymbolName::new(name.as_bytes()))
 }
 
 /// The alternate signal stack (address, size), mapped once in the parent before the first fork:

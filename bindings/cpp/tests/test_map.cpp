@@ -379,6 +379,33 @@ TEST_P(Map, WorkerDiedErrorWhenAFunctionAborts) {
     EXPECT_EQ(par.map({1}, [](int x) { return x; }), (std::vector<int>{1}));
 }
 
+// A crashing C++ function with a mangled name (namespace, std::string parameter): its backtrace
+// frame must read as C++, not as "_ZN...".
+namespace pj_crash_site {
+[[gnu::noinline]] std::size_t digest(const std::string& text, std::size_t i) {
+    if (i == 2) {
+        std::abort();
+    }
+    return text.size() + i;
+}
+}  // namespace pj_crash_site
+
+TEST_P(Map, ACrashBacktraceShowsCppNamesDemangled) {
+    if (!processes()) {
+        GTEST_SKIP() << "std::abort() on a worker thread would end the test program";
+    }
+    pj::Parallel par = parallel();
+    const std::string text = "some text";
+    try {
+        par.map_indexed(4, [&text](std::size_t i) { return pj_crash_site::digest(text, i); });
+        FAIL() << "no exception";
+    } catch (const pj::WorkerDiedError& e) {
+        EXPECT_EQ(e.task_index(), 2);
+        EXPECT_TRUE(contains(e.report(), "pj_crash_site::digest(")) << e.report();
+        EXPECT_FALSE(contains(e.report(), "pj_crash_site6digest")) << e.report();
+    }
+}
+
 TEST_P(Map, TaskUsingItsOwnParallelGetsBusy) {
     pj::Parallel par = parallel();
     pj::Parallel* self = &par;
