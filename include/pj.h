@@ -737,7 +737,9 @@ pj_status pj_parallel_for(pj_parallel_t *parallel,
                           pj_error_t **error_out);
 
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
-// Call it only from inside the task callback that received `out`.
+// It may also point into the output itself (bytes written through `pj_out_alloc`'s pointer):
+// those bytes then become the whole output. Call it only from inside the task callback that
+// received `out`.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
 // `len > 0`; PJ_STATUS_INVALID_ARGUMENT when `len` exceeds PTRDIFF_MAX (no buffer is that large;
@@ -754,6 +756,15 @@ pj_status pj_out_set(pj_out_t *out, const uint8_t *data, size_t len);
 // of L bytes ...") whatever the callback returns, unless a later `pj_out_set` or `pj_out_alloc`
 // succeeds. A failed allocation never aborts the process.
 uint8_t *pj_out_alloc(pj_out_t *out, size_t len);
+
+// Shortens the task's output to its first `len` bytes: for an output written in place through
+// `pj_out_alloc` with a bound larger than what was produced (a compressor's worst case, say).
+// Frees nothing and copies nothing; a pointer from `pj_out_alloc` stays valid for the first
+// `len` bytes. Call it only from inside the task callback that received `out`.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL; PJ_STATUS_INVALID_ARGUMENT
+// when `len` is larger than the output (the output is unchanged).
+pj_status pj_out_truncate(pj_out_t *out, size_t len);
 
 // Attaches a message (a NUL-terminated string, copied; invalid UTF-8 is replaced) that explains a
 // failure: it is reported when the callback returns non-zero and ignored when it returns 0.

@@ -107,11 +107,33 @@ impl TaskOutput {
 
     /// Replaces the task's output with a copy of `data`. False when the bytes cannot be
     /// allocated: the output is then empty and the task fails (unless a later write succeeds).
+    /// `data` may lie inside the output itself (a C caller passing back part of the window
+    /// `pj_out_alloc` gave it): those bytes are moved to the window's start, without allocating.
     pub fn set(&mut self, data: &[u8]) -> bool {
+        let written = self.start..self.arena.len();
+        let base = self.arena.as_ptr() as usize;
+        let from = (data.as_ptr() as usize).wrapping_sub(base);
+        if !data.is_empty() && written.contains(&from) && from + data.len() <= written.end {
+            // Only the range is used from here on, not `data`: the arena moves the bytes itself.
+            self.arena.copy_within(from..from + data.len(), self.start);
+            self.arena.truncate(self.start + data.len());
+            self.failed_alloc = None;
+            return true;
+        }
         if !self.make_room(data.len()) {
             return false;
         }
         self.arena.extend_from_slice(data);
+        true
+    }
+
+    /// Shortens the output to its first `len` bytes (an output written in place larger than it
+    /// turned out to be). False, with the output unchanged, when it is shorter than `len`.
+    pub fn truncate(&mut self, len: usize) -> bool {
+        if len > self.arena.len() - self.start {
+            return false;
+        }
+        self.arena.truncate(self.start + len);
         true
     }
 

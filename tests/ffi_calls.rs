@@ -161,6 +161,63 @@ fn collect_without_a_call_is_empty_and_outputs_can_be_empty_or_large() {
     }
 }
 
+/// Task: writes its output in place with a generous bound, then keeps only what it produced:
+/// argument 0 truncates the window, 1 passes part of the window back to pj_out_set (overlapping
+/// the output's start), 2 asks for
+/// more than the window (refused, output unchanged), then an empty output.
+unsafe extern "C" fn written_in_place(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments.
+    let how = unsafe { arg_u64(arg, len) };
+    let bound = 1000;
+    let buf = pj_out_alloc(out, bound);
+    // SAFETY: pj_out_alloc returned `bound` writable bytes.
+    let window = unsafe { std::slice::from_raw_parts_mut(buf, bound) };
+    window[..6].copy_from_slice(b"header");
+    window[6..11].copy_from_slice(b"hello");
+    let ok = match how {
+        0 => pj_out_truncate(out, 11) == pj_status::Ok,
+        // SAFETY: 8 bytes of the window (overlapping where they go), which pj_out_set may be
+        // handed back.
+        1 => pj_out_set(out, unsafe { buf.add(3) }, 8) == pj_status::Ok,
+        _ => {
+            let refused = pj_out_truncate(out, bound + 1) == pj_status::InvalidArgument;
+            let kept = pj_out_truncate(out, bound) == pj_status::Ok;
+            let emptied = pj_out_truncate(out, 0) == pj_status::Ok;
+            refused && kept && emptied
+        }
+    };
+    if ok { 0 } else { 1 }
+}
+
+#[test]
+fn an_output_written_in_place_can_be_shortened_or_passed_back() {
+    for backend in ["threads", "processes", "sequential"] {
+        let par = parallel(&[("n_jobs", "2"), ("backend", backend), ("batch_size", "2")]).unwrap();
+        for how in [0u64, 1, 2, 0, 1] {
+            par.submit(
+                Some(written_in_place),
+                std::ptr::null_mut(),
+                &how.to_ne_bytes(),
+            )
+            .unwrap();
+        }
+        let out = par.collect().unwrap();
+        let want: [&[u8]; 5] = [
+            b"headerhello",
+            b"derhello",
+            b"",
+            b"headerhello",
+            b"derhello",
+        ];
+        assert_eq!(out, want.map(<[u8]>::to_vec), "{backend}");
+    }
+}
+
 struct Range {
     next: u64,
     end: u64,

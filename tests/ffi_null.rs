@@ -233,6 +233,7 @@ fn unwrap_results(status: pj_status, res: *mut pj_results_t) -> *mut pj_results_
 fn output_functions() {
     assert_eq!(pj_out_set(null_mut(), null(), 0), pj_status::NullArgument);
     assert!(pj_out_alloc(null_mut(), 8).is_null());
+    assert_eq!(pj_out_truncate(null_mut(), 0), pj_status::NullArgument);
     assert_eq!(
         pj_out_error(null_mut(), c"x".as_ptr()),
         pj_status::NullArgument

@@ -56,7 +56,9 @@ impl pj_results_t {
 }
 
 /// Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
-/// Call it only from inside the task callback that received `out`.
+/// It may also point into the output itself (bytes written through `pj_out_alloc`'s pointer):
+/// those bytes then become the whole output. Call it only from inside the task callback that
+/// received `out`.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL, or `data` is NULL with
 /// `len > 0`; PJ_STATUS_INVALID_ARGUMENT when `len` exceeds PTRDIFF_MAX (no buffer is that large;
@@ -93,6 +95,27 @@ pub extern "C" fn pj_out_alloc(out: *mut TaskOutput, len: usize) -> *mut u8 {
             .alloc(len)
             .map_or(std::ptr::null_mut(), <[u8]>::as_mut_ptr),
         None => std::ptr::null_mut(),
+    })
+}
+
+/// Shortens the task's output to its first `len` bytes: for an output written in place through
+/// `pj_out_alloc` with a bound larger than what was produced (a compressor's worst case, say).
+/// Frees nothing and copies nothing; a pointer from `pj_out_alloc` stays valid for the first
+/// `len` bytes. Call it only from inside the task callback that received `out`.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `out` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// when `len` is larger than the output (the output is unchanged).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_out_truncate(out: *mut TaskOutput, len: usize) -> pj_status {
+    run_without_error_out(|| {
+        let out = borrow_mut(out)?;
+        let have = out.data().len();
+        if !out.truncate(len) {
+            return Err(Error::invalid(format!(
+                "pj_out_truncate: {len} bytes is more than the output's {have}"
+            )));
+        }
+        Ok(())
     })
 }
 

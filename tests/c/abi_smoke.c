@@ -430,6 +430,7 @@ static void test_null_arguments(void) {
     CHECK(pj_out_alloc(NULL, 8) == NULL);
     CHECK(pj_out_error(NULL, "message") == PJ_STATUS_NULL_ARGUMENT);
     CHECK(pj_out_cancelled(NULL) == 0);
+    CHECK(pj_out_truncate(NULL, 0) == PJ_STATUS_NULL_ARGUMENT);
 
     /* Every _free accepts NULL. */
     pj_config_free(NULL);
