@@ -610,6 +610,26 @@ pj_status pj_parallel_submit(pj_parallel_t *parallel,
                              size_t arg_len,
                              pj_error_t **error_out);
 
+// Announces the size of the next call on `parallel` (the one the next `pj_parallel_submit`,
+// `pj_parallel_map` or `pj_parallel_imap` starts), for progress reporting only: the progress
+// callback and the progress bar show the total, percentage and ETA from the first completion
+// instead of only once the input has ended, and the verbose lines say "Done k out of N" as
+// joblib's do for an input with a length. `n_items` is the number of inputs; `items_per_task` is
+// 1 when each task is one input, or the number of inputs each task covers when a caller chunks
+// them (the last task may cover fewer): the callback and the bar then count inputs, not tasks
+// (`pj_parallel_for` does this for its ranges by itself). The call runs whatever is submitted: a
+// wrong announcement only misleads the progress display, and once the input ends the real number
+// of tasks is shown. The C++ and Go wrappers call this whenever their input has a length.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` is NULL;
+// PJ_STATUS_INVALID_ARGUMENT when `items_per_task` is 0, when a call fed by submits is in flight
+// (announce a call's size before its first submit), or when the executor was created in another
+// process; PJ_STATUS_BUSY when another thread's call is in flight. Never blocks.
+pj_status pj_parallel_expect(pj_parallel_t *parallel,
+                             size_t n_items,
+                             size_t items_per_task,
+                             pj_error_t **error_out);
+
 // Ends the current call: waits for every submitted task and stores their results, in submission
 // order, in `*results_out` (owned by the caller: free with `pj_results_free`). Without a call in
 // flight it returns an empty result set. Once it has run (OK or any failure of the call) the call is

@@ -18,7 +18,7 @@ use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::progress::{Progress, StdStreams, Stream, VerboseSettings};
+use crate::progress::{Expected, Progress, StdStreams, Stream, VerboseSettings};
 use crate::task::Callback;
 
 /// A configured parallel executor; see the module docs for the one-call-at-a-time rule.
@@ -41,6 +41,8 @@ struct State {
     backend: Option<Backend>,
     batching: Batching,
     call: Option<Call>,
+    /// The next call's size, announced by `expect`; taken when that call starts.
+    expected: Option<Expected>,
 }
 
 /// Exclusive access for the owning thread; on drop, ownership ends unless a submit/collect call is
@@ -122,6 +124,7 @@ impl Parallel {
             backend: None,
             batching,
             call: None,
+            expected: None,
         };
         Ok(Parallel {
             settings,
@@ -160,6 +163,7 @@ impl Parallel {
                 &mut state.batching,
                 &self.stop,
                 backend,
+                state.expected.take(),
             )),
         };
         call.submit(backend, &mut state.batching, callback, arg);
@@ -189,13 +193,32 @@ impl Parallel {
     /// runs `callback` on each, and returns the results in input order. A call of this thread still
     /// in flight is abandoned first.
     pub fn map(&self, callback: Callback, producer: Producer) -> Result<Results> {
+        self.map_expecting(callback, producer, None)
+    }
+
+    /// [`Parallel::map`] for a call whose size is known (`pj_parallel_for`), announced to
+    /// progress reporting in place of anything `expect` announced.
+    pub fn map_expecting(
+        &self,
+        callback: Callback,
+        producer: Producer,
+        expected: Option<Expected>,
+    ) -> Result<Results> {
         self.check_callback(callback)?;
         let mut entered = self.enter()?;
         let state = &mut *entered;
         abandon_call(state);
+        let announced = state.expected.take();
+        let expected = expected.or(announced);
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = new_call(&self.settings, &mut state.batching, &self.stop, backend)
-            .with_producer(callback, producer);
+        let call = new_call(
+            &self.settings,
+            &mut state.batching,
+            &self.stop,
+            backend,
+            expected,
+        )
+        .with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
     }
 
@@ -207,11 +230,34 @@ impl Parallel {
         let mut entered = self.enter()?;
         let state = &mut *entered;
         abandon_call(state);
+        let expected = state.expected.take();
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
         state.call = Some(
-            new_call(&self.settings, &mut state.batching, &self.stop, backend)
-                .with_producer(callback, producer),
+            new_call(
+                &self.settings,
+                &mut state.batching,
+                &self.stop,
+                backend,
+                expected,
+            )
+            .with_producer(callback, producer),
         );
+        Ok(())
+    }
+
+    /// Announces the size of the next call (the one the next submit, map or imap starts) to
+    /// progress reporting: see [`Expected`]. Refused while a call fed by submits is in flight
+    /// (its size must be known before its first completion is reported).
+    pub fn expect(&self, expected: Expected) -> Result<()> {
+        let mut entered = self.enter()?;
+        let state = &mut *entered;
+        if state.call.is_some() {
+            return Err(Error::invalid(
+                "pj_parallel_expect: a call is in flight; announce a call's size before its \
+                 first submit (or collect the call first)",
+            ));
+        }
+        state.expected = Some(expected);
         Ok(())
     }
 
@@ -346,7 +392,11 @@ fn abandon_call(state: &mut State) {
 
 /// Progress reporting for a call, when verbose lines, a bar or a callback are wanted; prints the
 /// "Using backend" line of a parallel call.
-fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
+fn progress_for(
+    settings: &Resolved,
+    workers: usize,
+    expected: Option<Expected>,
+) -> Option<Progress> {
     let bar = settings.progress == ProgressMode::Bar;
     if settings.verbose <= 0 && !bar && settings.progress_hook.is_none() {
         return None;
@@ -354,10 +404,14 @@ fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
     let verbose = VerboseSettings {
         n_jobs_requested: settings.n_jobs_requested,
         verbose: settings.verbose,
-        total_tasks: None,
+        // joblib's len(iterable): the number of tasks, announced.
+        total_tasks: expected.map(|e| e.tasks()),
         pre_dispatch_tasks: settings.pre_dispatch_tasks().ok().flatten().unwrap_or(0),
     };
     let mut progress = Progress::new(verbose, Box::new(Instant::now()), Box::new(StdStreams));
+    if let Some(expected) = expected {
+        progress = progress.with_expected(expected);
+    }
     if let Some(hook) = settings.progress_hook {
         progress = progress.with_callback(Box::new(move |done, total, elapsed| {
             // SAFETY: the documented `pj_progress_fn` contract: callable with its userdata on the
@@ -366,7 +420,12 @@ fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
         }));
     }
     if bar {
-        progress = progress.with_bar(Stream::Stderr, Stream::Stderr.is_terminal());
+        let terminal = Stream::Stderr.is_terminal();
+        progress = progress.with_bar(
+            Stream::Stderr,
+            terminal,
+            terminal.then(|| Stream::Stderr.columns()).flatten(),
+        );
     }
     if settings.sequential {
         progress = progress.sequential();
@@ -376,7 +435,13 @@ fn progress_for(settings: &Resolved, workers: usize) -> Option<Progress> {
     Some(progress)
 }
 
-fn new_call(settings: &Resolved, batching: &mut Batching, stop: &Stop, backend: &Backend) -> Call {
+fn new_call(
+    settings: &Resolved,
+    batching: &mut Batching,
+    stop: &Stop,
+    backend: &Backend,
+    expected: Option<Expected>,
+) -> Call {
     // Each call learns its own batch size, as joblib resets its statistics at each call.
     batching.reset();
     if settings.sequential
@@ -406,7 +471,7 @@ fn new_call(settings: &Resolved, batching: &mut Batching, stop: &Stop, backend: 
         _ => None,
     };
     Call::new(options, stop)
-        .with_progress(progress_for(settings, backend.workers()))
+        .with_progress(progress_for(settings, backend.workers(), expected))
         .with_spill(spill)
 }
 

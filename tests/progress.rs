@@ -154,6 +154,129 @@ fn the_callback_knows_the_total_of_a_short_call_at_its_last_task() {
     }
 }
 
+/// Announces `n_items` (`items_per_task` each task) for the next call of `par`.
+fn expect(par: &Par, n_items: usize, items_per_task: usize) -> Result<(), CError> {
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_parallel_expect(par.0, n_items, items_per_task, &mut err),
+        err,
+    )
+}
+
+#[test]
+fn an_announced_total_is_known_from_the_first_completion_on_every_backend() {
+    for backend in ["processes", "threads", "sequential"] {
+        let seen = Seen::default();
+        let par = with_callback(&[("backend", backend), ("n_jobs", "2")], &seen);
+        let n = 60u64;
+        expect(&par, n as usize, 1).unwrap();
+        for i in 0..n {
+            par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                .unwrap();
+        }
+        assert_eq!(par.collect().unwrap().len(), n as usize);
+        let calls = std::mem::take(&mut *seen.calls.lock().unwrap());
+        let done: Vec<u64> = calls.iter().map(|c| c.0).collect();
+        assert_eq!(done, (1..=n).collect::<Vec<_>>(), "{backend}");
+        assert!(
+            calls.iter().all(|c| c.1 == n as i64),
+            "{backend}: {calls:?}"
+        );
+
+        // The announcement was for that call only: the next one learns its total at its end.
+        for i in 0..n {
+            par.submit(Some(nap_1ms), std::ptr::null_mut(), &i.to_ne_bytes())
+                .unwrap();
+        }
+        par.collect().unwrap();
+        let calls = seen.calls.lock().unwrap();
+        assert_eq!(calls.first().unwrap().1, -1, "{backend}: not announced");
+
+        // Through map, with a producer (a generator, for joblib).
+        drop(calls);
+        seen.calls.lock().unwrap().clear();
+        expect(&par, 20, 1).unwrap();
+        let next = AtomicU64::new(0);
+        let mut res = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_map(
+            par.0,
+            Some(nap_1ms),
+            std::ptr::null_mut(),
+            Some(count_to_20),
+            (&next as *const AtomicU64).cast_mut().cast(),
+            &mut res,
+            &mut err,
+        );
+        check(status, err).unwrap();
+        pj_results_free(res);
+        let calls = seen.calls.lock().unwrap();
+        assert_eq!(calls.len(), 20);
+        assert!(calls.iter().all(|c| c.1 == 20), "{backend}: {calls:?}");
+    }
+}
+
+/// A range callback that does nothing.
+unsafe extern "C" fn idle_range(_: *mut c_void, _: usize, _: usize, _: *mut TaskOutput) -> i32 {
+    0
+}
+
+#[test]
+fn a_parallel_for_reports_items_not_ranges() {
+    for (backend, n) in [
+        ("threads", 100usize),
+        ("processes", 103),
+        ("sequential", 1000),
+    ] {
+        let seen = Seen::default();
+        let par = with_callback(&[("backend", backend), ("n_jobs", "2")], &seen);
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_for(par.0, n, Some(idle_range), std::ptr::null_mut(), &mut err);
+        check(status, err).unwrap();
+        let calls = seen.calls.lock().unwrap();
+        let case = format!("{backend} n={n}");
+        // One call per range (2 workers x 16 ranges at most), each saying items out of n.
+        assert!(
+            calls.len() > 1 && calls.len() <= 32,
+            "{case}: {}",
+            calls.len()
+        );
+        assert!(calls.iter().all(|c| c.1 == n as i64), "{case}: {calls:?}");
+        assert!(
+            calls.windows(2).all(|w| w[0].0 < w[1].0),
+            "{case}: {calls:?}"
+        );
+        assert!(calls.iter().all(|c| c.0 <= n as u64), "{case}: {calls:?}");
+        assert_eq!(calls.last().unwrap().0, n as u64, "{case}");
+        // Every call but the last is short of n: the total is reached only at the end.
+        assert!(
+            calls[..calls.len() - 1].iter().all(|c| c.0 < n as u64),
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn expect_refuses_what_it_cannot_honour() {
+    assert_eq!(
+        pj_parallel_expect(std::ptr::null_mut(), 1, 1, std::ptr::null_mut()),
+        pj_status::NullArgument
+    );
+    let par = parallel(&[("backend", "threads"), ("n_jobs", "2")]).unwrap();
+    let err = expect(&par, 10, 0).unwrap_err();
+    assert_eq!(err.status, pj_status::InvalidArgument);
+    assert!(err.message.contains("items_per_task"), "{}", err.message);
+    par.submit(Some(nap_1ms), std::ptr::null_mut(), &1u64.to_ne_bytes())
+        .unwrap();
+    let err = expect(&par, 10, 1).unwrap_err();
+    assert_eq!(err.status, pj_status::InvalidArgument);
+    assert!(err.message.contains("in flight"), "{}", err.message);
+    assert_eq!(par.collect().unwrap().len(), 1);
+    // Once the call is over, the next one may be announced; n 0 is a valid (empty) call.
+    expect(&par, 0, 1).unwrap();
+    expect(&par, usize::MAX, usize::MAX).unwrap();
+}
+
 #[test]
 fn the_callback_can_be_cleared_and_config_checks_progress_values() {
     let seen = Seen::default();
@@ -302,8 +425,50 @@ fn child_case() {
             ],
             300,
         ),
+        "bar_failed" => {
+            let par = parallel(&[
+                ("backend", "threads"),
+                ("n_jobs", "2"),
+                ("progress", "bar"),
+                ("batch_size", "1"),
+            ])
+            .unwrap();
+            for i in 0..40u64 {
+                par.submit(Some(fail_at_30), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .ok();
+            }
+            assert!(par.collect().is_err());
+        }
+        "bar_for" => {
+            let par =
+                parallel(&[("backend", "threads"), ("n_jobs", "2"), ("progress", "bar")]).unwrap();
+            let mut err = std::ptr::null_mut();
+            let status = pj_parallel_for(
+                par.0,
+                1000,
+                Some(idle_range),
+                std::ptr::null_mut(),
+                &mut err,
+            );
+            check(status, err).unwrap();
+        }
         other => panic!("unknown case {other}"),
     }
+}
+
+/// Task: fails at argument 30, after a short nap otherwise.
+unsafe extern "C" fn fail_at_30(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments.
+    if unsafe { arg_u64(arg, len) } == 30 {
+        return 7;
+    }
+    // SAFETY: forwarded as received.
+    unsafe { nap_1ms(userdata, arg, len, out) }
 }
 
 #[test]
@@ -404,6 +569,63 @@ fn the_bar_prints_plain_lines_when_stderr_is_not_a_terminal() {
         .unwrap_or_else(|| panic!("the final line shows the total: {stderr:?}"));
     assert!(last.contains("100%"), "{last}");
     assert!(stderr.ends_with('\n'));
+}
+
+#[test]
+fn a_failed_calls_bar_ends_saying_it_stopped() {
+    let (_, stderr) = run_case("bar_failed", &[]);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.ends_with("| stopped"), "{stderr:?}");
+    assert!(!last.contains("ETA"), "{last}");
+}
+
+#[test]
+fn a_parallel_for_bar_counts_items() {
+    let (_, stderr) = run_case("bar_for", &[]);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("1000/1000 100%") && last.contains("items/s"),
+        "{stderr:?}"
+    );
+}
+
+/// Runs the `case` child on a pseudo-terminal (`script`), returning what it wrote there, or
+/// `None` when `script` is not installed.
+fn on_a_terminal(case: &str, env: &str) -> Option<String> {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return None;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let command = format!(
+        "{env} {CASE}={case} {} --exact child_case --ignored --nocapture --test-threads=1",
+        exe.display()
+    );
+    let output = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{text}");
+    Some(text)
+}
+
+#[test]
+fn the_bar_fits_a_narrow_terminal() {
+    // script's pseudo-terminal has no size of its own here, so $COLUMNS gives the width (with
+    // a size, the terminal's own wins; then the check below still holds for that width).
+    let Some(text) = on_a_terminal("bar", "COLUMNS=40") else {
+        return;
+    };
+    let columns = 40;
+    let drawings: Vec<&str> = text.split("\r\x1b[K").skip(1).collect();
+    assert!(drawings.len() >= 2, "{text:?}");
+    for drawing in &drawings {
+        let line = drawing.split(['\r', '\n']).next().unwrap();
+        assert!(line.len() < columns, "{} columns: {line:?}", line.len());
+    }
+    let last = drawings.last().unwrap();
+    assert!(last.contains("300/300 100%"), "{last:?}");
 }
 
 #[test]

@@ -13,6 +13,8 @@
 //! - `n_jobs=2`, `batch_size=1`, threads: the same sequence through `pj_parallel_map` and through
 //!   submit and collect; see [`threads_batch_size_1_lines_are_joblibs`] for why that can be exact
 //!   (imap/next differs by design: its window counts results not yet read);
+//! - the `-list` files (joblib given a list, so it knows the number of tasks): the same calls
+//!   after `pj_parallel_expect(par, n, 1)`;
 //! - `n_jobs=2`, `batch_size=1`, processes (`loky`, `multiprocessing`): the start line, then
 //!   joblib's threading lines, since joblib's own process runs vary from run to run (see
 //!   `timing-dependent.txt`) and pj's do not.
@@ -38,9 +40,11 @@ const END: &str = "end";
 /// `sequential+batch7` is `sequential` with batches of 7 tasks, compared with the same files.
 fn options(config: &str) -> &'static [(&'static str, &'static str)] {
     match config {
-        "sequential" => &[("n_jobs", "1")],
+        "sequential" | "sequential-list" => &[("n_jobs", "1")],
         "sequential+batch7" => &[("n_jobs", "1"), ("batch_size", "7")],
-        "threading" => &[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")],
+        "threading" | "threading-list" => {
+            &[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "1")]
+        }
         "loky" => &[("backend", "loky"), ("n_jobs", "2"), ("batch_size", "1")],
         "multiprocessing" => &[
             ("backend", "multiprocessing"),
@@ -244,6 +248,18 @@ fn threads_batch_size_1_lines_do_not_depend_on_task_durations() {
     assert_identical("map-jitter", "threading");
 }
 
+/// joblib given a list knows its length: the counts are as wide as n and the lines say "Done k
+/// out of n"; pj prints the same after `pj_parallel_expect(par, n, 1)`, through every call style.
+#[test]
+fn with_an_announced_total_the_lines_are_joblibs_for_a_list() {
+    for api in ["map", "submit", "imap"] {
+        assert_identical(api, "sequential-list");
+    }
+    for api in ["map", "submit"] {
+        assert_identical(api, "threading-list");
+    }
+}
+
 /// joblib's process runs are timing-dependent (its callback thread races its own dispatching: a
 /// "finished" line can even appear mid-run; see `timing-dependent.txt`). pj's lines do not depend
 /// on timing with a fixed batch size, so its process pool prints what joblib's threading runs
@@ -391,6 +407,11 @@ fn child_case() {
         let mut opts = options(config).to_vec();
         opts.push(("verbose", &verbose));
         let par = parallel(&opts).unwrap();
+        if config.ends_with("-list") {
+            // joblib was given a list: it knew len(iterable).
+            let mut err = std::ptr::null_mut();
+            check(pj_parallel_expect(par.0, n as usize, 1, &mut err), err).unwrap();
+        }
         run_call(api, &par, n);
     }
     println!("{MARK}{END}");

@@ -97,6 +97,11 @@ func newCall(s *settings, n, workers int) *call {
 		collect:  s.collect,
 		stopped:  s.stopped,
 	}
+	if c.fixed == 0 && s.drawsBar() {
+		// pj's bar counts inputs only when every chunk has the same size (pj_parallel_expect):
+		// with the bar on, automatic chunks are all of the largest automatic size.
+		c.fixed = c.maxSize
+	}
 	if c.collect {
 		c.errs = make([]*Error, n)
 	}
@@ -104,6 +109,18 @@ func newCall(s *settings, n, workers int) *call {
 		c.notify = make(chan struct{}, 1)
 	}
 	return c
+}
+
+// drawsBar reports whether the settings turn pj's progress bar on (the last "progress" keyword
+// set, as pj applies them in order).
+func (s *settings) drawsBar() bool {
+	bar := false
+	for _, kv := range s.kv {
+		if kv.key == "progress" {
+			bar = trimASCII(kv.value) == "bar"
+		}
+	}
+	return bar
 }
 
 // halt stops the call for reason (unless it already stopped for another one).

@@ -484,7 +484,7 @@ func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *setting
 		var res *C.pj_results_t
 		var cerr *C.pj_error_t
 		// par is used directly: only ex.free, below on this goroutine, invalidates it.
-		status := C.pjgo_map_named(par, C.uintptr_t(handle), &res, &cerr)
+		status := C.pjgo_map_named(par, C.uintptr_t(handle), C.size_t(n), &res, &cerr)
 		var perr *Error
 		if status == C.PJ_STATUS_OK {
 			perr = decodeNamed(res, results, c)

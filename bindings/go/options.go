@@ -266,12 +266,13 @@ func OnError(mode string) Option {
 }
 
 // ProgressBar turns pj's progress bar on stderr on (pj's progress="bar") or off (the default): a bar
-// with counts, percentage, rate, elapsed time and ETA, redrawn in place on a terminal, a plain line
-// every 2 s otherwise, and always a final line when the call ends. Like Verbose's lines, it counts
-// pj tasks, each a chunk of inputs (see ChunkSize; ChunkSize(1) makes it count inputs), and with
-// automatic chunks the total is known only once the last chunk has been handed to pj (with MapNamed
-// each input is one pj task). It is drawn by the thread that drives the pj call; Progress, which
-// counts inputs, is independent of it.
+// with counts, percentage, rate, elapsed time and ETA, redrawn in place on a terminal (fitted to its
+// width), a plain line every 2 s otherwise, and always a final line when the call ends ("stopped"
+// when the call failed or was cancelled). It counts inputs, with the total known from the start:
+// this package announces the call's size to pj (pj_parallel_expect), and with the bar on, automatic
+// chunks all have one size (the largest automatic size) so that pj can count their inputs. It is
+// drawn by the thread that drives the pj call; Progress, which also counts inputs, is independent
+// of it. Verbose's lines count pj tasks (chunks), as joblib counts its tasks.
 func ProgressBar(on bool) Option {
 	return func(s *settings) {
 		if on {

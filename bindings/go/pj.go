@@ -150,7 +150,7 @@ func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), index
 		var res *C.pj_results_t
 		var cerr *C.pj_error_t
 		// par is used directly: only ex.free, below on this goroutine, invalidates it.
-		status := C.pjgo_map(par, C.uintptr_t(handle), &res, &cerr)
+		status := C.pjgo_map(par, C.uintptr_t(handle), C.size_t(n), C.size_t(c.fixed), &res, &cerr)
 		var perr *Error
 		if status != C.PJ_STATUS_OK {
 			perr = c.pjError(takeError(status, cerr))
@@ -298,7 +298,8 @@ func drive(ex *executor, handle cgo.Handle, c *call, events chan<- event, quit <
 		}
 	}
 	var cerr *C.pj_error_t
-	if status := C.pjgo_imap(par, C.uintptr_t(handle), &producer, &cerr); status != C.PJ_STATUS_OK {
+	status := C.pjgo_imap(par, C.uintptr_t(handle), C.size_t(c.n), C.size_t(c.fixed), &producer, &cerr)
+	if status != C.PJ_STATUS_OK {
 		finish(event{over: true, err: takeError(status, cerr)})
 		return
 	}

@@ -53,12 +53,12 @@ func TestProgressBar(t *testing.T) {
 		want []string // in the output, or nothing when empty
 	}{
 		// stderr is a pipe here: no in-place redraws, the final line when the call ends (the first
-		// plain line only comes after 2 s). ChunkSize(1): the bar counts inputs.
+		// plain line only comes after 2 s). The bar counts inputs, whatever the chunks.
 		{"ProgressBar(true)", []Option{NJobs(2), ChunkSize(1), ProgressBar(true)},
 			[]string{"[####################] 3000/3000 100% |", "tasks/s", "elapsed 00:00"}},
-		{"automatic chunks", []Option{NJobs(2), ProgressBar(true)}, []string{"100% |", "tasks/s"}},
-		{"Set", []Option{NJobs(2), Set("progress", "bar")}, []string{"100% |"}},
-		{"sequential", []Option{ProgressBar(true), ChunkSize(10)}, []string{" 300/300 100% |"}},
+		{"automatic chunks", []Option{NJobs(2), ProgressBar(true)}, []string{" 3000/3000 100% |", "items/s"}},
+		{"Set", []Option{NJobs(2), Set("progress", "bar")}, []string{" 3000/3000 100% |"}},
+		{"sequential", []Option{ProgressBar(true), ChunkSize(10)}, []string{" 3000/3000 100% |", "items/s"}},
 		{"ProgressBar(false)", []Option{NJobs(2), ProgressBar(true), ProgressBar(false)}, nil},
 		{"none", []Option{NJobs(2), ProgressBar(true), Set("progress", "none")}, nil},
 	} {

@@ -29,21 +29,30 @@ static int32_t pjgo_produce(void *userdata, const uint8_t **arg_out, size_t *len
     return more;
 }
 
-pj_status pjgo_map(pj_parallel_t *parallel, uintptr_t handle, pj_results_t **results_out,
-                   pj_error_t **error_out) {
+/* Announces the coming call's size; its status is the call's to report (busy, inherited). */
+static void pjgo_expect(pj_parallel_t *parallel, size_t n_items, size_t items_per_task) {
+    if (items_per_task > 0) {
+        (void)pj_parallel_expect(parallel, n_items, items_per_task, NULL);
+    }
+}
+
+pj_status pjgo_map(pj_parallel_t *parallel, uintptr_t handle, size_t n_items, size_t items_per_task,
+                   pj_results_t **results_out, pj_error_t **error_out) {
     // pj_parallel_map is synchronous: the producer state can live on this stack frame.
     pjgo_producer_t producer = {.handle = handle};
+    pjgo_expect(parallel, n_items, items_per_task);
     return pj_parallel_map(parallel, pjgo_task, (void *)handle, pjgo_produce, &producer, results_out,
                            error_out);
 }
 
-pj_status pjgo_imap(pj_parallel_t *parallel, uintptr_t handle, pjgo_producer_t **producer_out,
-                    pj_error_t **error_out) {
+pj_status pjgo_imap(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
+                    size_t items_per_task, pjgo_producer_t **producer_out, pj_error_t **error_out) {
     pjgo_producer_t *producer = calloc(1, sizeof *producer);
     if (producer == NULL) {
         return PJ_STATUS_IO;  // no error object: the Go side describes the status
     }
     producer->handle = handle;
+    pjgo_expect(parallel, n_items, items_per_task);
     pj_status status =
         pj_parallel_imap(parallel, pjgo_task, (void *)handle, pjgo_produce, producer, error_out);
     if (status != PJ_STATUS_OK) {
@@ -105,8 +114,9 @@ static int32_t pjgo_named_produce(void *userdata, const uint8_t **arg_out, size_
     return more;
 }
 
-pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, pj_results_t **results_out,
-                         pj_error_t **error_out) {
+pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
+                         pj_results_t **results_out, pj_error_t **error_out) {
+    pjgo_expect(parallel, n_items, 1);
     return pj_parallel_map(parallel, pjgo_named_task, NULL, pjgo_named_produce, (void *)handle,
                            results_out, error_out);
 }

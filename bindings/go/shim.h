@@ -7,6 +7,7 @@
 #ifndef PJGO_SHIM_H
 #define PJGO_SHIM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "pj.h"
@@ -18,15 +19,18 @@ typedef struct pjgo_producer {
     uint64_t range[2];
 } pjgo_producer_t;
 
+/* Before the call, pj_parallel_expect(parallel, n_items, items_per_task) when items_per_task > 0:
+ * in the same cgo call as the call it announces, so no other call can come in between. */
+
 /* pj_parallel_map with the Go task and producer trampolines; `handle` identifies the call's Go state. */
-pj_status pjgo_map(pj_parallel_t *parallel, uintptr_t handle, pj_results_t **results_out,
-                   pj_error_t **error_out);
+pj_status pjgo_map(pj_parallel_t *parallel, uintptr_t handle, size_t n_items, size_t items_per_task,
+                   pj_results_t **results_out, pj_error_t **error_out);
 
 /* pj_parallel_imap with the Go trampolines. On success `*producer_out` receives the producer state
  * (free it with pjgo_producer_free once the call is over, i.e. after PJ_STATUS_DONE, an error or
  * pj_parallel_free). */
-pj_status pjgo_imap(pj_parallel_t *parallel, uintptr_t handle, pjgo_producer_t **producer_out,
-                    pj_error_t **error_out);
+pj_status pjgo_imap(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
+                    size_t items_per_task, pjgo_producer_t **producer_out, pj_error_t **error_out);
 
 /* Frees a producer state from pjgo_imap. NULL is a no-op. */
 void pjgo_producer_free(pjgo_producer_t *producer);
@@ -45,8 +49,8 @@ int pjgo_worker_main(void);
 
 /* pj_parallel_map of the named-task trampoline (no userdata) over the arguments the Go producer
  * of the call behind `handle` encodes, one input per task. */
-pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, pj_results_t **results_out,
-                         pj_error_t **error_out);
+pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
+                         pj_results_t **results_out, pj_error_t **error_out);
 
 /* pj_config_set_progress with a trampoline that reports to the call behind `handle`. */
 pj_status pjgo_set_progress(pj_config_t *config, uintptr_t handle, pj_error_t **error_out);

@@ -291,7 +291,7 @@ impl Call {
             if matches!(backend, Backend::Sequential) && !snapshot.aborting {
                 progress.loop_ended(&snapshot);
             }
-            progress.finish();
+            progress.finish(&snapshot);
         }
     }
 
@@ -454,8 +454,12 @@ impl Call {
         self.link.abort.store(true, Ordering::Release);
         self.producer = None;
         self.drain(batching);
+        let snapshot = Snapshot {
+            aborting: true,
+            ..self.snapshot()
+        };
         if let Some(progress) = self.progress.take() {
-            progress.finish();
+            progress.finish(&snapshot);
         }
         if let Some(backend) = backend {
             backend.end_call();

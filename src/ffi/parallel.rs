@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::dispatch::Producer;
 use crate::error::{Error, ErrorKind};
 use crate::parallel::Parallel;
+use crate::progress::Expected;
 use crate::task::{Callback, TaskOutput};
 
 /// A task callback. pj calls it once per task with the `userdata` given at submission, the task's
@@ -177,6 +178,40 @@ pub extern "C" fn pj_parallel_submit(
         // SAFETY: the caller guarantees `arg_len` readable bytes at a non-NULL `arg` for the call.
         let arg = unsafe { bytes_arg(arg, arg_len, "arg") }?;
         parallel.submit(callback, arg)
+    })
+}
+
+/// Announces the size of the next call on `parallel` (the one the next `pj_parallel_submit`,
+/// `pj_parallel_map` or `pj_parallel_imap` starts), for progress reporting only: the progress
+/// callback and the progress bar show the total, percentage and ETA from the first completion
+/// instead of only once the input has ended, and the verbose lines say "Done k out of N" as
+/// joblib's do for an input with a length. `n_items` is the number of inputs; `items_per_task` is
+/// 1 when each task is one input, or the number of inputs each task covers when a caller chunks
+/// them (the last task may cover fewer): the callback and the bar then count inputs, not tasks
+/// (`pj_parallel_for` does this for its ranges by itself). The call runs whatever is submitted: a
+/// wrong announcement only misleads the progress display, and once the input ends the real number
+/// of tasks is shown. The C++ and Go wrappers call this whenever their input has a length.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` is NULL;
+/// PJ_STATUS_INVALID_ARGUMENT when `items_per_task` is 0, when a call fed by submits is in flight
+/// (announce a call's size before its first submit), or when the executor was created in another
+/// process; PJ_STATUS_BUSY when another thread's call is in flight. Never blocks.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_parallel_expect(
+    parallel: *mut pj_parallel_t,
+    n_items: usize,
+    items_per_task: usize,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        let parallel = parallel_behind(parallel)?;
+        let items_per_task = std::num::NonZeroUsize::new(items_per_task).ok_or_else(|| {
+            Error::invalid("pj_parallel_expect: items_per_task must be at least 1")
+        })?;
+        parallel.expect(Expected {
+            items: n_items,
+            items_per_task,
+        })
     })
 }
 

@@ -6,6 +6,7 @@ use std::ffi::c_void;
 use super::parallel::parallel_behind;
 use super::{null_argument, pj_error_t, pj_status, run};
 use crate::error::{Error, ErrorKind};
+use crate::progress::Expected;
 use crate::task::{Callback, TaskOutput};
 
 /// A range callback for `pj_parallel_for`: processes the items `start..end` (end excluded) and
@@ -129,7 +130,15 @@ pub extern "C" fn pj_parallel_for(
         // `pj_task_fn`.
         let callback = unsafe { Callback::new(run_range, std::ptr::null_mut()) };
         let describe = |error: Error| name_range(error, grain, n);
-        let results = parallel.map(callback, producer).map_err(describe)?;
+        // Progress counts the loop's items, not its ranges.
+        let expected = Expected {
+            items: n,
+            items_per_task: std::num::NonZeroUsize::new(grain)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
+        };
+        let results = parallel
+            .map_expecting(callback, producer, Some(expected))
+            .map_err(describe)?;
         match results.errors().first() {
             Some((_, error)) => Err(describe(error.clone())),
             None => Ok(()),

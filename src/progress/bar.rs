@@ -4,7 +4,11 @@
 //! ```text
 //! [#######.............]  37/100  37% | 12.3 tasks/s | elapsed 00:03 | ETA 00:05
 //! 37 tasks | 12.3 tasks/s | elapsed 00:03                    (total not known yet)
+//! [###.................]  15/100  15% | 7.5 tasks/s | elapsed 00:02 | stopped   (a failed call)
 //! ```
+//!
+//! It counts tasks, or items for calls whose tasks cover several ([`Unit`]), and fits the
+//! terminal's width ([`Style::columns`]).
 //!
 //! Pure: it is given the counts and the elapsed time and returns the text to write; it never reads
 //! a clock or writes. On a terminal the line is redrawn in place (`\r`, then `ESC [K` to clear what
@@ -12,8 +16,6 @@
 //! tasks do not turn into millions of writes. Anywhere else (a log file, a pipe) in-place redraws
 //! would pile up as garbage, so it writes a plain full line at most every [`PLAIN_LINE_SECONDS`].
 //! [`ProgressBar::finish`] always writes the final state, ending the line.
-
-use std::fmt::Write as _;
 
 /// Moves to the start of the line and clears it: how an in-place line is redrawn or removed.
 pub const CLEAR_LINE: &str = "\r\x1b[K";
@@ -25,13 +27,49 @@ pub const TERMINAL_REDRAW_SECONDS: f64 = 0.1;
 /// this long, so a short call writes only its final line.
 pub const PLAIN_LINE_SECONDS: f64 = 2.0;
 
-/// Cells of the bar itself.
+/// Cells of the bar itself, when the line has room for them.
 const BAR_CELLS: usize = 20;
+
+/// The fewest cells worth drawing when a narrow terminal shrinks the bar.
+const MIN_BAR_CELLS: usize = 5;
+
+/// What the bar counts: pj's tasks, or the items of a call whose tasks each cover several
+/// (`pj_parallel_for`'s ranges, the wrappers' chunks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unit {
+    /// One per task.
+    #[default]
+    Tasks,
+    /// One per input item.
+    Items,
+}
+
+impl Unit {
+    fn word(self, count: usize) -> &'static str {
+        match (self, count) {
+            (Unit::Tasks, 1) => "task",
+            (Unit::Tasks, _) => "tasks",
+            (Unit::Items, 1) => "item",
+            (Unit::Items, _) => "items",
+        }
+    }
+}
+
+/// How the bar's line is laid out: its unit, and the terminal's width when known (a line wider
+/// than the terminal would wrap, and every redraw would leave a line behind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Style {
+    /// What is counted.
+    pub unit: Unit,
+    /// The terminal's columns; `None`: no limit.
+    pub columns: Option<usize>,
+}
 
 /// The progress bar of one call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProgressBar {
     terminal: bool,
+    style: Style,
     next_line_at: f64,
     on_screen: bool,
 }
@@ -41,9 +79,16 @@ impl ProgressBar {
     pub fn new(is_terminal: bool) -> Self {
         ProgressBar {
             terminal: is_terminal,
+            style: Style::default(),
             next_line_at: if is_terminal { 0.0 } else { PLAIN_LINE_SECONDS },
             on_screen: false,
         }
+    }
+
+    /// The same bar, laid out with `style`.
+    pub fn with_style(mut self, style: Style) -> Self {
+        self.style = style;
+        self
     }
 
     /// True when an unfinished in-place line is on the terminal: anything else written to that
@@ -84,9 +129,16 @@ impl ProgressBar {
     }
 
     /// The final state as a complete line (ending with `\n`), replacing the in-place line on a
-    /// terminal.
-    pub fn finish(self, done: usize, total: Option<usize>, elapsed_seconds: f64) -> String {
-        let content = render(done, total, elapsed_seconds);
+    /// terminal. A call that `stopped` early (a failure, a cancellation) says so where the ETA was,
+    /// so its last line does not read like a slow success.
+    pub fn finish(
+        self,
+        done: usize,
+        total: Option<usize>,
+        elapsed_seconds: f64,
+        stopped: bool,
+    ) -> String {
+        let content = self.content(done, total, elapsed_seconds, stopped);
         if self.terminal {
             format!("{CLEAR_LINE}{content}\n")
         } else {
@@ -95,7 +147,7 @@ impl ProgressBar {
     }
 
     fn draw(&mut self, done: usize, total: Option<usize>, elapsed_seconds: f64) -> String {
-        let content = render(done, total, elapsed_seconds);
+        let content = self.content(done, total, elapsed_seconds, false);
         if self.terminal {
             self.on_screen = true;
             format!("{CLEAR_LINE}{content}")
@@ -103,50 +155,143 @@ impl ProgressBar {
             format!("{content}\n")
         }
     }
+
+    fn content(&self, done: usize, total: Option<usize>, elapsed: f64, stopped: bool) -> String {
+        let style = Style {
+            // Only a terminal has a width; a log file keeps whole lines.
+            columns: self.style.columns.filter(|_| self.terminal),
+            ..self.style
+        };
+        render_with(done, total, elapsed, style, stopped)
+    }
 }
 
-/// The bar's content for a state, without any cursor movement or newline.
+/// The bar's content for a state, counting tasks, without any cursor movement or newline.
+#[cfg(test)]
 pub fn render(done: usize, total: Option<usize>, elapsed_seconds: f64) -> String {
-    let rate = format_rate(done, elapsed_seconds);
-    let elapsed = format_clock(elapsed_seconds);
+    render_with(done, total, elapsed_seconds, Style::default(), false)
+}
+
+/// The bar's content laid out with `style`: within `style.columns - 1` characters (the last
+/// column is left free, as a character there makes some terminals wrap), shrinking the bar, then
+/// dropping the ETA, the elapsed time and the bar, in that order, before cutting the line.
+pub fn render_with(
+    done: usize,
+    total: Option<usize>,
+    elapsed_seconds: f64,
+    style: Style,
+    stopped: bool,
+) -> String {
+    let rate = format_rate(done, elapsed_seconds, style.unit);
+    let elapsed = format!(" | elapsed {}", format_clock(elapsed_seconds));
+    let last = match (stopped, total) {
+        (true, _) => " | stopped".to_owned(),
+        (false, Some(total)) => format!(" | ETA {}", format_eta(done, total, elapsed_seconds)),
+        (false, None) => String::new(),
+    };
     let Some(total) = total else {
-        return format!("{done} tasks | {rate} | elapsed {elapsed}");
+        let counts = format!("{done} {}", style.unit.word(done));
+        return fit(
+            &[&counts, &format!(" | {rate}"), &elapsed, &last],
+            style.columns,
+        );
     };
     let shown = done.min(total);
-    let (filled, percent) = if total == 0 {
-        (BAR_CELLS, 100)
+    // Counts padded to the total's width, so the line does not shift as they grow.
+    let width = total.to_string().len();
+    let percent = if total == 0 {
+        100
     } else {
         // u128: no overflow whatever the counts; floors, so 100% means really done.
-        let filled = shown as u128 * BAR_CELLS as u128 / total as u128;
-        let percent = shown as u128 * 100 / total as u128;
-        (filled as usize, percent as usize)
+        (shown as u128 * 100 / total as u128) as usize
+    };
+    let counts = format!("{done:>width$}/{total} {percent:>3}%");
+    let parts = [counts, format!(" | {rate}"), elapsed, last];
+    let Some(limit) = style.columns.map(|c| c.saturating_sub(1)) else {
+        return with_bar(shown, total, BAR_CELLS, &parts);
+    };
+    // The bar (at least MIN_BAR_CELLS) before the ETA and the elapsed time: shed those first.
+    for kept in tails(&parts) {
+        let text_len: usize = kept.iter().map(|p| p.len()).sum();
+        let cells = limit.saturating_sub(3 + text_len).min(BAR_CELLS);
+        if cells >= MIN_BAR_CELLS {
+            return with_bar(shown, total, cells, &kept);
+        }
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    fit(&parts, style.columns)
+}
+
+/// The parts to try, fullest first: everything, then without the last part (ETA or "stopped"
+/// goes after the elapsed time when stopped), then the counts and the rate, then the counts.
+fn tails(parts: &[String; 4]) -> Vec<Vec<&str>> {
+    let [counts, rate, elapsed, last] = parts.each_ref().map(String::as_str);
+    let stopped = last.starts_with(" | stopped");
+    let mut options = vec![vec![counts, rate, elapsed, last]];
+    options.push(if stopped {
+        vec![counts, rate, last]
+    } else {
+        vec![counts, rate, elapsed]
+    });
+    options.push(vec![counts, rate]);
+    options.push(vec![counts]);
+    options
+}
+
+/// `[###...] ` then the parts, with `cells` cells, `shown` of `total` filled (floored).
+fn with_bar<S: AsRef<str>>(shown: usize, total: usize, cells: usize, parts: &[S]) -> String {
+    let filled = if total == 0 {
+        cells
+    } else {
+        (shown as u128 * cells as u128 / total as u128) as usize
     };
     let mut text = String::with_capacity(96);
     text.push('[');
     text.push_str(&"#".repeat(filled));
-    text.push_str(&".".repeat(BAR_CELLS - filled));
-    // Counts padded to the total's width, so the line does not shift as they grow.
-    let width = total.to_string().len();
-    let eta = format_eta(done, total, elapsed_seconds);
-    let _ = write!(
-        text,
-        "] {done:>width$}/{total} {percent:>3}% | {rate} | elapsed {elapsed} | ETA {eta}"
-    );
+    text.push_str(&".".repeat(cells - filled));
+    text.push_str("] ");
+    for part in parts {
+        text.push_str(part.as_ref());
+    }
     text
 }
 
-/// Tasks per second, with fewer decimals as it grows: `0.25`, `12.3`, `4521`.
-fn format_rate(done: usize, elapsed_seconds: f64) -> String {
+/// Joins the first part and as many of the others as fit in `columns - 1` characters, dropping
+/// from the end (the ETA or "stopped" last, though "stopped" is kept over the elapsed time);
+/// the first part alone is cut to fit.
+fn fit(parts: &[&str], columns: Option<usize>) -> String {
+    let Some(limit) = columns.map(|c| c.saturating_sub(1)) else {
+        return parts.concat();
+    };
+    let mut kept: Vec<&str> = parts.to_vec();
+    while kept.len() > 1 && kept.iter().map(|p| p.len()).sum::<usize>() > limit {
+        // Drop the least useful part that is left: the ETA, then the elapsed time, then the rate;
+        // a "stopped" mark (always last) stays as long as anything but the counts does.
+        let at = if kept.last().is_some_and(|p| p.starts_with(" | stopped")) && kept.len() > 2 {
+            kept.len() - 2
+        } else {
+            kept.len() - 1
+        };
+        kept.remove(at);
+    }
+    let mut text = kept.concat();
+    text.truncate(limit.min(text.len()));
+    text
+}
+
+/// Tasks (or items) per second, with fewer decimals as it grows: `0.25`, `12.3`, `4521`.
+fn format_rate(done: usize, elapsed_seconds: f64, unit: Unit) -> String {
+    let per = unit.word(0);
     if !has_elapsed(elapsed_seconds) {
-        return "? tasks/s".to_owned();
+        return format!("? {per}/s");
     }
     let rate = done as f64 / elapsed_seconds;
     if rate >= 100.0 {
-        format!("{rate:.0} tasks/s")
+        format!("{rate:.0} {per}/s")
     } else if rate >= 1.0 {
-        format!("{rate:.1} tasks/s")
+        format!("{rate:.1} {per}/s")
     } else {
-        format!("{rate:.2} tasks/s")
+        format!("{rate:.2} {per}/s")
     }
 }
 
@@ -225,9 +370,9 @@ mod tests {
 
     #[test]
     fn rates_and_clocks() {
-        assert_eq!(format_rate(1, 4.0), "0.25 tasks/s");
-        assert_eq!(format_rate(45_210, 10.0), "4521 tasks/s");
-        assert_eq!(format_rate(5, -1.0), "? tasks/s");
+        assert_eq!(format_rate(1, 4.0, Unit::Tasks), "0.25 tasks/s");
+        assert_eq!(format_rate(45_210, 10.0, Unit::Tasks), "4521 tasks/s");
+        assert_eq!(format_rate(5, -1.0, Unit::Tasks), "? tasks/s");
         assert_eq!(format_clock(59.99), "00:59");
         assert_eq!(format_clock(61.0), "01:01");
         assert_eq!(format_clock(3723.0), "1:02:03");
@@ -276,14 +421,123 @@ mod tests {
     fn finish_ends_the_line() {
         let mut bar = ProgressBar::new(true);
         bar.update(3, Some(4), 0.5);
-        let last = bar.finish(4, Some(4), 1.0);
+        let last = bar.finish(4, Some(4), 1.0, false);
         assert_eq!(last, format!("{CLEAR_LINE}{}\n", render(4, Some(4), 1.0)));
 
         // Not a terminal: the final line comes even when the rate limit would hold it back.
         let mut bar = ProgressBar::new(false);
         assert_eq!(bar.update(1, None, 0.5), None);
-        let last = bar.finish(2, None, 1.0);
+        let last = bar.finish(2, None, 1.0, false);
         assert_eq!(last, "2 tasks | 2.0 tasks/s | elapsed 00:01\n");
         assert!(last.ends_with('\n'));
+    }
+
+    #[test]
+    fn one_task_or_item_is_singular() {
+        assert_eq!(
+            render(1, None, 2.0),
+            "1 task | 0.50 tasks/s | elapsed 00:02"
+        );
+        let items = Style {
+            unit: Unit::Items,
+            columns: None,
+        };
+        assert_eq!(
+            render_with(1, None, 2.0, items, false),
+            "1 item | 0.50 items/s | elapsed 00:02"
+        );
+        assert_eq!(
+            render_with(40, Some(100), 2.0, items, false),
+            "[########............]  40/100  40% | 20.0 items/s | elapsed 00:02 | ETA 00:03"
+        );
+    }
+
+    #[test]
+    fn a_stopped_call_says_so_instead_of_an_eta() {
+        assert_eq!(
+            render_with(15, Some(100), 2.0, Style::default(), true),
+            "[###.................]  15/100  15% | 7.5 tasks/s | elapsed 00:02 | stopped"
+        );
+        assert_eq!(
+            render_with(0, None, 2.0, Style::default(), true),
+            "0 tasks | 0.00 tasks/s | elapsed 00:02 | stopped"
+        );
+        let bar = ProgressBar::new(false);
+        assert_eq!(
+            bar.finish(3, Some(10), 1.0, true),
+            format!(
+                "{}\n",
+                render_with(3, Some(10), 1.0, Style::default(), true)
+            )
+        );
+    }
+
+    #[test]
+    fn the_line_fits_the_terminal() {
+        let full = render(37, Some(100), 3.0);
+        for columns in [200, full.len() + 1] {
+            let style = Style {
+                columns: Some(columns),
+                ..Style::default()
+            };
+            assert_eq!(render_with(37, Some(100), 3.0, style, false), full);
+        }
+        for columns in [1, 2, 10, 30, 45, 60, full.len()] {
+            let style = Style {
+                columns: Some(columns),
+                ..Style::default()
+            };
+            let line = render_with(37, Some(100), 3.0, style, false);
+            assert!(line.len() < columns.max(2), "{columns}: {line:?}");
+            assert!(
+                line.len() + 12 >= columns.min(full.len()) || columns < 20,
+                "{columns}: {line:?}"
+            );
+            if columns >= 45 {
+                assert!(
+                    line.starts_with('[') && line.contains(" 37/100  37%"),
+                    "{line:?}"
+                );
+            }
+        }
+        // The ETA and the elapsed time go before the bar does.
+        let style = |columns| Style {
+            columns: Some(columns),
+            ..Style::default()
+        };
+        let line = render_with(37, Some(100), 3.0, style(60), false);
+        assert_eq!(line.len(), 59, "{line:?}");
+        assert!(
+            line.starts_with("[####....")
+                && line.ends_with(
+                    "] 37/100  37% | 12.3 tasks/s | elapsed 00:03".trim_start_matches(']')
+                ),
+            "{line:?}"
+        );
+        assert!(!line.contains("ETA"));
+        let line = render_with(37, Some(100), 3.0, style(40), false);
+        assert_eq!(line.len(), 39, "{line:?}");
+        assert!(
+            line.starts_with("[#") && line.ends_with("]  37/100  37% | 12.3 tasks/s"),
+            "{line:?}"
+        );
+        assert_eq!(
+            render_with(37, Some(100), 3.0, style(30), false),
+            "[#####.........]  37/100  37%"
+        );
+        // Too narrow for a bar: the counts, cut if they must be.
+        assert_eq!(
+            render_with(37, Some(100), 3.0, style(16), false),
+            " 37/100  37%"
+        );
+        assert_eq!(render_with(37, Some(100), 3.0, style(8), false), " 37/100");
+        let style = style(30);
+        // A bar on a terminal is fitted; the same bar writing to a file is not.
+        let styled = |terminal| ProgressBar::new(terminal).with_style(style);
+        assert!(styled(true).finish(1, Some(100), 1.0, false).len() <= 30 + CLEAR_LINE.len() + 1);
+        assert_eq!(
+            styled(false).finish(1, Some(100), 1.0, false),
+            format!("{}\n", render(1, Some(100), 1.0))
+        );
     }
 }

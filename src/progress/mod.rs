@@ -16,7 +16,7 @@ pub mod verbose;
 use std::io::{self, IsTerminal, Write};
 use std::time::Instant;
 
-pub use bar::ProgressBar;
+pub use bar::{ProgressBar, Style, Unit};
 pub use verbose::{VerboseReporter, VerboseSettings};
 
 /// A change of batch size, for verbose reporting ("Batch computation too fast ...").
@@ -28,6 +28,38 @@ pub struct SizeChange {
     pub size: usize,
     /// True when the size grew (batches were too fast).
     pub grew: bool,
+}
+
+/// The size of a call announced before it starts (`pj_parallel_expect`, and `pj_parallel_for`
+/// for its ranges): `items` in all, each task covering `items_per_task` of them (the last one
+/// fewer). joblib's `len(iterable)` when each task is one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// Items in the call.
+    pub items: usize,
+    /// Items each task covers (the last task the rest).
+    pub items_per_task: std::num::NonZeroUsize,
+}
+
+impl Expected {
+    /// The number of tasks the call will have.
+    pub fn tasks(&self) -> usize {
+        self.items.div_ceil(self.items_per_task.get())
+    }
+
+    /// Whether progress counts items rather than tasks.
+    fn counts_items(&self) -> bool {
+        self.items_per_task.get() > 1
+    }
+
+    /// Items done once `tasks` tasks are: full tasks, capped at the total. Exact unless the short
+    /// last task finished before others (then ahead by less than one task's items); it never
+    /// reaches the total before every task is done, and it never goes back.
+    fn items_done(&self, tasks: usize) -> usize {
+        tasks
+            .saturating_mul(self.items_per_task.get())
+            .min(self.items)
+    }
 }
 
 /// The dispatcher's counters when progress is evaluated, named after joblib's attributes.
@@ -73,6 +105,27 @@ impl Stream {
         } else {
             Stream::Stderr
         }
+    }
+
+    /// The width of the terminal the stream is, in columns: the window size the terminal
+    /// reports, else `$COLUMNS`; `None` when neither says (not a terminal, a zero size).
+    pub fn columns(self) -> Option<usize> {
+        let fd = match self {
+            Stream::Stdout => libc::STDOUT_FILENO,
+            Stream::Stderr => libc::STDERR_FILENO,
+        };
+        // SAFETY: a zeroed winsize is a valid out-buffer.
+        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ only writes the winsize `size` points to; on a descriptor that is
+        // not a terminal it fails with ENOTTY and writes nothing.
+        let asked = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+        if asked == 0 && size.ws_col > 0 {
+            return Some(usize::from(size.ws_col));
+        }
+        std::env::var("COLUMNS")
+            .ok()
+            .and_then(|c| c.trim().parse().ok())
+            .filter(|&c: &usize| c > 0)
     }
 
     /// Whether the stream is a terminal (for choosing the progress bar's behaviour).
@@ -158,6 +211,8 @@ pub struct Progress {
     sequential: bool,
     /// The number of tasks, once the dispatcher knows no more will come ([`Progress::input_ended`]).
     input_total: Option<usize>,
+    /// The call's size as announced before it started, if it was.
+    expected: Option<Expected>,
 }
 
 impl Progress {
@@ -173,6 +228,30 @@ impl Progress {
             last: Snapshot::default(),
             sequential: false,
             input_total: None,
+            expected: None,
+        }
+    }
+
+    /// The call's size is known before it starts: the callback and the bar show the total from
+    /// the first completion, counting items when each task covers several. (The verbose lines'
+    /// total, joblib's `len(iterable)`, comes with the [`VerboseSettings`].)
+    pub fn with_expected(mut self, expected: Expected) -> Self {
+        self.expected = Some(expected);
+        if let Some(output) = self.bar.take() {
+            self.bar = Some(BarOutput {
+                bar: output.bar.with_style(self.bar_style(None)),
+                ..output
+            });
+        }
+        self
+    }
+
+    /// The bar's style for this call, `columns` wide.
+    fn bar_style(&self, columns: Option<usize>) -> Style {
+        let items = self.expected.is_some_and(|e| e.counts_items());
+        Style {
+            unit: if items { Unit::Items } else { Unit::Tasks },
+            columns,
         }
     }
 
@@ -196,9 +275,10 @@ impl Progress {
     /// [`Stream::is_terminal`]), else written as occasional full lines. Verbose lines written to
     /// the same stream are kept apart from an in-place bar; on two streams that share a terminal
     /// they are not, so put the bar on [`VerboseReporter::stream`] when both are wanted.
-    pub fn with_bar(mut self, stream: Stream, is_terminal: bool) -> Self {
+    /// `columns` is the terminal's width when known: the bar's line fits in it.
+    pub fn with_bar(mut self, stream: Stream, is_terminal: bool, columns: Option<usize>) -> Self {
         self.bar = Some(BarOutput {
-            bar: ProgressBar::new(is_terminal),
+            bar: ProgressBar::new(is_terminal).with_style(self.bar_style(columns)),
             stream,
         });
         self
@@ -270,25 +350,38 @@ impl Progress {
         self.report(&end, elapsed);
     }
 
-    /// The call is over: writes the bar's final line.
-    pub fn finish(mut self) {
+    /// The call is over (`snapshot`: the dispatcher's final counters): writes the bar's final
+    /// line, which says "stopped" when the call is stopping early.
+    pub fn finish(mut self, snapshot: &Snapshot) {
         if let Some(BarOutput { bar, stream }) = self.bar.take() {
             let elapsed = self.clock.elapsed_seconds();
-            let last = self.last;
-            let total = self.known_total(&last);
-            let text = bar.finish(last.completed_tasks, total, elapsed);
+            let done = snapshot.completed_tasks.max(self.last.completed_tasks);
+            let total = self.known_total(snapshot);
+            let text = bar.finish(self.units(done), total, elapsed, snapshot.aborting);
             self.sink.write(stream, &text);
         }
     }
 
-    /// The total to report: known from the start, or once the input has been read to its end.
+    /// The total the callback and the bar report: announced before the call, or known once the
+    /// input has ended (the real count then wins over an announced one), or once it has been read
+    /// to its end; in items when the call counts items.
     fn known_total(&self, snapshot: &Snapshot) -> Option<usize> {
+        if let Some(expected) = self.expected.filter(Expected::counts_items) {
+            return Some(expected.items);
+        }
         let read_to_end = snapshot.input_exhausted && !snapshot.still_reading;
-        self.verbose
-            .settings()
-            .total_tasks
-            .or(self.input_total)
+        self.input_total
+            .or(self.expected.map(|e| e.items))
+            .or(self.verbose.settings().total_tasks)
             .or(read_to_end.then_some(snapshot.dispatched_tasks))
+    }
+
+    /// What `tasks` completed tasks count as for the callback and the bar.
+    fn units(&self, tasks: usize) -> usize {
+        match self.expected.filter(Expected::counts_items) {
+            Some(expected) => expected.items_done(tasks),
+            None => tasks,
+        }
     }
 
     fn announce_tasks(&mut self, snapshot: &Snapshot, elapsed: f64) {
@@ -299,7 +392,11 @@ impl Progress {
             return;
         };
         for done in self.announced_tasks + 1..=snapshot.completed_tasks {
-            callback(done as u64, total, elapsed);
+            let units = match self.expected.filter(Expected::counts_items) {
+                Some(expected) => expected.items_done(done),
+                None => done,
+            };
+            callback(units as u64, total, elapsed);
         }
         self.announced_tasks = self.announced_tasks.max(snapshot.completed_tasks);
     }
@@ -309,7 +406,7 @@ impl Progress {
         let line = self.verbose.progress(snapshot, elapsed);
         let total = self.known_total(snapshot);
         let verbose_stream = self.verbose.stream();
-        let done = snapshot.completed_tasks;
+        let done = self.units(snapshot.completed_tasks);
         let Some(output) = self.bar.as_mut() else {
             if let Some(line) = line {
                 self.sink.write(verbose_stream, &line);
@@ -344,10 +441,11 @@ impl Progress {
         let stream = self.verbose.stream();
         let last = self.last;
         let total = self.known_total(&last);
+        let done = self.units(last.completed_tasks);
         match self.bar.as_mut() {
             Some(output) if output.stream == stream && output.bar.has_line_on_screen() => {
                 let elapsed = self.clock.elapsed_seconds();
-                let bar_text = output.bar.redraw(last.completed_tasks, total, elapsed);
+                let bar_text = output.bar.redraw(done, total, elapsed);
                 let text = shared_stream_text(true, &line, bar_text.as_deref());
                 self.sink.write(stream, &text);
             }

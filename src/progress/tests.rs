@@ -686,7 +686,7 @@ fn callback_fires_once_per_task_even_when_silent() {
     progress.completed(&batch_done(5, 3, true));
     clock.set(0.75);
     progress.completed(&batch_done(5, 5, true));
-    progress.finish();
+    progress.finish(&batch_done(5, 5, true));
     assert_eq!(
         *calls.lock().unwrap(),
         [
@@ -738,7 +738,7 @@ fn verbose_lines_reach_their_stream_as_whole_lines() {
     progress.completed(&batch_done(2, 1, false));
     clock.set(0.2);
     progress.completed(&batch_done(2, 2, true));
-    progress.finish();
+    progress.finish(&batch_done(2, 2, true));
     assert_eq!(
         out.take(),
         [
@@ -835,7 +835,7 @@ fn sequential_progress_counts_tasks_not_batches_and_ends_once() {
     };
     progress.completed(&end);
     progress.loop_ended(&end);
-    progress.finish();
+    progress.finish(&end);
     let lines: Vec<String> = out.take().into_iter().map(|(_, line)| line).collect();
     assert_eq!(
         lines,
@@ -861,7 +861,7 @@ fn bar_on_the_verbose_terminal_is_cleared_and_redrawn_around_each_line() {
         Box::new(clock.clone()),
         Box::new(out.clone()),
     )
-    .with_bar(Stream::Stderr, true);
+    .with_bar(Stream::Stderr, true, None);
 
     // b = 4: a verbose line, and the bar's first drawing, in one write.
     clock.set(0.5);
@@ -909,7 +909,7 @@ fn bar_on_the_verbose_terminal_is_cleared_and_redrawn_around_each_line() {
     assert!(written[0].1.starts_with(&format!(
         "{CLEAR_LINE}[Parallel(n_jobs=2)]: Done 8 out of 8 | elapsed:    2.0s finished\n"
     )));
-    progress.finish();
+    progress.finish(&batch_done(8, 8, true));
     assert_eq!(
         out.take(),
         [(
@@ -928,7 +928,7 @@ fn bar_on_another_stream_is_written_separately() {
         Box::new(clock.clone()),
         Box::new(out.clone()),
     )
-    .with_bar(Stream::Stderr, false);
+    .with_bar(Stream::Stderr, false, None);
     clock.set(2.5);
     progress.completed(&batch_done(4, 1, false));
     assert_eq!(
@@ -940,17 +940,17 @@ fn bar_on_another_stream_is_written_separately() {
             ),
             (
                 Stream::Stderr,
-                "1 tasks | 0.40 tasks/s | elapsed 00:02\n".to_owned()
+                "1 task | 0.40 tasks/s | elapsed 00:02\n".to_owned()
             ),
         ]
     );
     clock.set(3.0);
-    progress.finish();
+    progress.finish(&batch_done(4, 1, false));
     assert_eq!(
         out.take(),
         [(
             Stream::Stderr,
-            "1 tasks | 0.33 tasks/s | elapsed 00:03\n".to_owned()
+            "1 task | 0.33 tasks/s | elapsed 00:03\n".to_owned()
         )]
     );
 }

@@ -1183,6 +1183,25 @@ auto make_producer(Range& range) {
     return Producer<It, End, T>(begin(range), end(range));
 }
 
+/// Whether a range knows its length (std::size works on it): a vector, a list, an array.
+template <typename Range, typename = void>
+struct has_size : std::false_type {};
+template <typename Range>
+struct has_size<Range, std::void_t<decltype(std::size(std::declval<Range&>()))>>
+    : std::true_type {};
+
+/// Announces the length of `inputs`, when it has one, to pj's progress reporting
+/// (pj_parallel_expect: the progress callback and bar show the total from the first result, the
+/// verbose lines say "out of N" as joblib's do for a list). Nothing for a range without a length.
+template <typename Range>
+void expect_length(pj_parallel_t* raw, Range& inputs) noexcept {
+    if constexpr (has_size<Range>::value) {
+        // Only progress display depends on it, and the call that follows reports any real
+        // problem (busy, inherited executor): its status is not needed here.
+        (void)pj_parallel_expect(raw, static_cast<std::size_t>(std::size(inputs)), 1, nullptr);
+    }
+}
+
 /// 0, 1, ..., n-1 as a range (for map_indexed).
 class IndexRange {
 public:
@@ -1210,6 +1229,7 @@ public:
     explicit IndexRange(std::size_t n) noexcept : n_(n) {}
     iterator begin() const noexcept { return iterator(0); }
     iterator end() const noexcept { return iterator(n_); }
+    std::size_t size() const noexcept { return n_; }
 
 private:
     std::size_t n_;
@@ -1689,6 +1709,7 @@ private:
         auto producer = detail::make_producer<Range, T>(inputs);
         pj_results_t* out = nullptr;
         detail::ErrorSlot err;
+        detail::expect_length(raw, inputs);
         detail::CallScope scope(raw, &core_->progress);
         const pj_status status = pj_parallel_map(raw, task, userdata, &decltype(producer)::call,
                                                  &producer, &out, err.out());
@@ -1779,6 +1800,7 @@ private:
         State& state = *owned;
         Stream<R> stream(core_, 0, std::move(owned));
         detail::ErrorSlot err;
+        detail::expect_length(raw, state.range);
         detail::CallScope scope(raw, &core_->progress);
         const pj_status status = pj_parallel_imap(raw, task, userdata,
                                                   &decltype(state.producer)::call, &state.producer,

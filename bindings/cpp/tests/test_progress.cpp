@@ -91,6 +91,32 @@ TEST_P(ProgressFunction, ReportsWhileAStreamIsIterated) {
     expect_one_report_per_task(reports, 8, /*total_at_end=*/false);
 }
 
+// An input with a length (a vector, map_indexed's count, a stream over a vector) is announced to
+// pj (pj_parallel_expect): every report knows the total, not just the last one.
+TEST_P(ProgressFunction, ASizedInputGivesTheTotalFromTheFirstReport) {
+    std::vector<Report> reports;
+    pj::Parallel par(options().batch_size(1).progress([&reports](std::uint64_t completed, std::int64_t total, double elapsed) {
+        reports.push_back({completed, total, elapsed, std::this_thread::get_id()});
+    }));
+    auto all_know = [&reports](std::int64_t n) {
+        EXPECT_FALSE(reports.empty());
+        for (const Report& r : reports) {
+            EXPECT_EQ(r.total, n) << "report " << r.completed;
+        }
+        reports.clear();
+    };
+    par.map_indexed(30, [](std::size_t i) { return i; });
+    all_know(30);
+    const std::vector<int> inputs(25, 1);
+    par.map(inputs, [](int x) { return x; });
+    all_know(25);
+    for (auto&& [i, r] : par.imap(std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}, [](int x) { return x; })) {
+        (void)i;
+        (void)r;
+    }
+    all_know(8);
+}
+
 TEST_P(ProgressFunction, LivesAsLongAsTheParallel) {
     auto calls = std::make_shared<std::uint64_t>(0);
     // The options (and the only other reference to the function) die before the call.
