@@ -1697,8 +1697,11 @@ private:
             using T = detail::element_t<Range>;
             // f lives on the caller's stack for the whole (synchronous) call, and exists when the
             // workers fork.
-            return run_map_with<T>(inputs, &detail::task_trampoline<F, T, R>,
-                                   const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+            return reworded_for_function_objects([&] {
+                return run_map_with<T>(
+                    inputs, &detail::task_trampoline<F, T, R>,
+                    const_cast<void*>(static_cast<const void*>(std::addressof(f))));
+            });
         }
     }
 
@@ -1789,7 +1792,34 @@ private:
         // while the Stream moves.
         auto owned = std::make_unique<State>(std::forward<Range>(inputs), std::forward<F>(f));
         void* userdata = std::addressof(owned->f);
-        return start_stream<R>(std::move(owned), &detail::task_trampoline<Fn, T, R>, userdata);
+        return reworded_for_function_objects([&] {
+            return start_stream<R>(std::move(owned), &detail::task_trampoline<Fn, T, R>, userdata);
+        });
+    }
+
+    /// Runs `run` (a call with a lambda, a function object or a function pointer), rewording pj's
+    /// refusal of an unregistered task function, which speaks C ("registered with pj_register"),
+    /// for C++: where workers do not share the caller's memory (start_method "spawn", backend
+    /// "mpi"), only functions registered with pj::register_function can run, through map<f>.
+    template <typename Run>
+    static auto reworded_for_function_objects(Run&& run) -> decltype(run()) {
+        try {
+            return run();
+        } catch (const InvalidArgument& e) {
+            const std::string message = e.what();
+            if (message.find("must be registered with pj_register") == std::string::npos) {
+                throw;
+            }
+            // pj's message starts with the setting: "with start_method \"spawn\", ...".
+            const std::string setting = message.substr(0, message.find(','));
+            throw InvalidArgument(
+                PJ_STATUS_INVALID_ARGUMENT,
+                setting + ", a lambda, function object or function pointer cannot run in the "
+                          "workers: register a plain function with "
+                          "pj::register_function<f>(\"name\") in every process (before "
+                          "pj::worker_main_if_requested) and call map<f>(inputs), imap<f>(inputs) "
+                          "or map_collect<f>(inputs)");
+        }
     }
 
     /// Starts the streaming call of `owned` (inputs and producer) with `task`; the stream owns

@@ -94,6 +94,29 @@ int main(int argc, char** argv) {
               std::string("an unregistered function is refused: ") + e.what());
     }
 
+    // A lambda cannot run in a spawned worker: the error says what to do in C++ terms.
+    try {
+        par.map(std::vector<int>{1, 2}, [](int x) { return x + 1; });
+        check(false, "a lambda is refused with spawn");
+    } catch (const pj::InvalidArgument& e) {
+        const std::string message = e.what();
+        check(message.find("pj::register_function") != std::string::npos &&
+                  message.find("map<f>") != std::string::npos &&
+                  message.find("start_method \"spawn\"") != std::string::npos &&
+                  message.find("pj_register ") == std::string::npos,
+              "a lambda with spawn is refused in C++ terms: " + message);
+    }
+    try {
+        for (auto&& [i, r] : par.imap(std::vector<int>{1}, [](int x) { return x; })) {
+            (void)i;
+            (void)r;
+        }
+        check(false, "a lambda is refused by imap with spawn");
+    } catch (const pj::InvalidArgument& e) {
+        check(std::string(e.what()).find("pj::register_function") != std::string::npos,
+              std::string("imap: ") + e.what());
+    }
+
     // On threads, map<F> runs like map(inputs, F).
     pj::Parallel threads(pj::Options().n_jobs(2).backend("threads"));
     check(threads.map<root>({1.0, 4.0}) == std::vector<double>{1, 2}, "map<root> on threads");
