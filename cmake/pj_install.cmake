@@ -3,7 +3,7 @@
 #   cargo build --release && cmake -S . -B build && cmake --build build
 #   cmake --install build --prefix <prefix>
 #
-# puts under <prefix>: lib/libpj.so, lib/libpj.a, include/pj.h, include/pj.hpp, lib/pkgconfig/pj.pc
+# puts under <prefix>: lib/libpj.so.VERSION with the links lib/libpj.so.ABI and lib/libpj.so, lib/libpj.a, include/pj.h, include/pj.hpp, lib/pkgconfig/pj.pc
 # and lib/cmake/pj/pj{Config,ConfigVersion}.cmake (find_package(pj) -> pj::pj, pj::pj_static,
 # pj::cpp). The libraries are cargo's (target/release), imported rather than built by CMake, so they
 # are installed as files. The tests install_* install into build/install-test/ and build
@@ -34,7 +34,15 @@ list(REMOVE_ITEM PJ_STATIC_LIBS_CMAKE c)
 set(PJ_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/pj")
 set(PJ_INSTALL_PKGCONFIGDIR "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
 
-install(PROGRAMS "${PJ_LIB_DIR}/libpj.so" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+# The shared library as the convention has it: the file libpj.so.VERSION, the link libpj.so.ABI (its
+# SONAME: what programs load) and the link libpj.so (what the linker finds for -lpj). The links are
+# made here and installed as links.
+install(PROGRAMS "${PJ_LIB_DIR}/libpj.so" DESTINATION "${CMAKE_INSTALL_LIBDIR}" RENAME "libpj.so.${PJ_VERSION}")
+set(pj_links_dir "${CMAKE_CURRENT_BINARY_DIR}/pj_links")
+file(MAKE_DIRECTORY "${pj_links_dir}")
+file(CREATE_LINK "libpj.so.${PJ_VERSION}" "${pj_links_dir}/${PJ_SONAME}" SYMBOLIC)
+file(CREATE_LINK "${PJ_SONAME}" "${pj_links_dir}/libpj.so" SYMBOLIC)
+install(FILES "${pj_links_dir}/${PJ_SONAME}" "${pj_links_dir}/libpj.so" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(FILES "${PJ_LIB_DIR}/libpj.a" DESTINATION "${CMAKE_INSTALL_LIBDIR}")
 install(FILES "${PJ_INCLUDE_DIR}/pj.h" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
 if(EXISTS "${PJ_ROOT}/bindings/cpp/include/pj.hpp")
@@ -86,7 +94,7 @@ set(PJ_INSTALL_TEST_DIR "${CMAKE_CURRENT_BINARY_DIR}/install-test")
 set(pj_install_test_args
   "-DBUILD_DIR=${CMAKE_CURRENT_BINARY_DIR}" "-DWORK_DIR=${PJ_INSTALL_TEST_DIR}"
   "-DPREFIX=${PJ_INSTALL_TEST_DIR}/prefix" "-DLIBDIR=${CMAKE_INSTALL_LIBDIR}"
-  "-DINCLUDEDIR=${CMAKE_INSTALL_INCLUDEDIR}" "-DVERSION=${PJ_VERSION}" "-DSOURCE_DIR=${PJ_ROOT}"
+  "-DINCLUDEDIR=${CMAKE_INSTALL_INCLUDEDIR}" "-DVERSION=${PJ_VERSION}" "-DABI=${PJ_ABI}" "-DSOURCE_DIR=${PJ_ROOT}"
   "-DC_COMPILER=${CMAKE_C_COMPILER}" "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}"
   "-DGENERATOR=${CMAKE_GENERATOR}" "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}")
 foreach(step prefix pkgconfig find_package)
@@ -95,4 +103,11 @@ foreach(step prefix pkgconfig find_package)
   set_tests_properties(install_${step} PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT} SKIP_REGULAR_EXPRESSION "PJ_TEST_SKIPPED")
 endforeach()
 set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP pj_install_prefix)
+# The build tree's libpj.so: its SONAME, the libpj.so.ABI link beside it, and a program that loads it.
+if(TARGET sqrt)
+  add_test(NAME soname_build_tree
+    COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=soname "-DPROGRAM=$<TARGET_FILE:sqrt>"
+            -P "${PJ_ROOT}/tests/install/run.cmake")
+  set_tests_properties(soname_build_tree PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT})
+endif()
 set_tests_properties(install_pkgconfig install_find_package PROPERTIES FIXTURES_REQUIRED pj_install_prefix)

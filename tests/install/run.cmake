@@ -4,9 +4,11 @@
 #   pkgconfig     build examples/sqrt.c with `pkg-config --cflags --libs pj` (PKG_CONFIG_PATH at the
 #                 prefix), run it with LD_LIBRARY_PATH; skipped when pkg-config is missing
 #   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run
+#   soname        (no install) target/release/libpj.so has the SONAME libpj.so.ABI, libpj.so.ABI
+#                 beside it resolves to it, and a build-tree example (PROGRAM) needs libpj.so.ABI
 # Every program must print examples/sqrt.expected.
 cmake_minimum_required(VERSION 3.16)
-foreach(var BUILD_DIR WORK_DIR PREFIX LIBDIR INCLUDEDIR VERSION SOURCE_DIR C_COMPILER CXX_COMPILER GENERATOR STEP)
+foreach(var BUILD_DIR WORK_DIR PREFIX LIBDIR INCLUDEDIR VERSION ABI SOURCE_DIR C_COMPILER CXX_COMPILER GENERATOR STEP)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "run.cmake needs -D${var}=...")
   endif()
@@ -33,20 +35,46 @@ function(check_program program)
   message(STATUS "ok: ${program}")
 endfunction()
 
-# check_needed(<program> <yes|no>): with readelf, checks whether the program's DT_NEEDED names libpj.so
-# by its bare name (not a path), or not at all.
+set(soname "libpj.so.${ABI}")
+
+# check_needed(<program> <yes|no>): with readelf, checks whether the program's DT_NEEDED names
+# libpj.so.ABI (the library's SONAME, not a path nor the bare libpj.so), or no libpj at all.
 function(check_needed program want)
   find_program(READELF readelf)
   if(NOT READELF)
     return()
   endif()
   run("readelf" "${READELF}" -d "${program}")
-  string(FIND "${run_out}" "Shared library: [libpj.so]" at)
+  string(FIND "${run_out}" "Shared library: [${soname}]" at)
   string(FIND "${run_out}" "libpj" any)
   if(want AND at EQUAL -1)
-    message(FATAL_ERROR "${program} does not need libpj.so by its bare name:\n${run_out}")
+    message(FATAL_ERROR "${program} does not need ${soname} by that name:\n${run_out}")
   elseif(NOT want AND NOT any EQUAL -1)
     message(FATAL_ERROR "${program} should not need libpj.so:\n${run_out}")
+  endif()
+endfunction()
+
+# check_soname(<library>): readelf -d shows the SONAME libpj.so.ABI.
+function(check_soname library)
+  find_program(READELF readelf)
+  if(NOT READELF)
+    message(FATAL_ERROR "readelf is needed to check the SONAME of ${library} (Debian: binutils)")
+  endif()
+  run("readelf" "${READELF}" -d "${library}")
+  string(FIND "${run_out}" "Library soname: [${soname}]" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "${library} does not have the SONAME ${soname}:\n${run_out}")
+  endif()
+endfunction()
+
+# check_link(<path> <target>): <path> is a symbolic link whose text is <target> (relative).
+function(check_link path target)
+  if(NOT IS_SYMLINK "${path}")
+    message(FATAL_ERROR "${path} is not a symbolic link")
+  endif()
+  file(READ_SYMLINK "${path}" text)
+  if(NOT text STREQUAL target)
+    message(FATAL_ERROR "${path} points to ${text}, not ${target}")
   endif()
 endfunction()
 
@@ -65,6 +93,11 @@ if(STEP STREQUAL "prefix")
       message(FATAL_ERROR "cmake --install did not write ${file}")
     endif()
   endforeach()
+  # libpj.so.VERSION is the file; libpj.so.ABI (what programs load) and libpj.so (what -lpj finds)
+  # are links to it.
+  check_link("${libdir}/${soname}" "libpj.so.${VERSION}")
+  check_link("${libdir}/libpj.so" "${soname}")
+  check_soname("${libdir}/libpj.so.${VERSION}")
   file(STRINGS "${libdir}/pkgconfig/pj.pc" pc_prefix REGEX "^prefix=")
   if(NOT pc_prefix STREQUAL "prefix=${PREFIX}")
     message(FATAL_ERROR "pj.pc says ${pc_prefix}, not prefix=${PREFIX}")
@@ -125,6 +158,20 @@ elseif(STEP STREQUAL "find_package")
   foreach(program sqrt_shared sqrt_static sqrt_cpp sqrt_cpp_wrapper)
     check_program("${dir}/${program}")
   endforeach()
+
+elseif(STEP STREQUAL "soname")
+  set(lib_dir "${SOURCE_DIR}/target/release")
+  check_soname("${lib_dir}/libpj.so")
+  if(NOT EXISTS "${lib_dir}/${soname}")
+    message(FATAL_ERROR "${lib_dir}/${soname} is missing: programs linked with libpj.so need it")
+  endif()
+  get_filename_component(real "${lib_dir}/${soname}" REALPATH)
+  get_filename_component(expected_real "${lib_dir}/libpj.so" REALPATH)
+  if(NOT real STREQUAL expected_real)
+    message(FATAL_ERROR "${lib_dir}/${soname} is ${real}, not libpj.so")
+  endif()
+  check_needed("${PROGRAM}" YES)
+  check_program("${PROGRAM}")
 
 else()
   message(FATAL_ERROR "unknown STEP ${STEP}")
