@@ -3,8 +3,9 @@
 #   cargo build --release && cmake -S . -B build && cmake --build build
 #   cmake --install build --prefix <prefix>
 #
-# puts under <prefix>: lib/libpj.so.VERSION with the links lib/libpj.so.ABI and lib/libpj.so, lib/libpj.a, include/pj.h, include/pj.hpp, lib/pkgconfig/pj.pc
-# and lib/cmake/pj/pj{Config,ConfigVersion}.cmake (find_package(pj) -> pj::pj, pj::pj_static,
+# puts under <prefix>: lib/libpj.so.VERSION with the links lib/libpj.so.ABI and lib/libpj.so,
+# lib/libpj.a, include/pj.h, include/pj.hpp, lib/pkgconfig/pj.pc (shared), lib/pkgconfig/pj-static.pc
+# (static) and lib/cmake/pj/pj{Config,ConfigVersion}.cmake (find_package(pj) -> pj::pj, pj::pj_static,
 # pj::cpp). The libraries are cargo's (target/release), imported rather than built by CMake, so they
 # are installed as files. The tests install_* install into build/install-test/ and build
 # examples/sqrt.c against it with pkg-config and with find_package (tests/install/).
@@ -66,8 +67,9 @@ write_basic_package_version_file("${CMAKE_CURRENT_BINARY_DIR}/pjConfigVersion.cm
 install(FILES "${CMAKE_CURRENT_BINARY_DIR}/pjConfig.cmake" "${CMAKE_CURRENT_BINARY_DIR}/pjConfigVersion.cmake"
   DESTINATION "${PJ_INSTALL_CMAKEDIR}")
 
-# pj.pc holds the prefix itself, which `cmake --install --prefix` chooses at install time: write it
-# then, from cmake/pj.pc.in (the other values are fixed now).
+# pj.pc (libpj.so) and pj-static.pc (libpj.a) hold the prefix itself, which `cmake --install
+# --prefix` chooses at install time: write them then, from cmake/pj.pc.in and cmake/pj-static.pc.in
+# (the other values are fixed now).
 foreach(kind LIBDIR INCLUDEDIR)
   if(IS_ABSOLUTE "${CMAKE_INSTALL_${kind}}")
     set(pj_pc_${kind} "${CMAKE_INSTALL_${kind}}")
@@ -84,8 +86,9 @@ install(CODE "
   set(PJ_DESCRIPTION [==[${PJ_DESCRIPTION}]==])
   set(PJ_STATIC_LIBS_PC [==[${PJ_STATIC_LIBS_PC}]==])
   configure_file([==[${PJ_ROOT}/cmake/pj.pc.in]==] [==[${pj_pc_work}/pj.pc]==] @ONLY)
+  configure_file([==[${PJ_ROOT}/cmake/pj-static.pc.in]==] [==[${pj_pc_work}/pj-static.pc]==] @ONLY)
   file(INSTALL DESTINATION \"\${CMAKE_INSTALL_PREFIX}/${PJ_INSTALL_PKGCONFIGDIR}\" TYPE FILE
-       FILES [==[${pj_pc_work}/pj.pc]==])
+       FILES [==[${pj_pc_work}/pj.pc]==] [==[${pj_pc_work}/pj-static.pc]==])
 ")
 
 # The tests: one installs into a prefix inside the build directory (a fixture), the others build

@@ -2,7 +2,8 @@
 #   prefix        cmake --install BUILD_DIR --prefix PREFIX (a fresh prefix inside the build directory)
 #                 and check that every file is there
 #   pkgconfig     build examples/sqrt.c with `pkg-config --cflags --libs pj` (PKG_CONFIG_PATH at the
-#                 prefix), run it with LD_LIBRARY_PATH; skipped when pkg-config is missing
+#                 prefix), run it with LD_LIBRARY_PATH; then with `pkg-config [--static] --cflags
+#                 --libs pj-static` (libpj.a), run it without; skipped when pkg-config is missing
 #   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run
 #   soname        (no install) target/release/libpj.so has the SONAME libpj.so.ABI, libpj.so.ABI
 #                 beside it resolves to it, and a build-tree example (PROGRAM) needs libpj.so.ABI
@@ -87,7 +88,7 @@ if(STEP STREQUAL "prefix")
   file(REMOVE_RECURSE "${WORK_DIR}")
   run("cmake --install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}")
   foreach(file "${libdir}/libpj.so" "${libdir}/libpj.a" "${PREFIX}/${INCLUDEDIR}/pj.h"
-               "${PREFIX}/${INCLUDEDIR}/pj.hpp" "${libdir}/pkgconfig/pj.pc"
+               "${PREFIX}/${INCLUDEDIR}/pj.hpp" "${libdir}/pkgconfig/pj.pc" "${libdir}/pkgconfig/pj-static.pc"
                "${libdir}/cmake/pj/pjConfig.cmake" "${libdir}/cmake/pj/pjConfigVersion.cmake")
     if(NOT EXISTS "${file}")
       message(FATAL_ERROR "cmake --install did not write ${file}")
@@ -135,6 +136,25 @@ elseif(STEP STREQUAL "pkgconfig")
   check_needed("${dir}/sqrt" YES)
   set(ENV{LD_LIBRARY_PATH} "${libdir}")
   check_program("${dir}/sqrt")
+
+  # The static library through pj-static.pc: with and without --static, the program needs no
+  # libpj.so (pj.pc's -lpj would pick the shared library even with --static) and runs without
+  # LD_LIBRARY_PATH.
+  unset(ENV{LD_LIBRARY_PATH})
+  foreach(mode static plain)
+    set(static_flag)
+    if(mode STREQUAL "static")
+      set(static_flag --static)
+    endif()
+    run("pkg-config ${static_flag} --cflags --libs pj-static" "${PKG_CONFIG}" ${static_flag} --cflags --libs pj-static)
+    string(STRIP "${run_out}" flags)
+    message(STATUS "pkg-config ${static_flag} --cflags --libs pj-static: ${flags}")
+    separate_arguments(flags UNIX_COMMAND "${flags}")
+    run("cc" "${C_COMPILER}" -std=c11 -Wall -Wextra -Wpedantic -Werror
+        "${SOURCE_DIR}/examples/sqrt.c" ${flags} -lm -o "${dir}/sqrt_static_${mode}")
+    check_needed("${dir}/sqrt_static_${mode}" NO)
+    check_program("${dir}/sqrt_static_${mode}")
+  endforeach()
 
 elseif(STEP STREQUAL "find_package")
   set(dir "${WORK_DIR}/find_package")
