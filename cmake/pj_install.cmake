@@ -5,8 +5,9 @@
 #
 # puts under <prefix>: lib/libpj.so.VERSION with the links lib/libpj.so.ABI and lib/libpj.so,
 # lib/libpj.a, include/pj.h, include/pj.hpp, lib/pkgconfig/pj.pc (shared), lib/pkgconfig/pj-static.pc
-# (static) and lib/cmake/pj/pj{Config,ConfigVersion}.cmake (find_package(pj) -> pj::pj, pj::pj_static,
-# pj::cpp). The libraries are cargo's (target/release), imported rather than built by CMake, so they
+# (static), lib/libpj_mpi.a and include/pj_mpi.h when the MPI shim was built, and
+# lib/cmake/pj/pj{Config,ConfigVersion}.cmake (find_package(pj) -> pj::pj, pj::pj_static, pj::cpp,
+# pj::mpi). The libraries are cargo's (target/release), imported rather than built by CMake, so they
 # are installed as files. The tests install_* install into build/install-test/ and build
 # examples/sqrt.c against it with pkg-config and with find_package (tests/install/).
 include(GNUInstallDirs)
@@ -56,6 +57,13 @@ if(TARGET pj_mpi)
   install(FILES "${PJ_ROOT}/bindings/mpi/pj_mpi.h" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
 endif()
 
+# pj::mpi in the CMake package when the shim is installed.
+if(TARGET pj_mpi)
+  set(PJ_HAS_MPI TRUE)
+else()
+  set(PJ_HAS_MPI FALSE)
+endif()
+
 # CMake package: relocatable (paths relative to the config file), so written at configure time.
 configure_package_config_file("${PJ_ROOT}/cmake/pjConfig.cmake.in"
   "${CMAKE_CURRENT_BINARY_DIR}/pjConfig.cmake"
@@ -100,6 +108,21 @@ set(pj_install_test_args
   "-DINCLUDEDIR=${CMAKE_INSTALL_INCLUDEDIR}" "-DVERSION=${PJ_VERSION}" "-DABI=${PJ_ABI}" "-DSOURCE_DIR=${PJ_ROOT}"
   "-DC_COMPILER=${CMAKE_C_COMPILER}" "-DCXX_COMPILER=${CMAKE_CXX_COMPILER}"
   "-DGENERATOR=${CMAKE_GENERATOR}" "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}")
+if(TARGET pj_mpi)
+  # pj::mpi's consumer test; mpiexec as examples/mpi runs it (Open MPI: root, more ranks than CPUs)
+  list(APPEND pj_install_test_args -DMPI=ON)
+  if(MPIEXEC_EXECUTABLE)
+    set(pj_install_mpiexec_flags ${MPIEXEC_PREFLAGS})
+    execute_process(COMMAND "${MPIEXEC_EXECUTABLE}" --version OUTPUT_VARIABLE pj_install_mpiexec_version
+                    ERROR_VARIABLE pj_install_mpiexec_version TIMEOUT 30)
+    if(pj_install_mpiexec_version MATCHES "Open MPI|OpenRTE")
+      list(APPEND pj_install_mpiexec_flags --allow-run-as-root --oversubscribe --timeout 60
+           --mca btl_vader_single_copy_mechanism none)
+    endif()
+    string(REPLACE ";" "|" pj_install_mpiexec_flags "${pj_install_mpiexec_flags}")
+    list(APPEND pj_install_test_args "-DMPIEXEC=${MPIEXEC_EXECUTABLE}" "-DMPIEXEC_FLAGS=${pj_install_mpiexec_flags}")
+  endif()
+endif()
 foreach(step prefix pkgconfig find_package)
   add_test(NAME install_${step}
     COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=${step} -P "${PJ_ROOT}/tests/install/run.cmake")

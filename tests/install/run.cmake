@@ -4,7 +4,9 @@
 #   pkgconfig     build examples/sqrt.c with `pkg-config --cflags --libs pj` (PKG_CONFIG_PATH at the
 #                 prefix), run it with LD_LIBRARY_PATH; then with `pkg-config [--static] --cflags
 #                 --libs pj-static` (libpj.a), run it without; skipped when pkg-config is missing
-#   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run
+#   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run;
+#                 with -DMPI=ON also examples/mpi/mpi_squares.c through pj::mpi (run under MPIEXEC
+#                 with MPIEXEC_FLAGS, "|"-separated, when MPIEXEC is given)
 #   soname        (no install) target/release/libpj.so has the SONAME libpj.so.ABI, libpj.so.ABI
 #                 beside it resolves to it, and a build-tree example (PROGRAM) needs libpj.so.ABI
 # Every program must print examples/sqrt.expected.
@@ -14,6 +16,7 @@ foreach(var BUILD_DIR WORK_DIR PREFIX LIBDIR INCLUDEDIR VERSION ABI SOURCE_DIR C
     message(FATAL_ERROR "run.cmake needs -D${var}=...")
   endif()
 endforeach()
+string(REPLACE "|" ";" MPIEXEC_FLAGS "${MPIEXEC_FLAGS}")
 set(expected_file "${SOURCE_DIR}/examples/sqrt.expected")
 file(READ "${expected_file}" expected)
 
@@ -94,6 +97,13 @@ if(STEP STREQUAL "prefix")
       message(FATAL_ERROR "cmake --install did not write ${file}")
     endif()
   endforeach()
+  if(MPI)
+    foreach(file "${libdir}/libpj_mpi.a" "${PREFIX}/${INCLUDEDIR}/pj_mpi.h")
+      if(NOT EXISTS "${file}")
+        message(FATAL_ERROR "cmake --install did not write ${file} (pj was built with MPI)")
+      endif()
+    endforeach()
+  endif()
   # libpj.so.VERSION is the file; libpj.so.ABI (what programs load) and libpj.so (what -lpj finds)
   # are links to it.
   check_link("${libdir}/${soname}" "libpj.so.${VERSION}")
@@ -167,7 +177,7 @@ elseif(STEP STREQUAL "find_package")
       -G "${GENERATOR}" ${extra} "-DCMAKE_PREFIX_PATH=${PREFIX}"
       "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}"
       -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF "-DPJ_EXAMPLES_DIR=${SOURCE_DIR}/examples"
-      "-DPJ_EXPECTED_VERSION=${VERSION}")
+      "-DPJ_EXPECTED_VERSION=${VERSION}" "-DPJ_EXPECT_MPI=${MPI}")
   file(STRINGS "${dir}/CMakeCache.txt" pj_dir REGEX "^pj_DIR:")
   if(NOT pj_dir MATCHES "=${libdir}/cmake/pj$")
     message(FATAL_ERROR "find_package(pj) found ${pj_dir}, not the one in ${libdir}/cmake/pj")
@@ -178,6 +188,17 @@ elseif(STEP STREQUAL "find_package")
   foreach(program sqrt_shared sqrt_static sqrt_cpp sqrt_cpp_wrapper)
     check_program("${dir}/${program}")
   endforeach()
+  # pj::mpi: the program runs under mpiexec (Open MPI's flags as in examples/mpi) and its ranks
+  # other than 0 run the tasks.
+  if(MPI AND MPIEXEC)
+    set(ENV{LD_LIBRARY_PATH} "${libdir}")
+    run("mpiexec mpi_squares" "${MPIEXEC}" -n 3 ${MPIEXEC_FLAGS} "${dir}/mpi_squares")
+    file(READ "${SOURCE_DIR}/examples/mpi/mpi_squares.expected" mpi_expected)
+    if(NOT run_out STREQUAL mpi_expected)
+      message(FATAL_ERROR "mpi_squares printed\n${run_out}\nbut mpi_squares.expected holds\n${mpi_expected}")
+    endif()
+    message(STATUS "ok: ${dir}/mpi_squares under mpiexec")
+  endif()
 
 elseif(STEP STREQUAL "soname")
   set(lib_dir "${SOURCE_DIR}/target/release")
