@@ -99,6 +99,10 @@ install(CODE "
        FILES [==[${pj_pc_work}/pj.pc]==] [==[${pj_pc_work}/pj-static.pc]==])
 ")
 
+if(NOT PJ_BUILD_TESTS)
+  return()
+endif()
+
 # The tests: one installs into a prefix inside the build directory (a fixture), the others build
 # examples/sqrt.c (and examples/cpp/sqrt.cpp) against that prefix and check the output.
 set(PJ_INSTALL_TEST_DIR "${CMAKE_CURRENT_BINARY_DIR}/install-test")
@@ -129,6 +133,10 @@ foreach(step prefix pkgconfig find_package)
   set_tests_properties(install_${step} PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT} SKIP_REGULAR_EXPRESSION "PJ_TEST_SKIPPED")
 endforeach()
 set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP pj_install_prefix)
+# add_subdirectory(pj) in another project builds pj's libraries and none of its tests or examples.
+add_test(NAME subdirectory_consumer
+  COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=subdirectory -P "${PJ_ROOT}/tests/install/run.cmake")
+set_tests_properties(subdirectory_consumer PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT})
 # The build tree's libpj.so: its SONAME, the libpj.so.ABI link beside it, and a program that loads it.
 if(TARGET sqrt)
   add_test(NAME soname_build_tree

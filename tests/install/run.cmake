@@ -7,6 +7,8 @@
 #   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run;
 #                 with -DMPI=ON also examples/mpi/mpi_squares.c through pj::mpi (run under MPIEXEC
 #                 with MPIEXEC_FLAGS, "|"-separated, when MPIEXEC is given)
+#   subdirectory  (no install) configure tests/subdirectory/ (add_subdirectory(pj) in another
+#                 project), check that pj added no test or example target, build it, run its program
 #   soname        (no install) target/release/libpj.so has the SONAME libpj.so.ABI, libpj.so.ABI
 #                 beside it resolves to it, and a build-tree example (PROGRAM) needs libpj.so.ABI
 # Every program must print examples/sqrt.expected.
@@ -199,6 +201,41 @@ elseif(STEP STREQUAL "find_package")
     endif()
     message(STATUS "ok: ${dir}/mpi_squares under mpiexec")
   endif()
+
+elseif(STEP STREQUAL "subdirectory")
+  set(dir "${BUILD_DIR}/subdirectory-test")
+  file(REMOVE_RECURSE "${dir}")
+  set(extra)
+  if(MAKE_PROGRAM)
+    list(APPEND extra "-DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}")
+  endif()
+  run("configure tests/subdirectory" "${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/subdirectory" -B "${dir}"
+      -G "${GENERATOR}" ${extra} "-DPJ_SOURCE_DIR=${SOURCE_DIR}"
+      "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}")
+  run("list the targets" "${CMAKE_COMMAND}" --build "${dir}" --target help)
+  set(targets "${run_out}")
+  # pj's own test, example and bench programs (one of each kind) must not be there
+  foreach(target abi_smoke_static header_c11 pj_cpp_tests sqrt spawn cpp_sqrt mpi_squares mpi_no_main)
+    if(targets MATCHES "(^|[\n ])${target}[:\n ]")
+      message(FATAL_ERROR "add_subdirectory(pj) added pj's target ${target}:\n${targets}")
+    endif()
+  endforeach()
+  if(EXISTS "${dir}/pj/CTestTestfile.cmake")
+    file(STRINGS "${dir}/pj/CTestTestfile.cmake" tests REGEX "add_test|subdirs")
+    if(tests)
+      message(FATAL_ERROR "add_subdirectory(pj) registered tests: ${tests}")
+    endif()
+  endif()
+  run("build tests/subdirectory" "${CMAKE_COMMAND}" --build "${dir}")
+  check_program("${dir}/consumer_sqrt")
+  # and the build made none of pj's programs
+  file(GLOB_RECURSE built LIST_DIRECTORIES false RELATIVE "${dir}/pj" "${dir}/pj/*")
+  foreach(file IN LISTS built)
+    get_filename_component(name "${file}" NAME)
+    if(name MATCHES "^(abi_smoke_|header_c|pj_cpp_tests|sqrt$|spawn$|cpp_|mpi_|pj_mpi_bench)")
+      message(FATAL_ERROR "add_subdirectory(pj) built pj's ${file}")
+    endif()
+  endforeach()
 
 elseif(STEP STREQUAL "soname")
   set(lib_dir "${SOURCE_DIR}/target/release")
