@@ -89,7 +89,7 @@ func ExampleStream_unordered() {
 	for r, err := range pj.Stream(context.Background(), inputs, func(d time.Duration) (time.Duration, error) {
 		time.Sleep(d)
 		return d, nil
-	}, pj.NJobs(2), pj.Unordered(), pj.ChunkSize(1), pj.BatchSize("1")) {
+	}, pj.NJobs(2), pj.Unordered(), pj.ChunkSize(1), pj.BatchSize(1)) {
 		if err != nil {
 			fmt.Println(err)
 			return
