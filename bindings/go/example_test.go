@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"pj"
+	pj "github.com/pj-parallel/pj/bindings/go"
 )
 
 // joblib's Parallel(n_jobs=2)(delayed(sqrt)(i ** 2) for i in range(10)).
