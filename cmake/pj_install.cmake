@@ -137,6 +137,11 @@ set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP pj_install_prefix)
 add_test(NAME subdirectory_consumer
   COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=subdirectory -P "${PJ_ROOT}/tests/install/run.cmake")
 set_tests_properties(subdirectory_consumer PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT})
+# libpj.a linked beside another Rust static library (one that defines std's global symbols too).
+add_test(NAME second_rust_staticlib
+  COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=second_rust_staticlib
+          "-DLIBPJ_A=${PJ_LIB_DIR}/libpj.a" -P "${PJ_ROOT}/tests/install/run.cmake")
+set_tests_properties(second_rust_staticlib PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT})
 # The build tree's libpj.so: its SONAME, the libpj.so.ABI link beside it, and a program that loads it.
 if(TARGET sqrt)
   add_test(NAME soname_build_tree

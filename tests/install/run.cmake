@@ -9,6 +9,9 @@
 #                 with MPIEXEC_FLAGS, "|"-separated, when MPIEXEC is given)
 #   subdirectory  (no install) configure tests/subdirectory/ (add_subdirectory(pj) in another
 #                 project), check that pj added no test or example target, build it, run its program
+#   second_rust_staticlib  (no install) link examples/sqrt.c with tests/c/second_rust_staticlib.c
+#                 (a global rust_eh_personality, as another Rust staticlib has) and LIBPJ_A, run it;
+#                 and libpj.a defines no global symbol but pj_*
 #   soname        (no install) target/release/libpj.so has the SONAME libpj.so.ABI, libpj.so.ABI
 #                 beside it resolves to it, and a build-tree example (PROGRAM) needs libpj.so.ABI
 # Every program must print examples/sqrt.expected.
@@ -236,6 +239,33 @@ elseif(STEP STREQUAL "subdirectory")
       message(FATAL_ERROR "add_subdirectory(pj) built pj's ${file}")
     endif()
   endforeach()
+
+elseif(STEP STREQUAL "second_rust_staticlib")
+  set(dir "${BUILD_DIR}/second-rust-staticlib-test")
+  file(REMOVE_RECURSE "${dir}")
+  file(MAKE_DIRECTORY "${dir}")
+  run("cc" "${C_COMPILER}" -std=c11 -Wall -Wextra -Wpedantic -Werror "-I${SOURCE_DIR}/include"
+      "${SOURCE_DIR}/examples/sqrt.c" "${SOURCE_DIR}/tests/c/second_rust_staticlib.c" "${LIBPJ_A}"
+      -lgcc_s -lutil -lrt -lpthread -lm -ldl -o "${dir}/sqrt")
+  check_needed("${dir}/sqrt" NO)
+  check_program("${dir}/sqrt")
+  find_program(NM nm)
+  if(NM)
+    run("nm" "${NM}" -g --defined-only "${LIBPJ_A}")
+    string(REGEX MATCHALL "\n[0-9a-f]+ [A-Za-z] [^\n]+" defined "${run_out}")
+    set(foreign)
+    foreach(line IN LISTS defined)
+      string(REGEX REPLACE "^\n[0-9a-f]+ [A-Za-z] " "" name "${line}")
+      if(NOT name MATCHES "^pj_")
+        list(APPEND foreign "${name}")
+      endif()
+    endforeach()
+    list(LENGTH foreign count)
+    if(count GREATER 0)
+      list(SUBLIST foreign 0 10 some)
+      message(FATAL_ERROR "libpj.a defines ${count} global symbols besides pj_*, e.g. ${some}")
+    endif()
+  endif()
 
 elseif(STEP STREQUAL "soname")
   set(lib_dir "${SOURCE_DIR}/target/release")
