@@ -72,7 +72,7 @@ func withContext[T, R any](callCtx context.Context, fn func(context.Context, T) 
 // stoppedBy adds, after the caller's options, the hook that cancels the functions' context when
 // the call stops early (without writing into the caller's slice).
 func stoppedBy(cancel func(), opts []Option) []Option {
-	return append(opts[:len(opts):len(opts)], func(s *settings) { s.stopped = cancel })
+	return append(opts[:len(opts):len(opts)], newOption("stopped(cancel)", func(s *settings) { s.stopped = cancel }))
 }
 
 // taskContext is the context of one call of a function registered with RegisterContext: done

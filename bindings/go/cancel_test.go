@@ -109,7 +109,7 @@ func TestRegisterContextFailFastIsPromptOnThreads(t *testing.T) {
 	for _, backend := range []string{"threads", "processes"} {
 		begin := time.Now()
 		_, err := MapNamed[int, int](context.Background(), "test.poll", []int{0, 1},
-			NJobs(2), BatchSize("1"), Backend(backend))
+			NJobs(2), BatchSize(1), Backend(backend))
 		elapsed := time.Since(begin)
 		if !errors.Is(err, ErrTaskFailed) || asError(t, err).TaskIndex != 1 {
 			t.Fatalf("%s: got %v", backend, err)

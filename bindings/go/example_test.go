@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"pj"
+	pj "github.com/pj-parallel/pj/bindings/go"
 )
 
 // joblib's Parallel(n_jobs=2)(delayed(sqrt)(i ** 2) for i in range(10)).
@@ -89,7 +89,7 @@ func ExampleStream_unordered() {
 	for r, err := range pj.Stream(context.Background(), inputs, func(d time.Duration) (time.Duration, error) {
 		time.Sleep(d)
 		return d, nil
-	}, pj.NJobs(2), pj.Unordered(), pj.ChunkSize(1), pj.BatchSize("1")) {
+	}, pj.NJobs(2), pj.Unordered(), pj.ChunkSize(1), pj.BatchSize(1)) {
 		if err != nil {
 			fmt.Println(err)
 			return

@@ -1,3 +1,3 @@
-module pj
+module github.com/pj-parallel/pj/bindings/go
 
 go 1.23

@@ -156,7 +156,7 @@ func TestMapNamedRunsInWorkerProcesses(t *testing.T) {
 		elsewhere bool // the inputs run in other processes
 	}{
 		{"processes", []Option{NJobs(3)}, true},
-		{"loky,batch=1", []Option{NJobs(2), Backend("loky"), BatchSize("1")}, true},
+		{"loky,batch=1", []Option{NJobs(2), Backend("loky"), BatchSize(1)}, true},
 		{"processes,pre_dispatch=all", []Option{NJobs(4), Backend("processes"), PreDispatch("all")}, true},
 		{"spawn named", []Option{NJobs(2), Set("start_method", "spawn")}, true},
 		{"n_jobs=1", nil, false},
@@ -328,7 +328,7 @@ func TestMapCollectNamed(t *testing.T) {
 			t.Errorf("input %d: got %d, %v (status %v, index %d); want %v %q", x, value, err, e.Status, e.TaskIndex, status, msg)
 		}
 	}
-	results, err := MapCollectNamed[int, int](context.Background(), "test.outcome", in, NJobs(3), BatchSize("1"))
+	results, err := MapCollectNamed[int, int](context.Background(), "test.outcome", in, NJobs(3), BatchSize(1))
 	if err != nil || len(results) != len(in) {
 		t.Fatalf("got %d results, %v", len(results), err)
 	}

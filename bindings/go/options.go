@@ -22,7 +22,25 @@ import (
 // message quotes it. For Map and its siblings, Timeout, Progress and ChunkSize are handled on the Go
 // side, and so is OnError (validated by pj, carried out by this package); for MapNamed they are pj's
 // own (see MapNamed). HandleSigint(true) and the fork start method are refused.
-type Option func(*settings)
+//
+// Options are made by the functions of this package that return one (NJobs, Backend, ..., Set); a nil
+// Option is ignored. String describes an option as it was written, e.g. "NJobs(4)".
+type Option interface {
+	// String is the option as written in Go, e.g. `NJobs(4)` or `Set("batch_size", "auto")`.
+	String() string
+	apply(s *settings)
+}
+
+// option is every Option: its description and what it does to a call's settings.
+type option struct {
+	desc string
+	fn   func(*settings)
+}
+
+func (o option) String() string    { return o.desc }
+func (o option) apply(s *settings) { o.fn(s) }
+
+func newOption(desc string, fn func(*settings)) Option { return option{desc, fn} }
 
 type keyValue struct{ key, value string }
 
@@ -45,7 +63,7 @@ func newSettings(opts []Option) *settings {
 	s := &settings{}
 	for _, opt := range opts {
 		if opt != nil {
-			opt(s)
+			opt.apply(s)
 		}
 	}
 	return s
@@ -66,7 +84,7 @@ func trimASCII(value string) string { return strings.Trim(value, " \t\n\f\r") }
 // |n|-1" (-1: every CPU pj may use, see CPUCount). As in joblib the default is 1: the inputs run one
 // after another on a single thread. 0 is an error.
 func NJobs(n int) Option {
-	return func(s *settings) { s.set("n_jobs", strconv.Itoa(n)) }
+	return newOption(fmt.Sprintf("NJobs(%d)", n), func(s *settings) { s.set("n_jobs", strconv.Itoa(n)) })
 }
 
 // Backend names the backend: "threads" (alias "threading"), "sequential" (every input on one thread,
@@ -80,7 +98,7 @@ func NJobs(n int) Option {
 // siblings run closures, which cannot travel to another process: with a process backend they fail
 // with ErrUnsupported.
 func Backend(name string) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("Backend(%q)", name), func(s *settings) {
 		switch trimmed := strings.TrimSpace(name); trimmed {
 		case "processes", "loky", "multiprocessing":
 			s.backend = "processes"
@@ -101,19 +119,19 @@ func Backend(name string) Option {
 		default:
 			s.set("backend", name) // pj quotes it in its error
 		}
-	}
+	})
 }
 
 // Prefer sets joblib's soft backend hint: "threads", "processes" or "none". This package always names
 // the backend it uses, so the hint does not change which one runs; Map and its siblings refuse
 // "processes" with ErrUnsupported, as for Backend.
 func Prefer(hint string) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("Prefer(%q)", hint), func(s *settings) {
 		if strings.TrimSpace(hint) == "processes" {
 			s.refuseProcesses("prefer", hint)
 		}
 		s.set("prefer", hint)
-	}
+	})
 }
 
 // refuseProcesses records the first option that names a process backend, for Map and its siblings.
@@ -134,7 +152,7 @@ func (s *settings) refuseProcesses(key, value string) {
 // backends; "fork" is refused (Go code cannot run in a forked child); anything else is pj's to
 // validate.
 func startMethod(value string) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("Set(\"start_method\", %q)", value), func(s *settings) {
 		if trimASCII(value) == "fork" {
 			s.fail(goError(StatusUnsupported, -1, fmt.Sprintf(
 				"start_method %q is not available from Go: only the forking thread survives a fork, "+
@@ -143,20 +161,20 @@ func startMethod(value string) Option {
 			return
 		}
 		s.set("start_method", value)
-	}
+	})
 }
 
 // Require sets joblib's hard constraint: "sharedmem" (always met by the threads and sequential
 // backends) or "none".
 func Require(constraint string) Option {
-	return func(s *settings) { s.set("require", constraint) }
+	return newOption(fmt.Sprintf("Require(%q)", constraint), func(s *settings) { s.set("require", constraint) })
 }
 
 // Verbose sets joblib's verbosity level (0, the default, is silent; negative levels are an error).
 // pj's joblib-format progress lines count pj tasks, each a chunk of inputs (see ChunkSize); the
 // Progress option counts inputs.
 func Verbose(level int) Option {
-	return func(s *settings) { s.set("verbose", strconv.Itoa(level)) }
+	return newOption(fmt.Sprintf("Verbose(%d)", level), func(s *settings) { s.set("verbose", strconv.Itoa(level)) })
 }
 
 // Timeout limits each call of fn to d of wall-clock time, counted from its start. When a call runs
@@ -172,71 +190,91 @@ func Verbose(level int) Option {
 // own failure while the others go on. With one worker (n_jobs 1) pj enforces no timeout and prints a
 // warning, as joblib does.
 func Timeout(d time.Duration) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("Timeout(%v)", d), func(s *settings) {
 		if d <= 0 {
 			s.fail(goError(StatusInvalidArgument, -1, fmt.Sprintf(
 				"invalid timeout \"%v\": expected a positive duration", d)))
 			return
 		}
 		s.timeout = d
-	}
+	})
 }
 
 // PreDispatch sets joblib's pre_dispatch: how many pj tasks are in flight ahead of completions,
 // "all", a number, or an expression in n_jobs such as "2*n_jobs" (the default).
 func PreDispatch(expr string) Option {
-	return func(s *settings) { s.set("pre_dispatch", expr) }
+	return newOption(fmt.Sprintf("PreDispatch(%q)", expr), func(s *settings) { s.set("pre_dispatch", expr) })
 }
 
-// BatchSize sets joblib's batch_size: "auto" (the default: joblib's adaptive heuristic) or a fixed
-// number of pj tasks per batch. Each pj task is a chunk of inputs (see ChunkSize), so a batch holds
-// batch_size × chunk inputs.
-func BatchSize(size string) Option {
-	return func(s *settings) { s.set("batch_size", size) }
+// BatchSize sets joblib's batch_size to a fixed number of pj tasks per batch, n from 1 to 1048576
+// (2^20; pj refuses other values with ErrInvalidArgument). Each pj task is a chunk of inputs (see
+// ChunkSize), so a batch holds n × chunk inputs. The default is BatchSizeAuto.
+func BatchSize(n int) Option {
+	return newOption(fmt.Sprintf("BatchSize(%d)", n), func(s *settings) { s.set("batch_size", strconv.Itoa(n)) })
 }
 
-// StackSize sets pj's stack_size: the stack of pj's worker threads ("8M", a number of bytes, or
-// "none" for the caller's RLIMIT_STACK; 64K to 1G). Validated. Go functions run on goroutine stacks,
-// which grow on their own, so it matters only to deep C code called through cgo from fn; workers of
-// MapNamed (spawned processes) run on their main thread, with RLIMIT_STACK.
-func StackSize(size string) Option {
-	return func(s *settings) { s.set("stack_size", size) }
+// BatchSizeAuto sets joblib's batch_size "auto", the default: joblib's adaptive heuristic, which
+// sizes batches from the measured duration of the previous ones.
+func BatchSizeAuto() Option {
+	return newOption("BatchSizeAuto()", func(s *settings) { s.set("batch_size", "auto") })
+}
+
+// StackSize sets pj's stack_size: the stack of pj's worker threads, in bytes (64 KiB to 1 GiB; pj
+// refuses other values with ErrInvalidArgument). The default (Set("stack_size", "none")) is the
+// caller's RLIMIT_STACK. Go functions run on goroutine stacks, which grow on their own, so it matters
+// only to deep C code called through cgo from fn; workers of MapNamed (spawned processes) run on
+// their main thread, with RLIMIT_STACK.
+func StackSize(bytes int64) Option {
+	return newOption(fmt.Sprintf("StackSize(%d)", bytes), func(s *settings) {
+		s.set("stack_size", strconv.FormatInt(bytes, 10))
+	})
 }
 
 // TempFolder sets joblib's temp_folder (where memory-mapped files go). It is validated now; it
 // matters only to the process backends of MapNamed (arguments and results larger than max_nbytes).
 func TempFolder(path string) Option {
-	return func(s *settings) { s.set("temp_folder", path) }
+	return newOption(fmt.Sprintf("TempFolder(%q)", path), func(s *settings) { s.set("temp_folder", path) })
 }
 
-// MaxNbytes sets joblib's max_nbytes ("1M", "512k", "none", a number of bytes): encoded inputs and
-// results of MapNamed on processes larger than this travel through memory-mapped files. Validated; no
-// effect with threads.
-func MaxNbytes(size string) Option {
-	return func(s *settings) { s.set("max_nbytes", size) }
+// MaxNbytes sets joblib's max_nbytes in bytes (default 1 MiB; 0 memory-maps every argument and
+// result; negative values are refused with ErrInvalidArgument): encoded inputs and results of
+// MapNamed on processes larger than this travel through memory-mapped files. No effect with threads.
+// MaxNbytesNone turns memory-mapping off; Set("max_nbytes", "1M") takes joblib's spellings.
+func MaxNbytes(bytes int64) Option {
+	return newOption(fmt.Sprintf("MaxNbytes(%d)", bytes), func(s *settings) {
+		s.set("max_nbytes", strconv.FormatInt(bytes, 10))
+	})
+}
+
+// MaxNbytesNone sets joblib's max_nbytes None: nothing is memory-mapped, every input and result of
+// MapNamed on processes is copied through the worker's socket.
+func MaxNbytesNone() Option {
+	return newOption("MaxNbytesNone()", func(s *settings) { s.set("max_nbytes", "none") })
 }
 
 // MmapMode sets joblib's mmap_mode ("r", "r+", "w+", "c", "none"). Validated; no effect on this package's
 // calls (MapNamed decodes each input into a Go value of its own).
 func MmapMode(mode string) Option {
-	return func(s *settings) { s.set("mmap_mode", mode) }
+	return newOption(fmt.Sprintf("MmapMode(%q)", mode), func(s *settings) { s.set("mmap_mode", mode) })
 }
 
 // ReturnAs sets joblib's return_as. Stream yields results in input order for "list" and "generator"
 // (the default), and in completion order for "generator_unordered". Map, MapIndexed and MapCollect
 // always return their slice in input order.
 func ReturnAs(mode string) Option {
-	return func(s *settings) { s.set("return_as", mode) }
+	return newOption(fmt.Sprintf("ReturnAs(%q)", mode), func(s *settings) { s.set("return_as", mode) })
 }
 
 // Unordered is ReturnAs("generator_unordered"): Stream yields each result as soon as it is ready.
-func Unordered() Option { return ReturnAs("generator_unordered") }
+func Unordered() Option {
+	return newOption("Unordered()", ReturnAs("generator_unordered").apply)
+}
 
 // KeepWorkers sets pj's keep_workers, which keeps worker processes alive across the calls of one pj
 // executor. Validated; no effect here: every call of this package has an executor of its own, so
 // MapNamed starts its worker processes at each call.
 func KeepWorkers(keep bool) Option {
-	return func(s *settings) { s.set("keep_workers", strconv.FormatBool(keep)) }
+	return newOption(fmt.Sprintf("KeepWorkers(%t)", keep), func(s *settings) { s.set("keep_workers", strconv.FormatBool(keep)) })
 }
 
 // OnError sets pj's on_error: "raise" (the default, joblib's behaviour: the first input whose fn
@@ -259,10 +297,10 @@ func KeepWorkers(keep bool) Option {
 // MapNamed hands on_error to pj as it is (each input is one pj task): under "collect" an input's
 // error, panic, timeout or crash (its worker died) is that input's own failure, and the call goes on.
 func OnError(mode string) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("OnError(%q)", mode), func(s *settings) {
 		s.collect = trimASCII(mode) == "collect"
 		s.set("on_error", mode) // validated by pj; config always hands pj "raise" in the end
-	}
+	})
 }
 
 // ProgressBar turns pj's progress bar on stderr on (pj's progress="bar") or off (the default): a bar
@@ -274,13 +312,13 @@ func OnError(mode string) Option {
 // drawn by the thread that drives the pj call; Progress, which also counts inputs, is independent
 // of it. Verbose's lines count pj tasks (chunks), as joblib counts its tasks.
 func ProgressBar(on bool) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("ProgressBar(%t)", on), func(s *settings) {
 		if on {
 			s.set("progress", "bar")
 		} else {
 			s.set("progress", "none")
 		}
-	}
+	})
 }
 
 // HandleSigint(true) is refused with ErrInvalidArgument: pj's handle_sigint would replace the Go
@@ -293,14 +331,14 @@ func ProgressBar(on bool) Option {
 //
 // HandleSigint(false) is accepted and changes nothing: this package never lets pj handle SIGINT.
 func HandleSigint(on bool) Option {
-	return handleSigint(strconv.FormatBool(on))
+	return handleSigint(fmt.Sprintf("HandleSigint(%t)", on), strconv.FormatBool(on))
 }
 
 // handleSigint is HandleSigint and Set("handle_sigint", value): pj's false spellings are passed on
 // (harmless), anything else is either invalid (pj's own error, which quotes it) or means true and is
 // refused.
-func handleSigint(value string) Option {
-	return func(s *settings) {
+func handleSigint(desc, value string) Option {
+	return newOption(desc, func(s *settings) {
 		switch trimASCII(value) {
 		case "false", "False", "0", "no":
 			s.set("handle_sigint", value)
@@ -318,7 +356,7 @@ func handleSigint(value string) Option {
 			"handle_sigint %q is not available from Go: pj would replace the Go runtime's SIGINT "+
 				"handler while a call blocks; use ctx, stop := signal.NotifyContext(ctx, os.Interrupt) "+
 				"and pass that ctx: a cancelled context stops the call, which returns ctx.Err()", value)))
-	}
+	})
 }
 
 // checkOption asks pj whether it accepts key = value (on a scratch config), and returns its error.
@@ -351,7 +389,7 @@ func setOption(cfg *C.pj_config_t, key, value string) error {
 // been told to stop. With MapNamed it also runs on the calling goroutine, fed by pj's progress
 // callback (one pj task per input).
 func Progress(fn func(done, total int, elapsed time.Duration)) Option {
-	return func(s *settings) { s.progress = fn }
+	return newOption("Progress(fn)", func(s *settings) { s.progress = fn })
 }
 
 // ChunkSize sets how many consecutive inputs one pj task carries (default: automatic). Each pj task
@@ -362,14 +400,14 @@ func Progress(fn func(done, total int, elapsed time.Duration)) Option {
 // goes, and stay small enough to give each worker about 32 of them. Use ChunkSize(1) for one
 // pj task per input. n must be at least 1. MapNamed ignores it: each of its inputs is one pj task.
 func ChunkSize(n int) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("ChunkSize(%d)", n), func(s *settings) {
 		if n < 1 {
 			s.fail(goError(StatusInvalidArgument, -1, fmt.Sprintf(
 				"invalid chunk size \"%d\": expected at least 1 input per task", n)))
 			return
 		}
 		s.chunk = n
-	}
+	})
 }
 
 // Set sets an option from strings, with joblib's keywords and spellings, for options that come from
@@ -390,18 +428,18 @@ func ChunkSize(n int) Option {
 //
 // An unknown key is an ErrInvalidArgument error whose message lists the known ones.
 func Set(key, value string) Option {
-	return func(s *settings) {
+	return newOption(fmt.Sprintf("Set(%q, %q)", key, value), func(s *settings) {
 		switch key {
 		case "backend":
-			Backend(value)(s)
+			Backend(value).apply(s)
 		case "prefer":
-			Prefer(value)(s)
+			Prefer(value).apply(s)
 		case "on_error":
-			OnError(value)(s)
+			OnError(value).apply(s)
 		case "handle_sigint":
-			handleSigint(value)(s)
+			handleSigint("", value).apply(s)
 		case "start_method":
-			startMethod(value)(s)
+			startMethod(value).apply(s)
 		case "timeout":
 			d, err := parseTimeout(value)
 			if err != nil {
@@ -412,7 +450,7 @@ func Set(key, value string) Option {
 		default:
 			s.set(key, value)
 		}
-	}
+	})
 }
 
 // parseTimeout reads joblib's timeout spelling: seconds (positive, finite or +Inf), or "none".

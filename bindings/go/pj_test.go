@@ -58,10 +58,10 @@ var configs = []struct {
 	{"n_jobs=-1", []Option{NJobs(-1)}},
 	{"n_jobs=2", []Option{NJobs(2)}},
 	{"n_jobs=4,chunk=1", []Option{NJobs(4), ChunkSize(1)}},
-	{"n_jobs=3,chunk=7,batch=3", []Option{NJobs(3), ChunkSize(7), BatchSize("3")}},
+	{"n_jobs=3,chunk=7,batch=3", []Option{NJobs(3), ChunkSize(7), BatchSize(3)}},
 	{"sequential", []Option{NJobs(4), Backend("sequential")}},
 	{"pre_dispatch=all", []Option{NJobs(2), PreDispatch("all")}},
-	{"pre_dispatch=1", []Option{NJobs(2), PreDispatch("1"), BatchSize("1")}},
+	{"pre_dispatch=1", []Option{NJobs(2), PreDispatch("1"), BatchSize(1)}},
 	{"timeout", []Option{NJobs(2), Timeout(time.Minute)}},
 	{"chunk=max", []Option{NJobs(2), ChunkSize(math.MaxInt)}},
 }
@@ -609,8 +609,8 @@ func TestMPIIsRefused(t *testing.T) {
 func TestEveryOptionIsAccepted(t *testing.T) {
 	opts := []Option{
 		NJobs(2), Backend("threading"), Prefer("threads"), Require("sharedmem"), Verbose(0),
-		Timeout(time.Hour), PreDispatch("3*n_jobs"), BatchSize("auto"), TempFolder(os.TempDir()),
-		MaxNbytes("1M"), MmapMode("r+"), ReturnAs("generator"), KeepWorkers(false),
+		Timeout(time.Hour), PreDispatch("3*n_jobs"), BatchSizeAuto(), TempFolder(os.TempDir()),
+		MaxNbytes(1 << 20), MmapMode("r+"), ReturnAs("generator"), KeepWorkers(false),
 		Progress(func(int, int, time.Duration) {}), ChunkSize(3), Backend("none"),
 		Set("n_jobs", "-1"), Set("backend", "sequential"), Set("prefer", "none"), Set("require", "none"),
 		Set("verbose", "0"), Set("timeout", "1.5"), Set("timeout", "none"), Set("pre_dispatch", "all"),
@@ -636,9 +636,9 @@ func TestInvalidOptionsQuoteTheValue(t *testing.T) {
 		{NJobs(0), `"0"`},
 		{Verbose(-1), `"-1"`},
 		{PreDispatch("2*n_jobs+os.system"), `"2*n_jobs+os.system"`},
-		{BatchSize("0"), `"0"`},
-		{BatchSize("big"), `"big"`},
-		{MaxNbytes("12Q"), `"12Q"`},
+		{BatchSize(0), `"0"`},
+		{Set("batch_size", "big"), `"big"`},
+		{Set("max_nbytes", "12Q"), `"12Q"`},
 		{MmapMode("rw"), `"rw"`},
 		{ReturnAs("set"), `"set"`},
 		{Require("magic"), `"magic"`},
@@ -744,7 +744,7 @@ func TestStreamUnordered(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 		}
 		return x * x, nil
-	}, NJobs(2), ChunkSize(1), BatchSize("1"), Unordered()) {
+	}, NJobs(2), ChunkSize(1), BatchSize(1), Unordered()) {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -828,7 +828,7 @@ func TestStreamBackpressure(t *testing.T) {
 	for _, err := range Stream(context.Background(), ints(1000), func(x int) (int, error) {
 		started.Add(1)
 		return x, nil
-	}, NJobs(2), ChunkSize(1), BatchSize("1"), PreDispatch("2*n_jobs")) {
+	}, NJobs(2), ChunkSize(1), BatchSize(1), PreDispatch("2*n_jobs")) {
 		if err != nil {
 			t.Fatal(err)
 		}

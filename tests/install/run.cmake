@@ -2,15 +2,26 @@
 #   prefix        cmake --install BUILD_DIR --prefix PREFIX (a fresh prefix inside the build directory)
 #                 and check that every file is there
 #   pkgconfig     build examples/sqrt.c with `pkg-config --cflags --libs pj` (PKG_CONFIG_PATH at the
-#                 prefix), run it with LD_LIBRARY_PATH; skipped when pkg-config is missing
-#   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run
+#                 prefix), run it with LD_LIBRARY_PATH; then with `pkg-config [--static] --cflags
+#                 --libs pj-static` (libpj.a), run it without; skipped when pkg-config is missing
+#   find_package  configure tests/install/ (find_package(pj), CMAKE_PREFIX_PATH=PREFIX), build, run;
+#                 with -DMPI=ON also examples/mpi/mpi_squares.c through pj::mpi (run under MPIEXEC
+#                 with MPIEXEC_FLAGS, "|"-separated, when MPIEXEC is given)
+#   subdirectory  (no install) configure tests/subdirectory/ (add_subdirectory(pj) in another
+#                 project), check that pj added no test or example target, build it, run its program
+#   second_rust_staticlib  (no install) link examples/sqrt.c with tests/c/second_rust_staticlib.c
+#                 (a global rust_eh_personality, as another Rust staticlib has) and LIBPJ_A, run it;
+#                 and libpj.a defines no global symbol but pj_*
+#   soname        (no install) target/release/libpj.so has the SONAME libpj.so.ABI, libpj.so.ABI
+#                 beside it resolves to it, and a build-tree example (PROGRAM) needs libpj.so.ABI
 # Every program must print examples/sqrt.expected.
 cmake_minimum_required(VERSION 3.16)
-foreach(var BUILD_DIR WORK_DIR PREFIX LIBDIR INCLUDEDIR VERSION SOURCE_DIR C_COMPILER CXX_COMPILER GENERATOR STEP)
+foreach(var BUILD_DIR WORK_DIR PREFIX LIBDIR INCLUDEDIR VERSION ABI SOURCE_DIR C_COMPILER CXX_COMPILER GENERATOR STEP)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "run.cmake needs -D${var}=...")
   endif()
 endforeach()
+string(REPLACE "|" ";" MPIEXEC_FLAGS "${MPIEXEC_FLAGS}")
 set(expected_file "${SOURCE_DIR}/examples/sqrt.expected")
 file(READ "${expected_file}" expected)
 
@@ -33,20 +44,46 @@ function(check_program program)
   message(STATUS "ok: ${program}")
 endfunction()
 
-# check_needed(<program> <yes|no>): with readelf, checks whether the program's DT_NEEDED names libpj.so
-# by its bare name (not a path), or not at all.
+set(soname "libpj.so.${ABI}")
+
+# check_needed(<program> <yes|no>): with readelf, checks whether the program's DT_NEEDED names
+# libpj.so.ABI (the library's SONAME, not a path nor the bare libpj.so), or no libpj at all.
 function(check_needed program want)
   find_program(READELF readelf)
   if(NOT READELF)
     return()
   endif()
   run("readelf" "${READELF}" -d "${program}")
-  string(FIND "${run_out}" "Shared library: [libpj.so]" at)
+  string(FIND "${run_out}" "Shared library: [${soname}]" at)
   string(FIND "${run_out}" "libpj" any)
   if(want AND at EQUAL -1)
-    message(FATAL_ERROR "${program} does not need libpj.so by its bare name:\n${run_out}")
+    message(FATAL_ERROR "${program} does not need ${soname} by that name:\n${run_out}")
   elseif(NOT want AND NOT any EQUAL -1)
     message(FATAL_ERROR "${program} should not need libpj.so:\n${run_out}")
+  endif()
+endfunction()
+
+# check_soname(<library>): readelf -d shows the SONAME libpj.so.ABI.
+function(check_soname library)
+  find_program(READELF readelf)
+  if(NOT READELF)
+    message(FATAL_ERROR "readelf is needed to check the SONAME of ${library} (Debian: binutils)")
+  endif()
+  run("readelf" "${READELF}" -d "${library}")
+  string(FIND "${run_out}" "Library soname: [${soname}]" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "${library} does not have the SONAME ${soname}:\n${run_out}")
+  endif()
+endfunction()
+
+# check_link(<path> <target>): <path> is a symbolic link whose text is <target> (relative).
+function(check_link path target)
+  if(NOT IS_SYMLINK "${path}")
+    message(FATAL_ERROR "${path} is not a symbolic link")
+  endif()
+  file(READ_SYMLINK "${path}" text)
+  if(NOT text STREQUAL target)
+    message(FATAL_ERROR "${path} points to ${text}, not ${target}")
   endif()
 endfunction()
 
@@ -59,12 +96,24 @@ if(STEP STREQUAL "prefix")
   file(REMOVE_RECURSE "${WORK_DIR}")
   run("cmake --install" "${CMAKE_COMMAND}" --install "${BUILD_DIR}" --prefix "${PREFIX}")
   foreach(file "${libdir}/libpj.so" "${libdir}/libpj.a" "${PREFIX}/${INCLUDEDIR}/pj.h"
-               "${PREFIX}/${INCLUDEDIR}/pj.hpp" "${libdir}/pkgconfig/pj.pc"
+               "${PREFIX}/${INCLUDEDIR}/pj.hpp" "${libdir}/pkgconfig/pj.pc" "${libdir}/pkgconfig/pj-static.pc"
                "${libdir}/cmake/pj/pjConfig.cmake" "${libdir}/cmake/pj/pjConfigVersion.cmake")
     if(NOT EXISTS "${file}")
       message(FATAL_ERROR "cmake --install did not write ${file}")
     endif()
   endforeach()
+  if(MPI)
+    foreach(file "${libdir}/libpj_mpi.a" "${PREFIX}/${INCLUDEDIR}/pj_mpi.h")
+      if(NOT EXISTS "${file}")
+        message(FATAL_ERROR "cmake --install did not write ${file} (pj was built with MPI)")
+      endif()
+    endforeach()
+  endif()
+  # libpj.so.VERSION is the file; libpj.so.ABI (what programs load) and libpj.so (what -lpj finds)
+  # are links to it.
+  check_link("${libdir}/${soname}" "libpj.so.${VERSION}")
+  check_link("${libdir}/libpj.so" "${soname}")
+  check_soname("${libdir}/libpj.so.${VERSION}")
   file(STRINGS "${libdir}/pkgconfig/pj.pc" pc_prefix REGEX "^prefix=")
   if(NOT pc_prefix STREQUAL "prefix=${PREFIX}")
     message(FATAL_ERROR "pj.pc says ${pc_prefix}, not prefix=${PREFIX}")
@@ -103,6 +152,25 @@ elseif(STEP STREQUAL "pkgconfig")
   set(ENV{LD_LIBRARY_PATH} "${libdir}")
   check_program("${dir}/sqrt")
 
+  # The static library through pj-static.pc: with and without --static, the program needs no
+  # libpj.so (pj.pc's -lpj would pick the shared library even with --static) and runs without
+  # LD_LIBRARY_PATH.
+  unset(ENV{LD_LIBRARY_PATH})
+  foreach(mode static plain)
+    set(static_flag)
+    if(mode STREQUAL "static")
+      set(static_flag --static)
+    endif()
+    run("pkg-config ${static_flag} --cflags --libs pj-static" "${PKG_CONFIG}" ${static_flag} --cflags --libs pj-static)
+    string(STRIP "${run_out}" flags)
+    message(STATUS "pkg-config ${static_flag} --cflags --libs pj-static: ${flags}")
+    separate_arguments(flags UNIX_COMMAND "${flags}")
+    run("cc" "${C_COMPILER}" -std=c11 -Wall -Wextra -Wpedantic -Werror
+        "${SOURCE_DIR}/examples/sqrt.c" ${flags} -lm -o "${dir}/sqrt_static_${mode}")
+    check_needed("${dir}/sqrt_static_${mode}" NO)
+    check_program("${dir}/sqrt_static_${mode}")
+  endforeach()
+
 elseif(STEP STREQUAL "find_package")
   set(dir "${WORK_DIR}/find_package")
   file(REMOVE_RECURSE "${dir}")
@@ -114,7 +182,7 @@ elseif(STEP STREQUAL "find_package")
       -G "${GENERATOR}" ${extra} "-DCMAKE_PREFIX_PATH=${PREFIX}"
       "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}"
       -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF "-DPJ_EXAMPLES_DIR=${SOURCE_DIR}/examples"
-      "-DPJ_EXPECTED_VERSION=${VERSION}")
+      "-DPJ_EXPECTED_VERSION=${VERSION}" "-DPJ_EXPECT_MPI=${MPI}")
   file(STRINGS "${dir}/CMakeCache.txt" pj_dir REGEX "^pj_DIR:")
   if(NOT pj_dir MATCHES "=${libdir}/cmake/pj$")
     message(FATAL_ERROR "find_package(pj) found ${pj_dir}, not the one in ${libdir}/cmake/pj")
@@ -125,6 +193,101 @@ elseif(STEP STREQUAL "find_package")
   foreach(program sqrt_shared sqrt_static sqrt_cpp sqrt_cpp_wrapper)
     check_program("${dir}/${program}")
   endforeach()
+  # pj::mpi: the program runs under mpiexec (Open MPI's flags as in examples/mpi) and its ranks
+  # other than 0 run the tasks.
+  if(MPI AND MPIEXEC)
+    set(ENV{LD_LIBRARY_PATH} "${libdir}")
+    run("mpiexec mpi_squares" "${MPIEXEC}" -n 3 ${MPIEXEC_FLAGS} "${dir}/mpi_squares")
+    file(READ "${SOURCE_DIR}/examples/mpi/mpi_squares.expected" mpi_expected)
+    if(NOT run_out STREQUAL mpi_expected)
+      message(FATAL_ERROR "mpi_squares printed\n${run_out}\nbut mpi_squares.expected holds\n${mpi_expected}")
+    endif()
+    message(STATUS "ok: ${dir}/mpi_squares under mpiexec")
+  endif()
+
+elseif(STEP STREQUAL "subdirectory")
+  set(dir "${BUILD_DIR}/subdirectory-test")
+  file(REMOVE_RECURSE "${dir}")
+  set(extra)
+  if(MAKE_PROGRAM)
+    list(APPEND extra "-DCMAKE_MAKE_PROGRAM=${MAKE_PROGRAM}")
+  endif()
+  run("configure tests/subdirectory" "${CMAKE_COMMAND}" -S "${SOURCE_DIR}/tests/subdirectory" -B "${dir}"
+      -G "${GENERATOR}" ${extra} "-DPJ_SOURCE_DIR=${SOURCE_DIR}"
+      "-DCMAKE_C_COMPILER=${C_COMPILER}" "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}")
+  run("list the targets" "${CMAKE_COMMAND}" --build "${dir}" --target help)
+  set(targets "${run_out}")
+  # pj's own test, example and bench programs (one of each kind) must not be there
+  foreach(target abi_smoke_static header_c11 pj_cpp_tests sqrt spawn cpp_sqrt mpi_squares mpi_no_main)
+    if(targets MATCHES "(^|[\n ])${target}[:\n ]")
+      message(FATAL_ERROR "add_subdirectory(pj) added pj's target ${target}:\n${targets}")
+    endif()
+  endforeach()
+  if(EXISTS "${dir}/pj/CTestTestfile.cmake")
+    file(STRINGS "${dir}/pj/CTestTestfile.cmake" tests REGEX "add_test|subdirs")
+    if(tests)
+      message(FATAL_ERROR "add_subdirectory(pj) registered tests: ${tests}")
+    endif()
+  endif()
+  run("build tests/subdirectory" "${CMAKE_COMMAND}" --build "${dir}")
+  check_program("${dir}/consumer_sqrt")
+  # and the build made none of pj's programs
+  file(GLOB_RECURSE built LIST_DIRECTORIES false RELATIVE "${dir}/pj" "${dir}/pj/*")
+  foreach(file IN LISTS built)
+    get_filename_component(name "${file}" NAME)
+    if(name MATCHES "^(abi_smoke_|header_c|pj_cpp_tests|sqrt$|spawn$|cpp_|mpi_|pj_mpi_bench)")
+      message(FATAL_ERROR "add_subdirectory(pj) built pj's ${file}")
+    endif()
+  endforeach()
+
+elseif(STEP STREQUAL "second_rust_staticlib")
+  set(dir "${BUILD_DIR}/second-rust-staticlib-test")
+  file(REMOVE_RECURSE "${dir}")
+  file(MAKE_DIRECTORY "${dir}")
+  # both orders: the linker keeps the first COMDAT group of a name
+  set(other "${SOURCE_DIR}/tests/c/second_rust_staticlib.c")
+  foreach(order other_first pj_first)
+    if(order STREQUAL "other_first")
+      set(inputs "${other}" "${LIBPJ_A}")
+    else()
+      set(inputs "${LIBPJ_A}" "${other}")
+    endif()
+    run("cc (${order})" "${C_COMPILER}" -std=gnu11 -Wall -Wextra -Werror "-I${SOURCE_DIR}/include"
+        "${SOURCE_DIR}/examples/sqrt.c" ${inputs} -lgcc_s -lutil -lrt -lpthread -lm -ldl -o "${dir}/sqrt_${order}")
+    check_needed("${dir}/sqrt_${order}" NO)
+    check_program("${dir}/sqrt_${order}")
+  endforeach()
+  find_program(NM nm)
+  if(NM)
+    run("nm" "${NM}" -g --defined-only "${LIBPJ_A}")
+    string(REGEX MATCHALL "\n[0-9a-f]+ [A-Za-z] [^\n]+" defined "${run_out}")
+    set(foreign)
+    foreach(line IN LISTS defined)
+      string(REGEX REPLACE "^\n[0-9a-f]+ [A-Za-z] " "" name "${line}")
+      if(NOT name MATCHES "^pj_")
+        list(APPEND foreign "${name}")
+      endif()
+    endforeach()
+    list(LENGTH foreign count)
+    if(count GREATER 0)
+      list(SUBLIST foreign 0 10 some)
+      message(FATAL_ERROR "libpj.a defines ${count} global symbols besides pj_*, e.g. ${some}")
+    endif()
+  endif()
+
+elseif(STEP STREQUAL "soname")
+  set(lib_dir "${SOURCE_DIR}/target/release")
+  check_soname("${lib_dir}/libpj.so")
+  if(NOT EXISTS "${lib_dir}/${soname}")
+    message(FATAL_ERROR "${lib_dir}/${soname} is missing: programs linked with libpj.so need it")
+  endif()
+  get_filename_component(real "${lib_dir}/${soname}" REALPATH)
+  get_filename_component(expected_real "${lib_dir}/libpj.so" REALPATH)
+  if(NOT real STREQUAL expected_real)
+    message(FATAL_ERROR "${lib_dir}/${soname} is ${real}, not libpj.so")
+  endif()
+  check_needed("${PROGRAM}" YES)
+  check_program("${PROGRAM}")
 
 else()
   message(FATAL_ERROR "unknown STEP ${STEP}")
