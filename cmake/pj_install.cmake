@@ -136,7 +136,10 @@ set_tests_properties(install_prefix PROPERTIES FIXTURES_SETUP pj_install_prefix)
 # add_subdirectory(pj) in another project builds pj's libraries and none of its tests or examples.
 add_test(NAME subdirectory_consumer
   COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=subdirectory -P "${PJ_ROOT}/tests/install/run.cmake")
-set_tests_properties(subdirectory_consumer PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT})
+# RUN_SERIAL: building pj there runs cargo into this tree's target/release, rewriting libpj.a and
+# libpj.so while other tests (second_rust_staticlib, install_prefix, soname_build_tree) read them;
+# under ctest -j, second_rust_staticlib once found the archive not yet localized.
+set_tests_properties(subdirectory_consumer PROPERTIES TIMEOUT ${PJ_TEST_TIMEOUT} RUN_SERIAL TRUE)
 # libpj.a linked beside another Rust static library (one that defines std's global symbols too).
 add_test(NAME second_rust_staticlib
   COMMAND "${CMAKE_COMMAND}" ${pj_install_test_args} -DSTEP=second_rust_staticlib
