@@ -8,9 +8,10 @@
 //!
 //! Mapping and unmapping make no allocation and take no lock (`memmap2` caches the page size and
 //! calls `mmap`/`munmap` directly), so a worker forked from a multi-threaded parent may map
-//! through an inherited descriptor. The one hand-written mapping left in the crate is the crash
-//! handler's alternate signal stack (`backend/crash.rs`): an anonymous `MAP_STACK |
-//! MAP_NORESERVE` mapping with a `PROT_NONE` guard page, which `memmap2` cannot express.
+//! through an inherited descriptor. The crash handler's alternate signal stack
+//! (`backend/crash.rs`) stays a hand-written `mmap`: an anonymous `MAP_STACK | MAP_NORESERVE`
+//! mapping with a `PROT_NONE` guard page, which `memmap2` cannot express (it offers no guard page
+//! and no `mprotect`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
