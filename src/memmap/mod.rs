@@ -25,8 +25,8 @@
 //!
 //! Nothing here calls `libc` outside tests: mappings are `memmap2`'s, file system calls (`open`,
 //! `ftruncate`, `fallocate`, `fstat`, `pread`/`pwrite`, `unlink`, `faccessat`, `statvfs`) are
-//! `rustix`'s, and the page size is `rustix::param::page_size()`, read once and cached: the
-//! crate's one page-size source. [`Mapping::map`] and unmapping allocate nothing and take no lock
+//! `rustix`'s, and the page size is `rustix::param::page_size()` (libc's value, kept since
+//! start-up: no system call), the crate's one page-size source. [`Mapping::map`] and unmapping allocate nothing and take no lock
 //! on success, as before. Only the test helpers below stay hand-written (`fork`/`waitpid`/`_exit`,
 //! `mkdtemp`, `geteuid`, and the `setrlimit` and `kill` of two tests): they are test scaffolding,
 //! not pj's data path.
