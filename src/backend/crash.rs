@@ -360,7 +360,7 @@ pub fn prepare() {
         }
         // SAFETY: walks this thread's stack with a callback that does nothing.
         unsafe { _Unwind_Backtrace(ignore, std::ptr::null_mut()) };
-        let guard = page_size();
+        let guard = rustix::param::page_size();
         // SAFETY: a fresh private anonymous mapping, checked for MAP_FAILED below.
         let base = unsafe {
             libc::mmap(
@@ -382,12 +382,6 @@ pub fn prepare() {
         unsafe { libc::mprotect(base, guard, libc::PROT_NONE) };
         Some((base as usize + guard, ALT_STACK_SIZE))
     });
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(4096)
 }
 
 /// Where the handler writes. Set in the worker only (the parent's copy stays null).

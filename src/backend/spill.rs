@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -111,11 +111,17 @@ pub fn spill_results(
         let len = end - start;
         if len as u64 > above && spilled.len() < max {
             let file = BackingFile::create(folder, len as u64)?;
-            write_all_at(file.fd().as_raw_fd(), &outcome.data[start..end])?;
+            file.write_all_at(0, &outcome.data[start..end])
+                .map_err(|error| {
+                    Error::new(
+                        ErrorKind::Io,
+                        format!("cannot write a result file: {error}"),
+                    )
+                })?;
             spilled.push(SpilledResult {
                 index: outcome.first + offset,
                 len,
-                fd: file.fd().try_clone_to_owned().map_err(io_error)?,
+                fd: file.into_fd(),
             });
         }
         start = end;
@@ -141,32 +147,6 @@ pub fn spill_results(
     outcome.data = data;
     outcome.ends = ends;
     Ok(spilled)
-}
-
-fn io_error(error: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("cannot pass a result file: {error}"))
-}
-
-/// pwrite until everything is written.
-fn write_all_at(fd: std::os::fd::RawFd, mut bytes: &[u8]) -> Result<()> {
-    let mut offset = 0i64;
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live buffer; `fd` an open file of ours.
-        let written = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), bytes.len(), offset) };
-        if written < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot write a result file: {error}"),
-            ));
-        }
-        bytes = &bytes[written as usize..];
-        offset += written as i64;
-    }
-    Ok(())
 }
 
 /// In the parent: maps the results a worker sent through files, read-only.

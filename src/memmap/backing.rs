@@ -8,14 +8,16 @@
 //! the last descriptor and mapping are gone, whatever way the process ends, SIGKILL included.
 //! `O_EXCL` forbids ever linking it into the folder later (through `/proc/self/fd`). When the
 //! folder's file system or the kernel lacks `O_TMPFILE` (`EOPNOTSUPP`, `EISDIR` on kernels older
-//! than 3.11, `EINVAL`), pj falls back to `mkostemp` and unlinks the name at once; only a SIGKILL in
-//! the few microseconds between those two calls could leave a `pj-<pid>-XXXXXX` entry behind.
+//! than 3.11, `EINVAL`), pj falls back to a fresh name opened with `O_CREAT | O_EXCL` (as `mkostemp`
+//! does) and unlinks it at once; only a SIGKILL in the few microseconds between those two calls could
+//! leave a `pj-<pid>-XXXXXX` entry behind.
 //!
 //! # Never a SIGBUS
 //!
 //! A file on a full tmpfs or disk can be mapped fine and then kill whoever touches a page the file
 //! system cannot back, with SIGBUS. Every byte a mapping may touch is therefore reserved with
-//! `posix_fallocate` before it is handed out, so a full folder is an
+//! `fallocate` (where the file system lacks it, by writing into every block, as glibc's
+//! `posix_fallocate` does) before it is handed out, so a full folder is an
 //! [`ErrorKind::Io`](crate::ErrorKind::Io) naming the folder and the errno, at the moment the file
 //! is made.
 //!
@@ -27,31 +29,23 @@
 //! `MAP_SHARED` mapping made before a fork stays shared with the child, which is what
 //! [`SharedBuffer`](super::SharedBuffer) relies on.
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use super::folder::{c_path, folder_error};
+use super::hash::content_hash;
 use crate::error::{Error, Result};
-
-/// The size of a memory page (the alignment of every mapping offset).
-pub fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size)
-        .ok()
-        .filter(|&s| s > 0)
-        .unwrap_or(4096)
-}
 
 /// `n` rounded up to a multiple of `align` (a power of two), or `None` on overflow.
 pub(super) fn round_up(n: usize, align: usize) -> Option<usize> {
     Some(n.checked_add(align - 1)? & !(align - 1))
-}
-
-fn errno(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
 }
 
 /// How a backing file was created (see the module docs).
@@ -59,7 +53,8 @@ fn errno(code: i32) -> io::Error {
 pub enum CreateMethod {
     /// `O_TMPFILE`: the file never had a name.
     Unnamed,
-    /// `mkostemp` then `unlink`: the fallback when `O_TMPFILE` is unsupported.
+    /// `O_CREAT | O_EXCL` under a fresh name, then `unlink`: the fallback when `O_TMPFILE` is
+    /// unsupported.
     Unlinked,
 }
 
@@ -95,22 +90,18 @@ impl BackingFile {
     /// fallback on any file system.
     pub(crate) fn create_with(folder: &Path, len: u64, try_unnamed: bool) -> Result<Self> {
         let (fd, method) = create_anonymous(folder, try_unnamed)?;
-        let size = libc::off_t::try_from(len).map_err(|_| {
-            Error::invalid(format!(
+        if i64::try_from(len).is_err() {
+            return Err(Error::invalid(format!(
                 "temp folder {}: a file of {len} bytes is too large",
                 folder.display()
-            ))
-        })?;
-        // SAFETY: `fd` is an open, writable descriptor owned by this function.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
-            return Err(folder_error(
-                folder,
-                format_args!(
-                    "cannot size a file to {len} bytes: {}",
-                    io::Error::last_os_error()
-                ),
-            ));
+            )));
         }
+        rustix::fs::ftruncate(&fd, len).map_err(|e| {
+            folder_error(
+                folder,
+                format_args!("cannot size a file to {len} bytes: {}", io::Error::from(e)),
+            )
+        })?;
         Ok(BackingFile {
             fd,
             len,
@@ -148,6 +139,11 @@ impl BackingFile {
         self.fd.as_fd()
     }
 
+    /// The descriptor, owned: the file lives on as long as it (or a mapping of it) does.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// The file's size in bytes.
     pub fn len(&self) -> u64 {
         self.len
@@ -166,29 +162,17 @@ impl BackingFile {
     }
 
     /// Writes all of `bytes` at `offset` (which must have been reserved).
-    pub(super) fn write_all_at(&self, mut offset: u64, mut bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_all_at(&self, mut offset: u64, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            // SAFETY: `bytes` is a readable buffer of `bytes.len()` bytes; the fd is open.
-            let n = unsafe {
-                libc::pwrite(
-                    self.fd.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    offset as libc::off_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match rustix::io::pwrite(&self.fd, bytes, offset) {
+                Ok(0) => return Err(Errno::IO.into()),
+                Ok(n) => {
+                    bytes = &bytes[n..];
+                    offset += n as u64;
                 }
-                return Err(e);
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
             }
-            if n == 0 {
-                return Err(errno(libc::EIO));
-            }
-            bytes = &bytes[n as usize..];
-            offset += n as u64;
         }
         Ok(())
     }
@@ -201,23 +185,11 @@ impl BackingFile {
         let mut buffer = vec![0u8; CHUNK.min(bytes.len())];
         while !bytes.is_empty() {
             let want = buffer.len().min(bytes.len());
-            // SAFETY: `buffer` is writable for `want <= buffer.len()` bytes; the fd is open.
-            let n = unsafe {
-                libc::pread(
-                    self.fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    want,
-                    offset as libc::off_t,
-                )
+            let n = match rustix::io::pread(&self.fd, &mut buffer[..want], offset) {
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let n = n as usize;
             if n == 0 || buffer[..n] != bytes[..n] {
                 return Ok(false);
             }
@@ -228,8 +200,11 @@ impl BackingFile {
     }
 }
 
+/// Mode 0600: the files are the creating user's only (before the umask, as `mkstemp`'s are).
+const OWNER_RW: Mode = Mode::RUSR.union(Mode::WUSR);
+
 /// Opens an anonymous file in `folder`: `O_TMPFILE` when `try_unnamed` and supported, else a
-/// `mkostemp` name unlinked at once. Both are mode 0600 and close-on-exec.
+/// fresh name unlinked at once. Both are mode 0600 and close-on-exec.
 fn create_anonymous(folder: &Path, try_unnamed: bool) -> Result<(OwnedFd, CreateMethod)> {
     let c_folder = c_path(folder)?;
     let cannot_create =
@@ -240,12 +215,8 @@ fn create_anonymous(folder: &Path, try_unnamed: bool) -> Result<(OwnedFd, Create
             Ok(fd) => return Ok((fd, CreateMethod::Unnamed)),
             // The kernel (EISDIR: O_TMPFILE is read as O_DIRECTORY) or the file system
             // (EOPNOTSUPP) lacks O_TMPFILE: use a name, briefly.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-                ) => {}
-            Err(e) => return Err(cannot_create(e)),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
+            Err(e) => return Err(cannot_create(e.into())),
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -256,124 +227,106 @@ fn create_anonymous(folder: &Path, try_unnamed: bool) -> Result<(OwnedFd, Create
 }
 
 #[cfg(target_os = "linux")]
-fn open_unnamed(folder: &CString) -> io::Result<OwnedFd> {
+fn open_unnamed(folder: &CStr) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::TMPFILE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC;
     loop {
-        // SAFETY: `folder` is a valid NUL-terminated path; the mode argument is required by
-        // O_TMPFILE and passed as the variadic c_uint open expects.
-        let fd = unsafe {
-            libc::open(
-                folder.as_ptr(),
-                libc::O_TMPFILE | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::fs::open(folder, flags, OWNER_RW) {
+            Err(Errno::INTR) => {}
+            opened => return opened,
         }
     }
 }
 
-/// `mkostemp` in `folder`, then `unlink`: the file exists by name only between the two calls.
-fn open_unlinked(folder: &CString) -> io::Result<OwnedFd> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let mut template = folder.as_bytes().to_vec();
-    template.extend_from_slice(format!("/pj-{pid}-XXXXXX").as_bytes());
-    let template = CString::new(template).map_err(|_| errno(libc::EINVAL))?;
-    let mut template = template.into_bytes_with_nul();
-    let raw = mkstemp_cloexec(&mut template)?;
-    // SAFETY: `raw` was just opened and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: `template` now holds the NUL-terminated name mkostemp created.
-    if unsafe { libc::unlink(template.as_ptr().cast()) } != 0 {
-        return Err(io::Error::last_os_error());
+/// How many fresh names [`open_unlinked`] tries before giving up (`EEXIST`), as `mkstemp` does.
+const NAME_ATTEMPTS: usize = 100;
+
+/// A new file `pj-<pid>-XXXXXX` in `folder` (`O_CREAT | O_EXCL | O_CLOEXEC`, mode 0600: what
+/// `mkostemp` does, the six characters picked afresh after a clash), then `unlink`: the file
+/// exists by name only between the two calls.
+fn open_unlinked(folder: &CStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC;
+    let pid = std::process::id();
+    let mut path = folder.to_bytes().to_vec();
+    path.extend_from_slice(format!("/pj-{pid}-").as_bytes());
+    let stem = path.len();
+    for _ in 0..NAME_ATTEMPTS {
+        path.truncate(stem);
+        path.extend_from_slice(&name_suffix());
+        let name = Path::new(std::ffi::OsStr::from_bytes(&path));
+        match rustix::fs::open(name, flags, OWNER_RW) {
+            Ok(fd) => {
+                rustix::fs::unlink(name)?;
+                return Ok(fd);
+            }
+            Err(Errno::EXIST | Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(fd)
+    Err(Errno::EXIST.into())
 }
 
-#[cfg(target_os = "linux")]
-fn mkstemp_cloexec(template: &mut [u8]) -> io::Result<libc::c_int> {
-    // SAFETY: `template` is a writable NUL-terminated buffer ending in "XXXXXX" before the NUL,
-    // which mkostemp overwrites in place.
-    let fd = unsafe { libc::mkostemp(template.as_mut_ptr().cast(), libc::O_CLOEXEC) };
-    if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(fd)
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn mkstemp_cloexec(template: &mut [u8]) -> io::Result<libc::c_int> {
-    // SAFETY: `template` is a writable NUL-terminated buffer ending in "XXXXXX" before the NUL,
-    // which mkstemp overwrites in place.
-    let fd = unsafe { libc::mkstemp(template.as_mut_ptr().cast()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Not atomic with the open (a fork from another thread in between inherits it); mkostemp
-    // closes that window where it exists.
-    // SAFETY: `fd` is open; F_SETFD with FD_CLOEXEC only changes its flags.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(fd)
+/// Six letters or digits that differ from call to call and from process to process (a clock
+/// reading, a counter and the pid, hashed): unpredictable enough to make clashes rare, which is
+/// all `O_EXCL` needs.
+fn name_suffix() -> [u8; 6] {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut seed = [0u8; 20];
+    seed[..8].copy_from_slice(&nanos.to_ne_bytes());
+    seed[8..16].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_ne_bytes());
+    seed[16..].copy_from_slice(&std::process::id().to_ne_bytes());
+    let mut bits = content_hash(&seed);
+    std::array::from_fn(|_| {
+        let c = ALPHABET[(bits % 62) as usize];
+        bits /= 62;
+        c
+    })
 }
 
 /// Reserves bytes `offset..offset + len` (`len > 0`) of `fd`.
 fn reserve_range(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
-    let (Ok(off), Ok(n)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-        return Err(errno(libc::EFBIG));
-    };
+    if i64::try_from(offset).is_err() || i64::try_from(len).is_err() {
+        return Err(Errno::FBIG.into());
+    }
     #[cfg(target_os = "linux")]
     loop {
-        // SAFETY: `fd` is an open descriptor; posix_fallocate reads no memory of ours.
-        match unsafe { libc::posix_fallocate(fd.as_raw_fd(), off, n) } {
-            0 => return Ok(()),
-            libc::EINTR => continue,
-            // The file system cannot preallocate (glibc emulates this itself; musl does not).
-            libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL => break,
-            code => return Err(errno(code)),
+        match rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::empty(), offset, len) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => {}
+            // The file system cannot preallocate: reserve block by block below.
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
         }
     }
-    touch_blocks(fd, off, n)
+    touch_blocks(fd, offset, len)
 }
 
 /// Reserves a range by writing a zero into every block of it that does not already hold data,
 /// as glibc's `posix_fallocate` emulation does: the file system must allocate each block now.
-fn touch_blocks(fd: BorrowedFd<'_>, offset: libc::off_t, len: libc::off_t) -> io::Result<()> {
-    // SAFETY: stat is plain old data; all-zero is a valid value for it.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open and `st` a writable stat the call fills.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let block = libc::off_t::from(st.st_blksize).clamp(512, 1 << 20);
-    let end = offset.checked_add(len).ok_or_else(|| errno(libc::EFBIG))?;
+fn touch_blocks(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let st = rustix::fs::fstat(fd)?;
+    let block = u64::try_from(st.st_blksize)
+        .unwrap_or(0)
+        .clamp(512, 1 << 20);
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| io::Error::from(Errno::FBIG))?;
     let mut at = offset;
     while at < end {
-        let mut byte = 0u8;
-        // SAFETY: `byte` is a writable 1-byte buffer; `fd` is open.
-        let got = unsafe { libc::pread(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, at) };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if got == 0 || byte == 0 {
-            // SAFETY: a 1-byte readable buffer; `fd` is open.
-            let put = unsafe { libc::pwrite(fd.as_raw_fd(), [0u8].as_ptr().cast(), 1, at) };
-            if put < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+        let mut byte = [0u8];
+        let got = match rustix::io::pread(fd, &mut byte, at) {
+            Ok(got) => got,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if got == 0 || byte[0] == 0 {
+            match rustix::io::pwrite(fd, &[0], at) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         // The next block boundary, so every block the range touches gets one write.
@@ -390,9 +343,7 @@ mod tests {
     use crate::memmap::{MapAccess, Mapping, Spill};
 
     fn is_cloexec(fd: BorrowedFd<'_>) -> bool {
-        // SAFETY: F_GETFD on an open descriptor only reads its flags.
-        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-        flags >= 0 && flags & libc::FD_CLOEXEC != 0
+        rustix::io::fcntl_getfd(fd).is_ok_and(|flags| flags.contains(rustix::io::FdFlags::CLOEXEC))
     }
 
     #[test]
@@ -515,10 +466,7 @@ mod tests {
         let file = BackingFile::create_sparse(dir.path(), 64 << 10).unwrap();
         file.write_all_at(5000, b"keep").unwrap();
         touch_blocks(file.fd(), 0, 64 << 10).unwrap();
-        // SAFETY: stat is plain old data; all-zero is a valid value for it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: the fd is open and `st` a writable stat.
-        assert_eq!(unsafe { libc::fstat(file.fd().as_raw_fd(), &mut st) }, 0);
+        let st = rustix::fs::fstat(file.fd()).unwrap();
         assert!(st.st_blocks * 512 >= 64 << 10, "{} blocks", st.st_blocks);
         let data = mapped(&file, 0, 64 << 10);
         assert_eq!(&data[5000..5004], b"keep");

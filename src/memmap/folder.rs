@@ -172,14 +172,14 @@ pub(crate) fn c_path(path: &Path) -> Result<CString> {
 /// `temp folder /nope: No such file or directory (os error 2)`.
 ///
 /// Free space can shrink between this check and the moment files are written; file creation
-/// reserves its space (`posix_fallocate`) and reports that failure the same way, so a full disk
+/// reserves its space (`fallocate`) and reports that failure the same way, so a full disk
 /// is always an error and never a SIGBUS in a worker.
 pub fn check_folder(path: &Path, needed_bytes: u64) -> Result<()> {
     let metadata = std::fs::metadata(path).map_err(|e| folder_error(path, e))?;
     if !metadata.is_dir() {
         return Err(folder_error(
             path,
-            io::Error::from_raw_os_error(libc::ENOTDIR),
+            io::Error::from(rustix::io::Errno::NOTDIR),
         ));
     }
     writable(path).map_err(|e| folder_error(path, e))?;
@@ -190,7 +190,7 @@ pub fn check_folder(path: &Path, needed_bytes: u64) -> Result<()> {
                 path,
                 format_args!(
                     "{}: {needed_bytes} bytes needed, {free} available",
-                    io::Error::from_raw_os_error(libc::ENOSPC)
+                    io::Error::from(rustix::io::Errno::NOSPC)
                 ),
             ));
         }
@@ -201,40 +201,26 @@ pub fn check_folder(path: &Path, needed_bytes: u64) -> Result<()> {
 /// Whether this process (effective ids, as `open` would use) may create entries in `dir`: write
 /// and search permission, on a file system not mounted read-only (EROFS).
 fn writable(dir: &Path) -> io::Result<()> {
-    let c = c_path(dir).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call; faccessat only reads it.
-    let rc = unsafe {
-        libc::faccessat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::W_OK | libc::X_OK,
-            libc::AT_EACCESS,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    use rustix::fs::{Access, AtFlags, CWD};
+    rustix::fs::accessat(
+        CWD,
+        dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Bytes available to unprivileged users on the file system holding `dir` (`f_bavail` blocks of
 /// `f_frsize` bytes, the unit POSIX defines them in).
 pub fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let c = c_path(dir).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: statvfs is plain old data; all-zero is a valid value for it.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `stats` a writable statvfs the call fills.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut stats) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let stats = rustix::fs::statvfs(dir)?;
     let block = if stats.f_frsize > 0 {
         stats.f_frsize
     } else {
         stats.f_bsize
     };
-    #[allow(clippy::useless_conversion)] // the field types differ between platforms
-    Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(block)))
+    Ok(stats.f_bavail.saturating_mul(block))
 }
 
 #[cfg(test)]

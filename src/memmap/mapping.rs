@@ -1,11 +1,25 @@
 //! Memory mappings of part of a backing file ([`Mapping`], unmapped on drop) and how they may be
 //! used ([`MapAccess`], numpy's `mmap_mode` in `mmap` terms).
+//!
+//! The mappings themselves are `memmap2`'s ([`MmapRaw`], whatever the access: a raw map exposes
+//! only pointers, which is what pj hands to tasks); this module adds what pj needs on top: the
+//! page-alignment and in-file bounds checks (so a touch past the end of the file can never be a
+//! SIGBUS), pj's error kinds, and a non-null aligned pointer for zero-length mappings.
+//!
+//! Mapping and unmapping make no allocation and take no lock (`memmap2` caches the page size and
+//! calls `mmap`/`munmap` directly), so a worker forked from a multi-threaded parent may map
+//! through an inherited descriptor. The crash handler's alternate signal stack
+//! (`backend/crash.rs`) stays a hand-written `mmap`: an anonymous `MAP_STACK | MAP_NORESERVE`
+//! mapping with a `PROT_NONE` guard page, which `memmap2` cannot express (it offers no guard page
+//! and no `mprotect`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
-use super::backing::page_size;
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::param::page_size;
+
 use crate::config::MmapMode;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -37,16 +51,10 @@ impl From<MmapMode> for MapAccess {
 /// pointer is dangling (see [`Mapping::as_ptr`]).
 #[derive(Debug)]
 pub struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
+    /// `None` for a zero-length mapping.
+    map: Option<MmapRaw>,
     access: MapAccess,
 }
-
-// SAFETY: a Mapping owns its address range exclusively (nothing else unmaps it) and exposes it only
-// as a raw pointer; moving or sharing the handle between threads is as safe as moving the range.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` gives out only the pointer and the length.
-unsafe impl Sync for Mapping {}
 
 /// Alignment of the dangling pointer of empty mappings and buffers: enough for any scalar or
 /// SIMD type a C caller may cast it to.
@@ -61,14 +69,10 @@ pub(crate) fn dangling() -> NonNull<u8> {
 impl Mapping {
     /// A mapping of nothing, with a dangling pointer (for zero-length buffers).
     pub(crate) fn empty(access: MapAccess) -> Self {
-        Mapping {
-            ptr: dangling(),
-            len: 0,
-            access,
-        }
+        Mapping { map: None, access }
     }
 
-    /// Maps bytes `offset..offset + len` of `fd`. `offset` must be a multiple of [`page_size`]
+    /// Maps bytes `offset..offset + len` of `fd`. `offset` must be a multiple of the page size
     /// and the range must lie inside the file (so a touch past the end can never be a SIGBUS);
     /// both are [`ErrorKind::InvalidArgument`]. `len == 0` maps nothing.
     pub fn map(fd: BorrowedFd<'_>, offset: u64, len: usize, access: MapAccess) -> Result<Self> {
@@ -81,45 +85,39 @@ impl Mapping {
                 page_size()
             )));
         }
-        // SAFETY: stat is plain old data; all-zero is a valid value for it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `st` a writable stat the call fills.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(Error::new(
+        let size = rustix::fs::fstat(fd).map_err(|e| {
+            Error::new(
                 ErrorKind::Io,
-                format!("cannot map a file: {}", io::Error::last_os_error()),
-            ));
-        }
+                format!("cannot map a file: {}", io::Error::from(e)),
+            )
+        })?;
+        // A negative size (never reported for a regular file) fits nothing.
+        let size = u64::try_from(size.st_size).unwrap_or(0);
         let fits = offset
             .checked_add(len as u64)
-            .is_some_and(|end| end <= st.st_size as u64);
-        let off = libc::off_t::try_from(offset).ok().filter(|_| fits);
-        let Some(off) = off else {
+            .is_some_and(|end| end <= size)
+            && i64::try_from(offset).is_ok();
+        if !fits {
             return Err(Error::invalid(format!(
-                "cannot map bytes {offset}..+{len}: the file has only {} bytes",
-                st.st_size
+                "cannot map bytes {offset}..+{len}: the file has only {size} bytes"
             )));
-        };
-        let (prot, flags) = match access {
-            MapAccess::ReadOnly => (libc::PROT_READ, libc::MAP_SHARED),
-            MapAccess::Shared => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
-            MapAccess::Private => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE),
-        };
-        // SAFETY: a fresh mapping chosen by the kernel (null hint) overlaps nothing of ours; `fd`
-        // is open and the range was checked to lie inside the file and to be page-aligned.
-        let ptr =
-            unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), off) };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot map {len} bytes: {}", io::Error::last_os_error()),
-            ));
         }
+        let mut options = MmapOptions::new();
+        options.offset(offset).len(len);
+        let raw = fd.as_raw_fd();
+        let map = match access {
+            MapAccess::ReadOnly => options.map_raw_read_only(raw),
+            MapAccess::Shared => options.map_raw(raw),
+            // SAFETY: `map_copy` is unsafe only because the `MmapMut` it returns derefs to a
+            // slice whose bytes another process could change (through the file) while it is
+            // borrowed. It becomes a raw map at once, before any slice exists, and a `Mapping`
+            // exposes pointers only; the range was checked to lie inside the file.
+            MapAccess::Private => unsafe { options.map_copy(raw) }.map(MmapRaw::from),
+        };
+        let map =
+            map.map_err(|e| Error::new(ErrorKind::Io, format!("cannot map {len} bytes: {e}")))?;
         Ok(Mapping {
-            // mmap never returns null on success (MAP_FIXED was not used); MAP_FAILED is -1.
-            ptr: NonNull::new(ptr.cast())
-                .ok_or_else(|| Error::new(ErrorKind::Io, "mmap returned NULL"))?,
-            len,
+            map: Some(map),
             access,
         })
     }
@@ -128,32 +126,25 @@ impl Mapping {
     /// not be dereferenced. Writing through it is allowed only for [`MapAccess::Shared`] and
     /// [`MapAccess::Private`] (a write to a read-only mapping is a SIGSEGV).
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
+        match &self.map {
+            Some(map) => map.as_mut_ptr(),
+            None => dangling().as_ptr(),
+        }
     }
 
     /// The mapped length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.map.as_ref().map_or(0, MmapRaw::len)
     }
 
     /// Whether nothing is mapped.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// How the mapping may be used.
     pub fn access(&self) -> MapAccess {
         self.access
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the range was mapped by Mapping::map, is owned by `self` and is unmapped
-            // exactly once, here. Failure (impossible for a valid range) would only leak it.
-            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-        }
     }
 }
 

@@ -7,7 +7,8 @@
 //!   make a missing, unwritable or full folder an I/O error before any task runs;
 //! - [`backing`]: anonymous backing files (`O_TMPFILE`, else create-and-unlink) whose space is
 //!   reserved up front;
-//! - [`mapping`]: their mappings, and how numpy's `mmap_mode` maps to `mmap` protections;
+//! - [`mapping`]: their mappings (`memmap2` maps), and how numpy's `mmap_mode` maps to `mmap`
+//!   protections;
 //! - [`hash`]: XXH64, the content hash that keys the spill;
 //! - [`spill`]: [`Spill`], which writes each distinct large argument once per call;
 //! - [`shared`]: [`SharedBuffer`], a zero-filled `MAP_SHARED` buffer that forked workers write in
@@ -19,6 +20,16 @@
 //! mapping go.
 //!
 //! Only the process backend needs any of this: threads and the sequential backend pass pointers.
+//!
+//! # System calls
+//!
+//! Nothing here calls `libc` outside tests: mappings are `memmap2`'s, file system calls (`open`,
+//! `ftruncate`, `fallocate`, `fstat`, `pread`/`pwrite`, `unlink`, `faccessat`, `statvfs`) are
+//! `rustix`'s, and the page size is `rustix::param::page_size()` (libc's value, kept since
+//! start-up: no system call), the crate's one page-size source. [`Mapping::map`] and unmapping allocate nothing and take no lock
+//! on success, as before. Only the test helpers below stay hand-written (`fork`/`waitpid`/`_exit`,
+//! `mkdtemp`, `geteuid`, and the `setrlimit` and `kill` of two tests): they are test scaffolding,
+//! not pj's data path.
 
 pub mod backing;
 pub mod folder;

@@ -6,7 +6,7 @@
 //! `MAP_SHARED`, rather than `memfd_create` or `MAP_SHARED | MAP_ANONYMOUS`. Both alternatives would
 //! work for sharing, but the file:
 //! - honours `temp_folder`, so a user who points pj at a big disk gets the space from there;
-//! - has its space reserved up front with `posix_fallocate`, so a full folder is an
+//! - has its space reserved up front with `fallocate`, so a full folder is an
 //!   [`ErrorKind::Io`](crate::ErrorKind) from `pj_shared_new`, never a SIGBUS in a task (a memfd or
 //!   anonymous shared mapping is charged page by page on first touch, and a full `/dev/shm` or
 //!   memory cgroup surfaces as SIGBUS or the OOM killer in the middle of a call);

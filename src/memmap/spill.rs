@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::backing::{BackingFile, page_size, round_up};
+use rustix::param::page_size;
+
+use super::backing::{BackingFile, round_up};
 use super::folder::folder_error;
 use super::hash::content_hash;
 use crate::error::{Error, Result};
@@ -14,7 +16,7 @@ use crate::error::{Error, Result};
 pub const DEFAULT_SEGMENT_BYTES: usize = 64 << 20;
 
 /// Where a spilled byte string lives: file `file` of the [`Spill`], `len` bytes at `offset`.
-/// `offset` is a multiple of [`page_size`], so a worker can map the entry directly.
+/// `offset` is a multiple of the page size, so a worker can map the entry directly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SpillRef {
     /// Index of the file, for [`Spill::file`].
