@@ -249,7 +249,7 @@ impl Proxy {
             let tenth = (limit / 10)
                 .as_millis()
                 .clamp(1, LIVENESS_PERIOD_MS as u128);
-            tenth as libc::c_int
+            tenth as i32
         });
         let sent = attached_fds.chunks(MAX_FDS_PER_FRAME).len().max(1);
         let received = if sent > 1 {

@@ -59,10 +59,11 @@ pub(super) fn spawn_worker(
     // held: pj's fork handler frees it there, so a task can start its own process pool.
     let forking = crate::fork::FORK_LOCK.lock();
     let running = SharedRunning::new(spawn.is_some())?;
-    let page = match (spawn, &running.fd) {
-        (Some(_), None) => return Err(io::Error::other("the shared page has no descriptor")),
-        (_, fd) => fd.as_ref().map(|fd| fd.as_fd()),
-    };
+    // A spawned worker maps the page from its descriptor (made for it by `new`).
+    let page = running.fd.as_ref().map(AsFd::as_fd);
+    if spawn.is_some() && page.is_none() {
+        return Err(io::Error::other("the shared page has no descriptor"));
+    }
     // Done at pool creation already; a no-op here.
     crash::prepare();
     let (parent_end, child_end) = UnixStream::pair()?;
