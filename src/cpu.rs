@@ -67,7 +67,8 @@ fn detect_hardware() -> usize {
     ])
 }
 
-/// Online CPUs (what Python's `os.cpu_count()` reports on Linux).
+/// Online CPUs (what Python's `os.cpu_count()` reports on Linux). On libc: rustix has no
+/// `sysconf`.
 #[cfg(unix)]
 fn os_count() -> Option<usize> {
     // SAFETY: sysconf only reads a system value; it has no memory-safety preconditions.
@@ -81,7 +82,8 @@ fn os_count() -> Option<usize> {
 }
 
 /// CPUs in the process's affinity mask, with a mask that grows until the kernel accepts it, so
-/// machines with more than 1024 CPUs are counted too.
+/// machines with more than 1024 CPUs are counted too. On libc: rustix's `CpuSet` has a fixed
+/// 1024 CPUs, and `available_parallelism` also applies cgroup quotas (counted apart here).
 #[cfg(target_os = "linux")]
 fn affinity_count() -> Option<usize> {
     const WORD_BYTES: usize = std::mem::size_of::<libc::c_ulong>();

@@ -14,9 +14,14 @@
 //! An executor records the generation it was created in: one atomic load when a call starts tells
 //! that it was inherited through a fork, and the call is refused instead of waiting for threads or
 //! workers that are not there (see `Parallel::inherited`).
+//!
+//! `pthread_atfork` stays hand-written on libc (no crate registers fork handlers); the fork lock's
+//! futex calls are rustix's.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use rustix::thread::futex;
 
 /// How many forks this process descends from since pj registered its handlers (0 in the process
 /// that registered them).
@@ -117,17 +122,8 @@ impl ResetLock {
             .is_err()
         {
             while self.state.swap(2, Ordering::Acquire) != 0 {
-                // SAFETY: FUTEX_WAIT on an aligned u32 we own, sleeping only while it reads 2;
-                // spurious returns (EINTR, EAGAIN) loop back.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_futex,
-                        self.state.as_ptr(),
-                        libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                        2u32,
-                        std::ptr::null::<libc::timespec>(),
-                    )
-                };
+                // Sleeps only while the word reads 2; spurious returns (EINTR, EAGAIN) loop back.
+                let _ = futex::wait(&self.state, futex::Flags::PRIVATE, 2, None);
             }
         }
         ResetLockGuard(self)
@@ -142,15 +138,8 @@ impl ResetLock {
 impl Drop for ResetLockGuard<'_> {
     fn drop(&mut self) {
         if self.0.state.swap(0, Ordering::Release) == 2 {
-            // SAFETY: FUTEX_WAKE of one waiter on an aligned u32 we own.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.0.state.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1u32,
-                )
-            };
+            // Wakes one waiter.
+            let _ = futex::wake(&self.0.state, futex::Flags::PRIVATE, 1);
         }
     }
 }
@@ -158,6 +147,7 @@ impl Drop for ResetLockGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
     use std::time::{Duration, Instant};
 
     /// Forks while another thread holds each of pj's process-wide locks in turn; the child must be
@@ -184,7 +174,7 @@ mod tests {
             // SAFETY: the child only takes pj's locks and leaves through _exit.
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
-            if pid == 0 {
+            let Some(pid) = Pid::from_raw(pid) else {
                 let _ = crate::registry::lookup("fork-test-missing");
                 drop(crate::registry::hold_for_fork());
                 drop(crate::sigint::SigintGuard::enter(
@@ -194,25 +184,23 @@ mod tests {
                 drop(FORK_LOCK.lock());
                 // SAFETY: leaving the forked test process at once.
                 unsafe { libc::_exit(0) };
-            }
+            };
             holder.join().unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
-            let mut status = 0;
-            loop {
-                // SAFETY: polls our own child.
-                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                    break;
+            let status = loop {
+                // Polls our own child.
+                if let Some((_, status)) = waitpid(Some(pid), WaitOptions::NOHANG).unwrap() {
+                    break status;
                 }
                 if Instant::now() > deadline {
-                    // SAFETY: our own child, not yet reaped.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    // SAFETY: as above.
-                    unsafe { libc::waitpid(pid, &mut status, 0) };
+                    // Our own child, not yet reaped.
+                    let _ = kill_process(pid, Signal::KILL);
+                    let _ = waitpid(Some(pid), WaitOptions::empty());
                     panic!("lock {which}: the child hung");
                 }
                 std::thread::sleep(Duration::from_millis(5));
-            }
-            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+            };
+            assert_eq!(status.exit_status(), Some(0));
         }
     }
 }

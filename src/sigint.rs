@@ -7,6 +7,9 @@
 //! `sigaction` returned them). In between, a SIGINT marks every registered call cancelled (atomic
 //! stores only, so the handler is async-signal-safe) and the calls return PJ_STATUS_CANCELLED.
 //! The host's own handler is not called for a SIGINT that pj consumed.
+//!
+//! `sigaction` stays hand-written on libc: rustix installs signal handlers only in its unstable
+//! `runtime` module, and the saved action must be restored exactly as libc returned it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicPtr, Ordering};

@@ -39,8 +39,7 @@ pub fn wait<T>(mut poll: impl FnMut() -> Option<T>, sleep: impl FnOnce() -> T) -
             if start.elapsed() > SPIN {
                 break;
             }
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
+            std::thread::yield_now();
         }
     }
     let value = sleep();

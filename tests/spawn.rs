@@ -163,6 +163,7 @@ fn main() {
     mismatched_registries_are_refused();
     a_program_that_forgets_the_worker_entry_is_reported();
     a_worker_that_starts_slowly_still_works();
+    worker_variables_that_name_no_descriptor_or_pid_make_the_copy_leave();
     // 30 s of waiting: runs beside the scenarios below.
     let hung = a_worker_that_never_answers_is_given_up_at_the_limit();
 
@@ -228,6 +229,47 @@ fn a_program_that_forgets_the_worker_entry_is_reported() {
         "{:?}",
         start.elapsed()
     );
+}
+
+/// A copy of this program whose PJ_WORKER_* variables (set by hand, not by pj) name no
+/// descriptors leaves with status 6, as a worker whose shared page cannot be mapped, and one whose
+/// parent variable is no pid leaves with status 1, as one whose parent is gone: it neither panics
+/// into running the program on as a non-worker nor hangs.
+fn worker_variables_that_name_no_descriptor_or_pid_make_the_copy_leave() {
+    let me = std::process::id().to_string();
+    let cases = [
+        ("-1", "-1", me.as_str(), 6),
+        ("-1", "-1", "0", 1),
+        ("-1", "-1", "-3", 1),
+    ];
+    for (socket, page, parent, expected) in cases {
+        let mut copy = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("PJ_WORKER_FD", socket)
+            .env("PJ_WORKER_PAGE_FD", page)
+            .env("PJ_WORKER_PARENT", parent)
+            .env("PJ_WORKER_SLOT", "0")
+            .env("PJ_WORKER_LEVEL", "0")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = copy.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = copy.kill();
+                let _ = copy.wait();
+                panic!("parent {parent}, page {page}: the copy did not leave (it ran on)");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(
+            status.code(),
+            Some(expected),
+            "parent {parent}, page {page}: {status:?}"
+        );
+    }
 }
 
 /// Issue 16 item 1: the start-up limit is 30 s, not the first liveness poll (100 ms).

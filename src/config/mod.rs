@@ -264,16 +264,12 @@ pub fn effective_n_jobs(requested: Option<i64>, cpus: usize) -> Result<usize> {
 /// most Linux systems; [`UNLIMITED_STACK_DEFAULT`] when unlimited), at least Rust's 2 MiB thread
 /// default and at most [`MAX_STACK_SIZE`].
 pub fn default_stack_size() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the valid, exclusive `limit`.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut limit) } == 0;
-    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Stack);
+    // `None`: unlimited.
+    let Some(current) = limit.current else {
         return UNLIMITED_STACK_DEFAULT;
-    }
-    usize::try_from(limit.rlim_cur)
+    };
+    usize::try_from(current)
         .unwrap_or(MAX_STACK_SIZE)
         .clamp(RUST_THREAD_STACK, MAX_STACK_SIZE)
 }

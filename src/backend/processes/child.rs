@@ -1,9 +1,16 @@
 //! Our worker children's lives, as the parent sees them: waiting for one (blocking or polling),
 //! checking that one still runs without reaping it, and stopping one whose task overran. Every
-//! function acts on one specific child of ours (never "any child").
+//! function acts on one specific child of ours (never "any child"), and every wait for or signal
+//! to a worker goes through here. The calls are rustix's typed ones: `waitpid` takes
+//! [`WaitOptions`], which has no NOWAIT (Linux refuses WNOHANG|WNOWAIT with waitpid), and the
+//! non-reaping check is `waitid` with [`WaitIdOptions::NOWAIT`].
 
-use std::io;
 use std::time::Duration;
+
+use rustix::io::retry_on_intr;
+use rustix::process::{
+    Pid, Signal, WaitId, WaitIdOptions, WaitOptions, WaitStatus, kill_process, waitid, waitpid,
+};
 
 use crate::task::Death;
 
@@ -12,12 +19,13 @@ pub(super) const TERM_GRACE: Duration = Duration::from_millis(100);
 
 /// Stops a worker whose task overran: SIGTERM (it may clean up), SIGKILL after [`TERM_GRACE`],
 /// then reaps it.
-pub(super) fn terminate(pid: libc::pid_t) {
-    // SAFETY: `pid` is our own child, not yet reaped, so it cannot have been reused.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+pub(super) fn terminate(pid: Pid) {
+    // `pid` is our own child, not yet reaped, so it cannot have been reused. A failure means it
+    // is gone already: the waits below notice.
+    let _ = kill_process(pid, Signal::TERM);
     let deadline = std::time::Instant::now() + TERM_GRACE;
     while std::time::Instant::now() < deadline {
-        if wait_for(pid, libc::WNOHANG).is_some() {
+        if try_reap(pid).is_some() {
             return;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -28,58 +36,110 @@ pub(super) fn terminate(pid: libc::pid_t) {
 
 /// SIGKILLs our child `pid` and reaps it (blocking until it is gone). `pid` must be a child of
 /// ours that nobody has reaped yet, so that it cannot have been reused by another process.
-pub(in crate::backend) fn kill_and_reap(pid: libc::pid_t) {
-    // SAFETY: kill has no memory-safety preconditions; per the contract above, `pid` is our own
-    // child, not yet reaped, so the signal cannot reach another process.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let _ = wait_for(pid, 0);
+pub(in crate::backend) fn kill_and_reap(pid: Pid) {
+    // Per the contract above the signal cannot reach another process; a failure means the child
+    // is a zombie already, which the wait reaps.
+    let _ = kill_process(pid, Signal::KILL);
+    let _ = reap(pid);
 }
 
-/// Waits for our child `pid` (`flags` 0 blocks, WNOHANG polls). `Some(death)` once it has ended;
-/// `None` while it runs. A child already reaped elsewhere (SIGCHLD ignored by the host) is
-/// `Death::Unknown`.
-pub(in crate::backend) fn wait_for(pid: libc::pid_t, flags: libc::c_int) -> Option<Death> {
-    loop {
-        let mut status = 0;
-        // SAFETY: waits for one specific child of ours; `status` is a valid out-pointer.
-        let got = unsafe { libc::waitpid(pid, &mut status, flags) };
-        if got == pid {
-            return Some(if libc::WIFSIGNALED(status) {
-                Death::Signal(libc::WTERMSIG(status))
-            } else {
-                Death::Exited(libc::WEXITSTATUS(status))
-            });
-        }
-        if got == 0 {
-            return None;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Some(Death::Unknown);
-        }
+/// Waits (blocking) for our child `pid` to end and reaps it. A child already reaped elsewhere
+/// (SIGCHLD ignored by the host) is `Death::Unknown`.
+pub(in crate::backend) fn reap(pid: Pid) -> Death {
+    wait(pid, WaitOptions::empty()).unwrap_or(Death::Unknown)
+}
+
+/// Reaps our child `pid` if it has ended (`Some(death)`), without blocking; `None` while it runs.
+/// A child already reaped elsewhere is `Some(Death::Unknown)`.
+pub(in crate::backend) fn try_reap(pid: Pid) -> Option<Death> {
+    wait(pid, WaitOptions::NOHANG)
+}
+
+fn wait(pid: Pid, options: WaitOptions) -> Option<Death> {
+    match retry_on_intr(|| waitpid(Some(pid), options)) {
+        Ok(Some((_, status))) => Some(death_of(status)),
+        // Only with NOHANG: the child runs.
+        Ok(None) => None,
+        Err(_) => Some(Death::Unknown),
+    }
+}
+
+/// How a child that was waited for ended (without WUNTRACED or WCONTINUED, a status reports an
+/// exit or a killing signal).
+fn death_of(status: WaitStatus) -> Death {
+    match (status.terminating_signal(), status.exit_status()) {
+        (Some(signal), _) => Death::Signal(signal),
+        (None, Some(code)) => Death::Exited(code),
+        (None, None) => Death::Unknown,
     }
 }
 
 /// Whether our child `pid` is still running, without reaping it (the proxy reaps it afterwards to
 /// learn how it died).
-pub(in crate::backend) fn wait_for_peek(pid: libc::pid_t) -> bool {
-    // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waits (without blocking, without reaping) for one specific child of ours.
-        let got = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        if got == 0 {
-            // SAFETY: waitid filled `info`; si_pid is 0 when the child has not changed state.
-            return unsafe { info.si_pid() } == 0;
+pub(in crate::backend) fn is_running(pid: Pid) -> bool {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    // `None`: the child has not changed state. An error (ECHILD: reaped elsewhere) is "not
+    // running".
+    matches!(
+        retry_on_intr(|| waitid(WaitId::Pid(pid), options)),
+        Ok(None)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::io::Errno;
+
+    /// A child of this test process that sleeps until it is signalled (a `sleep` that never
+    /// ends on its own).
+    fn sleeper() -> Pid {
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = Pid::from_child(&child);
+        // The Child handle is not waited on: this module's functions reap it.
+        std::mem::forget(child);
+        pid
+    }
+
+    #[test]
+    fn a_running_child_is_seen_running_and_not_reaped_until_it_ends() {
+        let pid = sleeper();
+        assert!(is_running(pid));
+        assert!(try_reap(pid).is_none());
+        kill_process(pid, Signal::KILL).unwrap();
+        // The peek must not reap: after it, the blocking wait still finds the child's status.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while is_running(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIGKILL did not end the child"
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
-        }
+        assert!(matches!(reap(pid), Death::Signal(9)));
+        // Reaped: no such child any more.
+        assert!(!is_running(pid));
+        assert!(matches!(try_reap(pid), Some(Death::Unknown)));
+        assert_eq!(
+            waitpid(Some(pid), WaitOptions::NOHANG).unwrap_err(),
+            Errno::CHILD
+        );
+    }
+
+    #[test]
+    fn terminate_ends_a_child_with_sigterm_and_an_exit_is_its_status() {
+        let pid = sleeper();
+        terminate(pid);
+        assert!(matches!(try_reap(pid), Some(Death::Unknown)));
+        let exits = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_child(&exits);
+        std::mem::forget(exits);
+        assert!(matches!(reap(pid), Death::Exited(7)));
     }
 }

@@ -1,5 +1,6 @@
 //! The parent ends of pj's worker sockets in this process, so that a newly forked worker can close
-//! the copies it inherits (async-signal-safe: a fixed array of atomics, no lock).
+//! the copies it inherits (async-signal-safe: a fixed array of atomics, no lock). The close is
+//! libc's: it closes a raw number from the table, which rustix's `close` takes unsafely too.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};

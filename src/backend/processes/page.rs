@@ -1,10 +1,14 @@
 //! The page a worker shares with its parent: the running task (index and start), the crash record
 //! and the stop flag. Mapped MAP_SHARED, so it survives fork; for a spawned worker it is a memfd
-//! whose descriptor the worker inherits across exec.
+//! whose descriptor the worker inherits across exec. memfd, sizing and mapping are rustix's
+//! calls (mapping and unmapping stay `unsafe`: they create and end a raw pointer's validity).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
+
+use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
+use rustix::mm::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
 
 use crate::backend::crash::CrashRecord;
 use crate::task::Running;
@@ -40,17 +44,8 @@ impl SharedRunning {
         if !passable {
             return Self::map(None);
         }
-        // SAFETY: a NUL-terminated name; the flags are valid.
-        let raw = unsafe { libc::memfd_create(c"pj-worker".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor memfd_create just returned, owned from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sizing our own memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = memfd_create(c"pj-worker", MemfdFlags::CLOEXEC)?;
+        ftruncate(&fd, PAGE as u64)?;
         Self::map(Some(fd))
     }
 
@@ -60,25 +55,16 @@ impl SharedRunning {
     }
 
     fn map(fd: Option<OwnedFd>) -> io::Result<Self> {
-        let (flags, raw) = match &fd {
-            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
-            None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1),
-        };
-        // SAFETY: a shared mapping of one page (of the memfd, sized to a page, or anonymous);
-        // checked for MAP_FAILED below.
+        let null = std::ptr::null_mut();
+        let prot = ProtFlags::READ | ProtFlags::WRITE;
+        // SAFETY: a new shared mapping of one page (of the memfd, sized to a page, or anonymous)
+        // at an address the kernel picks, so no existing memory is affected.
         let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+            match &fd {
+                Some(fd) => mmap(null, PAGE, prot, MapFlags::SHARED, fd, 0),
+                None => mmap_anonymous(null, PAGE, prot, MapFlags::SHARED),
+            }
+        }?;
         Ok(SharedRunning {
             ptr: ptr.cast(),
             fd,
@@ -105,6 +91,6 @@ impl SharedRunning {
 impl Drop for SharedRunning {
     fn drop(&mut self) {
         // SAFETY: unmapping the page mapped in `new`, once.
-        unsafe { libc::munmap(self.ptr.cast(), PAGE) };
+        let _ = unsafe { munmap(self.ptr.cast(), PAGE) };
     }
 }

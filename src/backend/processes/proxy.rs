@@ -30,13 +30,13 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use super::child::{kill_and_reap, terminate, wait_for, wait_for_peek};
+use super::child::{is_running, kill_and_reap, reap, terminate, try_reap};
 use super::spawn::SpawnPlan;
 use super::start::{Worker, spawn_worker};
 use crate::backend::CallLink;
@@ -204,7 +204,7 @@ impl Proxy {
         for file in &batch.files {
             if !worker.sent_files.contains(&file.id) {
                 attached.push(file.id);
-                attached_fds.push(file.fd.as_raw_fd());
+                attached_fds.push(file.fd.as_fd());
             }
         }
         let by_index = self.spawn.is_some();
@@ -219,7 +219,7 @@ impl Proxy {
         )
         .map_err(|e| Some(Lost::fatal(batch.first, TaskFailure::Io(e.to_string()))))?;
         self.fds.clear();
-        let fd = worker.socket.as_raw_fd();
+        let fd = worker.socket.as_fd();
         let pid = worker.pid;
         let running = worker.running.get();
         let stop = worker.running.stop();
@@ -243,13 +243,13 @@ impl Proxy {
                 overdue.set(Some((index, limit, elapsed)));
                 return false;
             }
-            wait_for_peek(pid)
+            is_running(pid)
         };
         let period = link.timeout.map_or(LIVENESS_PERIOD_MS, |limit| {
             let tenth = (limit / 10)
                 .as_millis()
                 .clamp(1, LIVENESS_PERIOD_MS as u128);
-            tenth as libc::c_int
+            tenth as i32
         });
         let sent = attached_fds.chunks(MAX_FDS_PER_FRAME).len().max(1);
         let received = if sent > 1 {
@@ -273,7 +273,7 @@ impl Proxy {
                 let decoded = decode_outcome(&self.buf, self.slot)
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;
-                outcome.pid = u32::try_from(pid).unwrap_or(0);
+                outcome.pid = u32::try_from(pid.as_raw_pid()).unwrap_or(0);
                 if let Some(worker) = self.worker.as_mut() {
                     worker.served = true;
                 }
@@ -327,7 +327,7 @@ impl Proxy {
             .get()
             .index()
             .filter(|&index| index >= batch.first);
-        let death = wait_for(worker.pid, 0).unwrap_or(Death::Unknown);
+        let death = reap(worker.pid);
         // Reaped: the crash record is final. Symbolized here, where the worker's image (the
         // parent's, which it was forked from) is still loaded.
         let crash = match death {
@@ -340,7 +340,7 @@ impl Proxy {
         Lost {
             index,
             failure: TaskFailure::Died {
-                pid: worker.pid,
+                pid: worker.pid.as_raw_pid(),
                 death,
                 fault_address,
                 backtrace,
@@ -369,7 +369,7 @@ impl Proxy {
     /// Between calls a kept worker may have been killed from outside: notice before sending to it.
     fn reap_if_dead(&mut self) {
         if let Some(worker) = &self.worker
-            && wait_for(worker.pid, libc::WNOHANG).is_some()
+            && try_reap(worker.pid).is_some()
         {
             let worker = self.worker.take();
             drop(worker);
@@ -379,9 +379,10 @@ impl Proxy {
     /// Shuts the worker's socket down (it reads the end of the stream and `_exit`s) and reaps it.
     fn retire(&mut self) {
         if let Some(worker) = self.worker.take() {
-            // SAFETY: shutting down a socket we own; other processes holding a copy see it too.
-            unsafe { libc::shutdown(worker.socket.as_raw_fd(), libc::SHUT_RDWR) };
-            let _ = wait_for(worker.pid, 0);
+            // Other processes holding a copy of the socket see the shutdown too. A failure leaves
+            // the socket to be closed when the worker is dropped: the worker then sees EOF.
+            let _ = rustix::net::shutdown(&worker.socket, rustix::net::Shutdown::Both);
+            let _ = reap(worker.pid);
         }
     }
 }

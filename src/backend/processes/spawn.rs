@@ -10,16 +10,23 @@
 //!
 //! Between fork and exec the child only calls async-signal-safe functions (fcntl, execve, _exit):
 //! every string it needs was built before the fork.
+//!
+//! Hand-written on libc, not rustix: `fork` (no crate offers it safely in a multi-threaded
+//! process), `execve` and `_exit` (rustix has them only in its unstable `runtime` module). The
+//! fcntl between fork and exec is rustix's, a raw system call that allocates nothing.
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::{Duration, Instant};
 
-use super::child::{kill_and_reap, wait_for, wait_for_peek};
+use rustix::io::{FdFlags, fcntl_setfd};
+use rustix::process::Pid;
+
+use super::child::{is_running, kill_and_reap, try_reap};
 use super::page::SharedRunning;
-use super::worker::{serve, tie_to_parent};
+use super::worker::{leave, serve, tie_to_parent};
 use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
 use crate::task::Death;
 
@@ -36,13 +43,13 @@ pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a spawned worker needs to know, passed through its environment.
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerIds {
+pub struct WorkerIds<'a> {
     /// The worker's end of the socket pair.
-    pub socket: RawFd,
+    pub socket: BorrowedFd<'a>,
     /// The memfd of the shared page.
-    pub page: RawFd,
+    pub page: BorrowedFd<'a>,
     /// The caller's pid (the worker checks it is still its parent).
-    pub parent: libc::pid_t,
+    pub parent: Pid,
     /// The worker's slot in the pool.
     pub slot: usize,
     /// The nesting level its tasks run at.
@@ -84,11 +91,11 @@ impl SpawnPlan {
     }
 
     /// Starts a worker: fork, then exec the executable in the child. Returns the child's pid.
-    pub fn start(&self, ids: &WorkerIds) -> io::Result<libc::pid_t> {
+    pub fn start(&self, ids: &WorkerIds<'_>) -> io::Result<Pid> {
         let vars = [
-            (FD_VAR, ids.socket.to_string()),
-            (PAGE_VAR, ids.page.to_string()),
-            (PARENT_VAR, ids.parent.to_string()),
+            (FD_VAR, ids.socket.as_raw_fd().to_string()),
+            (PAGE_VAR, ids.page.as_raw_fd().to_string()),
+            (PARENT_VAR, ids.parent.as_raw_pid().to_string()),
             (SLOT_VAR, ids.slot.to_string()),
             (LEVEL_VAR, ids.level.to_string()),
         ];
@@ -113,16 +120,17 @@ impl SpawnPlan {
         if pid < 0 {
             return Err(io::Error::last_os_error());
         }
-        if pid == 0 {
-            // SAFETY: in the child: keep the two descriptors across exec (clear close-on-exec),
-            // then replace the process image; on failure leave at once.
-            unsafe {
-                libc::fcntl(ids.socket, libc::F_SETFD, 0);
-                libc::fcntl(ids.page, libc::F_SETFD, 0);
-                libc::execve(self.exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                libc::_exit(127);
-            }
-        }
+        let Some(pid) = Pid::from_raw(pid) else {
+            // In the child: keep the two descriptors across exec (clear close-on-exec); a failure
+            // shows as the worker's failure to answer the handshake.
+            let _ = fcntl_setfd(ids.socket, FdFlags::empty());
+            let _ = fcntl_setfd(ids.page, FdFlags::empty());
+            // SAFETY: replaces the process image with pointers to NUL-terminated strings and
+            // NULL-terminated arrays built before the fork.
+            unsafe { libc::execve(self.exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            // On failure leave at once.
+            leave(127);
+        };
         Ok(pid)
     }
 }
@@ -130,13 +138,13 @@ impl SpawnPlan {
 /// In the parent: checks that the worker `pid` on `socket` registered the same functions, in the
 /// same order. Fails if it differs, exits first, or does not answer within [`HANDSHAKE_LIMIT`]; on
 /// failure the worker is gone (killed if needed, and reaped).
-pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
+pub fn handshake(socket: BorrowedFd<'_>, pid: Pid) -> io::Result<()> {
     let fingerprint = crate::registry::fingerprint();
     let mut frame = fingerprint.to_ne_bytes().to_vec();
     frame.extend_from_slice(crate::registry::names().join("\n").as_bytes());
     let started = Instant::now();
     let deadline = started + HANDSHAKE_LIMIT;
-    let alive = || Instant::now() < deadline && wait_for_peek(pid);
+    let alive = || Instant::now() < deadline && is_running(pid);
     let mut reply = Vec::new();
     let answered = send_frame(socket, &frame)
         .and_then(|()| recv_frame(socket, &mut reply, LIVENESS_PERIOD_MS, &alive));
@@ -159,16 +167,16 @@ pub fn handshake(socket: RawFd, pid: libc::pid_t) -> io::Result<()> {
 
 /// Why the worker `pid` did not answer the handshake: it ended (reaped here, with how), or it is
 /// still running past the limit (killed and reaped here).
-fn not_answered(pid: libc::pid_t, waited: Duration) -> io::Error {
+fn not_answered(pid: Pid, waited: Duration) -> io::Error {
     const ENTRY: &str = "a program using start_method \"spawn\" must call \
         pj_worker_main_if_requested(argc, argv) at the start of main, after its pj_register calls";
     // The stream ended or the liveness check failed. A child that is exiting closes its socket
     // before it becomes a zombie: before the limit, give it a moment to show its status.
-    let mut ended = wait_for(pid, libc::WNOHANG);
+    let mut ended = try_reap(pid);
     let settle = Instant::now() + Duration::from_secs(1);
     while ended.is_none() && waited < HANDSHAKE_LIMIT && Instant::now() < settle {
         std::thread::sleep(Duration::from_millis(5));
-        ended = wait_for(pid, libc::WNOHANG);
+        ended = try_reap(pid);
     }
     let how = match ended {
         Some(Death::Exited(127)) => {
@@ -225,7 +233,7 @@ pub fn worker_main_if_requested() {
     let (Some(socket), Some(page), Some(parent), Some(slot), Some(level)) = (
         var::<RawFd>(FD_VAR),
         var::<RawFd>(PAGE_VAR),
-        var::<libc::pid_t>(PARENT_VAR),
+        var::<i32>(PARENT_VAR),
         var::<usize>(SLOT_VAR),
         var::<usize>(LEVEL_VAR),
     ) else {
@@ -236,34 +244,41 @@ pub fn worker_main_if_requested() {
         // variables must not reach the processes its tasks start.
         unsafe { std::env::remove_var(key) };
     }
+    // Not a pid (0 or negative): as with any other pid that is not our parent.
+    let Some(parent) = (parent > 0).then_some(parent).and_then(Pid::from_raw) else {
+        leave(1)
+    };
     tie_to_parent(parent);
-    // SAFETY: close-on-exec again for the two inherited descriptors, which are ours.
-    unsafe {
-        libc::fcntl(socket, libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(page, libc::F_SETFD, libc::FD_CLOEXEC);
+    if socket < 0 || page < 0 {
+        // Not descriptors (the parent passes open ones): as with a page that cannot be mapped.
+        leave(6)
     }
-    // SAFETY: the parent passed its memfd at this number; this process owns it from here on.
-    let page = unsafe { OwnedFd::from_raw_fd(page) };
+    // SAFETY: the parent passed the socket and its memfd at these numbers (checked not to be
+    // negative above); this process owns them from here on.
+    let (socket, page) = unsafe { (OwnedFd::from_raw_fd(socket), OwnedFd::from_raw_fd(page)) };
+    // Close-on-exec again for the two inherited descriptors (a failure only lets a program the
+    // tasks start inherit them).
+    let _ = fcntl_setfd(&socket, FdFlags::CLOEXEC);
+    let _ = fcntl_setfd(&page, FdFlags::CLOEXEC);
     let Ok(running) = SharedRunning::from_fd(page) else {
-        // SAFETY: leaving without running the program's exit handlers.
-        unsafe { libc::_exit(6) }
+        leave(6)
     };
     crate::backend::crash::prepare();
     running.crash().record_modules();
     crate::backend::crash::install(running.crash());
-    let code = match answer_handshake(socket) {
+    let code = match answer_handshake(socket.as_fd()) {
         Ok(()) => {
             let functions = crate::registry::functions();
-            serve(socket, &running, slot, level, Some(&functions))
+            serve(socket.as_fd(), &running, slot, level, Some(&functions))
         }
         Err(()) => 2,
     };
-    // SAFETY: a worker leaves through _exit: the program's atexit handlers are the caller's.
-    unsafe { libc::_exit(code) }
+    // A worker leaves through _exit: the program's atexit handlers are the caller's.
+    leave(code)
 }
 
 /// In a spawned worker: receives the caller's registry fingerprint and says whether ours matches.
-fn answer_handshake(socket: RawFd) -> Result<(), ()> {
+fn answer_handshake(socket: BorrowedFd<'_>) -> Result<(), ()> {
     let mut frame = Vec::new();
     if !recv_frame(socket, &mut frame, LIVENESS_PERIOD_MS, &|| true).unwrap_or(false) {
         return Err(());

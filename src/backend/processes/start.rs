@@ -11,10 +11,15 @@
 //! one-time initializations complete before pj first forks. Not covered: Rust's stdout/stderr
 //! locks (a task printing through Rust's std in a worker forked while another thread printed) and
 //! the host's own locks.
+//!
+//! `fork` itself stays hand-written on libc: no crate offers it safely in a multi-threaded
+//! process (the child's steps are audited here and in the worker module).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+
+use rustix::process::Pid;
 
 use super::fds;
 use super::page::SharedRunning;
@@ -24,7 +29,7 @@ use crate::backend::crash;
 
 /// The parent's side of one forked worker.
 pub(super) struct Worker {
-    pub(super) pid: libc::pid_t,
+    pub(super) pid: Pid,
     pub(super) socket: OwnedFd,
     pub(super) running: SharedRunning,
     /// Spill files whose descriptors this worker already received, in call `call`.
@@ -54,17 +59,20 @@ pub(super) fn spawn_worker(
     // held: pj's fork handler frees it there, so a task can start its own process pool.
     let forking = crate::fork::FORK_LOCK.lock();
     let running = SharedRunning::new(spawn.is_some())?;
+    // A spawned worker maps the page from its descriptor (made for it by `new`).
+    let page = running.fd.as_ref().map(AsFd::as_fd);
+    if spawn.is_some() && page.is_none() {
+        return Err(io::Error::other("the shared page has no descriptor"));
+    }
     // Done at pool creation already; a no-op here.
     crash::prepare();
     let (parent_end, child_end) = UnixStream::pair()?;
-    // SAFETY: getpid has no preconditions.
-    let parent_pid = unsafe { libc::getpid() };
+    let parent_pid = rustix::process::getpid();
     fds::remember(parent_end.as_raw_fd());
     fds::remember(child_end.as_raw_fd());
-    if let Some(plan) = spawn {
-        let page = running.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+    if let (Some(plan), Some(page)) = (spawn, page) {
         let ids = WorkerIds {
-            socket: child_end.as_raw_fd(),
+            socket: child_end.as_fd(),
             page,
             parent: parent_pid,
             slot,
@@ -78,7 +86,7 @@ pub(super) fn spawn_worker(
         drop(forking);
         let pid = started.inspect_err(|_| fds::forget(parent_end.as_raw_fd()))?;
         let socket: OwnedFd = parent_end.into();
-        if let Err(error) = handshake(socket.as_raw_fd(), pid) {
+        if let Err(error) = handshake(socket.as_fd(), pid) {
             // The handshake already killed and reaped the worker.
             fds::forget(socket.as_raw_fd());
             return Err(error);
@@ -101,9 +109,9 @@ pub(super) fn spawn_worker(
         fds::forget(parent_end.as_raw_fd());
         return Err(error);
     }
-    if pid == 0 {
-        worker_main(child_end.as_raw_fd(), &running, parent_pid, slot, level);
-    }
+    let Some(pid) = Pid::from_raw(pid) else {
+        worker_main(child_end.as_fd(), &running, parent_pid, slot, level);
+    };
     drop(child_end);
     Ok(Worker {
         pid,

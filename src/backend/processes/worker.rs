@@ -10,10 +10,16 @@
 //! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
 //! makes malloc and stdio usable in the child. A task callback must not take locks that another
 //! parent thread may hold at the time of the fork (documented in the header).
+//!
+//! prctl and getppid are rustix's (raw system calls, no allocation). Hand-written on libc:
+//! `signal` (rustix sets signal actions only in its unstable `runtime` module), and `_exit`
+//! ([`leave`], likewise: std's `exit` would run the parent image's atexit handlers).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
 
 use super::fds;
 use super::page::SharedRunning;
@@ -27,9 +33,9 @@ use crate::task::{RunContext, TaskFailure, TaskFn, run_batch};
 
 /// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
 pub(super) fn worker_main(
-    socket: RawFd,
+    socket: BorrowedFd<'_>,
     running: &SharedRunning,
-    parent_pid: libc::pid_t,
+    parent_pid: Pid,
     slot: usize,
     level: usize,
 ) -> ! {
@@ -37,36 +43,35 @@ pub(super) fn worker_main(
     // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
     crash::install(running.crash());
     // Drop the inherited parent ends of every pj socket, so that their workers see EOF when due.
-    fds::close_all_except(socket);
-    let code = serve(socket, running, slot, level, None);
-    // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the parent's image.
+    fds::close_all_except(socket.as_raw_fd());
+    leave(serve(socket, running, slot, level, None))
+}
+
+/// Ends the worker process at once with status `code` (async-signal-safe): `_exit` skips the
+/// atexit handlers and stdio flushing, which belong to the parent's image (or, in a spawned
+/// worker, to the caller's program).
+pub(in crate::backend) fn leave(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; it ends this process only.
     unsafe { libc::_exit(code) }
 }
 
 /// A worker's first step, forked or spawned (async-signal-safe): die with the parent, and leave
 /// at once if it died before the request was in place; leave SIGINT to the parent, which decides.
-pub(in crate::backend) fn tie_to_parent(parent_pid: libc::pid_t) {
-    // SAFETY: prctl, getppid, _exit and signal are async-signal-safe and act on this process only.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != parent_pid {
-            libc::_exit(1);
-        }
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
+pub(in crate::backend) fn tie_to_parent(parent_pid: Pid) {
+    // Cannot fail for a valid signal; the parent check below covers a parent already gone.
+    let _ = set_parent_process_death_signal(Some(Signal::KILL));
+    if getppid() != Some(parent_pid) {
+        leave(1);
     }
+    // SAFETY: signal is async-signal-safe; ignoring SIGINT affects this process only.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 }
 
 /// The worker loop: reads batches, runs them, writes outcomes, until the stream ends; returns the
 /// exit status. `functions`: for a spawned worker, the registry that batch callbacks index into
 /// (a forked worker gets function addresses instead).
 pub(in crate::backend) fn serve(
-    socket: RawFd,
+    socket: BorrowedFd<'_>,
     running: &SharedRunning,
     slot: usize,
     level: usize,
@@ -139,9 +144,9 @@ pub(in crate::backend) fn serve(
                 }
             }
             let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
-            let raw: Vec<RawFd> = files.iter().map(|f| f.fd.as_raw_fd()).collect();
+            let attached: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.fd.as_fd()).collect();
             encode_outcome(&outcome, &listed, &mut outbox);
-            if send_frame_with_fds(socket, &outbox, &raw).is_err() {
+            if send_frame_with_fds(socket, &outbox, &attached).is_err() {
                 return 0;
             }
         }

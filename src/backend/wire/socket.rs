@@ -1,14 +1,23 @@
 //! Frames on a socket: writes (with any descriptors attached) and reads that wait for data while
 //! checking that the peer still lives. Sockets are written with `MSG_NOSIGNAL`, so a dead peer is
-//! an error, never a SIGPIPE.
+//! an error, never a SIGPIPE. Every call is rustix's (send, recv, sendmsg/recvmsg with
+//! SCM_RIGHTS, poll); none retries on EINTR by itself, so each is wrapped in `retry_on_intr`.
 
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::retry_on_intr;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recv, recvmsg, send, sendmsg,
+};
 
 use super::{malformed, out_of_memory};
 
 /// Writes one frame (length, then payload) to a socket.
-pub fn send_frame(fd: RawFd, payload: &[u8]) -> io::Result<()> {
+pub fn send_frame(fd: BorrowedFd<'_>, payload: &[u8]) -> io::Result<()> {
     send_frame_with_fds(fd, payload, &[])
 }
 
@@ -17,7 +26,11 @@ pub const MAX_FDS_PER_FRAME: usize = 16;
 
 /// Writes one frame, passing `fds` (at most [`MAX_FDS_PER_FRAME`]) to the peer with its header
 /// (`SCM_RIGHTS`): the peer gets its own descriptors for the same open files.
-pub fn send_frame_with_fds(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub fn send_frame_with_fds(
+    fd: BorrowedFd<'_>,
+    payload: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let header = (payload.len() as u64).to_ne_bytes();
     if fds.is_empty() {
         send_all(fd, &header)?;
@@ -27,65 +40,42 @@ pub fn send_frame_with_fds(fd: RawFd, payload: &[u8], fds: &[RawFd]) -> io::Resu
     send_all(fd, payload)
 }
 
-/// Room for the control message of [`MAX_FDS_PER_FRAME`] descriptors (u64s keep it aligned).
-type ControlBuffer = [u64; 16];
+/// Room for the control message of [`MAX_FDS_PER_FRAME`] descriptors (on the stack: no
+/// allocation per frame).
+const CONTROL_SPACE: usize = rustix::cmsg_space!(ScmRights(MAX_FDS_PER_FRAME));
 
-const _: () = assert!(
-    std::mem::size_of::<ControlBuffer>()
-        >= std::mem::size_of::<libc::cmsghdr>() + MAX_FDS_PER_FRAME * 4 + 8
-);
-
-fn send_header_with_fds(fd: RawFd, header: &[u8; 8], fds: &[RawFd]) -> io::Result<()> {
-    if fds.len() > MAX_FDS_PER_FRAME {
-        return Err(io::Error::new(
+fn send_header_with_fds(
+    fd: BorrowedFd<'_>,
+    header: &[u8; 8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let too_many = || {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
             "too many descriptors for one frame",
-        ));
-    }
-    let mut control: ControlBuffer = [0; 16];
-    let mut iov = libc::iovec {
-        iov_base: header.as_ptr() as *mut libc::c_void,
-        iov_len: header.len(),
+        )
     };
-    let fds_bytes = std::mem::size_of_val(fds) as u32;
-    // SAFETY: msghdr is plain data; every pointer set below points into live local buffers large
-    // enough for what the CMSG macros compute (checked by the assertion on ControlBuffer).
-    let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(fds_bytes) as usize;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_bytes) as usize;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(cmsg),
-            fds_bytes as usize,
-        );
-        loop {
-            let sent = libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL);
-            if sent >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break sent;
-            }
-        }
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
+    if fds.len() > MAX_FDS_PER_FRAME {
+        return Err(too_many());
     }
+    let mut space = [MaybeUninit::<u8>::uninit(); CONTROL_SPACE];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(too_many());
+    }
+    let iov = [IoSlice::new(header)];
+    let sent = retry_on_intr(|| sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL))?;
     // The descriptors went with the first byte; the rest of the header follows plainly.
-    send_all(fd, &header[sent as usize..])
+    send_all(fd, &header[sent..])
 }
 
 /// Reads one frame like [`recv_frame`], also receiving the descriptors sent with its header
 /// (appended to `fds`, close-on-exec).
 pub fn recv_frame_with_fds(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
-    period_ms: libc::c_int,
+    period_ms: i32,
     alive: &dyn Fn() -> bool,
 ) -> io::Result<bool> {
     let watch = Watch { period_ms, alive };
@@ -115,79 +105,47 @@ fn make_room(buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// One recvmsg into `bytes`, collecting any descriptors that come with them.
-fn recv_with_fds(fd: RawFd, bytes: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
-    let mut control: ControlBuffer = [0; 16];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr is plain data pointing into live local buffers; recvmsg fills at most their
-    // sizes; the CMSG macros walk only what the kernel wrote (it updates msg_controllen), and each
-    // received descriptor is a fresh one this process now owns.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of::<ControlBuffer>();
-        let got = loop {
-            let got = libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC);
-            if got >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                break got;
-            }
-        };
-        if got < 0 {
-            return Err(io::Error::last_os_error());
+/// One recvmsg into `bytes`, collecting any descriptors that come with them (each a fresh one
+/// this process now owns; any not collected are closed with the control buffer).
+fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    bytes: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); CONTROL_SPACE];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(bytes)];
+    let got = retry_on_intr(|| recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC))?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
         }
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg);
-                let bytes = (*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize;
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let raw = data.cast::<RawFd>().add(i).read_unaligned();
-                    fds.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            return Err(malformed("descriptor-carrying"));
-        }
-        Ok(got as usize)
     }
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(malformed("descriptor-carrying"));
+    }
+    Ok(got.bytes)
 }
 
-fn send_all(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live buffer of `bytes.len()` bytes; `fd` is a socket owned by the
-        // caller for the duration of the call.
-        let sent =
-            unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
-        if sent < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        bytes = &bytes[sent as usize..];
+        let sent = retry_on_intr(|| send(fd, bytes, SendFlags::NOSIGNAL))?;
+        bytes = &bytes[sent..];
     }
     Ok(())
 }
 
 /// How often a blocked reader asks `alive` whether the peer still runs, unless told otherwise.
-pub const LIVENESS_PERIOD_MS: libc::c_int = 100;
+pub const LIVENESS_PERIOD_MS: i32 = 100;
 
 /// Reads one frame into `buf`. `Ok(false)` on a clean end of stream before a frame started; a
 /// stream that ends inside a frame is an `UnexpectedEof` error (a worker that died mid-write).
 /// While no data comes, `alive` is asked every `period_ms` milliseconds; when it says no, the read
 /// fails with `BrokenPipe` even if the stream stays open.
 pub fn recv_frame(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
-    period_ms: libc::c_int,
+    period_ms: i32,
     alive: &dyn Fn() -> bool,
 ) -> io::Result<bool> {
     let watch = Watch { period_ms, alive };
@@ -203,70 +161,67 @@ pub fn recv_frame(
 
 /// How a blocked reader checks on its peer.
 struct Watch<'a> {
-    period_ms: libc::c_int,
+    period_ms: i32,
     alive: &'a dyn Fn() -> bool,
+}
+
+/// Polls `fd` for input for at most `timeout`: the number of ready descriptors (0 or 1).
+fn poll_readable(fd: BorrowedFd<'_>, timeout: &Timespec) -> io::Result<usize> {
+    let mut poll_fd = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+    Ok(poll(&mut poll_fd, Some(timeout))?)
 }
 
 /// Blocks until `fd` is readable; fails when `watch.alive` says the peer is gone.
 /// Waits until `fd` is readable (or the stream ended or failed), with a short yielding spin first
 /// (see [`crate::spin`]: measured with `cargo bench --bench overhead`, batch_size 1 on processes
 /// went from 13.7 to 7.0 us per task).
-fn wait_readable(fd: RawFd, watch: &Watch<'_>) -> io::Result<()> {
-    let readable_now = || {
-        let mut poll_fd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call; a zero timeout never blocks.
-        // Readable, or the stream ended or failed (the read reports which); a failed poll is
-        // left to the blocking loop, which handles errors.
-        (unsafe { libc::poll(&mut poll_fd, 1, 0) } > 0).then_some(Ok(()))
+fn wait_readable(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
+    const NOW: Timespec = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
+    // Readable, or the stream ended or failed (the read reports which); a failed poll is left to
+    // the blocking loop, which handles errors.
+    let readable_now = || matches!(poll_readable(fd, &NOW), Ok(1..)).then_some(Ok(()));
     crate::spin::wait(readable_now, || wait_readable_sleeping(fd, watch))
 }
 
 /// Waits in poll, checking `watch` every period.
-fn wait_readable_sleeping(fd: RawFd, watch: &Watch<'_>) -> io::Result<()> {
+fn wait_readable_sleeping(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
+    let period_ms = watch.period_ms.max(1);
+    let period = Timespec {
+        tv_sec: i64::from(period_ms / 1000),
+        tv_nsec: i64::from(period_ms % 1000) * 1_000_000,
+    };
     loop {
-        let mut poll_fd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut poll_fd, 1, watch.period_ms.max(1)) };
-        if ready > 0 {
-            return Ok(());
-        }
-        if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Err(io::Error::last_os_error());
-        }
-        if ready == 0 && !(watch.alive)() {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the worker is gone",
-            ));
+        match poll_readable(fd, &period) {
+            Ok(0) => {
+                if !(watch.alive)() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the worker is gone",
+                    ));
+                }
+            }
+            Ok(_) => return Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
     }
 }
 
 /// Fills `buf`; returns false when the stream ended before the first byte and `eof_ok`.
-fn recv_exact(fd: RawFd, buf: &mut [u8], eof_ok: bool, watch: &Watch<'_>) -> io::Result<bool> {
+fn recv_exact(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    eof_ok: bool,
+    watch: &Watch<'_>,
+) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
         wait_readable(fd, watch)?;
         let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; `fd` is a socket owned by
-        // the caller for the duration of the call.
-        let got = unsafe { libc::recv(fd, rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if got < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
+        let (got, _) = retry_on_intr(|| recv(fd, &mut *rest, RecvFlags::empty()))?;
         if got == 0 {
             if filled == 0 && eof_ok {
                 return Ok(false);
@@ -276,7 +231,7 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], eof_ok: bool, watch: &Watch<'_>) -> io:
                 "the worker closed the stream mid-frame",
             ));
         }
-        filled += got as usize;
+        filled += got;
     }
     Ok(true)
 }
@@ -284,13 +239,13 @@ fn recv_exact(fd: RawFd, buf: &mut [u8], eof_ok: bool, watch: &Watch<'_>) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
 
     #[test]
     fn a_reader_notices_a_dead_peer_whose_stream_stays_open() {
         let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let start = std::time::Instant::now();
-        let err = recv_frame(b.as_raw_fd(), &mut Vec::new(), 100, &|| false).unwrap_err();
+        let err = recv_frame(b.as_fd(), &mut Vec::new(), 100, &|| false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
         assert!(start.elapsed() < std::time::Duration::from_secs(2));
     }
@@ -300,16 +255,16 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let big = vec![7u8; 3 << 20];
         let writer = std::thread::spawn(move || {
-            send_frame(a.as_raw_fd(), &big).unwrap();
+            send_frame(a.as_fd(), &big).unwrap();
             // A frame header promising more than what follows, then the end of the stream.
-            send_all(a.as_raw_fd(), &100u64.to_ne_bytes()).unwrap();
-            send_all(a.as_raw_fd(), b"short").unwrap();
+            send_all(a.as_fd(), &100u64.to_ne_bytes()).unwrap();
+            send_all(a.as_fd(), b"short").unwrap();
         });
         let mut buf = Vec::new();
-        assert!(recv_frame(b.as_raw_fd(), &mut buf, 100, &|| true).unwrap());
+        assert!(recv_frame(b.as_fd(), &mut buf, 100, &|| true).unwrap());
         assert_eq!(buf.len(), 3 << 20);
         writer.join().unwrap();
-        let err = recv_frame(b.as_raw_fd(), &mut buf, 100, &|| true).unwrap_err();
+        let err = recv_frame(b.as_fd(), &mut buf, 100, &|| true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
