@@ -110,16 +110,13 @@ impl Stream {
     /// The width of the terminal the stream is, in columns: the window size the terminal
     /// reports, else `$COLUMNS`; `None` when neither says (not a terminal, a zero size).
     pub fn columns(self) -> Option<usize> {
-        let fd = match self {
-            Stream::Stdout => libc::STDOUT_FILENO,
-            Stream::Stderr => libc::STDERR_FILENO,
+        let size = match self {
+            Stream::Stdout => rustix::termios::tcgetwinsize(io::stdout()),
+            Stream::Stderr => rustix::termios::tcgetwinsize(io::stderr()),
         };
-        // SAFETY: a zeroed winsize is a valid out-buffer.
-        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
-        // SAFETY: TIOCGWINSZ only writes the winsize `size` points to; on a descriptor that is
-        // not a terminal it fails with ENOTTY and writes nothing.
-        let asked = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
-        if asked == 0 && size.ws_col > 0 {
+        if let Ok(size) = size
+            && size.ws_col > 0
+        {
             return Some(usize::from(size.ws_col));
         }
         std::env::var("COLUMNS")
