@@ -80,6 +80,7 @@
 #include <variant>
 #include <vector>
 
+#include <pthread.h>
 #include <unistd.h>
 
 namespace pj {
@@ -1383,6 +1384,25 @@ decltype(auto) element_at(Range& range, std::size_t i) {
 }
 inline std::size_t element_at(IndexRange&, std::size_t i) noexcept { return i; }
 
+/// This process's id, cached: getpid() is a system call, too slow for every task. A
+/// pthread_atfork child handler refreshes it in a forked child (pj's workers are forked with
+/// fork(), which runs the handlers); the handler is registered by the first call, before any
+/// fork that could copy a cached value.
+inline std::atomic<pid_t> process_id{0};
+inline void refresh_process_id() noexcept {
+    process_id.store(::getpid(), std::memory_order_relaxed);
+}
+inline pid_t current_process() noexcept {
+    pid_t pid = process_id.load(std::memory_order_relaxed);
+    if (pid == 0) {
+        static const int registered = pthread_atfork(nullptr, nullptr, &refresh_process_id);
+        (void)registered;
+        refresh_process_id();
+        pid = process_id.load(std::memory_order_relaxed);
+    }
+    return pid;
+}
+
 /// The argument of a chunk task: its elements [lo, hi) and the token of its call.
 struct ChunkArg {
     std::uint64_t lo;
@@ -1477,7 +1497,7 @@ struct ChunkCall {
             pj_out_error(out, stale_marker);
             return exception_code;
         }
-        if (::getpid() == self->pid) {
+        if (current_process() == self->pid) {
             return self->run_here(static_cast<std::size_t>(a.lo), static_cast<std::size_t>(a.hi),
                                   out);
         }
@@ -2252,7 +2272,7 @@ private:
         std::vector<std::optional<std::string>> errors(collect ? n : 0);
         Call call{&inputs, &f,    slots.data(), collect ? errors.data() : nullptr,
                   n,       chunk, collect,      detail::chunk_tokens.fetch_add(1) + 1,
-                  ::getpid()};
+                  detail::current_process()};
         pj_results_t* out = nullptr;
         detail::ErrorSlot err;
         // Progress counts elements (only the display depends on it; the call reports problems).
