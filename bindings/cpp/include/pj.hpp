@@ -39,11 +39,13 @@
  *   when the call starts. The function object, what it captures and everything else that exists at
  *   that moment is valid in the worker (a copy-on-write image), so lambdas just work. But what a
  *   task writes to memory (a captured counter, a global) stays in the worker: return the result.
- *   Inputs and results travel as bytes, through pj::codec. An exception in a worker comes back as
+ *   Results travel back as bytes, through pj::codec; so do inputs, except in map over a
+ *   random-access range (see Parallel::map). An exception in a worker comes back as
  *   text; a crash (std::abort(), a signal) kills only that worker and throws WorkerDiedError. The
  *   worker has only the forking thread: do not wait for a lock another thread of your program may
  *   hold. With keep_workers(true) the workers keep the image of the first call, so later calls must
- *   not rely on anything created after it: do not combine it with capturing lambdas.
+ *   not rely on anything created after it: do not combine it with capturing lambdas (map then
+ *   sends a random-access range's elements as bytes too, when set through pj::Options).
  * - "threads": on pj's worker threads, several at once, on the same function object: it must be
  *   thread-safe (it is called as a non-const lvalue; a `mutable` lambda races with itself).
  * - n_jobs 1 (the default when unset) or "sequential": on the caller's thread.
@@ -312,7 +314,9 @@ inline void check(pj_status status, ErrorSlot& error) {
 // ------------------------------------------------------------------------------------------------
 
 /**
- * How a value of type T travels as bytes (inputs to the tasks, results back). The primary template
+ * How a value of type T travels as bytes (inputs to the tasks, results back) where it must: across
+ * processes, and in imap and map<F> (Parallel::map over a random-access range needs none on
+ * threads and sequentially, and none for inputs on forked processes). The primary template
  * handles trivially copyable types (their object representation, checked for size); pj.hpp
  * specialises it for std::string and std::vector<U> of trivially copyable U. Specialise it for
  * your own types, before the call that uses them:
@@ -456,7 +460,8 @@ inline constexpr bool has_codec_v = !detail::codec_unsupported<T>::value;
  * the three fields: `void(std::uint64_t completed, std::int64_t total, double elapsed_seconds)`).
  */
 struct Progress {
-    /// Tasks completed so far: 1, 2, 3, ... (one report per task, in this order).
+    /// Tasks completed so far: 1, 2, 3, ... (one report per task, in this order; per element in
+    /// a map over a random-access range, which runs chunks of elements per task).
     std::uint64_t completed = 0;
     /// The number of tasks in the call, or -1 while it is unknown (pj learns it when the input
     /// range has been read to its end).
@@ -853,7 +858,9 @@ public:
      * It is called on the thread that runs the call (inside map(), or while a Stream is iterated),
      * on every backend, once per task with completed = 1, 2, 3, ... in order, but as batches
      * complete (several reports may come at once); total is -1 until the input has been read to
-     * its end. It should return quickly. It is called as a non-const lvalue and shared, not copied:
+     * its end. A map over an input with a size knows the total from the first report; one over a
+     * random-access range counts elements, not its tasks (chunks): the reports of a chunk's
+     * elements come at once when the chunk completes. It should return quickly. It is called as a non-const lvalue and shared, not copied:
      * the options, every pj::Parallel made from them (or in the scope of a ScopedConfig of them)
      * and their streams own it together, so it lives as long as any of them can call it. Two such
      * objects running calls on two threads at once call it concurrently.
@@ -2003,9 +2010,34 @@ public:
 
     /**
      * Applies `f` to every element of `inputs` and returns the results in input order: joblib's
-     * `Parallel()(delayed(f)(x) for x in inputs)`. `inputs` is any range (begin/end) whose
-     * elements pj::codec can encode; `f(const T&)` returns a value pj::codec can encode. Elements
-     * are read lazily, on this thread, as the pre-dispatch window has room.
+     * `Parallel()(delayed(f)(x) for x in inputs)`. `inputs` is any range (begin/end);
+     * f is called as `f(const T&)` for its element type T.
+     *
+     * A random-access range with a size (std::vector, std::array, std::deque, a braced list, and
+     * map_indexed's indices) is cut into chunks of Options::chunk_size elements (by default
+     * max(1, n / (32 * workers))), one pj task each; a task reads its elements in place. On
+     * threads and sequentially (n_jobs 1) it also moves each result into the vector returned, so
+     * neither T nor R needs a pj::codec there: any movable R works (a std::optional holds it
+     * meanwhile when R is not default-constructible). On forked processes the task reads the
+     * elements in its copy of the caller's memory, but the results must cross back as bytes:
+     * R needs a pj::codec, and without one the call throws InvalidArgument once a task has run
+     * in a worker process. Why at run time: which backend runs a call is not known to pj.hpp
+     * (pj::ScopedConfig and pj's scoped defaults may choose it) and pj's C API does not tell it,
+     * so a codec-free R compiles everywhere and a missing codec is reported where it is needed
+     * (see pj::has_codec_v). With keep_workers set through pj::Options (or a ScopedConfig) and
+     * codecs for T and R, the elements travel as bytes, one task each, since kept workers do not
+     * see this call's memory.
+     *
+     * Any other range (a std::list, an input iterator, a generator) is read lazily, on this
+     * thread, as the pre-dispatch window has room, and each element travels to its task as bytes:
+     * T and R need a pj::codec (a compile-time error says so).
+     *
+     * Chunking changes nothing you can see: a failure names the element (task_index() is its
+     * index in the input, what() and report() are its own; a timeout or a dead worker names the
+     * first element of the chunk that ran), progress counts elements, and map_collect gives each
+     * element its own outcome. Under on_error("raise") an element that throws ends its chunk (the
+     * rest of the chunk does not run); under "collect" the chunk goes on. pj.hpp learns the policy
+     * from pj::Options and ScopedConfig (the C API does not tell it), so set on_error there.
      *
      * Throws TaskError (index and f's what()) when f throws in a task, WorkerDiedError when a worker
      * process dies, the range's own exception when reading the range throws, the progress
@@ -2086,7 +2118,10 @@ public:
      *
      * With on_error("raise") (the default) a failure still ends the call and is thrown, as from
      * map(). What does not concern one task is thrown too: the range's or the progress function's
-     * exception, a cancellation, BUSY, and a result the codec cannot decode.
+     * exception, a cancellation, BUSY, and a result the codec cannot decode. Over a random-access
+     * range, each element has its own outcome, whatever chunks it ran in (see map); an element's
+     * error is pj's TaskError for it ("task 12 failed with code 1: ..."), with a shorter report
+     * (no worker line) when its chunk went on after it.
      */
     template <typename Range, typename F, typename R = detail::map_result_t<Range, F>>
     std::vector<Outcome<R>> map_collect(Range&& inputs, F&& f) {
@@ -2111,6 +2146,7 @@ public:
      * Starts a streaming call over `inputs` and returns its pj::Stream of (index, result) pairs, in
      * input order or, with return_as("generator_unordered"), in completion order. Results are
      * produced only as fast as they are read (the window is bounded). See pj::Stream for lifetimes.
+     * One pj task per element, whatever the range, so T and R need a pj::codec (unlike map).
      */
     template <typename Range, typename F,
               typename R = detail::map_result_t<Range, std::decay_t<F>>>
