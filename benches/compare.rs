@@ -649,18 +649,21 @@ fn build_omp(source: &Path, target_dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// Builds benches/compare/cpp_map.cpp against pj.hpp and the libpj.so of this build (the profile
-/// directory this program runs from).
+/// directory this program runs from, else target/release).
 fn build_cpp(manifest: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     if Command::new("g++").arg("--version").output().is_err() {
         return Err("g++ not found (apt-get install g++)".to_string());
     }
-    let lib_dir = std::env::current_exe()
+    // This build's profile directory (a bench build has libpj.so there), else the release one
+    // (a test build of this program has none of its own).
+    let profile = std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.ancestors().nth(2).map(Path::to_path_buf))
-        .ok_or("cannot locate this build's profile directory")?;
-    if !lib_dir.join("libpj.so").exists() {
-        return Err(format!("no libpj.so in {}", lib_dir.display()));
-    }
+        .and_then(|exe| exe.ancestors().nth(2).map(Path::to_path_buf));
+    let lib_dir = profile
+        .into_iter()
+        .chain([target_dir.join("release")])
+        .find(|dir| dir.join("libpj.so").exists())
+        .ok_or("no libpj.so in target/ (cargo build --release)")?;
     let bin = target_dir.join("compare-cpp-map");
     let out = Command::new("g++")
         .args(["-O2", "-std=c++17", "-o"])

@@ -72,6 +72,7 @@
 #include <functional>
 #include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <new>
 #include <optional>
@@ -516,6 +517,7 @@ struct WrapperSettings {
     std::optional<bool> collect;       // on_error: "collect" (true) or "raise" (false)
     std::optional<bool> keep_workers;  // keep_workers
     std::optional<std::size_t> chunk_size;  // Options::chunk_size (0: automatic)
+    std::optional<bool> timeout;            // whether a timeout is set
 
     /// Records option `key` set to `value` (already accepted by pj).
     void note(const std::string& key, const std::string& value) {
@@ -529,6 +531,8 @@ struct WrapperSettings {
             collect = v == "collect";
         } else if (key == "keep_workers") {
             keep_workers = v == "true" || v == "1" || v == "yes" || v == "on";
+        } else if (key == "timeout") {
+            timeout = !(v == "none" || v == "inf" || v == "infinity");
         }
     }
 
@@ -542,6 +546,9 @@ struct WrapperSettings {
         }
         if (!chunk_size) {
             chunk_size = outer.chunk_size;
+        }
+        if (!timeout) {
+            timeout = outer.timeout;
         }
     }
 };
@@ -745,6 +752,7 @@ public:
     Options& timeout(double seconds) & {
         detail::ErrorSlot err;
         detail::check(pj_config_set_timeout(raw(), seconds, err.out()), err);
+        settings_.timeout = seconds != std::numeric_limits<double>::infinity();
         return *this;
     }
     Options&& timeout(double seconds) && { return std::move(timeout(seconds)); }
@@ -916,6 +924,9 @@ public:
      * the load; 1 sends one task per element, as imap does. Chunking changes nothing you see:
      * results, errors (they name the element's index), progress (it counts elements) and
      * map_collect's outcomes stay per element. A ScopedConfig of these options passes it on.
+     * With a timeout (set through pj::Options or a ScopedConfig), automatic chunks are single
+     * elements, since pj's timeout applies to a task: a chunk_size above 1 makes it apply to
+     * each chunk.
      */
     Options& chunk_size(std::size_t elements) & {
         settings_.chunk_size = elements;
@@ -1572,7 +1583,8 @@ struct ChunkCall {
     }
 
     std::int32_t run_forked(std::size_t lo, std::size_t hi, pj_out_t* out) noexcept {
-        std::vector<std::uint8_t> bytes;
+        static thread_local std::vector<std::uint8_t> bytes;  // reused: no allocation per task
+        bytes.clear();
         std::size_t i = lo;
         try {
             for (; i < hi; ++i) {
@@ -2289,6 +2301,9 @@ private:
         const std::size_t fixed = settings_.chunk_size.value_or(0);
         if (fixed > 0) {
             return fixed;
+        }
+        if (settings_.timeout.value_or(false)) {
+            return 1;  // pj's timeout is per task: keep it per element
         }
         return std::max<std::size_t>(n / (32 * workers_), 1);
     }
