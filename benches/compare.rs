@@ -2,8 +2,11 @@
 //!
 //! Run: `cargo bench --bench compare`. Columns: pj (threads, processes, sequential) through the C
 //! ABI, a plain serial loop, rayon, OpenMP (benches/compare/omp.c, built here with
-//! `gcc -O2 -fopenmp` into target/) and joblib (benches/compare/joblib_bench.py, run with python3).
-//! A column whose tool is missing is skipped with the reason. Workloads:
+//! `gcc -O2 -fopenmp` into target/) and joblib (benches/compare/joblib_bench.py, run with python3);
+//! for (a) also the C++ wrapper's `pj::Parallel::map` (benches/compare/cpp_map.cpp, built with
+//! `g++ -O2 -std=c++17` against this build's libpj.so) and the Go wrapper's `pj.Map`
+//! (`BenchmarkCompareMap` of bindings/go, run with `go test -bench`; bench runs only, as it needs
+//! target/release/libpj.so). A column whose tool is missing is skipped with the reason. Workloads:
 //!
 //! - (a) 1,000,000 trivial tasks (x*2 on 8 bytes), through `pj_parallel_submit` and through
 //!   `pj_parallel_map`; joblib gets 100,000 (it needs microseconds per item): ns per item;
@@ -152,6 +155,14 @@ impl Row {
             samples,
             skip,
             ..Row::default()
+        }
+    }
+
+    /// A row of a language wrapper of pj (pj/peer ratios), or why it is skipped.
+    fn wrapper(name: &str, result: Result<Vec<f64>, String>) -> Row {
+        Row {
+            pj: true,
+            ..Row::other(name, result)
         }
     }
 
@@ -510,15 +521,25 @@ fn scaled(seconds: Vec<f64>, factor: f64) -> Vec<f64> {
 struct Helpers {
     omp: Result<PathBuf, String>,
     joblib: Result<PathBuf, String>,
+    cpp: Result<PathBuf, String>,
+    go: Result<PathBuf, String>,
     manifest: PathBuf,
 }
 
 impl Helpers {
-    fn find(target_dir: &Path) -> Helpers {
+    fn find(target_dir: &Path, bench: bool) -> Helpers {
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let omp = build_omp(&manifest.join("benches/compare/omp.c"), target_dir);
         if let Err(reason) = &omp {
             println!("OpenMP column skipped: {reason}");
+        }
+        let cpp = build_cpp(&manifest, target_dir);
+        if let Err(reason) = &cpp {
+            println!("C++ rows skipped: {reason}");
+        }
+        let go = find_go(&manifest, bench);
+        if let Err(reason) = &go {
+            println!("Go row skipped: {reason}");
         }
         let joblib = match Command::new("python3")
             .args(["-c", "import joblib"])
@@ -536,8 +557,57 @@ impl Helpers {
         Helpers {
             omp,
             joblib,
+            cpp,
+            go,
             manifest,
         }
+    }
+
+    /// Runs the C++ program; gives its lines as (name, seconds of each run).
+    fn cpp(&self, args: &[String]) -> Result<Output, String> {
+        let bin = self.cpp.as_ref().map_err(Clone::clone)?;
+        run_helper(Command::new(bin).args(args))
+    }
+
+    /// Runs `BenchmarkCompareMap` of bindings/go `runs` times (one map of `n` inputs each); gives
+    /// nanoseconds per input of each run.
+    fn go_map(&self, n: u64, runs: usize) -> Result<Vec<f64>, String> {
+        let dir = self.go.as_ref().map_err(Clone::clone)?;
+        let out = Command::new("go")
+            .args([
+                "test",
+                "-run",
+                "^$",
+                "-bench",
+                "^BenchmarkCompareMap$",
+                "-benchtime=1x",
+            ])
+            .arg(format!("-count={runs}"))
+            .env("GOTOOLCHAIN", "local")
+            .env("PJ_COMPARE_ITEMS", n.to_string())
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("go test: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stdout.lines().chain(stderr.lines()).next().unwrap_or("");
+            return Err(format!("go test -bench failed ({}): {first}", out.status));
+        }
+        // "BenchmarkCompareMap-2   1   5123456 ns/op   5.123 ns/item"
+        let per_item: Vec<f64> = stdout
+            .lines()
+            .filter(|l| l.starts_with("BenchmarkCompareMap"))
+            .filter_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == "ns/item")?;
+                words.get(at.checked_sub(1)?)?.parse::<f64>().ok()
+            })
+            .collect();
+        if per_item.is_empty() {
+            return Err("no 'ns/item' line in go test's output".to_string());
+        }
+        Ok(per_item)
     }
 
     /// Runs the OpenMP program; gives its lines as (name, seconds of each run).
@@ -576,6 +646,57 @@ fn build_omp(source: &Path, target_dir: &Path) -> Result<PathBuf, String> {
         ));
     }
     Ok(bin)
+}
+
+/// Builds benches/compare/cpp_map.cpp against pj.hpp and the libpj.so of this build (the profile
+/// directory this program runs from, else target/release).
+fn build_cpp(manifest: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    if Command::new("g++").arg("--version").output().is_err() {
+        return Err("g++ not found (apt-get install g++)".to_string());
+    }
+    // This build's profile directory (a bench build has libpj.so there), else the release one
+    // (a test build of this program has none of its own).
+    let profile = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(2).map(Path::to_path_buf));
+    let lib_dir = profile
+        .into_iter()
+        .chain([target_dir.join("release")])
+        .find(|dir| dir.join("libpj.so").exists())
+        .ok_or("no libpj.so in target/ (cargo build --release)")?;
+    let bin = target_dir.join("compare-cpp-map");
+    let out = Command::new("g++")
+        .args(["-O2", "-std=c++17", "-o"])
+        .arg(&bin)
+        .arg(manifest.join("benches/compare/cpp_map.cpp"))
+        .arg(format!("-I{}", manifest.join("include").display()))
+        .arg(format!(
+            "-I{}",
+            manifest.join("bindings/cpp/include").display()
+        ))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-lpj")
+        .output()
+        .map_err(|e| format!("g++: {e}"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().find(|l| l.contains("error")).unwrap_or("");
+        return Err(format!("g++ -O2 -std=c++17 failed: {first}"));
+    }
+    Ok(bin)
+}
+
+/// The Go module, when `go` is installed and this is a bench run (the Go package links
+/// target/release/libpj.so, and compiling it would slow the smoke run down).
+fn find_go(manifest: &Path, bench: bool) -> Result<PathBuf, String> {
+    if !bench {
+        return Err("smoke run".to_string());
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        return Err("go not found".to_string());
+    }
+    Ok(manifest.join("bindings/go"))
 }
 
 /// A helper's output: "NAME T1 T2 ..." lines, plus "note NAME TEXT" and "skip NAME REASON".
@@ -719,6 +840,30 @@ fn trivial_section(plan: &Plan, helpers: &Helpers) -> Section {
         )
         .peer(Peer::Rayon),
     );
+
+    // The wrappers' maps of a sized input, n_jobs=2 (C++ over a std::vector<long>, Go over []int).
+    let cpp = helpers.cpp(&["trivial".into(), n.to_string(), runs.to_string()]);
+    for (name, label) in [
+        ("threads", "pj C++ threads, pj::Parallel::map (chunks)"),
+        ("processes", "pj C++ processes, pj::Parallel::map (chunks)"),
+        (
+            "sequential",
+            "pj C++ sequential, pj::Parallel::map (chunks)",
+        ),
+        (
+            "threads-chunk1",
+            "pj C++ threads, pj::Parallel::map, chunk_size(1)",
+        ),
+    ] {
+        rows.push(Row::wrapper(
+            label,
+            with_factor(seconds_of(&cpp, name), per_item),
+        ));
+    }
+    rows.push(Row::wrapper(
+        "pj Go threads, pj.Map (chunks)",
+        helpers.go_map(n, runs),
+    ));
 
     let omp = helpers.omp(&["trivial".into(), n.to_string(), runs.to_string()]);
     rows.push(
@@ -1212,7 +1357,7 @@ fn main() {
         .num_threads(2)
         .build_global()
         .expect("rayon's global pool");
-    let helpers = Helpers::find(&target);
+    let helpers = Helpers::find(&target, plan.bench);
     println!(
         "pj compare ({}): {}",
         if plan.bench {

@@ -2,6 +2,8 @@ package pj
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"testing"
 )
 
@@ -55,6 +57,29 @@ func BenchmarkMap1M(b *testing.B) {
 		}
 		reportPerItem(b, len(in))
 	})
+}
+
+// BenchmarkCompareMap is the Go row of benches/compare.rs (workload (a)): Map of x*2 over
+// PJ_COMPARE_ITEMS inputs (default 1,000,000) on two threads, ns per input. The executor's first
+// call is not timed, as in the other rows.
+func BenchmarkCompareMap(b *testing.B) {
+	n := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("PJ_COMPARE_ITEMS")); err == nil && v > 0 {
+		n = v
+	}
+	in := ints(n)
+	fn := func(x int) (int, error) { return x * 2, nil }
+	if _, err := Map(context.Background(), in, fn, NJobs(2)); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		out, err := Map(context.Background(), in, fn, NJobs(2))
+		if err != nil || out[n-1] != 2*(n-1) {
+			b.Fatal(err)
+		}
+	}
+	reportPerItem(b, n)
 }
 
 func reportPerItem(b *testing.B, items int) {

@@ -39,11 +39,13 @@
  *   when the call starts. The function object, what it captures and everything else that exists at
  *   that moment is valid in the worker (a copy-on-write image), so lambdas just work. But what a
  *   task writes to memory (a captured counter, a global) stays in the worker: return the result.
- *   Inputs and results travel as bytes, through pj::codec. An exception in a worker comes back as
+ *   Results travel back as bytes, through pj::codec; so do inputs, except in map over a
+ *   random-access range (see Parallel::map). An exception in a worker comes back as
  *   text; a crash (std::abort(), a signal) kills only that worker and throws WorkerDiedError. The
  *   worker has only the forking thread: do not wait for a lock another thread of your program may
  *   hold. With keep_workers(true) the workers keep the image of the first call, so later calls must
- *   not rely on anything created after it: do not combine it with capturing lambdas.
+ *   not rely on anything created after it: do not combine it with capturing lambdas (map then
+ *   sends a random-access range's elements as bytes too, when set through pj::Options).
  * - "threads": on pj's worker threads, several at once, on the same function object: it must be
  *   thread-safe (it is called as a non-const lvalue; a `mutable` lambda races with itself).
  * - n_jobs 1 (the default when unset) or "sequential": on the caller's thread.
@@ -60,6 +62,7 @@
 
 #include <pj.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -69,6 +72,7 @@
 #include <functional>
 #include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <new>
 #include <optional>
@@ -78,6 +82,9 @@
 #include <utility>
 #include <variant>
 #include <vector>
+
+#include <pthread.h>
+#include <unistd.h>
 
 namespace pj {
 
@@ -308,7 +315,9 @@ inline void check(pj_status status, ErrorSlot& error) {
 // ------------------------------------------------------------------------------------------------
 
 /**
- * How a value of type T travels as bytes (inputs to the tasks, results back). The primary template
+ * How a value of type T travels as bytes (inputs to the tasks, results back) where it must: across
+ * processes, and in imap and map<F> (Parallel::map over a random-access range needs none on
+ * threads and sequentially, and none for inputs on forked processes). The primary template
  * handles trivially copyable types (their object representation, checked for size); pj.hpp
  * specialises it for std::string and std::vector<U> of trivially copyable U. Specialise it for
  * your own types, before the call that uses them:
@@ -327,14 +336,26 @@ inline void check(pj_status status, ErrorSlot& error) {
  */
 template <typename T>
 struct codec {
-    static_assert(std::is_trivially_copyable_v<T>,
-                  "pj::codec<T>: T is not trivially copyable; specialise pj::codec<T> to send it");
+    /// True when T cannot travel as bytes (pj::has_codec_v<T> is then false): T is not trivially
+    /// copyable and nobody specialised pj::codec<T>. The functions then refuse to compile.
+    static constexpr bool unsupported = !std::is_trivially_copyable_v<T>;
 
-    static std::size_t size(const T&) noexcept { return sizeof(T); }
+    static std::size_t size(const T&) noexcept {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "pj::codec<T>: T is not trivially copyable; specialise pj::codec<T> to send "
+                      "it between processes");
+        return sizeof(T);
+    }
     static void encode(const T& value, std::uint8_t* dst) noexcept {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "pj::codec<T>: T is not trivially copyable; specialise pj::codec<T> to send "
+                      "it between processes");
         std::memcpy(dst, std::addressof(value), sizeof(T));
     }
     static T decode(const std::uint8_t* data, std::size_t len) {
+        static_assert(std::is_trivially_copyable_v<T>,
+                      "pj::codec<T>: T is not trivially copyable; specialise pj::codec<T> to send "
+                      "it between processes");
         if (len != sizeof(T)) {
             throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
                                   "pj::codec: expected " + std::to_string(sizeof(T)) +
@@ -378,17 +399,28 @@ struct codec<std::basic_string<Char, Traits, Alloc>> {
 template <typename U, typename Alloc>
 struct codec<std::vector<U, Alloc>> {
     using vector_type = std::vector<U, Alloc>;
-    static_assert(std::is_trivially_copyable_v<U> && !std::is_same_v<U, bool>,
-                  "pj::codec<std::vector<U>>: U must be trivially copyable (and not bool); "
-                  "specialise pj::codec for this vector type");
+    /// See the primary template: a vector of U that is not trivially copyable (or bool) has no
+    /// codec unless you specialise pj::codec for it.
+    static constexpr bool unsupported = !std::is_trivially_copyable_v<U> || std::is_same_v<U, bool>;
 
-    static std::size_t size(const vector_type& v) noexcept { return v.size() * sizeof(U); }
+    static std::size_t size(const vector_type& v) noexcept {
+        static_assert(!unsupported,
+                      "pj::codec<std::vector<U>>: U must be trivially copyable (and not bool); "
+                      "specialise pj::codec for this vector type");
+        return v.size() * sizeof(U);
+    }
     static void encode(const vector_type& v, std::uint8_t* dst) noexcept {
+        static_assert(!unsupported,
+                      "pj::codec<std::vector<U>>: U must be trivially copyable (and not bool); "
+                      "specialise pj::codec for this vector type");
         if (!v.empty()) {
             std::memcpy(dst, v.data(), v.size() * sizeof(U));
         }
     }
     static vector_type decode(const std::uint8_t* data, std::size_t len) {
+        static_assert(!unsupported,
+                      "pj::codec<std::vector<U>>: U must be trivially copyable (and not bool); "
+                      "specialise pj::codec for this vector type");
         if (len % sizeof(U) != 0) {
             throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
                                   "pj::codec<std::vector>: " + std::to_string(len) +
@@ -403,6 +435,23 @@ struct codec<std::vector<U, Alloc>> {
     }
 };
 
+namespace detail {
+template <typename T, typename = void>
+struct codec_unsupported : std::false_type {};  // a specialisation of yours: supported
+template <typename T>
+struct codec_unsupported<T, std::void_t<decltype(codec<T>::unsupported)>>
+    : std::bool_constant<codec<T>::unsupported> {};
+}  // namespace detail
+
+/**
+ * Whether values of T can travel as bytes: T is trivially copyable, a std::string, a std::vector
+ * of trivially copyable elements, or you specialised pj::codec<T>. Parallel::map and
+ * map_collect over a random-access range need no codec on threads and sequentially, nor for
+ * inputs on forked processes (see Parallel::map); everything else that crosses a process does.
+ */
+template <typename T>
+inline constexpr bool has_codec_v = !detail::codec_unsupported<T>::value;
+
 // ------------------------------------------------------------------------------------------------
 // Progress
 // ------------------------------------------------------------------------------------------------
@@ -412,7 +461,8 @@ struct codec<std::vector<U, Alloc>> {
  * the three fields: `void(std::uint64_t completed, std::int64_t total, double elapsed_seconds)`).
  */
 struct Progress {
-    /// Tasks completed so far: 1, 2, 3, ... (one report per task, in this order).
+    /// Tasks completed so far: 1, 2, 3, ... (one report per task, in this order; per element in
+    /// a map over a random-access range, which runs chunks of elements per task).
     std::uint64_t completed = 0;
     /// The number of tasks in the call, or -1 while it is unknown (pj learns it when the input
     /// range has been read to its end).
@@ -459,6 +509,55 @@ struct ProgressFunction final : ProgressState {
 };
 
 using ProgressStates = std::vector<std::shared_ptr<ProgressState>>;
+
+/// What pj.hpp itself must know of a call's options, since pj's C API does not tell it: the
+/// on_error policy and keep_workers (as set through pj::Options, directly or in a ScopedConfig)
+/// and the C++-only chunk_size. Unset fields inherit from this thread's ScopedConfigs.
+struct WrapperSettings {
+    std::optional<bool> collect;       // on_error: "collect" (true) or "raise" (false)
+    std::optional<bool> keep_workers;  // keep_workers
+    std::optional<std::size_t> chunk_size;  // Options::chunk_size (0: automatic)
+    std::optional<bool> timeout;            // whether a timeout is set
+
+    /// Records option `key` set to `value` (already accepted by pj).
+    void note(const std::string& key, const std::string& value) {
+        std::string v;
+        for (char c : value) {
+            if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+                v.push_back(static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c));
+            }
+        }
+        if (key == "on_error") {
+            collect = v == "collect";
+        } else if (key == "keep_workers") {
+            keep_workers = v == "true" || v == "1" || v == "yes" || v == "on";
+        } else if (key == "timeout") {
+            timeout = !(v == "none" || v == "inf" || v == "infinity");
+        }
+    }
+
+    /// Each unset field taken from `outer`.
+    void inherit(const WrapperSettings& outer) {
+        if (!collect) {
+            collect = outer.collect;
+        }
+        if (!keep_workers) {
+            keep_workers = outer.keep_workers;
+        }
+        if (!chunk_size) {
+            chunk_size = outer.chunk_size;
+        }
+        if (!timeout) {
+            timeout = outer.timeout;
+        }
+    }
+};
+
+/// The WrapperSettings of this thread's ScopedConfigs, innermost last.
+inline std::vector<WrapperSettings>& scoped_settings() {
+    static thread_local std::vector<WrapperSettings> settings;
+    return settings;
+}
 
 /// The progress functions of this thread's ScopedConfigs, innermost last (a pj::Parallel made in
 /// their scope may inherit one, so it keeps them all alive).
@@ -507,6 +606,13 @@ public:
         return false;
     }
 
+    /// For a chunked call, where pj reports elements a task at a time (completed jumps by a
+    /// chunk): the progress function is then called once per element, as for other calls.
+    void count_elements() noexcept { elements_ = true; }
+    bool counts_elements() const noexcept { return elements_; }
+    /// The last element count reported to the progress function (count_elements only).
+    std::uint64_t& reported() noexcept { return reported_; }
+
     /// Keeps the first exception and cancels the call (pj_parallel_cancel only stores atomics).
     void fail(std::exception_ptr error) noexcept {
         if (!error_) {
@@ -520,6 +626,8 @@ private:
     const ProgressStates* states_;
     CallScope* outer_;
     std::exception_ptr error_;
+    bool elements_ = false;
+    std::uint64_t reported_ = 0;
 };
 
 /// The pj_progress_fn given to pj_config_set_progress: calls the function on the thread that drives
@@ -537,7 +645,16 @@ inline void progress_trampoline(void* userdata, std::uint64_t completed, std::in
         return;  // the call is being cancelled: no more reports
     }
     try {
-        static_cast<ProgressState*>(userdata)->call(Progress{completed, total, elapsed_seconds});
+        auto* state = static_cast<ProgressState*>(userdata);
+        if (scope != nullptr && scope->counts_elements()) {
+            // One report per element, in order, however many a chunk completed.
+            std::uint64_t& reported = scope->reported();
+            while (reported < completed) {
+                state->call(Progress{++reported, total, elapsed_seconds});
+            }
+            return;
+        }
+        state->call(Progress{completed, total, elapsed_seconds});
     } catch (...) {
         if (scope != nullptr) {
             scope->fail(std::current_exception());
@@ -590,6 +707,7 @@ public:
     Options& set(const std::string& key, const std::string& value) & {
         detail::ErrorSlot err;
         detail::check(pj_config_set(raw(), key.c_str(), value.c_str(), err.out()), err);
+        settings_.note(key, value);
         return *this;
     }
     Options&& set(const std::string& key, const std::string& value) && {
@@ -634,6 +752,7 @@ public:
     Options& timeout(double seconds) & {
         detail::ErrorSlot err;
         detail::check(pj_config_set_timeout(raw(), seconds, err.out()), err);
+        settings_.timeout = seconds != std::numeric_limits<double>::infinity();
         return *this;
     }
     Options&& timeout(double seconds) && { return std::move(timeout(seconds)); }
@@ -747,7 +866,9 @@ public:
      * It is called on the thread that runs the call (inside map(), or while a Stream is iterated),
      * on every backend, once per task with completed = 1, 2, 3, ... in order, but as batches
      * complete (several reports may come at once); total is -1 until the input has been read to
-     * its end. It should return quickly. It is called as a non-const lvalue and shared, not copied:
+     * its end. A map over an input with a size knows the total from the first report; one over a
+     * random-access range counts elements, not its tasks (chunks): the reports of a chunk's
+     * elements come at once when the chunk completes. It should return quickly. It is called as a non-const lvalue and shared, not copied:
      * the options, every pj::Parallel made from them (or in the scope of a ScopedConfig of them)
      * and their streams own it together, so it lives as long as any of them can call it. Two such
      * objects running calls on two threads at once call it concurrently.
@@ -795,6 +916,24 @@ public:
     }
     Options&& progress(std::nullptr_t) && { return std::move(progress(nullptr)); }
 
+    /**
+     * How many elements of a random-access input one pj task runs in Parallel::map,
+     * Parallel::map_indexed and Parallel::map_collect (pj.hpp's own option, like Go's ChunkSize):
+     * 0 (the default) chooses max(1, n / (32 * workers)) for n elements, which keeps a task's
+     * cost (under a microsecond) negligible while leaving about 32 tasks per worker to balance
+     * the load; 1 sends one task per element, as imap does. Chunking changes nothing you see:
+     * results, errors (they name the element's index), progress (it counts elements) and
+     * map_collect's outcomes stay per element. A ScopedConfig of these options passes it on.
+     * With a timeout (set through pj::Options or a ScopedConfig), automatic chunks are single
+     * elements, since pj's timeout applies to a task: a chunk_size above 1 makes it apply to
+     * each chunk.
+     */
+    Options& chunk_size(std::size_t elements) & {
+        settings_.chunk_size = elements;
+        return *this;
+    }
+    Options&& chunk_size(std::size_t elements) && { return std::move(chunk_size(elements)); }
+
     /// The number of workers a pj::Parallel made from these options would use (joblib's
     /// effective_n_jobs), scoped defaults included. Throws when the options cannot be resolved.
     std::size_t effective_n_jobs() const;
@@ -819,6 +958,7 @@ private:
 
     Handle<pj_config_t, pj_config_free> handle_;
     std::shared_ptr<detail::ProgressState> progress_;  // what the config's progress userdata is
+    detail::WrapperSettings settings_;                  // what pj.hpp must know of them
 };
 
 /**
@@ -835,17 +975,20 @@ public:
         detail::ErrorSlot err;
         detail::check(pj_config_push(options.capi(), err.out()), err);
         try {
+            detail::scoped_settings().reserve(detail::scoped_settings().size() + 1);
             detail::scoped_progress().push_back(options.progress_);
         } catch (...) {
             pj_config_pop(nullptr);
             throw;
         }
+        detail::scoped_settings().push_back(options.settings_);  // reserved: cannot throw
     }
     ScopedConfig(const ScopedConfig&) = delete;
     ScopedConfig& operator=(const ScopedConfig&) = delete;
     ~ScopedConfig() {
         pj_config_pop(nullptr);
         detail::scoped_progress().pop_back();
+        detail::scoped_settings().pop_back();
     }
 };
 
@@ -1235,6 +1378,348 @@ private:
     std::size_t n_;
 };
 
+// ---- Chunked map: tasks that each run a range [lo, hi) of a random-access input ----------------
+
+/// Whether Parallel::map can hand pj ranges of `Range`'s elements instead of the elements: its
+/// iterators are random-access and it knows its length (std::vector, std::array, std::deque,
+/// std::string, std::initializer_list, C arrays), or it is map_indexed's IndexRange.
+template <typename Range, typename = void>
+struct is_chunkable : std::false_type {};
+template <typename Range>
+struct is_chunkable<
+    Range, std::enable_if_t<has_size<Range>::value &&
+                            std::is_base_of_v<std::random_access_iterator_tag,
+                                              typename std::iterator_traits<
+                                                  iterator_t<Range>>::iterator_category>>>
+    : std::true_type {};
+template <>
+struct is_chunkable<IndexRange> : std::true_type {};
+
+/// Element `i` of a chunkable range.
+template <typename Range>
+decltype(auto) element_at(Range& range, std::size_t i) {
+    return begin(range)[static_cast<std::ptrdiff_t>(i)];
+}
+inline std::size_t element_at(IndexRange&, std::size_t i) noexcept { return i; }
+
+/// This process's id, cached: getpid() is a system call, too slow for every task. A
+/// pthread_atfork child handler refreshes it in a forked child (pj's workers are forked with
+/// fork(), which runs the handlers); the handler is registered by the first call, before any
+/// fork that could copy a cached value.
+inline std::atomic<pid_t> process_id{0};
+inline void refresh_process_id() noexcept {
+    process_id.store(::getpid(), std::memory_order_relaxed);
+}
+inline pid_t current_process() noexcept {
+    pid_t pid = process_id.load(std::memory_order_relaxed);
+    if (pid == 0) {
+        static const int registered = pthread_atfork(nullptr, nullptr, &refresh_process_id);
+        (void)registered;
+        refresh_process_id();
+        pid = process_id.load(std::memory_order_relaxed);
+    }
+    return pid;
+}
+
+/// The argument of a chunk task: its elements [lo, hi) and the token of its call.
+struct ChunkArg {
+    std::uint64_t lo;
+    std::uint64_t hi;
+    std::uint64_t token;
+};
+
+/// Every chunked call gets the next token, which its tasks compare with the one in the memory
+/// they read: a worker kept from an earlier call (keep_workers) has a stale image of it.
+inline std::atomic<std::uint64_t> chunk_tokens{0};
+
+/// How a chunk task's failure message starts when an element threw: the element's index, so that
+/// the caller names the element, not the chunk, and drops this prefix again.
+inline constexpr const char element_marker[] = "[pj.hpp element ";
+/// A chunk task ran in a worker whose memory predates the call (keep_workers).
+inline constexpr const char stale_marker[] = "[pj.hpp stale worker image]";
+/// A chunk task ran in a worker process and the result type has no pj::codec.
+inline constexpr const char no_codec_marker[] = "[pj.hpp no codec for the result]";
+
+/// Whether the chunks can write results of type R straight into a std::vector<R> (else each
+/// slot is a std::optional<R>). std::vector<bool> packs bits, which two threads cannot write.
+template <typename R>
+inline constexpr bool direct_slot_v = std::is_default_constructible_v<R> &&
+                                      std::is_move_assignable_v<R> && !std::is_same_v<R, bool>;
+
+/// Appends an unaligned u64 to `buffer`.
+inline void put_u64(std::vector<std::uint8_t>& buffer, std::uint64_t v) {
+    const std::size_t at = buffer.size();
+    buffer.resize(at + sizeof v);
+    std::memcpy(buffer.data() + at, &v, sizeof v);
+}
+
+/**
+ * One chunked map call (on the caller's stack for its whole synchronous duration): the producer
+ * of the chunk arguments, the task callback that runs a chunk, and where the results go.
+ *
+ * A chunk that runs in the caller's process (threads, n_jobs 1, sequential) reads its elements
+ * in place and moves each result into `out[i]`, so neither needs a pj::codec; its pj output stays
+ * empty. A chunk that runs in a forked worker reads its elements in place too (the worker is a
+ * copy of the caller) but sends its results back as bytes: for each element, its u64 length and
+ * its codec<R> bytes (under on_error "collect" each preceded by a byte: 0 a value, 1 an error
+ * message), so its pj output is never empty. An element that throws ends its chunk under
+ * on_error "raise" (the chunk fails with element_marker, the index and the message; later
+ * elements of the chunk do not run); under "collect" the chunk goes on and keeps the message
+ * (`errors[i]` in the caller's process, a record in a worker).
+ */
+template <typename Range, typename F, typename R>
+struct ChunkCall {
+    using T = element_t<Range>;
+    using Slot = std::conditional_t<direct_slot_v<R>, R, std::optional<R>>;
+
+    Range* inputs;
+    F* f;
+    Slot* out;                           // n slots
+    std::optional<std::string>* errors;  // n messages under "collect", else NULL
+    std::size_t n;
+    std::size_t chunk;
+    bool collect;
+    std::uint64_t token;
+    pid_t pid;  // the caller's process
+    std::size_t next = 0;
+    ChunkArg arg{};
+
+    /// The pj_input_fn: the next chunk's ChunkArg, 0 after the last one.
+    static std::int32_t produce(void* userdata, const std::uint8_t** arg_out,
+                                std::size_t* len_out) noexcept {
+        auto* self = static_cast<ChunkCall*>(userdata);
+        if (self->next >= self->n) {
+            return 0;
+        }
+        const std::size_t lo = self->next;
+        const std::size_t hi = lo + std::min(self->chunk, self->n - lo);
+        self->next = hi;
+        self->arg = ChunkArg{lo, hi, self->token};
+        *arg_out = reinterpret_cast<const std::uint8_t*>(&self->arg);
+        *len_out = sizeof(ChunkArg);
+        return 1;
+    }
+
+    /// The pj_task_fn: runs the chunk described by `arg`. Never lets anything unwind.
+    static std::int32_t run(void* userdata, const std::uint8_t* arg, std::size_t arg_len,
+                            pj_out_t* out) noexcept {
+        auto* self = static_cast<ChunkCall*>(userdata);
+        const CurrentOut current(out);
+        ChunkArg a{};
+        if (arg_len != sizeof a) {
+            pj_out_error(out, "pj.hpp: malformed chunk argument");
+            return exception_code;
+        }
+        std::memcpy(&a, arg, sizeof a);
+        if (self->token != a.token) {
+            pj_out_error(out, stale_marker);
+            return exception_code;
+        }
+        if (current_process() == self->pid) {
+            return self->run_here(static_cast<std::size_t>(a.lo), static_cast<std::size_t>(a.hi),
+                                  out);
+        }
+        if constexpr (has_codec_v<R>) {
+            return self->run_forked(static_cast<std::size_t>(a.lo),
+                                    static_cast<std::size_t>(a.hi), out);
+        } else {
+            pj_out_error(out, no_codec_marker);
+            return exception_code;
+        }
+    }
+
+    R call(std::size_t i) { return std::invoke(*f, static_cast<const T&>(element_at(*inputs, i))); }
+
+    /// Fails the chunk for element `i` with `message`.
+    static std::int32_t element_failed(pj_out_t* out, std::size_t i, const char* message) noexcept {
+        try {
+            const std::string text = element_marker + std::to_string(i) + "] " + message;
+            pj_out_error(out, text.c_str());
+        } catch (...) {
+            pj_out_error(out, message);
+        }
+        return exception_code;
+    }
+
+    std::int32_t run_here(std::size_t lo, std::size_t hi, pj_out_t* out) noexcept {
+        for (std::size_t i = lo; i < hi; ++i) {
+            if (pj_out_cancelled(out) != 0) {
+                return 0;  // the call is stopping: what this chunk returns is discarded
+            }
+            try {
+                if constexpr (direct_slot_v<R>) {
+                    this->out[i] = call(i);
+                } else {
+                    this->out[i].emplace(call(i));
+                }
+            } catch (const std::exception& e) {
+                if (!collect) {
+                    return element_failed(out, i, e.what());
+                }
+                if (!note_error(out, i, e.what())) {
+                    return exception_code;
+                }
+            } catch (...) {
+                if (!collect) {
+                    return element_failed(out, i, "unknown C++ exception");
+                }
+                if (!note_error(out, i, "unknown C++ exception")) {
+                    return exception_code;
+                }
+            }
+        }
+        return 0;
+    }
+
+    /// Keeps element i's message (on_error "collect", in the caller's process).
+    bool note_error(pj_out_t* out, std::size_t i, const char* message) noexcept {
+        try {
+            errors[i].emplace(message);
+            return true;
+        } catch (...) {
+            pj_out_error(out, "pj.hpp: cannot store an element's error message");
+            return false;
+        }
+    }
+
+    std::int32_t run_forked(std::size_t lo, std::size_t hi, pj_out_t* out) noexcept {
+        static thread_local std::vector<std::uint8_t> bytes;  // reused: no allocation per task
+        bytes.clear();
+        std::size_t i = lo;
+        try {
+            for (; i < hi; ++i) {
+                if (pj_out_cancelled(out) != 0) {
+                    return 0;
+                }
+                std::optional<R> value;
+                std::string message;
+                try {
+                    value.emplace(call(i));
+                } catch (const std::exception& e) {
+                    message = e.what();
+                } catch (...) {
+                    message = "unknown C++ exception";
+                }
+                if (!value && !collect) {
+                    return element_failed(out, i, message.c_str());
+                }
+                if (collect) {
+                    bytes.push_back(value ? 0 : 1);
+                }
+                if (value) {
+                    const std::size_t len = codec<R>::size(*value);
+                    put_u64(bytes, len);
+                    const std::size_t at = bytes.size();
+                    bytes.resize(at + len);
+                    codec<R>::encode(*value, bytes.data() + at);
+                } else {
+                    put_u64(bytes, message.size());
+                    bytes.insert(bytes.end(), message.begin(), message.end());
+                }
+            }
+        } catch (const std::exception& e) {  // memory, or the codec
+            return element_failed(out, i, e.what());
+        } catch (...) {
+            return element_failed(out, i, "unknown C++ exception");
+        }
+        return pj_out_set(out, bytes.data(), bytes.size()) == PJ_STATUS_OK ? 0 : exception_code;
+    }
+};
+
+/// Replaces "task <from>" (not followed by a digit) with "task <to>" everywhere in `text`, and
+/// "task index: <from>" likewise; removes every `drop`.
+inline std::string renumber(std::string text, std::size_t from, std::size_t to,
+                            const std::string& drop) {
+    if (!drop.empty()) {
+        for (std::size_t at = text.find(drop); at != std::string::npos; at = text.find(drop, at)) {
+            text.erase(at, drop.size());
+        }
+    }
+    for (const char* prefix : {"task ", "task index: "}) {
+        const std::string needle = prefix + std::to_string(from);
+        const std::string with = prefix + std::to_string(to);
+        std::size_t at = text.find(needle);
+        while (at != std::string::npos) {
+            const std::size_t end = at + needle.size();
+            const bool whole = (end >= text.size() || text[end] < '0' || text[end] > '9') &&
+                               (at == 0 || text[at - 1] == ' ' || text[at - 1] == '\n');
+            if (whole) {
+                text.replace(at, needle.size(), with);
+                at = text.find(needle, at + with.size());
+            } else {
+                at = text.find(needle, end);
+            }
+        }
+    }
+    return text;
+}
+
+/// The error of an element, from pj's error `e` about chunk `k` (elements from `lo`), with
+/// status `status`: the element named by element_marker, else the chunk's first element (a
+/// timeout or a dead worker: pj does not know which element was running). Throws
+/// InvalidArgument for a stale worker image or a missing codec.
+inline Error chunk_error(const pj_error_t* e, pj_status status, std::size_t lo,
+                         std::optional<std::size_t> element = std::nullopt) {
+    const char* callback = pj_error_callback_message(e);
+    const std::string said = callback != nullptr ? callback : "";
+    if (said.rfind(stale_marker, 0) == 0) {
+        throw InvalidArgument(
+            PJ_STATUS_INVALID_ARGUMENT,
+            "pj::Parallel::map: a worker process kept from an earlier call (keep_workers) ran a "
+            "chunk, but its memory predates this call's inputs: set keep_workers through "
+            "pj::Options (then map sends the elements as bytes) or leave it off");
+    }
+    if (said.rfind(no_codec_marker, 0) == 0) {
+        throw InvalidArgument(
+            PJ_STATUS_INVALID_ARGUMENT,
+            "pj::Parallel::map: the tasks ran in worker processes, where results travel back as "
+            "bytes, but the result type has no pj::codec: specialise pj::codec for it, or use "
+            "backend \"threads\" or \"sequential\"");
+    }
+    const std::int64_t k = pj_error_task_index(e);
+    std::size_t index = lo;
+    std::string drop;
+    if (said.rfind(element_marker, 0) == 0) {
+        const std::size_t close = said.find("] ");
+        if (close != std::string::npos) {
+            index = static_cast<std::size_t>(
+                std::strtoull(said.c_str() + sizeof(element_marker) - 1, nullptr, 10));
+            drop = said.substr(0, close + 2);
+        }
+    }
+    if (element) {
+        index = *element;
+    }
+    const std::size_t from = k >= 0 ? static_cast<std::size_t>(k) : index;
+    return Error(status, renumber(pj_error_message(e), from, index, drop),
+                 renumber(pj_error_report(e), from, index, drop),
+                 static_cast<std::int64_t>(index), pj_error_callback_code(e));
+}
+
+/// The error of element `i` that threw `message` in a chunk under on_error "collect", as pj
+/// reports a failed task.
+inline Error element_error(std::size_t i, const std::string& message) {
+    const std::string text =
+        "task " + std::to_string(i) + " failed with code " + std::to_string(exception_code) +
+        (message.empty() ? std::string() : ": " + message);
+    return Error(PJ_STATUS_TASK_FAILED, text,
+                 "pj error: task failed\n  task index: " + std::to_string(i) +
+                     "\n  callback returned: " + std::to_string(exception_code) +
+                     "\n  message: " + text + "\n",
+                 static_cast<std::int64_t>(i), exception_code);
+}
+
+/// Reads an unaligned u64 at `at` of [data, data + len); throws when it does not fit.
+inline std::uint64_t get_u64(const std::uint8_t* data, std::size_t len, std::size_t& at) {
+    std::uint64_t v = 0;
+    if (at > len || len - at < sizeof v) {
+        throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT, "pj.hpp: truncated chunk results");
+    }
+    std::memcpy(&v, data + at, sizeof v);
+    at += sizeof v;
+    return v;
+}
+
 /// What a pj::Parallel shares with its streams: the handle (freed with the last owner, so a
 /// stream may outlive its Parallel), a count of the calls started, which tells a stream whether
 /// its call is still the one in flight, and the progress functions the handle may call.
@@ -1520,11 +2005,12 @@ class Parallel {
 public:
     /// Every default (scoped defaults of this thread included): n_jobs 1, so tasks run on the
     /// caller's thread.
-    Parallel() : Parallel(nullptr, nullptr) {}
+    Parallel() : Parallel(nullptr, nullptr, {}) {}
     /// From options (copied: they may change or die afterwards; a progress function is shared).
     /// Throws InvalidArgument when they are inconsistent (e.g. backend "processes" with require
     /// "sharedmem").
-    explicit Parallel(const Options& options) : Parallel(options.capi(), options.progress_) {}
+    explicit Parallel(const Options& options)
+        : Parallel(options.capi(), options.progress_, options.settings_) {}
 
     Parallel(Parallel&&) noexcept = default;
     Parallel& operator=(Parallel&&) noexcept = default;
@@ -1536,9 +2022,34 @@ public:
 
     /**
      * Applies `f` to every element of `inputs` and returns the results in input order: joblib's
-     * `Parallel()(delayed(f)(x) for x in inputs)`. `inputs` is any range (begin/end) whose
-     * elements pj::codec can encode; `f(const T&)` returns a value pj::codec can encode. Elements
-     * are read lazily, on this thread, as the pre-dispatch window has room.
+     * `Parallel()(delayed(f)(x) for x in inputs)`. `inputs` is any range (begin/end);
+     * f is called as `f(const T&)` for its element type T.
+     *
+     * A random-access range with a size (std::vector, std::array, std::deque, a braced list, and
+     * map_indexed's indices) is cut into chunks of Options::chunk_size elements (by default
+     * max(1, n / (32 * workers))), one pj task each; a task reads its elements in place. On
+     * threads and sequentially (n_jobs 1) it also moves each result into the vector returned, so
+     * neither T nor R needs a pj::codec there: any movable R works (a std::optional holds it
+     * meanwhile when R is not default-constructible). On forked processes the task reads the
+     * elements in its copy of the caller's memory, but the results must cross back as bytes:
+     * R needs a pj::codec, and without one the call throws InvalidArgument once a task has run
+     * in a worker process. Why at run time: which backend runs a call is not known to pj.hpp
+     * (pj::ScopedConfig and pj's scoped defaults may choose it) and pj's C API does not tell it,
+     * so a codec-free R compiles everywhere and a missing codec is reported where it is needed
+     * (see pj::has_codec_v). With keep_workers set through pj::Options (or a ScopedConfig) and
+     * codecs for T and R, the elements travel as bytes, one task each, since kept workers do not
+     * see this call's memory.
+     *
+     * Any other range (a std::list, an input iterator, a generator) is read lazily, on this
+     * thread, as the pre-dispatch window has room, and each element travels to its task as bytes:
+     * T and R need a pj::codec (a compile-time error says so).
+     *
+     * Chunking changes nothing you can see: a failure names the element (task_index() is its
+     * index in the input, what() and report() are its own; a timeout or a dead worker names the
+     * first element of the chunk that ran), progress counts elements, and map_collect gives each
+     * element its own outcome. Under on_error("raise") an element that throws ends its chunk (the
+     * rest of the chunk does not run); under "collect" the chunk goes on. pj.hpp learns the policy
+     * from pj::Options and ScopedConfig (the C API does not tell it), so set on_error there.
      *
      * Throws TaskError (index and f's what()) when f throws in a task, WorkerDiedError when a worker
      * process dies, the range's own exception when reading the range throws, the progress
@@ -1619,7 +2130,10 @@ public:
      *
      * With on_error("raise") (the default) a failure still ends the call and is thrown, as from
      * map(). What does not concern one task is thrown too: the range's or the progress function's
-     * exception, a cancellation, BUSY, and a result the codec cannot decode.
+     * exception, a cancellation, BUSY, and a result the codec cannot decode. Over a random-access
+     * range, each element has its own outcome, whatever chunks it ran in (see map); an element's
+     * error is pj's TaskError for it ("task 12 failed with code 1: ..."), with a shorter report
+     * (no worker line) when its chunk went on after it.
      */
     template <typename Range, typename F, typename R = detail::map_result_t<Range, F>>
     std::vector<Outcome<R>> map_collect(Range&& inputs, F&& f) {
@@ -1644,6 +2158,7 @@ public:
      * Starts a streaming call over `inputs` and returns its pj::Stream of (index, result) pairs, in
      * input order or, with return_as("generator_unordered"), in completion order. Results are
      * produced only as fast as they are read (the window is bounded). See pj::Stream for lifetimes.
+     * One pj task per element, whatever the range, so T and R need a pj::codec (unlike map).
      */
     template <typename Range, typename F,
               typename R = detail::map_result_t<Range, std::decay_t<F>>>
@@ -1663,7 +2178,14 @@ public:
 
 private:
     /// `own`: the progress function of the options (its config points at it), or NULL.
-    Parallel(const pj_config_t* config, std::shared_ptr<detail::ProgressState> own) {
+    Parallel(const pj_config_t* config, std::shared_ptr<detail::ProgressState> own,
+             detail::WrapperSettings settings)
+        : settings_(settings) {
+        const auto& scoped = detail::scoped_settings();
+        for (auto it = scoped.rbegin(); it != scoped.rend(); ++it) {
+            settings_.inherit(*it);
+        }
+        workers_ = std::max<std::size_t>(pj_effective_n_jobs(config), 1);
         // Every progress function the new object may call: its own, or one it inherits from a
         // ScopedConfig of this thread (pj_parallel_new copies the function pointers).
         detail::ProgressStates progress;
@@ -1730,7 +2252,198 @@ private:
 
     template <typename R, typename Range, typename F>
     std::vector<R> map_impl(Range& inputs, F& f) {
-        return decode_or_throw<R>(run_map<R>(inputs, f));
+        return map_any<R, false>(inputs, f);
+    }
+
+    /// map (Outcomes false) or map_collect (true) of a function object: chunked over a
+    /// random-access range, else one task per element with codecs.
+    template <typename R, bool Outcomes, typename Range, typename F>
+    auto map_any(Range& inputs, F& f)
+        -> std::conditional_t<Outcomes, std::vector<Outcome<R>>, std::vector<R>> {
+        using T = detail::element_t<Range>;
+        if constexpr (std::is_function_v<F>) {
+            F* pointer = &f;  // a plain function: pass a pointer to it
+            return map_any<R, Outcomes>(inputs, pointer);
+        } else if constexpr (detail::is_chunkable<Range>::value) {
+            if constexpr (has_codec_v<T> && has_codec_v<R>) {
+                if (settings_.keep_workers.value_or(false)) {
+                    // Kept workers have the memory of an earlier call: send the elements.
+                    return per_element<R, Outcomes>(run_map<R>(inputs, f));
+                }
+            }
+            return reworded_for_function_objects(
+                [&] { return run_chunked<R, Outcomes>(inputs, f); });
+        } else {
+            static_assert(has_codec_v<T>,
+                          "pj::Parallel::map: the input range is not random-access with a size, so "
+                          "its elements travel to the tasks as bytes and need a pj::codec (or "
+                          "copy them into a std::vector first)");
+            static_assert(has_codec_v<R>,
+                          "pj::Parallel::map: the input range is not random-access with a size, so "
+                          "the results travel as bytes and need a pj::codec (or copy the inputs "
+                          "into a std::vector first)");
+            return per_element<R, Outcomes>(run_map<R>(inputs, f));
+        }
+    }
+
+    template <typename R, bool Outcomes>
+    static auto per_element(Results results)
+        -> std::conditional_t<Outcomes, std::vector<Outcome<R>>, std::vector<R>> {
+        if constexpr (Outcomes) {
+            return outcomes<R>(results);
+        } else {
+            return decode_or_throw<R>(std::move(results));
+        }
+    }
+
+    /// The elements per task for n elements (Options::chunk_size).
+    std::size_t chunk_for(std::size_t n) const noexcept {
+        const std::size_t fixed = settings_.chunk_size.value_or(0);
+        if (fixed > 0) {
+            return fixed;
+        }
+        if (settings_.timeout.value_or(false)) {
+            return 1;  // pj's timeout is per task: keep it per element
+        }
+        return std::max<std::size_t>(n / (32 * workers_), 1);
+    }
+
+    /// map or map_collect over a random-access range, in tasks of chunk_for(n) elements (see
+    /// detail::ChunkCall); errors, progress and outcomes stay per element.
+    template <typename R, bool Outcomes, typename Range, typename F>
+    auto run_chunked(Range& inputs, F& f)
+        -> std::conditional_t<Outcomes, std::vector<Outcome<R>>, std::vector<R>> {
+        using Call = detail::ChunkCall<Range, F, R>;
+        using Slot = typename Call::Slot;
+        pj_parallel_t* raw = handle();
+        const std::size_t n = static_cast<std::size_t>(std::size(inputs));
+        const std::size_t chunk = chunk_for(n);
+        const bool collect = settings_.collect.value_or(false);
+        std::vector<Slot> slots(n);
+        std::vector<std::optional<std::string>> errors(collect ? n : 0);
+        Call call{&inputs, &f,    slots.data(), collect ? errors.data() : nullptr,
+                  n,       chunk, collect,      detail::chunk_tokens.fetch_add(1) + 1,
+                  detail::current_process()};
+        pj_results_t* out = nullptr;
+        detail::ErrorSlot err;
+        // Progress counts elements (only the display depends on it; the call reports problems).
+        (void)pj_parallel_expect(raw, n, chunk, nullptr);
+        detail::CallScope scope(raw, &core_->progress);
+        scope.count_elements();
+        // `call` lives on this stack for the whole (synchronous) call, and exists when the
+        // workers fork.
+        const pj_status status =
+            pj_parallel_map(raw, &Call::run, &call, &Call::produce, &call, &out, err.out());
+        Results results(out);
+        if (status != PJ_STATUS_BUSY) {
+            core_->calls.fetch_add(1);  // this call replaced any call of this thread
+        }
+        scope.rethrow_if_failed();
+        if (status != PJ_STATUS_OK) {
+            ErrorHandle e = err.take();
+            if (e && pj_error_task_index(e.capi()) >= 0) {
+                const auto k = static_cast<std::size_t>(pj_error_task_index(e.capi()));
+                throw_error(detail::chunk_error(e.capi(), status, k * chunk));
+            }
+            throw_error(status, e);
+        }
+        const std::size_t chunks = n == 0 ? 0 : (n - 1) / chunk + 1;
+        if (results.size() != chunks) {
+            throw Error(PJ_STATUS_INVALID_ARGUMENT,
+                        "pj::Parallel::map: " + std::to_string(results.size()) +
+                            " results for " + std::to_string(chunks) + " chunks");
+        }
+        std::vector<Outcome<R>> outcomes;
+        if constexpr (Outcomes) {
+            outcomes.reserve(n);
+        }
+        // Element j failed with `error`: map throws it (the first in input order), map_collect
+        // keeps it.
+        auto failed = [&](Error error) {
+            if constexpr (Outcomes) {
+                outcomes.emplace_back(std::move(error));
+            } else {
+                throw_error(error);
+            }
+        };
+        // Element j's value is in its slot.
+        auto succeeded = [&](std::size_t j) {
+            if constexpr (Outcomes) {
+                if constexpr (detail::direct_slot_v<R>) {
+                    outcomes.emplace_back(std::move(slots[j]));
+                } else {
+                    outcomes.emplace_back(std::move(*slots[j]));
+                }
+            }
+        };
+        for (std::size_t k = 0; k < chunks; ++k) {
+            const std::size_t lo = k * chunk;
+            const std::size_t hi = lo + std::min(chunk, n - lo);
+            const pj_status st = pj_results_status(results.capi(), k);
+            if (st != PJ_STATUS_OK) {
+                // on_error "collect": a dead worker, a timeout (or, when pj's on_error differs
+                // from what pj.hpp was told, an element's failure) is every element's outcome.
+                const pj_error_t* e = pj_results_error(results.capi(), k);
+                for (std::size_t j = lo; j < hi; ++j) {
+                    failed(e != nullptr ? detail::chunk_error(e, st, lo, j)
+                                        : Error(st, "task " + std::to_string(j) + " failed: " +
+                                                        pj::status_str(st),
+                                                {}, static_cast<std::int64_t>(j)));
+                }
+                continue;
+            }
+            const ByteView bytes = results.bytes(k);
+            if (bytes.size == 0) {  // ran in this process: the slots and errors are written
+                for (std::size_t j = lo; j < hi; ++j) {
+                    if (collect && errors[j]) {
+                        failed(detail::element_error(j, *errors[j]));
+                    } else {
+                        succeeded(j);
+                    }
+                }
+                continue;
+            }
+            std::size_t at = 0;  // ran in a worker process: records, one per element
+            for (std::size_t j = lo; j < hi; ++j) {
+                bool ok = true;
+                if (collect) {
+                    if (at >= bytes.size) {
+                        throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
+                                              "pj.hpp: truncated chunk results");
+                    }
+                    ok = bytes.data[at++] == 0;
+                }
+                const std::uint64_t len = detail::get_u64(bytes.data, bytes.size, at);
+                if (len > bytes.size - at) {
+                    throw InvalidArgument(PJ_STATUS_INVALID_ARGUMENT,
+                                          "pj.hpp: truncated chunk results");
+                }
+                const std::uint8_t* data = bytes.data + at;
+                at += static_cast<std::size_t>(len);
+                if (!ok) {
+                    failed(detail::element_error(
+                        j, std::string(reinterpret_cast<const char*>(data),
+                                       static_cast<std::size_t>(len))));
+                    continue;
+                }
+                if constexpr (has_codec_v<R>) {
+                    slots[j] = detail::decode_result<R>(data, static_cast<std::size_t>(len), j);
+                }
+                succeeded(j);
+            }
+        }
+        if constexpr (Outcomes) {
+            return outcomes;
+        } else if constexpr (detail::direct_slot_v<R>) {
+            return slots;
+        } else {
+            std::vector<R> values;
+            values.reserve(n);
+            for (Slot& slot : slots) {
+                values.push_back(std::move(*slot));
+            }
+            return values;
+        }
     }
 
     /// The results, decoded; with on_error=collect, the first failure (in input order) is thrown.
@@ -1751,7 +2464,7 @@ private:
 
     template <typename R, typename Range, typename F>
     std::vector<Outcome<R>> map_collect_impl(Range& inputs, F& f) {
-        return outcomes<R>(run_map<R>(inputs, f));
+        return map_any<R, true>(inputs, f);
     }
 
     /// Every task's outcome: its decoded value, or its error.
@@ -1854,6 +2567,8 @@ private:
     }
 
     std::shared_ptr<detail::Core> core_;
+    detail::WrapperSettings settings_;  // its options', then its ScopedConfigs'
+    std::size_t workers_ = 1;           // effective n_jobs, for automatic chunk sizes
 };
 
 inline std::size_t Options::effective_n_jobs() const {
