@@ -416,10 +416,78 @@ pub struct BatchOutcome {
     pub mapped: Vec<(usize, crate::memmap::Mapping)>,
     /// Seconds from dispatch to completion (auto batching's sample).
     pub seconds: f64,
-    /// Which worker ran it: the worker's number in its pool (0 for the sequential backend).
-    pub worker: usize,
-    /// The process id of the worker process that ran it (process backend), or 0.
-    pub pid: u32,
+    /// Which worker ran it (or was to run it), as error reports name it.
+    pub worker: WorkerId,
+}
+
+/// Which worker ran a batch, filled in by the backend that ran it; its `Display` is the "worker"
+/// that error reports print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerId {
+    /// The caller's own thread (the sequential backend).
+    Caller,
+    /// Worker thread number `n` of a thread pool.
+    Thread(usize),
+    /// Worker process slot `slot` of a process pool; `pid` is the process that ran the batch, 0
+    /// when none did (the batch never reached a live worker).
+    Process {
+        /// The slot's number in its pool.
+        slot: usize,
+        /// The worker process's id, or 0.
+        pid: u32,
+    },
+    /// MPI worker rank `rank` (1 and up); `pid` is the process of the rank's own pool that ran
+    /// the batch, 0 when unknown.
+    Rank {
+        /// The rank.
+        rank: usize,
+        /// The process on that rank, or 0.
+        pid: u32,
+    },
+    /// No MPI rank took the batch: rank 0 failed it before sending it.
+    NoRank,
+}
+
+impl WorkerId {
+    /// The MPI rank that ran the batch, if any.
+    pub fn mpi_rank(self) -> Option<usize> {
+        match self {
+            WorkerId::Rank { rank, .. } => Some(rank),
+            _ => None,
+        }
+    }
+
+    /// The id of the process that ran the batch, or 0.
+    pub fn pid(self) -> u32 {
+        match self {
+            WorkerId::Process { pid, .. } | WorkerId::Rank { pid, .. } => pid,
+            WorkerId::Caller | WorkerId::Thread(_) | WorkerId::NoRank => 0,
+        }
+    }
+
+    /// Where process `pid` (a worker that died and named itself) ran: on this worker's MPI rank,
+    /// if it has one.
+    pub fn process(self, pid: i32) -> String {
+        match (self.mpi_rank(), pid) {
+            (Some(rank), 0) => format!("MPI rank {rank}"),
+            (Some(rank), pid) => format!("process {pid} on MPI rank {rank}"),
+            (None, pid) => format!("process {pid}"),
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            WorkerId::Caller => f.write_str("caller thread"),
+            WorkerId::Thread(n) => write!(f, "thread {n}"),
+            WorkerId::Process { slot, pid: 0 } => write!(f, "worker process {slot}"),
+            WorkerId::Process { slot, pid } => write!(f, "process {pid} (worker {slot})"),
+            WorkerId::Rank { rank, pid: 0 } => write!(f, "MPI rank {rank}"),
+            WorkerId::Rank { rank, pid } => write!(f, "process {pid} on MPI rank {rank}"),
+            WorkerId::NoRank => f.write_str("rank 0 (no rank took the batch)"),
+        }
+    }
 }
 
 impl BatchOutcome {
@@ -430,7 +498,7 @@ impl BatchOutcome {
 
     /// An outcome with no result and no failure of its own: a batch that never ran (the call was
     /// aborted before it started, or while it ran).
-    pub fn skipped(batch: &Batch, worker: usize) -> BatchOutcome {
+    pub fn skipped(batch: &Batch, worker: WorkerId) -> BatchOutcome {
         BatchOutcome {
             first: batch.first,
             size: batch.len(),
@@ -441,14 +509,13 @@ impl BatchOutcome {
             mapped: Vec::new(),
             seconds: 0.0,
             worker,
-            pid: 0,
         }
     }
 
     /// The outcome of a batch that failed as a whole at task `index` (fail-fast).
     pub fn failed(
         batch: &Batch,
-        worker: usize,
+        worker: WorkerId,
         index: usize,
         failure: TaskFailure,
     ) -> BatchOutcome {
@@ -549,8 +616,8 @@ pub struct RunContext<'a> {
     /// Raised on the first failure (fail-fast), a cancellation or when the call is abandoned: no
     /// further task starts, and running callbacks see it through `pj_out_cancelled`.
     pub abort: &'a AtomicBool,
-    /// The worker's number in its pool (0 for the sequential backend).
-    pub worker: usize,
+    /// Which worker runs the batch.
+    pub worker: WorkerId,
     /// Where the worker publishes its running task, when someone watches it.
     pub running: Option<&'a Running>,
     /// Record each task's start time (the call has a timeout).
@@ -564,7 +631,7 @@ pub struct RunContext<'a> {
 
 impl<'a> RunContext<'a> {
     /// Plain fail-fast running, unwatched.
-    pub fn new(abort: &'a AtomicBool, worker: usize) -> Self {
+    pub fn new(abort: &'a AtomicBool, worker: WorkerId) -> Self {
         RunContext {
             abort,
             worker,
@@ -677,7 +744,6 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         mapped: Vec::new(),
         seconds,
         worker: ctx.worker,
-        pid: 0,
     }
 }
 
@@ -715,7 +781,10 @@ mod tests {
     #[test]
     fn runs_in_order_and_stops_at_failure() {
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(&batch_of(10, &[1, 2, 3, 4]), RunContext::new(&abort, 0));
+        let outcome = run_batch(
+            &batch_of(10, &[1, 2, 3, 4]),
+            RunContext::new(&abort, WorkerId::Caller),
+        );
         assert_eq!(outcome.completed(), 2);
         assert_eq!(&outcome.data[..8], &2u64.to_ne_bytes());
         assert_eq!(
@@ -737,13 +806,48 @@ mod tests {
         let tail = batch.split_off(1);
         assert_eq!(tail.first, 6);
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(&tail, RunContext::new(&abort, 0));
+        let outcome = run_batch(&tail, RunContext::new(&abort, WorkerId::Caller));
         let values: Vec<u64> = outcome
             .data
             .chunks(8)
             .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
             .collect();
         assert_eq!(values, vec![4, 8, 10]);
-        assert_eq!(run_batch(&batch, RunContext::new(&abort, 0)).completed(), 1);
+        assert_eq!(
+            run_batch(&batch, RunContext::new(&abort, WorkerId::Caller)).completed(),
+            1
+        );
+    }
+
+    #[test]
+    fn worker_ids_read_as_error_reports_print_them() {
+        let cases = [
+            (WorkerId::Caller, "caller thread"),
+            (WorkerId::Thread(3), "thread 3"),
+            (WorkerId::Process { slot: 1, pid: 0 }, "worker process 1"),
+            (
+                WorkerId::Process { slot: 1, pid: 77 },
+                "process 77 (worker 1)",
+            ),
+            (WorkerId::Rank { rank: 2, pid: 0 }, "MPI rank 2"),
+            (
+                WorkerId::Rank { rank: 2, pid: 77 },
+                "process 77 on MPI rank 2",
+            ),
+            (WorkerId::NoRank, "rank 0 (no rank took the batch)"),
+        ];
+        for (worker, text) in cases {
+            assert_eq!(worker.to_string(), text);
+        }
+        assert_eq!(
+            WorkerId::Rank { rank: 2, pid: 5 }.process(9),
+            "process 9 on MPI rank 2"
+        );
+        assert_eq!(WorkerId::Rank { rank: 2, pid: 5 }.process(0), "MPI rank 2");
+        assert_eq!(
+            WorkerId::Process { slot: 0, pid: 5 }.process(9),
+            "process 9"
+        );
+        assert_eq!(WorkerId::NoRank.mpi_rank(), None);
     }
 }

@@ -1,37 +1,22 @@
 //! What a failed task's error says: the one-line message and the context (index, backend, where it
 //! ran, code, signal, timeout) of [`Backend::task_error`]. Here, not in the dispatcher, because
-//! only the backend knows what its workers are (threads, processes, MPI ranks).
+//! only the backend knows what its failures mean; the worker that ran the task
+//! ([`WorkerId`]) names itself.
 
 use super::Backend;
 use crate::error::{Error, ErrorKind, TaskContext, signal_name};
-use crate::task::{Death, TaskFailure};
+use crate::task::{Death, TaskFailure, WorkerId};
 
 impl Backend {
-    /// The error of task `index`, which failed as `failure` on worker number `worker` (`pid`: the
-    /// process that ran it, 0 for none): the one-line message and the task context that name the
-    /// task, the backend and where it ran (thread, process, MPI rank), its code or signal.
-    pub fn task_error(
-        &self,
-        index: usize,
-        failure: &TaskFailure,
-        worker: usize,
-        pid: u32,
-    ) -> Error {
-        let backend = self;
-        let rank = backend.mpi_rank(worker);
-        // Where it ran: `worker` is `None` for the pid a dead worker reported itself.
-        let place = |pid: i64, worker: Option<usize>| match (rank, pid, worker) {
-            (Some(rank), 0, _) => format!("MPI rank {rank}"),
-            (Some(rank), pid, _) => format!("process {pid} on MPI rank {rank}"),
-            (None, 0, Some(worker)) => backend.describe_worker(worker),
-            (None, pid, Some(worker)) => format!("process {pid} (worker {worker})"),
-            (None, pid, None) => format!("process {pid}"),
-        };
-        let worker = place(i64::from(pid), Some(worker));
+    /// The error of task `index`, which failed as `failure` on `worker`: the one-line message
+    /// and the task context that name the task, the backend and where it ran (thread, process,
+    /// MPI rank), its code or signal.
+    pub fn task_error(&self, index: usize, failure: &TaskFailure, worker: WorkerId) -> Error {
+        let rank = worker.mpi_rank();
         let mut context = TaskContext {
             index,
-            backend: backend.name(),
-            worker,
+            backend: self.name(),
+            worker: worker.to_string(),
             ..TaskContext::default()
         };
         let (kind, message) = match failure {
@@ -60,7 +45,7 @@ impl Backend {
                 fault_address,
                 backtrace,
             } => {
-                context.worker = place(i64::from(*pid), None);
+                context.worker = worker.process(*pid);
                 context.fault_address = *fault_address;
                 context.backtrace = backtrace.clone();
                 let how = match *death {

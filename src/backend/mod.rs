@@ -26,7 +26,7 @@ pub use processes::ProcessPool;
 pub use processes::spawn;
 pub use threads::ThreadPool;
 
-use crate::task::{Batch, BatchOutcome, RunContext, run_batch};
+use crate::task::{Batch, BatchOutcome, RunContext, WorkerId, run_batch};
 
 /// Where a call's batches report back, and the flag that stops its queued work.
 #[derive(Clone, Debug)]
@@ -55,7 +55,7 @@ pub struct CallLink {
 
 impl CallLink {
     /// How a worker of this call runs its batches (without a watcher).
-    pub fn run_context(&self, worker: usize) -> RunContext<'_> {
+    pub fn run_context(&self, worker: WorkerId) -> RunContext<'_> {
         RunContext {
             collect: self.collect,
             ..RunContext::new(&self.abort, worker)
@@ -87,25 +87,6 @@ impl Backend {
         }
     }
 
-    /// Describes worker number `worker` for error reports.
-    pub fn describe_worker(&self, worker: usize) -> String {
-        match self {
-            Backend::Sequential => "caller thread".to_owned(),
-            Backend::Threads(_) => format!("thread {worker}"),
-            Backend::Processes(_) => format!("worker process {worker}"),
-            Backend::Mpi(_) if worker == mpi::NO_RANK => {
-                "rank 0 (no rank took the batch)".to_owned()
-            }
-            Backend::Mpi(_) => format!("MPI rank {}", worker + 1),
-        }
-    }
-
-    /// For the MPI backend, the rank that worker number `worker` is (none for a batch that never
-    /// reached a rank).
-    pub fn mpi_rank(&self, worker: usize) -> Option<usize> {
-        (matches!(self, Backend::Mpi(_)) && worker != mpi::NO_RANK).then(|| worker + 1)
-    }
-
     /// Number of workers running batches concurrently.
     pub fn workers(&self) -> usize {
         match self {
@@ -124,7 +105,7 @@ impl Backend {
                     let _task_level = crate::nesting::Deeper::enter();
                     // No timeout here: one thread cannot watch itself (a warning says so at the
                     // call's start, as joblib's does).
-                    run_batch(&batch, link.run_context(0))
+                    run_batch(&batch, link.run_context(WorkerId::Caller))
                 };
                 // The receiver lives in the call that is dispatching right now, so this cannot fail.
                 let _ = link.reply.send(outcome);

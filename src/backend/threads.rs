@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use super::CallLink;
 use crate::error::panic_message;
-use crate::task::{Batch, BatchOutcome, RunContext, Running, TaskFailure, run_batch};
+use crate::task::{Batch, BatchOutcome, RunContext, Running, TaskFailure, WorkerId, run_batch};
 
 /// One unit of work for a worker thread.
 struct Job {
@@ -126,7 +126,7 @@ impl ThreadPool {
                 let failure = TaskFailure::Panicked("the worker pool is shut down".into());
                 let _ = job.link.reply.send(BatchOutcome::failed(
                     &job.batch,
-                    0,
+                    WorkerId::Thread(0),
                     job.batch.first,
                     failure,
                 ));
@@ -215,13 +215,18 @@ fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
         let ctx = RunContext {
             running: timed.then_some(&slot.running),
             timed,
-            ..job.link.run_context(worker)
+            ..job.link.run_context(WorkerId::Thread(worker))
         };
         let (first, size) = (job.batch.first, job.batch.len());
         let mut outcome = catch_unwind(AssertUnwindSafe(|| run_batch(&job.batch, ctx)))
             .unwrap_or_else(|panic| {
                 job.link.abort.store(true, Ordering::Relaxed);
-                lost_batch(first, size, worker, panic_message(panic.as_ref()))
+                lost_batch(
+                    first,
+                    size,
+                    WorkerId::Thread(worker),
+                    panic_message(panic.as_ref()),
+                )
             });
         if timed {
             if slot
@@ -306,7 +311,7 @@ fn check_slots(shared: &Arc<Shared>, jobs: &Sender<Arc<Job>>) -> Option<Duration
                 let retry = unsent.into_inner();
                 let outcome = BatchOutcome::failed(
                     &retry.batch,
-                    number,
+                    WorkerId::Thread(number),
                     index,
                     TaskFailure::Panicked("the worker pool is shut down".into()),
                 );
@@ -314,17 +319,19 @@ fn check_slots(shared: &Arc<Shared>, jobs: &Sender<Arc<Job>>) -> Option<Duration
             }
         } else {
             job.link.abort.store(true, Ordering::Relaxed);
-            let _ = job
-                .link
-                .reply
-                .send(BatchOutcome::failed(&job.batch, number, index, failure));
+            let _ = job.link.reply.send(BatchOutcome::failed(
+                &job.batch,
+                WorkerId::Thread(number),
+                index,
+                failure,
+            ));
         }
     }
     period
 }
 
 /// The outcome of a batch that produced nothing because pj itself failed while running it.
-fn lost_batch(first: usize, size: usize, worker: usize, why: String) -> BatchOutcome {
+fn lost_batch(first: usize, size: usize, worker: WorkerId, why: String) -> BatchOutcome {
     BatchOutcome {
         first,
         size,
@@ -335,6 +342,5 @@ fn lost_batch(first: usize, size: usize, worker: usize, why: String) -> BatchOut
         mapped: Vec::new(),
         seconds: 0.0,
         worker,
-        pid: 0,
     }
 }

@@ -35,7 +35,7 @@ use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind};
 use crate::progress::{Progress, Snapshot};
 use crate::sigint::SigintGuard;
-use crate::task::{Batch, BatchOutcome, Callback, TaskFailure};
+use crate::task::{Batch, BatchOutcome, Callback, TaskFailure, WorkerId};
 
 /// How often a blocked call looks for a cancellation.
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -91,9 +91,7 @@ pub struct SpillOptions {
 struct Failure {
     index: usize,
     failure: TaskFailure,
-    worker: usize,
-    /// The worker process's id (process backend), or 0.
-    pid: u32,
+    worker: WorkerId,
 }
 
 /// Completed batches waiting to be handed back, in the order `next` hands them out.
@@ -314,7 +312,7 @@ impl Call {
         }
         self.failure
             .as_ref()
-            .map(|f| backend.task_error(f.index, &f.failure, f.worker, f.pid))
+            .map(|f| backend.task_error(f.index, &f.failure, f.worker))
     }
 
     /// Adds a task pushed by the user. Blocks while the window is full (tasks submitted and not
@@ -354,7 +352,7 @@ impl Call {
             Arrived::Unordered(queue) => outcomes.extend(queue.into_iter().map(|o| (o, 0))),
         }
         Results::from_outcomes(outcomes, |index, failure, outcome| {
-            backend.task_error(index, failure, outcome.worker, outcome.pid)
+            backend.task_error(index, failure, outcome.worker)
         })
     }
 
@@ -437,9 +435,7 @@ impl Call {
                 .errors
                 .binary_search_by_key(&index, |(i, _)| *i)
                 .ok()
-                .map(|at| {
-                    backend.task_error(index, &outcome.errors[at].1, outcome.worker, outcome.pid)
-                })
+                .map(|at| backend.task_error(index, &outcome.errors[at].1, outcome.worker))
         };
         Ok(Some(Streamed { index, data, error }))
     }
@@ -704,7 +700,6 @@ impl Call {
                     index,
                     failure,
                     worker: outcome.worker,
-                    pid: outcome.pid,
                 });
             }
             return;

@@ -26,7 +26,7 @@ use crate::backend::CallLink;
 use crate::backend::wire::{RunFlags, decode_outcome, encode_batch};
 use crate::error::Result;
 use crate::spin::Backoff;
-use crate::task::{Batch, BatchOutcome, TaskFailure};
+use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
 /// How long stopping waits for cancelled batches and the final messages.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
@@ -250,7 +250,9 @@ impl Dispatcher {
     /// Sends `batch` to a rank with room.
     fn start(&mut self, batch: Batch, link: CallLink) {
         if link.abort.load(Ordering::Relaxed) {
-            let _ = link.reply.send(BatchOutcome::skipped(&batch, 0));
+            let _ = link
+                .reply
+                .send(BatchOutcome::skipped(&batch, WorkerId::NoRank));
             return;
         }
         let Some(slot) = self.free_rank() else {
@@ -349,9 +351,12 @@ impl Dispatcher {
         else {
             return;
         };
-        let outcome = match decode_outcome(body, slot) {
+        let worker = WorkerId::Rank {
+            rank: slot + 1,
+            pid: pid as u32,
+        };
+        let outcome = match decode_outcome(body, worker) {
             Ok((mut outcome, _)) => {
-                outcome.pid = pid as u32;
                 outcome.seconds = batch
                     .dispatched_at
                     .map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -364,7 +369,7 @@ impl Dispatcher {
                 link.abort.store(true, Ordering::Relaxed);
                 BatchOutcome::failed(
                     &batch,
-                    slot,
+                    ran(slot),
                     batch.first,
                     TaskFailure::Io(format!("MPI rank {}: {error}", rank_of(slot))),
                 )
@@ -392,9 +397,12 @@ impl Dispatcher {
                     fault_address: None,
                     backtrace: None,
                 };
-                let _ = link
-                    .reply
-                    .send(BatchOutcome::failed(&batch, slot, batch.first, failure));
+                let _ = link.reply.send(BatchOutcome::failed(
+                    &batch,
+                    ran(slot),
+                    batch.first,
+                    failure,
+                ));
             }
         }
     }
@@ -426,7 +434,7 @@ impl Dispatcher {
         }
         for (slot, rank) in self.ranks.iter_mut().enumerate() {
             for InFlight { batch, link, .. } in rank.batches.drain(..) {
-                let _ = link.reply.send(BatchOutcome::skipped(&batch, slot));
+                let _ = link.reply.send(BatchOutcome::skipped(&batch, ran(slot)));
             }
         }
         // Sends still pending are abandoned (their bytes are leaked: MPI may still read them).
@@ -441,6 +449,14 @@ impl Dispatcher {
                 .send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT);
         }
         lost
+    }
+}
+
+/// The worker rank of `slot`, as an outcome names it (its process unknown).
+fn ran(slot: usize) -> WorkerId {
+    WorkerId::Rank {
+        rank: slot + 1,
+        pid: 0,
     }
 }
 

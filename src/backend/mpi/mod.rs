@@ -30,7 +30,7 @@ use std::time::Duration;
 pub use ops::MpiOps;
 pub use rank::serve;
 pub(crate) use rank0::{ForkHold, hold_for_fork};
-pub use rank0::{MpiPool, NO_RANK, attach, detach, not_attached, worker_ranks};
+pub use rank0::{MpiPool, attach, detach, not_attached, worker_ranks};
 
 /// Message tags on pj's communicator.
 const TAG_HELLO: c_int = 1;

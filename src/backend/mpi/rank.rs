@@ -22,7 +22,7 @@ use crate::backend::{CallLink, ProcessPool};
 use crate::config::StartMethod;
 use crate::error::{Error, ErrorKind, Result};
 use crate::spin::Backoff;
-use crate::task::{BatchOutcome, TaskFailure};
+use crate::task::{BatchOutcome, TaskFailure, WorkerId};
 
 /// A worker rank: reports its registry, then runs rank 0's batches until told to stop. Returns
 /// the rank's exit status.
@@ -213,8 +213,7 @@ impl WorkerRank {
                     errors: Vec::new(),
                     mapped: Vec::new(),
                     seconds: 0.0,
-                    worker: 0,
-                    pid: 0,
+                    worker: WorkerId::Process { slot: 0, pid: 0 },
                 });
             }
         }
@@ -245,12 +244,11 @@ impl WorkerRank {
                 errors: Vec::new(),
                 mapped: Vec::new(),
                 seconds: 0.0,
-                worker: 0,
-                pid: outcome.pid,
+                worker: outcome.worker,
             };
             encode_outcome(&failed, &[], &mut message);
         }
-        append_trailer(&mut message, seq, u64::from(outcome.pid));
+        append_trailer(&mut message, seq, u64::from(outcome.worker.pid()));
         self.sends
             .push(self.ops.start_send(0, TAG_OUTCOME, message)?);
         self.last_sent = Instant::now();

@@ -12,7 +12,7 @@ use super::dispatcher::Dispatcher;
 use super::ops::MpiOps;
 use crate::backend::CallLink;
 use crate::error::{Error, ErrorKind, Result};
-use crate::task::{Batch, BatchOutcome, TaskFailure};
+use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
 /// One batch for the dispatcher, or a wake-up to see the stop flag.
 // Wake is sent once per program: boxing the common variant would cost an allocation per batch.
@@ -198,14 +198,14 @@ pub fn not_attached() -> Error {
     )
 }
 
-/// The worker number of a batch that failed before it reached a rank.
-pub const NO_RANK: usize = usize::MAX;
-
 /// Fails a batch that never reached a rank.
 pub(super) fn fail(batch: &Batch, link: &CallLink, message: &str) {
     link.abort.store(true, Ordering::Relaxed);
     let failure = TaskFailure::Io(message.to_owned());
-    let _ = link
-        .reply
-        .send(BatchOutcome::failed(batch, NO_RANK, batch.first, failure));
+    let _ = link.reply.send(BatchOutcome::failed(
+        batch,
+        WorkerId::NoRank,
+        batch.first,
+        failure,
+    ));
 }

@@ -13,7 +13,7 @@ use super::spawn::SpawnPlan;
 use crate::backend::CallLink;
 use crate::backend::crash;
 use crate::config::StartMethod;
-use crate::task::{Batch, BatchOutcome, TaskFailure};
+use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
 /// A pool of forked workers behind proxy threads.
 #[derive(Debug)]
@@ -82,9 +82,12 @@ impl ProcessPool {
         {
             let Job { batch, link } = unsent.into_inner();
             let failure = TaskFailure::Io("the process pool is shut down".into());
-            let _ = link
-                .reply
-                .send(BatchOutcome::failed(&batch, 0, batch.first, failure));
+            let _ = link.reply.send(BatchOutcome::failed(
+                &batch,
+                WorkerId::Process { slot: 0, pid: 0 },
+                batch.first,
+                failure,
+            ));
         }
     }
 

@@ -45,7 +45,7 @@ use crate::backend::wire::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_outcome, encode_batch,
     recv_frame_with_fds, send_frame_with_fds,
 };
-use crate::task::{Batch, BatchOutcome, Death, TaskFailure};
+use crate::task::{Batch, BatchOutcome, Death, TaskFailure, WorkerId};
 
 /// One batch for a proxy.
 pub(super) struct Job {
@@ -84,6 +84,14 @@ impl Proxy {
         }
     }
 
+    /// This proxy's slot, for an outcome no worker process produced.
+    fn unstarted(&self) -> WorkerId {
+        WorkerId::Process {
+            slot: self.slot,
+            pid: 0,
+        }
+    }
+
     /// Serves batches and controls until the pool closes the queue or the control channel, then
     /// retires its worker.
     pub(super) fn run(mut self, queue: Receiver<Job>, inbox: Receiver<Control>) {
@@ -108,7 +116,9 @@ impl Proxy {
     fn run_job(&mut self, Job { batch, link }: Job) {
         if link.abort.load(Ordering::Relaxed) {
             // The call already failed: this batch never starts.
-            let _ = link.reply.send(BatchOutcome::skipped(&batch, self.slot));
+            let _ = link
+                .reply
+                .send(BatchOutcome::skipped(&batch, self.unstarted()));
             return;
         }
         // With on_error=collect, a batch whose worker died or timed out runs again without the
@@ -144,9 +154,9 @@ impl Proxy {
                 }
                 Err(Some(Lost { index, failure, .. })) => {
                     link.abort.store(true, Ordering::Relaxed);
-                    break BatchOutcome::failed(&batch, self.slot, index, failure);
+                    break BatchOutcome::failed(&batch, self.unstarted(), index, failure);
                 }
-                Err(None) => break BatchOutcome::skipped(&batch, self.slot),
+                Err(None) => break BatchOutcome::skipped(&batch, self.unstarted()),
             }
         };
         let _ = link.reply.send(outcome);
@@ -270,10 +280,13 @@ impl Proxy {
         match received {
             Ok(true) => {
                 let fds = std::mem::take(&mut self.fds);
-                let decoded = decode_outcome(&self.buf, self.slot)
+                let ran = WorkerId::Process {
+                    slot: self.slot,
+                    pid: u32::try_from(pid.as_raw_pid()).unwrap_or(0),
+                };
+                let decoded = decode_outcome(&self.buf, ran)
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;
-                outcome.pid = u32::try_from(pid.as_raw_pid()).unwrap_or(0);
                 if let Some(worker) = self.worker.as_mut() {
                     worker.served = true;
                 }

@@ -29,7 +29,7 @@ use crate::backend::wire::{
     DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_batch, encode_outcome,
     recv_frame_with_fds, send_frame_with_fds,
 };
-use crate::task::{RunContext, TaskFailure, TaskFn, run_batch};
+use crate::task::{RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
 
 /// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
 pub(super) fn worker_main(
@@ -123,7 +123,7 @@ pub(in crate::backend) fn serve(
                 timed: flags.timed,
                 collect: flags.collect,
                 spilled: &spilled,
-                ..RunContext::new(abort, slot)
+                ..RunContext::new(abort, WorkerId::Process { slot, pid: 0 })
             };
             let mut outcome = run_batch(&batch, ctx);
             drop(spilled);

@@ -73,7 +73,7 @@ fn out_of_memory(len: usize, error: &std::collections::TryReserveError) -> io::E
 mod tests {
     use super::*;
     use crate::memmap::MapAccess;
-    use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure, TaskOutput};
+    use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure, TaskOutput, WorkerId};
     use std::ffi::c_void;
     use std::time::Duration;
 
@@ -161,11 +161,10 @@ mod tests {
             ],
             mapped: Vec::new(),
             seconds: 0.0,
-            worker: 0,
-            pid: 0,
+            worker: WorkerId::Caller,
         };
         encode_outcome(&outcome, &[(41, 5 << 20)], &mut buf);
-        let (back, files) = decode_outcome(&buf, 1).unwrap();
+        let (back, files) = decode_outcome(&buf, WorkerId::Thread(1)).unwrap();
         assert_eq!(files, vec![(41, 5 << 20)]);
         assert_eq!(
             (back.first, back.size, &back.data, &back.ends),
@@ -174,7 +173,7 @@ mod tests {
         assert_eq!(back.failure, outcome.failure);
         assert_eq!(back.errors, outcome.errors);
         assert!(
-            decode_outcome(&buf[..buf.len() - 1], 1).is_err(),
+            decode_outcome(&buf[..buf.len() - 1], WorkerId::Thread(1)).is_err(),
             "a truncated frame is refused"
         );
     }

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use super::{Reader, malformed, out_of_memory, put};
-use crate::task::{BatchOutcome, Death, TaskFailure};
+use crate::task::{BatchOutcome, Death, TaskFailure, WorkerId};
 
 /// Encodes `outcome` into `out` (cleared first). `files` lists the results that travel as descriptors with the
 /// frame, as (task index, length), in the order of the descriptors.
@@ -164,11 +164,11 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
     }
 }
 
-/// Decodes an outcome encoded by [`encode_outcome`]; `worker` and `seconds` are the parent's to
-/// fill. Also returns the (task index, length) of the results that came as descriptors.
+/// Decodes an outcome encoded by [`encode_outcome`], run by `worker` (which the receiving side
+/// knows); `seconds` is the parent's to fill. Also returns the (task index, length) of the results that came as descriptors.
 pub fn decode_outcome(
     buf: &[u8],
-    worker: usize,
+    worker: WorkerId,
 ) -> io::Result<(BatchOutcome, Vec<(usize, usize)>)> {
     let mut r = Reader {
         buf,
@@ -215,7 +215,6 @@ pub fn decode_outcome(
         mapped: Vec::new(),
         seconds: 0.0,
         worker,
-        pid: 0,
     };
     Ok((outcome, files))
 }
