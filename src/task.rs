@@ -414,7 +414,8 @@ pub struct BatchOutcome {
     /// Results above max_nbytes that came back through files (process backend), mapped: (task
     /// index, mapping), sorted. Their entry in `ends` is empty.
     pub mapped: Vec<(usize, crate::memmap::Mapping)>,
-    /// Seconds from dispatch to completion (auto batching's sample).
+    /// Seconds from dispatch to completion (auto batching's sample), set by the backend as it
+    /// reports the outcome (`CallLink::send`, the one place every backend samples).
     pub seconds: f64,
     /// Which worker ran it (or was to run it), as error reports name it.
     pub worker: WorkerId,
@@ -730,10 +731,6 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     if let Some(running) = ctx.running {
         running.stop_clock();
     }
-    let seconds = batch
-        .dispatched_at
-        .map(|t| t.elapsed().as_secs_f64())
-        .unwrap_or(0.0);
     BatchOutcome {
         first: batch.first,
         size,
@@ -742,7 +739,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         failure,
         errors,
         mapped: Vec::new(),
-        seconds,
+        seconds: 0.0,
         worker: ctx.worker,
     }
 }

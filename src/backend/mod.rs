@@ -54,6 +54,17 @@ pub struct CallLink {
 }
 
 impl CallLink {
+    /// Reports `batch`'s outcome to its call, with auto-batching's timing sample: the seconds
+    /// from the batch's dispatch to now. Every backend reports every outcome through here, so
+    /// the sample means the same everywhere. A call that is gone (its receiver dropped) has
+    /// nobody to tell: the outcome is dropped.
+    pub fn send(&self, batch: &Batch, mut outcome: BatchOutcome) {
+        outcome.seconds = batch
+            .dispatched_at
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let _ = self.reply.send(outcome);
+    }
+
     /// How a worker of this call runs its batches (without a watcher).
     pub fn run_context(&self, worker: WorkerId) -> RunContext<'_> {
         RunContext {
@@ -107,8 +118,7 @@ impl Backend {
                     // call's start, as joblib's does).
                     run_batch(&batch, link.run_context(WorkerId::Caller))
                 };
-                // The receiver lives in the call that is dispatching right now, so this cannot fail.
-                let _ = link.reply.send(outcome);
+                link.send(&batch, outcome);
             }
             Backend::Threads(pool) => pool.dispatch(batch, link),
             Backend::Processes(pool) => pool.dispatch(batch, link),

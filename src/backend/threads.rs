@@ -124,12 +124,10 @@ impl ThreadPool {
             if let Err(unsent) = jobs.send(job) {
                 let job = unsent.into_inner();
                 let failure = TaskFailure::Panicked("the worker pool is shut down".into());
-                let _ = job.link.reply.send(BatchOutcome::failed(
+                job.link.send(
                     &job.batch,
-                    WorkerId::Thread(0),
-                    job.batch.first,
-                    failure,
-                ));
+                    BatchOutcome::failed(&job.batch, WorkerId::Thread(0), job.batch.first, failure),
+                );
             }
         }
     }
@@ -242,7 +240,7 @@ fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
         }
         outcome.merge_forced(&job.batch.forced);
         // A closed reply channel means the call is gone; the outcome has nobody to tell.
-        let _ = job.link.reply.send(outcome);
+        job.link.send(&job.batch, outcome);
     }
 }
 
@@ -315,16 +313,14 @@ fn check_slots(shared: &Arc<Shared>, jobs: &Sender<Arc<Job>>) -> Option<Duration
                     index,
                     TaskFailure::Panicked("the worker pool is shut down".into()),
                 );
-                let _ = retry.link.reply.send(outcome);
+                retry.link.send(&retry.batch, outcome);
             }
         } else {
             job.link.abort.store(true, Ordering::Relaxed);
-            let _ = job.link.reply.send(BatchOutcome::failed(
+            job.link.send(
                 &job.batch,
-                WorkerId::Thread(number),
-                index,
-                failure,
-            ));
+                BatchOutcome::failed(&job.batch, WorkerId::Thread(number), index, failure),
+            );
         }
     }
     period

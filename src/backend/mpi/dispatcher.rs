@@ -250,9 +250,7 @@ impl Dispatcher {
     /// Sends `batch` to a rank with room.
     fn start(&mut self, batch: Batch, link: CallLink) {
         if link.abort.load(Ordering::Relaxed) {
-            let _ = link
-                .reply
-                .send(BatchOutcome::skipped(&batch, WorkerId::NoRank));
+            link.send(&batch, BatchOutcome::skipped(&batch, WorkerId::NoRank));
             return;
         }
         let Some(slot) = self.free_rank() else {
@@ -356,10 +354,7 @@ impl Dispatcher {
             pid: pid as u32,
         };
         let outcome = match decode_outcome(body, worker) {
-            Ok((mut outcome, _)) => {
-                outcome.seconds = batch
-                    .dispatched_at
-                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+            Ok((outcome, _)) => {
                 if outcome.failure.is_some() {
                     link.abort.store(true, Ordering::Relaxed);
                 }
@@ -375,7 +370,7 @@ impl Dispatcher {
                 )
             }
         };
-        let _ = link.reply.send(outcome);
+        link.send(&batch, outcome);
     }
 
     /// A rank that said nothing for [`SILENCE_LIMIT`] while it had work is lost: its batches
@@ -397,12 +392,10 @@ impl Dispatcher {
                     fault_address: None,
                     backtrace: None,
                 };
-                let _ = link.reply.send(BatchOutcome::failed(
+                link.send(
                     &batch,
-                    ran(slot),
-                    batch.first,
-                    failure,
-                ));
+                    BatchOutcome::failed(&batch, ran(slot), batch.first, failure),
+                );
             }
         }
     }
@@ -434,7 +427,7 @@ impl Dispatcher {
         }
         for (slot, rank) in self.ranks.iter_mut().enumerate() {
             for InFlight { batch, link, .. } in rank.batches.drain(..) {
-                let _ = link.reply.send(BatchOutcome::skipped(&batch, ran(slot)));
+                link.send(&batch, BatchOutcome::skipped(&batch, ran(slot)));
             }
         }
         // Sends still pending are abandoned (their bytes are leaked: MPI may still read them).

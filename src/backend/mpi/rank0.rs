@@ -202,10 +202,8 @@ pub fn not_attached() -> Error {
 pub(super) fn fail(batch: &Batch, link: &CallLink, message: &str) {
     link.abort.store(true, Ordering::Relaxed);
     let failure = TaskFailure::Io(message.to_owned());
-    let _ = link.reply.send(BatchOutcome::failed(
+    link.send(
         batch,
-        WorkerId::NoRank,
-        batch.first,
-        failure,
-    ));
+        BatchOutcome::failed(batch, WorkerId::NoRank, batch.first, failure),
+    );
 }

@@ -82,12 +82,15 @@ impl ProcessPool {
         {
             let Job { batch, link } = unsent.into_inner();
             let failure = TaskFailure::Io("the process pool is shut down".into());
-            let _ = link.reply.send(BatchOutcome::failed(
+            link.send(
                 &batch,
-                WorkerId::Process { slot: 0, pid: 0 },
-                batch.first,
-                failure,
-            ));
+                BatchOutcome::failed(
+                    &batch,
+                    WorkerId::Process { slot: 0, pid: 0 },
+                    batch.first,
+                    failure,
+                ),
+            );
         }
     }
 

@@ -116,9 +116,7 @@ impl Proxy {
     fn run_job(&mut self, Job { batch, link }: Job) {
         if link.abort.load(Ordering::Relaxed) {
             // The call already failed: this batch never starts.
-            let _ = link
-                .reply
-                .send(BatchOutcome::skipped(&batch, self.unstarted()));
+            link.send(&batch, BatchOutcome::skipped(&batch, self.unstarted()));
             return;
         }
         // With on_error=collect, a batch whose worker died or timed out runs again without the
@@ -135,9 +133,6 @@ impl Proxy {
                     unstarted: true, ..
                 })) => {}
                 Ok(mut outcome) => {
-                    outcome.seconds = batch
-                        .dispatched_at
-                        .map_or(0.0, |t| t.elapsed().as_secs_f64());
                     outcome.merge_forced(&attempt.forced);
                     if outcome.failure.is_some() {
                         link.abort.store(true, Ordering::Relaxed);
@@ -159,7 +154,7 @@ impl Proxy {
                 Err(None) => break BatchOutcome::skipped(&batch, self.unstarted()),
             }
         };
-        let _ = link.reply.send(outcome);
+        link.send(&batch, outcome);
     }
 
     /// Sends the batch to the worker (forking one if needed) and reads its outcome; on failure,
