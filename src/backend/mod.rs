@@ -98,6 +98,13 @@ impl Backend {
         }
     }
 
+    /// Whether [`Backend::dispatch`] runs the batch on the calling thread before it returns (the
+    /// sequential backend): then no other worker could take a piece of a batch split up, and
+    /// whatever watches the caller (SIGINT with handle_sigint) must watch during the dispatch.
+    pub fn runs_inline(&self) -> bool {
+        matches!(self, Backend::Sequential)
+    }
+
     /// Number of workers running batches concurrently.
     pub fn workers(&self) -> usize {
         match self {

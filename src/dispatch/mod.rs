@@ -255,7 +255,7 @@ impl Call {
     /// end is noticed at the next completion, after reporting it, when one is still to come (as
     /// joblib notices the end of its input at the first completion after the last dispatch);
     /// otherwise the call is complete now and its final line is due.
-    fn close_input(&mut self, backend: &Backend) {
+    fn close_input(&mut self) {
         if self.input_done || self.end_unseen {
             return;
         }
@@ -265,11 +265,10 @@ impl Call {
             return;
         }
         self.input_done = true;
-        // The sequential path's final line comes from finish_progress.
-        if !self.failed() && !matches!(backend, Backend::Sequential) {
+        if !self.failed() {
             let snapshot = self.snapshot();
             if let Some(progress) = self.progress.as_mut() {
-                progress.completed(&snapshot);
+                progress.input_closed(&snapshot);
             }
         }
     }
@@ -283,13 +282,10 @@ impl Call {
     }
 
     /// Ends progress reporting: the sequential path's last evaluation, and the bar's final line.
-    fn finish_progress(&mut self, backend: &Backend) {
+    fn finish_progress(&mut self) {
         let snapshot = self.snapshot();
-        if let Some(mut progress) = self.progress.take() {
-            if matches!(backend, Backend::Sequential) && !snapshot.aborting {
-                progress.loop_ended(&snapshot);
-            }
-            progress.finish(&snapshot);
+        if let Some(progress) = self.progress.take() {
+            progress.ended(&snapshot);
         }
     }
 
@@ -336,12 +332,12 @@ impl Call {
             self.wait_for_room(backend, batching, false);
             self.produce_one(backend, batching);
         }
-        self.close_input(backend);
+        self.close_input();
         self.flush(backend, true);
         self.drain(batching);
         // A cancellation may have ended the work without a wait ever timing out.
         self.check_cancelled();
-        self.finish_progress(backend);
+        self.finish_progress();
         backend.end_call();
         if let Some(error) = self.failure_error(backend) {
             return Err(error);
@@ -403,8 +399,8 @@ impl Call {
             } else if self.producer.is_none() {
                 // Every result was handed out: no more input can come (a call fed by submits
                 // learns it only here).
-                self.close_input(backend);
-                self.finish_progress(backend);
+                self.close_input();
+                self.finish_progress();
                 backend.end_call();
                 return Ok(None);
             } else {
@@ -593,10 +589,10 @@ impl Call {
             return;
         }
         let mut batch = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
-        let chunk = match backend {
-            _ if !end_of_input => batch.len(),
-            Backend::Sequential => batch.len(),
-            _ => (batch.len() / (10 * backend.workers())).max(1),
+        let chunk = if !end_of_input || backend.runs_inline() {
+            batch.len()
+        } else {
+            (batch.len() / (10 * backend.workers())).max(1)
         };
         while batch.len() > chunk {
             let rest = batch.split_off(chunk);
@@ -612,11 +608,12 @@ impl Call {
         self.in_flight_tasks += batch.len();
         self.dispatched_batches += 1;
         self.dispatched_tasks += batch.len();
-        // The sequential backend runs the batch right here: a SIGINT meanwhile stops it after
-        // the current task.
-        let _sigint = match backend {
-            Backend::Sequential => self.sigint.as_ref().map(SigintGuard::enter),
-            _ => None,
+        // An inline backend runs the batch right here: a SIGINT meanwhile stops it after the
+        // current task.
+        let _sigint = if backend.runs_inline() {
+            self.sigint.as_ref().map(SigintGuard::enter)
+        } else {
+            None
         };
         backend.dispatch(batch, &self.link);
     }

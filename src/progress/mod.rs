@@ -347,6 +347,24 @@ impl Progress {
         self.report(&end, elapsed);
     }
 
+    /// No more input will come and every task completed, as a completion that just came
+    /// reported (or none ran): joblib's parallel path reports the call complete now; its
+    /// sequential path does it once its loop ends ([`Progress::ended`]).
+    pub fn input_closed(&mut self, snapshot: &Snapshot) {
+        if !self.sequential {
+            self.completed(snapshot);
+        }
+    }
+
+    /// The call is over (`snapshot`: the dispatcher's final counters): the sequential path's last
+    /// evaluation unless the call failed ([`Progress::loop_ended`]), then the bar's final line.
+    pub fn ended(mut self, snapshot: &Snapshot) {
+        if self.sequential && !snapshot.aborting {
+            self.loop_ended(snapshot);
+        }
+        self.finish(snapshot);
+    }
+
     /// The call is over (`snapshot`: the dispatcher's final counters): writes the bar's final
     /// line, which says "stopped" when the call is stopping early.
     pub fn finish(mut self, snapshot: &Snapshot) {
