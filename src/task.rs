@@ -411,14 +411,38 @@ pub struct BatchOutcome {
     /// With on_error=collect: every failed task of the batch, by index (sorted). Each still has an
     /// (empty) entry in `ends`, so results stay aligned with task indices.
     pub errors: Vec<(usize, TaskFailure)>,
-    /// Results above max_nbytes that came back through files (process backend), mapped: (task
-    /// index, mapping), sorted. Their entry in `ends` is empty.
-    pub mapped: Vec<(usize, crate::memmap::Mapping)>,
+    /// Outputs kept outside `data` by the backend (process backend: results above max_nbytes
+    /// that came back through files, mapped): (task index, output), sorted. Their entry in `ends`
+    /// is empty.
+    pub large: Vec<(usize, LargeOutput)>,
     /// Seconds from dispatch to completion (auto batching's sample), set by the backend as it
     /// reports the outcome (`CallLink::send`, the one place every backend samples).
     pub seconds: f64,
     /// Which worker ran it (or was to run it), as error reports name it.
     pub worker: WorkerId,
+}
+
+/// A task's output kept outside its batch's arena, in memory its backend owns (a result above
+/// max_nbytes that a process worker wrote to a file, mapped by the parent): read in place, never
+/// copied, and released when this is dropped (when the caller frees the call's results).
+pub struct LargeOutput(Box<dyn AsRef<[u8]> + Send + Sync>);
+
+impl LargeOutput {
+    /// An output whose bytes `owner` holds (and releases when dropped).
+    pub fn new(owner: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        LargeOutput(Box::new(owner))
+    }
+
+    /// The output's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for LargeOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LargeOutput({} bytes)", self.bytes().len())
+    }
 }
 
 /// Which worker ran a batch, filled in by the backend that ran it; its `Display` is the "worker"
@@ -507,7 +531,7 @@ impl BatchOutcome {
             ends: Vec::new(),
             failure: None,
             errors: Vec::new(),
-            mapped: Vec::new(),
+            large: Vec::new(),
             seconds: 0.0,
             worker,
         }
@@ -738,7 +762,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         ends,
         failure,
         errors,
-        mapped: Vec::new(),
+        large: Vec::new(),
         seconds: 0.0,
         worker: ctx.worker,
     }

@@ -335,7 +335,7 @@ fn lost_batch(first: usize, size: usize, worker: WorkerId, why: String) -> Batch
         ends: Vec::new(),
         failure: Some((first, TaskFailure::Panicked(why))),
         errors: Vec::new(),
-        mapped: Vec::new(),
+        large: Vec::new(),
         seconds: 0.0,
         worker,
     }

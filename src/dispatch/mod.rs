@@ -28,7 +28,7 @@ mod results;
 
 pub use batching::Batching;
 pub use results::Results;
-use results::find_mapped;
+use results::find_large;
 
 use crate::backend::{Backend, CallLink};
 use crate::config::ReturnAs;
@@ -419,8 +419,8 @@ impl Call {
             outcome.ends[*read - 1]
         };
         let index = outcome.first + *read;
-        let data = find_mapped(&outcome.mapped, index)
-            .unwrap_or(&outcome.data[start..outcome.ends[*read]]);
+        let data =
+            find_large(&outcome.large, index).unwrap_or(&outcome.data[start..outcome.ends[*read]]);
         *read += 1;
         self.arrived_tasks -= 1;
         self.next_index = index + 1;

@@ -1,13 +1,13 @@
 //! A call's results: outputs joined in input order from batch outcomes (each possibly read in part
-//! by `next`), results that came back through mapped files, and the per-task errors of
+//! by `next`), outputs the backend kept outside the batches' arenas, and the per-task errors of
 //! on_error=collect.
 
 use crate::error::{Error, ErrorKind};
-use crate::memmap::Mapping;
-use crate::task::{BatchOutcome, TaskFailure};
+use crate::task::{BatchOutcome, LargeOutput, TaskFailure};
 
-/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`, or a mapped
-/// file for results above max_nbytes (process backend). With on_error=collect, failed tasks have
+/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`, or one the
+/// backend kept outside its batch's arena ([`LargeOutput`]: results above max_nbytes, process
+/// backend). With on_error=collect, failed tasks have
 /// an empty output and an entry in `errors`.
 #[derive(Debug, Default)]
 pub struct Results {
@@ -15,26 +15,17 @@ pub struct Results {
     ends: Vec<usize>,
     /// (task index, its error), sorted by index.
     errors: Vec<(usize, Error)>,
-    /// (task index, the mapped file holding its output), sorted by index.
-    mapped: Vec<(usize, Mapping)>,
+    /// (task index, its output kept outside `data`), sorted by index.
+    large: Vec<(usize, LargeOutput)>,
 }
 
-/// A mapped result's bytes.
-fn mapped_bytes(mapping: &Mapping) -> &[u8] {
-    if mapping.is_empty() {
-        return &[];
-    }
-    // SAFETY: a read-only mapping of `len()` bytes that lives as long as the borrow of it.
-    unsafe { std::slice::from_raw_parts(mapping.as_ptr(), mapping.len()) }
-}
-
-/// The output of task `index` if it came back through a file.
-pub(super) fn find_mapped(mapped: &[(usize, Mapping)], index: usize) -> Option<&[u8]> {
-    if mapped.is_empty() {
+/// The output of task `index` if it was kept outside its batch's arena.
+pub(super) fn find_large(large: &[(usize, LargeOutput)], index: usize) -> Option<&[u8]> {
+    if large.is_empty() {
         return None;
     }
-    let at = mapped.binary_search_by_key(&index, |(i, _)| *i).ok()?;
-    Some(mapped_bytes(&mapped[at].1))
+    let at = large.binary_search_by_key(&index, |(i, _)| *i).ok()?;
+    Some(large[at].1.bytes())
 }
 
 impl Results {
@@ -45,7 +36,7 @@ impl Results {
 
     /// Task `index`'s output bytes.
     pub fn get(&self, index: usize) -> Option<&[u8]> {
-        if let Some(bytes) = find_mapped(&self.mapped, index) {
+        if let Some(bytes) = find_large(&self.large, index) {
             return Some(bytes);
         }
         let end = *self.ends.get(index)?;
@@ -66,11 +57,11 @@ impl Results {
         describe: impl Fn(usize, &TaskFailure, &BatchOutcome) -> Error,
     ) -> Result<Results, Error> {
         outcomes.sort_unstable_by_key(|(o, skip)| o.first + skip);
-        let mut mapped = Vec::new();
+        let mut large = Vec::new();
         for (outcome, skip) in &mut outcomes {
             let from = outcome.first + *skip;
-            mapped.extend(
-                std::mem::take(&mut outcome.mapped)
+            large.extend(
+                std::mem::take(&mut outcome.large)
                     .into_iter()
                     .filter(|(index, _)| *index >= from),
             );
@@ -91,7 +82,7 @@ impl Results {
                 data: std::mem::take(&mut only.data),
                 ends: std::mem::take(&mut only.ends),
                 errors,
-                mapped,
+                large,
             });
         }
         let total_tasks: usize = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
@@ -103,7 +94,7 @@ impl Results {
             data: Vec::new(),
             ends: Vec::new(),
             errors,
-            mapped,
+            large,
         };
         let reserved = results
             .data

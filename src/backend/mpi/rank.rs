@@ -211,7 +211,7 @@ impl WorkerRank {
                     ends: Vec::new(),
                     failure: Some((first, failure)),
                     errors: Vec::new(),
-                    mapped: Vec::new(),
+                    large: Vec::new(),
                     seconds: 0.0,
                     worker: WorkerId::Process { slot: 0, pid: 0 },
                 });
@@ -242,7 +242,7 @@ impl WorkerRank {
                 ends: Vec::new(),
                 failure: Some((outcome.first, failure)),
                 errors: Vec::new(),
-                mapped: Vec::new(),
+                large: Vec::new(),
                 seconds: 0.0,
                 worker: outcome.worker,
             };

@@ -45,7 +45,8 @@ use crate::backend::wire::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_outcome, encode_batch,
     recv_frame_with_fds, send_frame_with_fds,
 };
-use crate::task::{Batch, BatchOutcome, Death, TaskFailure, WorkerId};
+use crate::memmap::{MapAccess, Mapping};
+use crate::task::{Batch, BatchOutcome, Death, LargeOutput, TaskFailure, WorkerId};
 
 /// One batch for a proxy.
 pub(super) struct Job {
@@ -285,12 +286,16 @@ impl Proxy {
                 if let Some(worker) = self.worker.as_mut() {
                     worker.served = true;
                 }
-                outcome.mapped = map_results(files, fds).map_err(|e| {
+                let mapped = map_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,
                         TaskFailure::Io(e.message().to_owned()),
                     ))
                 })?;
+                outcome.large = mapped
+                    .into_iter()
+                    .map(|(index, mapping)| (index, MappedResult::output(mapping)))
+                    .collect();
                 Ok(outcome)
             }
             // The caller could not allocate the outcome (a result too large for its memory):
@@ -414,6 +419,29 @@ impl Lost {
             retryable: false,
             unstarted: false,
         }
+    }
+}
+
+/// A result that came back through a file, mapped read-only: the call reads it in place until its
+/// results are freed, which unmaps it.
+struct MappedResult(Mapping);
+
+impl MappedResult {
+    fn output(mapping: Mapping) -> LargeOutput {
+        // Read in place by the caller: nothing may write to it (see `as_ref`).
+        debug_assert_eq!(mapping.access(), MapAccess::ReadOnly);
+        LargeOutput::new(MappedResult(mapping))
+    }
+}
+
+impl AsRef<[u8]> for MappedResult {
+    fn as_ref(&self) -> &[u8] {
+        if self.0.is_empty() {
+            return &[];
+        }
+        // SAFETY: a read-only mapping of `len()` bytes, unmapped only when `self` is dropped,
+        // which the borrow of `self` prevents while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
     }
 }
 

@@ -159,7 +159,7 @@ mod tests {
                     },
                 ),
             ],
-            mapped: Vec::new(),
+            large: Vec::new(),
             seconds: 0.0,
             worker: WorkerId::Caller,
         };

@@ -212,7 +212,7 @@ pub fn decode_outcome(
         ends,
         failure,
         errors,
-        mapped: Vec::new(),
+        large: Vec::new(),
         seconds: 0.0,
         worker,
     };
