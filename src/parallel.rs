@@ -11,11 +11,9 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use crate::backend::{Backend, ProcessPool, ThreadPool};
-use crate::config::{
-    BackendKind, Config, MaxNbytes, MmapMode, OnError, ProgressMode, Resolved, StartMethod,
-};
+use crate::config::{BackendKind, Config, OnError, ProgressMode, Resolved, StartMethod};
 use crate::dispatch::{
-    Batching, Call, CallOptions, CancelReason, Producer, Results, SpillOptions, Stop, Streamed,
+    Batching, Call, CallOptions, CancelReason, Producer, Results, Stop, Streamed,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::{Expected, Progress, StdStreams, Stream, VerboseSettings};
@@ -459,20 +457,14 @@ fn new_call(
         collect: settings.on_error == OnError::Collect,
         handle_sigint: settings.handle_sigint,
     };
-    // joblib memmaps large arguments for process workers only; threads share memory already.
-    // mmap_mode "none" (joblib's None) memmaps nothing: everything is copied.
-    let spill = match (backend, settings.max_nbytes) {
-        _ if settings.mmap_mode == MmapMode::None => None,
-        (Backend::Processes(_), MaxNbytes::Bytes(above)) => Some(SpillOptions {
-            above,
-            mode: settings.mmap_mode,
-            folder: settings.temp_folder.clone(),
-        }),
-        _ => None,
-    };
+    let stager = backend.stager(
+        settings.max_nbytes,
+        settings.mmap_mode,
+        settings.temp_folder.as_deref(),
+    );
     Call::new(options, stop)
         .with_progress(progress_for(settings, backend.workers(), expected))
-        .with_spill(spill)
+        .with_stager(stager)
 }
 
 impl Drop for Parallel {

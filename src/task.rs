@@ -183,10 +183,9 @@ pub struct Batch {
     /// after their worker died or timed out): not run again, reported with this failure. Sorted.
     pub forced: Vec<(usize, TaskFailure)>,
     /// Tasks whose argument lives in a spill file instead of `args` (process backend, arguments
-    /// above max_nbytes), by task index, sorted; their range in `args` is empty.
+    /// above max_nbytes), by task index, sorted; their range in `args` is empty. The files
+    /// themselves are the call's, which its backend passes to the workers.
     pub spilled: Vec<(usize, ArgRef)>,
-    /// The spill files those arguments live in, so the backend can hand them to its workers.
-    pub files: Vec<SpillFile>,
 }
 
 /// Where a spilled argument lives: a byte range of one spill file.
@@ -198,15 +197,6 @@ pub struct ArgRef {
     pub offset: u64,
     /// The argument's length.
     pub len: usize,
-}
-
-/// A spill file's id and descriptor (shared by every batch that refers to it).
-#[derive(Clone, Debug)]
-pub struct SpillFile {
-    /// Unique in this process.
-    pub id: u64,
-    /// The open, unnamed file.
-    pub fd: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 /// At most this many tasks' room is set aside when a batch is created; larger batches grow as tasks
@@ -226,19 +216,15 @@ impl Batch {
             dispatched_at: None,
             forced: Vec::new(),
             spilled: Vec::new(),
-            files: Vec::new(),
         }
     }
 
-    /// Appends a task whose argument was written to a spill file (`file` holds it).
-    pub fn push_spilled(&mut self, callback: Callback, arg: ArgRef, file: &SpillFile) {
+    /// Appends a task whose argument was written to a spill file, at `arg`.
+    pub fn push_spilled(&mut self, callback: Callback, arg: ArgRef) {
         let index = self.first + self.callbacks.len();
         self.callbacks.push(callback);
         self.arg_ends.push(self.args.len());
         self.spilled.push((index, arg));
-        if !self.files.iter().any(|f| f.id == file.id) {
-            self.files.push(file.clone());
-        }
     }
 
     /// Appends a task, copying its argument bytes; an I/O error, with the batch unchanged, when
@@ -293,7 +279,6 @@ impl Batch {
             dispatched_at: None,
             forced: Vec::new(),
             spilled: Vec::new(),
-            files: Vec::new(),
         }
     }
 
@@ -329,11 +314,6 @@ impl Batch {
         let split_index = self.first + at;
         let spilled_at = self.spilled.partition_point(|(i, _)| *i < split_index);
         let spilled = self.spilled.split_off(spilled_at);
-        let files = if spilled.is_empty() {
-            Vec::new()
-        } else {
-            self.files.clone()
-        };
         Batch {
             first: split_index,
             callbacks,
@@ -342,7 +322,6 @@ impl Batch {
             dispatched_at: None,
             forced: Vec::new(),
             spilled,
-            files,
         }
     }
 }

@@ -12,6 +12,7 @@ mod failure;
 pub mod mpi;
 mod processes;
 mod spill;
+mod staging;
 mod threads;
 pub mod wire;
 
@@ -24,9 +25,13 @@ use crossbeam_channel::Sender;
 pub use mpi::MpiPool;
 pub use processes::ProcessPool;
 pub use processes::spawn;
+pub use staging::{CallFiles, SpillOptions, Stager};
 pub use threads::ThreadPool;
 
+use crate::config::{MaxNbytes, MmapMode};
+use crate::memmap::MapAccess;
 use crate::task::{Batch, BatchOutcome, RunContext, WorkerId, run_batch};
+use wire::RunFlags;
 
 /// Where a call's batches report back, and the flag that stops its queued work.
 #[derive(Clone, Debug)]
@@ -44,16 +49,26 @@ pub struct CallLink {
     pub timeout: Option<Duration>,
     /// on_error=collect: a failed, crashed or timed-out task does not stop the call.
     pub collect: bool,
-    /// How process workers map spilled arguments (mmap_mode).
-    pub access: crate::memmap::MapAccess,
     /// Unique per call in this process.
     pub call: u64,
-    /// Process workers send results longer than this many bytes back through files in this
-    /// folder (a path, as bytes); `None`: never.
-    pub results_spill: Option<(u64, Arc<Vec<u8>>)>,
+    /// For a call whose process workers exchange large arguments and results through files:
+    /// those files and how to use them ([`Stager::files`]); `None`: everything travels inline.
+    pub files: Option<Arc<CallFiles>>,
 }
 
 impl CallLink {
+    /// The flags a worker process or MPI rank runs this call's batches with.
+    pub fn run_flags(&self) -> RunFlags {
+        let files = self.files.as_deref();
+        RunFlags {
+            timed: self.timeout.is_some(),
+            collect: self.collect,
+            access: files.map_or(MapAccess::ReadOnly, |f| f.access),
+            call: self.call,
+            results_above: files.map_or(u64::MAX, |f| f.results.0),
+        }
+    }
+
     /// Reports `batch`'s outcome to its call, with auto-batching's timing sample: the seconds
     /// from the batch's dispatch to now. Every backend reports every outcome through here, so
     /// the sample means the same everywhere. A call that is gone (its receiver dropped) has
@@ -103,6 +118,27 @@ impl Backend {
     /// whatever watches the caller (SIGINT with handle_sigint) must watch during the dispatch.
     pub fn runs_inline(&self) -> bool {
         matches!(self, Backend::Sequential)
+    }
+
+    /// How a call on this backend stages its arguments: process workers get arguments above
+    /// `max_nbytes` through files (unless `mmap_mode` is none, joblib's None: everything is
+    /// copied); threads share memory already, and MPI ranks get everything in their messages.
+    pub fn stager(
+        &self,
+        max_nbytes: MaxNbytes,
+        mode: MmapMode,
+        folder: Option<&std::path::Path>,
+    ) -> Stager {
+        let options = match (self, max_nbytes) {
+            _ if mode == MmapMode::None => None,
+            (Backend::Processes(_), MaxNbytes::Bytes(above)) => Some(SpillOptions {
+                above,
+                mode,
+                folder: folder.map(std::path::Path::to_path_buf),
+            }),
+            _ => None,
+        };
+        Stager::new(options)
     }
 
     /// Number of workers running batches concurrently.

@@ -14,7 +14,6 @@
 //!   reader of `next` pauses production instead of piling results up in memory.
 
 pub mod batching;
-mod spill;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -30,7 +29,7 @@ pub use batching::Batching;
 pub use results::Results;
 use results::find_large;
 
-use crate::backend::{Backend, CallLink};
+use crate::backend::{Backend, CallLink, Stager};
 use crate::config::ReturnAs;
 use crate::error::{Error, ErrorKind};
 use crate::progress::{Progress, Snapshot};
@@ -72,17 +71,6 @@ pub struct CallOptions {
     pub collect: bool,
     /// Whether a SIGINT cancels the call while it blocks (or runs tasks inline).
     pub handle_sigint: bool,
-}
-
-/// When and how a call spills large arguments to files (process backend only).
-#[derive(Clone, Debug)]
-pub struct SpillOptions {
-    /// Arguments strictly larger than this go through a file.
-    pub above: u64,
-    /// How workers map them.
-    pub mode: crate::config::MmapMode,
-    /// The temp_folder option, if set (resolved at the first spill).
-    pub folder: Option<std::path::PathBuf>,
 }
 
 /// The call's failure: the first one seen (as joblib raises the first failure it observes), and which
@@ -139,9 +127,8 @@ pub struct Call {
     /// still to come: joblib finds the end of its input only when a completion asks for more,
     /// after reporting it, so `input_done` is set at the next completion.
     end_unseen: bool,
-    /// Large arguments: when to spill them, and the files once the first one was.
-    spill_options: Option<SpillOptions>,
-    spill: Option<spill::CallSpill>,
+    /// How task arguments join their batch (the backend's: copied, or through files).
+    stager: Stager,
 }
 
 impl std::fmt::Debug for Call {
@@ -183,13 +170,12 @@ impl Call {
                 drain: Arc::new(AtomicBool::new(false)),
                 timeout,
                 collect,
-                access: crate::memmap::MapAccess::ReadOnly,
                 call: {
                     static NEXT_CALL: std::sync::atomic::AtomicU64 =
                         std::sync::atomic::AtomicU64::new(1);
                     NEXT_CALL.fetch_add(1, Ordering::Relaxed)
                 },
-                results_spill: None,
+                files: None,
             },
             cancelled: stop.cancelled.clone(),
             sigint: handle_sigint.then(|| stop.share()),
@@ -213,22 +199,14 @@ impl Call {
             completed_tasks: 0,
             input_done: false,
             end_unseen: false,
-            spill_options: None,
-            spill: None,
+            stager: Stager::default(),
         }
     }
 
-    /// A call that writes arguments above `options.above` bytes to files for its workers.
-    pub fn with_spill(mut self, options: Option<SpillOptions>) -> Self {
-        if let Some(options) = &options {
-            self.link.access = options.mode.into();
-            // Where workers write large results: resolved now (cheap, no file is created); the
-            // worker reports a bad folder when it first needs it.
-            let folder = crate::memmap::folder::resolve_temp_folder(options.folder.as_deref());
-            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(folder.path.as_os_str()).to_vec();
-            self.link.results_spill = Some((options.above, Arc::new(bytes)));
-        }
-        self.spill_options = options;
+    /// A call whose arguments join their batches through `stager` ([`Backend::stager`]).
+    pub fn with_stager(mut self, stager: Stager) -> Self {
+        self.link.files = stager.files();
+        self.stager = stager;
         self
     }
 
@@ -469,19 +447,9 @@ impl Call {
         if self.failed() {
             return;
         }
-        match &self.spill_options {
-            Some(options) if arg.len() as u64 > options.above => {
-                if let Err(error) = self.push_spilled(callback, arg) {
-                    self.fail_producer(error);
-                    return;
-                }
-            }
-            _ => {
-                if let Err(error) = self.pending.push(callback, arg) {
-                    self.fail_producer(error);
-                    return;
-                }
-            }
+        if let Err(error) = self.stager.push(&mut self.pending, callback, arg) {
+            self.fail_producer(error);
+            return;
         }
         self.submitted += 1;
         if self.pending.len() >= batching.size() {
@@ -504,26 +472,6 @@ impl Call {
             let batch = std::mem::replace(&mut self.pending, next);
             self.dispatch(backend, batch);
         }
-    }
-
-    /// Writes a large argument to the call's spill file and queues the task with a reference to it.
-    fn push_spilled(&mut self, callback: Callback, arg: &[u8]) -> Result<(), Error> {
-        let spill = match &mut self.spill {
-            Some(spill) => spill,
-            empty => {
-                let Some(options) = &self.spill_options else {
-                    unreachable!("only called with spill options")
-                };
-                empty.insert(spill::CallSpill::create(
-                    options.folder.clone(),
-                    options.mode,
-                    arg.len(),
-                )?)
-            }
-        };
-        let (at, file) = spill.write(arg)?;
-        self.pending.push_spilled(callback, at, file);
-        Ok(())
     }
 
     /// Calls the producer once; at its end (or error) the producer is dropped.

@@ -23,7 +23,7 @@ use super::{
     append_trailer, split_trailer, too_big,
 };
 use crate::backend::CallLink;
-use crate::backend::wire::{RunFlags, decode_outcome, encode_batch};
+use crate::backend::wire::{decode_outcome, encode_batch};
 use crate::error::Result;
 use crate::spin::Backoff;
 use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
@@ -258,13 +258,8 @@ impl Dispatcher {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let flags = RunFlags {
-            timed: link.timeout.is_some(),
-            collect: link.collect,
-            access: link.access,
-            call: link.call,
-            results_above: u64::MAX,
-        };
+        // MPI ranks get every argument and result in their messages: the link has no files.
+        let flags = link.run_flags();
         let mut message = Vec::new();
         if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
             fail(&batch, &link, &error.to_string());

@@ -189,9 +189,9 @@ impl WorkerRank {
                     drain: Arc::clone(&drain),
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
                     collect: decoded.flags.collect,
-                    access: decoded.flags.access,
                     call: decoded.flags.call,
-                    results_spill: None,
+                    // Batches from rank 0 carry every argument inline.
+                    files: None,
                 };
                 self.pool.dispatch(batch, &link);
             }

@@ -42,8 +42,8 @@ use super::start::{Worker, spawn_worker};
 use crate::backend::CallLink;
 use crate::backend::spill::map_results;
 use crate::backend::wire::{
-    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, RunFlags, decode_outcome, encode_batch,
-    recv_frame_with_fds, send_frame_with_fds,
+    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_outcome, encode_batch, recv_frame_with_fds,
+    send_frame_with_fds,
 };
 use crate::memmap::{MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome, Death, LargeOutput, TaskFailure, WorkerId};
@@ -190,29 +190,14 @@ impl Proxy {
             .running
             .stop()
             .store(link.abort.load(Ordering::Relaxed), Ordering::Relaxed);
-        let flags = RunFlags {
-            timed: link.timeout.is_some(),
-            collect: link.collect,
-            access: link.access,
-            call: link.call,
-            results_above: link
-                .results_spill
-                .as_ref()
-                .map_or(u64::MAX, |(above, _)| *above),
-        };
-        let results_folder = link
-            .results_spill
-            .as_ref()
-            .map_or(&[][..], |(_, folder)| folder.as_slice());
+        let flags = link.run_flags();
+        let files = link.files.as_deref();
+        let results_folder = files.map_or(&[][..], |f| f.results.1.as_slice());
 
         // Spill files this worker has not seen travel with the frame (SCM_RIGHTS).
-        let (mut attached, mut attached_fds) = (Vec::new(), Vec::new());
-        for file in &batch.files {
-            if !worker.sent_files.contains(&file.id) {
-                attached.push(file.id);
-                attached_fds.push(file.fd.as_fd());
-            }
-        }
+        let unsent = files.map_or_else(Vec::new, |f| f.unsent(batch, &worker.sent_files));
+        let attached: Vec<u64> = unsent.iter().map(|(id, _)| *id).collect();
+        let attached_fds: Vec<_> = unsent.iter().map(|(_, fd)| fd.as_fd()).collect();
         let by_index = self.spawn.is_some();
         // Nothing was sent when the frame cannot be allocated: the worker stays usable.
         encode_batch(
