@@ -1,8 +1,11 @@
 //! One call's dispatching: forming batches, the pre-dispatch window, handing batches to the backend,
 //! handing results back (all at once, or streamed in input or completion order), and failing fast.
 //!
-//! The dispatcher sees only [`Backend::dispatch`] and the outcomes on its reply channel; it knows
-//! nothing about threads or processes.
+//! The dispatcher sees only the backend's [`Stager`] (which adds each argument to its batch),
+//! [`Backend::dispatch`] and the outcomes on its reply channel; it knows nothing about threads,
+//! processes, files or MPI ranks (an outcome names its worker, [`crate::task::WorkerId`]).
+//! `arrived` keeps completed batches until `next` hands their results out; `results` joins them
+//! for `finish`.
 //!
 //! Flow control. A call never holds more than `window` tasks "in the air", where `window` is
 //! pre_dispatch × the current batch size (exactly pre_dispatch with batches of one task, as joblib
@@ -15,7 +18,6 @@
 
 pub mod batching;
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -23,11 +25,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, unbounded};
 
 pub use crate::stop::{CancelReason, Stop};
+mod arrived;
 mod results;
 
+use arrived::Arrived;
 pub use batching::Batching;
 pub use results::Results;
-use results::find_large;
 
 use crate::backend::{Backend, CallLink, Stager};
 use crate::config::ReturnAs;
@@ -82,15 +85,6 @@ struct Failure {
     worker: WorkerId,
 }
 
-/// Completed batches waiting to be handed back, in the order `next` hands them out.
-#[derive(Debug)]
-enum Arrived {
-    /// Input order: keyed by the batch's first task index.
-    Ordered(BTreeMap<usize, BatchOutcome>),
-    /// Completion order.
-    Unordered(VecDeque<BatchOutcome>),
-}
-
 /// The state of one call, from its first task to its last result.
 pub struct Call {
     link: CallLink,
@@ -106,12 +100,8 @@ pub struct Call {
     pending: Batch,
     in_flight: usize,
     in_flight_tasks: usize,
+    /// Completed batches whose results `next` has not handed out.
     arrived: Arrived,
-    arrived_tasks: usize,
-    /// The batch `next` is reading and how many of its results were handed out.
-    reading: Option<(BatchOutcome, usize)>,
-    /// The index `next` hands out next, in input order.
-    next_index: usize,
     failure: Option<Failure>,
     /// Set when the producer (not a task) failed; reported as the call's error.
     producer_error: Option<Error>,
@@ -136,7 +126,7 @@ impl std::fmt::Debug for Call {
         f.debug_struct("Call")
             .field("submitted", &self.submitted)
             .field("in_flight_tasks", &self.in_flight_tasks)
-            .field("arrived_tasks", &self.arrived_tasks)
+            .field("arrived_tasks", &self.arrived.unread())
             .field("has_producer", &self.producer.is_some())
             .finish_non_exhaustive()
     }
@@ -159,10 +149,6 @@ impl Call {
             collect,
             handle_sigint,
         } = options;
-        let arrived = match order {
-            ReturnAs::GeneratorUnordered => Arrived::Unordered(VecDeque::new()),
-            ReturnAs::List | ReturnAs::Generator => Arrived::Ordered(BTreeMap::new()),
-        };
         Call {
             link: CallLink {
                 reply,
@@ -187,10 +173,7 @@ impl Call {
             pending: Batch::new(0, first_batch),
             in_flight: 0,
             in_flight_tasks: 0,
-            arrived,
-            arrived_tasks: 0,
-            reading: None,
-            next_index: 0,
+            arrived: Arrived::new(order),
             failure: None,
             producer_error: None,
             progress: None,
@@ -320,12 +303,7 @@ impl Call {
         if let Some(error) = self.failure_error(backend) {
             return Err(error);
         }
-        let mut outcomes: Vec<(BatchOutcome, usize)> = self.reading.take().into_iter().collect();
-        match std::mem::replace(&mut self.arrived, Arrived::Unordered(VecDeque::new())) {
-            Arrived::Ordered(map) => outcomes.extend(map.into_values().map(|o| (o, 0))),
-            Arrived::Unordered(queue) => outcomes.extend(queue.into_iter().map(|o| (o, 0))),
-        }
-        Results::from_outcomes(outcomes, |index, failure, outcome| {
+        Results::from_outcomes(self.arrived.take_all(), |index, failure, outcome| {
             backend.task_error(index, failure, outcome.worker)
         })
     }
@@ -337,11 +315,7 @@ impl Call {
         backend: &Backend,
         batching: &mut Batching,
     ) -> Result<Option<Streamed<'_>>, Error> {
-        if let Some((outcome, read)) = &self.reading {
-            if *read == outcome.ends.len() {
-                self.reading = None;
-            }
-        }
+        self.arrived.release_read();
         loop {
             self.check_cancelled();
             if let Some(error) = self.failure_error(backend) {
@@ -360,10 +334,7 @@ impl Call {
             if self.failed() {
                 continue;
             }
-            if self.reading.is_none() {
-                self.reading = self.take_arrived().map(|o| (o, 0));
-            }
-            if self.reading.is_some() {
+            if self.arrived.ready() {
                 break;
             }
             if self.in_flight > 0 && self.producer.is_some() {
@@ -388,29 +359,8 @@ impl Call {
                 ));
             }
         }
-        let Some((outcome, read)) = self.reading.as_mut() else {
-            unreachable!("checked above")
-        };
-        let start = if *read == 0 {
-            0
-        } else {
-            outcome.ends[*read - 1]
-        };
-        let index = outcome.first + *read;
-        let data =
-            find_large(&outcome.large, index).unwrap_or(&outcome.data[start..outcome.ends[*read]]);
-        *read += 1;
-        self.arrived_tasks -= 1;
-        self.next_index = index + 1;
-        let error = if outcome.errors.is_empty() {
-            None
-        } else {
-            outcome
-                .errors
-                .binary_search_by_key(&index, |(i, _)| *i)
-                .ok()
-                .map(|at| backend.task_error(index, &outcome.errors[at].1, outcome.worker))
-        };
+        let (index, data, failure) = self.arrived.read();
+        let error = failure.map(|(failure, worker)| backend.task_error(index, failure, worker));
         Ok(Some(Streamed { index, data, error }))
     }
 
@@ -509,7 +459,7 @@ impl Call {
         };
         let window = pre_dispatch.saturating_mul(batching.size());
         let unread = if counting_unread {
-            self.arrived_tasks
+            self.arrived.unread()
         } else {
             0
         };
@@ -564,17 +514,6 @@ impl Call {
             None
         };
         backend.dispatch(batch, &self.link);
-    }
-
-    /// The next completed batch in the call's order, if it is there.
-    fn take_arrived(&mut self) -> Option<BatchOutcome> {
-        match &mut self.arrived {
-            Arrived::Ordered(map) => {
-                let entry = map.first_entry()?;
-                (*entry.key() == self.next_index).then(|| entry.remove())
-            }
-            Arrived::Unordered(queue) => queue.pop_front(),
-        }
     }
 
     /// Takes in every outcome that is already there, without blocking.
@@ -665,12 +604,6 @@ impl Call {
         if self.failed() || outcome.completed() == 0 {
             return;
         }
-        self.arrived_tasks += outcome.completed();
-        match &mut self.arrived {
-            Arrived::Ordered(map) => {
-                map.insert(outcome.first, outcome);
-            }
-            Arrived::Unordered(queue) => queue.push_back(outcome),
-        }
+        self.arrived.push(outcome);
     }
 }
