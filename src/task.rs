@@ -614,6 +614,16 @@ pub fn monotonic_ns() -> u64 {
         .saturating_add(now.tv_nsec as u64)
 }
 
+/// How a call's tasks run, wherever its batches run: the per-call settings a worker thread reads
+/// from its call, and a worker process or MPI rank receives with each batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Record each task's start time (the call has a timeout; its watcher holds the limit).
+    pub timed: bool,
+    /// on_error=collect: a failed task does not stop the batch.
+    pub collect: bool,
+}
+
 /// How a worker runs a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct RunContext<'a> {
@@ -624,10 +634,8 @@ pub struct RunContext<'a> {
     pub worker: WorkerId,
     /// Where the worker publishes its running task, when someone watches it.
     pub running: Option<&'a Running>,
-    /// Record each task's start time (the call has a timeout).
-    pub timed: bool,
-    /// on_error=collect: a failed task does not stop the batch.
-    pub collect: bool,
+    /// The call's settings.
+    pub settings: RunSettings,
     /// The bytes of the batch's spilled arguments, mapped by the worker: (task index, bytes),
     /// sorted like `Batch::spilled`.
     pub spilled: &'a [(usize, &'a [u8])],
@@ -640,8 +648,7 @@ impl<'a> RunContext<'a> {
             abort,
             worker,
             running: None,
-            timed: false,
-            collect: false,
+            settings: RunSettings::default(),
             spilled: &[],
         }
     }
@@ -685,7 +692,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
             if running.is_abandoned() {
                 break;
             }
-            running.start(index, ctx.timed);
+            running.start(index, ctx.settings.timed);
         }
         // SAFETY: `Callback::new`'s contract makes the callback callable here with its userdata; `arg`
         // is a live slice for the duration of the call and `out` a live, exclusive TaskOutput.
@@ -698,7 +705,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
                 "cannot allocate its output of {len} bytes (pj_out_alloc / pj_out_set): out of \
                  memory"
             ));
-            if ctx.collect {
+            if ctx.settings.collect {
                 errors.push((index, lost));
                 ends.push(out.arena.len());
                 continue;
@@ -713,7 +720,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
                 code,
                 message: out.message.take(),
             };
-            if ctx.collect {
+            if ctx.settings.collect {
                 errors.push((index, returned));
                 ends.push(out.arena.len());
                 continue;

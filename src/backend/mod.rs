@@ -30,7 +30,7 @@ pub use threads::ThreadPool;
 
 use crate::config::{MaxNbytes, MmapMode};
 use crate::memmap::MapAccess;
-use crate::task::{Batch, BatchOutcome, RunContext, WorkerId, run_batch};
+use crate::task::{Batch, BatchOutcome, RunContext, RunSettings, WorkerId, run_batch};
 use wire::RunFlags;
 
 /// Where a call's batches report back, and the flag that stops its queued work.
@@ -61,8 +61,7 @@ impl CallLink {
     pub fn run_flags(&self) -> RunFlags {
         let files = self.files.as_deref();
         RunFlags {
-            timed: self.timeout.is_some(),
-            collect: self.collect,
+            settings: self.settings(),
             access: files.map_or(MapAccess::ReadOnly, |f| f.access),
             call: self.call,
             results_above: files.map_or(u64::MAX, |f| f.results.0),
@@ -80,10 +79,19 @@ impl CallLink {
         let _ = self.reply.send(outcome);
     }
 
-    /// How a worker of this call runs its batches (without a watcher).
+    /// The call's run settings, as every worker gets them.
+    pub fn settings(&self) -> RunSettings {
+        RunSettings {
+            timed: self.timeout.is_some(),
+            collect: self.collect,
+        }
+    }
+
+    /// How a worker of this call runs its batches (unwatched: `timed` stamps nothing until a
+    /// `running` record is given).
     pub fn run_context(&self, worker: WorkerId) -> RunContext<'_> {
         RunContext {
-            collect: self.collect,
+            settings: self.settings(),
             ..RunContext::new(&self.abort, worker)
         }
     }

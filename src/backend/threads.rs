@@ -212,7 +212,6 @@ fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
         }
         let ctx = RunContext {
             running: timed.then_some(&slot.running),
-            timed,
             ..job.link.run_context(WorkerId::Thread(worker))
         };
         let (first, size) = (job.batch.first, job.batch.len());

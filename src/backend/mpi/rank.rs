@@ -188,7 +188,7 @@ impl WorkerRank {
                     abort: Arc::clone(&abort),
                     drain: Arc::clone(&drain),
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
-                    collect: decoded.flags.collect,
+                    collect: decoded.flags.settings.collect,
                     call: decoded.flags.call,
                     // Batches from rank 0 carry every argument inline.
                     files: None,

@@ -120,8 +120,7 @@ pub(in crate::backend) fn serve(
             };
             let ctx = RunContext {
                 running: Some(running.get()),
-                timed: flags.timed,
-                collect: flags.collect,
+                settings: flags.settings,
                 spilled: &spilled,
                 ..RunContext::new(abort, WorkerId::Process { slot, pid: 0 })
             };

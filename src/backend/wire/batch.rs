@@ -6,15 +6,14 @@ use std::io;
 
 use super::{Reader, malformed, out_of_memory, put};
 use crate::memmap::MapAccess;
-use crate::task::{ArgRef, Batch, Callback, TaskFailure, TaskFn};
+use crate::task::{ArgRef, Batch, Callback, RunSettings, TaskFailure, TaskFn};
 
-/// How the worker runs a batch: the [`crate::task::RunContext`] flags that cross the wire.
+/// How the worker runs a batch: the call's [`RunSettings`], and what a worker process needs
+/// beside them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunFlags {
-    /// Record each task's start time (the call has a timeout).
-    pub timed: bool,
-    /// on_error=collect: failed tasks do not stop the batch.
-    pub collect: bool,
+    /// The settings every worker runs the call's tasks with.
+    pub settings: RunSettings,
     /// How spilled arguments are mapped (mmap_mode).
     pub access: MapAccess,
     /// Which call the batch belongs to: a kept worker drops the previous call's spill files when
@@ -27,8 +26,7 @@ pub struct RunFlags {
 impl Default for RunFlags {
     fn default() -> Self {
         RunFlags {
-            timed: false,
-            collect: false,
+            settings: RunSettings::default(),
             access: MapAccess::ReadOnly,
             call: 0,
             results_above: u64::MAX,
@@ -43,7 +41,7 @@ impl RunFlags {
             MapAccess::Shared => 1,
             MapAccess::Private => 2,
         };
-        usize::from(self.timed) | usize::from(self.collect) << 1 | access << 2
+        usize::from(self.settings.timed) | usize::from(self.settings.collect) << 1 | access << 2
     }
 
     fn from_bits(bits: usize) -> io::Result<Self> {
@@ -54,8 +52,10 @@ impl RunFlags {
             _ => return Err(malformed("batch")),
         };
         Ok(RunFlags {
-            timed: bits & 1 != 0,
-            collect: bits & 2 != 0,
+            settings: RunSettings {
+                timed: bits & 1 != 0,
+                collect: bits & 2 != 0,
+            },
             access,
             call: 0,
             results_above: u64::MAX,

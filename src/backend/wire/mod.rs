@@ -73,7 +73,9 @@ fn out_of_memory(len: usize, error: &std::collections::TryReserveError) -> io::E
 mod tests {
     use super::*;
     use crate::memmap::MapAccess;
-    use crate::task::{Batch, BatchOutcome, Callback, Death, TaskFailure, TaskOutput, WorkerId};
+    use crate::task::{
+        Batch, BatchOutcome, Callback, Death, RunSettings, TaskFailure, TaskOutput, WorkerId,
+    };
     use std::ffi::c_void;
     use std::time::Duration;
 
@@ -91,8 +93,10 @@ mod tests {
         }
         let mut buf = Vec::new();
         let flags = RunFlags {
-            timed: true,
-            collect: false,
+            settings: RunSettings {
+                timed: true,
+                collect: false,
+            },
             access: MapAccess::Private,
             call: 12,
             results_above: 1 << 20,
