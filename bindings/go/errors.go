@@ -1,7 +1,7 @@
 package pj
 
 /*
-#include "pj.h"
+#include "pj_header.h"
 */
 import "C"
 

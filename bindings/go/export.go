@@ -6,7 +6,7 @@ package pj
 /*
 #include <stdint.h>
 #include <stdlib.h>
-#include "pj.h"
+#include "pj_header.h"
 */
 import "C"
 

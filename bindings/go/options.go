@@ -2,7 +2,7 @@ package pj
 
 /*
 #include <stdlib.h>
-#include "pj.h"
+#include "pj_header.h"
 */
 import "C"
 

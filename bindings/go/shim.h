@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "pj.h"
+#include "pj_header.h"
 
 /* A streaming call's producer state: the handle, and the buffer the current task argument (an input
  * range [lo, hi)) is written to. pj copies the argument before calling the producer again. */
