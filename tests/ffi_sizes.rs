@@ -369,13 +369,17 @@ fn pj_out_alloc_beyond_memory_returns_null_and_fails_the_task() {
             .all(|l| l == "INDEX=0"),
         "{stdout}"
     );
-    // The callbacks that share the caller's memory saw NULL for the huge size.
+    // The callbacks that share the caller's memory saw NULL for the huge size (on two threads
+    // the small task may have reported first: its `false` can come before).
     let seen: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("SEEN_NULL="))
         .collect();
     for line in &seen[..4] {
-        assert!(line.starts_with("SEEN_NULL=[true"), "{line}");
+        assert!(
+            line.starts_with("SEEN_NULL=[") && line.contains("true"),
+            "{line}"
+        );
     }
 }
 

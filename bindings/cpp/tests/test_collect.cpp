@@ -115,7 +115,10 @@ TEST_P(Collect, WithoutCollectMapCollectThrowsTheFirstFailure) {
         par.map_indexed_collect(20, fails_on_3_mod_5);
         FAIL() << "no exception";
     } catch (const pj::TaskError& e) {
-        EXPECT_EQ(e.task_index(), 3);
+        // The call's failure is the first one seen (as joblib raises the first it observes):
+        // 3 unless a worker reached 8, 13 or 18 first.
+        EXPECT_EQ(e.task_index() % 5, 3) << e.what();
+        EXPECT_LT(e.task_index(), 20);
     }
     auto fine = par.map_indexed_collect(3, [](std::size_t i) { return i; });
     ASSERT_EQ(fine.size(), 3u);
