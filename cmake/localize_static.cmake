@@ -21,15 +21,8 @@ foreach(var ARCHIVE LD OBJCOPY AR READELF)
   endif()
 endforeach()
 
-# run(<what> <command...>): runs it, fails unless it exits 0; sets run_out.
-function(run what)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT status EQUAL 0)
-    string(REPLACE ";" " " cmd "${ARGN}")
-    message(FATAL_ERROR "${what} failed (${status}): ${cmd}\n${out}${err}")
-  endif()
-  set(run_out "${out}" PARENT_SCOPE)
-endfunction()
+# run(<what> <command...>): cmake/run_command.cmake.
+include("${CMAKE_CURRENT_LIST_DIR}/run_command.cmake")
 
 set(object_name libpj_localized.o)
 run("ar t" "${AR}" t "${ARCHIVE}")

@@ -630,22 +630,9 @@ fn the_bar_fits_a_narrow_terminal() {
 
 #[test]
 fn the_bar_redraws_in_place_on_a_terminal() {
-    // `script` gives the child a pseudo-terminal and copies what it writes.
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: `script` (util-linux) is not installed");
+    let Some(text) = on_a_terminal("bar", "") else {
         return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let command = format!(
-        "{CASE}=bar {} --exact child_case --ignored --nocapture --test-threads=1",
-        exe.display()
-    );
-    let output = Command::new("script")
-        .args(["-qefc", &command, "/dev/null"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}");
+    };
     let redraws = text.matches("\r\x1b[K").count();
     assert!(redraws >= 2, "the bar is redrawn in place: {text:?}");
     let tail = &text[text.rfind("\r\x1b[K").unwrap()..];

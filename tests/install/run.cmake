@@ -25,15 +25,8 @@ string(REPLACE "|" ";" MPIEXEC_FLAGS "${MPIEXEC_FLAGS}")
 set(expected_file "${SOURCE_DIR}/examples/sqrt.expected")
 file(READ "${expected_file}" expected)
 
-# run(<what> <command...>): runs a command, fails the test unless it exits 0; sets run_out.
-function(run what)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT status EQUAL 0)
-    string(REPLACE ";" " " cmd "${ARGN}")
-    message(FATAL_ERROR "${what} failed (${status}): ${cmd}\n${out}${err}")
-  endif()
-  set(run_out "${out}" PARENT_SCOPE)
-endfunction()
+# run(<what> <command...>): cmake/run_command.cmake.
+include("${SOURCE_DIR}/cmake/run_command.cmake")
 
 # check_program(<path>): runs it and compares its stdout with examples/sqrt.expected.
 function(check_program program)
