@@ -119,6 +119,33 @@ fn stream(options: &[(&str, &str)]) {
     println!("growth {}", growth >> 20);
 }
 
+/// Task: returns nothing.
+unsafe extern "C" fn nothing(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+    0
+}
+
+/// On threads, submits 20,000 tiny tasks (auto batching grows to thousands of tasks a batch),
+/// then LARGE_ARGS tasks of 1 MiB arguments; prints the growth of the peak RSS as `stream` does.
+fn large_arguments_after_tiny_ones() {
+    let par = parallel(&[("backend", "threads"), ("n_jobs", "2")]).unwrap();
+    let big = vec![7u8; 1 << 20];
+    let before = peak_rss();
+    for i in 0..20_000u64 {
+        par.submit(Some(nothing), std::ptr::null_mut(), &i.to_ne_bytes())
+            .unwrap();
+    }
+    for _ in 0..LARGE_ARGS {
+        par.submit(Some(nothing), std::ptr::null_mut(), &big)
+            .unwrap();
+    }
+    assert_eq!(par.collect().unwrap().len(), 20_000 + LARGE_ARGS);
+    let growth = peak_rss().saturating_sub(before);
+    println!("growth {}", growth >> 20);
+}
+
+/// Tasks with 1 MiB arguments in `large_arguments_after_tiny_ones`.
+const LARGE_ARGS: usize = 400;
+
 /// Runs the stream in a child; returns its peak RSS growth in MiB.
 fn child_growth(case: &str) -> u64 {
     let output = child_case_command(CASE, case).output().unwrap();
@@ -154,6 +181,15 @@ fn batch_bytes_sets_the_cap() {
     assert!(growth <= 64, "the stream's peak RSS grew by {growth} MiB");
 }
 
+/// A batch is cut once its arguments reach the cap, even when the batch size grown on tiny tasks
+/// would take hundreds of large ones (before the cut, all 400 MiB of arguments waited in one
+/// pending batch).
+#[test]
+fn a_batch_is_cut_at_the_cap_when_large_arguments_follow_tiny_ones() {
+    let growth = child_growth("args");
+    assert!(growth <= 200, "the caller's peak RSS grew by {growth} MiB");
+}
+
 /// The re-executed scenarios. Ignored in normal runs.
 #[test]
 #[ignore]
@@ -165,6 +201,7 @@ fn child_case() {
     match case.as_str() {
         "default" => stream(&[]),
         "8M" => stream(&[("batch_bytes", "8M")]),
+        "args" => large_arguments_after_tiny_ones(),
         other => panic!("unknown case {other}"),
     }
 }

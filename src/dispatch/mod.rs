@@ -419,12 +419,12 @@ impl Call {
             if self.failed() {
                 return;
             }
+            batching.record_arg_bytes(self.pending.len(), std::mem::take(&mut self.pending_bytes));
             if let Some(change) = batching.adjust()
                 && let Some(progress) = self.progress.as_mut()
             {
                 progress.batch_size_changed(&change);
             }
-            batching.record_arg_bytes(self.pending.len(), std::mem::take(&mut self.pending_bytes));
             let next = Batch::new(self.submitted, batching.size());
             let batch = std::mem::replace(&mut self.pending, next);
             self.dispatch(backend, batch);
