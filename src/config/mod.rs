@@ -48,8 +48,11 @@ pub const DEFAULT_PRE_DISPATCH: &str = "2*n_jobs";
 pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 
 /// The default cap on an auto batch's argument and result bytes (`batch_bytes`, pj's own): with
-/// pre_dispatch batches in the window, a stream of large results holds about pre_dispatch × this.
-pub const DEFAULT_BATCH_BYTES: usize = 32 << 20;
+/// pre_dispatch batches in the window, a stream of large results holds about pre_dispatch × this
+/// (plus, on processes, one frame buffer of up to a batch per worker). 16 MiB keeps a stream of
+/// 1 MiB results on 2 workers under 128 MiB and is no slower than larger batches: copying the
+/// bytes costs far more than a batch's fixed cost.
+pub const DEFAULT_BATCH_BYTES: usize = 16 << 20;
 
 /// The largest accepted `n_jobs`. joblib has no cap, but pj starts that many threads or processes,
 /// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
@@ -292,7 +295,7 @@ impl Config {
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`, `none`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
     /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`), `start_method` (`fork`,
-    /// `spawn`), `stack_size` (bytes, `8M`-style sizes, `none`) and `batch_bytes` (bytes, `32M`-style
+    /// `spawn`), `stack_size` (bytes, `8M`-style sizes, `none`) and `batch_bytes` (bytes, `16M`-style
     /// sizes, `none`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.

@@ -834,7 +834,7 @@ fn stack_size_is_validated_and_defaults_to_the_callers_stack() {
 }
 
 #[test]
-fn batch_bytes_takes_sizes_and_defaults_to_32m() {
+fn batch_bytes_takes_sizes_and_defaults_to_16m() {
     assert_eq!(set("batch_bytes", "8M").batch_bytes, Some(8 << 20));
     assert_eq!(set("batch_bytes", "1").batch_bytes, Some(1));
     assert_eq!(set("batch_bytes", " 1.5k ").batch_bytes, Some(1536));
@@ -846,7 +846,7 @@ fn batch_bytes_takes_sizes_and_defaults_to_32m() {
         resolved(&Config::default()).batch_bytes,
         DEFAULT_BATCH_BYTES
     );
-    assert_eq!(DEFAULT_BATCH_BYTES, 32 << 20);
+    assert_eq!(DEFAULT_BATCH_BYTES, 16 << 20);
     assert_eq!(resolved(&set("batch_bytes", "4M")).batch_bytes, 4 << 20);
     let inner = set("batch_bytes", "2M");
     assert_eq!(
