@@ -295,9 +295,12 @@ void pj_config_free(pj_config_t *config);
 // terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
 // workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
 // call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
-// functions, without userdata; see `examples/spawn.c`) and `stack_size` (bytes, "8M"-style sizes
-// or "none": see `pj_config_set_stack_size`). Every value is validated now. On failure
-// the config is unchanged.
+// functions, without userdata; see `examples/spawn.c`), `stack_size` (bytes, "8M"-style sizes
+// or "none": see `pj_config_set_stack_size`) and `batch_bytes` (bytes, "16M"-style sizes, or
+// "none" for the default 16M: the most argument plus result bytes an automatically sized batch
+// takes, from a running estimate of a task's bytes, at least one task a batch; a fixed
+// `batch_size` ignores it. A stream of large results then holds about pre_dispatch batches of
+// at most this many bytes). Every value is validated now. On failure the config is unchanged.
 //
 // Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
 // 1M; "none" disables) is written once to an unnamed file in the temp folder (`temp_folder`, else

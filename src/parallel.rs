@@ -117,7 +117,7 @@ impl Parallel {
         if settings.backend == BackendKind::Mpi {
             use_mpi_ranks(&mut settings)?;
         }
-        let batching = Batching::new(settings.batch_size);
+        let batching = Batching::new(settings.batch_size).with_max_bytes(settings.batch_bytes);
         let state = State {
             backend: None,
             batching,

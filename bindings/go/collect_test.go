@@ -371,6 +371,7 @@ var validValues = map[string]string{
 	"progress":      "none",
 	"start_method":  "spawn",
 	"stack_size":    "8M",
+	"batch_bytes":   "16M",
 }
 
 // Set takes every key pj_config_set takes: the list comes from pj's own message for an unknown key,

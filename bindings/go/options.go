@@ -423,6 +423,8 @@ func ChunkSize(n int) Option {
 //   - "start_method": "spawn", which the process backends of MapNamed always use; "fork" is refused
 //     with ErrUnsupported (Go code cannot run in a forked child);
 //   - "stack_size": see StackSize;
+//   - "batch_bytes": bytes, "16M"-style sizes or "none" (16M): the most argument plus result
+//     bytes an automatically sized batch takes;
 //   - "temp_folder", "max_nbytes", "mmap_mode", "keep_workers": validated; they concern worker
 //     processes and memory-mapped data, i.e. at most the process backends of MapNamed.
 //

@@ -32,8 +32,8 @@ pub use keywords::{
 };
 use parse::{
     check_batch_size, check_n_jobs, check_stack_size, check_timeout, check_timeout_limit,
-    check_verbose, parse_backend, parse_batch_size, parse_bool, parse_n_jobs, parse_on_error,
-    parse_prefer, parse_progress, parse_require, parse_return_as, parse_stack_size,
+    check_verbose, parse_backend, parse_batch_bytes, parse_batch_size, parse_bool, parse_n_jobs,
+    parse_on_error, parse_prefer, parse_progress, parse_require, parse_return_as, parse_stack_size,
     parse_start_method, parse_temp_folder, parse_timeout, parse_verbose,
 };
 pub use size::{parse_max_nbytes, parse_mmap_mode};
@@ -46,6 +46,13 @@ pub const DEFAULT_PRE_DISPATCH: &str = "2*n_jobs";
 
 /// joblib's default `max_nbytes` (`"1M"`).
 pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
+
+/// The default cap on an auto batch's argument and result bytes (`batch_bytes`, pj's own): with
+/// pre_dispatch batches in the window, a stream of large results holds about pre_dispatch × this
+/// (plus, on processes, one frame buffer of up to a batch per worker). 16 MiB keeps a stream of
+/// 1 MiB results on 2 workers under 128 MiB and is no slower than larger batches: copying the
+/// bytes costs far more than a batch's fixed cost.
+pub const DEFAULT_BATCH_BYTES: usize = 16 << 20;
 
 /// The largest accepted `n_jobs`. joblib has no cap, but pj starts that many threads or processes,
 /// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
@@ -69,7 +76,7 @@ pub const UNLIMITED_STACK_DEFAULT: usize = 8 << 20;
 const RUST_THREAD_STACK: usize = 2 << 20;
 
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -88,6 +95,7 @@ pub const KEYS: [&str; 18] = [
     "progress",
     "start_method",
     "stack_size",
+    "batch_bytes",
 ];
 
 /// A progress callback, as C declares `pj_progress_fn`: called with (userdata, completed tasks,
@@ -177,6 +185,8 @@ pub struct Config {
     /// Bytes of stack for the threads that run tasks (worker threads, and the thread of each worker
     /// process); within [`MIN_STACK_SIZE`]..=[`MAX_STACK_SIZE`].
     pub stack_size: Option<usize>,
+    /// The most argument and result bytes an auto batch takes (pj's own); at least 1.
+    pub batch_bytes: Option<usize>,
     /// Set by [`Config::over_scopes`] when `require="sharedmem"` turned a scoped backend into
     /// threads: joblib's class name of the backend given up, for joblib's verbose notice.
     pub sharedmem_replaced: Option<&'static str>,
@@ -230,6 +240,8 @@ pub struct Resolved {
     pub start_method: StartMethod,
     /// Bytes of stack for the threads that run tasks (default: [`default_stack_size`]).
     pub stack_size: usize,
+    /// The most argument and result bytes an auto batch takes (default [`DEFAULT_BATCH_BYTES`]).
+    pub batch_bytes: usize,
 }
 
 impl Resolved {
@@ -283,7 +295,8 @@ impl Config {
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`, `none`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
     /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`), `start_method` (`fork`,
-    /// `spawn`) and `stack_size` (bytes, `8M`-style sizes, `none`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `spawn`), `stack_size` (bytes, `8M`-style sizes, `none`) and `batch_bytes` (bytes, `16M`-style
+    /// sizes, `none`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -310,6 +323,7 @@ impl Config {
             "progress" => self.progress = Some(parse_progress(value)?),
             "start_method" => self.start_method = Some(parse_start_method(value)?),
             "stack_size" => self.stack_size = parse_stack_size(value)?,
+            "batch_bytes" => self.batch_bytes = parse_batch_bytes(value)?,
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -404,6 +418,7 @@ impl Config {
             progress_hook: self.progress_hook.or(outer.progress_hook),
             start_method: self.start_method.or(outer.start_method),
             stack_size: self.stack_size.or(outer.stack_size),
+            batch_bytes: self.batch_bytes.or(outer.batch_bytes),
             sharedmem_replaced: self.sharedmem_replaced.or(outer.sharedmem_replaced),
         }
     }
@@ -519,6 +534,7 @@ impl Config {
                 Some(bytes) => check_stack_size(bytes as u64, &bytes.to_string())?,
                 None => default_stack_size(),
             },
+            batch_bytes: self.batch_bytes.unwrap_or(DEFAULT_BATCH_BYTES).max(1),
         })
     }
 }

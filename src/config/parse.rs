@@ -260,6 +260,23 @@ pub(super) fn parse_stack_size(value: &str) -> Result<Option<usize>> {
     bytes.map(|b| check_stack_size(b, value)).transpose()
 }
 
+/// `batch_bytes`: bytes (at least 1), `"32M"`-style sizes (as `max_nbytes`), or `none` for the
+/// default.
+pub(super) fn parse_batch_bytes(value: &str) -> Result<Option<usize>> {
+    let invalid = || {
+        invalid_value(
+            "batch_bytes",
+            value,
+            "expected a positive number of bytes, a size like \"32M\", or \"none\"",
+        )
+    };
+    match parse_max_nbytes(value).map_err(|_| invalid())? {
+        None => Ok(None),
+        Some(0) => Err(invalid()),
+        Some(bytes) => Ok(Some(usize::try_from(bytes).unwrap_or(usize::MAX))),
+    }
+}
+
 pub(super) fn parse_start_method(value: &str) -> Result<StartMethod> {
     match value {
         "fork" => Ok(StartMethod::Fork),

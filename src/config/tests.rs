@@ -832,3 +832,31 @@ fn stack_size_is_validated_and_defaults_to_the_callers_stack() {
     };
     assert!(direct.resolve(4).is_err());
 }
+
+#[test]
+fn batch_bytes_takes_sizes_and_defaults_to_16m() {
+    assert_eq!(set("batch_bytes", "8M").batch_bytes, Some(8 << 20));
+    assert_eq!(set("batch_bytes", "1").batch_bytes, Some(1));
+    assert_eq!(set("batch_bytes", " 1.5k ").batch_bytes, Some(1536));
+    assert_eq!(set("batch_bytes", "none").batch_bytes, None);
+    for bad in ["0", "-1", "big", "", "1.5", "12Q"] {
+        rejects("batch_bytes", bad);
+    }
+    assert_eq!(
+        resolved(&Config::default()).batch_bytes,
+        DEFAULT_BATCH_BYTES
+    );
+    assert_eq!(DEFAULT_BATCH_BYTES, 16 << 20);
+    assert_eq!(resolved(&set("batch_bytes", "4M")).batch_bytes, 4 << 20);
+    let inner = set("batch_bytes", "2M");
+    assert_eq!(
+        inner.layered_over(&set("batch_bytes", "4M")).batch_bytes,
+        Some(2 << 20)
+    );
+    assert_eq!(
+        Config::default()
+            .layered_over(&set("batch_bytes", "4M"))
+            .batch_bytes,
+        Some(4 << 20)
+    );
+}

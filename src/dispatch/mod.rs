@@ -98,6 +98,8 @@ pub struct Call {
     pre_dispatch: Option<usize>,
     submitted: usize,
     pending: Batch,
+    /// Argument bytes of the tasks in `pending` (auto batches are cut at the byte cap too).
+    pending_bytes: usize,
     in_flight: usize,
     in_flight_tasks: usize,
     /// Completed batches whose results `next` has not handed out.
@@ -171,6 +173,7 @@ impl Call {
             pre_dispatch,
             submitted: 0,
             pending: Batch::new(0, first_batch),
+            pending_bytes: 0,
             in_flight: 0,
             in_flight_tasks: 0,
             arrived: Arrived::new(order),
@@ -402,7 +405,10 @@ impl Call {
             return;
         }
         self.submitted += 1;
-        if self.pending.len() >= batching.size() {
+        self.pending_bytes = self.pending_bytes.saturating_add(arg.len());
+        let full = self.pending.len() >= batching.size()
+            || (batching.is_auto() && self.pending_bytes >= batching.max_bytes());
+        if full {
             // Auto-batching sizes the next batch from the latest durations, so it takes in every
             // completion first. A fixed size takes them in only when the window is full (as
             // joblib, which reports each completion and then dispatches one more batch), so the
@@ -413,6 +419,7 @@ impl Call {
             if self.failed() {
                 return;
             }
+            batching.record_arg_bytes(self.pending.len(), std::mem::take(&mut self.pending_bytes));
             if let Some(change) = batching.adjust()
                 && let Some(progress) = self.progress.as_mut()
             {
@@ -487,6 +494,7 @@ impl Call {
             return;
         }
         let mut batch = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
+        self.pending_bytes = 0;
         let chunk = if !end_of_input || backend.runs_inline() {
             batch.len()
         } else {
@@ -587,6 +595,10 @@ impl Call {
                 });
             }
             return;
+        }
+        if batching.is_auto() {
+            let large: usize = outcome.large.iter().map(|(_, out)| out.bytes().len()).sum();
+            batching.record_result_bytes(outcome.completed(), outcome.data.len() + large);
         }
         if outcome.completed() == outcome.size {
             batching.record(outcome.size, outcome.seconds);
