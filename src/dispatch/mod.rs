@@ -189,6 +189,8 @@ impl Call {
     /// A call whose arguments join their batches through `stager` ([`Backend::stager`]).
     pub fn with_stager(mut self, stager: Stager) -> Self {
         self.link.files = stager.files();
+        // Nothing was pushed yet: the first batch takes its buffer from the stager's.
+        self.pending = stager.batch(self.submitted, self.pending.capacity());
         self.stager = stager;
         self
     }
@@ -418,7 +420,7 @@ impl Call {
             {
                 progress.batch_size_changed(&change);
             }
-            let next = Batch::new(self.submitted, batching.size());
+            let next = self.stager.batch(self.submitted, batching.size());
             let batch = std::mem::replace(&mut self.pending, next);
             self.dispatch(backend, batch);
         }
@@ -486,7 +488,8 @@ impl Call {
         if self.failed() || self.pending.is_empty() {
             return;
         }
-        let mut batch = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
+        let next = self.stager.batch(self.submitted, 0);
+        let mut batch = std::mem::replace(&mut self.pending, next);
         let chunk = if !end_of_input || backend.runs_inline() {
             batch.len()
         } else {
