@@ -495,12 +495,21 @@ impl Call {
         } else {
             (batch.len() / (10 * backend.workers())).max(1)
         };
-        while batch.len() > chunk {
-            let rest = batch.split_off(chunk);
+        if batch.len() <= chunk {
             self.dispatch(backend, batch);
-            batch = rest;
+            return;
+        }
+        // Pieces are cut from the end, so that each byte is copied once (cutting from the front
+        // would copy the whole rest at every cut), and dispatched in task order.
+        let mut pieces = Vec::with_capacity(batch.len().div_ceil(chunk));
+        while batch.len() > chunk {
+            let at = (batch.len() - 1) / chunk * chunk;
+            pieces.push(batch.split_off(at));
         }
         self.dispatch(backend, batch);
+        while let Some(piece) = pieces.pop() {
+            self.dispatch(backend, piece);
+        }
     }
 
     fn dispatch(&mut self, backend: &Backend, mut batch: Batch) {

@@ -241,7 +241,7 @@ impl Batch {
     /// when the batch (or any copy or piece of it) is dropped.
     pub fn with_buffers(first: usize, capacity: usize, buffers: &ArgBuffers) -> Self {
         let mut batch = Batch::new(first, capacity);
-        batch.args = buffers.take();
+        batch.args = buffers.take(None);
         batch.recycle = Some(buffers.clone());
         batch
     }
@@ -340,7 +340,7 @@ impl Batch {
         // The tail's bytes go into a reused buffer when this batch has a free list.
         let args = match &self.recycle {
             Some(buffers) => {
-                let mut args = buffers.take();
+                let mut args = buffers.take(Some(self.args.len() - arg_start));
                 args.extend_from_slice(&self.args[arg_start..]);
                 self.args.truncate(arg_start);
                 args

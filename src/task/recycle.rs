@@ -4,10 +4,7 @@
 //! pages already mapped, instead of into fresh memory that the allocator zeroes (or maps anew) for
 //! every batch and returns to the system when the batch ends.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use crossbeam_channel::{Receiver, Sender, bounded};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// At most this many buffers wait for reuse: room for the batches a call keeps in flight and the
 /// pieces its tail is cut into, so that the next call finds one for each.
@@ -18,40 +15,38 @@ const KEPT: usize = 64;
 const KEPT_BYTES: usize = 256 << 20;
 
 /// An executor's free list of argument buffers (cheap to clone: every clone is the same list).
-/// Taking and giving back never block and never lock (a bounded lock-free queue).
-#[derive(Clone, Debug)]
-pub struct ArgBuffers(Arc<Kept>);
+/// Taking and giving back never block on anything but this list's lock, taken once per batch
+/// (never per task) for a scan of at most [`KEPT`] entries.
+#[derive(Clone, Debug, Default)]
+pub struct ArgBuffers(Arc<Mutex<Kept>>);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Kept {
-    give: Sender<Vec<u8>>,
-    take: Receiver<Vec<u8>>,
-    /// The capacity of the buffers in the queue, in bytes (counted before a buffer is queued
-    /// and after it is taken out, so it never falls below what is queued).
-    bytes: AtomicUsize,
-}
-
-impl Default for ArgBuffers {
-    fn default() -> Self {
-        let (give, take) = bounded(KEPT);
-        ArgBuffers(Arc::new(Kept {
-            give,
-            take,
-            bytes: AtomicUsize::new(0),
-        }))
-    }
+    buffers: Vec<Vec<u8>>,
+    /// The capacity of `buffers`, in bytes.
+    bytes: usize,
 }
 
 impl ArgBuffers {
-    /// An empty buffer, with the capacity of one given back earlier when there is one.
-    pub fn take(&self) -> Vec<u8> {
-        match self.0.take.try_recv() {
-            Ok(buffer) => {
-                self.0.bytes.fetch_sub(buffer.capacity(), Ordering::Relaxed);
-                buffer
-            }
-            Err(_) => Vec::new(),
-        }
+    /// An empty buffer for `len` bytes (`None`: as many as will come): the smallest kept one that
+    /// holds `len` bytes, else the largest kept one, else a new one.
+    pub fn take(&self, len: Option<usize>) -> Vec<u8> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let capacities = kept.buffers.iter().map(Vec::capacity).enumerate();
+        let best = match len {
+            Some(len) => capacities
+                .clone()
+                .filter(|&(_, c)| c >= len)
+                .min_by_key(|&(_, c)| c)
+                .or_else(|| capacities.max_by_key(|&(_, c)| c)),
+            None => capacities.max_by_key(|&(_, c)| c),
+        };
+        let Some((at, _)) = best else {
+            return Vec::new();
+        };
+        let buffer = kept.buffers.swap_remove(at);
+        kept.bytes -= buffer.capacity();
+        buffer
     }
 
     /// Keeps `buffer` for a later [`ArgBuffers::take`] (emptied; its capacity stays), or frees it
@@ -61,21 +56,26 @@ impl ArgBuffers {
         if size == 0 {
             return;
         }
-        let before = self.0.bytes.fetch_add(size, Ordering::Relaxed);
-        if before.saturating_add(size) > KEPT_BYTES {
-            self.0.bytes.fetch_sub(size, Ordering::Relaxed);
+        buffer.clear();
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.buffers.len() < KEPT && kept.bytes.saturating_add(size) <= KEPT_BYTES {
+            kept.bytes += size;
+            kept.buffers.push(buffer);
             return;
         }
-        buffer.clear();
-        if self.0.give.try_send(buffer).is_err() {
-            self.0.bytes.fetch_sub(size, Ordering::Relaxed);
-        }
+        drop(kept);
+        // Freed outside the lock (unmapping a large buffer is a system call).
+        drop(buffer);
     }
 
     /// Number of buffers waiting for reuse.
     #[cfg(test)]
     pub fn kept(&self) -> usize {
-        self.0.take.len()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .buffers
+            .len()
     }
 }
 
@@ -91,11 +91,11 @@ mod tests {
         let at = buffer.as_ptr();
         buffers.give(buffer);
         assert_eq!(buffers.kept(), 1);
-        let again = buffers.take();
+        let again = buffers.take(None);
         assert_eq!((again.as_ptr(), again.len()), (at, 0));
         assert!(again.capacity() >= 1 << 20);
         assert!(
-            buffers.take().capacity() == 0,
+            buffers.take(None).capacity() == 0,
             "none is left: a new, empty one"
         );
     }
@@ -112,8 +112,23 @@ mod tests {
         buffers.give(Vec::with_capacity(KEPT_BYTES / 2));
         buffers.give(Vec::with_capacity(KEPT_BYTES / 2));
         assert_eq!(buffers.kept(), 2);
-        let _ = buffers.take();
+        let _ = buffers.take(None);
         buffers.give(Vec::with_capacity(KEPT_BYTES / 2));
         assert_eq!(buffers.kept(), 2, "taking one makes room for one");
+    }
+
+    #[test]
+    fn a_known_size_takes_the_smallest_that_fits_and_an_unknown_one_the_largest() {
+        let buffers = ArgBuffers::default();
+        for capacity in [4096, 1 << 20, 64 << 10] {
+            buffers.give(Vec::with_capacity(capacity));
+        }
+        assert_eq!(buffers.take(Some(5000)).capacity(), 64 << 10);
+        assert_eq!(buffers.take(None).capacity(), 1 << 20);
+        assert_eq!(
+            buffers.take(Some(1 << 30)).capacity(),
+            4096,
+            "none fits: the largest"
+        );
     }
 }
