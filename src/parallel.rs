@@ -17,7 +17,7 @@ use crate::dispatch::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::{Expected, Progress, StdStreams, Stream, VerboseSettings};
-use crate::task::Callback;
+use crate::task::{ArgBuffers, Callback};
 
 /// A configured parallel executor; see the module docs for the one-call-at-a-time rule.
 #[derive(Debug)]
@@ -41,6 +41,9 @@ struct State {
     call: Option<Call>,
     /// The next call's size, announced by `expect`; taken when that call starts.
     expected: Option<Expected>,
+    /// Argument buffers that every call's batches reuse, so that a later call copies its
+    /// arguments into pages an earlier one already mapped.
+    buffers: ArgBuffers,
 }
 
 /// Exclusive access for the owning thread; on drop, ownership ends unless a submit/collect call is
@@ -123,6 +126,7 @@ impl Parallel {
             batching,
             call: None,
             expected: None,
+            buffers: ArgBuffers::default(),
         };
         Ok(Parallel {
             settings,
@@ -162,6 +166,7 @@ impl Parallel {
                 &self.stop,
                 backend,
                 state.expected.take(),
+                &state.buffers,
             )),
         };
         call.submit(backend, &mut state.batching, callback, arg);
@@ -215,6 +220,7 @@ impl Parallel {
             &self.stop,
             backend,
             expected,
+            &state.buffers,
         )
         .with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
@@ -237,6 +243,7 @@ impl Parallel {
                 &self.stop,
                 backend,
                 expected,
+                &state.buffers,
             )
             .with_producer(callback, producer),
         );
@@ -439,6 +446,7 @@ fn new_call(
     stop: &Stop,
     backend: &Backend,
     expected: Option<Expected>,
+    buffers: &ArgBuffers,
 ) -> Call {
     // Each call learns its own batch size, as joblib resets its statistics at each call.
     batching.reset();
@@ -457,11 +465,13 @@ fn new_call(
         collect: settings.on_error == OnError::Collect,
         handle_sigint: settings.handle_sigint,
     };
-    let stager = backend.stager(
-        settings.max_nbytes,
-        settings.mmap_mode,
-        settings.temp_folder.as_deref(),
-    );
+    let stager = backend
+        .stager(
+            settings.max_nbytes,
+            settings.mmap_mode,
+            settings.temp_folder.as_deref(),
+        )
+        .with_buffers(buffers.clone());
     Call::new(options, stop)
         .with_progress(progress_for(settings, backend.workers(), expected))
         .with_stager(stager)

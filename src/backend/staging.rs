@@ -22,7 +22,7 @@ use crate::config::MmapMode;
 use crate::error::{Error, ErrorKind, Result};
 use crate::memmap::folder::{prepare_temp_folder, resolve_temp_folder};
 use crate::memmap::{MapAccess, Spill};
-use crate::task::{ArgRef, Batch, Callback};
+use crate::task::{ArgBuffers, ArgRef, Batch, Callback};
 
 /// When and how a call spills large arguments to files (process backend only).
 #[derive(Clone, Debug)]
@@ -88,6 +88,8 @@ impl CallFiles {
 pub struct Stager {
     /// `None`: every argument is copied into its batch.
     spill: Option<Spilling>,
+    /// The executor's argument buffers, reused by every batch made through [`Stager::batch`].
+    buffers: ArgBuffers,
 }
 
 /// A call whose large arguments go through files.
@@ -118,7 +120,22 @@ impl Stager {
                 shared,
             }
         });
-        Stager { spill }
+        Stager {
+            spill,
+            buffers: ArgBuffers::default(),
+        }
+    }
+
+    /// A stager whose batches reuse `buffers` (kept by the executor across its calls).
+    pub fn with_buffers(mut self, buffers: ArgBuffers) -> Self {
+        self.buffers = buffers;
+        self
+    }
+
+    /// An empty batch for tasks from index `first` on, room for `capacity` tasks
+    /// ([`Batch::new`]), whose arguments go into a reused buffer.
+    pub fn batch(&self, first: usize, capacity: usize) -> Batch {
+        Batch::with_buffers(first, capacity, &self.buffers)
     }
 
     /// What the call's batches carry to its workers, when it spills.

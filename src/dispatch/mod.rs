@@ -192,6 +192,8 @@ impl Call {
     /// A call whose arguments join their batches through `stager` ([`Backend::stager`]).
     pub fn with_stager(mut self, stager: Stager) -> Self {
         self.link.files = stager.files();
+        // Nothing was pushed yet: the first batch takes its buffer from the stager's.
+        self.pending = stager.batch(self.submitted, self.pending.capacity());
         self.stager = stager;
         self
     }
@@ -425,7 +427,7 @@ impl Call {
             {
                 progress.batch_size_changed(&change);
             }
-            let next = Batch::new(self.submitted, batching.size());
+            let next = self.stager.batch(self.submitted, batching.size());
             let batch = std::mem::replace(&mut self.pending, next);
             self.dispatch(backend, batch);
         }
@@ -493,19 +495,29 @@ impl Call {
         if self.failed() || self.pending.is_empty() {
             return;
         }
-        let mut batch = std::mem::replace(&mut self.pending, Batch::new(self.submitted, 0));
+        let next = self.stager.batch(self.submitted, 0);
+        let mut batch = std::mem::replace(&mut self.pending, next);
         self.pending_bytes = 0;
         let chunk = if !end_of_input || backend.runs_inline() {
             batch.len()
         } else {
             (batch.len() / (10 * backend.workers())).max(1)
         };
-        while batch.len() > chunk {
-            let rest = batch.split_off(chunk);
+        if batch.len() <= chunk {
             self.dispatch(backend, batch);
-            batch = rest;
+            return;
+        }
+        // Pieces are cut from the end, so that each byte is copied once (cutting from the front
+        // would copy the whole rest at every cut), and dispatched in task order.
+        let mut pieces = Vec::with_capacity(batch.len().div_ceil(chunk));
+        while batch.len() > chunk {
+            let at = (batch.len() - 1) / chunk * chunk;
+            pieces.push(batch.split_off(at));
         }
         self.dispatch(backend, batch);
+        while let Some(piece) = pieces.pop() {
+            self.dispatch(backend, piece);
+        }
     }
 
     fn dispatch(&mut self, backend: &Backend, mut batch: Batch) {

@@ -9,8 +9,10 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod recycle;
 mod worker;
 
+pub use recycle::ArgBuffers;
 pub use worker::WorkerId;
 
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
@@ -190,6 +192,17 @@ pub struct Batch {
     /// above max_nbytes), by task index, sorted; their range in `args` is empty. The files
     /// themselves are the call's, which its backend passes to the workers.
     pub spilled: Vec<(usize, ArgRef)>,
+    /// Where `args` goes back when the batch is dropped (a batch made by
+    /// [`Batch::with_buffers`]), so that a later batch reuses its pages.
+    recycle: Option<ArgBuffers>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(buffers) = &self.recycle {
+            buffers.give(std::mem::take(&mut self.args));
+        }
+    }
 }
 
 /// Where a spilled argument lives: a byte range of one spill file.
@@ -220,7 +233,17 @@ impl Batch {
             dispatched_at: None,
             forced: Vec::new(),
             spilled: Vec::new(),
+            recycle: None,
         }
+    }
+
+    /// [`Batch::new`] whose arguments are copied into a buffer taken from `buffers`, given back
+    /// when the batch (or any copy or piece of it) is dropped.
+    pub fn with_buffers(first: usize, capacity: usize, buffers: &ArgBuffers) -> Self {
+        let mut batch = Batch::new(first, capacity);
+        batch.args = buffers.take(None);
+        batch.recycle = Some(buffers.clone());
+        batch
     }
 
     /// Appends a task whose argument was written to a spill file, at `arg`.
@@ -253,6 +276,11 @@ impl Batch {
         Ok(())
     }
 
+    /// Number of tasks the batch has room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.callbacks.capacity()
+    }
+
     /// Number of tasks in the batch.
     pub fn len(&self) -> usize {
         self.callbacks.len()
@@ -283,6 +311,7 @@ impl Batch {
             dispatched_at: None,
             forced: Vec::new(),
             spilled: Vec::new(),
+            recycle: None,
         }
     }
 
@@ -308,7 +337,16 @@ impl Batch {
     pub fn split_off(&mut self, at: usize) -> Batch {
         let arg_start = if at == 0 { 0 } else { self.arg_ends[at - 1] };
         let callbacks = self.callbacks.split_off(at);
-        let args = self.args.split_off(arg_start);
+        // The tail's bytes go into a reused buffer when this batch has a free list.
+        let args = match &self.recycle {
+            Some(buffers) => {
+                let mut args = buffers.take(Some(self.args.len() - arg_start));
+                args.extend_from_slice(&self.args[arg_start..]);
+                self.args.truncate(arg_start);
+                args
+            }
+            None => self.args.split_off(arg_start),
+        };
         let arg_ends = self
             .arg_ends
             .split_off(at)
@@ -326,6 +364,7 @@ impl Batch {
             dispatched_at: None,
             forced: Vec::new(),
             spilled,
+            recycle: self.recycle.clone(),
         }
     }
 }
@@ -739,6 +778,26 @@ mod tests {
             ))
         );
         assert!(abort.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_batch_with_buffers_gives_its_arguments_back_when_dropped_and_so_do_its_pieces() {
+        let buffers = ArgBuffers::default();
+        let mut batch = Batch::with_buffers(5, 4, &buffers);
+        let callback = batch_of(0, &[0]).callbacks[0];
+        for value in [1u64, 2, 4, 5] {
+            batch.push(callback, &value.to_ne_bytes()).unwrap();
+        }
+        let tail = batch.split_off(1);
+        let abort = AtomicBool::new(false);
+        let outcome = run_batch(&tail, RunContext::new(&abort, WorkerId::Caller));
+        assert_eq!(outcome.data.len(), 24, "the piece keeps its arguments");
+        assert_eq!(buffers.kept(), 0);
+        drop(tail);
+        drop(batch);
+        assert_eq!(buffers.kept(), 2);
+        let again = Batch::with_buffers(0, 1, &buffers);
+        assert!(again.args.is_empty() && again.args.capacity() > 0);
     }
 
     #[test]
