@@ -155,7 +155,7 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this file as a smoke test.
     let args: Vec<String> = std::env::args().collect();
     let quick = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--quick");
-    let (total, calls) = if quick { (8 << 20, 2) } else { (200 << 20, 6) };
+    let (total, calls) = if quick { (8 << 20, 4) } else { (200 << 20, 6) };
     println!(
         "pj data path: {} MiB per call, n_jobs=2, keep_workers=true, the same executor for {calls} calls; \
          ms per call (submit to collect), GB/s over the median of calls 2-{calls}",
