@@ -210,19 +210,8 @@ impl Parallel {
         self.check_callback(callback)?;
         let mut entered = self.enter()?;
         let state = &mut *entered;
-        abandon_call(state);
-        let announced = state.expected.take();
-        let expected = expected.or(announced);
+        let call = self.producer_call(state, callback, producer, expected)?;
         let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        let call = new_call(
-            &self.settings,
-            &mut state.batching,
-            &self.stop,
-            backend,
-            expected,
-            &state.buffers,
-        )
-        .with_producer(callback, producer);
         call.finish(backend, &mut state.batching)
     }
 
@@ -233,21 +222,32 @@ impl Parallel {
         self.check_callback(callback)?;
         let mut entered = self.enter()?;
         let state = &mut *entered;
-        abandon_call(state);
-        let expected = state.expected.take();
-        let backend = ensure_backend(&mut state.backend, &self.settings)?;
-        state.call = Some(
-            new_call(
-                &self.settings,
-                &mut state.batching,
-                &self.stop,
-                backend,
-                expected,
-                &state.buffers,
-            )
-            .with_producer(callback, producer),
-        );
+        state.call = Some(self.producer_call(state, callback, producer, None)?);
         Ok(())
+    }
+
+    /// A call of `producer`'s inputs for `map` and `imap`: abandons this thread's call in flight
+    /// first, and sizes the new one by `expected`, else by what `expect` announced (taken either
+    /// way: an announcement is for one call).
+    fn producer_call(
+        &self,
+        state: &mut State,
+        callback: Callback,
+        producer: Producer,
+        expected: Option<Expected>,
+    ) -> Result<Call> {
+        abandon_call(state);
+        let announced = state.expected.take();
+        let backend = ensure_backend(&mut state.backend, &self.settings)?;
+        Ok(new_call(
+            &self.settings,
+            &mut state.batching,
+            &self.stop,
+            backend,
+            expected.or(announced),
+            &state.buffers,
+        )
+        .with_producer(callback, producer))
     }
 
     /// Announces the size of the next call (the one the next submit, map or imap starts) to
