@@ -12,7 +12,10 @@
 //!   `pj_parallel_map`; joblib gets 100,000 (it needs microseconds per item): ns per item;
 //! - (b) 2,000 CPU-bound tasks of about 1 ms (a calibrated spin loop): wall time and speedup;
 //! - (c) a 200 MB buffer, filled before the call, summed by 2 tasks of one half each: wall time;
-//! - (d) cold first call: create an executor, run 2 trivial tasks, free it: wall time.
+//! - (d) cold first call: create an executor, run 2 trivial tasks, free it: wall time;
+//! - (e) the data path (issue 17; `benches/data.rs` prints every row with GB/s): 200 MiB per call
+//!   as 512 KiB and 4 MiB arguments and as 512 KiB results, one executor kept for 6 calls: ms per
+//!   call over calls 2-6, beside memcpy, rayon and joblib passing numpy arrays.
 //!
 //! Each cell is the median of at least 5 runs with the min–max, and pj rows give pj/peer ratios
 //! of the medians. The table (with the issue's targets marked met or not) goes to stdout and, as
@@ -56,6 +59,9 @@ struct Plan {
     /// (d): runs in process (pj, rayon) and runs of fresh processes (OpenMP, joblib).
     cold_runs: usize,
     cold_runs_joblib: usize,
+    /// (e): bytes per call; calls of one executor (the first is not counted).
+    data_bytes: usize,
+    data_calls: usize,
 }
 
 impl Plan {
@@ -72,6 +78,8 @@ impl Plan {
                 buffer_runs: 9,
                 cold_runs: 21,
                 cold_runs_joblib: 7,
+                data_bytes: 200 << 20,
+                data_calls: 6,
             }
         } else {
             Plan {
@@ -85,6 +93,8 @@ impl Plan {
                 buffer_runs: 1,
                 cold_runs: 1,
                 cold_runs_joblib: 1,
+                data_bytes: 8 << 20,
+                data_calls: 2,
             }
         }
     }
@@ -1287,6 +1297,71 @@ fn cold_section(plan: &Plan, helpers: &Helpers) -> Section {
     }
 }
 
+fn data_section(plan: &Plan, helpers: &Helpers) -> Section {
+    use support::data_path::*;
+    // Calls 2.. of a row, in ms (call 1 warms the executor and its buffers up).
+    let steady = |seconds: Result<Vec<f64>, String>| -> Result<Vec<f64>, String> {
+        seconds.map(|s| s.iter().skip(1).map(|t| t * 1e3).collect())
+    };
+    let mut source = Source {
+        bytes: pattern(plan.data_bytes),
+        chunk: 1,
+    };
+    let mut rows = Vec::new();
+    for (name, seconds) in baseline_rows(&source, plan.data_calls) {
+        let row = Row::other(&name, steady(seconds));
+        rows.push(match name.as_str() {
+            "memcpy into a reused buffer" => row.peer(Peer::Serial),
+            n if n.starts_with("rayon") => row.peer(Peer::Rayon),
+            _ => row,
+        });
+    }
+    for (backend, options) in BACKENDS {
+        for (name, seconds) in pj_rows(&mut source, plan.data_calls, backend, options, false) {
+            let row = Row::pj(&name, steady(seconds).unwrap_or_default());
+            rows.push(match backend {
+                _ if name.contains("memmapped") => row,
+                "processes" => row.target(Target::RatioAtMost(Peer::Serial, 4.0)),
+                _ => row.target(Target::RatioAtMost(Peer::Serial, 2.0)),
+            });
+        }
+    }
+    drop(source);
+    let joblib = match &helpers.joblib {
+        Ok(script) => joblib_rows("python3", script, plan.data_bytes, plan.data_calls),
+        Err(why) => JOBLIB_ROWS
+            .iter()
+            .map(|(_, name)| (name.to_string(), Err(why.clone())))
+            .collect(),
+    };
+    for (name, seconds) in joblib {
+        let row = Row::other(&name, steady(seconds));
+        rows.push(if name.contains("memmapped") {
+            row.peer(Peer::Joblib)
+        } else {
+            row
+        });
+    }
+    Section {
+        title: format!(
+            "(e) the data path: {} MiB per call, one executor kept for {} calls",
+            plan.data_bytes >> 20,
+            plan.data_calls
+        ),
+        unit: "ms",
+        rows,
+        notes: vec![format!(
+            "(e): ms per call (submit to collect), calls 2-{} of one executor (keep_workers; one Parallel kept for \
+             joblib); tasks read one byte in 64 of their argument, or return a 512 KiB chunk of the caller's \
+             buffer; the pj/serial ratio is against the memcpy of the same bytes into a reused buffer (issue 17's \
+             targets: threads and sequential ≤ 2x, processes by socket ≤ 4x; memmapped arguments are judged \
+             against the userdata row in `cargo bench --bench data`); pj/joblib is against joblib's memmapped \
+             4 MiB arrays; joblib's tasks get numpy arrays (n_jobs=2).",
+            plan.data_calls
+        )],
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -1371,13 +1446,14 @@ fn main() {
     // Optional workload letters (`cargo bench --bench compare -- a c`) run only those sections.
     let only: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| matches!(a.as_str(), "a" | "b" | "c" | "d"))
+        .filter(|a| matches!(a.as_str(), "a" | "b" | "c" | "d" | "e"))
         .collect();
-    let workloads: [(&str, Workload); 4] = [
+    let workloads: [(&str, Workload); 5] = [
         ("a", trivial_section),
         ("b", cpu_section),
         ("c", buffer_section),
         ("d", cold_section),
+        ("e", data_section),
     ];
     let sections: Vec<Section> = workloads
         .iter()

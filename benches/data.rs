@@ -1,142 +1,33 @@
 //! The data path (issue 17): 200 MiB passed as 512 KiB and as 4 MiB arguments, and returned as
 //! 512 KiB results, on threads, sequential and processes (n_jobs=2, keep_workers=true, the SAME
-//! executor reused for 6 calls), beside a plain memcpy of the same bytes, the userdata path and
-//! rayon over the same chunks; then the cold processes call from a caller holding 0, 200 MiB and
-//! 1 GiB of touched memory.
+//! executor reused for 6 calls), beside a plain memcpy of the same bytes, the userdata path, rayon
+//! over the same chunks and joblib passing the same bytes as numpy arrays (memmapping on and off;
+//! benches/compare/joblib_bench.py `data`, run with the `python3` on PATH: a venv with joblib and
+//! numpy); then a stream of 10,000 results of 1 MiB (the caller's peak RSS with and without
+//! batch_bytes), and the cold processes call from a caller holding 0, 200 MiB and 1 GiB.
 //!
-//! Run: `cargo bench --bench data` (`-- --quick` for the small sizes). Under
-//! `cargo test --all-targets` it runs the small sizes as a smoke test. Prints figures; asserts
-//! nothing about time, only that every result is right.
+//! Run: `cargo bench --bench data` (`-- --quick` for the small sizes, `-- --no-joblib` without the
+//! joblib rows). Under `cargo test --all-targets` it runs the small sizes as a smoke test, without
+//! joblib. Prints figures; asserts nothing about time, only that every result is right.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-
-use rayon::prelude::*;
 
 mod support;
 
 use pj::ffi::*;
 use pj::task::TaskOutput;
+use support::data_path::*;
 use support::*;
 
-/// The caller's bytes, cut in chunks of `chunk` bytes (tasks reach them through userdata).
-struct Source {
-    bytes: Vec<u8>,
-    chunk: usize,
-}
-
-impl Source {
-    fn part(&self, index: usize) -> &[u8] {
-        &self.bytes[index * self.chunk..(index + 1) * self.chunk]
-    }
-}
-
-/// The issue's task work: one byte in 64 read and summed.
-fn sum64(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .step_by(64)
-        .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)))
-}
-
-/// Task: the sum of one byte in 64 of its chunk, as 8 bytes. The chunk is the argument itself when
-/// userdata is NULL, or chunk number `arg` of the `Source` in userdata.
-unsafe extern "C" fn read_chunk(
-    userdata: *mut c_void,
-    arg: *const u8,
-    len: usize,
-    out: *mut TaskOutput,
-) -> i32 {
-    // SAFETY: pj passes `len` readable bytes at `arg`; a non-NULL userdata is a live Source.
-    let bytes = unsafe {
-        if userdata.is_null() {
-            std::slice::from_raw_parts(arg, len)
-        } else {
-            (*(userdata as *const Source)).part(read_u64(arg, len) as usize)
-        }
-    };
-    set_u64(out, sum64(bytes));
-    0
-}
-
-/// Task: returns chunk number `arg` of the `Source` in userdata as its result (written in place).
-unsafe extern "C" fn return_chunk(
-    userdata: *mut c_void,
-    arg: *const u8,
-    len: usize,
-    out: *mut TaskOutput,
-) -> i32 {
-    // SAFETY: userdata is a live Source; pj passes 8 readable bytes at `arg`.
-    let part = unsafe { (*(userdata as *const Source)).part(read_u64(arg, len) as usize) };
-    let dst = pj_out_alloc(out, part.len());
-    if dst.is_null() {
-        return 1;
-    }
-    // SAFETY: pj_out_alloc returned `part.len()` writable bytes, apart from `part`.
-    unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len()) };
-    0
-}
-
-/// How a row feeds its tasks.
-#[derive(Clone, Copy)]
-enum Feed {
-    /// Each chunk is an argument (copied by pj at submit).
-    Args,
-    /// Each argument is a chunk number; the task reads the chunk through userdata.
-    Userdata,
-    /// Each argument is a chunk number; the task returns the chunk as its result.
-    Results,
-}
-
-/// One call: every chunk submitted, collected and checked; returns the seconds from the first
-/// submit to the end of collect (checking and `pj_results_free` are not timed).
-fn one_call(par: *mut pj_parallel_t, source: &Source, feed: Feed, expected: u64) -> f64 {
-    let n = source.bytes.len() / source.chunk;
-    let userdata = source as *const Source as *mut c_void;
-    let start = Instant::now();
-    for i in 0..n {
-        let index = (i as u64).to_ne_bytes();
-        let (task, userdata, arg): (pj_task_fn, _, &[u8]) = match feed {
-            Feed::Args => (Some(read_chunk), std::ptr::null_mut(), source.part(i)),
-            Feed::Userdata => (Some(read_chunk), userdata, &index),
-            Feed::Results => (Some(return_chunk), userdata, &index),
-        };
-        let status = pj_parallel_submit(
-            par,
-            task,
-            userdata,
-            arg.as_ptr(),
-            arg.len(),
-            std::ptr::null_mut(),
-        );
-        assert_eq!(status, pj_status::Ok);
-    }
-    let mut res = std::ptr::null_mut();
-    let status = pj_parallel_collect(par, &mut res, std::ptr::null_mut());
-    assert_eq!(status, pj_status::Ok);
-    let seconds = start.elapsed().as_secs_f64();
-    assert_eq!(pj_results_len(res), n);
-    match feed {
-        Feed::Args | Feed::Userdata => {
-            let total = (0..n).fold(0u64, |acc, i| acc.wrapping_add(result_u64(res, i)));
-            assert_eq!(total, expected);
-        }
-        Feed::Results => {
-            for i in 0..n {
-                let (mut data, mut len) = (std::ptr::null(), 0);
-                assert_eq!(pj_results_get(res, i, &mut data, &mut len), pj_status::Ok);
-                // SAFETY: pj_results_get gave `len` readable bytes, valid until pj_results_free.
-                let got = unsafe { std::slice::from_raw_parts(data, len) };
-                assert_eq!(sum64(got), sum64(source.part(i)));
-            }
-        }
-    }
-    pj_results_free(res);
-    seconds
-}
-
 /// Prints one row: call 1, 2, 3 and the last call in ms, and GB/s over the median of calls 2..last.
-fn row(name: &str, bytes: usize, seconds: &[f64]) {
+fn row(name: &str, bytes: usize, seconds: &Result<Vec<f64>, String>) {
+    let seconds = match seconds {
+        Ok(s) if s.len() >= 2 => s,
+        Ok(_) => return println!("| {name} | too few calls | | | | |"),
+        Err(why) => return println!("| {name} | skipped: {why} | | | | |"),
+    };
     let ms = |s: f64| format!("{:.1}", s * 1e3);
     let mut steady = seconds[1..].to_vec();
     steady.sort_by(f64::total_cmp);
@@ -151,10 +42,18 @@ fn row(name: &str, bytes: usize, seconds: &[f64]) {
     );
 }
 
+/// The environment variable that makes a re-executed copy of this bench run one stream.
+const STREAM: &str = "PJ_DATA_BENCH_STREAM";
+
 fn main() {
+    if let Ok(spec) = std::env::var(STREAM) {
+        return stream_child(&spec);
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this file as a smoke test.
     let args: Vec<String> = std::env::args().collect();
-    let quick = !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--quick");
+    let bench = args.iter().any(|a| a == "--bench");
+    let quick = !bench || args.iter().any(|a| a == "--quick");
+    let joblib = bench && !args.iter().any(|a| a == "--no-joblib");
     let (total, calls) = if quick { (8 << 20, 4) } else { (200 << 20, 6) };
     println!(
         "pj data path: {} MiB per call, n_jobs=2, keep_workers=true, the same executor for {calls} calls; \
@@ -165,7 +64,28 @@ fn main() {
     println!();
     println!("| path | call 1 | call 2 | call 3 | call {calls} | GB/s |");
     println!("|---|--:|--:|--:|--:|--:|");
-    data_rows(total, calls);
+    let mut source = Source {
+        bytes: pattern(total),
+        chunk: 1,
+    };
+    for (name, seconds) in baseline_rows(&source, calls) {
+        row(&name, total, &seconds);
+    }
+    for (backend, options) in BACKENDS {
+        for (name, seconds) in pj_rows(&mut source, calls, backend, options, true) {
+            row(&name, total, &seconds);
+        }
+    }
+    drop(source);
+    if joblib {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("benches/compare/joblib_bench.py");
+        for (name, seconds) in joblib_rows("python3", &script, total, calls) {
+            row(&name, total, &seconds);
+        }
+    }
+    println!();
+    streams(if quick { 200 } else { 10_000 });
     println!();
     let held: &[usize] = if quick {
         &[0, 8 << 20]
@@ -181,77 +101,138 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn data_rows(total: usize, calls: usize) {
-    // A pattern, so that a wrong chunk or a stale result changes the sums.
-    let bytes: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
-    let mut source = Source { bytes, chunk: 1 };
+/// Bytes of each result of the stream: 1 MiB, max_nbytes' size (so they travel by socket).
+const STREAM_RESULT: usize = 1 << 20;
 
-    // The bytes copied once, into memory touched before (reused) and into a fresh allocation.
-    let mut dst = vec![0u8; total];
-    let reused: Vec<f64> = (0..calls)
-        .map(|_| {
-            let start = Instant::now();
-            dst.copy_from_slice(&source.bytes);
-            std::hint::black_box(&dst);
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    drop(dst);
-    row("memcpy into a reused buffer", total, &reused);
-    let fresh: Vec<f64> = (0..calls)
-        .map(|_| {
-            let start = Instant::now();
-            let copy = std::hint::black_box(source.bytes.to_vec());
-            let seconds = start.elapsed().as_secs_f64();
-            drop(copy);
-            seconds
-        })
-        .collect();
-    row("memcpy into a fresh allocation", total, &fresh);
+/// Task: returns STREAM_RESULT bytes, each the low byte of its 8-byte argument.
+unsafe extern "C" fn one_mib(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    let value = read_u64(arg, len) as u8;
+    let dst = pj_out_alloc(out, STREAM_RESULT);
+    if dst.is_null() {
+        return 1;
+    }
+    // SAFETY: pj_out_alloc returned STREAM_RESULT writable bytes.
+    unsafe { std::ptr::write_bytes(dst, value, STREAM_RESULT) };
+    0
+}
 
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    let expected512 = source.bytes.chunks(512 << 10).map(sum64).sum::<u64>();
-    let rayon: Vec<f64> = (0..calls)
-        .map(|_| {
-            let start = Instant::now();
-            let sum: u64 = pool.install(|| source.bytes.par_chunks(512 << 10).map(sum64).sum());
-            let seconds = start.elapsed().as_secs_f64();
-            assert_eq!(sum, expected512);
-            seconds
-        })
-        .collect();
-    row("rayon, 2 threads, 512 KiB chunks", total, &rayon);
+/// Producer: 0, 1, ... up to the count in the `[AtomicU64; 2]` (next, count) `userdata` points to.
+unsafe extern "C" fn count_to(userdata: *mut c_void, arg: *mut *const u8, len: *mut usize) -> i32 {
+    thread_local! {
+        static BUF: std::cell::Cell<[u8; 8]> = const { std::cell::Cell::new([0; 8]) };
+    }
+    // SAFETY: the stream passes a live [AtomicU64; 2].
+    let [next, count] = unsafe { &*(userdata as *const [AtomicU64; 2]) };
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    if i >= count.load(Ordering::Relaxed) {
+        return 0;
+    }
+    BUF.with(|buf| {
+        buf.set(i.to_ne_bytes());
+        // SAFETY: valid output pointers; pj copies the argument before the next producer call.
+        unsafe {
+            *arg = buf.as_ptr().cast::<u8>();
+            *len = 8;
+        }
+    });
+    1
+}
 
-    let backends: [(&str, &[(&str, &str)]); 3] = [
-        ("threads", &[("backend", "threads"), ("n_jobs", "2")]),
-        ("sequential", &[("backend", "sequential")]),
-        ("processes", &[("backend", "processes"), ("n_jobs", "2")]),
+/// This process's peak resident set (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10)
+}
+
+/// Issue 17 item 6, in a re-executed copy of this bench (so that its peak RSS is the stream's):
+/// `spec` = "TASKS BATCH_BYTES". Streams TASKS results of 1 MiB with imap on processes (n_jobs=2,
+/// max_nbytes 1M), each read (every page touched) as it comes, and prints "stream SECONDS
+/// GROWTH_BYTES".
+fn stream_child(spec: &str) {
+    let mut words = spec.split_whitespace();
+    let tasks: u64 = words.next().and_then(|w| w.parse().ok()).expect("tasks");
+    let batch_bytes = words.next().expect("batch_bytes");
+    let mut options = vec![
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("max_nbytes", "1M"),
     ];
-    let kib512 = "512 KiB args";
-    let cases = [
-        (kib512, 512 << 10, Feed::Args),
-        ("4 MiB args", 4 << 20, Feed::Args),
-        ("userdata, 512 KiB chunks", 512 << 10, Feed::Userdata),
-        ("512 KiB results", 512 << 10, Feed::Results),
-    ];
-    for (backend, options) in backends {
-        for (what, chunk, feed) in cases {
-            source.chunk = chunk;
-            let expected = source.bytes.chunks(chunk).map(sum64).sum::<u64>();
-            let par = new_parallel(&[options, &[("keep_workers", "true")]].concat());
-            let seconds: Vec<f64> = (0..calls)
-                .map(|_| one_call(par, &source, feed, expected))
-                .collect();
-            pj_parallel_free(par);
-            let how = match (backend, chunk, feed) {
-                ("processes", c, Feed::Args) if c > 1 << 20 => ", memmapped (above max_nbytes)",
-                ("processes", _, Feed::Args | Feed::Results) => ", socket (below max_nbytes)",
-                _ => "",
-            };
-            row(&format!("{backend}, {what}{how}"), total, &seconds);
+    if batch_bytes != "default" {
+        options.push(("batch_bytes", batch_bytes));
+    }
+    let par = new_parallel(&options);
+    let before = peak_rss();
+    let state = [AtomicU64::new(0), AtomicU64::new(tasks)];
+    let start = Instant::now();
+    let status = pj_parallel_imap(
+        par,
+        Some(one_mib),
+        std::ptr::null_mut(),
+        Some(count_to),
+        (&state as *const [AtomicU64; 2]).cast_mut().cast(),
+        std::ptr::null_mut(),
+    );
+    assert_eq!(status, pj_status::Ok);
+    let mut read = 0u64;
+    loop {
+        let (mut index, mut data, mut len) = (0usize, std::ptr::null(), 0usize);
+        let status = pj_parallel_next(par, &mut index, &mut data, &mut len, std::ptr::null_mut());
+        if status == pj_status::Done {
+            break;
+        }
+        assert_eq!(status, pj_status::Ok);
+        assert_eq!(len, STREAM_RESULT);
+        // SAFETY: pj_parallel_next gave a view of `len` bytes, valid until the next call.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        assert!(bytes.iter().step_by(4096).all(|&b| b == index as u8));
+        read += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(read, tasks);
+    pj_parallel_free(par);
+    println!("stream {seconds} {}", peak_rss().saturating_sub(before));
+}
+
+/// Issue 17 item 6: the stream of 1 MiB results with the default batch_bytes and without a cap
+/// (`none`: batches grow by time alone, as before batch_bytes), each in a fresh process.
+fn streams(tasks: u64) {
+    println!(
+        "| stream: {tasks} results of 1 MiB, imap, processes n_jobs=2, max_nbytes 1M | seconds | GB/s | caller's peak RSS growth, MiB |"
+    );
+    println!("|---|--:|--:|--:|");
+    for (label, batch_bytes) in [
+        ("batch_bytes default (16M)", "default"),
+        ("batch_bytes none", "none"),
+    ] {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(STREAM, format!("{tasks} {batch_bytes}"))
+            .output()
+            .expect("re-executing the bench");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let figures: Option<(f64, u64)> = stdout.lines().find_map(|l| {
+            let mut w = l.strip_prefix("stream ")?.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+        });
+        match figures {
+            Some((seconds, growth)) if output.status.success() => println!(
+                "| {label} | {seconds:.2} | {:.2} | {} |",
+                (tasks as f64 * STREAM_RESULT as f64) / seconds / 1e9,
+                growth >> 20
+            ),
+            _ => panic!(
+                "the stream ({label}) failed: {}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
         }
     }
 }

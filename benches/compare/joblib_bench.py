@@ -12,6 +12,11 @@ processes).
                                         each (needs numpy)
     joblib_bench.py cold RUNS           a fresh Parallel running 2 trivial tasks, with no loky
                                         worker alive before it ("cold") and with live ones ("warm")
+    joblib_bench.py data BYTES CALLS    the data path (benches/data.rs): BYTES of uint8 passed as
+                                        512 KiB and 4 MiB numpy arguments (memmapping on: joblib's
+                                        default max_nbytes 1M; and off: max_nbytes=None), and
+                                        returned as 512 KiB arrays; one Parallel kept for CALLS
+                                        calls of each (needs numpy); times are per call, call 1 first
 """
 
 import os
@@ -159,6 +164,73 @@ def buffer(nbytes, runs):
     emit("joblib_memmap", times, note="np.memmap dumped before the call")
 
 
+def sample64(part):
+    """The data bench's task work: one byte in 64 read and summed."""
+    import numpy as np
+
+    return int(part[::64].sum(dtype=np.uint64))
+
+
+def chunk_of(source, chunk, index):
+    """Chunk `index` of the pre-dumped source, copied: a 512 KiB result."""
+    return source[index * chunk : (index + 1) * chunk].copy()
+
+
+def data(nbytes, calls):
+    try:
+        import numpy as np
+    except ImportError:
+        for name in ("args512", "args4m", "args4m_nomemmap", "results512"):
+            emit(name, skip="numpy not installed: pip install numpy")
+        return
+    import joblib
+
+    # Byte i is i mod 251, as in benches/data.rs.
+    source = (np.arange(nbytes, dtype=np.uint64) % 251).astype(np.uint8)
+    variants = [
+        ("args512", 512 << 10, {}, "512 KiB ndarray arguments (below max_nbytes 1M: pickled)"),
+        ("args4m", 4 << 20, {}, "4 MiB ndarray arguments (memmapped by joblib, max_nbytes 1M)"),
+        (
+            "args4m_nomemmap",
+            4 << 20,
+            {"max_nbytes": None},
+            "4 MiB ndarray arguments, memmapping off (max_nbytes=None: pickled)",
+        ),
+    ]
+    for name, chunk, options, note in variants:
+        parts = [source[i : i + chunk] for i in range(0, nbytes, chunk)]
+        expected = sum(sample64(p) for p in parts)
+        times = []
+        with Parallel(n_jobs=2, **options) as parallel:
+            for _ in range(calls):
+                t, out = timed(lambda: parallel(delayed(sample64)(p) for p in parts))
+                assert sum(out) == expected
+                times.append(t)
+        emit(name, times, note=note)
+
+    chunk = 512 << 10
+    with tempfile.TemporaryDirectory(prefix="pj-data-") as folder:
+        path = os.path.join(folder, "source.pkl")
+        joblib.dump(source, path)
+        mapped = joblib.load(path, mmap_mode="r")
+        n = nbytes // chunk
+        times = []
+        with Parallel(n_jobs=2) as parallel:
+            for _ in range(calls):
+                t, out = timed(lambda: parallel(delayed(chunk_of)(mapped, chunk, i) for i in range(n)))
+                assert len(out) == n and all(len(r) == chunk for r in out)
+                assert int(out[-1][::4096].sum()) == int(source[(n - 1) * chunk :: 4096].sum())
+                times.append(t)
+                del out
+        del mapped
+    emit(
+        "results512",
+        times,
+        note="512 KiB ndarray results (pickled back), read in the workers from a pre-dumped np.memmap",
+    )
+    shutdown_workers()
+
+
 def cold(runs):
     times = []
     for _ in range(runs):
@@ -176,13 +248,15 @@ def cold(runs):
 
 
 def main(argv):
-    usage = "usage: joblib_bench.py trivial N RUNS | cpu TASKS RUNS | buffer BYTES RUNS | cold RUNS"
+    usage = "usage: joblib_bench.py trivial N RUNS | cpu TASKS RUNS | buffer BYTES RUNS | data BYTES CALLS | cold RUNS"
     if len(argv) == 4 and argv[1] == "trivial":
         trivial(int(argv[2]), int(argv[3]))
     elif len(argv) == 4 and argv[1] == "cpu":
         cpu(int(argv[2]), int(argv[3]))
     elif len(argv) == 4 and argv[1] == "buffer":
         buffer(int(argv[2]), int(argv[3]))
+    elif len(argv) == 4 and argv[1] == "data":
+        data(int(argv[2]), int(argv[3]))
     elif len(argv) == 3 and argv[1] == "cold":
         cold(int(argv[2]))
     else:

@@ -2,6 +2,8 @@
 //! producer, and timed runs of 0..n through submit/collect and through map.
 #![allow(dead_code)] // each bench uses its own subset
 
+pub mod data_path;
+
 use std::ffi::{CString, c_void};
 use std::time::Instant;
 
