@@ -4,6 +4,8 @@
 # tasks on each. Figures only; nothing is asserted. Works from any directory.
 #
 #   scripts/bench-mpi.sh [trivial_tasks=200000] [cpu_tasks=200] [cpu_ms=10]
+#   scripts/bench-mpi.sh large [tasks=3] [mib=1024]   # one batch of results above 2 GiB
+#                                                      # (benches/mpi/mpi_large.c; RANKS default 2)
 #
 # Environment: RANKS (default 3: rank 0 dispatches, the others work), BUILD_DIR (default
 # build-mpi), MPIRUN (default mpirun), MPIRUN_FLAGS (extra flags for mpirun).
@@ -24,11 +26,17 @@ if [[ -f $build_dir/CMakeCache.txt ]] && ! grep -qx "CMAKE_GENERATOR:INTERNAL=$g
 fi
 # Quiet unless something fails.
 if ! log=$(cmake -S . -B "$build_dir" -G "$generator" -DCMAKE_BUILD_TYPE=Release 2>&1 &&
-           cmake --build "$build_dir" --target pj_mpi_bench 2>&1); then
+           cmake --build "$build_dir" --target pj_mpi_bench pj_mpi_large 2>&1); then
     printf '%s\n' "$log" >&2
     exit 1
 fi
 bench=$build_dir/benches/mpi/pj_mpi_bench
+ranks=${RANKS:-3}
+if [[ ${1:-} == large ]]; then
+    shift
+    bench=$build_dir/benches/mpi/pj_mpi_large
+    ranks=${RANKS:-2}
+fi
 if [[ ! -x $bench ]]; then
     echo "error: $bench was not built: CMake found no MPI (see $build_dir/CMakeCache.txt)" >&2
     exit 1
@@ -41,5 +49,5 @@ if "$mpirun" --version 2>&1 | grep -q "Open MPI\|OpenRTE"; then
 fi
 # shellcheck disable=SC2206 # MPIRUN_FLAGS is meant to be split
 flags+=(${MPIRUN_FLAGS:-})
-printf '$ %s\n' "$mpirun ${flags[*]} -n ${RANKS:-3} $bench $*"
-"$mpirun" "${flags[@]}" -n "${RANKS:-3}" "$bench" "$@"
+printf '$ %s\n' "$mpirun ${flags[*]} -n $ranks $bench $*"
+"$mpirun" "${flags[@]}" -n "$ranks" "$bench" "$@"

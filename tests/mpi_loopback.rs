@@ -148,7 +148,7 @@ fn table(rank: c_int, fabric: &Arc<Fabric>) -> pj_mpi_ops_t {
     }
 }
 
-/// The fabric's message limit (MPI's is INT_MAX bytes), small enough to test.
+/// The fabric's message limit (MPI's is INT_MAX bytes), small enough to test the split messages.
 const MAX_MESSAGE: usize = 16 << 20;
 
 /// An MPI job of `size` ranks: attaches rank 0 here, runs the others on threads; returns them, to
@@ -337,25 +337,39 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
         assert!(result == &big, "big result {i} differs");
     }
 
-    // Above the transport's message limit: arguments are refused before they travel, results are
-    // replaced by a failure saying why; the object works afterwards.
-    let mut too_big = vec![0u8; 20 << 20];
-    too_big[..8].copy_from_slice(&7u64.to_ne_bytes());
-    submit_named(&par, &too_big).unwrap();
-    let error = par.collect().unwrap_err();
-    assert_eq!(error.status, pj_status::Io);
+    // Above the transport's message limit (16 MiB here): a 40 MiB argument and a 20 MiB result
+    // travel in several messages and come back whole, in one batch with small tasks around them.
+    let mut huge: Vec<u8> = (0..40u64 << 20).map(|b| (b * 13 + 5) as u8).collect();
+    huge[..8].copy_from_slice(&9u64.to_ne_bytes());
+    let batched = parallel(&[("backend", "mpi"), ("batch_size", "4")]).unwrap();
+    for x in [3u64, 2_000_000] {
+        submit_named(&batched, &x.to_ne_bytes()).unwrap();
+    }
+    submit_named(&batched, &huge).unwrap();
+    submit_named(&batched, &4u64.to_ne_bytes()).unwrap();
+    let results = batched.collect().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0], 9u64.to_ne_bytes());
     assert!(
-        error.message.contains("the arguments of this batch"),
-        "{}",
-        error.message
+        results[1] == vec![1u8; 20 << 20],
+        "the 20 MiB result differs"
     );
-    let error = squares(&par, 2_000_000..2_000_001).unwrap_err();
-    assert_eq!(error.status, pj_status::Io);
+    huge.reverse();
     assert!(
-        error.message.contains("the results of this batch"),
-        "{}",
-        error.message
+        results[2] == huge,
+        "the 40 MiB argument came back different"
     );
+    assert_eq!(results[3], 16u64.to_ne_bytes());
+    drop(batched);
+    // Both worker ranks at once (a batch each): rank 0 joins two split outcomes side by side.
+    let one_each = parallel(&[("backend", "mpi"), ("batch_size", "1")]).unwrap();
+    for _ in 0..2 {
+        submit_named(&one_each, &2_000_000u64.to_ne_bytes()).unwrap();
+    }
+    for result in one_each.collect().unwrap() {
+        assert!(result == vec![1u8; 20 << 20], "a 20 MiB result differs");
+    }
+    drop(one_each);
     assert_eq!(squares(&par, 0..3).unwrap(), vec![0, 1, 4]);
 
     // on_error=collect: every task runs, the failed one carries its status.

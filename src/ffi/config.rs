@@ -145,8 +145,8 @@ pub extern "C" fn pj_config_set_n_jobs(
 /// pj_mpi library built where MPI is installed) after its `pj_register` calls; rank 0 continues as
 /// the caller and ranks 1..N-1 are the workers (n_jobs, when positive, caps how many are used; one
 /// rank alone runs calls sequentially). Tasks name registered functions, without userdata
-/// (`pj_parallel_submit_named`), and arguments and results travel by MPI messages (each below 2 GiB;
-/// no memmapping). Each worker rank runs its batches in a forked child process, so a task that
+/// (`pj_parallel_submit_named`), and arguments and results travel by MPI messages (a batch above
+/// 2 GiB in several; no memmapping). Each worker rank runs its batches in a forked child process, so a task that
 /// crashes, exits or overruns `timeout` is reported (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT,
 /// the message ending "(MPI rank R)") and the rank goes on; a rank that stops answering for 10 s
 /// fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the

@@ -60,7 +60,8 @@ pub struct pj_mpi_ops_t {
         ) -> c_int,
     >,
     /// The largest message `isend` takes, in bytes (MPI counts are ints: INT_MAX); 0: no limit.
-    /// A batch whose arguments or results need more fails with PJ_STATUS_IO saying so.
+    /// A batch whose arguments or results need more travels as several messages of at most this
+    /// size, sent back to back (the receiver joins them; `iprobe` must take any tag).
     pub max_message: usize,
 }
 

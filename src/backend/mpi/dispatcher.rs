@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-use super::ops::{MpiOps, PendingSend};
+use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::rank0::{Order, Readiness, fail};
 use super::{
     HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
-    append_trailer, split_trailer, too_big,
+    append_trailer, split_trailer,
 };
 use crate::backend::CallLink;
 use crate::backend::wire::{decode_outcome, encode_batch};
@@ -63,6 +63,8 @@ pub(super) struct Dispatcher {
     sends: Vec<PendingSend>,
     next_seq: u64,
     buf: Vec<u8>,
+    /// Split outcomes being received.
+    parts: Reassembly,
 }
 
 impl Dispatcher {
@@ -81,6 +83,7 @@ impl Dispatcher {
             sends: Vec::new(),
             next_seq: 1,
             buf: Vec::new(),
+            parts: Reassembly::default(),
         }
     }
 
@@ -188,8 +191,10 @@ impl Dispatcher {
             match self.ops.probe() {
                 Ok(Some((source, tag, len))) => {
                     let mut buf = Vec::new();
-                    if let Err(error) = self.ops.receive(source, tag, len, &mut buf) {
-                        return Err(error.to_string());
+                    match self.parts.receive(&self.ops, (source, tag, len), &mut buf) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => continue,
+                        Err(error) => return Err(error.to_string()),
                     }
                     let Some(slot) = slot_of(source, self.ranks.len()) else {
                         continue;
@@ -269,17 +274,9 @@ impl Dispatcher {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
         });
         append_trailer(&mut message, seq, timeout);
-        if message.len() > self.ops.max_message {
-            fail(
-                &batch,
-                &link,
-                &too_big("the arguments of this batch", message.len(), &self.ops),
-            );
-            return;
-        }
         match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
-            Ok(send) => {
-                self.sends.push(send);
+            Ok(sends) => {
+                self.sends.extend(sends);
                 let rank = &mut self.ranks[slot];
                 if rank.batches.is_empty() {
                     // Its silence while idle does not count.
@@ -303,10 +300,12 @@ impl Dispatcher {
         while let Some((source, tag, len)) = self.ops.probe()? {
             progressed = true;
             let mut buf = std::mem::take(&mut self.buf);
-            self.ops.receive(source, tag, len, &mut buf)?;
+            let whole = self
+                .parts
+                .receive(&self.ops, (source, tag, len), &mut buf)?;
             if let Some(slot) = slot_of(source, self.ranks.len()) {
                 self.ranks[slot].heard = Instant::now();
-                if tag == TAG_OUTCOME {
+                if whole == Some(TAG_OUTCOME) {
                     self.finish(slot, &buf);
                 }
             }
@@ -324,7 +323,7 @@ impl Dispatcher {
                 let mut cancel = running.seq.to_ne_bytes().to_vec();
                 cancel.push(u8::from(running.link.drain.load(Ordering::Relaxed)));
                 self.sends
-                    .push(self.ops.start_send(rank_of(slot), TAG_CANCEL, cancel)?);
+                    .extend(self.ops.start_send(rank_of(slot), TAG_CANCEL, cancel)?);
                 progressed = true;
             }
         }

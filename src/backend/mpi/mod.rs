@@ -28,6 +28,7 @@ use std::ffi::c_int;
 use std::time::Duration;
 
 pub use ops::MpiOps;
+
 pub use rank::serve;
 pub(crate) use rank0::{ForkHold, hold_for_fork};
 pub use rank0::{MpiPool, attach, detach, not_attached, worker_ranks};
@@ -47,15 +48,6 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// ...and rank 0 gives it up after this long without a word. By default Open MPI ends the whole
 /// job when a rank dies; this covers runtimes that keep the job going (mpirun --enable-recovery).
 const SILENCE_LIMIT: Duration = Duration::from_secs(10);
-
-/// Why a message cannot travel.
-fn too_big(what: &str, len: usize, ops: &MpiOps) -> String {
-    format!(
-        "{what} would take {len} bytes in one MPI message, above the transport's limit of {} \
-         bytes (MPI counts are ints): use smaller arguments or results, or a smaller batch_size",
-        ops.max_message
-    )
-}
 
 /// Batch and outcome messages end with two words (sequence number, then the timeout or the worker
 /// pid): a trailer, so that the encoded body is never copied to make room for a header.

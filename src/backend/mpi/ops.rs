@@ -1,7 +1,14 @@
 //! The shim's table of MPI operations ([`MpiOps`]) and what pj builds on it: non-blocking sends
 //! whose bytes live until MPI is done with them, probes and receives.
+//!
+//! Messages above the transport's limit (`max_message`: INT_MAX bytes under MPI, whose counts are
+//! ints) travel in pieces: every piece but the last with [`TAG_PART`], the last with the message's
+//! own tag, all started at once so that nothing the same rank sends comes between them. MPI does
+//! not reorder two messages from one rank that match the same receive, and pj's probe takes any
+//! tag from any rank, so a receiver gets the pieces in order and joins them ([`Reassembly`]).
 
 use std::ffi::{c_int, c_void};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -37,10 +44,14 @@ fn mpi_error(what: &str, code: c_int) -> Error {
     Error::new(ErrorKind::Io, format!("MPI {what} failed (error {code})"))
 }
 
-/// A send in progress: its request and the bytes MPI reads until it completes.
+/// The tag of a piece of a message that continues in the sender's next message.
+const TAG_PART: c_int = 7;
+
+/// A send in progress: its request and the bytes MPI reads until it completes (the whole message:
+/// the pieces of a split message share it).
 pub(super) struct PendingSend {
     request: *mut c_void,
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     completed: bool,
 }
 
@@ -49,40 +60,52 @@ impl Drop for PendingSend {
         if !self.completed {
             // MPI may still read the bytes (a send abandoned at shutdown or after an error):
             // they are leaked, never freed under it.
-            std::mem::forget(std::mem::take(&mut self.bytes));
+            std::mem::forget(Arc::clone(&self.bytes));
         }
     }
 }
 
 impl MpiOps {
-    /// Starts sending `bytes` (kept alive in the returned value until the send completes).
+    /// Starts sending `bytes` as one message with `tag`, in pieces when it is larger than the
+    /// transport's limit (kept alive in the returned sends until they complete). An error after
+    /// some pieces were started leaves the receiver a partial message: MPI errors end the backend.
     pub(super) fn start_send(
         &self,
         dest: c_int,
         tag: c_int,
         bytes: Vec<u8>,
-    ) -> Result<PendingSend> {
-        let mut request = std::ptr::null_mut();
-        // SAFETY: the shim's isend with its own context; `bytes` stays alive and unchanged in the
-        // returned PendingSend until `test` reports completion.
-        let code = unsafe {
-            (self.isend)(
-                self.context,
-                dest,
-                tag,
-                bytes.as_ptr(),
-                bytes.len(),
-                &mut request,
-            )
-        };
-        if code != 0 {
-            return Err(mpi_error("send", code));
+    ) -> Result<Vec<PendingSend>> {
+        let bytes = Arc::new(bytes);
+        let limit = self.max_message.max(1);
+        let pieces = bytes.len().div_ceil(limit).max(1);
+        let mut sends = Vec::with_capacity(pieces);
+        for piece in 0..pieces {
+            let start = piece * limit;
+            let len = limit.min(bytes.len() - start);
+            let piece_tag = if piece + 1 == pieces { tag } else { TAG_PART };
+            let mut request = std::ptr::null_mut();
+            // SAFETY: the shim's isend with its own context, on `len` bytes inside `bytes`, which
+            // stays alive and unchanged in the returned PendingSend until `test` reports completion.
+            let code = unsafe {
+                (self.isend)(
+                    self.context,
+                    dest,
+                    piece_tag,
+                    bytes.as_ptr().add(start),
+                    len,
+                    &mut request,
+                )
+            };
+            if code != 0 {
+                return Err(mpi_error("send", code));
+            }
+            sends.push(PendingSend {
+                request,
+                bytes: Arc::clone(&bytes),
+                completed: false,
+            });
         }
-        Ok(PendingSend {
-            request,
-            bytes,
-            completed: false,
-        })
+        Ok(sends)
     }
 
     /// Whether `send` has completed (its request is then released by the shim).
@@ -123,10 +146,14 @@ impl MpiOps {
         bytes: Vec<u8>,
         limit: Duration,
     ) -> Result<()> {
-        let mut send = self.start_send(dest, tag, bytes)?;
+        let mut sends = self.start_send(dest, tag, bytes)?;
         let deadline = Instant::now() + limit;
         let mut backoff = Backoff::default();
-        while !self.sent(&mut send)? {
+        loop {
+            self.complete(&mut sends)?;
+            if sends.is_empty() {
+                return Ok(());
+            }
             if Instant::now() > deadline {
                 return Err(Error::new(
                     ErrorKind::Io,
@@ -135,7 +162,6 @@ impl MpiOps {
             }
             backoff.pause();
         }
-        Ok(())
     }
 
     /// A waiting message's (source, tag, length), if any.
@@ -149,21 +175,74 @@ impl MpiOps {
         }
     }
 
-    /// Receives the message `probe` announced into `buf` (resized to its length).
-    pub(super) fn receive(
+    /// Receives the message `probe` announced, appended to `buf`.
+    fn receive_appended(
         &self,
         source: c_int,
         tag: c_int,
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        buf.clear();
-        buf.resize(len, 0);
-        // SAFETY: `buf` has room for `len` bytes, the length iprobe announced for this message.
-        let code = unsafe { (self.recv)(self.context, source, tag, buf.as_mut_ptr(), len) };
+        let start = buf.len();
+        buf.try_reserve(len).map_err(|_| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot allocate {len} bytes for an MPI message from rank {source}"),
+            )
+        })?;
+        buf.resize(start + len, 0);
+        // SAFETY: `buf` has room for `len` bytes from `start`, the length iprobe announced for
+        // this message.
+        let code =
+            unsafe { (self.recv)(self.context, source, tag, buf.as_mut_ptr().add(start), len) };
         if code != 0 {
             return Err(mpi_error("receive", code));
         }
         Ok(())
+    }
+}
+
+/// The pieces received so far of each rank's split message (see the module doc).
+#[derive(Default)]
+pub(super) struct Reassembly {
+    /// By source rank: the pieces of its message in progress, joined.
+    partial: Vec<Vec<u8>>,
+}
+
+impl Reassembly {
+    /// Receives the message `probe` announced (source, tag, len). `Some(tag)` when `buf` then
+    /// holds a whole message with that tag (a piece joined to the ones before it, or a message
+    /// that was never split), `None` when it was a piece to be continued.
+    pub(super) fn receive(
+        &mut self,
+        ops: &MpiOps,
+        (source, tag, len): (c_int, c_int, usize),
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<c_int>> {
+        let slot = usize::try_from(source)
+            .ok()
+            .filter(|&s| s < usize::try_from(ops.size).unwrap_or(0));
+        let Some(slot) = slot else {
+            // Not a rank of this communicator: read and drop it.
+            buf.clear();
+            ops.receive_appended(source, tag, len, buf)?;
+            return Ok(None);
+        };
+        if self.partial.len() <= slot {
+            self.partial.resize_with(slot + 1, Vec::new);
+        }
+        let partial = &mut self.partial[slot];
+        if tag == TAG_PART {
+            ops.receive_appended(source, tag, len, partial)?;
+            return Ok(None);
+        }
+        if partial.is_empty() {
+            buf.clear();
+            ops.receive_appended(source, tag, len, buf)?;
+        } else {
+            ops.receive_appended(source, tag, len, partial)?;
+            *buf = std::mem::take(partial);
+        }
+        Ok(Some(tag))
     }
 }

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 
-use super::ops::{MpiOps, PendingSend};
+use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::{
     HEARTBEAT, HELLO_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
-    append_trailer, split_trailer, too_big,
+    append_trailer, split_trailer,
 };
 use crate::backend::wire::{decode_batch, encode_outcome};
 use crate::backend::{CallLink, ProcessPool};
@@ -45,6 +45,7 @@ pub fn serve(ops: MpiOps) -> c_int {
         sends: Vec::new(),
         last_sent: Instant::now(),
         buf: Vec::new(),
+        parts: Reassembly::default(),
     };
     let status = worker.serve().unwrap_or(2);
     // The outcomes of the last batches are on their way; let them leave before the pool goes.
@@ -75,6 +76,8 @@ struct WorkerRank {
     /// When this rank last sent rank 0 anything (the heartbeat's clock).
     last_sent: Instant,
     buf: Vec<u8>,
+    /// Split batches being received.
+    parts: Reassembly,
 }
 
 impl WorkerRank {
@@ -88,8 +91,10 @@ impl WorkerRank {
             while let Some((source, tag, len)) = self.ops.probe()? {
                 progressed = true;
                 let mut buf = std::mem::take(&mut self.buf);
-                self.ops.receive(source, tag, len, &mut buf)?;
-                match tag {
+                let whole = self
+                    .parts
+                    .receive(&self.ops, (source, tag, len), &mut buf)?;
+                match whole.unwrap_or(0) {
                     TAG_BATCH => self.start(&buf)?,
                     TAG_CANCEL => {
                         let seq = buf
@@ -143,7 +148,7 @@ impl WorkerRank {
             }
             if !self.batches.is_empty() && self.last_sent.elapsed() >= HEARTBEAT {
                 self.sends
-                    .push(self.ops.start_send(0, TAG_ALIVE, Vec::new())?);
+                    .extend(self.ops.start_send(0, TAG_ALIVE, Vec::new())?);
                 self.last_sent = Instant::now();
             }
             if progressed {
@@ -231,26 +236,9 @@ impl WorkerRank {
     fn send_outcome(&mut self, seq: u64, outcome: &BatchOutcome) -> Result<()> {
         let mut message = Vec::new();
         encode_outcome(outcome, &[], &mut message);
-        if message.len() > self.ops.max_message {
-            // Sent instead: the batch failed, at its first task, saying why.
-            let why = too_big("the results of this batch", message.len(), &self.ops);
-            let failure = TaskFailure::Io(why);
-            let failed = BatchOutcome {
-                first: outcome.first,
-                size: outcome.size,
-                data: Vec::new(),
-                ends: Vec::new(),
-                failure: Some((outcome.first, failure)),
-                errors: Vec::new(),
-                large: Vec::new(),
-                seconds: 0.0,
-                worker: outcome.worker,
-            };
-            encode_outcome(&failed, &[], &mut message);
-        }
         append_trailer(&mut message, seq, u64::from(outcome.worker.pid()));
         self.sends
-            .push(self.ops.start_send(0, TAG_OUTCOME, message)?);
+            .extend(self.ops.start_send(0, TAG_OUTCOME, message)?);
         self.last_sent = Instant::now();
         Ok(())
     }

@@ -1,0 +1,104 @@
+/*
+ * The MPI backend with batches above one MPI message (MPI counts are ints: 2 GiB): TASKS tasks in
+ * ONE batch, each returning MIB MiB, so that the batch's outcome needs several messages; every
+ * byte is checked on rank 0. Figures only (scripts/bench-mpi.sh large builds and runs it):
+ *
+ *     mpirun -n 2 ./pj_mpi_large [tasks=3] [mib=1024]
+ *
+ * Needs several times the result set in memory (the worker's child, the worker rank, MPI's
+ * buffers and rank 0's results): about 4 x tasks x mib MiB.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pj.h"
+#include "pj_mpi.h"
+
+/* (index, bytes) as two uint64 -> `bytes` bytes, each the low byte of index * 37 + 11 */
+static int32_t task_fill(void *userdata, const uint8_t *arg, size_t arg_len, pj_out_t *out) {
+    (void)userdata;
+    uint64_t spec[2] = {0, 0};
+    if (arg_len != sizeof spec) {
+        return 1;
+    }
+    memcpy(spec, arg, sizeof spec);
+    uint8_t *dst = pj_out_alloc(out, (size_t)spec[1]);
+    if (dst == NULL) {
+        return 2;
+    }
+    memset(dst, (int)(uint8_t)(spec[0] * 37 + 11), (size_t)spec[1]);
+    return 0;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    if (pj_register("fill", task_fill, NULL) != PJ_STATUS_OK) {
+        return 1;
+    }
+    if (pj_mpi_main(&argc, &argv) != 0) {
+        return 1;
+    }
+    uint64_t tasks = argc > 1 ? strtoull(argv[1], NULL, 10) : 3;
+    uint64_t mib = argc > 2 ? strtoull(argv[2], NULL, 10) : 1024;
+    char batch[32];
+    snprintf(batch, sizeof batch, "%llu", (unsigned long long)tasks);
+
+    pj_error_t *err = NULL;
+    pj_config_t *cfg = NULL;
+    pj_parallel_t *par = NULL;
+    pj_status st = pj_config_new(&cfg);
+    if (st == PJ_STATUS_OK) st = pj_config_set(cfg, "backend", "mpi", &err);
+    if (st == PJ_STATUS_OK) st = pj_config_set(cfg, "batch_size", batch, &err);
+    if (st == PJ_STATUS_OK) st = pj_config_set(cfg, "batch_bytes", "none", &err);
+    if (st == PJ_STATUS_OK) st = pj_parallel_new(cfg, &par, &err);
+    pj_config_free(cfg);
+    double t0 = now();
+    for (uint64_t i = 0; st == PJ_STATUS_OK && i < tasks; i++) {
+        uint64_t spec[2] = {i, mib << 20};
+        st = pj_parallel_submit_named(par, "fill", (const uint8_t *)spec, sizeof spec, &err);
+    }
+    pj_results_t *res = NULL;
+    if (st == PJ_STATUS_OK) st = pj_parallel_collect(par, &res, &err);
+    double seconds = now() - t0;
+    if (st != PJ_STATUS_OK) {
+        fprintf(stderr, "pj_mpi_large: status %d: %s\n", (int)st, err ? pj_error_message(err) : "");
+        pj_error_free(err);
+        pj_parallel_free(par);
+        return 1;
+    }
+    int rc = 0;
+    for (uint64_t i = 0; i < tasks; i++) {
+        const uint8_t *data = NULL;
+        size_t len = 0;
+        uint8_t want = (uint8_t)(i * 37 + 11);
+        if (pj_results_get(res, (size_t)i, &data, &len) != PJ_STATUS_OK || len != (mib << 20)) {
+            fprintf(stderr, "pj_mpi_large: result %llu has %zu bytes\n", (unsigned long long)i, len);
+            rc = 1;
+            continue;
+        }
+        for (size_t b = 0; b < len; b++) {
+            if (data[b] != want) {
+                fprintf(stderr, "pj_mpi_large: result %llu differs at byte %zu\n",
+                        (unsigned long long)i, b);
+                rc = 1;
+                break;
+            }
+        }
+    }
+    double gib = (double)(tasks * mib) / 1024.0;
+    printf("pj MPI, one batch of %llu tasks x %llu MiB = %.2f GiB of results: %.2f s (%.2f GB/s)%s\n",
+           (unsigned long long)tasks, (unsigned long long)mib, gib, seconds,
+           gib * 1.073741824 / seconds, rc == 0 ? ", every byte checked" : ", WRONG");
+    pj_results_free(res);
+    pj_parallel_free(par);
+    return rc;
+}
