@@ -754,13 +754,42 @@ pj_status pj_parallel_cancel(const pj_parallel_t *parallel);
 // the error names the range's items ("items 4096..8192 failed with code 3: ..."), its task index
 // is the range's first item, and ranges not yet started never start; PJ_STATUS_WORKER_DIED,
 // PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
-// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn". With on_error=collect
-// every range runs and the first failed range's error is returned.
+// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn" and backend "mpi",
+// whose workers do not share the caller's function addresses (use `pj_parallel_for_named`). With
+// on_error=collect every range runs and the first failed range's error is returned.
 pj_status pj_parallel_for(pj_parallel_t *parallel,
                           size_t n,
                           pj_range_fn fn,
                           void *userdata,
                           pj_error_t **error_out);
+
+// Registers a range function under `name` (UTF-8, copied) for `pj_parallel_for_named`, in the
+// same registry as `pj_register` and under the same rules: every process of the program (spawned
+// workers, MPI ranks) registers the same functions under the same names in the same order,
+// before `pj_worker_main_if_requested` / `pj_mpi_main`, and a name is unique among task and range
+// functions. The function is called with NULL userdata. Thread-safe.
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `name` or `fn` is NULL;
+// PJ_STATUS_INVALID_ARGUMENT for an empty name, a name already registered for another function,
+// or a name that is not UTF-8.
+pj_status pj_register_range(const char *name, pj_range_fn fn, pj_error_t **error_out);
+
+// `pj_parallel_for` with the range function registered under `name` (see `pj_register_range`),
+// called with NULL userdata: the same ranges (about 16 per worker over `0..n`, in order), on
+// every backend and start method (threads, sequential, fork, spawn, MPI). What a range sets with
+// `pj_out_set` / `pj_out_alloc` comes back: when `results_out` is not NULL it receives one result
+// per range, range k (counted from 0 in item order) at index k (owned by the caller: free with
+// `pj_results_free`); a range that needs its bounds in its output writes them there. Ranges that
+// run in other processes (spawn, MPI) reach the caller only through their results.
+//
+// Returns the statuses of `pj_parallel_for` (without its PJ_STATUS_UNSUPPORTED), and
+// PJ_STATUS_NULL_ARGUMENT when `name` is NULL; PJ_STATUS_INVALID_ARGUMENT when no range function
+// is registered under `name`. `*results_out` is written only on success.
+pj_status pj_parallel_for_named(pj_parallel_t *parallel,
+                                const char *name,
+                                size_t n,
+                                pj_results_t **results_out,
+                                pj_error_t **error_out);
 
 // Replaces the task's output with a copy of `data[0..len]`. `data` may be NULL when `len` is 0.
 // It may also point into the output itself (bytes written through `pj_out_alloc`'s pointer):

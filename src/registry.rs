@@ -6,20 +6,54 @@
 //! in the same order, in every process (`pj_register`), and tasks travel as registry indices. A
 //! fingerprint of the registered names, in order, lets a worker check that its registry is the
 //! caller's before it runs anything.
+//!
+//! Range functions (`pj_register_range`, for `pj_parallel_for_named`) share the registry and its
+//! indices: each entry carries the task function that runs it (`ffi`'s range runner, which finds
+//! the range function by the index in its argument), so workers translate indices as for tasks.
 
 use std::sync::RwLock;
 
 use crate::error::{Error, Result};
-use crate::task::TaskFn;
+use crate::task::{RangeFn, TaskFn};
+
+/// A registered function.
+#[derive(Clone, Copy)]
+enum Entry {
+    Task(TaskFn),
+    /// A range function and the task function that runs it.
+    Range {
+        func: RangeFn,
+        runner: TaskFn,
+    },
+}
+
+impl Entry {
+    /// The task function workers call for this entry's index.
+    fn task(self) -> TaskFn {
+        match self {
+            Entry::Task(func) | Entry::Range { runner: func, .. } => func,
+        }
+    }
+
+    fn same(self, other: Entry) -> bool {
+        match (self, other) {
+            (Entry::Task(a), Entry::Task(b)) => std::ptr::fn_addr_eq(a, b),
+            (Entry::Range { func: a, .. }, Entry::Range { func: b, .. }) => {
+                std::ptr::fn_addr_eq(a, b)
+            }
+            _ => false,
+        }
+    }
+}
+
+type Registry = Vec<(String, Entry)>;
 
 /// The registered functions, in registration order.
-static REGISTRY: RwLock<Vec<(String, TaskFn)>> = RwLock::new(Vec::new());
+static REGISTRY: RwLock<Registry> = RwLock::new(Vec::new());
 
 /// The registry held for writing across a fork ([`crate::fork`]): no other thread is inside it
 /// when the child's copy is taken, so the child finds it whole and unlocked.
-pub(crate) struct ForkHold(
-    #[allow(dead_code)] std::sync::RwLockWriteGuard<'static, Vec<(String, TaskFn)>>,
-);
+pub(crate) struct ForkHold(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, Registry>);
 
 /// Takes the registry for a fork (released when the hold is dropped, in the parent and the child).
 pub(crate) fn hold_for_fork() -> ForkHold {
@@ -29,41 +63,73 @@ pub(crate) fn hold_for_fork() -> ForkHold {
 /// Registers `func` under `name`. Registering the same name and function again is a no-op; the same
 /// name for another function, or an empty name, is refused.
 pub fn register(name: &str, func: TaskFn) -> Result<()> {
+    register_entry(name, Entry::Task(func))
+}
+
+/// Registers the range function `func` under `name`, run by the task function `runner` (which
+/// takes the range and this entry's index in its argument: see [`range_at`]). As [`register`].
+pub fn register_range(name: &str, func: RangeFn, runner: TaskFn) -> Result<()> {
+    register_entry(name, Entry::Range { func, runner })
+}
+
+fn register_entry(name: &str, entry: Entry) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid("a task function's name must not be empty"));
     }
     let mut registry = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
     match registry.iter().find(|(n, _)| n == name) {
-        Some((_, existing)) if std::ptr::fn_addr_eq(*existing, func) => Ok(()),
+        Some((_, existing)) if existing.same(entry) => Ok(()),
         Some(_) => Err(Error::invalid(format!(
             "the name \"{name}\" is already registered for another function"
         ))),
         None => {
-            registry.push((name.to_owned(), func));
+            registry.push((name.to_owned(), entry));
             Ok(())
         }
     }
 }
 
-/// The index of a registered function, found by address.
+/// The index of a registered function, found by address (for a range runner: the first range
+/// entry's index; the runner finds its range function by the index in its argument).
 pub fn index_of(func: TaskFn) -> Option<u32> {
     let registry = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
     registry
         .iter()
-        .position(|(_, f)| std::ptr::fn_addr_eq(*f, func))
+        .position(|(_, e)| std::ptr::fn_addr_eq(e.task(), func))
         .and_then(|i| u32::try_from(i).ok())
 }
 
-/// The function registered under `name`.
+/// The task function registered under `name` (not a range function).
 pub fn lookup(name: &str) -> Option<TaskFn> {
     let registry = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
-    registry.iter().find(|(n, _)| n == name).map(|(_, f)| *f)
+    registry.iter().find_map(|(n, e)| match e {
+        Entry::Task(func) if n == name => Some(*func),
+        _ => None,
+    })
 }
 
-/// Every registered function, by index (a worker's translation table).
+/// The index of the range function registered under `name`.
+pub fn lookup_range(name: &str) -> Option<u32> {
+    let registry = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    registry
+        .iter()
+        .position(|(n, e)| n == name && matches!(e, Entry::Range { .. }))
+        .and_then(|i| u32::try_from(i).ok())
+}
+
+/// The range function registered at `index`.
+pub fn range_at(index: u32) -> Option<RangeFn> {
+    let registry = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    match registry.get(usize::try_from(index).ok()?)?.1 {
+        Entry::Range { func, .. } => Some(func),
+        Entry::Task(_) => None,
+    }
+}
+
+/// Every registered entry's task function, by index (a worker's translation table).
 pub fn functions() -> Vec<TaskFn> {
     let registry = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
-    registry.iter().map(|(_, f)| *f).collect()
+    registry.iter().map(|(_, e)| e.task()).collect()
 }
 
 /// A fingerprint of the registered names in order (FNV-1a over the names and their lengths).

@@ -296,6 +296,7 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
         pj_register(c"poll".as_ptr(), Some(poll), std::ptr::null_mut()),
         pj_status::Ok
     );
+    register_doubles();
     let started = Instant::now();
 
     // Three ranks: ordered results, twice on one object, then a second object.
@@ -305,6 +306,9 @@ fn the_mpi_protocol_over_an_in_process_fabric() {
     let xs = || (0..5000u64).map(|x| if x == 37 { 0 } else { x });
     assert_eq!(squares(&par, xs()).unwrap(), expected);
     assert_eq!(squares(&par, xs()).unwrap(), expected);
+    // pj_parallel_for_named: the ranges run on the ranks, their results come back in order.
+    let pids = for_named_doubles(&par, 100_003).unwrap();
+    assert!(!pids.contains(&u64::from(std::process::id())), "{pids:?}");
     drop(par);
 
     // Failures name the task and the rank; the object works afterwards.

@@ -144,3 +144,94 @@ fn null_arguments_are_refused() {
     );
     assert_eq!(take_error(status, err).status, pj_status::NullArgument);
 }
+
+/// The named form runs on every backend here (spawn in tests/spawn.rs, MPI in
+/// tests/mpi_loopback.rs), with each range's result in range order.
+#[test]
+fn named_loops_return_each_range_s_result_in_order() {
+    register_doubles();
+    for options in [
+        &[("backend", "threads"), ("n_jobs", "2")][..],
+        &[("n_jobs", "1")][..],
+        &[("backend", "processes"), ("n_jobs", "2")][..],
+    ] {
+        let par = parallel(options).unwrap();
+        for n in [0usize, 1, 31, 33, 100_003] {
+            let pids = for_named_doubles(&par, n).unwrap();
+            assert!(
+                pids.len() <= 32 && (n == 0) == pids.is_empty(),
+                "{options:?}: {} ranges",
+                pids.len()
+            );
+            let caller = u64::from(std::process::id());
+            if options[0].1 == "processes" && n > 0 {
+                assert!(pids.iter().all(|&p| p != caller), "{options:?}");
+            } else {
+                assert!(pids.iter().all(|&p| p == caller), "{options:?}");
+            }
+        }
+        // Without results_out, and a failing range named by its items.
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_for_named(
+            par.0,
+            c"doubles".as_ptr(),
+            1000,
+            std::ptr::null_mut(),
+            &mut err,
+        );
+        check(status, err).unwrap();
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_for_named(
+            par.0,
+            c"doubles".as_ptr(),
+            200_000,
+            std::ptr::null_mut(),
+            &mut err,
+        );
+        let err = take_error(status, err);
+        assert_eq!(err.status, pj_status::TaskFailed, "{options:?}");
+        assert!(
+            err.message.contains("failed with code 3: bad range")
+                && err.message.starts_with("items "),
+            "{}",
+            err.message
+        );
+    }
+}
+
+#[test]
+fn named_loops_refuse_unknown_names_and_task_functions() {
+    register_doubles();
+    unsafe extern "C" fn task(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
+        0
+    }
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_register(c"range-test-task".as_ptr(), Some(task), &mut err),
+        err,
+    )
+    .unwrap();
+    let par = parallel(&[]).unwrap();
+    for name in [c"nope", c"range-test-task"] {
+        let mut err = std::ptr::null_mut();
+        let status =
+            pj_parallel_for_named(par.0, name.as_ptr(), 10, std::ptr::null_mut(), &mut err);
+        let err = take_error(status, err);
+        assert_eq!(err.status, pj_status::InvalidArgument);
+        assert!(err.message.contains("no range function"), "{}", err.message);
+    }
+    // A range name is not a task name, and a name is unique across both kinds.
+    let mut err = std::ptr::null_mut();
+    let status =
+        pj_parallel_submit_named(par.0, c"doubles".as_ptr(), std::ptr::null(), 0, &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::InvalidArgument);
+    let mut err = std::ptr::null_mut();
+    let status = pj_register_range(c"range-test-task".as_ptr(), Some(doubles_range), &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::InvalidArgument);
+    let mut err = std::ptr::null_mut();
+    let status = pj_register_range(c"doubles".as_ptr(), None, &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::NullArgument);
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_for_named(par.0, std::ptr::null(), 10, std::ptr::null_mut(), &mut err);
+    assert_eq!(take_error(status, err).status, pj_status::NullArgument);
+}

@@ -126,6 +126,7 @@ fn main() {
     register("square", Some(square));
     register("moody", Some(moody));
     register("poll", Some(poll));
+    register_doubles();
     // A copy of this program started with PJ_TEST_EXTRA registers one more function, so that its
     // registry differs from the caller's.
     if std::env::var_os("PJ_TEST_EXTRA").is_some() {
@@ -180,6 +181,7 @@ fn main() {
     errors_crashes_and_timeouts_are_reported();
     big_arguments_and_results_travel_through_files();
     pointer_submits_must_be_registered_and_without_userdata();
+    named_loops_run_in_fresh_processes();
     free_lets_polling_tasks_finish();
     hung.join().expect("the hung-worker scenario passed");
     println!("spawn: all scenarios passed");
@@ -198,8 +200,11 @@ fn mismatched_registries_are_refused() {
     unsafe { std::env::remove_var("PJ_TEST_EXTRA") };
     assert_eq!(err.status, pj_status::Io, "{}", err.message);
     assert!(
-        err.message.contains("caller [square, moody, poll]")
-            && err.message.contains("worker [square, moody, poll, extra]"),
+        err.message
+            .contains("caller [square, moody, poll, doubles]")
+            && err
+                .message
+                .contains("worker [square, moody, poll, doubles, extra]"),
         "{}",
         err.message
     );
@@ -443,6 +448,27 @@ fn pointer_submits_must_be_registered_and_without_userdata() {
     let mut err = std::ptr::null_mut();
     let status = pj_parallel_submit_named(par.0, name.as_ptr(), std::ptr::null(), 0, &mut err);
     assert_eq!(take_error(status, err).status, pj_status::InvalidArgument);
+}
+
+/// pj_parallel_for_named runs its ranges in the spawned workers and brings their results back;
+/// pj_parallel_for (function pointers) is refused, pointing to it.
+fn named_loops_run_in_fresh_processes() {
+    let par = spawn_executor(&[]);
+    let pids = for_named_doubles(&par, 100_003).unwrap();
+    let caller = u64::from(std::process::id());
+    assert!(pids.iter().all(|&p| p != caller), "{pids:?}");
+    unsafe extern "C" fn nothing(_: *mut c_void, _: usize, _: usize, _: *mut TaskOutput) -> i32 {
+        0
+    }
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_for(par.0, 10, Some(nothing), std::ptr::null_mut(), &mut err);
+    let err = take_error(status, err);
+    assert_eq!(err.status, pj_status::Unsupported);
+    assert!(
+        err.message.contains("pj_parallel_for_named"),
+        "{}",
+        err.message
+    );
 }
 
 /// pj_parallel_free with tasks running in spawned workers: they see pj_out_cancelled (through the

@@ -25,6 +25,14 @@ pub type TaskFn = unsafe extern "C" fn(
     out: *mut TaskOutput,
 ) -> i32;
 
+/// A range function (`pj_range_fn` without the Option): runs the items `start..end`.
+pub type RangeFn = unsafe extern "C" fn(
+    userdata: *mut c_void,
+    start: usize,
+    end: usize,
+    out: *mut TaskOutput,
+) -> i32;
+
 /// A callback plus the `userdata` it is called with.
 #[derive(Clone, Copy, Debug)]
 pub struct Callback {

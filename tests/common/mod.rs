@@ -208,3 +208,59 @@ pub fn children() -> Vec<i32> {
     }
     pids
 }
+
+/// A range function for `pj_parallel_for_named` (register it as "doubles"): returns the words
+/// [start, end, the sum of 2 * i over the range, this process's pid]; fails (code 3, "bad range")
+/// on a range holding item 123,456.
+pub unsafe extern "C" fn doubles_range(
+    _: *mut std::ffi::c_void,
+    start: usize,
+    end: usize,
+    out: *mut pj::task::TaskOutput,
+) -> i32 {
+    if (start..end).contains(&123_456) {
+        pj_out_error(out, c"bad range".as_ptr());
+        return 3;
+    }
+    let sum: u64 = (start as u64..end as u64).map(|i| 2 * i).sum();
+    let words = [start as u64, end as u64, sum, u64::from(std::process::id())];
+    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    pj_out_set(out, raw.as_ptr(), raw.len());
+    0
+}
+
+/// Registers `doubles_range` as "doubles" (idempotent).
+pub fn register_doubles() {
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_register_range(c"doubles".as_ptr(), Some(doubles_range), &mut err),
+        err,
+    )
+    .unwrap();
+}
+
+/// Runs "doubles" over 0..n with `pj_parallel_for_named`; checks that the ranges' results cover
+/// 0..n once, in order, with the right sums; returns the pids the ranges ran in.
+pub fn for_named_doubles(par: &Par, n: usize) -> Result<Vec<u64>, CError> {
+    let mut res = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_parallel_for_named(par.0, c"doubles".as_ptr(), n, &mut res, &mut err),
+        err,
+    )?;
+    let mut next = 0u64;
+    let mut pids = Vec::new();
+    for result in results_to_vec(res) {
+        let words: Vec<u64> = result
+            .chunks(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(words.len(), 4);
+        assert_eq!(words[0], next, "the ranges are not contiguous and in order");
+        assert_eq!(words[2], (words[0]..words[1]).map(|i| 2 * i).sum::<u64>());
+        next = words[1];
+        pids.push(words[3]);
+    }
+    assert_eq!(next, n as u64, "the ranges do not cover 0..n");
+    Ok(pids)
+}

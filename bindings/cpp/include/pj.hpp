@@ -1230,6 +1230,30 @@ std::int32_t registered_trampoline(void*, const std::uint8_t* arg, std::size_t a
                                                 [](const T& input) { return F(input); });
 }
 
+/// The range callback for a registered range function F(begin, end): an exception becomes the
+/// range's error message and exception_code.
+template <auto F>
+std::int32_t registered_range_trampoline(void*, std::size_t begin, std::size_t end,
+                                         pj_out_t* out) noexcept {
+    const CurrentOut current(out);
+    try {
+        F(begin, end);
+        return 0;
+    } catch (const std::exception& e) {
+        pj_out_error(out, e.what());
+    } catch (...) {
+        pj_out_error(out, "unknown C++ exception");
+    }
+    return exception_code;
+}
+
+/// The name register_range<F> registered F under (empty until then).
+template <auto F>
+std::string& range_name() {
+    static std::string name;
+    return name;
+}
+
 /// Does nothing (for the empty call that abandons a stream's call).
 inline std::int32_t noop_task(void*, const std::uint8_t*, std::size_t, pj_out_t*) noexcept {
     return 0;
@@ -1980,6 +2004,21 @@ void register_function(const std::string& name) {
     detail::check(pj_register(name.c_str(), &detail::registered_trampoline<F>, err.out()), err);
 }
 
+/**
+ * Registers the range function F, `void F(std::size_t begin, std::size_t end)`, under `name` for
+ * Parallel::for_each<F>: the named form of a parallel loop, which runs on every backend and start
+ * method (spawn and MPI included). Same rules as register_function (every process, same order,
+ * before pj::worker_main_if_requested or pj_mpi_main); a name is unique among task and range
+ * functions. Throws InvalidArgument as register_function does. Thread-safe.
+ */
+template <auto F>
+void register_range(const std::string& name) {
+    detail::ErrorSlot err;
+    detail::check(
+        pj_register_range(name.c_str(), &detail::registered_range_trampoline<F>, err.out()), err);
+    detail::range_name<F>() = name;
+}
+
 /// In a process that pj started as a spawned worker, serves tasks and exits without returning;
 /// otherwise returns at once. Call it at the start of main, after the register_function calls
 /// (see pj_worker_main_if_requested).
@@ -2075,6 +2114,33 @@ public:
         using T = typename detail::function_traits<decltype(F)>::input;
         return decode_or_throw<R>(
             run_map_with<T>(inputs, &detail::registered_trampoline<F>, nullptr));
+    }
+
+    /**
+     * Runs the registered range function F (see pj::register_range) over [0, n) cut in ranges
+     * (about 16 per worker; pj_parallel_for_named), on every backend and start method, and returns
+     * when every range is done. Ranges run in workers that may be other processes: what they
+     * compute reaches the caller through memory they share with it (a pj_shared_t buffer with fork; on
+     * spawn and MPI, only what a range writes to files or other channels). Throws as map does
+     * (a range's exception: TaskFailed naming its items); InvalidArgument when F was not
+     * registered with register_range.
+     */
+    template <auto F>
+    void for_each(std::size_t n) {
+        const std::string& name = detail::range_name<F>();
+        if (name.empty()) {
+            throw_error(PJ_STATUS_INVALID_ARGUMENT,
+                        "for_each<F>: F was not registered with pj::register_range");
+        }
+        pj_parallel_t* raw = handle();
+        detail::ErrorSlot err;
+        detail::CallScope scope(raw, &core_->progress);
+        const pj_status status = pj_parallel_for_named(raw, name.c_str(), n, nullptr, err.out());
+        if (status != PJ_STATUS_BUSY) {
+            core_->calls.fetch_add(1);  // this call replaced any call of this thread
+        }
+        scope.rethrow_if_failed();
+        detail::check(status, err);
     }
 
     /// map<F> over a braced list: par.map<root>({1.0, 4.0}).

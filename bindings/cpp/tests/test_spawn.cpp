@@ -35,11 +35,21 @@ std::string tag(std::string s) {
 
 std::string not_registered(const std::string& s) { return s; }
 
+// A range function: fails on the range holding item 777.
+void check_range(std::size_t begin, std::size_t end) {
+    if (begin <= 777 && 777 < end) {
+        throw std::runtime_error("777 is in this range");
+    }
+}
+
+void never_registered_range(std::size_t, std::size_t) {}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     pj::register_function<root>("root");
     pj::register_function<tag>("tag");
+    pj::register_range<check_range>("check_range");
     pj::worker_main_if_requested(argc, argv);  // a spawned worker serves here and exits
 
     pj::Parallel par(pj::Options().n_jobs(2).start_method("spawn"));
@@ -115,6 +125,26 @@ int main(int argc, char** argv) {
     } catch (const pj::InvalidArgument& e) {
         check(std::string(e.what()).find("pj::register_function") != std::string::npos,
               std::string("imap: ") + e.what());
+    }
+
+    // for_each<F>: the named parallel loop runs in the spawned workers; a range's exception is
+    // reported with the range's items.
+    par.for_each<check_range>(500);
+    check(true, "for_each<check_range> over 500 items");
+    try {
+        par.for_each<check_range>(10000);
+        check(false, "a throwing range function is reported");
+    } catch (const pj::TaskError& e) {
+        const std::string message = e.what();
+        check(message.find("items ") == 0 && message.find("777 is in this range") != std::string::npos,
+              "a throwing range function is reported with its items: " + message);
+    }
+    try {
+        par.for_each<never_registered_range>(10);
+        check(false, "an unregistered range function is refused");
+    } catch (const pj::InvalidArgument& e) {
+        check(std::string(e.what()).find("register_range") != std::string::npos,
+              std::string("an unregistered range function is refused: ") + e.what());
     }
 
     // On threads, map<F> runs like map(inputs, F).
