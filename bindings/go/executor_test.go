@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -346,6 +347,29 @@ func TestExecutorConcurrentCalls(t *testing.T) {
 	}, On(ex), ChunkSize(1))
 	if !errors.Is(err, ErrBusy) {
 		t.Fatalf("a nested call on the same Executor: %v", err)
+	}
+	settle(t)
+}
+
+// The finalizer, a safety net only: an Executor dropped without Close is freed once the garbage
+// collector finds it, and its kept worker processes are reaped then.
+func TestExecutorFinalizerReapsWorkers(t *testing.T) {
+	pids := func() map[int]bool {
+		ex, err := NewExecutor(NJobs(2), KeepWorkers(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return namedPids(t, 20, On(ex))
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for pid := range pids {
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("worker %d of an unreachable Executor still alive", pid)
+			}
+			runtime.GC()
+			time.Sleep(time.Millisecond)
+		}
 	}
 	settle(t)
 }
