@@ -313,8 +313,11 @@ void pj_config_free(pj_config_t *config);
 // which loads arrays into memory instead of memmapping them) memmaps nothing: large arguments and
 // results are copied through the socket like small ones, into the worker's (or caller's) own
 // memory, and the temp folder is never used. Writes never reach your original buffer: share
-// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
-// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
+// writable memory with `pj_shared_t`. A folder that pj chose itself (no `temp_folder`, no
+// PJ_TEMP_FOLDER) without room for an argument gives way to the next folder of that order with
+// room (/dev/shm, then TMPDIR/TEMP/TMP, then /tmp). A folder that is missing, unwritable, or full
+// when named by `temp_folder` or PJ_TEMP_FOLDER (or when no folder of the order has room) fails
+// the call with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
 // max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
 // worker writes each to its own unnamed file and the caller's results map it, without a copy (up
 // to 16 such results per batch; more stay in the socket). Files have no name, so nothing is left
@@ -888,11 +891,14 @@ void pj_results_free(pj_results_t *results);
 // Creates a zeroed shared buffer of `nbytes` bytes (0 is allowed: `pj_shared_data` is then a
 // non-NULL pointer that must not be dereferenced) in the temp folder that `config` resolves to
 // (its `temp_folder` option, else PJ_TEMP_FOLDER, /dev/shm when it has more than 2 GB free,
-// TMPDIR/TEMP/TMP, /tmp); `config` may be NULL for the defaults. The space is reserved now, so
-// a full folder fails here rather than as a SIGBUS in a task.
+// TMPDIR/TEMP/TMP, /tmp); `config` may be NULL for the defaults. A folder pj chose itself (no
+// `temp_folder`, no PJ_TEMP_FOLDER) with too little room gives way to the next one of that order
+// with room. The space is reserved now, so a full folder fails here rather than as a SIGBUS in a
+// task.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `shared_out` is NULL; PJ_STATUS_IO when the
-// folder is missing, not writable or too full (the message names the folder and the system error).
+// folder is missing, not writable or too full (named by `temp_folder` or PJ_TEMP_FOLDER, or no
+// folder of the order has room; the message names the folder and the system error).
 pj_status pj_shared_new(const pj_config_t *config,
                         size_t nbytes,
                         pj_shared_t **shared_out,

@@ -92,3 +92,27 @@ fn a_missing_folder_is_an_io_error_naming_it() {
     );
     assert!(shared.is_null(), "no output on failure");
 }
+
+#[test]
+fn an_explicit_full_folder_is_an_io_error_naming_it() {
+    // No folder has room for 2^50 bytes; a folder named by temp_folder is never replaced by
+    // another, however full (issue 18 item 6).
+    let dir = std::env::temp_dir().join(format!("pj-shared-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config(&[("temp_folder", dir.to_str().unwrap())]).unwrap();
+    let mut shared = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    let e = check(pj_shared_new(cfg, 1 << 50, &mut shared, &mut err), err).unwrap_err();
+    pj_config_free(cfg);
+    std::fs::remove_dir(&dir).unwrap();
+    assert_eq!(e.status, pj_status::Io);
+    assert!(
+        e.message.starts_with(&format!(
+            "temp folder {}: No space left on device",
+            dir.display()
+        )),
+        "{}",
+        e.message
+    );
+    assert!(shared.is_null(), "no output on failure");
+}

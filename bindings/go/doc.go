@@ -19,10 +19,32 @@
 // joblib, n_jobs defaults to 1: pass NJobs(-1) for every CPU.
 //
 // Some keys are accepted and validated but matter little here: temp_folder and max_nbytes concern
-// only the large arguments and results of MapNamed on processes; mmap_mode and keep_workers nothing
-// (each call has its own executor). handle_sigint is refused (HandleSigint): pj would take SIGINT
+// only the large arguments and results of MapNamed on processes; mmap_mode nothing; keep_workers
+// only calls on an Executor (below). handle_sigint is refused (HandleSigint): pj would take SIGINT
 // from the Go runtime while a call blocks. Use signal.NotifyContext(ctx, os.Interrupt) and pass that
 // ctx: a cancelled context already stops the call (with MapNamed, pj kills the running workers).
+//
+// # Executors
+//
+// Each call makes and frees an executor of its own: its worker threads, or worker processes for
+// MapNamed, start at the call and end with it. An Executor lives across calls, as pj's executor
+// does in C and C++: every call function runs on it with the option On(ex), and its workers serve
+// one call after another; with KeepWorkers(true) that includes MapNamed's worker processes, which
+// then start once instead of at each call.
+//
+//	ex, err := pj.NewExecutor(pj.NJobs(-1), pj.KeepWorkers(true))
+//	if err != nil {
+//		return err
+//	}
+//	defer ex.Close() // stops the threads, reaps the worker processes
+//	for _, batch := range batches {
+//		scores, err := pj.MapNamed[Doc, float64](ctx, "score", batch, pj.On(ex))
+//		...
+//	}
+//
+// Close it as a *sql.DB or an *os.File is closed: when done with it (a finalizer is only a safety
+// net). It is safe for concurrent use, and runs one call at a time (others wait for their turn);
+// see Executor for the whole contract.
 //
 // # Processes: named functions
 //
@@ -55,8 +77,9 @@
 // Each input is one pj task: it is encoded with encoding/gob, decoded in a worker, and the result
 // comes back the same way, so T and R must suit gob (exported fields, gob.Register for the concrete
 // types behind interfaces, no nil pointer as the whole value; see Register). Workers are started at
-// each call (a run of the program up to WorkerMainIfRequested: a few milliseconds), and gob costs a
-// few microseconds per small value each way (it sends the type's description with each value), so
+// each call (a run of the program up to WorkerMainIfRequested: a few milliseconds; once for many
+// calls on an Executor with KeepWorkers), and gob costs a few microseconds per small value each
+// way (it sends the type's description with each value), so
 // processes pay off for work of a millisecond or more per input, or for isolation: a crash (a fault
 // outside Go's checks, os.Exit, a signal) kills one worker and gives ErrWorkerDied naming the input,
 // and the Timeout option kills the worker running an overdue input. pj's auto batching groups the

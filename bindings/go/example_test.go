@@ -332,3 +332,27 @@ func ExampleMapContext() {
 	fmt.Println(err, time.Since(start) < 5*time.Second)
 	// Output: pj: task 1 failed: no luck true
 }
+
+// An Executor keeps its workers across calls: with KeepWorkers(true), MapNamed's worker processes
+// start at the first call and serve the next ones, until Close.
+func ExampleNewExecutor() {
+	ex, err := pj.NewExecutor(pj.NJobs(2), pj.KeepWorkers(true))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ex.Close() // stops the threads and reaps the worker processes
+	pids := map[int]bool{}
+	for _, inputs := range [][]int{{1, 6}, {27, 97}, {7, 9}} {
+		out, err := pj.MapNamed[int, steps](context.Background(), "example.collatz", inputs, pj.On(ex))
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		for _, s := range out {
+			pids[s.Pid] = true
+		}
+	}
+	fmt.Println("3 calls ran in at most 2 worker processes:", len(pids) <= 2 && !pids[os.Getpid()])
+	// Output: 3 calls ran in at most 2 worker processes: true
+}

@@ -438,26 +438,41 @@ func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *setting
 		return buf.Bytes(), err
 	}
 	handle := cgo.NewHandle(nc)
-	cfg, err := s.configFor(named)
-	if err != nil {
-		handle.Delete()
-		return nil, nil, err
-	}
-	if s.progress != nil {
-		var cerr *C.pj_error_t
-		if status := C.pjgo_set_progress(cfg, C.uintptr_t(handle), &cerr); status != C.PJ_STATUS_OK {
-			C.pj_config_free(cfg)
+	var cfg *C.pj_config_t
+	if s.exec == nil {
+		var err error
+		if cfg, err = s.configFor(named); err != nil {
 			handle.Delete()
-			return nil, nil, takeError(status, cerr)
+			return nil, nil, err
 		}
+		if s.progress != nil {
+			var cerr *C.pj_error_t
+			if status := C.pjgo_set_progress(cfg, C.uintptr_t(handle), &cerr); status != C.PJ_STATUS_OK {
+				C.pj_config_free(cfg)
+				handle.Delete()
+				return nil, nil, takeError(status, cerr)
+			}
+		}
+	} else if s.err != nil {
+		handle.Delete()
+		return nil, nil, s.err
 	}
-	par, workers, err := openConfig(cfg)
+	ex, workers, slot, err := s.executorFor(ctx, named, cfg)
 	C.pj_config_free(cfg)
 	if err != nil {
 		handle.Delete()
 		return nil, nil, err
 	}
-	ex := &executor{par: par}
+	if slot != nil && s.progress != nil {
+		// The Executor's progress callback reports to this call until its turn is given back.
+		*slot = C.uintptr_t(handle)
+		release := ex.release
+		ex.release = func() {
+			*slot = 0
+			release()
+		}
+	}
+	par := ex.par
 	if err := ctx.Err(); err != nil {
 		ex.free()
 		handle.Delete()

@@ -53,13 +53,19 @@ type settings struct {
 	processes *Error
 	timeout   time.Duration
 	progress  func(done, total int, elapsed time.Duration)
-	chunk     int    // inputs per pj task; 0: automatic
-	collect   bool   // on_error "collect": every input runs, each failure is the input's own
-	err       error  // the first invalid option
-	stopped   func() // MapContext: cancels the functions' context when the call stops early
+	chunk     int       // inputs per pj task; 0: automatic
+	collect   bool      // on_error "collect": every input runs, each failure is the input's own
+	err       error     // the first invalid option
+	stopped   func()    // MapContext: cancels the functions' context when the call stops early
+	exec      *Executor // On: the Executor the call runs on (nil: an executor of the call's own)
 }
 
 func newSettings(opts []Option) *settings {
+	for _, opt := range opts {
+		if on, ok := opt.(onOption); ok && on.ex != nil {
+			return executorSettings(on.ex, opts)
+		}
+	}
 	s := &settings{}
 	for _, opt := range opts {
 		if opt != nil {
@@ -271,8 +277,9 @@ func Unordered() Option {
 }
 
 // KeepWorkers sets pj's keep_workers, which keeps worker processes alive across the calls of one pj
-// executor. Validated; no effect here: every call of this package has an executor of its own, so
-// MapNamed starts its worker processes at each call.
+// executor: give it to NewExecutor, and the calls of MapNamed made with On(ex) reuse the same
+// worker processes until ex.Close. A call without an Executor has an executor of its own, so there
+// it has no effect: MapNamed then starts its worker processes at each call.
 func KeepWorkers(keep bool) Option {
 	return newOption(fmt.Sprintf("KeepWorkers(%t)", keep), func(s *settings) { s.set("keep_workers", strconv.FormatBool(keep)) })
 }

@@ -87,13 +87,17 @@ func mapAll[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), in
 	return results, nil
 }
 
-// executor is a call's pj_parallel_t. The goroutine driving the call uses it and frees it, while the
-// call's waiter may cancel it once ctx is done (from ctx's AfterFunc or the caller's goroutine) at any
-// moment, even once the call is over. pj_parallel_cancel must not race pj_parallel_free: cancel and
-// free hold mu, and free clears par, so a late cancel does nothing instead of touching freed memory.
+// executor is a call's pj_parallel_t: one of the call's own, or an Executor's. The goroutine driving
+// the call uses it and frees it, while the call's waiter may cancel it once ctx is done (from ctx's
+// AfterFunc or the caller's goroutine) at any moment, even once the call is over. pj_parallel_cancel
+// must not race pj_parallel_free, nor reach an Executor's next call: cancel and free hold mu, and free
+// clears par, so a late cancel does nothing instead of touching freed memory or another call.
 type executor struct {
 	mu  sync.Mutex
 	par *C.pj_parallel_t // nil once freed
+	// release, for an Executor's pj executor, gives the Executor's turn back instead of freeing it
+	// (nil: the call's own executor, freed by free).
+	release func()
 }
 
 // cancel cancels the pj call in flight on the executor, if any; once it is freed, it does nothing.
@@ -105,27 +109,71 @@ func (e *executor) cancel() {
 	}
 }
 
-// free frees the executor, abandoning a call still in flight; only the goroutine driving the call
-// calls it, once. pj_parallel_free runs outside the lock, since it waits for the running calls of fn
-// (cancel must never wait for those): clearing par under the lock suffices, as no cancel can be
-// running then nor start later.
+// free frees the executor (or gives an Executor's back), abandoning a call still in flight; only the
+// goroutine driving the call calls it, once, after the pj call has returned (an Executor's stream
+// first ends its call with pjgo_abandon). pj_parallel_free runs outside the lock, since it waits for
+// the running calls of fn (cancel must never wait for those): clearing par under the lock suffices,
+// as no cancel can be running then nor start later.
 func (e *executor) free() {
 	e.mu.Lock()
 	par := e.par
 	e.par = nil
 	e.mu.Unlock()
+	if e.release != nil {
+		e.release()
+		return
+	}
 	C.pj_parallel_free(par)
+}
+
+// executorFor gives a call of that kind its pj executor and number of workers: a new one made from
+// cfg, or with On(ex) the Executor's (cfg unused), once it is the call's turn (ctx done meanwhile
+// gives ctx.Err()). slot is the Executor's progress slot for named calls (nil otherwise).
+func (s *settings) executorFor(ctx context.Context, kind callKind, cfg *C.pj_config_t) (ex *executor, workers int, slot *C.uintptr_t, err error) {
+	if s.exec == nil {
+		par, workers, err := openConfig(cfg)
+		if err != nil {
+			return nil, 0, nil, err
+		}
+		return &executor{par: par}, workers, nil, nil
+	}
+	p, release, err := s.exec.acquire(ctx, s, kind)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	return &executor{par: p.par, release: release}, p.workers, p.slot, nil
+}
+
+// openFor is the executor of a call of Map and its siblings, and its number of workers.
+func (s *settings) openFor(ctx context.Context) (*executor, int, error) {
+	if s.exec != nil {
+		if s.err != nil {
+			return nil, 0, s.err
+		}
+		if s.processes != nil {
+			return nil, 0, s.processes
+		}
+		ex, workers, _, err := s.executorFor(ctx, closures, nil)
+		return ex, workers, err
+	}
+	cfg, err := s.config()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer C.pj_config_free(cfg)
+	ex, workers, _, err := s.executorFor(ctx, closures, cfg)
+	return ex, workers, err
 }
 
 // run runs fn (or indexed) over every input as one pj call. It returns the results and the call's
 // state (c.errs holds the inputs' failures under on_error "collect"), or the error that ended the
 // call.
 func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), s *settings) ([]R, *call, error) {
-	par, workers, err := s.open()
+	ex, workers, err := s.openFor(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	ex := &executor{par: par}
+	par := ex.par
 	if err := ctx.Err(); err != nil {
 		ex.free()
 		return nil, nil, err
@@ -208,12 +256,11 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 		n := len(inputs)
 		results := make([]R, n)
 		s := newSettings(opts)
-		par, workers, err := s.open()
+		ex, workers, err := s.openFor(ctx)
 		if err != nil {
 			yield(Result[R]{Index: -1}, err)
 			return
 		}
-		ex := &executor{par: par}
 		if err := ctx.Err(); err != nil {
 			ex.free()
 			yield(Result[R]{Index: -1}, err)
@@ -287,6 +334,9 @@ func drive(ex *executor, handle cgo.Handle, c *call, events chan<- event, quit <
 	par := ex.par // used directly: only ex.free, in finish on this goroutine, invalidates it
 	var producer *C.pjgo_producer_t
 	finish := func(ev event) {
+		if ex.release != nil {
+			C.pjgo_abandon(par) // an Executor's: the call must be over before its next one
+		}
 		ex.free() // abandons a call still in flight, after its running tasks return
 		C.pjgo_producer_free(producer)
 		handle.Delete()

@@ -130,3 +130,28 @@ static void pjgo_progress(void *userdata, uint64_t completed, int64_t total, dou
 pj_status pjgo_set_progress(pj_config_t *config, uintptr_t handle, pj_error_t **error_out) {
     return pj_config_set_progress(config, pjgo_progress, (void *)handle, error_out);
 }
+
+static void pjgo_progress_slot(void *userdata, uint64_t completed, int64_t total, double elapsed) {
+    (void)total;
+    (void)elapsed;
+    uintptr_t handle = *(const uintptr_t *)userdata;
+    if (handle != 0) {
+        pjgoNamedProgress(handle, completed);
+    }
+}
+
+pj_status pjgo_set_progress_slot(pj_config_t *config, const uintptr_t *slot, pj_error_t **error_out) {
+    return pj_config_set_progress(config, pjgo_progress_slot, (void *)slot, error_out);
+}
+
+void pjgo_abandon(pj_parallel_t *parallel) {
+    (void)pj_parallel_cancel(parallel);
+    pj_status status;
+    do {
+        size_t index = 0, len = 0;
+        const uint8_t *data = NULL;
+        pj_error_t *error = NULL;
+        status = pj_parallel_next(parallel, &index, &data, &len, &error);
+        pj_error_free(error);
+    } while (status == PJ_STATUS_OK);  // on_error "raise": any other status ends the call
+}

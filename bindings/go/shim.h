@@ -55,4 +55,14 @@ pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_ite
 /* pj_config_set_progress with a trampoline that reports to the call behind `handle`. */
 pj_status pjgo_set_progress(pj_config_t *config, uintptr_t handle, pj_error_t **error_out);
 
+/* pj_config_set_progress with a trampoline that reports to the named call whose handle is in
+ * `*slot` at the time (none while it holds 0): the progress callback of an Executor's pj executor,
+ * set once for all its calls. `slot` is C memory that outlives the pj executor made from `config`. */
+pj_status pjgo_set_progress_slot(pj_config_t *config, const uintptr_t *slot, pj_error_t **error_out);
+
+/* Ends the call in flight on `parallel`, if any (a stream its reader left): pj_parallel_cancel, then
+ * pj_parallel_next until the call is over (a call with on_error "raise": its first failure ends it);
+ * the executor is then ready for another call. On the thread that drives the call. */
+void pjgo_abandon(pj_parallel_t *parallel);
+
 #endif /* PJGO_SHIM_H */

@@ -97,8 +97,11 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// which loads arrays into memory instead of memmapping them) memmaps nothing: large arguments and
 /// results are copied through the socket like small ones, into the worker's (or caller's) own
 /// memory, and the temp folder is never used. Writes never reach your original buffer: share
-/// writable memory with `pj_shared_t`. A folder that is missing, unwritable or full fails the call
-/// with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
+/// writable memory with `pj_shared_t`. A folder that pj chose itself (no `temp_folder`, no
+/// PJ_TEMP_FOLDER) without room for an argument gives way to the next folder of that order with
+/// room (/dev/shm, then TMPDIR/TEMP/TMP, then /tmp). A folder that is missing, unwritable, or full
+/// when named by `temp_folder` or PJ_TEMP_FOLDER (or when no folder of the order has room) fails
+/// the call with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
 /// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
 /// worker writes each to its own unnamed file and the caller's results map it, without a copy (up
 /// to 16 such results per batch; more stay in the socket). Files have no name, so nothing is left

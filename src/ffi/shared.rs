@@ -34,11 +34,14 @@ impl Owned for pj_shared_t {}
 /// Creates a zeroed shared buffer of `nbytes` bytes (0 is allowed: `pj_shared_data` is then a
 /// non-NULL pointer that must not be dereferenced) in the temp folder that `config` resolves to
 /// (its `temp_folder` option, else PJ_TEMP_FOLDER, /dev/shm when it has more than 2 GB free,
-/// TMPDIR/TEMP/TMP, /tmp); `config` may be NULL for the defaults. The space is reserved now, so
-/// a full folder fails here rather than as a SIGBUS in a task.
+/// TMPDIR/TEMP/TMP, /tmp); `config` may be NULL for the defaults. A folder pj chose itself (no
+/// `temp_folder`, no PJ_TEMP_FOLDER) with too little room gives way to the next one of that order
+/// with room. The space is reserved now, so a full folder fails here rather than as a SIGBUS in a
+/// task.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `shared_out` is NULL; PJ_STATUS_IO when the
-/// folder is missing, not writable or too full (the message names the folder and the system error).
+/// folder is missing, not writable or too full (named by `temp_folder` or PJ_TEMP_FOLDER, or no
+/// folder of the order has room; the message names the folder and the system error).
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_shared_new(
     config: *const pj_config_t,

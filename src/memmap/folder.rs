@@ -16,6 +16,17 @@
 //! Unlike Python's `tempfile`, a `TMPDIR` naming a missing directory is not silently skipped: the
 //! first candidate that is set is used, and [`check_folder`] then reports exactly what is wrong with
 //! it. Only `/dev/shm` is probed, because it is pj's own guess rather than the user's setting.
+//!
+//! Room for a file ([`prepare_temp_folder`]): when the folder was chosen by rules 3-5 (no
+//! `temp_folder` option, no `PJ_TEMP_FOLDER`) and has fewer bytes available than a file needs, the
+//! next folder of the order that has room takes it instead (`/dev/shm`, then the `TMPDIR`-style
+//! folder, then `/tmp`): a large argument that `/dev/shm` cannot hold goes to disk rather than
+//! failing the call, as joblib intends (its automatic folder choice is an optimisation, not the
+//! user's demand). A folder named by the option or `PJ_TEMP_FOLDER` is the user's: a full one fails
+//! with an I/O error naming it. Only a lack of space moves a file on; a missing or unwritable folder
+//! is reported as it is. joblib measures `/dev/shm` with `f_bsize × f_bavail`; pj uses
+//! `f_frsize × f_bavail` ([`free_bytes`]), the unit POSIX counts `f_bavail` in (the two are equal on
+//! Linux's tmpfs).
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -73,6 +84,11 @@ pub trait FolderProbe {
     /// Bytes available to unprivileged users in `dir`, or `None` when `dir` is not an existing,
     /// writable directory (or its free space cannot be read).
     fn usable_free_bytes(&self, dir: &Path) -> Option<u64>;
+
+    /// [`check_folder`] through this probe: `Ok` when `dir` can take a file of `needed_bytes`.
+    fn check(&self, dir: &Path, needed_bytes: u64) -> Result<()> {
+        check_folder(dir, needed_bytes)
+    }
 }
 
 /// The real environment and file system.
@@ -124,12 +140,88 @@ pub fn resolve_temp_folder_with(option: Option<&Path>, probe: &dyn FolderProbe) 
     }
 }
 
-/// Resolves the temp folder (see [`resolve_temp_folder`]) and checks that it can take
-/// `needed_bytes` (see [`check_folder`]).
+/// Resolves the temp folder (see [`resolve_temp_folder`]) for a file of `needed_bytes` and checks
+/// that it can take it (see [`check_folder`]). A folder pj chose by itself that lacks the room gives
+/// way to the next one of the order that has it (see the module docs); the error, when none can,
+/// names the last one tried and the space of the others.
 pub fn prepare_temp_folder(option: Option<&Path>, needed_bytes: u64) -> Result<TempFolder> {
-    let folder = resolve_temp_folder(option);
-    check_folder(&folder.path, needed_bytes)?;
-    Ok(folder)
+    prepare_temp_folder_with(option, needed_bytes, &SystemProbe)
+}
+
+/// [`prepare_temp_folder`] reading the environment and the folders through `probe`.
+pub fn prepare_temp_folder_with(
+    option: Option<&Path>,
+    needed_bytes: u64,
+    probe: &dyn FolderProbe,
+) -> Result<TempFolder> {
+    let chosen = resolve_temp_folder_with(option, probe);
+    let candidates = match chosen.source {
+        // The user's folder: no other may take its files.
+        FolderSource::Option | FolderSource::PjTempFolder => vec![chosen],
+        _ => fallbacks(chosen, probe),
+    };
+    let mut too_small = Vec::new();
+    let last = candidates.len() - 1;
+    for (i, folder) in candidates.into_iter().enumerate() {
+        if i < last {
+            if let Some(free) = probe
+                .usable_free_bytes(&folder.path)
+                .filter(|&free| free < needed_bytes)
+            {
+                too_small.push(format!(
+                    "{} ({free} bytes available)",
+                    folder.path.display()
+                ));
+                continue;
+            }
+        }
+        return match probe.check(&folder.path, needed_bytes) {
+            Ok(()) => Ok(folder),
+            Err(e) if too_small.is_empty() => Err(e),
+            Err(e) => Err(Error::new(
+                e.kind(),
+                format!(
+                    "{}; too small before it: {}",
+                    e.message(),
+                    too_small.join(", ")
+                ),
+            )),
+        };
+    }
+    unreachable!("the candidates always hold the chosen folder")
+}
+
+/// The folders rules 3-5 of the order give, from `chosen` on: `chosen`, then the `TMPDIR`-style
+/// folder (when `chosen` is `/dev/shm`), then `/tmp`; each path once.
+fn fallbacks(chosen: TempFolder, probe: &dyn FolderProbe) -> Vec<TempFolder> {
+    let home = probe.var("HOME").filter(|h| !h.is_empty());
+    let mut rest = Vec::new();
+    if chosen.source == FolderSource::DevShm {
+        if let Some((name, path)) = TMP_VARS.iter().find_map(|&name| {
+            probe
+                .var(name)
+                .filter(|v| !v.is_empty())
+                .map(|path| (name, path))
+        }) {
+            rest.push(TempFolder {
+                path: normalize(PathBuf::from(path), home.clone()),
+                source: FolderSource::TmpVar(name),
+            });
+        }
+    }
+    if chosen.source != FolderSource::Default {
+        rest.push(TempFolder {
+            path: normalize(PathBuf::from(DEFAULT_DIR), home),
+            source: FolderSource::Default,
+        });
+    }
+    let mut all = vec![chosen];
+    for folder in rest {
+        if all.iter().all(|f| f.path != folder.path) {
+            all.push(folder);
+        }
+    }
+    all
 }
 
 /// Expands `~` and `~/...` with `home` and makes the path absolute against the current directory,
@@ -186,16 +278,21 @@ pub fn check_folder(path: &Path, needed_bytes: u64) -> Result<()> {
     if needed_bytes > 0 {
         let free = free_bytes(path).map_err(|e| folder_error(path, e))?;
         if free < needed_bytes {
-            return Err(folder_error(
-                path,
-                format_args!(
-                    "{}: {needed_bytes} bytes needed, {free} available",
-                    io::Error::from(rustix::io::Errno::NOSPC)
-                ),
-            ));
+            return Err(no_room(path, needed_bytes, free));
         }
     }
     Ok(())
+}
+
+/// The error of a folder with `free` bytes available for a file of `needed` bytes.
+fn no_room(path: &Path, needed: u64, free: u64) -> Error {
+    folder_error(
+        path,
+        format_args!(
+            "{}: {needed} bytes needed, {free} available",
+            io::Error::from(rustix::io::Errno::NOSPC)
+        ),
+    )
 }
 
 /// Whether this process (effective ids, as `open` would use) may create entries in `dir`: write
@@ -228,10 +325,12 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    /// An injected environment: variables and the free bytes of `/dev/shm` (`None`: unusable).
+    /// An injected environment: variables, the free bytes of `/dev/shm` (`None`: unusable) and of
+    /// the other folders a test makes (`with_folders`; none by default).
     struct FakeProbe {
         vars: HashMap<&'static str, &'static str>,
         shm_free: Option<u64>,
+        folders: HashMap<PathBuf, Option<u64>>,
     }
 
     impl FakeProbe {
@@ -239,7 +338,22 @@ mod tests {
             FakeProbe {
                 vars: vars.iter().copied().collect(),
                 shm_free,
+                folders: HashMap::new(),
             }
+        }
+
+        /// Existing, writable folders with that many bytes free.
+        fn with_folders(mut self, folders: &[(&str, u64)]) -> Self {
+            for &(path, free) in folders {
+                self.folders.insert(PathBuf::from(path), Some(free));
+            }
+            self
+        }
+
+        /// A folder that does not exist.
+        fn with_missing(mut self, path: &str) -> Self {
+            self.folders.insert(PathBuf::from(path), None);
+            self
         }
     }
 
@@ -249,9 +363,135 @@ mod tests {
         }
 
         fn usable_free_bytes(&self, dir: &Path) -> Option<u64> {
-            assert_eq!(dir, Path::new(SHM_DIR), "only /dev/shm is probed");
-            self.shm_free
+            if dir == Path::new(SHM_DIR) {
+                return self.shm_free;
+            }
+            // Resolution probes only /dev/shm; room for a file probes the folders a test made.
+            assert!(self.folders.contains_key(dir), "{dir:?} probed");
+            self.folders.get(dir).copied().flatten()
         }
+
+        fn check(&self, dir: &Path, needed_bytes: u64) -> Result<()> {
+            let free = if dir == Path::new(SHM_DIR) {
+                self.shm_free
+            } else {
+                self.folders.get(dir).copied().flatten()
+            };
+            match free {
+                None => Err(folder_error(dir, "No such file or directory (os error 2)")),
+                Some(free) if free < needed_bytes => Err(no_room(dir, needed_bytes, free)),
+                Some(_) => Ok(()),
+            }
+        }
+    }
+
+    fn prepare(
+        option: Option<&str>,
+        needed: u64,
+        probe: &FakeProbe,
+    ) -> Result<(PathBuf, FolderSource)> {
+        prepare_temp_folder_with(option.map(Path::new), needed, probe).map(|f| (f.path, f.source))
+    }
+
+    const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_file_too_big_for_dev_shm_falls_back_to_the_next_folder() {
+        // /dev/shm is chosen (3 GB free), TMPDIR has 100 GB, /tmp 1 GB.
+        let probe = FakeProbe::new(&[("TMPDIR", "/big")], Some(3 * GB))
+            .with_folders(&[("/big", 100 * GB), (DEFAULT_DIR, GB)]);
+        let p = PathBuf::from;
+        assert_eq!(
+            prepare(None, 2 * GB, &probe).unwrap(),
+            (p(SHM_DIR), FolderSource::DevShm),
+            "room in /dev/shm: it takes the file"
+        );
+        assert_eq!(
+            prepare(None, 4 * GB, &probe).unwrap(),
+            (p("/big"), FolderSource::TmpVar("TMPDIR"))
+        );
+        // Without TMPDIR, /tmp is next; a full TMPDIR also gives way to /tmp.
+        let no_var = FakeProbe::new(&[], Some(3 * GB)).with_folders(&[(DEFAULT_DIR, 10 * GB)]);
+        assert_eq!(
+            prepare(None, 4 * GB, &no_var).unwrap(),
+            (p(DEFAULT_DIR), FolderSource::Default)
+        );
+        let full_var = FakeProbe::new(&[("TMPDIR", "/small")], None)
+            .with_folders(&[("/small", GB), (DEFAULT_DIR, 10 * GB)]);
+        assert_eq!(
+            prepare(None, 4 * GB, &full_var).unwrap(),
+            (p(DEFAULT_DIR), FolderSource::Default)
+        );
+    }
+
+    #[test]
+    fn no_folder_with_room_is_an_io_error_naming_each() {
+        let probe = FakeProbe::new(&[("TMPDIR", "/small")], Some(3 * GB))
+            .with_folders(&[("/small", GB), (DEFAULT_DIR, 2 * GB)]);
+        let err = prepare(None, 5 * GB, &probe).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert_eq!(
+            err.message(),
+            "temp folder /tmp: No space left on device (os error 28): 5000000000 bytes needed, \
+             2000000000 available; too small before it: /dev/shm (3000000000 bytes available), \
+             /small (1000000000 bytes available)"
+        );
+    }
+
+    #[test]
+    fn an_explicit_full_folder_fails_naming_it() {
+        // The option and PJ_TEMP_FOLDER are the user's: never replaced, however full.
+        let probe = FakeProbe::new(
+            &[(PJ_TEMP_FOLDER, "/mine"), ("TMPDIR", "/big")],
+            Some(3 * GB),
+        )
+        .with_folders(&[
+            ("/opt", GB),
+            ("/mine", GB),
+            ("/big", 100 * GB),
+            (DEFAULT_DIR, 100 * GB),
+        ]);
+        for (option, path) in [(Some("/opt"), "/opt"), (None, "/mine")] {
+            let err = prepare(option, 4 * GB, &probe).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Io);
+            assert_eq!(
+                err.message(),
+                format!(
+                    "temp folder {path}: No space left on device (os error 28): 4000000000 bytes \
+                     needed, 1000000000 available"
+                )
+            );
+        }
+        // The real file system: no folder holds u64::MAX bytes.
+        let dir = crate::memmap::testing::TempDir::new();
+        let err = prepare_temp_folder(Some(dir.path()), u64::MAX).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+        assert!(
+            err.message().starts_with(&format!(
+                "temp folder {}: No space left on device",
+                dir.path().display()
+            )),
+            "{}",
+            err.message()
+        );
+        assert!(
+            !err.message().contains("too small before it"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn only_a_lack_of_room_moves_a_file_on() {
+        // A TMPDIR naming a missing folder is reported as it is, even with /tmp at hand.
+        let probe = FakeProbe::new(&[("TMPDIR", "/gone")], None)
+            .with_missing("/gone")
+            .with_folders(&[(DEFAULT_DIR, 100 * GB)]);
+        let err = prepare(None, 10, &probe).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "temp folder /gone: No such file or directory (os error 2)"
+        );
     }
 
     fn resolve(option: Option<&str>, probe: &FakeProbe) -> (PathBuf, FolderSource) {

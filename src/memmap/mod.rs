@@ -3,8 +3,9 @@
 //! shared buffer behind `pj_shared_t`.
 //!
 //! - [`folder`]: which temp folder a call uses (option > `PJ_TEMP_FOLDER` > `/dev/shm` with more
-//!   than 2 GB free > `TMPDIR`/`TEMP`/`TMP` > `/tmp`, re-resolved at every call) and the checks that
-//!   make a missing, unwritable or full folder an I/O error before any task runs;
+//!   than 2 GB free > `TMPDIR`/`TEMP`/`TMP` > `/tmp`, re-resolved at every call; a folder of the
+//!   last three without room for a file gives way to the next) and the checks that make a missing,
+//!   unwritable or full folder an I/O error before any task runs;
 //! - [`backing`]: anonymous backing files (`O_TMPFILE`, else create-and-unlink) whose space is
 //!   reserved up front;
 //! - [`mapping`]: their mappings (`memmap2` maps), and how numpy's `mmap_mode` maps to `mmap`

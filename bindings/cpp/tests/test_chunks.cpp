@@ -2,16 +2,21 @@
 // task (Options::chunk_size), values without a pj::codec on threads and sequentially, and
 // everything a caller sees staying per element (results, errors, outcomes, progress).
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
 #include <functional>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include "support.hpp"
 
@@ -319,6 +324,48 @@ TEST(ChunksOnProcesses, KeptWorkersGetTheElementsAsBytes) {
     ASSERT_EQ(out.size(), 100u);
     EXPECT_EQ(out[0], 1001);
     EXPECT_EQ(out[99], 1100);
+}
+
+// The pids of the worker processes that ran a call of 40 elements.
+std::set<int> worker_pids(pj::Parallel& par) {
+    std::vector<int> pids = par.map_indexed(40, [](std::size_t) { return static_cast<int>(getpid()); });
+    return {pids.begin(), pids.end()};
+}
+
+TEST(KeepWorkers, ReusesTheWorkerProcessesAcrossCalls) {
+    // Issue 18 item 5: pj::Parallel lives across calls, and keep_workers (a pj::Options setter)
+    // keeps its worker processes between them; destroying it reaps them.
+    std::set<int> all;
+    {
+        pj::Parallel par(pj::Options().n_jobs(2).backend("processes").keep_workers(true).chunk_size(1));
+        for (int call = 0; call < 3; call++) {
+            for (int pid : worker_pids(par)) {
+                EXPECT_NE(pid, getpid());
+                all.insert(pid);
+            }
+            for (int pid : all) {
+                EXPECT_EQ(kill(pid, 0), 0) << "worker " << pid << " alive between calls";
+            }
+        }
+        EXPECT_LE(all.size(), 2u) << "3 calls on 2 kept workers";
+    }
+    for (int pid : all) {
+        errno = 0;
+        EXPECT_EQ(kill(pid, 0), -1);
+        EXPECT_EQ(errno, ESRCH) << "worker " << pid << " reaped once the executor is gone";
+    }
+}
+
+TEST(KeepWorkers, WithoutItEachCallForksItsOwnWorkers) {
+    // The check above can fail: without keep_workers every call has new worker processes.
+    pj::Parallel par(pj::Options().n_jobs(2).backend("processes").chunk_size(1));
+    std::set<int> all;
+    for (int call = 0; call < 3; call++) {
+        for (int pid : worker_pids(par)) {
+            all.insert(pid);
+        }
+    }
+    EXPECT_GE(all.size(), 3u);
 }
 
 }  // namespace
