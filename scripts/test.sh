@@ -30,6 +30,9 @@ step "cargo test"
 cargo test --all-targets
 cargo test --doc
 
+step "failpoint matrix (cargo test --features failpoints --test failpoints)"
+cargo test --features failpoints --test failpoints
+
 step "cargo build --release"
 cargo build --release
 

@@ -11,6 +11,7 @@
 //! - `config`: options, joblib spellings, validation and resolution of a call's settings;
 //! - `cpu`: the CPU count (affinity, cgroup quotas, `PJ_MAX_CPU_COUNT`);
 //! - `error`: the error type;
+//! - `failpoint`: test-only fault injection at the stages a task cannot reach (feature `failpoints`);
 //! - [`task`]: what one task is (callback, argument bytes) and where its output goes;
 //! - `dispatch`: batching, ordering and fail-fast for one call;
 //! - `backend`: the worker pools behind one enum;
@@ -30,6 +31,8 @@ pub(crate) mod config;
 pub(crate) mod cpu;
 pub(crate) mod dispatch;
 pub(crate) mod error;
+#[doc(hidden)]
+pub mod failpoint;
 pub mod ffi;
 pub(crate) mod fork;
 pub(crate) mod memmap;

@@ -84,6 +84,7 @@ impl Parallel {
     /// Resolves `config` (layered over this thread's scoped defaults, and adjusted for nesting) and
     /// prepares an executor; workers start with the first call.
     pub fn new(config: &Config) -> Result<Self> {
+        crate::failpoint::init();
         let mut layered = crate::config::scope::with_scopes(config);
         // joblib's nesting policy: inside a task, threads one level down, sequential below that,
         // unless the call names its backend.

@@ -122,6 +122,18 @@ pub(crate) fn run_status(
     error_out: *mut *mut pj_error_t,
     body: impl FnOnce() -> Result<pj_status, Error>,
 ) -> pj_status {
+    let body = || {
+        // Outside tasks only: inside one, the task's own pj_out_* calls would take the passes.
+        let stage = crate::failpoint::Stage::Export;
+        if let Some(injected) = (crate::nesting::level() == 0)
+            .then(|| crate::failpoint::hit(stage))
+            .flatten()
+        {
+            let io = injected.io_error(stage);
+            return Err(Error::new(ErrorKind::Io, io.to_string()));
+        }
+        body()
+    };
     let error = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(status)) => return status,
         Ok(Err(error)) => error,

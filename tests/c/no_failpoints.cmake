@@ -1,0 +1,11 @@
+# Fails when a release library contains failpoint code: the strings PJ_FAILPOINTS or "failpoint".
+foreach(file IN LISTS FILES)
+  if(NOT EXISTS "${file}")
+    message(FATAL_ERROR "${file} does not exist")
+  endif()
+  file(STRINGS "${file}" hits REGEX "PJ_FAILPOINTS|failpoint")
+  if(hits)
+    list(LENGTH hits n)
+    message(FATAL_ERROR "${file} holds failpoint code (${n} strings, e.g. ${hits})")
+  endif()
+endforeach()
