@@ -28,6 +28,7 @@ enum Side {
     /// survivable there.
     Caller,
     /// In a worker process: every mode applies.
+    #[allow(dead_code)] // the worker stages join the table as their failpoints land
     Worker,
 }
 
@@ -104,7 +105,7 @@ fn one_call(par: &Par, streamed: bool) -> (pj_status, String, i64, BTreeMap<usiz
     let mut status = pj_status::Ok;
     let mut message = String::new();
     let mut task = -1;
-    let mut fail = |st: pj_status, err: *mut pj_error_t| {
+    let fail = |st: pj_status, err: *mut pj_error_t| {
         let e = take_error(st, err);
         (st, e.message, e.task_index)
     };
