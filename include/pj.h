@@ -104,6 +104,11 @@ typedef uint32_t pj_status;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// When worker processes are replaced or retired (process backend only): after
+// `max_tasks_per_child` tasks, when their resident memory exceeds `worker_memory_limit` after a
+// batch, or after `idle_worker_timeout` without work.
+typedef struct Recycling Recycling;
+
 // A task's output handle, lent to the task callback for the duration of the call: write the
 // result with `pj_out_set` (copy) or `pj_out_alloc` (in place), attach a failure message with
 // `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
