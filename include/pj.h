@@ -437,8 +437,9 @@ pj_status pj_config_set_max_tasks_per_child(pj_config_t *config,
                                             pj_error_t **error_out);
 
 // Sets `worker_memory_limit` in bytes (loky's memory-leak protection): after each batch the
-// caller reads its worker process's resident set size (RSS, from /proc); a worker above the limit
-// is replaced by a fresh one before its next batch. A task that leaks therefore keeps a worker
+// caller reads its worker process's resident set size (RSS, from /proc/<pid>/statm; without
+// /proc the limit is not enforced); a worker above the limit is replaced by a fresh one before its
+// next batch. A task that leaks therefore keeps a worker
 // under the limit plus what one batch leaks (a fixed `batch_size` bounds that; auto batching
 // sizes batches by time, not memory). Replacement is silent: the worker exits normally between
 // batches, no task is lost, run twice or blamed. A forked worker starts with the caller's
