@@ -519,6 +519,7 @@ fn ensure_backend<'a>(slot: &'a mut Option<Backend>, settings: &Resolved) -> Res
                     settings.keep_workers,
                     settings.start_method,
                     settings.stack_size,
+                    settings.recycling,
                 )
                 .map_err(cannot)?,
             )

@@ -78,6 +78,9 @@ fn config_functions() {
         pj_config_set_verbose(null_mut(), 2, null_mut()),
         pj_config_set_timeout(null_mut(), 2.0, null_mut()),
         pj_config_set_stack_size(null_mut(), 1 << 20, null_mut()),
+        pj_config_set_max_tasks_per_child(null_mut(), 10, null_mut()),
+        pj_config_set_worker_memory_limit(null_mut(), 1 << 30, null_mut()),
+        pj_config_set_idle_worker_timeout(null_mut(), 1.0, null_mut()),
     ] {
         assert_eq!(status, pj_status::NullArgument);
     }

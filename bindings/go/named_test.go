@@ -188,6 +188,34 @@ func TestMapNamedRunsInWorkerProcesses(t *testing.T) {
 	settle(t)
 }
 
+// MaxTasksPerChild replaces MapNamed's worker processes after exactly that many inputs each,
+// silently; the recycling options reach pj's process pool.
+func TestMapNamedMaxTasksPerChild(t *testing.T) {
+	out, err := MapNamed[int, pidSquare](context.Background(), "test.square", ints(100),
+		NJobs(2), BatchSize(3), MaxTasksPerChild(10), WorkerMemoryLimit(64<<30),
+		IdleWorkerTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	perPid := map[int]int{}
+	for i, r := range out {
+		if r.X != i || r.Square != i*i {
+			t.Fatalf("result %d: got %+v", i, r)
+		}
+		perPid[r.Pid]++
+	}
+	if len(perPid) < 10 {
+		t.Errorf("%d distinct workers, want at least 10: %v", len(perPid), perPid)
+	}
+	t.Logf("%d workers: %v", len(perPid), perPid)
+	for pid, n := range perPid {
+		if n > 10 {
+			t.Errorf("worker %d ran %d inputs, more than 10", pid, n)
+		}
+	}
+	settle(t)
+}
+
 func TestMapNamedGobValues(t *testing.T) {
 	in := []record{
 		{Name: "a", Tags: []string{"x"}, Counts: map[string]int{"seen": 1}},

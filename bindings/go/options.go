@@ -236,6 +236,38 @@ func StackSize(bytes int64) Option {
 	})
 }
 
+// MaxTasksPerChild sets pj's max_tasks_per_child (concurrent.futures' name): a worker process of
+// MapNamed is replaced, silently, after running n pj tasks (n >= 1; pj refuses other values with
+// ErrInvalidArgument). Each pj task of MapNamed is one input. Unset (Set("max_tasks_per_child",
+// "none")) means never. Map and its siblings run on threads, which it does not concern.
+func MaxTasksPerChild(n int) Option {
+	return newOption(fmt.Sprintf("MaxTasksPerChild(%d)", n), func(s *settings) {
+		s.set("max_tasks_per_child", strconv.Itoa(n))
+	})
+}
+
+// WorkerMemoryLimit sets pj's worker_memory_limit in bytes (loky's memory-leak protection): a worker
+// process of MapNamed whose resident memory exceeds it after a batch is replaced, silently, before
+// its next batch (bytes >= 1; pj refuses other values with ErrInvalidArgument). Unset
+// (Set("worker_memory_limit", "none")) means no limit; Set takes "512M"-style sizes. Map and its
+// siblings run on threads, which it does not concern.
+func WorkerMemoryLimit(bytes int64) Option {
+	return newOption(fmt.Sprintf("WorkerMemoryLimit(%d)", bytes), func(s *settings) {
+		s.set("worker_memory_limit", strconv.FormatInt(bytes, 10))
+	})
+}
+
+// IdleWorkerTimeout sets pj's idle_worker_timeout (loky's name; default 300 s): a worker process of
+// MapNamed that had no work for d exits, and the next call starts a new one. It matters with
+// Set("keep_workers", "true"), whose workers otherwise wait between calls. d must be positive (pj
+// refuses other values with ErrInvalidArgument); Set("idle_worker_timeout", "none") keeps idle
+// workers forever. Map and its siblings run on threads, which it does not concern.
+func IdleWorkerTimeout(d time.Duration) Option {
+	return newOption(fmt.Sprintf("IdleWorkerTimeout(%v)", d), func(s *settings) {
+		s.set("idle_worker_timeout", strconv.FormatFloat(d.Seconds(), 'g', -1, 64))
+	})
+}
+
 // TempFolder sets joblib's temp_folder (where memory-mapped files go). It is validated now; it
 // matters only to the process backends of MapNamed (arguments and results larger than max_nbytes).
 func TempFolder(path string) Option {
@@ -432,6 +464,9 @@ func ChunkSize(n int) Option {
 //   - "stack_size": see StackSize;
 //   - "batch_bytes": bytes, "16M"-style sizes or "none" (16M): the most argument plus result
 //     bytes an automatically sized batch takes;
+//   - "max_tasks_per_child", "worker_memory_limit" ("512M"-style sizes), "idle_worker_timeout"
+//     (seconds): see MaxTasksPerChild, WorkerMemoryLimit and IdleWorkerTimeout; "none" is each
+//     one's unlimited value;
 //   - "temp_folder", "max_nbytes", "mmap_mode", "keep_workers": validated; they concern worker
 //     processes and memory-mapped data, i.e. at most the process backends of MapNamed.
 //

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // goTool is the go command that runs these tests (skips the test when there is none).
@@ -42,6 +43,9 @@ func TestGoDocShowsNoUnexportedTypes(t *testing.T) {
 		"func MaxNbytes(bytes int64) Option",
 		"func MaxNbytesNone() Option",
 		"func StackSize(bytes int64) Option",
+		"func MaxTasksPerChild(n int) Option",
+		"func WorkerMemoryLimit(bytes int64) Option",
+		"func IdleWorkerTimeout(d time.Duration) Option",
 		"func NJobs(n int) Option",
 	} {
 		if !strings.Contains(doc, want) {
@@ -80,6 +84,9 @@ func TestOptionsDescribeThemselves(t *testing.T) {
 		{MaxNbytes(1 << 20), "MaxNbytes(1048576)"},
 		{MaxNbytesNone(), "MaxNbytesNone()"},
 		{StackSize(8 << 20), "StackSize(8388608)"},
+		{MaxTasksPerChild(10), "MaxTasksPerChild(10)"},
+		{WorkerMemoryLimit(512 << 20), "WorkerMemoryLimit(536870912)"},
+		{IdleWorkerTimeout(1500 * time.Millisecond), "IdleWorkerTimeout(1.5s)"},
 		{Backend("threads"), `Backend("threads")`},
 		{Set("batch_size", "auto"), `Set("batch_size", "auto")`},
 		{Unordered(), "Unordered()"},
@@ -102,6 +109,7 @@ func TestTypedSizeOptions(t *testing.T) {
 		{NJobs(2), MaxNbytes(1 << 40)},
 		{NJobs(2), MaxNbytesNone()},
 		{NJobs(2), StackSize(1 << 20)},
+		{NJobs(2), MaxTasksPerChild(1), WorkerMemoryLimit(1), IdleWorkerTimeout(time.Millisecond)},
 	} {
 		out, err := Map(context.Background(), ints(50), square, opts...)
 		if err != nil {
@@ -120,6 +128,11 @@ func TestTypedSizeOptions(t *testing.T) {
 		{BatchSize(1<<20 + 1), `"1048577"`},
 		{MaxNbytes(-1), `"-1"`},
 		{StackSize(1024), `"1024"`},
+		{MaxTasksPerChild(0), `"0"`},
+		{MaxTasksPerChild(-2), `"-2"`},
+		{WorkerMemoryLimit(0), `"0"`},
+		{IdleWorkerTimeout(0), `"0"`},
+		{IdleWorkerTimeout(-time.Second), `"-1"`},
 	} {
 		_, err := Map(context.Background(), ints(3), square, tc.opt)
 		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.text) {

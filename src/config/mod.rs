@@ -21,6 +21,7 @@ mod pre_dispatch;
 pub mod scope;
 mod size;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,10 +32,12 @@ pub use keywords::{
     Require, ReturnAs, StartMethod,
 };
 use parse::{
-    check_batch_size, check_n_jobs, check_stack_size, check_timeout, check_timeout_limit,
-    check_verbose, parse_backend, parse_batch_bytes, parse_batch_size, parse_bool, parse_n_jobs,
-    parse_on_error, parse_prefer, parse_progress, parse_require, parse_return_as, parse_stack_size,
-    parse_start_method, parse_temp_folder, parse_timeout, parse_verbose,
+    check_batch_size, check_idle_worker_timeout, check_idle_worker_timeout_limit,
+    check_max_tasks_per_child, check_n_jobs, check_stack_size, check_timeout, check_timeout_limit,
+    check_verbose, check_worker_memory_limit, parse_backend, parse_batch_bytes, parse_batch_size,
+    parse_bool, parse_idle_worker_timeout, parse_max_tasks_per_child, parse_n_jobs, parse_on_error,
+    parse_prefer, parse_progress, parse_require, parse_return_as, parse_stack_size,
+    parse_start_method, parse_temp_folder, parse_timeout, parse_verbose, parse_worker_memory_limit,
 };
 pub use size::{parse_max_nbytes, parse_mmap_mode};
 
@@ -53,6 +56,32 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 /// 1 MiB results on 2 workers under 128 MiB and is no slower than larger batches: copying the
 /// bytes costs far more than a batch's fixed cost.
 pub const DEFAULT_BATCH_BYTES: usize = 16 << 20;
+
+/// loky's default `idle_worker_timeout`: kept worker processes idle this long exit.
+pub const DEFAULT_IDLE_WORKER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// When worker processes are replaced or retired (process backend only): after
+/// `max_tasks_per_child` tasks, when their resident memory exceeds `worker_memory_limit` after a
+/// batch, or after `idle_worker_timeout` without work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recycling {
+    /// A worker is replaced after running this many tasks (`None`: never).
+    pub max_tasks_per_child: Option<NonZeroUsize>,
+    /// A worker whose resident set exceeds this many bytes after a batch is replaced before the
+    /// next one (`None`: never).
+    pub worker_memory_limit: Option<u64>,
+    /// A worker idle this long exits; the next batch starts a new one (`None`: never).
+    pub idle_worker_timeout: Option<Duration>,
+}
+
+impl Recycling {
+    /// Workers live as long as their pool (MPI worker ranks' own child).
+    pub const NEVER: Recycling = Recycling {
+        max_tasks_per_child: None,
+        worker_memory_limit: None,
+        idle_worker_timeout: None,
+    };
+}
 
 /// The largest accepted `n_jobs`. joblib has no cap, but pj starts that many threads or processes,
 /// and a typo like `n_jobs=1000000` should fail at once rather than exhaust the machine.
@@ -76,7 +105,7 @@ pub const UNLIMITED_STACK_DEFAULT: usize = 8 << 20;
 const RUST_THREAD_STACK: usize = 2 << 20;
 
 /// The option keys understood by [`Config::set`], in joblib's spelling.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 22] = [
     "n_jobs",
     "backend",
     "prefer",
@@ -96,6 +125,9 @@ pub const KEYS: [&str; 19] = [
     "start_method",
     "stack_size",
     "batch_bytes",
+    "max_tasks_per_child",
+    "worker_memory_limit",
+    "idle_worker_timeout",
 ];
 
 /// A progress callback, as C declares `pj_progress_fn`: called with (userdata, completed tasks,
@@ -187,6 +219,15 @@ pub struct Config {
     pub stack_size: Option<usize>,
     /// The most argument and result bytes an auto batch takes (pj's own); at least 1.
     pub batch_bytes: Option<usize>,
+    /// `Some(None)`: explicitly no limit; `Some(Some(n))`: a worker process is replaced after `n`
+    /// tasks (concurrent.futures' name).
+    pub max_tasks_per_child: Option<Option<NonZeroUsize>>,
+    /// `Some(None)`: explicitly no limit; `Some(Some(bytes))`, bytes > 0: a worker process whose
+    /// resident memory exceeds it after a batch is replaced (loky's memory-leak protection).
+    pub worker_memory_limit: Option<Option<u64>>,
+    /// `Some(None)`: idle worker processes never exit; `Some(Some(d))`, `d > 0`: they exit after
+    /// `d` without work (loky's name).
+    pub idle_worker_timeout: Option<Option<Duration>>,
     /// Set by [`Config::over_scopes`] when `require="sharedmem"` turned a scoped backend into
     /// threads: joblib's class name of the backend given up, for joblib's verbose notice.
     pub sharedmem_replaced: Option<&'static str>,
@@ -242,6 +283,9 @@ pub struct Resolved {
     pub stack_size: usize,
     /// The most argument and result bytes an auto batch takes (default [`DEFAULT_BATCH_BYTES`]).
     pub batch_bytes: usize,
+    /// When worker processes are replaced or retired (default: never replaced, idle ones exit
+    /// after [`DEFAULT_IDLE_WORKER_TIMEOUT`]).
+    pub recycling: Recycling,
 }
 
 impl Resolved {
@@ -295,8 +339,9 @@ impl Config {
     /// sizes), `mmap_mode` (`r`, `r+`, `w+`, `c`, `none`), `return_as` (`list`, `generator`,
     /// `generator_unordered`), and pj's own `keep_workers`, `on_error` (`raise`, `collect`),
     /// `handle_sigint` (`true`, `false`), `progress` (`bar`, `none`), `start_method` (`fork`,
-    /// `spawn`), `stack_size` (bytes, `8M`-style sizes, `none`) and `batch_bytes` (bytes, `16M`-style
-    /// sizes, `none`). Leading and trailing ASCII whitespace of the value is ignored;
+    /// `spawn`), `stack_size` (bytes, `8M`-style sizes, `none`), `batch_bytes` (bytes, `16M`-style
+    /// sizes, `none`), `max_tasks_per_child` (a positive integer, `none`), `worker_memory_limit`
+    /// (bytes, `512M`-style sizes, `none`) and `idle_worker_timeout` (seconds, `none`). Leading and trailing ASCII whitespace of the value is ignored;
     /// `none`/`None` restores joblib's default where joblib accepts `None`. Every error quotes the
     /// offending key or value, and on error the config is left unchanged.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -324,6 +369,15 @@ impl Config {
             "start_method" => self.start_method = Some(parse_start_method(value)?),
             "stack_size" => self.stack_size = parse_stack_size(value)?,
             "batch_bytes" => self.batch_bytes = parse_batch_bytes(value)?,
+            "max_tasks_per_child" => {
+                self.max_tasks_per_child = Some(parse_max_tasks_per_child(value)?);
+            }
+            "worker_memory_limit" => {
+                self.worker_memory_limit = Some(parse_worker_memory_limit(value)?);
+            }
+            "idle_worker_timeout" => {
+                self.idle_worker_timeout = Some(parse_idle_worker_timeout(value)?);
+            }
             _ => {
                 return Err(Error::invalid(format!(
                     "unknown option \"{key}\": expected one of {}",
@@ -379,6 +433,29 @@ impl Config {
         Ok(())
     }
 
+    /// Sets `max_tasks_per_child`: a worker process is replaced after running this many tasks
+    /// (at least 1). `none` (no limit) can only be set through [`Config::set`].
+    pub fn set_max_tasks_per_child(&mut self, tasks: u64) -> Result<()> {
+        let tasks = check_max_tasks_per_child(tasks, &tasks.to_string())?;
+        self.max_tasks_per_child = Some(Some(tasks));
+        Ok(())
+    }
+
+    /// Sets `worker_memory_limit` in bytes (at least 1); `none` (no limit) can only be set through
+    /// [`Config::set`].
+    pub fn set_worker_memory_limit(&mut self, bytes: u64) -> Result<()> {
+        let bytes = check_worker_memory_limit(bytes, &bytes.to_string())?;
+        self.worker_memory_limit = Some(Some(bytes));
+        Ok(())
+    }
+
+    /// Sets `idle_worker_timeout` in seconds; `+inf` means idle workers never exit; 0, negative
+    /// values and NaN are refused.
+    pub fn set_idle_worker_timeout(&mut self, seconds: f64) -> Result<()> {
+        self.idle_worker_timeout = Some(check_idle_worker_timeout(seconds, &seconds.to_string())?);
+        Ok(())
+    }
+
     /// Fields set in `self` win over `outer`: this is how scoped defaults stack (object config >
     /// pushed config > joblib defaults), like joblib's `parallel_config` contexts. Pure precedence;
     /// [`Config::over_scopes`] adds the `require` rule when an object meets its scopes.
@@ -419,6 +496,9 @@ impl Config {
             start_method: self.start_method.or(outer.start_method),
             stack_size: self.stack_size.or(outer.stack_size),
             batch_bytes: self.batch_bytes.or(outer.batch_bytes),
+            max_tasks_per_child: self.max_tasks_per_child.or(outer.max_tasks_per_child),
+            worker_memory_limit: self.worker_memory_limit.or(outer.worker_memory_limit),
+            idle_worker_timeout: self.idle_worker_timeout.or(outer.idle_worker_timeout),
             sharedmem_replaced: self.sharedmem_replaced.or(outer.sharedmem_replaced),
         }
     }
@@ -499,6 +579,7 @@ impl Config {
             .transpose()?;
         let pre_dispatch = self.pre_dispatch.clone().unwrap_or_default();
         pre_dispatch.tasks(n_jobs)?;
+        let recycling = self.recycling()?;
         Ok(Resolved {
             n_jobs_requested: self.n_jobs,
             n_jobs,
@@ -535,6 +616,30 @@ impl Config {
                 None => default_stack_size(),
             },
             batch_bytes: self.batch_bytes.unwrap_or(DEFAULT_BATCH_BYTES).max(1),
+            recycling,
+        })
+    }
+
+    /// The recycling settings with their defaults, checked again (fields are public).
+    fn recycling(&self) -> Result<Recycling> {
+        let max_tasks_per_child = self
+            .max_tasks_per_child
+            .flatten()
+            .map(|n| check_max_tasks_per_child(n.get() as u64, &n.to_string()))
+            .transpose()?;
+        let worker_memory_limit = self
+            .worker_memory_limit
+            .flatten()
+            .map(|bytes| check_worker_memory_limit(bytes, &bytes.to_string()))
+            .transpose()?;
+        let idle_worker_timeout = match self.idle_worker_timeout {
+            None => Some(DEFAULT_IDLE_WORKER_TIMEOUT),
+            Some(limit) => limit.map(check_idle_worker_timeout_limit).transpose()?,
+        };
+        Ok(Recycling {
+            max_tasks_per_child,
+            worker_memory_limit,
+            idle_worker_timeout,
         })
     }
 }

@@ -145,6 +145,88 @@ fn timeout_error(shown: &str) -> Error {
     )
 }
 
+fn idle_timeout_error(shown: &str) -> Error {
+    invalid_value(
+        "idle_worker_timeout",
+        shown,
+        "expected a number of seconds > 0, or \"none\" to keep idle workers",
+    )
+}
+
+/// `idle_worker_timeout` in seconds, judged as `timeout` is: `+inf` (or a limit beyond
+/// `Duration`'s range) means idle workers never exit; 0, negative values and NaN are refused.
+pub(super) fn check_idle_worker_timeout(seconds: f64, shown: &str) -> Result<Option<Duration>> {
+    check_timeout(seconds, shown).map_err(|_| idle_timeout_error(shown))
+}
+
+/// `idle_worker_timeout`: seconds, or `none` (idle workers never exit).
+pub(super) fn parse_idle_worker_timeout(value: &str) -> Result<Option<Duration>> {
+    if is_none(value) {
+        return Ok(None);
+    }
+    let seconds: f64 = value.parse().map_err(|_| idle_timeout_error(value))?;
+    check_idle_worker_timeout(seconds, value)
+}
+
+/// A limit set directly in a `Config` must be positive, as the setters'.
+pub(super) fn check_idle_worker_timeout_limit(limit: Duration) -> Result<Duration> {
+    if limit.is_zero() {
+        return Err(idle_timeout_error("0"));
+    }
+    Ok(limit)
+}
+
+fn max_tasks_error(shown: &str) -> Error {
+    invalid_value(
+        "max_tasks_per_child",
+        shown,
+        "expected a number of tasks >= 1, or \"none\" for no limit",
+    )
+}
+
+/// The one check of `max_tasks_per_child`, shared by both setters and resolution.
+pub(super) fn check_max_tasks_per_child(tasks: u64, shown: &str) -> Result<NonZeroUsize> {
+    usize::try_from(tasks)
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .ok_or_else(|| max_tasks_error(shown))
+}
+
+/// `max_tasks_per_child`: a positive integer, or `none` (workers are never replaced for it).
+pub(super) fn parse_max_tasks_per_child(value: &str) -> Result<Option<NonZeroUsize>> {
+    if is_none(value) {
+        return Ok(None);
+    }
+    let tasks = parse_integer(value)
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| max_tasks_error(value))?;
+    check_max_tasks_per_child(tasks, value).map(Some)
+}
+
+fn memory_limit_error(shown: &str) -> Error {
+    invalid_value(
+        "worker_memory_limit",
+        shown,
+        "expected a positive number of bytes, a size like \"512M\", or \"none\" for no limit",
+    )
+}
+
+/// The one check of `worker_memory_limit`: at least one byte.
+pub(super) fn check_worker_memory_limit(bytes: u64, shown: &str) -> Result<u64> {
+    if bytes == 0 {
+        return Err(memory_limit_error(shown));
+    }
+    Ok(bytes)
+}
+
+/// `worker_memory_limit`: bytes, `"512M"`-style sizes (as `max_nbytes`), or `none`.
+pub(super) fn parse_worker_memory_limit(value: &str) -> Result<Option<u64>> {
+    let bytes = parse_max_nbytes(value).map_err(|_| memory_limit_error(value))?;
+    bytes
+        .map(|b| check_worker_memory_limit(b, value))
+        .transpose()
+}
+
 pub(super) fn parse_timeout(value: &str) -> Result<Option<Duration>> {
     if is_none(value) {
         return Ok(None);

@@ -860,3 +860,163 @@ fn batch_bytes_takes_sizes_and_defaults_to_16m() {
         Some(4 << 20)
     );
 }
+
+#[test]
+fn recycling_defaults_are_loky_s() {
+    let r = resolved(&Config::default());
+    assert_eq!(
+        r.recycling,
+        Recycling {
+            max_tasks_per_child: None,
+            worker_memory_limit: None,
+            idle_worker_timeout: Some(Duration::from_secs(300)),
+        }
+    );
+}
+
+#[test]
+fn max_tasks_per_child_values() {
+    assert_eq!(
+        set("max_tasks_per_child", "10").max_tasks_per_child,
+        Some(Some(nz(10)))
+    );
+    assert_eq!(
+        set("max_tasks_per_child", " 1 ").max_tasks_per_child,
+        Some(Some(nz(1)))
+    );
+    for none in ["none", "None"] {
+        assert_eq!(
+            set("max_tasks_per_child", none).max_tasks_per_child,
+            Some(None)
+        );
+    }
+    for bad in [
+        "0",
+        "-1",
+        "1.5",
+        "ten",
+        "",
+        "1e3",
+        "99999999999999999999999",
+    ] {
+        let message = rejects("max_tasks_per_child", bad);
+        assert!(message.contains("max_tasks_per_child"), "{message}");
+    }
+    let mut config = Config::default();
+    assert_eq!(
+        config.set_max_tasks_per_child(0).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    config.set_max_tasks_per_child(3).unwrap();
+    assert_eq!(resolved(&config).recycling.max_tasks_per_child, Some(nz(3)));
+}
+
+#[test]
+fn worker_memory_limit_values() {
+    assert_eq!(
+        set("worker_memory_limit", "512M").worker_memory_limit,
+        Some(Some(512 << 20))
+    );
+    assert_eq!(
+        set("worker_memory_limit", "1.5G").worker_memory_limit,
+        Some(Some(3 << 29))
+    );
+    assert_eq!(
+        set("worker_memory_limit", "4096").worker_memory_limit,
+        Some(Some(4096))
+    );
+    assert_eq!(
+        set("worker_memory_limit", "none").worker_memory_limit,
+        Some(None)
+    );
+    for bad in ["0", "0M", "-1M", "lots", "", "1X"] {
+        let message = rejects("worker_memory_limit", bad);
+        assert!(message.contains("worker_memory_limit"), "{message}");
+    }
+    let mut config = Config::default();
+    assert_eq!(
+        config.set_worker_memory_limit(0).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    config.set_worker_memory_limit(1 << 30).unwrap();
+    assert_eq!(
+        resolved(&config).recycling.worker_memory_limit,
+        Some(1 << 30)
+    );
+    // Set directly in the field (public), a zero is refused at resolution.
+    let direct = Config {
+        worker_memory_limit: Some(Some(0)),
+        ..Config::default()
+    };
+    assert!(direct.resolve(4).is_err());
+}
+
+#[test]
+fn idle_worker_timeout_values() {
+    assert_eq!(
+        set("idle_worker_timeout", "1").idle_worker_timeout,
+        Some(Some(Duration::from_secs(1)))
+    );
+    assert_eq!(
+        set("idle_worker_timeout", "0.25").idle_worker_timeout,
+        Some(Some(Duration::from_millis(250)))
+    );
+    for never in ["none", "None", "inf"] {
+        assert_eq!(
+            set("idle_worker_timeout", never).idle_worker_timeout,
+            Some(None),
+            "{never}"
+        );
+        assert_eq!(
+            resolved(&set("idle_worker_timeout", never))
+                .recycling
+                .idle_worker_timeout,
+            None
+        );
+    }
+    for bad in ["0", "-1", "nan", "soon", ""] {
+        let message = rejects("idle_worker_timeout", bad);
+        assert!(message.contains("idle_worker_timeout"), "{message}");
+    }
+    let mut config = Config::default();
+    for bad in [0.0, -1.0, f64::NAN, f64::NEG_INFINITY] {
+        assert_eq!(
+            config.set_idle_worker_timeout(bad).unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        config.idle_worker_timeout, None,
+        "a refused value sets nothing"
+    );
+    config.set_idle_worker_timeout(f64::INFINITY).unwrap();
+    assert_eq!(resolved(&config).recycling.idle_worker_timeout, None);
+    let direct = Config {
+        idle_worker_timeout: Some(Some(Duration::ZERO)),
+        ..Config::default()
+    };
+    assert!(direct.resolve(4).is_err());
+}
+
+#[test]
+fn recycling_options_layer_and_an_explicit_none_wins_over_a_scope() {
+    let outer = Config {
+        max_tasks_per_child: Some(Some(nz(5))),
+        worker_memory_limit: Some(Some(1 << 20)),
+        idle_worker_timeout: Some(Some(Duration::from_secs(2))),
+        ..Config::default()
+    };
+    let inherited = resolved(&Config::default().layered_over(&outer)).recycling;
+    assert_eq!(inherited.max_tasks_per_child, Some(nz(5)));
+    assert_eq!(inherited.worker_memory_limit, Some(1 << 20));
+    assert_eq!(inherited.idle_worker_timeout, Some(Duration::from_secs(2)));
+    let mut own = Config::default();
+    own.set("max_tasks_per_child", "none").unwrap();
+    own.set("worker_memory_limit", "none").unwrap();
+    own.set("idle_worker_timeout", "none").unwrap();
+    assert_eq!(
+        resolved(&own.layered_over(&outer)).recycling,
+        Recycling::NEVER
+    );
+}

@@ -16,7 +16,9 @@ use crate::error::Error;
 ///
 /// Methods: `pj_config_set`, `pj_config_set_n_jobs`, `pj_config_set_backend`,
 /// `pj_config_set_batch_size`, `pj_config_set_verbose`, `pj_config_set_timeout`,
-/// `pj_config_set_stack_size`, `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
+/// `pj_config_set_stack_size`, `pj_config_set_max_tasks_per_child`,
+/// `pj_config_set_worker_memory_limit`, `pj_config_set_idle_worker_timeout`,
+/// `pj_config_set_progress`, `pj_effective_n_jobs`, `pj_config_free`.
 pub struct pj_config_t {
     pub(crate) config: Config,
 }
@@ -85,7 +87,11 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// "none" for the default 16M: the most argument plus result bytes an automatically sized batch
 /// takes, from a running estimate of a task's bytes, at least one task a batch; a fixed
 /// `batch_size` ignores it. A stream of large results then holds about pre_dispatch batches of
-/// at most this many bytes). Every value is validated now. On failure the config is unchanged.
+/// at most this many bytes), `max_tasks_per_child` (a positive integer, or "none": see
+/// `pj_config_set_max_tasks_per_child`), `worker_memory_limit` (bytes, "512M"-style sizes, or
+/// "none": see `pj_config_set_worker_memory_limit`) and `idle_worker_timeout` (seconds, or
+/// "none" to keep idle workers: see `pj_config_set_idle_worker_timeout`). Every value is validated
+/// now. On failure the config is unchanged.
 ///
 /// Memmapping (process backend only, as joblib): a task argument larger than `max_nbytes` (default
 /// 1M; "none" disables) is written once to an unnamed file in the temp folder (`temp_folder`, else
@@ -257,6 +263,88 @@ pub extern "C" fn pj_config_set_stack_size(
 ) -> pj_status {
     run(error_out, || {
         borrow_mut(config)?.config.set_stack_size(bytes)
+    })
+}
+
+/// Sets `max_tasks_per_child` (concurrent.futures' name): a worker process is replaced by a fresh
+/// one after running this many tasks, so that what a task leaks or leaves behind (memory, file
+/// descriptors, global state) lives at most that long. The count is exact: a batch larger than a
+/// worker's remaining allowance is split, its first part finishing on that worker and the rest
+/// going on in its successor. Replacement is silent: the worker exits normally between batches, no
+/// task is lost, run twice or blamed, and the results come back as usual. Unset (the default, or
+/// `pj_config_set(cfg, "max_tasks_per_child", "none")`) means never.
+///
+/// Process backend only. Threads and sequential (n_jobs 1) have no worker process and ignore it;
+/// MPI ignores it too (each worker rank keeps its own forked child for the whole job). With
+/// `keep_workers`, a worker's count goes on across calls.
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for 0 (or a value above SIZE_MAX).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_max_tasks_per_child(
+    config: *mut pj_config_t,
+    max_tasks: u64,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        borrow_mut(config)?
+            .config
+            .set_max_tasks_per_child(max_tasks)
+    })
+}
+
+/// Sets `worker_memory_limit` in bytes (loky's memory-leak protection): after each batch the
+/// caller reads its worker process's resident set size (RSS, from /proc/<pid>/statm; without
+/// /proc the limit is not enforced); a worker above the limit is replaced by a fresh one before its
+/// next batch. A task that leaks therefore keeps a worker
+/// under the limit plus what one batch leaks (a fixed `batch_size` bounds that; auto batching
+/// sizes batches by time, not memory). Replacement is silent: the worker exits normally between
+/// batches, no task is lost, run twice or blamed. A forked worker starts with the caller's
+/// resident pages counted in its RSS, so set the limit well above the caller's own size; a limit
+/// below it replaces every worker after each batch. Unset (the default, or
+/// `pj_config_set(cfg, "worker_memory_limit", "none")`) means no limit. The string setter takes
+/// "512M"-style sizes.
+///
+/// Process backend only. Threads and sequential (n_jobs 1) share the caller's memory and ignore
+/// it; MPI ignores it too (each worker rank keeps its own forked child for the whole job).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_worker_memory_limit(
+    config: *mut pj_config_t,
+    bytes: u64,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        borrow_mut(config)?.config.set_worker_memory_limit(bytes)
+    })
+}
+
+/// Sets `idle_worker_timeout` in seconds (loky's name and default, 300): a worker process that has
+/// had no batch for this long exits, and the next batch that needs it starts a new one (forked
+/// then, so it sees the caller's memory as it is then). This matters for kept workers
+/// (`keep_workers`), which otherwise wait between calls; without `keep_workers` workers end with
+/// each call anyway, and the timeout only ends a worker left idle within a long call (a slow
+/// producer, say). Replacement is silent: the caller's pool retires the idle worker itself (the
+/// worker never leaves on its own), so a call that starts as a worker is exiting simply gets a new
+/// one, never an error. INFINITY (or `pj_config_set(cfg, "idle_worker_timeout", "none")`) means
+/// idle workers never exit.
+///
+/// Process backend only. Threads and sequential (n_jobs 1) ignore it (worker threads live as long
+/// as their `pj_parallel_t`); MPI ignores it too (each worker rank keeps its own forked child for
+/// the whole job).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` is NULL; PJ_STATUS_INVALID_ARGUMENT
+/// for 0, a negative value or NaN.
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_config_set_idle_worker_timeout(
+    config: *mut pj_config_t,
+    seconds: f64,
+    error_out: *mut *mut pj_error_t,
+) -> pj_status {
+    run(error_out, || {
+        borrow_mut(config)?.config.set_idle_worker_timeout(seconds)
     })
 }
 

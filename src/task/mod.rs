@@ -510,6 +510,32 @@ impl BatchOutcome {
         }
     }
 
+    /// Appends the outcome of the batch's next part (`next.first` is where this one ended: every
+    /// task of this part completed, without a fail-fast failure), as one outcome for both: a
+    /// backend that ran a batch in parts (a worker replaced part-way) reports it whole. False,
+    /// with this outcome unchanged, when the memory for `next`'s bytes cannot be had.
+    pub fn append(&mut self, next: BatchOutcome) -> bool {
+        debug_assert!(self.failure.is_none());
+        debug_assert_eq!(self.first + self.completed(), next.first);
+        if self.data.try_reserve(next.data.len()).is_err()
+            || self.ends.try_reserve(next.ends.len()).is_err()
+        {
+            return false;
+        }
+        let offset = self.data.len();
+        self.data.extend_from_slice(&next.data);
+        self.ends.extend(next.ends.iter().map(|end| end + offset));
+        self.size += next.size;
+        self.errors.extend(next.errors);
+        self.large.extend(next.large);
+        if next.failure.is_some() {
+            // Reports name the worker that ran the failing task.
+            self.worker = next.worker;
+        }
+        self.failure = next.failure;
+        true
+    }
+
     /// Adds the failures decided before this attempt ran (`Batch::forced`) to the collected errors.
     pub fn merge_forced(&mut self, forced: &[(usize, TaskFailure)]) {
         if forced.is_empty() {

@@ -811,6 +811,54 @@ public:
     Options& stack_size(const std::string& value) & { return set("stack_size", value); }
     Options&& stack_size(const std::string& value) && { return std::move(stack_size(value)); }
 
+    /// Process workers only: a worker process is replaced, silently, after running this many tasks
+    /// (>= 1; a task is a chunk of map's elements). Unset: never. Threads and sequential ignore it;
+    /// see pj_config_set_max_tasks_per_child.
+    Options& max_tasks_per_child(std::uint64_t tasks) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_max_tasks_per_child(raw(), tasks, err.out()), err);
+        return *this;
+    }
+    Options&& max_tasks_per_child(std::uint64_t tasks) && { return std::move(max_tasks_per_child(tasks)); }
+    /// max_tasks_per_child as text: a number, or "none" (never, the default).
+    Options& max_tasks_per_child(const std::string& value) & { return set("max_tasks_per_child", value); }
+    Options&& max_tasks_per_child(const std::string& value) && {
+        return std::move(max_tasks_per_child(value));
+    }
+
+    /// Process workers only: a worker process whose resident memory exceeds this many bytes after
+    /// a batch is replaced, silently, before the next one (loky's memory-leak protection). Unset:
+    /// no limit. See pj_config_set_worker_memory_limit.
+    Options& worker_memory_limit(std::uint64_t bytes) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_worker_memory_limit(raw(), bytes, err.out()), err);
+        return *this;
+    }
+    Options&& worker_memory_limit(std::uint64_t bytes) && { return std::move(worker_memory_limit(bytes)); }
+    /// worker_memory_limit as text: "512M", a number of bytes, or "none" (the default).
+    Options& worker_memory_limit(const std::string& size) & { return set("worker_memory_limit", size); }
+    Options&& worker_memory_limit(const std::string& size) && {
+        return std::move(worker_memory_limit(size));
+    }
+
+    /// Process workers only: a worker process idle this many seconds exits (> 0; INFINITY: never;
+    /// default 300, as loky); the next call starts new ones. See pj_config_set_idle_worker_timeout.
+    Options& idle_worker_timeout(double seconds) & {
+        detail::ErrorSlot err;
+        detail::check(pj_config_set_idle_worker_timeout(raw(), seconds, err.out()), err);
+        return *this;
+    }
+    Options&& idle_worker_timeout(double seconds) && { return std::move(idle_worker_timeout(seconds)); }
+    /// The idle timeout as a duration, e.g. idle_worker_timeout(std::chrono::seconds(10)).
+    template <typename Rep, typename Period>
+    Options& idle_worker_timeout(std::chrono::duration<Rep, Period> limit) & {
+        return idle_worker_timeout(std::chrono::duration<double>(limit).count());
+    }
+    template <typename Rep, typename Period>
+    Options&& idle_worker_timeout(std::chrono::duration<Rep, Period> limit) && {
+        return std::move(idle_worker_timeout(limit));
+    }
+
     /// How workers map those files: "r", "r+", "w+", "c" or "none" (copied, never mapped).
     Options& mmap_mode(const std::string& mode) & { return set("mmap_mode", mode); }
     Options&& mmap_mode(const std::string& mode) && { return std::move(mmap_mode(mode)); }

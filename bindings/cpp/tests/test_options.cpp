@@ -1,7 +1,10 @@
 // pj::Options (every setter, validation), pj::ScopedConfig, the error classes, and the move-only
 // owners of the C handles.
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -71,6 +74,14 @@ TEST(Options, EverySetterAcceptsJoblibValues) {
         .stack_size(std::size_t{16} << 20)
         .stack_size("8M")
         .stack_size("none")
+        .max_tasks_per_child(10)
+        .max_tasks_per_child("none")
+        .worker_memory_limit(std::uint64_t{512} << 20)
+        .worker_memory_limit("1.5G")
+        .worker_memory_limit("none")
+        .idle_worker_timeout(1.5)
+        .idle_worker_timeout(INFINITY)
+        .idle_worker_timeout(std::chrono::seconds(300))
         .return_as("generator")
         .keep_workers(false)
         .on_error("collect")
@@ -116,7 +127,42 @@ TEST(Options, BadValuesThrowInvalidArgumentQuotingThem) {
     EXPECT_FALSE(invalid([](pj::Options& o) { o.stack_size(std::size_t{1}); }).empty());
     EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.stack_size("deep"); }), "deep"));
     EXPECT_FALSE(invalid([](pj::Options& o) { o.pre_dispatch(0); }).empty());
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.max_tasks_per_child(std::uint64_t{0}); }),
+                         "max_tasks_per_child"));
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.max_tasks_per_child("often"); }), "often"));
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.worker_memory_limit(std::uint64_t{0}); }),
+                         "worker_memory_limit"));
+    EXPECT_TRUE(contains(invalid([](pj::Options& o) { o.worker_memory_limit("plenty"); }), "plenty"));
+    EXPECT_FALSE(invalid([](pj::Options& o) { o.idle_worker_timeout(0.0); }).empty());
+    EXPECT_FALSE(invalid([](pj::Options& o) { o.idle_worker_timeout(NAN); }).empty());
     EXPECT_THROW(pj::Options().set("timeout", "soon"), pj::InvalidArgument);
+}
+
+TEST(Options, MaxTasksPerChildReplacesProcessWorkers) {
+    pj::Parallel par(pj::Options()
+                         .n_jobs(2)
+                         .backend("processes")
+                         .chunk_size(1)
+                         .max_tasks_per_child(10)
+                         .worker_memory_limit("64G")
+                         .idle_worker_timeout(std::chrono::seconds(60)));
+    std::vector<int> input(100);
+    for (int i = 0; i < 100; ++i) {
+        input[static_cast<std::size_t>(i)] = i;
+    }
+    auto pids = par.map(input, [](int x) { return std::to_string(x) + "@" + std::to_string(getpid()); });
+    ASSERT_EQ(pids.size(), 100u);
+    std::map<std::string, int> tasks_per_pid;
+    for (std::size_t i = 0; i < pids.size(); ++i) {
+        const auto at = pids[i].find('@');
+        ASSERT_NE(at, std::string::npos);
+        EXPECT_EQ(pids[i].substr(0, at), std::to_string(i));
+        ++tasks_per_pid[pids[i].substr(at + 1)];
+    }
+    EXPECT_GE(tasks_per_pid.size(), 10u);
+    for (const auto& [pid, tasks] : tasks_per_pid) {
+        EXPECT_LE(tasks, 10) << pid;
+    }
 }
 
 TEST(Options, ABadValueLeavesTheOptionsUnchanged) {

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::backend::wire::{decode_batch, encode_outcome};
 use crate::backend::{CallLink, ProcessPool};
-use crate::config::StartMethod;
+use crate::config::{Recycling, StartMethod};
 use crate::error::{Error, ErrorKind, Result};
 use crate::spin::Backoff;
 use crate::task::{BatchOutcome, TaskFailure, WorkerId};
@@ -33,8 +33,10 @@ pub fn serve(ops: MpiOps) -> c_int {
         return 2;
     }
     // One forked child, kept across batches and calls: the rank survives whatever a task does.
+    // The caller's recycling options do not reach it (documented: MPI ignores them).
     let stack_size = crate::config::default_stack_size();
-    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork, stack_size) else {
+    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork, stack_size, Recycling::NEVER)
+    else {
         return 2;
     };
     let mut worker = WorkerRank {

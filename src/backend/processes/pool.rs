@@ -12,7 +12,7 @@ use super::proxy::{Control, Job, Proxy};
 use super::spawn::SpawnPlan;
 use crate::backend::CallLink;
 use crate::backend::crash;
-use crate::config::StartMethod;
+use crate::config::{Recycling, StartMethod};
 use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
 /// A pool of forked workers behind proxy threads.
@@ -27,12 +27,15 @@ pub struct ProcessPool {
 impl ProcessPool {
     /// Starts `size` proxy threads; workers are forked by the first batch of each call. A forked
     /// worker runs its tasks on the copy of its proxy thread, so proxies get `stack_size` bytes
-    /// of stack: the tasks' stack. (A spawned worker runs them on its main thread.)
+    /// of stack: the tasks' stack. (A spawned worker runs them on its main thread.) `recycling`
+    /// says when a proxy replaces its worker (after so many tasks, above a memory limit) or
+    /// retires it (idle).
     pub fn new(
         size: usize,
         keep_workers: bool,
         start: StartMethod,
         stack_size: usize,
+        recycling: Recycling,
     ) -> io::Result<Self> {
         let spawn = match start {
             StartMethod::Fork => None,
@@ -59,7 +62,7 @@ impl ProcessPool {
             let proxy = std::thread::Builder::new()
                 .name(format!("pj-proxy-{slot}"))
                 .stack_size(stack_size)
-                .spawn(move || Proxy::new(slot, level, spawn).run(queue, inbox))?;
+                .spawn(move || Proxy::new(slot, level, spawn, recycling).run(queue, inbox))?;
             pool.controls.push(control);
             pool.proxies.push(proxy);
         }

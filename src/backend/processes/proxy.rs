@@ -27,6 +27,16 @@
 //! had served batches and dies before any task of its current batch started (a kept worker killed
 //! while idle, between calls or batches) is no task's fault: the batch runs, whole, on a fresh
 //! worker, whatever on_error says.
+//!
+//! Recycling. With `max_tasks_per_child`, the proxy counts the tasks sent to its worker and cuts a
+//! batch larger than the worker's remaining allowance: the first part runs on this worker, which
+//! is then retired (socket shut down: it leaves through `_exit(0)` and is reaped), the rest on a
+//! fresh one, and the parts' outcomes go back to the call as one. With `worker_memory_limit`, the
+//! proxy reads its worker's resident set from `/proc/<pid>/statm` (a descriptor opened when the
+//! worker starts, read again at offset 0: one syscall per batch) after each batch, and retires a
+//! worker above the limit before its next batch. With `idle_worker_timeout`, a proxy whose worker
+//! had no batch for that long retires it: only the proxy talks to its worker, so a batch that
+//! comes meanwhile waits in the queue and then gets a fresh worker; it never meets one exiting.
 
 use std::cell::Cell;
 use std::io;
@@ -34,7 +44,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, RecvError, Sender, select};
 
 use super::child::{is_running, kill_and_reap, reap, terminate, try_reap};
 use super::spawn::SpawnPlan;
@@ -45,6 +55,7 @@ use crate::backend::wire::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_outcome, encode_batch, recv_frame_with_fds,
     send_frame_with_fds,
 };
+use crate::config::Recycling;
 use crate::memmap::{MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome, Death, LargeOutput, TaskFailure, WorkerId};
 
@@ -70,11 +81,34 @@ pub(super) struct Proxy {
     fds: Vec<OwnedFd>,
     /// With the spawn start method: how to start a fresh worker from the executable.
     spawn: Option<Arc<SpawnPlan>>,
+    /// When the worker is replaced or retired.
+    recycling: Recycling,
+    /// Tasks sent to the current worker (in batches it returned).
+    tasks_run: usize,
+    /// With a memory limit: the current worker's `/proc/<pid>/statm`, opened at its start.
+    statm: Option<OwnedFd>,
+    /// The current worker's resident set exceeded the memory limit after its last batch.
+    over_memory: bool,
+}
+
+/// What woke a waiting proxy.
+// A job is moved once per batch, from the queue to `run_job`; boxing it would allocate per batch.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Job(Result<Job, RecvError>),
+    Control(Result<Control, RecvError>),
+    /// Its worker was idle for `idle_worker_timeout`.
+    Idle,
 }
 
 impl Proxy {
     /// A proxy for `slot` whose worker's tasks run at nesting `level`; it has no worker yet.
-    pub(super) fn new(slot: usize, level: usize, spawn: Option<Arc<SpawnPlan>>) -> Self {
+    pub(super) fn new(
+        slot: usize,
+        level: usize,
+        spawn: Option<Arc<SpawnPlan>>,
+        recycling: Recycling,
+    ) -> Self {
         Proxy {
             slot,
             level,
@@ -82,6 +116,10 @@ impl Proxy {
             buf: Vec::new(),
             fds: Vec::new(),
             spawn,
+            recycling,
+            tasks_run: 0,
+            statm: None,
+            over_memory: false,
         }
     }
 
@@ -97,35 +135,111 @@ impl Proxy {
     /// retires its worker.
     pub(super) fn run(mut self, queue: Receiver<Job>, inbox: Receiver<Control>) {
         loop {
-            select! {
-                recv(queue) -> job => match job {
-                    Ok(job) => self.run_job(job),
-                    Err(_) => break,
-                },
-                recv(inbox) -> control => match control {
-                    Ok(Control::Retire(ack)) => {
-                        self.retire();
-                        let _ = ack.send(());
-                    }
-                    Err(_) => break,
-                },
+            match self.next_event(&queue, &inbox) {
+                Event::Job(Ok(job)) => self.run_job(job),
+                Event::Control(Ok(Control::Retire(ack))) => {
+                    self.retire();
+                    let _ = ack.send(());
+                }
+                Event::Idle => self.retire(),
+                Event::Job(Err(_)) | Event::Control(Err(_)) => break,
             }
         }
         self.retire();
     }
 
-    fn run_job(&mut self, Job { batch, link }: Job) {
+    /// Blocks for the next job or control; with a worker and an idle timeout, for at most that
+    /// long.
+    fn next_event(&self, queue: &Receiver<Job>, inbox: &Receiver<Control>) -> Event {
+        let idle = self.worker.as_ref().and(self.recycling.idle_worker_timeout);
+        match idle {
+            Some(timeout) => select! {
+                recv(queue) -> job => Event::Job(job),
+                recv(inbox) -> control => Event::Control(control),
+                default(timeout) => Event::Idle,
+            },
+            None => select! {
+                recv(queue) -> job => Event::Job(job),
+                recv(inbox) -> control => Event::Control(control),
+            },
+        }
+    }
+
+    /// Runs a batch and reports its outcome; with `max_tasks_per_child`, in parts, each within
+    /// its worker's remaining allowance (workers replaced in between), reported as one outcome.
+    fn run_job(&mut self, Job { mut batch, link }: Job) {
         if link.abort.load(Ordering::Relaxed) {
             // The call already failed: this batch never starts.
             link.send(&batch, BatchOutcome::skipped(&batch, self.unstarted()));
             return;
         }
+        let size = batch.len();
+        self.retire_if_due();
+        let mut rest = self.cut_at_allowance(&mut batch);
+        let mut outcome = self.run_part(&batch, &link);
+        while let Some(mut part) = rest.take() {
+            let whole =
+                outcome.failure.is_none() && outcome.first + outcome.completed() == part.first;
+            if !whole || link.abort.load(Ordering::Relaxed) {
+                // The rest never starts: the call is stopping.
+                break;
+            }
+            self.retire_if_due();
+            rest = self.cut_at_allowance(&mut part);
+            let next = self.run_part(&part, &link);
+            if !outcome.append(next) {
+                link.abort.store(true, Ordering::Relaxed);
+                outcome.failure = Some((
+                    part.first,
+                    TaskFailure::Io("cannot allocate memory for a batch's results".into()),
+                ));
+                break;
+            }
+        }
+        outcome.size = size;
+        link.send(&batch, outcome);
+        // A worker that is due leaves now, not when the next batch comes (a kept worker over
+        // the memory limit would otherwise hold its memory while idle).
+        self.retire_if_due();
+    }
+
+    /// The tasks of `batch` beyond what the current worker may still run (`max_tasks_per_child`),
+    /// split off; `None` when it may run them all.
+    fn cut_at_allowance(&self, batch: &mut Batch) -> Option<Batch> {
+        let max = self.recycling.max_tasks_per_child?.get();
+        // Without a worker the next one starts afresh.
+        let used = if self.worker.is_some() {
+            self.tasks_run
+        } else {
+            0
+        };
+        let left = max.saturating_sub(used).max(1);
+        (left < batch.len()).then(|| batch.split_off(left))
+    }
+
+    /// Retires the worker when it ran its `max_tasks_per_child` tasks or exceeded
+    /// `worker_memory_limit` after its last batch: the next batch starts a fresh one.
+    fn retire_if_due(&mut self) {
+        if self.worker.is_none() {
+            return;
+        }
+        let spent = self
+            .recycling
+            .max_tasks_per_child
+            .is_some_and(|max| self.tasks_run >= max.get());
+        if spent || self.over_memory {
+            self.retire();
+        }
+    }
+
+    /// Runs one batch (or part of one) to its outcome, retrying as on_error and deaths require.
+    fn run_part(&mut self, batch: &Batch, link: &CallLink) -> BatchOutcome {
         // With on_error=collect, a batch whose worker died or timed out runs again without the
         // task responsible, until an attempt completes.
         let mut retry: Option<Batch> = None;
-        let outcome = loop {
-            let attempt = retry.as_ref().unwrap_or(&batch);
-            match self.exchange(attempt, &link) {
+        loop {
+            let attempt = retry.as_ref().unwrap_or(batch);
+            match self.exchange(attempt, link) {
                 // A worker that had served died before any task of this attempt started (killed
                 // while idle, between calls or batches): nothing of it ran, nobody is to blame.
                 // The same attempt goes to a fresh worker; should that one die before starting,
@@ -150,12 +264,11 @@ impl Proxy {
                 }
                 Err(Some(Lost { index, failure, .. })) => {
                     link.abort.store(true, Ordering::Relaxed);
-                    break BatchOutcome::failed(&batch, self.unstarted(), index, failure);
+                    break BatchOutcome::failed(batch, self.unstarted(), index, failure);
                 }
-                Err(None) => break BatchOutcome::skipped(&batch, self.unstarted()),
+                Err(None) => break BatchOutcome::skipped(batch, self.unstarted()),
             }
-        };
-        link.send(&batch, outcome);
+        }
     }
 
     /// Sends the batch to the worker (forking one if needed) and reads its outcome; on failure,
@@ -172,7 +285,13 @@ impl Proxy {
                         TaskFailure::Io(format!("cannot start a worker process: {e}")),
                     ))
                 })?;
+            self.statm = self
+                .recycling
+                .worker_memory_limit
+                .and_then(|_| open_statm(worker.pid));
             self.worker = Some(worker);
+            self.tasks_run = 0;
+            self.over_memory = false;
         }
         if let Some(worker) = self.worker.as_mut()
             && worker.call != link.call
@@ -270,6 +389,10 @@ impl Proxy {
                 let (mut outcome, files) = decoded;
                 if let Some(worker) = self.worker.as_mut() {
                     worker.served = true;
+                }
+                self.tasks_run += batch.len();
+                if let Some(limit) = self.recycling.worker_memory_limit {
+                    self.over_memory = self.statm.as_ref().and_then(resident_bytes) > Some(limit);
                 }
                 let mapped = map_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
@@ -376,6 +499,7 @@ impl Proxy {
 
     /// Shuts the worker's socket down (it reads the end of the stream and `_exit`s) and reaps it.
     fn retire(&mut self) {
+        self.statm = None;
         if let Some(worker) = self.worker.take() {
             // Other processes holding a copy of the socket see the shutdown too. A failure leaves
             // the socket to be closed when the worker is dropped: the worker then sees EOF.
@@ -428,6 +552,28 @@ impl AsRef<[u8]> for MappedResult {
         // which the borrow of `self` prevents while the slice lives.
         unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
     }
+}
+
+/// Opens our child `pid`'s `/proc/<pid>/statm` (`None` without /proc: the memory limit is then
+/// not enforced). The child is not reaped while the descriptor is used, so the pid is its.
+fn open_statm(pid: rustix::process::Pid) -> Option<OwnedFd> {
+    let path = format!("/proc/{}/statm", pid.as_raw_pid());
+    rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
+}
+
+/// The resident set size, in bytes, that a `/proc/<pid>/statm` descriptor reports now (its second
+/// field, in pages); read at offset 0 each time, without allocating.
+fn resident_bytes(statm: &OwnedFd) -> Option<u64> {
+    let mut text = [0u8; 128];
+    let len = rustix::io::pread(statm, &mut text, 0).ok()?;
+    let fields = std::str::from_utf8(text.get(..len)?).ok()?;
+    let pages: u64 = fields.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    pages.checked_mul(rustix::param::page_size() as u64)
 }
 
 /// Whether an earlier attempt already recorded task `index` as failed.
