@@ -153,7 +153,8 @@ pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL, or `arg` is NULL
 /// with `arg_len > 0`; PJ_STATUS_INVALID_ARGUMENT when `arg_len` exceeds PTRDIFF_MAX, when the
-/// backend needs registered functions (start_method "spawn", backend "mpi") and `fn` is not one or
+/// backend needs registered functions (start_method "spawn" or "forkserver", backend "mpi") and
+/// `fn` is not one or
 /// `userdata` is not NULL, or when the executor was created in another process (a fork of its
 /// creator); PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the workers
 /// cannot be started or the argument cannot be copied (memory, temp folder);
