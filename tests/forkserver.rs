@@ -189,9 +189,12 @@ fn main() {
     }
     bad_config_is_refused();
     MARKER.store(7, Ordering::Relaxed);
+    // A socket of the caller's, open when the server starts.
+    let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
     // The server starts with the first forkserver executor: a copy of this process now.
     drop(forkserver(&[]));
     MARKER.store(42, Ordering::Relaxed);
+    the_server_holds_none_of_the_callers_descriptors(&mut reader, writer);
     registered_functions_give_the_results_of_fork();
     plain_pointers_must_be_registered_and_without_userdata();
     errors_crashes_and_timeouts_are_reported_as_with_fork();
@@ -227,6 +230,25 @@ fn bad_config_is_refused() {
         .unwrap(),
     );
     assert!(children_of("self").is_empty(), "no server without a pool");
+}
+
+/// The server lives as long as the caller: if it kept the caller's descriptors open, a pipe or
+/// socket the caller closes would never reach its end for the peer.
+fn the_server_holds_none_of_the_callers_descriptors(
+    reader: &mut std::os::unix::net::UnixStream,
+    writer: std::os::unix::net::UnixStream,
+) {
+    use std::io::Read;
+    drop(writer);
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = reader.read(&mut byte);
+    assert!(
+        matches!(read, Ok(0)),
+        "the caller closed its end, the peer must see the end of the stream: {read:?}"
+    );
 }
 
 fn registered_functions_give_the_results_of_fork() {

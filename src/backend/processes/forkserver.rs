@@ -23,8 +23,10 @@
 //! outlives the caller. The server ignores SIGINT, as workers do. A server that died (killed from
 //! outside) is reaped and replaced at the next worker start.
 //!
-//! Fork safety. The server is forked under pj's fork lock, like any worker, and closes every pj
-//! socket it inherited; it is single-threaded, so its own forks are plain. A forked copy of the
+//! Fork safety. The server is forked under pj's fork lock, like any worker, and closes every
+//! descriptor it inherited but stdin, stdout and stderr (it outlives anything the caller opens, so
+//! it must not hold the caller's pipes or sockets open); so do its workers. It is single-threaded,
+//! so its own forks are plain. A forked copy of the
 //! caller (a fork worker, or the host's own `fork()`) inherits the record of the server but not
 //! the server's thread: the record names the process that started it, and a copy starts its own.
 //!
@@ -326,6 +328,17 @@ pub(super) fn handshake(socket: BorrowedFd<'_>, pid: Pid, child: &Child) -> io::
 fn server_main(control: OwnedFd, host: Pid) -> ! {
     // The caller's end of this socket and of every worker socket: closed, so they see EOF.
     fds::close_all_except(control.as_raw_fd());
+    // Every other descriptor of the caller's but stdin, stdout and stderr: the server lives as
+    // long as the caller, and must not keep its pipes, sockets or files open.
+    let keep = control.as_raw_fd() as libc::c_uint;
+    for (first, last) in [(3, keep.saturating_sub(1)), (keep + 1, libc::c_uint::MAX)] {
+        if first <= last {
+            // SAFETY: close_range closes descriptors only; this single-threaded process owns them
+            // all, and none but `control` is used again (their owners in the caller's copied
+            // memory are never dropped here: the server leaves through _exit).
+            unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+        }
+    }
     tie_to_parent(host);
     let code = catch_unwind(AssertUnwindSafe(|| serve_requests(control.as_fd()))).unwrap_or(4);
     leave(code)
