@@ -573,7 +573,8 @@ int pj_worker_main_if_requested(int argc, const char *const *argv);
 // Calling it again is a no-op while the server runs.
 //
 // Workers see memory as of the server's start, and know the functions registered by then: a
-// function registered later fails calls with PJ_STATUS_IO naming both lists. One server per
+// function registered later fails calls with PJ_STATUS_IO naming both lists. Of the descriptors
+// open at the server's start, the server and its workers keep only stdin, stdout and stderr. One server per
 // process, shared by all executors; it reaps its workers, and it and its workers end when this
 // process ends (even killed). pj keeps one thread for the process's lifetime to fork it (the
 // server's parent-death signal is tied to that thread). A server killed from outside is replaced
