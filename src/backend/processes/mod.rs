@@ -8,8 +8,9 @@
 //!
 //! Lifetime. A proxy forks its worker when it receives its first batch of a call, so the worker sees
 //! the parent's memory as it is then (copy-on-write): the user's `userdata` and what it points to
-//! are valid there. At the end of the call the workers are retired (socket shut down, process
-//! reaped) unless `keep_workers` is set.
+//! are valid there. (With `spawn` and `forkserver` they are not: see those modules.) At the end of
+//! the call the workers are retired (socket shut down, process reaped) unless `keep_workers` is
+//! set.
 //!
 //! Modules, each using only those listed after it (a one-way graph):
 //! - `pool`: [`ProcessPool`], the shared job queue and the proxy threads;
