@@ -22,15 +22,23 @@ fn main() {
     pj_worker_main_if_requested(0, std::ptr::null());
     // The fork server starts now, while this process is small.
     assert_eq!(pj_forkserver_start(std::ptr::null_mut()), pj_status::Ok);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this file as a smoke test
+    // (small callers, two calls each).
+    let benching = std::env::args().any(|a| a == "--bench");
     let runs: usize = std::env::var("PJ_COLD_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(15);
+        .unwrap_or(if benching { 15 } else { 2 });
+    let held: &[usize] = if benching {
+        &[0, 200 << 20, 1 << 30]
+    } else {
+        &[0, 8 << 20]
+    };
     println!(
         "| cold call (new, 2 tasks, processes n_jobs=2, free), caller holding | start_method | median ms | min-max |"
     );
     println!("|---|---|--:|--:|");
-    for bytes in [0usize, 200 << 20, 1 << 30] {
+    for &bytes in held {
         // Every page written (vec! of a non-zero byte), kept alive until the calls are done.
         let memory = std::hint::black_box(vec![1u8; bytes]);
         for method in ["fork", "spawn", "forkserver"] {
