@@ -275,6 +275,19 @@ mod tests {
     }
 
     #[test]
+    fn a_death_survives_the_fork_servers_encoding() {
+        for death in [
+            Death::Signal(9),
+            Death::Exited(0),
+            Death::Exited(-1),
+            Death::Unknown,
+        ] {
+            assert_eq!(decode_death(encode_death(death)), death);
+        }
+        assert_eq!(decode_death(encode_death(Death::Silent(3))), Death::Unknown);
+    }
+
+    #[test]
     fn terminate_ends_a_child_with_sigterm_and_an_exit_is_its_status() {
         let pid = sleeper();
         terminate(pid);
