@@ -303,7 +303,13 @@ void pj_config_free(pj_config_t *config);
 // terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
 // workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
 // call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
-// functions, without userdata; see `examples/spawn.c`), `stack_size` (bytes, "8M"-style sizes
+// functions, without userdata; see `examples/spawn.c`; "forkserver": workers are forks of pj's
+// fork server, a copy of this process made once, when the first such executor is created or at
+// `pj_forkserver_start`, so a worker starts in the same time whatever memory the caller holds by
+// then (fork's cold call grows with it); workers see memory as of the server's start and know the
+// functions registered by then, so tasks name registered functions, without userdata, as with
+// "spawn", but the program needs no `pj_worker_main_if_requested`; see `pj_forkserver_start`),
+// `stack_size` (bytes, "8M"-style sizes
 // or "none": see `pj_config_set_stack_size`) and `batch_bytes` (bytes, "16M"-style sizes, or
 // "none" for the default 16M: the most argument plus result bytes an automatically sized batch
 // takes, from a running estimate of a task's bytes, at least one task a batch; a fixed
@@ -415,7 +421,8 @@ pj_status pj_config_set_timeout(pj_config_t *config, double seconds, pj_error_t 
 // caller's own stack size, the soft RLIMIT_STACK (`ulimit -s`, 8 MiB on most Linux systems; 8 MiB
 // when unlimited), at least 2 MiB and at most 1 GiB. With n_jobs 1, tasks run on the caller's
 // thread; spawned workers (start_method "spawn") run them on their main thread, whose stack is
-// RLIMIT_STACK; neither is changed by this option. A task that overflows its stack kills its
+// RLIMIT_STACK, and fork server workers ("forkserver") on a stack of the default size; none of
+// these is changed by this option. A task that overflows its stack kills its
 // worker process (PJ_STATUS_WORKER_DIED, SIGSEGV) but, on threads, the whole program, as any
 // stack overflow does: give deep recursion room here. `pj_config_set(cfg, "stack_size", "none")`
 // restores the default.
@@ -597,7 +604,8 @@ int pj_mpi_detach(void);
 // executable, and tasks travel as registry indices. Every process of the program must register
 // the same functions under the same names in the same order, before
 // `pj_worker_main_if_requested`: a worker whose registry differs is refused (the call fails with
-// PJ_STATUS_IO naming both lists). Registering a name again for the same function is a no-op.
+// PJ_STATUS_IO naming both lists). With "forkserver", register them before the fork server
+// starts (see `pj_forkserver_start`). Registering a name again for the same function is a no-op.
 // Thread-safe.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `name` or `fn` is NULL;
@@ -632,14 +640,37 @@ pj_status pj_parallel_submit_named(pj_parallel_t *parallel,
 // after 30 seconds without answering (the copy is then killed; the message says so).
 int pj_worker_main_if_requested(int argc, const char *const *argv);
 
+// Starts this process's fork server now, if it has none running (`start_method` "forkserver").
+// The fork server is a copy of this process made when it starts; every worker of every
+// "forkserver" executor is a fork of it, so starting a worker costs the same whatever memory this
+// process holds by then. It starts by itself with the first processes executor that uses
+// "forkserver" (`pj_parallel_new`); call this at the start of `main`, after the program's
+// `pj_register` calls and before it allocates much, to make the copy while the process is small.
+// Calling it again is a no-op while the server runs.
+//
+// Workers see memory as of the server's start, and know the functions registered by then: a
+// function registered later fails calls with PJ_STATUS_IO naming both lists. Of the descriptors
+// open at the server's start, the server and its workers keep only stdin, stdout and stderr. One server per
+// process, shared by all executors; it reaps its workers, and it and its workers end when this
+// process ends (even killed). pj keeps one thread for the process's lifetime to fork it (the
+// server's parent-death signal is tied to that thread). A server killed from outside is replaced
+// at the next worker start. Thread-safe; blocks for the fork (a millisecond for a small
+// process).
+//
+// Returns PJ_STATUS_OK; PJ_STATUS_IO when the server cannot be started (no thread, no process,
+// no socket: the message says which).
+pj_status pj_forkserver_start(pj_error_t **error_out);
+
 // Creates an executor from `config` (copied: the config may be freed afterwards; NULL means every
 // default: n_jobs 1, so tasks run sequentially) and stores it in `*parallel_out` (owned by the
-// caller: free it with `pj_parallel_free`). No worker starts before the first call.
+// caller: free it with `pj_parallel_free`). No worker starts before the first call; with
+// start_method "forkserver" (processes, n_jobs above 1) the process's fork server starts here if
+// it is not running (see `pj_forkserver_start`).
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel_out` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT when the options are inconsistent (e.g. prefer="processes" with
 // require="sharedmem", or backend="processes" with require="sharedmem") or pre_dispatch
-// evaluates below 1.
+// evaluates below 1; PJ_STATUS_IO when the fork server cannot be started.
 pj_status pj_parallel_new(const pj_config_t *config,
                           pj_parallel_t **parallel_out,
                           pj_error_t **error_out);
@@ -672,7 +703,8 @@ void pj_parallel_free(pj_parallel_t *parallel);
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL, or `arg` is NULL
 // with `arg_len > 0`; PJ_STATUS_INVALID_ARGUMENT when `arg_len` exceeds PTRDIFF_MAX, when the
-// backend needs registered functions (start_method "spawn", backend "mpi") and `fn` is not one or
+// backend needs registered functions (start_method "spawn" or "forkserver", backend "mpi") and
+// `fn` is not one or
 // `userdata` is not NULL, or when the executor was created in another process (a fork of its
 // creator); PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the workers
 // cannot be started or the argument cannot be copied (memory, temp folder);
@@ -827,9 +859,10 @@ pj_status pj_parallel_cancel(const pj_parallel_t *parallel);
 // the error names the range's items ("items 4096..8192 failed with code 3: ..."), its task index
 // is the range's first item, and ranges not yet started never start; PJ_STATUS_WORKER_DIED,
 // PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
-// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn" and backend "mpi",
-// whose workers do not share the caller's function addresses (use `pj_parallel_for_named`). With
-// on_error=collect every range runs and the first failed range's error is returned.
+// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn" or "forkserver" and
+// backend "mpi", whose workers do not share the caller's function addresses (use
+// `pj_parallel_for_named`). With on_error=collect every range runs and the first failed range's
+// error is returned.
 pj_status pj_parallel_for(pj_parallel_t *parallel,
                           size_t n,
                           pj_range_fn fn,

@@ -121,6 +121,18 @@ impl Parallel {
         if settings.backend == BackendKind::Mpi {
             use_mpi_ranks(&mut settings)?;
         }
+        if settings.start_method == StartMethod::ForkServer
+            && settings.backend == BackendKind::Processes
+            && !settings.sequential
+        {
+            // Now, while the caller may still be small: its workers are forks of this copy.
+            crate::backend::forkserver::ensure_started().map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot start the fork server (start_method \"forkserver\"): {e}"),
+                )
+            })?;
+        }
         let batching = Batching::new(settings.batch_size).with_max_bytes(settings.batch_bytes);
         let state = State {
             backend: None,
@@ -309,10 +321,14 @@ impl Parallel {
             // Even on one rank (sequential), so that a program behaves the same under -n 1.
             return Some("backend \"mpi\"");
         }
-        (self.settings.start_method == StartMethod::Spawn
-            && self.settings.backend == BackendKind::Processes
-            && !self.settings.sequential)
-            .then_some("start_method \"spawn\"")
+        if self.settings.backend != BackendKind::Processes || self.settings.sequential {
+            return None;
+        }
+        match self.settings.start_method {
+            StartMethod::Fork => None,
+            StartMethod::Spawn => Some("start_method \"spawn\""),
+            StartMethod::ForkServer => Some("start_method \"forkserver\""),
+        }
     }
 
     /// With spawned workers or MPI ranks, a task's function must be registered and its userdata

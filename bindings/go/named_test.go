@@ -476,6 +476,10 @@ func TestMapNamedRefusals(t *testing.T) {
 	if !errors.Is(err, ErrUnsupported) {
 		t.Errorf("fork: %v", err)
 	}
+	_, err = MapNamed[int, pidSquare](ctx, "test.square", ints(3), NJobs(2), Set("start_method", "forkserver"))
+	if !errors.Is(err, ErrUnsupported) {
+		t.Errorf("forkserver: %v", err)
+	}
 	_, err = MapNamed[int, pidSquare](ctx, "test.square", ints(3), NJobs(2), Backend("processes"),
 		Require("sharedmem"))
 	if !errors.Is(err, ErrInvalidArgument) {

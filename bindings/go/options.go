@@ -155,11 +155,11 @@ func (s *settings) refuseProcesses(key, value string) {
 }
 
 // startMethod is Set("start_method", value): "spawn" is what this package always uses for the process
-// backends; "fork" is refused (Go code cannot run in a forked child); anything else is pj's to
-// validate.
+// backends; "fork" and "forkserver" are refused (Go code cannot run in a forked child, and a fork
+// server's workers are forks of a fork of this process); anything else is pj's to validate.
 func startMethod(value string) Option {
 	return newOption(fmt.Sprintf("Set(\"start_method\", %q)", value), func(s *settings) {
-		if trimASCII(value) == "fork" {
+		if v := trimASCII(value); v == "fork" || v == "forkserver" {
 			s.fail(goError(StatusUnsupported, -1, fmt.Sprintf(
 				"start_method %q is not available from Go: only the forking thread survives a fork, "+
 					"and the Go runtime cannot run without its other threads; the process backends "+
@@ -459,8 +459,8 @@ func ChunkSize(n int) Option {
 //   - "on_error": "raise" or "collect" (see OnError);
 //   - "progress": "bar" or "none" (see ProgressBar);
 //   - "handle_sigint": "false" only; "true" is refused (see HandleSigint);
-//   - "start_method": "spawn", which the process backends of MapNamed always use; "fork" is refused
-//     with ErrUnsupported (Go code cannot run in a forked child);
+//   - "start_method": "spawn", which the process backends of MapNamed always use; "fork" and
+//     "forkserver" are refused with ErrUnsupported (Go code cannot run in a forked child);
 //   - "stack_size": see StackSize;
 //   - "batch_bytes": bytes, "16M"-style sizes or "none" (16M): the most argument plus result
 //     bytes an automatically sized batch takes;

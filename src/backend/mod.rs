@@ -24,6 +24,7 @@ use crossbeam_channel::Sender;
 
 pub use mpi::MpiPool;
 pub use processes::ProcessPool;
+pub use processes::forkserver;
 pub use processes::spawn;
 pub use staging::{CallFiles, SpillOptions, Stager};
 pub use threads::ThreadPool;

@@ -272,6 +272,10 @@ pub enum StartMethod {
     /// A fresh run of the same executable that turns into a worker in
     /// `pj_worker_main_if_requested`: tasks must name registered functions, without userdata.
     Spawn,
+    /// A fork of pj's fork server, a small copy of the caller made once, early: workers start at
+    /// the same cost whatever the caller's memory; tasks name registered functions, without
+    /// userdata (as with `Spawn`).
+    ForkServer,
 }
 
 /// pj's `progress` option: how progress is shown besides joblib's verbose lines.

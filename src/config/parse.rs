@@ -363,11 +363,12 @@ pub(super) fn parse_start_method(value: &str) -> Result<StartMethod> {
     match value {
         "fork" => Ok(StartMethod::Fork),
         "spawn" => Ok(StartMethod::Spawn),
+        "forkserver" => Ok(StartMethod::ForkServer),
         v if is_none(v) => Ok(StartMethod::Fork),
         _ => Err(invalid_value(
             "start_method",
             value,
-            "expected \"fork\" or \"spawn\"",
+            "expected \"fork\", \"spawn\" or \"forkserver\"",
         )),
     }
 }

@@ -82,7 +82,13 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// terminal, a plain line every 2 s otherwise; "none") and `start_method` ("fork", the default:
 /// workers are copies of the caller; "spawn": workers are fresh runs of the executable, which must
 /// call `pj_worker_main_if_requested` after its `pj_register` calls; tasks then name registered
-/// functions, without userdata; see `examples/spawn.c`), `stack_size` (bytes, "8M"-style sizes
+/// functions, without userdata; see `examples/spawn.c`; "forkserver": workers are forks of pj's
+/// fork server, a copy of this process made once, when the first such executor is created or at
+/// `pj_forkserver_start`, so a worker starts in the same time whatever memory the caller holds by
+/// then (fork's cold call grows with it); workers see memory as of the server's start and know the
+/// functions registered by then, so tasks name registered functions, without userdata, as with
+/// "spawn", but the program needs no `pj_worker_main_if_requested`; see `pj_forkserver_start`),
+/// `stack_size` (bytes, "8M"-style sizes
 /// or "none": see `pj_config_set_stack_size`) and `batch_bytes` (bytes, "16M"-style sizes, or
 /// "none" for the default 16M: the most argument plus result bytes an automatically sized batch
 /// takes, from a running estimate of a task's bytes, at least one task a batch; a fixed
@@ -248,7 +254,8 @@ pub extern "C" fn pj_config_set_timeout(
 /// caller's own stack size, the soft RLIMIT_STACK (`ulimit -s`, 8 MiB on most Linux systems; 8 MiB
 /// when unlimited), at least 2 MiB and at most 1 GiB. With n_jobs 1, tasks run on the caller's
 /// thread; spawned workers (start_method "spawn") run them on their main thread, whose stack is
-/// RLIMIT_STACK; neither is changed by this option. A task that overflows its stack kills its
+/// RLIMIT_STACK, and fork server workers ("forkserver") on a stack of the default size; none of
+/// these is changed by this option. A task that overflows its stack kills its
 /// worker process (PJ_STATUS_WORKER_DIED, SIGSEGV) but, on threads, the whole program, as any
 /// stack overflow does: give deep recursion room here. `pj_config_set(cfg, "stack_size", "none")`
 /// restores the default.

@@ -1,5 +1,6 @@
-//! Named task functions: `pj_register`, `pj_parallel_submit_named` and the entry point of
-//! spawned workers, `pj_worker_main_if_requested`.
+//! Named task functions: `pj_register`, `pj_parallel_submit_named`, the entry point of
+//! spawned workers, `pj_worker_main_if_requested`, and the fork server's start,
+//! `pj_forkserver_start`.
 
 use std::ffi::{c_char, c_int};
 
@@ -13,7 +14,8 @@ use crate::task::Callback;
 /// executable, and tasks travel as registry indices. Every process of the program must register
 /// the same functions under the same names in the same order, before
 /// `pj_worker_main_if_requested`: a worker whose registry differs is refused (the call fails with
-/// PJ_STATUS_IO naming both lists). Registering a name again for the same function is a no-op.
+/// PJ_STATUS_IO naming both lists). With "forkserver", register them before the fork server
+/// starts (see `pj_forkserver_start`). Registering a name again for the same function is a no-op.
 /// Thread-safe.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `name` or `fn` is NULL;
@@ -81,5 +83,36 @@ pub extern "C" fn pj_worker_main_if_requested(argc: c_int, argv: *const *const c
     run_value(0, || {
         crate::backend::spawn::worker_main_if_requested();
         0
+    })
+}
+
+/// Starts this process's fork server now, if it has none running (`start_method` "forkserver").
+/// The fork server is a copy of this process made when it starts; every worker of every
+/// "forkserver" executor is a fork of it, so starting a worker costs the same whatever memory this
+/// process holds by then. It starts by itself with the first processes executor that uses
+/// "forkserver" (`pj_parallel_new`); call this at the start of `main`, after the program's
+/// `pj_register` calls and before it allocates much, to make the copy while the process is small.
+/// Calling it again is a no-op while the server runs.
+///
+/// Workers see memory as of the server's start, and know the functions registered by then: a
+/// function registered later fails calls with PJ_STATUS_IO naming both lists. Of the descriptors
+/// open at the server's start, the server and its workers keep only stdin, stdout and stderr. One server per
+/// process, shared by all executors; it reaps its workers, and it and its workers end when this
+/// process ends (even killed). pj keeps one thread for the process's lifetime to fork it (the
+/// server's parent-death signal is tied to that thread). A server killed from outside is replaced
+/// at the next worker start. Thread-safe; blocks for the fork (a millisecond for a small
+/// process).
+///
+/// Returns PJ_STATUS_OK; PJ_STATUS_IO when the server cannot be started (no thread, no process,
+/// no socket: the message says which).
+#[unsafe(no_mangle)]
+pub extern "C" fn pj_forkserver_start(error_out: *mut *mut pj_error_t) -> pj_status {
+    run(error_out, || {
+        crate::backend::forkserver::ensure_started().map_err(|e| {
+            Error::new(
+                crate::error::ErrorKind::Io,
+                format!("cannot start the fork server: {e}"),
+            )
+        })
     })
 }

@@ -101,12 +101,14 @@ fn callback(func: pj_task_fn, userdata: *mut c_void) -> Result<Callback, Error> 
 
 /// Creates an executor from `config` (copied: the config may be freed afterwards; NULL means every
 /// default: n_jobs 1, so tasks run sequentially) and stores it in `*parallel_out` (owned by the
-/// caller: free it with `pj_parallel_free`). No worker starts before the first call.
+/// caller: free it with `pj_parallel_free`). No worker starts before the first call; with
+/// start_method "forkserver" (processes, n_jobs above 1) the process's fork server starts here if
+/// it is not running (see `pj_forkserver_start`).
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel_out` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT when the options are inconsistent (e.g. prefer="processes" with
 /// require="sharedmem", or backend="processes" with require="sharedmem") or pre_dispatch
-/// evaluates below 1.
+/// evaluates below 1; PJ_STATUS_IO when the fork server cannot be started.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_new(
     config: *const pj_config_t,
@@ -153,7 +155,8 @@ pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `parallel` or `fn` is NULL, or `arg` is NULL
 /// with `arg_len > 0`; PJ_STATUS_INVALID_ARGUMENT when `arg_len` exceeds PTRDIFF_MAX, when the
-/// backend needs registered functions (start_method "spawn", backend "mpi") and `fn` is not one or
+/// backend needs registered functions (start_method "spawn" or "forkserver", backend "mpi") and
+/// `fn` is not one or
 /// `userdata` is not NULL, or when the executor was created in another process (a fork of its
 /// creator); PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the workers
 /// cannot be started or the argument cannot be copied (memory, temp folder);

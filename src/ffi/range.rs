@@ -162,9 +162,10 @@ fn run_ranges<const LEN: usize>(
 /// the error names the range's items ("items 4096..8192 failed with code 3: ..."), its task index
 /// is the range's first item, and ranges not yet started never start; PJ_STATUS_WORKER_DIED,
 /// PJ_STATUS_TIMEOUT, PJ_STATUS_CANCELLED, PJ_STATUS_IO and PJ_STATUS_PANIC as for
-/// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn" and backend "mpi",
-/// whose workers do not share the caller's function addresses (use `pj_parallel_for_named`). With
-/// on_error=collect every range runs and the first failed range's error is returned.
+/// `pj_parallel_collect`; PJ_STATUS_UNSUPPORTED with start_method "spawn" or "forkserver" and
+/// backend "mpi", whose workers do not share the caller's function addresses (use
+/// `pj_parallel_for_named`). With on_error=collect every range runs and the first failed range's
+/// error is returned.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_for(
     parallel: *mut super::pj_parallel_t,

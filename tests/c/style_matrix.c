@@ -1,11 +1,11 @@
 /*
  * Every call style on every backend and start method, with the same inputs and the same checks:
  * submit + collect, submit_named + collect, map, imap ordered, imap unordered, for (a function
- * pointer), for_named and on_error=collect, on threads, sequential, processes with fork and with
- * spawn (this program is its own spawned worker) and, built with PJ_STYLE_MATRIX_MPI and run under
+ * pointer), for_named and on_error=collect, on threads, sequential, processes with fork, with
+ * spawn (this program is its own spawned worker) and with forkserver, and, built with PJ_STYLE_MATRIX_MPI and run under
  * mpiexec, on backend "mpi". A combination that cannot work must be refused with
  * PJ_STATUS_UNSUPPORTED and a message saying why (pj_parallel_for takes a function pointer, which
- * spawned workers and MPI ranks do not share); every other one must give the expected results.
+ * spawned workers, fork-server workers and MPI ranks do not take); every other one must give the expected results.
  * Prints the matrix; exits non-zero on the first wrong cell.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -323,8 +323,11 @@ int main(int argc, char **argv) {
     static const char *const fork_[] = {"backend", "processes", "n_jobs", "2", NULL};
     static const char *const spawn[] = {"backend", "processes", "n_jobs", "2",
                                         "start_method", "spawn", NULL};
-    const char *const *backends[] = {threads, sequential, fork_, spawn};
-    const char *labels[] = {"threads", "sequential", "processes (fork)", "processes (spawn)"};
+    static const char *const forkserver[] = {"backend", "processes", "n_jobs", "2",
+                                             "start_method", "forkserver", NULL};
+    const char *const *backends[] = {threads, sequential, fork_, spawn, forkserver};
+    const char *labels[] = {"threads", "sequential", "processes (fork)", "processes (spawn)",
+                            "processes (forkserver)"};
 #endif
     const size_t n_backends = sizeof backends / sizeof backends[0];
     for (size_t b = 0; b < n_backends; b++) {
@@ -333,12 +336,14 @@ int main(int argc, char **argv) {
             int bad = run_style((enum style)s, backends[b]);
             /* Only pj_parallel_for may be refused, and only where workers do not share the
              * caller's function addresses. */
-            int shares_addresses = strstr(labels[b], "spawn") == NULL && strcmp(labels[b], "mpi") != 0;
+            int shares_addresses = strstr(labels[b], "spawn") == NULL &&
+                                   strstr(labels[b], "forkserver") == NULL &&
+                                   strcmp(labels[b], "mpi") != 0;
             if (!bad && strncmp(verdict, "unsupported", 11) == 0 && (s != FOR || shares_addresses)) {
                 bad = 1;
             }
             failures += bad;
-            printf("%-18s %-22s %s\n", labels[b], style_names[s], verdict);
+            printf("%-22s %-22s %s\n", labels[b], style_names[s], verdict);
         }
     }
     printf(failures == 0 ? "style matrix: every cell right\n" : "style matrix: %d wrong cell(s)\n",

@@ -875,9 +875,12 @@ public:
     Options&& keep_workers(bool keep) && { return std::move(keep_workers(keep)); }
 
     /// How worker processes start (pj's own option): "fork" (the default: copies of the caller,
-    /// which see its memory) or "spawn" (fresh runs of the executable: only functions registered
+    /// which see its memory), "spawn" (fresh runs of the executable: only functions registered
     /// with pj::register_function run there, through Parallel::map<F>; see
-    /// pj::worker_main_if_requested).
+    /// pj::worker_main_if_requested) or "forkserver" (forks of pj's fork server, a copy of the
+    /// process made once, when the first such Parallel is created: worker starts do not grow with
+    /// the caller's memory; registered functions only, as with "spawn", registered before the
+    /// server starts; see pj_forkserver_start in pj.h).
     Options& start_method(const std::string& method) & { return set("start_method", method); }
     Options&& start_method(const std::string& method) && {
         return std::move(start_method(method));

@@ -146,6 +146,14 @@ int main(int argc, char** argv) {
         check(std::string(e.what()).find("register_range") != std::string::npos,
               std::string("an unregistered range function is refused: ") + e.what());
     }
+    // start_method "forkserver": the same registered functions, in forks of the fork server.
+    pj::Parallel served(pj::Options().n_jobs(2).start_method("forkserver"));
+    check(served.map<root>(std::vector<double>{0, 1, 4, 9}) == std::vector<double>{0, 1, 2, 3},
+          "map<root> on forkserver workers");
+    std::vector<std::string> served_tags = served.map<tag>(inputs);
+    check(served_tags.size() == inputs.size() && served_tags[7].rfind("s7@", 0) == 0 &&
+              served_tags[7] != "s7@" + std::to_string(getpid()),
+          "map<tag> on forkserver workers runs in other processes, in order");
 
     // On threads, map<F> runs like map(inputs, F).
     pj::Parallel threads(pj::Options().n_jobs(2).backend("threads"));

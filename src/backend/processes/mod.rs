@@ -8,13 +8,17 @@
 //!
 //! Lifetime. A proxy forks its worker when it receives its first batch of a call, so the worker sees
 //! the parent's memory as it is then (copy-on-write): the user's `userdata` and what it points to
-//! are valid there. At the end of the call the workers are retired (socket shut down, process
-//! reaped) unless `keep_workers` is set.
+//! are valid there. (With `spawn` and `forkserver` they are not: see those modules.) At the end of
+//! the call the workers are retired (socket shut down, process reaped) unless `keep_workers` is
+//! set.
 //!
 //! Modules, each using only those listed after it (a one-way graph):
 //! - `pool`: [`ProcessPool`], the shared job queue and the proxy threads;
 //! - `proxy`: a proxy thread, which starts its worker, sends it batches and reads their outcomes;
-//! - `start`: the parent's handle on one worker, and starting it (fork, or [`spawn`]);
+//! - `start`: the parent's handle on one worker, and starting it (fork, [`spawn`], or through
+//!   `forkserver`);
+//! - `forkserver`: the `forkserver` start method: a small server process, forked from the caller
+//!   once, forks the workers and reaps them;
 //! - [`spawn`]: the `spawn` start method: a worker started afresh from the executable, and its
 //!   handshake;
 //! - `worker`: the worker process's side, its first steps and its batch loop;
@@ -24,6 +28,7 @@
 
 pub(super) mod child;
 mod fds;
+pub mod forkserver;
 pub(super) mod page;
 mod pool;
 mod proxy;

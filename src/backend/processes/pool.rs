@@ -10,6 +10,7 @@ use crossbeam_channel::{Sender, unbounded};
 
 use super::proxy::{Control, Job, Proxy};
 use super::spawn::SpawnPlan;
+use super::start::Start;
 use crate::backend::CallLink;
 use crate::backend::crash;
 use crate::config::{Recycling, StartMethod};
@@ -37,9 +38,13 @@ impl ProcessPool {
         stack_size: usize,
         recycling: Recycling,
     ) -> io::Result<Self> {
-        let spawn = match start {
-            StartMethod::Fork => None,
-            StartMethod::Spawn => Some(Arc::new(SpawnPlan::new()?)),
+        let start = match start {
+            StartMethod::Fork => Start::Fork,
+            StartMethod::Spawn => Start::Spawn(Arc::new(SpawnPlan::new()?)),
+            StartMethod::ForkServer => {
+                super::forkserver::ensure_started()?;
+                Start::ForkServer
+            }
         };
         let (jobs, queue) = unbounded::<Job>();
         let size = size.max(1);
@@ -57,12 +62,12 @@ impl ProcessPool {
         for slot in 0..size {
             let (control, inbox) = unbounded();
             let queue = queue.clone();
-            let spawn = spawn.clone();
+            let start = start.clone();
             // If spawning fails part-way, dropping `pool` on the error path joins what started.
             let proxy = std::thread::Builder::new()
                 .name(format!("pj-proxy-{slot}"))
                 .stack_size(stack_size)
-                .spawn(move || Proxy::new(slot, level, spawn, recycling).run(queue, inbox))?;
+                .spawn(move || Proxy::new(slot, level, start, recycling).run(queue, inbox))?;
             pool.controls.push(control);
             pool.proxies.push(proxy);
         }

@@ -41,14 +41,11 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, RecvError, Sender, select};
 
-use super::child::{is_running, kill_and_reap, reap, terminate, try_reap};
-use super::spawn::SpawnPlan;
-use super::start::{Worker, spawn_worker};
+use super::start::{Start, Worker, spawn_worker};
 use crate::backend::CallLink;
 use crate::backend::spill::map_results;
 use crate::backend::wire::{
@@ -79,8 +76,8 @@ pub(super) struct Proxy {
     buf: Vec<u8>,
     /// Descriptors of result files that came with the last outcome.
     fds: Vec<OwnedFd>,
-    /// With the spawn start method: how to start a fresh worker from the executable.
-    spawn: Option<Arc<SpawnPlan>>,
+    /// How to start a fresh worker.
+    start: Start,
     /// When the worker is replaced or retired.
     recycling: Recycling,
     /// Tasks sent to the current worker (in batches it returned).
@@ -103,19 +100,14 @@ enum Event {
 
 impl Proxy {
     /// A proxy for `slot` whose worker's tasks run at nesting `level`; it has no worker yet.
-    pub(super) fn new(
-        slot: usize,
-        level: usize,
-        spawn: Option<Arc<SpawnPlan>>,
-        recycling: Recycling,
-    ) -> Self {
+    pub(super) fn new(slot: usize, level: usize, start: Start, recycling: Recycling) -> Self {
         Proxy {
             slot,
             level,
             worker: None,
             buf: Vec::new(),
             fds: Vec::new(),
-            spawn,
+            start,
             recycling,
             tasks_run: 0,
             statm: None,
@@ -278,13 +270,12 @@ impl Proxy {
     fn exchange(&mut self, batch: &Batch, link: &CallLink) -> Result<BatchOutcome, Option<Lost>> {
         self.reap_if_dead();
         if self.worker.is_none() {
-            let worker =
-                spawn_worker(self.slot, self.level, self.spawn.as_deref()).map_err(|e| {
-                    Some(Lost::fatal(
-                        batch.first,
-                        TaskFailure::Io(format!("cannot start a worker process: {e}")),
-                    ))
-                })?;
+            let worker = spawn_worker(self.slot, self.level, &self.start).map_err(|e| {
+                Some(Lost::fatal(
+                    batch.first,
+                    TaskFailure::Io(format!("cannot start a worker process: {e}")),
+                ))
+            })?;
             self.statm = self
                 .recycling
                 .worker_memory_limit
@@ -317,7 +308,7 @@ impl Proxy {
         let unsent = files.map_or_else(Vec::new, |f| f.unsent(batch, &worker.sent_files));
         let attached: Vec<u64> = unsent.iter().map(|(id, _)| *id).collect();
         let attached_fds: Vec<_> = unsent.iter().map(|(_, fd)| fd.as_fd()).collect();
-        let by_index = self.spawn.is_some();
+        let by_index = self.start.by_index();
         // Nothing was sent when the frame cannot be allocated: the worker stays usable.
         encode_batch(
             batch,
@@ -331,6 +322,7 @@ impl Proxy {
         self.fds.clear();
         let fd = worker.socket.as_fd();
         let pid = worker.pid;
+        let child = &worker.child;
         let running = worker.running.get();
         let stop = worker.running.stop();
         let overdue = Cell::new(None);
@@ -353,7 +345,7 @@ impl Proxy {
                 overdue.set(Some((index, limit, elapsed)));
                 return false;
             }
-            is_running(pid)
+            child.is_running()
         };
         let period = link.timeout.map_or(LIVENESS_PERIOD_MS, |limit| {
             let tenth = (limit / 10)
@@ -416,7 +408,7 @@ impl Proxy {
                     unreachable!("checked by the guard")
                 };
                 if let Some(worker) = self.worker.take() {
-                    terminate(worker.pid);
+                    worker.child.terminate();
                 }
                 Err(Some(Lost {
                     index,
@@ -427,8 +419,7 @@ impl Proxy {
             }
             Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {
                 if let Some(worker) = self.worker.take() {
-                    // Our own child, not yet reaped.
-                    kill_and_reap(worker.pid);
+                    worker.child.kill_and_reap();
                 }
                 Err(None)
             }
@@ -448,7 +439,7 @@ impl Proxy {
             .get()
             .index()
             .filter(|&index| index >= batch.first);
-        let death = reap(worker.pid);
+        let death = worker.child.reap();
         // Reaped: the crash record is final. Symbolized here, where the worker's image (the
         // parent's, which it was forked from) is still loaded.
         let crash = match death {
@@ -476,8 +467,7 @@ impl Proxy {
     /// Kills and reaps a worker that sent garbage.
     fn kill_worker(&mut self, error: &io::Error) -> TaskFailure {
         if let Some(worker) = self.worker.take() {
-            // Our own child, not yet reaped.
-            kill_and_reap(worker.pid);
+            worker.child.kill_and_reap();
         }
         if error.kind() == io::ErrorKind::OutOfMemory {
             return TaskFailure::Io(error.to_string());
@@ -490,7 +480,7 @@ impl Proxy {
     /// Between calls a kept worker may have been killed from outside: notice before sending to it.
     fn reap_if_dead(&mut self) {
         if let Some(worker) = &self.worker
-            && try_reap(worker.pid).is_some()
+            && worker.child.try_reap().is_some()
         {
             let worker = self.worker.take();
             drop(worker);
@@ -504,7 +494,7 @@ impl Proxy {
             // Other processes holding a copy of the socket see the shutdown too. A failure leaves
             // the socket to be closed when the worker is dropped: the worker then sees EOF.
             let _ = rustix::net::shutdown(&worker.socket, rustix::net::Shutdown::Both);
-            let _ = reap(worker.pid);
+            let _ = worker.child.reap();
         }
     }
 }

@@ -139,30 +139,47 @@ impl SpawnPlan {
 /// same order. Fails if it differs, exits first, or does not answer within [`HANDSHAKE_LIMIT`]; on
 /// failure the worker is gone (killed if needed, and reaped).
 pub fn handshake(socket: BorrowedFd<'_>, pid: Pid) -> io::Result<()> {
-    let fingerprint = crate::registry::fingerprint();
-    let mut frame = fingerprint.to_ne_bytes().to_vec();
-    frame.extend_from_slice(crate::registry::names().join("\n").as_bytes());
     let started = Instant::now();
     let deadline = started + HANDSHAKE_LIMIT;
     let alive = || Instant::now() < deadline && is_running(pid);
-    let mut reply = Vec::new();
-    let answered = send_frame(socket, &frame)
-        .and_then(|()| recv_frame(socket, &mut reply, LIVENESS_PERIOD_MS, &alive));
-    if !matches!(answered, Ok(true)) {
-        return Err(not_answered(pid, started.elapsed()));
-    }
-    if reply.first() == Some(&1) {
-        return Ok(());
-    }
+    let theirs = match ask_registry(socket, &alive) {
+        Ok(None) => return Ok(()),
+        Ok(Some(theirs)) => theirs,
+        Err(()) => return Err(not_answered(pid, started.elapsed())),
+    };
     // Our own child, not yet reaped.
     kill_and_reap(pid);
-    let theirs = String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned();
     Err(io::Error::other(format!(
         "the spawned worker registered other task functions than the caller: caller [{}], \
          worker [{}]",
         crate::registry::names().join(", "),
         theirs.replace('\n', ", ")
     )))
+}
+
+/// The caller's half of the registry handshake (spawned and fork server workers): sends the
+/// registry's fingerprint and reads the worker's verdict while `alive` holds. `Ok(None)`: the
+/// worker's registry matches; `Ok(Some(names))`: it differs, and these are the worker's names
+/// (one a line); `Err`: no answer (the stream ended, broke, or `alive` turned false).
+pub(super) fn ask_registry(
+    socket: BorrowedFd<'_>,
+    alive: &dyn Fn() -> bool,
+) -> Result<Option<String>, ()> {
+    let fingerprint = crate::registry::fingerprint();
+    let mut frame = fingerprint.to_ne_bytes().to_vec();
+    frame.extend_from_slice(crate::registry::names().join("\n").as_bytes());
+    let mut reply = Vec::new();
+    let answered = send_frame(socket, &frame)
+        .and_then(|()| recv_frame(socket, &mut reply, LIVENESS_PERIOD_MS, alive));
+    if !matches!(answered, Ok(true)) {
+        return Err(());
+    }
+    if reply.first() == Some(&1) {
+        return Ok(None);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(reply.get(1..).unwrap_or_default()).into_owned(),
+    ))
 }
 
 /// Why the worker `pid` did not answer the handshake: it ended (reaped here, with how), or it is
@@ -277,8 +294,9 @@ pub fn worker_main_if_requested() {
     leave(code)
 }
 
-/// In a spawned worker: receives the caller's registry fingerprint and says whether ours matches.
-fn answer_handshake(socket: BorrowedFd<'_>) -> Result<(), ()> {
+/// In a spawned (or fork server's) worker: receives the caller's registry fingerprint and says
+/// whether ours matches.
+pub(super) fn answer_handshake(socket: BorrowedFd<'_>) -> Result<(), ()> {
     let mut frame = Vec::new();
     if !recv_frame(socket, &mut frame, LIVENESS_PERIOD_MS, &|| true).unwrap_or(false) {
         return Err(());

@@ -18,18 +18,42 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use rustix::process::Pid;
 
+use super::child::Child;
 use super::fds;
+use super::forkserver;
 use super::page::SharedRunning;
 use super::spawn::{SpawnPlan, WorkerIds, handshake};
 use super::worker::worker_main;
 use crate::backend::crash;
 
-/// The parent's side of one forked worker.
+/// How a pool's workers start.
+#[derive(Clone)]
+pub(super) enum Start {
+    /// A fork of the caller, by the proxy thread.
+    Fork,
+    /// A fresh run of the executable.
+    Spawn(Arc<SpawnPlan>),
+    /// A fork of the fork server.
+    ForkServer,
+}
+
+impl Start {
+    /// Whether the workers are not copies of the caller as it is now: batches then name their
+    /// functions by registry index.
+    pub(super) fn by_index(&self) -> bool {
+        !matches!(self, Start::Fork)
+    }
+}
+
+/// The parent's side of one worker.
 pub(super) struct Worker {
     pub(super) pid: Pid,
+    /// Waiting for it and signalling it.
+    pub(super) child: Child,
     pub(super) socket: OwnedFd,
     pub(super) running: SharedRunning,
     /// Spill files whose descriptors this worker already received, in call `call`.
@@ -47,11 +71,12 @@ impl Drop for Worker {
 }
 
 /// Forks a worker for `slot`. The child never returns from here.
-pub(super) fn spawn_worker(
-    slot: usize,
-    level: usize,
-    spawn: Option<&SpawnPlan>,
-) -> io::Result<Worker> {
+pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Result<Worker> {
+    let spawn = match start {
+        Start::Spawn(plan) => Some(&**plan),
+        Start::Fork => None,
+        Start::ForkServer => return serve_worker(slot, level),
+    };
     // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
     // of the child's end, a concurrent fork would let another worker inherit that end and keep the
     // stream open after this worker dies. With the lock, every pj socket that exists during a fork
@@ -93,6 +118,7 @@ pub(super) fn spawn_worker(
         }
         return Ok(Worker {
             pid,
+            child: Child::Own(pid),
             socket,
             running,
             sent_files: Vec::new(),
@@ -115,7 +141,40 @@ pub(super) fn spawn_worker(
     drop(child_end);
     Ok(Worker {
         pid,
+        child: Child::Own(pid),
         socket: parent_end.into(),
+        running,
+        sent_files: Vec::new(),
+        call: 0,
+        served: false,
+    })
+}
+
+/// Has the fork server start a worker for `slot` (see [`forkserver`]), then checks its registry.
+fn serve_worker(slot: usize, level: usize) -> io::Result<Worker> {
+    // As in `spawn_worker`: the socket pair exists, and the server may fork, only under the lock.
+    let mut forking = crate::fork::FORK_LOCK.lock();
+    let running = SharedRunning::new(true)?;
+    let Some(page) = running.fd.as_ref().map(AsFd::as_fd) else {
+        return Err(io::Error::other("the shared page has no descriptor"));
+    };
+    let (parent_end, child_end) = UnixStream::pair()?;
+    fds::remember(parent_end.as_raw_fd());
+    fds::remember(child_end.as_raw_fd());
+    let started = forkserver::fork_worker(&mut forking, child_end.as_fd(), page, slot, level);
+    fds::forget(child_end.as_raw_fd());
+    drop(child_end);
+    drop(forking);
+    let socket: OwnedFd = parent_end.into();
+    let started = started.inspect_err(|_| fds::forget(socket.as_raw_fd()))?;
+    if let Err(error) = forkserver::handshake(socket.as_fd(), started.pid, &started.child) {
+        fds::forget(socket.as_raw_fd());
+        return Err(error);
+    }
+    Ok(Worker {
+        pid: started.pid,
+        child: started.child,
+        socket,
         running,
         sent_files: Vec::new(),
         call: 0,
