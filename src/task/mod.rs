@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 mod recycle;
 mod worker;
 
-pub use recycle::ArgBuffers;
+pub use recycle::{Arena, ArgBuffers, BufferPool};
 pub use worker::WorkerId;
 
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
@@ -87,7 +87,7 @@ impl Callback {
 /// its own, and the flag that stops the task's call (for `pj_out_cancelled`).
 #[derive(Debug)]
 pub struct TaskOutput {
-    arena: Vec<u8>,
+    arena: Arena,
     start: usize,
     message: Option<String>,
     /// The size of the last write, when it could not be allocated: the task then fails (unless a
@@ -103,7 +103,7 @@ impl TaskOutput {
     /// output empty and the failure recorded, when the memory cannot be had. Never aborts.
     fn make_room(&mut self, len: usize) -> bool {
         self.arena.truncate(self.start);
-        if self.arena.try_reserve(len).is_err() {
+        if !self.arena.try_reserve(len) {
             self.failed_alloc = Some(len);
             return false;
         }
@@ -143,7 +143,8 @@ impl TaskOutput {
         true
     }
 
-    /// Replaces the task's output with `len` zeroed bytes and returns them for writing in place.
+    /// Replaces the task's output with `len` bytes and returns them for writing in place: bytes an
+    /// earlier output of the executor left in a reused arena (not zeroed again), or zeroes.
     /// `None` when they cannot be allocated: the output is then empty and the task fails (unless a
     /// later write succeeds).
     pub fn alloc(&mut self, len: usize) -> Option<&mut [u8]> {
@@ -151,8 +152,7 @@ impl TaskOutput {
             return None;
         }
         // Room was reserved: this cannot allocate.
-        self.arena.resize(self.start + len, 0);
-        Some(&mut self.arena[self.start..])
+        Some(self.arena.grow(len))
     }
 
     /// Attaches an error message, reported if the callback returns non-zero.
@@ -423,8 +423,9 @@ pub struct BatchOutcome {
     pub first: usize,
     /// Number of tasks the batch held when dispatched.
     pub size: usize,
-    /// Concatenated outputs of the tasks that completed, in order.
-    pub data: Vec<u8>,
+    /// Concatenated outputs of the tasks that completed, in order (in its executor's reused
+    /// memory, which it goes back to when dropped, on threads and sequential).
+    pub data: Arena,
     /// End offset in `data` of each completed task's output.
     pub ends: Vec<usize>,
     /// A failure that ends the call (fail-fast mode): (task index, failure). Tasks after it did
@@ -479,7 +480,7 @@ impl BatchOutcome {
         BatchOutcome {
             first: batch.first,
             size: batch.len(),
-            data: Vec::new(),
+            data: Arena::default(),
             ends: Vec::new(),
             failure: None,
             errors: Vec::new(),
@@ -634,8 +635,13 @@ impl<'a> RunContext<'a> {
 /// `abort` is raised (or its `running` record is abandoned).
 pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     let size = batch.len();
+    // The executor's reused memory when the batch has a pool (threads, sequential).
+    let arena = batch
+        .recycle
+        .as_ref()
+        .map_or_else(Arena::default, |pool| pool.take_output(size));
     let mut out = TaskOutput {
-        arena: Vec::new(),
+        arena,
         start: 0,
         message: None,
         failed_alloc: None,
@@ -713,6 +719,9 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     }
     if let Some(running) = ctx.running {
         running.stop_clock();
+    }
+    if let Some(pool) = &batch.recycle {
+        pool.note_output(out.arena.len(), ends.len());
     }
     BatchOutcome {
         first: batch.first,

@@ -1,24 +1,51 @@
-//! Argument buffers kept for reuse: a batch's argument bytes go back to its executor's
-//! [`ArgBuffers`] when the batch is dropped (on whichever thread ran it), and the next batch of the
-//! same or a later call is filled into one of them. The bytes submitted are then copied once, into
-//! pages already mapped, instead of into fresh memory that the allocator zeroes (or maps anew) for
-//! every batch and returns to the system when the batch ends.
+//! Byte buffers kept for reuse by one executor: the argument buffers of its batches and the
+//! output arenas its tasks write their results into.
+//!
+//! A batch's argument bytes go back to its executor's [`BufferPool`] when the batch is dropped (on
+//! whichever thread ran it), and the next batch of the same or a later call is filled into one of
+//! them. An output arena ([`Arena`]) goes back when the last thing holding it is dropped: the
+//! call's results (`pj_results_free`), or an outcome dropped unread (a failed or cancelled call),
+//! and the next batch run by the executor writes its results into it. Either way the bytes are
+//! copied once, into pages already mapped, instead of into fresh memory that the allocator zeroes
+//! (or maps anew) for every batch and returns to the system when the batch ends.
+//!
+//! Arenas hold their pool weakly: results that outlive their executor stay valid, and their
+//! memory is freed (not kept) when they go.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-/// At most this many buffers wait for reuse: room for the batches a call keeps in flight and the
-/// pieces its tail is cut into, so that the next call finds one for each.
+/// At most this many buffers of each kind wait for reuse: room for the batches a call keeps in
+/// flight and the pieces its tail is cut into (arguments), or for the batches of a call's results
+/// (outputs), so that the next call finds one for each.
 const KEPT: usize = 64;
 
-/// At most this many bytes (of capacity) wait for reuse: what an idle executor keeps, released
-/// when it is freed.
+/// At most this many bytes (of capacity) of each kind wait for reuse: what an idle executor keeps,
+/// released when it is freed.
 const KEPT_BYTES: usize = 256 << 20;
 
-/// An executor's free list of argument buffers (cheap to clone: every clone is the same list).
-/// Taking and giving back never block on anything but this list's lock, taken once per batch
+/// An executor's free lists of byte buffers (cheap to clone: every clone is the same pool).
+/// Taking and giving back never block on anything but one list's lock, taken once per batch
 /// (never per task) for a scan of at most [`KEPT`] entries.
 #[derive(Clone, Debug, Default)]
-pub struct ArgBuffers(Arc<Mutex<Kept>>);
+pub struct BufferPool(Arc<Shared>);
+
+/// The executor's argument buffers: the pool's argument side ([`BufferPool::take`],
+/// [`BufferPool::give`]).
+pub type ArgBuffers = BufferPool;
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Argument buffers, emptied.
+    args: Mutex<Kept>,
+    /// Output arenas; each one's length is how many of its bytes are initialised.
+    outputs: Mutex<Kept>,
+    /// Output bytes per task that the executor's recent batches wrote: sizes a new arena.
+    per_task: AtomicUsize,
+    /// Arenas handed out that were not taken from `outputs` (a test's view of reuse).
+    #[cfg(test)]
+    fresh_outputs: AtomicUsize,
+}
 
 #[derive(Debug, Default)]
 struct Kept {
@@ -27,11 +54,35 @@ struct Kept {
     bytes: usize,
 }
 
-impl ArgBuffers {
-    /// An empty buffer for `len` bytes (`None`: as many as will come): the smallest kept one that
-    /// holds `len` bytes, else the largest kept one, else a new one.
+impl Kept {
+    /// The kept buffer at `at`, removed.
+    fn remove(&mut self, at: usize) -> Vec<u8> {
+        let buffer = self.buffers.swap_remove(at);
+        self.bytes -= buffer.capacity();
+        buffer
+    }
+
+    /// Keeps `buffer` when the bounds allow; else hands it back to be freed.
+    fn keep(&mut self, buffer: Vec<u8>) -> Option<Vec<u8>> {
+        let size = buffer.capacity();
+        if self.buffers.len() < KEPT && self.bytes.saturating_add(size) <= KEPT_BYTES {
+            self.bytes += size;
+            self.buffers.push(buffer);
+            return None;
+        }
+        Some(buffer)
+    }
+}
+
+fn lock(list: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
+    list.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl BufferPool {
+    /// An empty argument buffer for `len` bytes (`None`: as many as will come): the smallest kept
+    /// one that holds `len` bytes, else the largest kept one, else a new one.
     pub fn take(&self, len: Option<usize>) -> Vec<u8> {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = lock(&self.0.args);
         let capacities = kept.buffers.iter().map(Vec::capacity).enumerate();
         let best = match len {
             Some(len) => capacities
@@ -41,41 +92,217 @@ impl ArgBuffers {
                 .or_else(|| capacities.max_by_key(|&(_, c)| c)),
             None => capacities.max_by_key(|&(_, c)| c),
         };
-        let Some((at, _)) = best else {
-            return Vec::new();
-        };
-        let buffer = kept.buffers.swap_remove(at);
-        kept.bytes -= buffer.capacity();
-        buffer
+        match best {
+            Some((at, _)) => kept.remove(at),
+            None => Vec::new(),
+        }
     }
 
-    /// Keeps `buffer` for a later [`ArgBuffers::take`] (emptied; its capacity stays), or frees it
-    /// when enough are kept already. A buffer that never held anything is not worth keeping.
+    /// Keeps argument buffer `buffer` for a later [`BufferPool::take`] (emptied; its capacity
+    /// stays), or frees it when enough are kept already. A buffer that never held anything is not
+    /// worth keeping.
     pub fn give(&self, mut buffer: Vec<u8>) {
-        let size = buffer.capacity();
-        if size == 0 {
+        if buffer.capacity() == 0 {
             return;
         }
         buffer.clear();
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.buffers.len() < KEPT && kept.bytes.saturating_add(size) <= KEPT_BYTES {
-            kept.bytes += size;
-            kept.buffers.push(buffer);
-            return;
-        }
-        drop(kept);
+        let refused = lock(&self.0.args).keep(buffer);
         // Freed outside the lock (unmapping a large buffer is a system call).
-        drop(buffer);
+        drop(refused);
     }
 
-    /// Number of buffers waiting for reuse.
+    /// An empty output arena for a batch of `tasks` tasks: a kept one that holds what the
+    /// executor's recent batches wrote for that many tasks (the smallest such), else a new one
+    /// with that much room. Never fails: when the room cannot be had, the arena starts empty and
+    /// grows as its tasks write.
+    pub fn take_output(&self, tasks: usize) -> Arena {
+        let want = self
+            .0
+            .per_task
+            .load(Ordering::Relaxed)
+            .saturating_mul(tasks);
+        let reused = {
+            let mut kept = lock(&self.0.outputs);
+            let best = kept
+                .buffers
+                .iter()
+                .map(Vec::capacity)
+                .enumerate()
+                .filter(|&(_, c)| c >= want)
+                .min_by_key(|&(_, c)| c);
+            best.map(|(at, _)| kept.remove(at))
+        };
+        let bytes = reused.unwrap_or_else(|| {
+            #[cfg(test)]
+            self.0.fresh_outputs.fetch_add(1, Ordering::Relaxed);
+            let mut bytes = Vec::new();
+            // A size hint only: an arena that cannot have it grows as its tasks write.
+            let _ = bytes.try_reserve_exact(want);
+            bytes
+        });
+        Arena {
+            bytes,
+            len: 0,
+            home: Some(Arc::downgrade(&self.0)),
+        }
+    }
+
+    /// Records that a batch of `tasks` tasks wrote `bytes` bytes of output, to size later arenas:
+    /// the largest recent bytes per task, forgotten slowly (a quarter per smaller batch).
+    pub fn note_output(&self, bytes: usize, tasks: usize) {
+        if tasks == 0 {
+            return;
+        }
+        let per_task = bytes.div_ceil(tasks);
+        let old = self.0.per_task.load(Ordering::Relaxed);
+        let new = per_task.max(old - old / 4);
+        if new != old {
+            // A lost race only loses one batch's sample.
+            self.0.per_task.store(new, Ordering::Relaxed);
+        }
+    }
+
+    /// Number of argument buffers waiting for reuse.
     #[cfg(test)]
     pub fn kept(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .buffers
-            .len()
+        lock(&self.0.args).buffers.len()
+    }
+
+    /// Number of output arenas waiting for reuse.
+    #[cfg(test)]
+    pub fn kept_outputs(&self) -> usize {
+        lock(&self.0.outputs).buffers.len()
+    }
+
+    /// Whether the pool still exists (a test's view, that holds it weakly).
+    #[cfg(test)]
+    pub fn alive(&self) -> impl Fn() -> bool + use<> {
+        let weak = Arc::downgrade(&self.0);
+        move || weak.strong_count() > 0
+    }
+
+    /// Number of arenas handed out that were not reused.
+    #[cfg(test)]
+    pub fn fresh_outputs(&self) -> usize {
+        self.0.fresh_outputs.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    /// Keeps an arena's buffer (its initialised bytes with it), or frees it when enough are kept.
+    fn give_output(&self, bytes: Vec<u8>) {
+        if bytes.capacity() == 0 {
+            return;
+        }
+        let refused = lock(&self.outputs).keep(bytes);
+        // Freed outside the lock (unmapping a large buffer is a system call).
+        drop(refused);
+    }
+}
+
+/// A batch's output bytes: the results of its tasks, one after another. Taken from its executor's
+/// pool ([`BufferPool::take_output`]) and given back to it when dropped, if the executor still
+/// exists; from anywhere else (`From<Vec<u8>>`) it is plain memory, freed when dropped.
+///
+/// Reads see the bytes written (`Deref` to `[u8]`). Beyond them, a reused arena keeps the bytes an
+/// earlier batch wrote, initialised: writing in place ([`Arena::grow`]) hands those out as they
+/// are instead of zeroing them again. Only bytes no batch ever wrote are zeroed, once.
+#[derive(Default)]
+pub struct Arena {
+    /// Initialised storage: its length is how many bytes have ever been initialised (`len` and
+    /// beyond), never reduced while the arena lives.
+    bytes: Vec<u8>,
+    /// The output bytes: `bytes[..len]`.
+    len: usize,
+    /// Where the storage goes back when dropped.
+    home: Option<Weak<Shared>>,
+}
+
+impl Arena {
+    /// Makes room for `additional` more bytes without reallocating later. False when the memory
+    /// cannot be had (nothing changed).
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        let Some(needed) = self.len.checked_add(additional) else {
+            return false;
+        };
+        match needed.checked_sub(self.bytes.len()) {
+            None | Some(0) => true,
+            Some(more) => self.bytes.try_reserve(more).is_ok(),
+        }
+    }
+
+    /// Drops the output bytes from `len` on (nothing when there are fewer).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Appends a copy of `data`.
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        let start = self.len;
+        let end = start + data.len();
+        let overlap = end.min(self.bytes.len());
+        if overlap > start {
+            let (over, rest) = data.split_at(overlap - start);
+            self.bytes[start..overlap].copy_from_slice(over);
+            self.bytes.extend_from_slice(rest);
+        } else {
+            self.bytes.extend_from_slice(data);
+        }
+        self.len = end;
+    }
+
+    /// Appends `len` bytes and returns them for writing in place: bytes an earlier output left
+    /// in a reused arena, or zeroes where no output ever was.
+    pub fn grow(&mut self, len: usize) -> &mut [u8] {
+        let start = self.len;
+        let end = start + len;
+        if end > self.bytes.len() {
+            self.bytes.resize(end, 0);
+        }
+        self.len = end;
+        &mut self.bytes[start..end]
+    }
+
+    /// Moves the output bytes in `from` to `to` (as `copy_within` on the output).
+    pub fn copy_within(&mut self, from: std::ops::Range<usize>, to: usize) {
+        self.bytes[..self.len].copy_within(from, to);
+    }
+}
+
+impl std::ops::Deref for Arena {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl From<Vec<u8>> for Arena {
+    fn from(bytes: Vec<u8>) -> Self {
+        Arena {
+            len: bytes.len(),
+            bytes,
+            home: None,
+        }
+    }
+}
+
+impl PartialEq for Arena {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Arena({} bytes)", self.len)
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if let Some(shared) = self.home.take().and_then(|home| home.upgrade()) {
+            shared.give_output(std::mem::take(&mut self.bytes));
+        }
     }
 }
 
@@ -130,5 +357,84 @@ mod tests {
             4096,
             "none fits: the largest"
         );
+    }
+
+    #[test]
+    fn an_arena_dropped_goes_back_with_its_bytes_and_the_next_one_reuses_them_unzeroed() {
+        let pool = BufferPool::default();
+        let mut arena = pool.take_output(4);
+        arena.extend_from_slice(b"first");
+        arena.grow(3).copy_from_slice(b"!!!");
+        assert_eq!(&*arena, b"first!!!");
+        let at = arena.as_ptr();
+        drop(arena);
+        assert_eq!((pool.kept_outputs(), pool.fresh_outputs()), (1, 1));
+        let mut again = pool.take_output(4);
+        assert_eq!(
+            (again.as_ptr(), again.len()),
+            (at, 0),
+            "the same memory, empty"
+        );
+        assert_eq!(pool.fresh_outputs(), 1);
+        assert_eq!(
+            again.grow(5),
+            b"first",
+            "written before: handed out as it is"
+        );
+        again.truncate(2);
+        again.extend_from_slice(b"0123");
+        assert_eq!(&*again, b"fi0123");
+        assert_eq!(
+            again.grow(4),
+            b"!!\0\0",
+            "the rest of what was written, then zeroes"
+        );
+        assert_eq!(&*again, b"fi0123!!\0\0");
+    }
+
+    #[test]
+    fn arenas_are_kept_within_the_bounds_and_sized_from_recent_batches() {
+        let pool = BufferPool::default();
+        pool.note_output(4000, 4);
+        let arena = pool.take_output(8);
+        assert!(arena.bytes.capacity() >= 8000, "room for 8 tasks of 1000");
+        drop(arena);
+        let larger = pool.take_output(16);
+        assert!(
+            larger.bytes.capacity() >= 16000,
+            "too small a kept arena is not taken"
+        );
+        assert_eq!((pool.kept_outputs(), pool.fresh_outputs()), (1, 2));
+        drop(larger);
+        pool.note_output(0, 4);
+        assert_eq!(
+            pool.0.per_task.load(Ordering::Relaxed),
+            750,
+            "forgotten slowly"
+        );
+        let pool = BufferPool::default();
+        let arenas: Vec<Arena> = (0..KEPT + 5)
+            .map(|_| {
+                let mut arena = pool.take_output(1);
+                arena.extend_from_slice(b"x");
+                arena
+            })
+            .collect();
+        drop(arenas);
+        assert_eq!(pool.kept_outputs(), KEPT);
+    }
+
+    #[test]
+    fn an_arena_outliving_its_pool_stays_readable_and_is_freed_alone() {
+        let pool = BufferPool::default();
+        let mut arena = pool.take_output(1);
+        arena.extend_from_slice(b"kept");
+        let weak = Arc::downgrade(&pool.0);
+        drop(pool);
+        assert!(weak.upgrade().is_none(), "the arena does not keep its pool");
+        assert_eq!(&*arena, b"kept");
+        drop(arena);
+        let plain = Arena::from(b"plain".to_vec());
+        assert_eq!(&*plain, b"plain");
     }
 }

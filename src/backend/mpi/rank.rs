@@ -207,7 +207,7 @@ impl WorkerRank {
                 let _ = reply.send(BatchOutcome {
                     first,
                     size: word(8),
-                    data: Vec::new(),
+                    data: Default::default(),
                     ends: Vec::new(),
                     failure: Some((first, failure)),
                     errors: Vec::new(),
@@ -238,7 +238,7 @@ impl WorkerRank {
             let failed = BatchOutcome {
                 first: outcome.first,
                 size: outcome.size,
-                data: Vec::new(),
+                data: Default::default(),
                 ends: Vec::new(),
                 failure: Some((outcome.first, failure)),
                 errors: Vec::new(),
