@@ -34,8 +34,11 @@ pub struct BufferPool(Arc<Shared>);
 /// [`BufferPool::give`]).
 pub type ArgBuffers = BufferPool;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    /// The fork generation the pool was made in: a forked child's copy of it is never used (a
+    /// lock another thread of the parent held at the fork would stay held), its buffers are freed.
+    born: u64,
     /// Argument buffers, emptied.
     args: Mutex<Kept>,
     /// Output arenas; each one's length is how many of its bytes are initialised.
@@ -45,6 +48,19 @@ struct Shared {
     /// Arenas handed out that were not taken from `outputs` (a test's view of reuse).
     #[cfg(test)]
     fresh_outputs: AtomicUsize,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            born: crate::fork::generation(),
+            args: Mutex::default(),
+            outputs: Mutex::default(),
+            per_task: AtomicUsize::new(0),
+            #[cfg(test)]
+            fresh_outputs: AtomicUsize::new(0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,7 +118,7 @@ impl BufferPool {
     /// stays), or frees it when enough are kept already. A buffer that never held anything is not
     /// worth keeping.
     pub fn give(&self, mut buffer: Vec<u8>) {
-        if buffer.capacity() == 0 {
+        if buffer.capacity() == 0 || !self.0.here() {
             return;
         }
         buffer.clear();
@@ -189,9 +205,14 @@ impl BufferPool {
 }
 
 impl Shared {
+    /// Whether this process is the one the pool was made in (not a forked child).
+    fn here(&self) -> bool {
+        self.born == crate::fork::generation()
+    }
+
     /// Keeps an arena's buffer (its initialised bytes with it), or frees it when enough are kept.
     fn give_output(&self, bytes: Vec<u8>) {
-        if bytes.capacity() == 0 {
+        if bytes.capacity() == 0 || !self.here() {
             return;
         }
         let refused = lock(&self.outputs).keep(bytes);
@@ -436,5 +457,43 @@ mod tests {
         drop(arena);
         let plain = Arena::from(b"plain".to_vec());
         assert_eq!(&*plain, b"plain");
+    }
+
+    #[test]
+    fn a_forked_child_frees_what_it_drops_without_the_lock_its_parent_may_hold() {
+        crate::fork::register_handlers();
+        let pool = BufferPool::default();
+        let mut arena = pool.take_output(1);
+        arena.extend_from_slice(b"inherited");
+        let mut args = pool.take(None);
+        args.extend_from_slice(b"inherited too");
+        // Another thread of the parent inside the lists at the fork: held forever in the child.
+        let held = (lock(&pool.0.outputs), lock(&pool.0.args));
+        // SAFETY: the child only drops buffers (no lock it may wait for) and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            drop(arena);
+            pool.give(args);
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(pid > 0, "fork failed");
+        drop(held);
+        let mut status = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // SAFETY: waits for our own child, with a valid status pointer.
+        while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == 0 {
+            if std::time::Instant::now() > deadline {
+                // SAFETY: our own child, hung: killed and reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the child blocked on a lock its parent held at the fork");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(&*arena, b"inherited");
     }
 }
