@@ -88,6 +88,29 @@ impl Kept {
         }
         Some(buffer)
     }
+
+    /// [`Kept::keep`], making room by freeing smaller kept buffers first: the sizes recent
+    /// batches need replace those of an earlier phase (many small arenas would otherwise keep
+    /// every later, larger one out for good).
+    fn keep_evicting(&mut self, buffer: Vec<u8>) -> Option<Vec<u8>> {
+        let size = buffer.capacity();
+        while !self.buffers.is_empty()
+            && (self.buffers.len() >= KEPT || self.bytes.saturating_add(size) > KEPT_BYTES)
+        {
+            let (at, smallest) = self
+                .buffers
+                .iter()
+                .map(Vec::capacity)
+                .enumerate()
+                .min_by_key(|&(_, c)| c)
+                .unwrap_or_default();
+            if smallest >= size {
+                break;
+            }
+            drop(self.remove(at));
+        }
+        self.keep(buffer)
+    }
 }
 
 fn lock(list: &Mutex<Kept>) -> std::sync::MutexGuard<'_, Kept> {
@@ -215,7 +238,7 @@ impl Shared {
         if bytes.capacity() == 0 || !self.here() {
             return;
         }
-        let refused = lock(&self.outputs).keep(bytes);
+        let refused = lock(&self.outputs).keep_evicting(bytes);
         // Freed outside the lock (unmapping a large buffer is a system call).
         drop(refused);
     }
@@ -495,5 +518,32 @@ mod tests {
         }
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         assert_eq!(&*arena, b"inherited");
+    }
+
+    #[test]
+    fn larger_arenas_replace_smaller_ones_when_the_pool_is_full() {
+        let pool = BufferPool::default();
+        let small: Vec<Arena> = (0..KEPT)
+            .map(|_| {
+                let mut arena = pool.take_output(1);
+                arena.extend_from_slice(b"x");
+                arena
+            })
+            .collect();
+        drop(small);
+        assert_eq!(pool.kept_outputs(), KEPT);
+        pool.note_output(1 << 20, 1);
+        let mut large = pool.take_output(1);
+        large.extend_from_slice(&[1; 1 << 20]);
+        let at = large.as_ptr();
+        drop(large);
+        assert_eq!(pool.kept_outputs(), KEPT, "one small arena freed for it");
+        let fresh = pool.fresh_outputs();
+        let again = pool.take_output(1);
+        assert_eq!(
+            (pool.fresh_outputs(), again.as_ptr()),
+            (fresh, at),
+            "and it is reused"
+        );
     }
 }
