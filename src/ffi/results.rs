@@ -249,7 +249,10 @@ pub extern "C" fn pj_results_error_count(results: *const pj_results_t) -> usize 
 }
 
 /// Frees results (and every pointer `pj_results_get` and `pj_results_error` returned from them).
-/// NULL is a no-op.
+/// On threads and sequential their memory goes back to the executor that made them, for its later
+/// calls' results to be written into; results may outlive their executor (freed after
+/// `pj_parallel_free`, their memory is then released). Any thread may free them. NULL is a
+/// no-op.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_results_free(results: *mut pj_results_t) {
     run_value((), || free_box(results))

@@ -155,11 +155,9 @@ impl BufferPool {
     /// with that much room. Never fails: when the room cannot be had, the arena starts empty and
     /// grows as its tasks write.
     pub fn take_output(&self, tasks: usize) -> Arena {
-        let want = self
-            .0
-            .per_task
-            .load(Ordering::Relaxed)
-            .saturating_mul(tasks);
+        // Never more than could be kept: a larger batch grows as its tasks write.
+        let per_task = self.0.per_task.load(Ordering::Relaxed);
+        let want = per_task.saturating_mul(tasks).min(KEPT_BYTES);
         let reused = {
             let mut kept = lock(&self.0.outputs);
             let best = kept
