@@ -116,13 +116,13 @@ impl TaskOutput {
     /// `data` may lie inside the output itself (a C caller passing back part of the window
     /// `pj_out_alloc` gave it): those bytes are moved to the window's start, without allocating.
     pub fn set(&mut self, data: &[u8]) -> bool {
-        let written = self.start..self.arena.len();
-        let base = self.arena.as_ptr() as usize;
-        let from = (data.as_ptr() as usize).wrapping_sub(base);
-        if !data.is_empty() && written.contains(&from) && from + data.len() <= written.end {
-            // Only the range is used from here on, not `data`: the arena moves the bytes itself.
-            self.arena.copy_within(from..from + data.len(), self.start);
-            self.arena.truncate(self.start + data.len());
+        if let Some(from) = self.arena.offset_of(data).filter(|_| !data.is_empty()) {
+            // Only the range is used from here on, not `data`: the arena moves the bytes itself
+            // (they may overlap where they go, and lie anywhere in the arena's memory).
+            if !self.arena.move_within(from..from + data.len(), self.start) {
+                self.failed_alloc = Some(data.len());
+                return false;
+            }
             self.failed_alloc = None;
             return true;
         }

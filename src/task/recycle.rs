@@ -305,9 +305,29 @@ impl Arena {
         &mut self.bytes[start..end]
     }
 
-    /// Moves the output bytes in `from` to `to` (as `copy_within` on the output).
-    pub fn copy_within(&mut self, from: std::ops::Range<usize>, to: usize) {
-        self.bytes[..self.len].copy_within(from, to);
+    /// Where `data` lies in the arena's storage (written now or by an earlier output), if it
+    /// lies there whole: its offset.
+    pub fn offset_of(&self, data: &[u8]) -> Option<usize> {
+        let from = (data.as_ptr() as usize).wrapping_sub(self.bytes.as_ptr() as usize);
+        (from <= self.bytes.len() && data.len() <= self.bytes.len() - from).then_some(from)
+    }
+
+    /// Makes the bytes at `from` (an [`Arena::offset_of`] range) the output from `to` on: moved
+    /// within the storage (ranges may overlap), the output ending after them. False, with nothing
+    /// moved and the output ending at `to`, when the room cannot be had.
+    pub fn move_within(&mut self, from: std::ops::Range<usize>, to: usize) -> bool {
+        let end = to + from.len();
+        self.len = to;
+        if end > self.bytes.len() {
+            if !self.try_reserve(from.len()) {
+                return false;
+            }
+            // Room was reserved: this cannot allocate.
+            self.bytes.resize(end, 0);
+        }
+        self.bytes.copy_within(from, to);
+        self.len = end;
+        true
     }
 }
 
@@ -543,5 +563,27 @@ mod tests {
             (fresh, at),
             "and it is reused"
         );
+    }
+
+    #[test]
+    fn bytes_moved_within_the_storage_may_lie_anywhere_in_it_and_overlap() {
+        let mut arena = Arena::default();
+        arena.extend_from_slice(b"0123456789");
+        arena.truncate(2);
+        let stale = &arena.bytes[4..9];
+        let from = arena.offset_of(stale).unwrap();
+        assert!(arena.move_within(from..from + 5, 3));
+        assert_eq!(
+            &*arena, b"01245678",
+            "moved to 3, after the byte left there"
+        );
+        assert_eq!(arena.offset_of(b"elsewhere"), None);
+        let end = arena.bytes.len();
+        assert!(
+            arena.move_within(0..end, end - 2),
+            "beyond what was ever written"
+        );
+        assert_eq!(arena.len(), 2 * end - 2);
+        assert_eq!(&arena[end - 2..], b"0124567889");
     }
 }
