@@ -2,8 +2,9 @@
 //!
 //! A task is a C callback, its `userdata` and a snapshot of its argument bytes. Tasks travel in
 //! [`Batch`]es; a batch runs its tasks one after another ([`run_batch`]) on whichever worker took it
-//! (or inline, for the sequential backend), writing every result into one growing arena so that a task
-//! costs no allocation of its own.
+//! (or inline, for the sequential backend), writing every result into one arena so that a task
+//! costs no allocation of its own. On threads and sequential the arena is memory the executor
+//! reuses (see `recycle`), sized from what its recent batches wrote.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,7 +115,8 @@ impl TaskOutput {
     /// Replaces the task's output with a copy of `data`. False when the bytes cannot be
     /// allocated: the output is then empty and the task fails (unless a later write succeeds).
     /// `data` may lie inside the output itself (a C caller passing back part of the window
-    /// `pj_out_alloc` gave it): those bytes are moved to the window's start, without allocating.
+    /// `pj_out_alloc` gave it), or anywhere in the arena's memory: those bytes are moved to the
+    /// window's start (allocating only when they reach past the arena's end).
     pub fn set(&mut self, data: &[u8]) -> bool {
         if let Some(from) = self.arena.offset_of(data).filter(|_| !data.is_empty()) {
             // Only the range is used from here on, not `data`: the arena moves the bytes itself
