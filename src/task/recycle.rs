@@ -48,6 +48,9 @@ struct Shared {
     /// Arenas handed out that were not taken from `outputs` (a test's view of reuse).
     #[cfg(test)]
     fresh_outputs: AtomicUsize,
+    /// Arenas of this pool that grew (reallocated) as their tasks wrote (a test's view of sizing).
+    #[cfg(test)]
+    grown_outputs: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -59,6 +62,8 @@ impl Default for Shared {
             per_task: AtomicUsize::new(0),
             #[cfg(test)]
             fresh_outputs: AtomicUsize::new(0),
+            #[cfg(test)]
+            grown_outputs: AtomicUsize::new(0),
         }
     }
 }
@@ -223,6 +228,12 @@ impl BufferPool {
     pub fn fresh_outputs(&self) -> usize {
         self.0.fresh_outputs.load(Ordering::Relaxed)
     }
+
+    /// Number of arenas of this pool that had to grow as their tasks wrote.
+    #[cfg(test)]
+    pub fn grown_outputs(&self) -> usize {
+        self.0.grown_outputs.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -269,7 +280,15 @@ impl Arena {
         };
         match needed.checked_sub(self.bytes.len()) {
             None | Some(0) => true,
-            Some(more) => self.bytes.try_reserve(more).is_ok(),
+            Some(more) => {
+                #[cfg(test)]
+                if needed > self.bytes.capacity()
+                    && let Some(shared) = self.home.as_ref().and_then(Weak::upgrade)
+                {
+                    shared.grown_outputs.fetch_add(1, Ordering::Relaxed);
+                }
+                self.bytes.try_reserve(more).is_ok()
+            }
         }
     }
 
