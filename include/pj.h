@@ -141,6 +141,10 @@ typedef struct pj_error_t pj_error_t;
 // results in submission order. Created by `pj_parallel_new`, owned by the caller, freed with
 // `pj_parallel_free`. Its worker pool starts with the first call and is reused by later ones.
 //
+// Memory: the memory of its calls' arguments, and on threads and sequential of their results, is
+// kept for later calls (results' once `pj_results_free` frees them), so that a call repeated
+// touches no fresh page: at most 256 MiB of each while the executor lives.
+//
 // Threading: any thread may use it, but it runs one call at a time. A submit/collect call belongs to
 // the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
 // is in flight, every other thread (and a task running inside the call) gets PJ_STATUS_BUSY at once.
@@ -909,8 +913,11 @@ pj_status pj_parallel_for_named(pj_parallel_t *parallel,
 // `pj_out_set` or `pj_out_alloc` succeeds.
 pj_status pj_out_set(pj_out_t *out, const uint8_t *data, size_t len);
 
-// Replaces the task's output with `len` zeroed bytes and returns a pointer to them, to be written
-// in place. The pointer is valid until the callback returns or calls another `pj_out_*` function.
+// Replaces the task's output with `len` bytes and returns a pointer to them, to be written in
+// place. Their content is unspecified: memory the executor reuses is handed out as an earlier
+// output of the same executor left it, not zeroed again (write every byte, or shorten the output
+// with `pj_out_truncate`). The pointer is valid until the callback returns or calls another
+// `pj_out_*` function.
 // Never NULL for a `len` that can be allocated (even 0). Returns NULL when `out` is NULL, and when
 // the bytes cannot be allocated (any `len` beyond the memory available, SIZE_MAX included): the
 // output is then empty and the task fails with PJ_STATUS_IO ("task N: cannot allocate its output
@@ -988,7 +995,10 @@ const pj_error_t *pj_results_error(const pj_results_t *results, size_t index);
 size_t pj_results_error_count(const pj_results_t *results);
 
 // Frees results (and every pointer `pj_results_get` and `pj_results_error` returned from them).
-// NULL is a no-op.
+// On threads and sequential their memory goes back to the executor that made them, for its later
+// calls' results to be written into; results may outlive their executor (freed after
+// `pj_parallel_free`, their memory is then released). Any thread may free them. NULL is a
+// no-op.
 void pj_results_free(pj_results_t *results);
 
 // Creates a zeroed shared buffer of `nbytes` bytes (0 is allowed: `pj_shared_data` is then a

@@ -596,3 +596,173 @@ fn current_thread() -> u64 {
     }
     ID.with(|id| *id)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::c_void;
+
+    use super::*;
+    use crate::task::TaskOutput;
+
+    /// Task: 1 KiB result, every byte `2 * value`, written in place; fails (code 1, after writing
+    /// its output in part) for values that end in 3 when `userdata` is non-NULL.
+    unsafe extern "C" fn fill(
+        userdata: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: run_batch passes a valid (arg, len) slice and a live output.
+        let (arg, out) = unsafe { (std::slice::from_raw_parts(arg, len), &mut *out) };
+        let value = u64::from_ne_bytes(arg.try_into().unwrap());
+        out.alloc(1024).unwrap().fill(2 * value as u8);
+        if !userdata.is_null() && value % 10 == 3 {
+            out.alloc(512).unwrap().fill(0xee);
+            return 1;
+        }
+        0
+    }
+
+    /// Task: cancels the executor in userdata at value 20, then returns like `fill`.
+    unsafe extern "C" fn cancel_at_20(
+        userdata: *mut c_void,
+        arg: *const u8,
+        len: usize,
+        out: *mut TaskOutput,
+    ) -> i32 {
+        // SAFETY: as for `fill`; userdata is the live executor running this task.
+        let value = u64::from_ne_bytes(
+            unsafe { std::slice::from_raw_parts(arg, len) }
+                .try_into()
+                .unwrap(),
+        );
+        if value == 20 {
+            // SAFETY: see above.
+            unsafe { &*(userdata as *const Parallel) }.cancel();
+        }
+        // SAFETY: as for `fill`, with a NULL userdata.
+        unsafe { fill(std::ptr::null_mut(), arg, len, out) }
+    }
+
+    fn executor(options: &[(&str, &str)]) -> Parallel {
+        let mut config = Config::default();
+        for (key, value) in options {
+            config.set(key, value).unwrap();
+        }
+        Parallel::new(&config).unwrap()
+    }
+
+    fn call(
+        par: &Parallel,
+        func: crate::task::TaskFn,
+        userdata: *mut c_void,
+        n: u64,
+    ) -> Result<Results> {
+        // SAFETY: the tasks above are safe to call from any thread with these userdata.
+        let callback = unsafe { Callback::new(func, userdata) };
+        for value in 0..n {
+            if let Err(error) = par.submit(callback, &value.to_ne_bytes()) {
+                // collect ends the failed call (with the same error).
+                return par.collect().and(Err(error));
+            }
+        }
+        par.collect()
+    }
+
+    /// Checks `fill`'s results: failed tasks (with `collect`) empty with an error, others whole.
+    fn check(results: &Results, n: u64, collect: bool) {
+        assert_eq!(results.len(), n as usize);
+        for value in 0..n {
+            let got = results.get(value as usize).unwrap();
+            if collect && value % 10 == 3 {
+                assert!(got.is_empty(), "task {value}");
+                continue;
+            }
+            assert!(
+                got.len() == 1024 && got.iter().all(|&b| b == 2 * value as u8),
+                "task {value}"
+            );
+        }
+        let failed = results.errors().iter().map(|(i, _)| *i as u64);
+        let expected = (0..n).filter(|v| collect && v % 10 == 3);
+        assert!(failed.eq(expected));
+    }
+
+    const BACKENDS: [&[(&str, &str)]; 2] = [
+        &[("backend", "sequential"), ("batch_size", "8")],
+        &[("backend", "threads"), ("n_jobs", "2"), ("batch_size", "8")],
+    ];
+
+    #[test]
+    fn a_later_call_writes_its_results_into_the_arenas_of_earlier_ones() {
+        for options in BACKENDS {
+            let par = executor(options);
+            let pool = par.state.lock().unwrap().buffers.clone();
+            let first = call(&par, fill, std::ptr::null_mut(), 100).unwrap();
+            let second = call(&par, fill, std::ptr::null_mut(), 100).unwrap();
+            check(&first, 100, false);
+            check(&second, 100, false);
+            drop((first, second));
+            let (fresh, grown) = (pool.fresh_outputs(), pool.grown_outputs());
+            assert!(pool.kept_outputs() > 0, "{options:?}: arenas go back");
+            for _ in 0..3 {
+                let results = call(&par, fill, std::ptr::null_mut(), 100).unwrap();
+                check(&results, 100, false);
+            }
+            assert_eq!(
+                (pool.fresh_outputs(), pool.grown_outputs()),
+                (fresh, grown),
+                "{options:?}: no new arena after two calls, none grown"
+            );
+        }
+    }
+
+    #[test]
+    fn collected_failures_stay_empty_in_reused_arenas() {
+        for options in BACKENDS {
+            let par = executor(&[options, &[("on_error", "collect")]].concat());
+            let pool = par.state.lock().unwrap().buffers.clone();
+            let failing = std::ptr::dangling_mut::<c_void>();
+            for _ in 0..4 {
+                let results = call(&par, fill, failing, 100).unwrap();
+                check(&results, 100, true);
+            }
+            assert!(pool.kept_outputs() > 0, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn a_cancelled_call_gives_its_unread_arenas_back() {
+        for options in BACKENDS {
+            let par = executor(options);
+            let pool = par.state.lock().unwrap().buffers.clone();
+            let this = &par as *const Parallel as *mut c_void;
+            let error = call(&par, cancel_at_20, this, 100).err().unwrap();
+            assert_eq!(error.kind(), ErrorKind::Cancelled, "{options:?}");
+            assert!(
+                pool.kept_outputs() > 0,
+                "{options:?}: the batches before the cancel"
+            );
+            let results = call(&par, fill, std::ptr::null_mut(), 100).unwrap();
+            check(&results, 100, false);
+        }
+    }
+
+    #[test]
+    fn results_outlive_their_executor_and_are_freed_after_it() {
+        for options in BACKENDS {
+            let par = executor(options);
+            let kept = call(&par, fill, std::ptr::null_mut(), 100).unwrap();
+            // A call whose arenas come from the first one's.
+            drop(call(&par, fill, std::ptr::null_mut(), 100).unwrap());
+            let last = call(&par, fill, std::ptr::null_mut(), 100).unwrap();
+            let pool_alive = par.state.lock().unwrap().buffers.alive();
+            drop(par);
+            assert!(!pool_alive(), "{options:?}: results do not keep the pool");
+            check(&kept, 100, false);
+            check(&last, 100, false);
+            drop(kept);
+            check(&last, 100, false);
+        }
+    }
+}

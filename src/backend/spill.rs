@@ -144,7 +144,7 @@ pub fn spill_results(
         ends.push(data.len());
         start = end;
     }
-    outcome.data = data;
+    outcome.data = data.into();
     outcome.ends = ends;
     Ok(spilled)
 }

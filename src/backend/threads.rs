@@ -330,7 +330,7 @@ fn lost_batch(first: usize, size: usize, worker: WorkerId, why: String) -> Batch
     BatchOutcome {
         first,
         size,
-        data: Vec::new(),
+        data: Default::default(),
         ends: Vec::new(),
         failure: Some((first, TaskFailure::Panicked(why))),
         errors: Vec::new(),

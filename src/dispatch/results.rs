@@ -3,20 +3,33 @@
 //! on_error=collect.
 
 use crate::error::{Error, ErrorKind};
-use crate::task::{BatchOutcome, LargeOutput, TaskFailure};
+use crate::task::{Arena, BatchOutcome, LargeOutput, TaskFailure};
 
-/// The ordered results of a call: task `i`'s output is `data[ends[i-1]..ends[i]]`, or one the
-/// backend kept outside its batch's arena ([`LargeOutput`]: results above max_nbytes, process
-/// backend). With on_error=collect, failed tasks have
-/// an empty output and an entry in `errors`.
+/// The ordered results of a call: task `i`'s output lies in the arena of the batch that ran it
+/// (kept as it came, never copied again, and given back to the executor for reuse when the
+/// results are dropped), or was kept outside it by the backend ([`LargeOutput`]: results above
+/// max_nbytes, process backend). With on_error=collect, failed tasks have an empty output and an
+/// entry in `errors`.
 #[derive(Debug, Default)]
 pub struct Results {
-    data: Vec<u8>,
+    /// The batches' arenas, by the index of their first result here.
+    parts: Vec<Part>,
+    /// Task `i`'s output ends at `ends[i]` in its part's arena.
     ends: Vec<usize>,
     /// (task index, its error), sorted by index.
     errors: Vec<(usize, Error)>,
     /// (task index, its output kept outside `data`), sorted by index.
     large: Vec<(usize, LargeOutput)>,
+}
+
+/// One batch's outputs among a call's results.
+#[derive(Debug)]
+struct Part {
+    /// Index (in the results) of its first output.
+    first: usize,
+    /// Where that output starts in `data` (after any results `next` handed out already).
+    start: usize,
+    data: Arena,
 }
 
 /// The output of task `index` if it was kept outside its batch's arena.
@@ -40,8 +53,17 @@ impl Results {
             return Some(bytes);
         }
         let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        Some(&self.data[start..end])
+        // Parts are sorted by `first` and the first one starts at 0: some part holds `index`.
+        let part = match self.parts.as_slice() {
+            [only] => only,
+            parts => &parts[parts.partition_point(|p| p.first <= index) - 1],
+        };
+        let start = if index == part.first {
+            part.start
+        } else {
+            self.ends[index - 1]
+        };
+        Some(&part.data[start..end])
     }
 
     /// Every failed task's (index, error), by index (on_error=collect).
@@ -49,9 +71,10 @@ impl Results {
         &self.errors
     }
 
-    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order;
-    /// `describe` turns a collected task failure into its error. An I/O error when the joined
-    /// results cannot be allocated (their sizes are the tasks': never abort).
+    /// Joins batch outcomes (any order, each possibly read in part up to `skip`) into input order,
+    /// keeping each batch's arena as it is; `describe` turns a collected task failure into its
+    /// error. An I/O error when the index of the joined results cannot be allocated (its size is
+    /// the number of tasks: never abort).
     pub(super) fn from_outcomes(
         mut outcomes: Vec<(BatchOutcome, usize)>,
         describe: impl Fn(usize, &TaskFailure, &BatchOutcome) -> Error,
@@ -77,42 +100,44 @@ impl Results {
                     .map(|(index, failure)| (*index, describe(*index, failure, outcome))),
             );
         }
+        // Only batches with an output left to hand out become parts.
+        outcomes.retain(|(o, skip)| o.ends.len() > *skip);
         if let [(only, 0)] = outcomes.as_mut_slice() {
             return Ok(Results {
-                data: std::mem::take(&mut only.data),
+                parts: vec![Part {
+                    first: 0,
+                    start: 0,
+                    data: std::mem::take(&mut only.data),
+                }],
                 ends: std::mem::take(&mut only.ends),
                 errors,
                 large,
             });
         }
         let total_tasks: usize = outcomes.iter().map(|(o, skip)| o.ends.len() - skip).sum();
-        let total_bytes: usize = outcomes
-            .iter()
-            .map(|(o, skip)| o.data.len() - if *skip == 0 { 0 } else { o.ends[skip - 1] })
-            .fold(0, usize::saturating_add);
         let mut results = Results {
-            data: Vec::new(),
+            parts: Vec::new(),
             ends: Vec::new(),
             errors,
             large,
         };
         let reserved = results
-            .data
-            .try_reserve_exact(total_bytes)
-            .and_then(|()| results.ends.try_reserve_exact(total_tasks));
+            .ends
+            .try_reserve_exact(total_tasks)
+            .and_then(|()| results.parts.try_reserve_exact(outcomes.len()));
         if let Err(error) = reserved {
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("cannot gather the call's results ({total_bytes} bytes): {error}"),
+                format!("cannot gather the call's results ({total_tasks} tasks): {error}"),
             ));
         }
-        for (outcome, skip) in outcomes {
-            let start = if skip == 0 { 0 } else { outcome.ends[skip - 1] };
-            let base = results.data.len();
-            results.data.extend_from_slice(&outcome.data[start..]);
-            results
-                .ends
-                .extend(outcome.ends[skip..].iter().map(|end| base + end - start));
+        for (mut outcome, skip) in outcomes {
+            results.parts.push(Part {
+                first: results.ends.len(),
+                start: if skip == 0 { 0 } else { outcome.ends[skip - 1] },
+                data: std::mem::take(&mut outcome.data),
+            });
+            results.ends.extend_from_slice(&outcome.ends[skip..]);
         }
         Ok(results)
     }

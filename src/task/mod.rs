@@ -2,8 +2,9 @@
 //!
 //! A task is a C callback, its `userdata` and a snapshot of its argument bytes. Tasks travel in
 //! [`Batch`]es; a batch runs its tasks one after another ([`run_batch`]) on whichever worker took it
-//! (or inline, for the sequential backend), writing every result into one growing arena so that a task
-//! costs no allocation of its own.
+//! (or inline, for the sequential backend), writing every result into one arena so that a task
+//! costs no allocation of its own. On threads and sequential the arena is memory the executor
+//! reuses (see `recycle`), sized from what its recent batches wrote.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 mod recycle;
 mod worker;
 
-pub use recycle::ArgBuffers;
+pub use recycle::{Arena, ArgBuffers, BufferPool};
 pub use worker::WorkerId;
 
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
@@ -95,7 +96,7 @@ impl Callback {
 /// its own, and the flag that stops the task's call (for `pj_out_cancelled`).
 #[derive(Debug)]
 pub struct TaskOutput {
-    arena: Vec<u8>,
+    arena: Arena,
     start: usize,
     message: Option<String>,
     /// The size of the last write, when it could not be allocated: the task then fails (unless a
@@ -111,7 +112,7 @@ impl TaskOutput {
     /// output empty and the failure recorded, when the memory cannot be had. Never aborts.
     fn make_room(&mut self, len: usize) -> bool {
         self.arena.truncate(self.start);
-        if self.arena.try_reserve(len).is_err() {
+        if !self.arena.try_reserve(len) {
             self.failed_alloc = Some(len);
             return false;
         }
@@ -122,15 +123,16 @@ impl TaskOutput {
     /// Replaces the task's output with a copy of `data`. False when the bytes cannot be
     /// allocated: the output is then empty and the task fails (unless a later write succeeds).
     /// `data` may lie inside the output itself (a C caller passing back part of the window
-    /// `pj_out_alloc` gave it): those bytes are moved to the window's start, without allocating.
+    /// `pj_out_alloc` gave it), or anywhere in the arena's memory: those bytes are moved to the
+    /// window's start (allocating only when they reach past the arena's end).
     pub fn set(&mut self, data: &[u8]) -> bool {
-        let written = self.start..self.arena.len();
-        let base = self.arena.as_ptr() as usize;
-        let from = (data.as_ptr() as usize).wrapping_sub(base);
-        if !data.is_empty() && written.contains(&from) && from + data.len() <= written.end {
-            // Only the range is used from here on, not `data`: the arena moves the bytes itself.
-            self.arena.copy_within(from..from + data.len(), self.start);
-            self.arena.truncate(self.start + data.len());
+        if let Some(from) = self.arena.offset_of(data).filter(|_| !data.is_empty()) {
+            // Only the range is used from here on, not `data`: the arena moves the bytes itself
+            // (they may overlap where they go, and lie anywhere in the arena's memory).
+            if !self.arena.move_within(from..from + data.len(), self.start) {
+                self.failed_alloc = Some(data.len());
+                return false;
+            }
             self.failed_alloc = None;
             return true;
         }
@@ -151,7 +153,8 @@ impl TaskOutput {
         true
     }
 
-    /// Replaces the task's output with `len` zeroed bytes and returns them for writing in place.
+    /// Replaces the task's output with `len` bytes and returns them for writing in place: bytes an
+    /// earlier output of the executor left in a reused arena (not zeroed again), or zeroes.
     /// `None` when they cannot be allocated: the output is then empty and the task fails (unless a
     /// later write succeeds).
     pub fn alloc(&mut self, len: usize) -> Option<&mut [u8]> {
@@ -159,8 +162,7 @@ impl TaskOutput {
             return None;
         }
         // Room was reserved: this cannot allocate.
-        self.arena.resize(self.start + len, 0);
-        Some(&mut self.arena[self.start..])
+        Some(self.arena.grow(len))
     }
 
     /// Attaches an error message, reported if the callback returns non-zero.
@@ -431,8 +433,9 @@ pub struct BatchOutcome {
     pub first: usize,
     /// Number of tasks the batch held when dispatched.
     pub size: usize,
-    /// Concatenated outputs of the tasks that completed, in order.
-    pub data: Vec<u8>,
+    /// Concatenated outputs of the tasks that completed, in order (in its executor's reused
+    /// memory, which it goes back to when dropped, on threads and sequential).
+    pub data: Arena,
     /// End offset in `data` of each completed task's output.
     pub ends: Vec<usize>,
     /// A failure that ends the call (fail-fast mode): (task index, failure). Tasks after it did
@@ -487,7 +490,7 @@ impl BatchOutcome {
         BatchOutcome {
             first: batch.first,
             size: batch.len(),
-            data: Vec::new(),
+            data: Arena::default(),
             ends: Vec::new(),
             failure: None,
             errors: Vec::new(),
@@ -517,7 +520,7 @@ impl BatchOutcome {
     pub fn append(&mut self, next: BatchOutcome) -> bool {
         debug_assert!(self.failure.is_none());
         debug_assert_eq!(self.first + self.completed(), next.first);
-        if self.data.try_reserve(next.data.len()).is_err()
+        if !self.data.try_reserve(next.data.len())
             || self.ends.try_reserve(next.ends.len()).is_err()
         {
             return false;
@@ -668,8 +671,13 @@ impl<'a> RunContext<'a> {
 /// `abort` is raised (or its `running` record is abandoned).
 pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     let size = batch.len();
+    // The executor's reused memory when the batch has a pool (threads, sequential).
+    let arena = batch
+        .recycle
+        .as_ref()
+        .map_or_else(Arena::default, |pool| pool.take_output(size));
     let mut out = TaskOutput {
-        arena: Vec::new(),
+        arena,
         start: 0,
         message: None,
         failed_alloc: None,
@@ -747,6 +755,9 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
     }
     if let Some(running) = ctx.running {
         running.stop_clock();
+    }
+    if let Some(pool) = &batch.recycle {
+        pool.note_output(out.arena.len(), ends.len());
     }
     BatchOutcome {
         first: batch.first,

@@ -214,7 +214,7 @@ impl WorkerRank {
                 let _ = reply.send(BatchOutcome {
                     first,
                     size: word(8),
-                    data: Vec::new(),
+                    data: Default::default(),
                     ends: Vec::new(),
                     failure: Some((first, failure)),
                     errors: Vec::new(),

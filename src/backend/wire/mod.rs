@@ -119,7 +119,7 @@ mod tests {
         let outcome = BatchOutcome {
             first: 40,
             size: 5,
-            data: b"hello".to_vec(),
+            data: b"hello".to_vec().into(),
             ends: vec![2, 5],
             failure: Some((
                 42,

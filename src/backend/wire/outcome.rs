@@ -208,7 +208,7 @@ pub fn decode_outcome(
     let outcome = BatchOutcome {
         first,
         size,
-        data,
+        data: data.into(),
         ends,
         failure,
         errors,
