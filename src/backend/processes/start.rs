@@ -21,6 +21,7 @@ use std::os::unix::net::UnixStream;
 
 use rustix::process::Pid;
 
+use super::child::lead_own_group;
 use super::fds;
 use super::page::SharedRunning;
 use super::spawn::{SpawnPlan, WorkerIds, handshake};
@@ -110,6 +111,8 @@ pub(super) fn spawn_worker(
         return Err(error);
     }
     let Some(pid) = Pid::from_raw(pid) else {
+        // First, before anything a task may start: the worker's own process group.
+        lead_own_group();
         worker_main(child_end.as_fd(), &running, parent_pid, slot, level);
     };
     drop(child_end);
