@@ -363,3 +363,54 @@ fn a_grandchild_left_behind_dies_with_its_worker_at_the_end_of_the_call() {
     drop(par);
     host.assert_alive("after pj_parallel_free");
 }
+
+/// Task: starts a process pool of its own whose one task starts the grandchild and hangs (so the
+/// grandchild's parent is an inner worker), waits for its pid file, then crashes without freeing
+/// that pool.
+unsafe extern "C" fn nested_task(
+    userdata: *mut c_void,
+    _: *const u8,
+    _: usize,
+    _: *mut TaskOutput,
+) -> i32 {
+    let Ok(inner) = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("batch_size", "1"),
+    ]) else {
+        return 11;
+    };
+    if inner
+        .submit(Some(grandchild_task), userdata, &HANG.to_ne_bytes())
+        .is_err()
+    {
+        return 12;
+    }
+    // SAFETY: the test passes a live CString as userdata (a copy in this forked worker).
+    let path = unsafe { std::ffi::CStr::from_ptr(userdata as *const libc::c_char) };
+    let path = Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let deadline = Instant::now() + BOUND;
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::process::abort()
+}
+
+#[test]
+fn a_grandchild_of_a_nested_pools_worker_dies_with_the_outer_worker() {
+    let mut host = HostChild::start();
+    let file = PidFile::new("nested");
+    let par = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+    par.submit(Some(nested_task), file.userdata(), &[]).unwrap();
+    let err = par.collect().unwrap_err();
+    assert_eq!(err.status, pj_status::WorkerDied, "{}", err.message);
+    let grandchild = file.grandchild();
+    assert!(
+        grandchild.is_gone_soon(),
+        "the nested pool's grandchild {} outlived the outer worker",
+        grandchild.pid
+    );
+    host.assert_alive("after the call");
+    drop(par);
+    host.assert_alive("after pj_parallel_free");
+}

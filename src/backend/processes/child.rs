@@ -24,10 +24,8 @@
 //! tree only while the worker lives, so a crashed worker's descendants would escape it, and
 //! walking /proc for the tree races with forks; cgroups need a delegated hierarchy that an
 //! ordinary process rarely has. What a group does not reach: a process that leaves it
-//! (`setsid`, as a daemon does, or `setpgid`) is out of reach by design, and the workers of a
-//! process pool a task starts lead groups of their own (their own pool kills those when it ends
-//! them; if the outer worker is killed first, they die of their parent-death signal but their
-//! tasks' descendants stay).
+//! (`setsid`, as a daemon does, or `setpgid`) is out of reach by design. The workers of a process
+//! pool that a task starts stay in the outer worker's group (see [`lead_own_group`]).
 //!
 //! Like loky's `kill_process_tree` (SIGKILL to a worker's descendants, then the worker), which
 //! loky applies whenever it kills workers (a broken pool, terminate, shutdown with kill_workers),
@@ -47,6 +45,7 @@
 //! [`lead_own_group`] in each worker it forks, and [`kill_group`] from the process that reaps
 //! them.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::io::retry_on_intr;
@@ -60,14 +59,29 @@ use crate::task::Death;
 /// How long a timed-out worker may take to leave after SIGTERM before it gets SIGKILL.
 pub(super) const TERM_GRACE: Duration = Duration::from_millis(100);
 
-/// In a new worker, its first step after fork (async-signal-safe: raw system calls only): leads a
-/// process group of its own, which the processes its tasks start inherit, so that [`kill_group`]
-/// reaches them; ignores SIGTTIN and SIGTTOU, so that touching the terminal from outside its
-/// foreground group fails or goes through instead of stopping the worker.
+/// Whether this process is a pj worker (set by its first step, [`mark_as_worker`]).
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// A worker's first step (forked or spawned): marks this process as a worker, so that the
+/// workers of a process pool its tasks start stay in its group.
+pub(in crate::backend) fn mark_as_worker() {
+    IN_WORKER.store(true, Ordering::Relaxed);
+}
+
+/// In a new worker, its first step after fork (async-signal-safe: raw system calls and an atomic
+/// load only): leads a process group of its own, which the processes its tasks start inherit, so
+/// that [`kill_group`] reaches them; ignores SIGTTIN and SIGTTOU, so that touching the terminal
+/// from outside its foreground group fails or goes through instead of stopping the worker.
+///
+/// A worker forked by a worker (a process pool started by a task) stays in its parent's group
+/// instead: whatever ends the outer worker then kills the inner workers' tasks' descendants too
+/// (an inner worker's own death leaves its tasks' descendants to the outer worker's end).
 pub(in crate::backend) fn lead_own_group() {
     // Fails only for a session leader, which a forked child is not; the worker then stays in the
     // caller's group, and the group kills find no group of its pid (never the caller's group).
-    let _ = setpgid(None, None);
+    if !IN_WORKER.load(Ordering::Relaxed) {
+        let _ = setpgid(None, None);
+    }
     for signal in [libc::SIGTTIN, libc::SIGTTOU] {
         // SAFETY: signal is async-signal-safe; ignoring these affects this process only.
         unsafe { libc::signal(signal, libc::SIG_IGN) };

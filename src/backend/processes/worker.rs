@@ -21,6 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
 
+use super::child::mark_as_worker;
 use super::fds;
 use super::page::SharedRunning;
 use crate::backend::crash;
@@ -55,9 +56,11 @@ pub(in crate::backend) fn leave(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// A worker's first step, forked or spawned (async-signal-safe): die with the parent, and leave
+/// A worker's first step, forked or spawned (async-signal-safe): mark itself a worker, die with the parent, and leave
 /// at once if it died before the request was in place; leave SIGINT to the parent, which decides.
 pub(in crate::backend) fn tie_to_parent(parent_pid: Pid) {
+    // The workers this one's tasks start stay in its process group.
+    mark_as_worker();
     // Cannot fail for a valid signal; the parent check below covers a parent already gone.
     let _ = set_parent_process_death_signal(Some(Signal::KILL));
     if getppid() != Some(parent_pid) {
