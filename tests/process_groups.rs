@@ -137,28 +137,18 @@ struct Grandchild {
     start: Option<String>,
 }
 
-/// The state letter and start time (fields 3 and 22) of /proc/<pid>/stat; `None` when there is no
-/// such process.
-fn stat(pid: i32) -> Option<(char, String)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: split after its end.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    Some((fields[0].chars().next()?, fields.get(19)?.to_string()))
-}
-
 impl Grandchild {
     fn new(pid: i32) -> Self {
         Grandchild {
             pid,
-            start: stat(pid).map(|(_, start)| start),
+            start: process_state(pid).map(|(_, start)| start),
         }
     }
 
     /// Whether the grandchild still runs: its pid names the same process (same start time), and it
     /// is not a zombie (dead, waiting for init or a subreaper to reap it).
     fn alive(&self) -> bool {
-        match (stat(self.pid), &self.start) {
+        match (process_state(self.pid), &self.start) {
             (Some((state, start)), Some(first)) => &start == first && state != 'Z' && state != 'X',
             _ => false,
         }
