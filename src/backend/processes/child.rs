@@ -3,7 +3,9 @@
 //! function acts on one specific child of ours (never "any child"), and every wait for or signal
 //! to a worker goes through here. The calls are rustix's typed ones: `waitpid` takes
 //! [`WaitOptions`], which has no NOWAIT (Linux refuses WNOHANG|WNOWAIT with waitpid), and the
-//! non-reaping check is `waitid` with [`WaitIdOptions::NOWAIT`].
+//! non-reaping check is `waitid` with [`WaitIdOptions::NOWAIT`]. `signal` (ignoring SIGTTIN and
+//! SIGTTOU in a new worker) stays on libc: rustix sets signal actions only in its unstable
+//! `runtime` module.
 //!
 //! Process groups. A task may start processes of its own (a `sleep 1000`, a shell pipeline); they
 //! must not outlive its worker. Each worker leads a process group of its own
