@@ -404,3 +404,79 @@ fn a_grandchild_of_a_nested_pools_worker_dies_with_the_outer_worker() {
     drop(par);
     host.assert_alive("after pj_parallel_free");
 }
+
+/// Task: reads one byte from its standard input; the result is the errno of a failed read, or 0.
+unsafe extern "C" fn read_stdin(
+    _: *mut c_void,
+    _: *const u8,
+    _: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    let mut byte = 0u8;
+    // SAFETY: reads at most one byte into a local.
+    let read = unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) };
+    let errno = if read < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    };
+    pj_out_set(out, errno.to_ne_bytes().as_ptr(), 4);
+    0
+}
+
+/// Set for the copy of this test binary that `script` runs on a pseudo-terminal.
+const TERMINAL_CASE: &str = "PJ_PROCESS_GROUPS_TERMINAL_CASE";
+
+/// On a terminal (run by the test below): a worker is outside the terminal's foreground group, so
+/// a task reading the terminal gets EIO rather than being stopped by SIGTTIN (which would hang
+/// the call).
+#[test]
+#[ignore = "run on a pseudo-terminal by a_task_reading_the_terminal_gets_eio_instead_of_stopping"]
+fn terminal_child_case() {
+    if std::env::var_os(TERMINAL_CASE).is_none() {
+        return;
+    }
+    // SAFETY: isatty only reads the descriptor's state.
+    assert_eq!(unsafe { libc::isatty(0) }, 1, "stdin is the terminal");
+    let par = parallel(&[("backend", "processes"), ("n_jobs", "2")]).unwrap();
+    par.submit(Some(read_stdin), std::ptr::null_mut(), &[])
+        .unwrap();
+    let results = par.collect().unwrap();
+    let errno = i32::from_ne_bytes(results[0][..4].try_into().unwrap());
+    println!("TASK READ ERRNO {errno}");
+}
+
+#[test]
+fn a_task_reading_the_terminal_gets_eio_instead_of_stopping() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let command = format!(
+        "{TERMINAL_CASE}=1 {} --exact terminal_child_case --ignored --nocapture --test-threads=1",
+        exe.display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + BOUND;
+    while script.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = script.kill();
+            let _ = script.wait();
+            panic!("the call whose task reads the terminal hung (a stopped worker?)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut script.stdout.take().unwrap(), &mut text).unwrap();
+    assert!(
+        text.contains(&format!("TASK READ ERRNO {}", libc::EIO)),
+        "{text}"
+    );
+}
