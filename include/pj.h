@@ -364,6 +364,21 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // "threads" (alias "threading"), "sequential" or "mpi". With an effective n_jobs of 1 every backend
 // runs the tasks sequentially in the caller's thread, as joblib does.
 //
+// "processes": the processes a task starts (`system`, `fork`, `posix_spawn`) die with its worker.
+// Each worker process leads a process group of its own, which they inherit, and whenever pj ends
+// a worker (its task crashed, exited or ran past `timeout`, the call was cancelled or failed fast,
+// the call ended without keep_workers, or `pj_parallel_free`) it SIGKILLs that group too, as loky
+// kills a worker's process tree; the caller's own children and process group are never touched.
+// So nothing a task left running in the background outlives its worker, nor `pj_parallel_free`.
+// A process that leaves the group (`setsid`, as a daemon does, or `setpgid`) is out of pj's
+// reach: that is how a task starts something meant to outlive it. The workers of a process
+// pool a task starts stay in its worker's group. If the caller itself is killed, its workers die
+// with it but what their tasks started stays. Being in their own groups, workers are not in a
+// terminal's foreground group: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z reach the caller only
+// (handle_sigint turns Ctrl-C into a cancel, which ends the workers and their groups). Workers
+// ignore SIGINT, SIGTTIN and SIGTTOU, and the processes tasks start inherit that: a task that
+// reads the terminal gets EIO instead of being stopped.
+//
 // "mpi": the program runs under `mpirun -n N` and calls `pj_mpi_main(&argc, &argv)` (pj_mpi.h, the
 // pj_mpi library built where MPI is installed) after its `pj_register` calls; rank 0 continues as
 // the caller and ranks 1..N-1 are the workers (n_jobs, when positive, caps how many are used; one
@@ -373,8 +388,11 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // crashes, exits or overruns `timeout` is reported (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT,
 // the message ending "(MPI rank R)") and the rank goes on; a rank that stops answering for 10 s
 // fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
-// whole job when a rank dies). Without `pj_mpi_main`, `pj_parallel_new` fails with
-// PJ_STATUS_UNSUPPORTED.
+// whole job when a rank dies). A rank's forked child leads its own process group as a process
+// worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and
+// at the latest when the rank's pj ends; the ranks themselves are mpirun's, and what becomes of
+// their processes when a rank dies or the job is killed is mpirun's to decide. Without
+// `pj_mpi_main`, `pj_parallel_new` fails with PJ_STATUS_UNSUPPORTED.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
@@ -683,7 +701,8 @@ pj_status pj_parallel_new(const pj_config_t *config,
 // running callbacks see `pj_out_cancelled` return 1 and are waited for, on every backend (process
 // workers are not killed here: a callback may finish or clean up), so no callback touches your
 // data after this returns; then the worker threads are joined and the worker processes reaped
-// (none outlives this call). So free returns as soon as the running callbacks return: a callback
+// (none outlives this call), each with what its tasks started and left running (its process
+// group: see `pj_config_set_backend`). So free returns as soon as the running callbacks return: a callback
 // that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
 // for running past the timeout on threads. NULL is a no-op. Must not be called while another
 // thread is inside a function on it.

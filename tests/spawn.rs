@@ -34,7 +34,8 @@ unsafe extern "C" fn square(
     0
 }
 
-/// Task: fails on 3, crashes on 4, never returns on 5, else like `square`.
+/// Task: fails on 3, crashes on 4, never returns on 5, on 1000 leaves a grandchild and crashes
+/// ([`leave_a_grandchild`]), else like `square`.
 unsafe extern "C" fn moody(
     userdata: *mut c_void,
     arg: *const u8,
@@ -55,6 +56,7 @@ unsafe extern "C" fn moody(
         5 => loop {
             std::thread::sleep(Duration::from_millis(10));
         },
+        1000 => leave_a_grandchild(),
         // SAFETY: forwarding the task's own arguments.
         _ => unsafe { square(userdata, arg, len, out) },
     }
@@ -87,6 +89,29 @@ unsafe extern "C" fn unregistered(
     _: *mut TaskOutput,
 ) -> i32 {
     0
+}
+
+/// Where `moody(1000)` writes its grandchild's pid: a file named after the caller's pid (the spawned
+/// worker's parent).
+fn grandchild_file(caller: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("pj-spawn-grandchild-{caller}"))
+}
+
+/// In a worker: starts `sleep 1000` (the worker's grandchild), writes its pid to
+/// [`grandchild_file`], then crashes.
+fn leave_a_grandchild() -> ! {
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let path = grandchild_file(std::os::unix::process::parent_id());
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, child.id().to_string()).unwrap();
+    std::fs::rename(&partial, &path).unwrap();
+    std::process::abort()
 }
 
 fn register(name: &str, f: pj_task_fn) {
@@ -183,6 +208,7 @@ fn main() {
     pointer_submits_must_be_registered_and_without_userdata();
     named_loops_run_in_fresh_processes();
     free_lets_polling_tasks_finish();
+    a_crashed_workers_grandchild_dies_with_it();
     hung.join().expect("the hung-worker scenario passed");
     println!("spawn: all scenarios passed");
 }
@@ -512,4 +538,35 @@ fn free_lets_polling_tasks_finish() {
         assert!(!alive, "worker {pid} outlived free");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn a_crashed_workers_grandchild_dies_with_it() {
+    // The spawned worker leads its own process group from before its exec: the grandchild its
+    // task started is killed with it.
+    let path = grandchild_file(std::process::id());
+    let _ = std::fs::remove_file(&path);
+    let par = spawn_executor(&[]);
+    submit_named(&par, "moody", &1000u64.to_ne_bytes()).unwrap();
+    let err = par.collect().unwrap_err();
+    assert_eq!(err.status, pj_status::WorkerDied, "{}", err.message);
+    let pid: i32 = std::fs::read_to_string(&path)
+        .expect("the task wrote its grandchild's pid before crashing")
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let first = process_state(pid).map(|(_, start)| start);
+    let alive = || match (process_state(pid), &first) {
+        (Some((state, start)), Some(first)) => &start == first && !matches!(state, 'Z' | 'X'),
+        _ => false,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if alive() {
+        // SAFETY: our test's grandchild (same start time just checked); nothing is left running.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("the crashed spawned worker's grandchild {pid} still runs");
+    }
 }

@@ -132,7 +132,8 @@ pub extern "C" fn pj_parallel_new(
 /// running callbacks see `pj_out_cancelled` return 1 and are waited for, on every backend (process
 /// workers are not killed here: a callback may finish or clean up), so no callback touches your
 /// data after this returns; then the worker threads are joined and the worker processes reaped
-/// (none outlives this call). So free returns as soon as the running callbacks return: a callback
+/// (none outlives this call), each with what its tasks started and left running (its process
+/// group: see `pj_config_set_backend`). So free returns as soon as the running callbacks return: a callback
 /// that never returns (and never polls `pj_out_cancelled`) blocks it, except one already abandoned
 /// for running past the timeout on threads. NULL is a no-op. Must not be called while another
 /// thread is inside a function on it.

@@ -264,3 +264,13 @@ pub fn for_named_doubles(par: &Par, n: usize) -> Result<Vec<u64>, CError> {
     assert_eq!(next, n as u64, "the ranges do not cover 0..n");
     Ok(pids)
 }
+
+/// The state letter and start time (fields 3 and 22) of /proc/<pid>/stat; `None` when there is no
+/// such process.
+pub fn process_state(pid: i32) -> Option<(char, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after its end.
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some((fields.first()?.chars().next()?, fields.get(19)?.to_string()))
+}

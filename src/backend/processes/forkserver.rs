@@ -44,7 +44,9 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::retry_on_intr;
 use rustix::process::{Pid, PidfdFlags, getpid, pidfd_open};
 
-use super::child::{Child, Served, encode_death, is_running, kill_and_reap, reap, try_reap};
+use super::child::{
+    Child, Served, encode_death, is_running, kill_and_reap, lead_own_group, reap, try_reap,
+};
 use super::fds;
 use super::page::SharedRunning;
 use super::spawn::{answer_handshake, ask_registry};
@@ -486,8 +488,10 @@ fn fork_one(
 /// A worker forked by the server: ties itself to the server, maps the page it shares with its
 /// proxy, answers the registry handshake and serves batches. Never returns.
 fn served_worker(socket: OwnedFd, page: OwnedFd, server: Pid, slot: usize, level: usize) -> ! {
+    // First, before anything a task may start: the worker's own process group, which the server
+    // kills when it reaps the worker (`child::reap`), as the caller does for its own children.
+    lead_own_group();
     tie_to_parent(server);
-    // Process groups: a worker's own group would be set here, before its first task.
     let Ok(running) = SharedRunning::from_fd(page) else {
         leave(6)
     };

@@ -4,7 +4,8 @@
 //!
 //! Fail fast. Once the call is aborted (a task failed, or it was cancelled), a proxy waiting for its
 //! worker raises the stop flag in the worker's shared page (what `pj_out_cancelled` reads there)
-//! within 100 ms, SIGKILLs the worker and reaps it; its batch counts as not run. An abandoned call
+//! within 100 ms, SIGKILLs the worker (and its process group: what its task started) and reaps it;
+//! its batch counts as not run. Every end of a worker kills its group ([`super::child`]). An abandoned call
 //! (`pj_parallel_free`: `CallLink::drain`) only raises the flag and waits for the outcome, as the
 //! thread backend must: the running task may finish, and the worker stops before its next one.
 //!

@@ -8,7 +8,8 @@
 //! worker compare their registries' fingerprints ([`handshake`]): a worker whose program registered
 //! other functions, or none, is refused with a message naming both lists.
 //!
-//! Between fork and exec the child only calls async-signal-safe functions (fcntl, execve, _exit):
+//! Between fork and exec the child only calls async-signal-safe functions (setpgid, signal, fcntl,
+//! execve, _exit):
 //! every string it needs was built before the fork.
 //!
 //! Hand-written on libc, not rustix: `fork` (no crate offers it safely in a multi-threaded
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use rustix::io::{FdFlags, fcntl_setfd};
 use rustix::process::Pid;
 
-use super::child::{is_running, kill_and_reap, try_reap};
+use super::child::{is_running, kill_and_reap, lead_own_group, try_reap};
 use super::page::SharedRunning;
 use super::worker::{leave, serve, tie_to_parent};
 use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_frame, send_frame};
@@ -121,7 +122,9 @@ impl SpawnPlan {
             return Err(io::Error::last_os_error());
         }
         let Some(pid) = Pid::from_raw(pid) else {
-            // In the child: keep the two descriptors across exec (clear close-on-exec); a failure
+            // In the child: its own process group first (kept across exec).
+            lead_own_group();
+            // Keep the two descriptors across exec (clear close-on-exec); a failure
             // shows as the worker's failure to answer the handshake.
             let _ = fcntl_setfd(ids.socket, FdFlags::empty());
             let _ = fcntl_setfd(ids.page, FdFlags::empty());

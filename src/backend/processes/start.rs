@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use rustix::process::Pid;
 
-use super::child::Child;
+use super::child::{Child, lead_own_group};
 use super::fds;
 use super::forkserver;
 use super::page::SharedRunning;
@@ -136,6 +136,8 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
         return Err(error);
     }
     let Some(pid) = Pid::from_raw(pid) else {
+        // First, before anything a task may start: the worker's own process group.
+        lead_own_group();
         worker_main(child_end.as_fd(), &running, parent_pid, slot, level);
     };
     drop(child_end);

@@ -1,15 +1,17 @@
 //! The worker process's side: its first steps after fork (or exec), and the loop that reads
 //! batches, runs them with the very same `run_batch` as a thread would, and writes outcomes.
 //!
-//! No orphans. Workers ask for SIGKILL when their proxy thread (hence the parent) dies
-//! (PR_SET_PDEATHSIG, re-checked against the parent pid right after fork), ignore SIGINT (the parent
-//! decides), close the parent's ends of every pj socket they inherited, and leave only through
-//! `_exit`. pj changes no signal disposition of the parent.
+//! No orphans. Workers lead their own process group (see the `child` module: the parent kills it
+//! with the worker, so that what a task started dies too), ask for SIGKILL when their proxy
+//! thread (hence the parent) dies (PR_SET_PDEATHSIG, re-checked against the parent pid right after
+//! fork), ignore SIGINT (the parent decides), SIGTTIN and SIGTTOU (outside the terminal's
+//! foreground group), close the parent's ends of every pj socket they inherited, and leave only
+//! through `_exit`. pj changes no signal disposition of the parent.
 //!
 //! Fork safety. Between fork and the worker loop the child runs only async-signal-safe calls
-//! (prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates: glibc's fork
-//! makes malloc and stdio usable in the child. A task callback must not take locks that another
-//! parent thread may hold at the time of the fork (documented in the header).
+//! (setpgid, prctl, getppid, signal, sigaltstack, sigaction, close). The loop itself allocates:
+//! glibc's fork makes malloc and stdio usable in the child. A task callback must not take locks
+//! that another parent thread may hold at the time of the fork (documented in the header).
 //!
 //! prctl and getppid are rustix's (raw system calls, no allocation). Hand-written on libc:
 //! `signal` (rustix sets signal actions only in its unstable `runtime` module), and `_exit`
@@ -21,6 +23,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use rustix::process::{Pid, Signal, getppid, set_parent_process_death_signal};
 
+use super::child::mark_as_worker;
 use super::fds;
 use super::page::SharedRunning;
 use crate::backend::crash;
@@ -55,9 +58,12 @@ pub(in crate::backend) fn leave(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// A worker's first step, forked or spawned (async-signal-safe): die with the parent, and leave
-/// at once if it died before the request was in place; leave SIGINT to the parent, which decides.
+/// A worker's first step, forked or spawned (async-signal-safe): mark itself a worker, die with
+/// the parent, and leave at once if it died before the request was in place; leave SIGINT to the
+/// parent, which decides.
 pub(in crate::backend) fn tie_to_parent(parent_pid: Pid) {
+    // The workers this one's tasks start stay in its process group.
+    mark_as_worker();
     // Cannot fail for a valid signal; the parent check below covers a parent already gone.
     let _ = set_parent_process_death_signal(Some(Signal::KILL));
     if getppid() != Some(parent_pid) {
