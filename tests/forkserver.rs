@@ -72,6 +72,29 @@ unsafe extern "C" fn moody(
     }
 }
 
+/// Task: starts `sleep 1000` (the worker's own child), writes its pid to the file whose path is
+/// the argument, then crashes its worker.
+unsafe extern "C" fn orphaner(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    _: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: pj passes `len` readable bytes: a path, built from an OsStr.
+    let path = std::path::PathBuf::from(unsafe {
+        std::ffi::OsStr::from_encoded_bytes_unchecked(std::slice::from_raw_parts(arg, len))
+    });
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    std::fs::write(&path, child.id().to_string()).unwrap();
+    std::mem::forget(child);
+    // SAFETY: deliberately crashes this worker process.
+    unsafe { libc::raise(libc::SIGSEGV) };
+    0
+}
+
 /// Task: sleeps 60 s (a worker busy until it is killed).
 unsafe extern "C" fn sleepy(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
     std::thread::sleep(Duration::from_secs(60));
@@ -183,6 +206,7 @@ fn main() {
     register("moody", Some(moody));
     register("sleepy", Some(sleepy));
     register("nap", Some(nap));
+    register("orphaner", Some(orphaner));
     if let Ok(case) = std::env::var(CASE) {
         child_case(&case);
         return;
@@ -199,12 +223,37 @@ fn main() {
     plain_pointers_must_be_registered_and_without_userdata();
     errors_crashes_and_timeouts_are_reported_as_with_fork();
     cancel_kills_the_running_workers();
+    a_crashed_workers_grandchild_is_gone();
     kept_workers_are_reused_and_freed_workers_are_gone();
     a_killed_server_is_replaced();
     nothing_is_left_after_the_host_exits("exit");
     nothing_is_left_after_the_host_exits("killed");
     functions_registered_after_the_server_started_are_refused();
     println!("forkserver: all scenarios passed");
+}
+
+/// Fork-server workers lead their own process group, which dies with them: a task's child does not
+/// outlive its crashed worker.
+fn a_crashed_workers_grandchild_is_gone() {
+    let path =
+        std::env::temp_dir().join(format!("pj-forkserver-{}-orphan.pid", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let par = forkserver(&[]);
+    submit_named(&par, "orphaner", path.as_os_str().as_encoded_bytes()).unwrap();
+    let err = par.collect().unwrap_err();
+    assert_eq!(err.status, pj_status::WorkerDied, "{}", err.message);
+    let pid: i32 = std::fs::read_to_string(&path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    // Gone, or a zombie its new parent has yet to reap.
+    eventually(
+        "the crashed worker's grandchild ends",
+        || !matches!(process_state(pid), Some((state, _)) if state != 'Z' && state != 'X'),
+    );
+    drop(par);
 }
 
 fn bad_config_is_refused() {
@@ -508,8 +557,10 @@ fn functions_registered_after_the_server_started_are_refused() {
     assert_eq!(err.status, pj_status::Io, "{}", err.message);
     assert!(
         err.message
-            .contains("caller [square, moody, sleepy, nap, late]")
-            && err.message.contains("worker [square, moody, sleepy, nap]")
+            .contains("caller [square, moody, sleepy, nap, orphaner, late]")
+            && err
+                .message
+                .contains("worker [square, moody, sleepy, nap, orphaner]")
             && err.message.contains("before the first executor"),
         "{}",
         err.message

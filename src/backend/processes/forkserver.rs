@@ -50,7 +50,7 @@ use super::child::{
 use super::fds;
 use super::page::SharedRunning;
 use super::spawn::{answer_handshake, ask_registry};
-use super::worker::{leave, serve, tie_to_parent};
+use super::worker::{leave, serve, tie_server_to_host, tie_to_parent};
 use crate::backend::crash;
 use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_frame_with_fds, send_frame_with_fds};
 use crate::fork::{FORK_LOCK, ResetLockGuard};
@@ -341,7 +341,7 @@ fn server_main(control: OwnedFd, host: Pid) -> ! {
             unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
         }
     }
-    tie_to_parent(host);
+    tie_server_to_host(host);
     let code = catch_unwind(AssertUnwindSafe(|| serve_requests(control.as_fd()))).unwrap_or(4);
     leave(code)
 }

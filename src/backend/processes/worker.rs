@@ -64,6 +64,16 @@ pub(in crate::backend) fn leave(code: i32) -> ! {
 pub(in crate::backend) fn tie_to_parent(parent_pid: Pid) {
     // The workers this one's tasks start stay in its process group.
     mark_as_worker();
+    tie_to(parent_pid);
+}
+
+/// [`tie_to_parent`] for the fork server, which is not a worker: the workers it forks lead their
+/// own process groups, as the caller's own forks do.
+pub(in crate::backend) fn tie_server_to_host(host_pid: Pid) {
+    tie_to(host_pid);
+}
+
+fn tie_to(parent_pid: Pid) {
     // Cannot fail for a valid signal; the parent check below covers a parent already gone.
     let _ = set_parent_process_death_signal(Some(Signal::KILL));
     if getppid() != Some(parent_pid) {
