@@ -26,8 +26,8 @@ use super::page::SharedRunning;
 use crate::backend::crash;
 use crate::backend::spill::{SpillMaps, spill_results};
 use crate::backend::wire::{
-    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_batch, encode_outcome,
-    recv_frame_with_fds, send_frame_with_fds,
+    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_batch_parts, encode_outcome_meta,
+    recv_parts, send_parts,
 };
 use crate::task::{RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
 
@@ -82,13 +82,18 @@ pub(in crate::backend) fn serve(
         // In the shared page: the parent raises it when the call is aborted, so a running
         // callback sees it (pj_out_cancelled) and the batch stops before its next task.
         let abort = running.stop();
+        // Frame parts: the batch's meta part in, the outcome's meta part out, and the argument
+        // bytes, received into the memory of the previous batch's (the batch owns them while it
+        // runs and gives them back).
         let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
+        let mut args = Vec::new();
         let mut received = Vec::new();
         let mut spill = SpillMaps::default();
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
-        while let Ok(true) = recv_frame_with_fds(
+        while let Ok(true) = recv_parts(
             socket,
             &mut inbox,
+            &mut args,
             &mut received,
             LIVENESS_PERIOD_MS,
             &|| true,
@@ -100,7 +105,7 @@ pub(in crate::backend) fn serve(
                 flags,
                 attached,
                 results_folder,
-            }) = (unsafe { decode_batch(&inbox, functions) })
+            }) = (unsafe { decode_batch_parts(&inbox, std::mem::take(&mut args), functions) })
             else {
                 return 3;
             };
@@ -127,6 +132,7 @@ pub(in crate::backend) fn serve(
             let mut outcome = run_batch(&batch, ctx);
             drop(spilled);
             spill.end_batch();
+            args = batch.into_args();
             let mut files = Vec::new();
             if flags.results_above != u64::MAX {
                 let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
@@ -144,8 +150,9 @@ pub(in crate::backend) fn serve(
             }
             let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
             let attached: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.fd.as_fd()).collect();
-            encode_outcome(&outcome, &listed, &mut outbox);
-            if send_frame_with_fds(socket, &outbox, &attached).is_err() {
+            // The result bytes go from the arena the tasks wrote them into.
+            encode_outcome_meta(&outcome, &listed, &mut outbox);
+            if send_parts(socket, &outbox, &outcome.data, &attached).is_err() {
                 return 0;
             }
         }
