@@ -262,9 +262,8 @@ fn poll_readable(fd: BorrowedFd<'_>, timeout: &Timespec) -> io::Result<usize> {
 }
 
 /// Waits until `fd` is readable (or the stream ended or failed; fails when `watch.alive` says the
-/// peer is gone), with a short yielding spin first
-/// (see [`crate::spin`]: measured with `cargo bench --bench overhead`, batch_size 1 on processes
-/// went from 13.7 to 7.0 us per task).
+/// peer is gone), with a short yielding spin first (see [`crate::spin`]: measured with `cargo
+/// bench --bench overhead`, batch_size 1 on processes went from 13.7 to 7.0 us per task).
 fn wait_readable(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
     const NOW: Timespec = Timespec {
         tv_sec: 0,
