@@ -15,6 +15,7 @@
 //! `signal` (rustix sets signal actions only in its unstable `runtime` module), and `_exit`
 //! ([`leave`], likewise: std's `exit` would run the parent image's atexit handlers).
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -26,10 +27,10 @@ use super::page::SharedRunning;
 use crate::backend::crash;
 use crate::backend::spill::{SpillMaps, spill_results};
 use crate::backend::wire::{
-    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_batch_parts, encode_outcome_meta,
-    recv_parts, send_parts,
+    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, batch_span, decode_batch_parts,
+    encode_outcome_meta, recv_parts, send_parts,
 };
-use crate::task::{RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
+use crate::task::{BatchOutcome, RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
 
 /// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
 pub(super) fn worker_main(
@@ -90,14 +91,43 @@ pub(in crate::backend) fn serve(
         let mut received = Vec::new();
         let mut spill = SpillMaps::default();
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
-        while let Ok(true) = recv_parts(
-            socket,
-            &mut inbox,
-            &mut args,
-            &mut received,
-            LIVENESS_PERIOD_MS,
-            &|| true,
-        ) {
+        loop {
+            match recv_parts(
+                socket,
+                &mut inbox,
+                &mut args,
+                &mut received,
+                LIVENESS_PERIOD_MS,
+                &|| true,
+            ) {
+                Ok(true) => {}
+                Err(error) if error.kind() == io::ErrorKind::OutOfMemory => {
+                    // No room here for the batch's arguments (the frame was read past them):
+                    // the batch fails with that, and the worker serves the next one.
+                    let Ok((first, size)) = batch_span(&inbox) else {
+                        return 0;
+                    };
+                    let failed = BatchOutcome {
+                        first,
+                        size,
+                        data: Vec::new(),
+                        ends: Vec::new(),
+                        failure: Some((first, TaskFailure::Io(error.to_string()))),
+                        errors: Vec::new(),
+                        large: Vec::new(),
+                        seconds: 0.0,
+                        worker: WorkerId::Process { slot, pid: 0 },
+                    };
+                    encode_outcome_meta(&failed, &[], &mut outbox);
+                    // Spill files that came with the frame cannot be filed without its
+                    // arguments; the parent counts them as sent: this worker must go.
+                    if send_parts(socket, &outbox, &[], &[]).is_err() || !received.is_empty() {
+                        return 0;
+                    }
+                    continue;
+                }
+                Ok(false) | Err(_) => break,
+            }
             // SAFETY: the frame was encoded by our parent, of which this process is a fork (its
             // addresses are valid here), or, for a spawned worker, carries registry indices.
             let Ok(DecodedBatch {

@@ -216,6 +216,16 @@ pub unsafe fn decode_batch_parts(
     head.into_batch(args)
 }
 
+/// The index of the first task and the number of tasks of a batch whose meta part
+/// ([`encode_batch_meta`]) is `meta`: enough to answer a frame whose arguments could not be had.
+pub fn batch_span(meta: &[u8]) -> io::Result<(usize, usize)> {
+    let mut r = Reader {
+        buf: meta,
+        what: "batch",
+    };
+    Ok((r.word()?, r.word()?))
+}
+
 /// Everything of a decoded batch but its argument bytes.
 struct Head {
     first: usize,

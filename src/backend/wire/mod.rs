@@ -37,7 +37,8 @@ mod outcome;
 mod socket;
 
 pub use batch::{
-    DecodedBatch, RunFlags, decode_batch, decode_batch_parts, encode_batch, encode_batch_meta,
+    DecodedBatch, RunFlags, batch_span, decode_batch, decode_batch_parts, encode_batch,
+    encode_batch_meta,
 };
 pub use outcome::{decode_outcome, decode_outcome_parts, encode_outcome, encode_outcome_meta};
 pub use socket::{

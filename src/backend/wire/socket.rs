@@ -113,8 +113,10 @@ fn write_all_vectored(
 /// to `fds` (close-on-exec). `Ok(false)` on a clean end of stream before a frame started; a stream
 /// that ends inside a frame is an `UnexpectedEof` error (a peer that died mid-write). While no
 /// data comes, `alive` is asked every `period_ms` milliseconds; when it says no, the read fails
-/// with `BrokenPipe`. A part that cannot be allocated is an [`io::ErrorKind::OutOfMemory`] error
-/// (the frame is then unread: the stream cannot be used any more).
+/// with `BrokenPipe`. A part that cannot be allocated is an [`io::ErrorKind::OutOfMemory`] error:
+/// for the bulk part, after the frame was read whole (its bulk bytes dropped, its meta part in
+/// `meta`: the stream goes on); for the meta part (then empty), with the frame unread (the stream
+/// cannot be used any more).
 pub fn recv_parts(
     fd: BorrowedFd<'_>,
     meta: &mut Vec<u8>,
@@ -141,10 +143,25 @@ pub fn recv_parts(
     make_room(meta, meta_len)?;
     recv_exact(fd, meta, false, &watch)?;
     bulk.clear();
-    bulk.try_reserve_exact(bulk_len)
-        .map_err(|e| out_of_memory(bulk_len, &e))?;
+    if let Err(error) = bulk.try_reserve_exact(bulk_len) {
+        // Read past the bytes that have nowhere to go: the stream stays usable, and the caller
+        // still has the meta part to answer the frame with.
+        discard(fd, bulk_len, &watch)?;
+        return Err(out_of_memory(bulk_len, &error));
+    }
     recv_uninit(fd, bulk, bulk_len, &watch)?;
     Ok(true)
+}
+
+/// Reads `len` bytes from `fd` and drops them.
+fn discard(fd: BorrowedFd<'_>, mut len: usize, watch: &Watch<'_>) -> io::Result<()> {
+    let mut scrap = [0u8; 16 << 10];
+    while len > 0 {
+        let take = len.min(scrap.len());
+        recv_exact(fd, &mut scrap[..take], false, watch)?;
+        len -= take;
+    }
+    Ok(())
 }
 
 /// Appends `len` bytes from `fd` to `buf` (which has room for them), straight into its spare
