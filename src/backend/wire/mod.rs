@@ -31,6 +31,14 @@
 //!   header, meta and the arena); (3) the kernel copies it into a receive buffer that becomes the
 //!   outcome's `data` by move (not zero-filled, not copied out; the proxy keeps no large buffer);
 //!   (4) as (6) before, outside this module.
+//!
+//! Measured (200 MiB per call as 400 arguments or results of 512 KiB, processes, n_jobs=2, kept
+//! workers, CPU time of calls 2-6 on a loaded 2-core machine): arguments 78-93 ms in the parent
+//! and 66-75 ms in the workers before, 56-70 and 30-36 after; results 267-312 and 72-93 before,
+//! 186-247 and 57-84 after (a memcpy of the same bytes into a reused buffer: 23 ms). What remains
+//! on the results' side is mostly fresh memory (page faults and the kernel zeroing pages for the
+//! receive buffers and the gathered results) rather than the socket. The socket's send buffer is
+//! left at the system default: 1 MiB and 4 MiB did not use less CPU, and the minimum doubled it.
 
 mod batch;
 mod outcome;
