@@ -124,6 +124,67 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1).wrapping_add(frame[depth as usize % 64])
 }
 
+/// Task: returns `arg` (a u64) bytes, each the low byte of its offset / 4096, written in place.
+unsafe extern "C" fn sized(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: an 8-byte argument; pj_out_alloc returns `n` writable bytes (or NULL).
+    unsafe {
+        let n = arg_u64(arg, len) as usize;
+        let at = pj_out_alloc(out, n);
+        if at.is_null() {
+            return 1;
+        }
+        for (i, b) in std::slice::from_raw_parts_mut(at, n).iter_mut().enumerate() {
+            *b = (i >> 12) as u8;
+        }
+    }
+    0
+}
+
+/// Task: 2x its argument, except task 6, which returns 64 MiB and has its worker SIGKILLed while
+/// the worker is blocked in a socket write (sendmsg or sendto) of its outcome frame (a thread of
+/// the worker watches the main thread's system call in /proc; the parent reads the frame as it
+/// comes, so the write takes a while).
+unsafe extern "C" fn killed_mid_frame(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments.
+    let x = unsafe { arg_u64(arg, len) };
+    if x != 6 {
+        let y = (2 * x).to_ne_bytes();
+        pj_out_set(out, y.as_ptr(), 8);
+        return 0;
+    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    std::thread::spawn(move || {
+        let path = format!("/proc/self/task/{tid}/syscall");
+        let writes = [libc::SYS_sendmsg.to_string(), libc::SYS_sendto.to_string()];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let now = std::fs::read_to_string(&path).unwrap_or_default();
+            let call = now.split_whitespace().next().unwrap_or("");
+            if writes.iter().any(|w| w == call) {
+                // SAFETY: ends this worker process, as the scenario requires.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            std::thread::yield_now();
+        }
+    });
+    let n = 64 << 20;
+    // SAFETY: pj_out_alloc returns `n` writable bytes, valid until the callback returns.
+    let buf = unsafe { std::slice::from_raw_parts_mut(pj_out_alloc(out, n), n) };
+    buf.fill(6);
+    0
+}
+
 /// The re-executed scenarios. Ignored in normal runs; see the module docs.
 #[test]
 #[ignore]
@@ -179,6 +240,61 @@ fn child_case() {
             }
             println!("NEXT={:?}", as_u64s(&par.collect().unwrap()));
             println!("CHILDREN={}", children().len());
+        }
+        "midframe" => {
+            // Task 6 returns 64 MiB through the socket (max_nbytes none) and has its worker
+            // SIGKILLed while the worker is inside a socket write of that outcome frame.
+            let par = two_workers(&[("batch_size", "1"), ("max_nbytes", "none")]);
+            for i in 0..10u64 {
+                par.submit(
+                    Some(killed_mid_frame),
+                    std::ptr::null_mut(),
+                    &i.to_ne_bytes(),
+                )
+                .unwrap();
+            }
+            let err = match par.collect() {
+                Ok(results) => panic!("the call succeeded ({} results)", results.len()),
+                Err(err) => err,
+            };
+            println!("STATUS={:?}", err.status);
+            println!("INDEX={}", err.task_index);
+            println!("MESSAGE={}", err.message);
+            for i in 0..10u64 {
+                par.submit(Some(double_task), std::ptr::null_mut(), &i.to_ne_bytes())
+                    .unwrap();
+            }
+            println!("NEXT={:?}", as_u64s(&par.collect().unwrap()));
+            println!("CHILDREN={}", children().len());
+        }
+        "retained" => {
+            // One 256 MiB result through the socket, freed: what stays resident in this process
+            // while the executor (and its proxies) live on.
+            let rss_kib = || {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap();
+                let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+                line[6..]
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+            };
+            let par = two_workers(&[("batch_size", "1"), ("max_nbytes", "none")]);
+            par.submit(Some(double_task), std::ptr::null_mut(), &1u64.to_ne_bytes())
+                .unwrap();
+            par.collect().unwrap();
+            let before = rss_kib();
+            par.submit(
+                Some(sized),
+                std::ptr::null_mut(),
+                &(256u64 << 20).to_ne_bytes(),
+            )
+            .unwrap();
+            let results = par.collect().unwrap();
+            assert_eq!(results[0].len(), 256 << 20);
+            drop(results);
+            println!("RETAINED_KIB={}", rss_kib().saturating_sub(before));
         }
         "orphans" => {
             unsafe extern "C" fn sleep_long(
@@ -934,4 +1050,124 @@ fn cancel_from_another_thread_on_every_backend() {
             pj_status::NullArgument
         );
     }
+}
+
+#[test]
+fn a_worker_killed_while_writing_its_outcome_frame_is_reported() {
+    let lines = run_case("midframe");
+    assert_eq!(value(&lines, "STATUS"), "WorkerDied", "{lines:?}");
+    assert_eq!(value(&lines, "INDEX"), "6", "{lines:?}");
+    let message = value(&lines, "MESSAGE");
+    assert!(
+        message.contains("SIGKILL") && message.contains("task 6"),
+        "{message}"
+    );
+    assert_eq!(
+        value(&lines, "NEXT"),
+        format!("{:?}", (0..10).map(|i| 2 * i).collect::<Vec<u64>>())
+    );
+    assert_eq!(value(&lines, "CHILDREN"), "0", "no worker left behind");
+}
+
+#[test]
+fn a_large_result_through_the_socket_is_not_kept_once_freed() {
+    let lines = run_case("retained");
+    let retained: u64 = value(&lines, "RETAINED_KIB").parse().unwrap();
+    // 256 MiB came through; a buffer of that size kept by the parent would show in full.
+    assert!(retained < 64 << 10, "{retained} KiB still resident");
+}
+
+/// A results object read on one thread while the executor runs the next call on another.
+struct Held(*mut pj_results_t);
+// SAFETY: a results object is independent of its executor once collected; only one thread
+// touches it at a time here.
+unsafe impl Send for Held {}
+
+/// Task: a result of a size and pattern set by its (call, index) argument, written in place.
+unsafe extern "C" fn patterned(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 16-byte arguments; pj_out_alloc returns `n` writable bytes (or NULL).
+    unsafe {
+        let arg = std::slice::from_raw_parts(arg, len);
+        let call = u64::from_ne_bytes(arg[..8].try_into().unwrap());
+        let index = u64::from_ne_bytes(arg[8..].try_into().unwrap());
+        let n = pattern_len(call, index);
+        let at = pj_out_alloc(out, n);
+        if at.is_null() {
+            return 1;
+        }
+        for (i, b) in std::slice::from_raw_parts_mut(at, n).iter_mut().enumerate() {
+            *b = pattern_byte(call, index, i);
+        }
+    }
+    0
+}
+
+fn pattern_len(call: u64, index: u64) -> usize {
+    1 + ((call * 7919 + index * 104_729) % (128 << 10)) as usize
+}
+
+fn pattern_byte(call: u64, index: u64, at: usize) -> u8 {
+    (call as u8).wrapping_mul(31) ^ (index as u8).wrapping_mul(7) ^ (at % 253) as u8
+}
+
+/// Checks every result of call `call` (`n` tasks) byte by byte.
+fn check_call(results: &Held, call: u64, n: u64) {
+    assert_eq!(pj_results_len(results.0), n as usize);
+    for index in 0..n {
+        let (mut data, mut len) = (std::ptr::null(), 0usize);
+        assert_eq!(
+            pj_results_get(results.0, index as usize, &mut data, &mut len),
+            pj_status::Ok
+        );
+        assert_eq!(len, pattern_len(call, index), "call {call} task {index}");
+        // SAFETY: pj_results_get gave `len` readable bytes, valid until pj_results_free.
+        let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+        for (at, b) in bytes.iter().enumerate() {
+            assert_eq!(
+                *b,
+                pattern_byte(call, index, at),
+                "call {call} task {index} byte {at}"
+            );
+        }
+    }
+}
+
+#[test]
+fn results_stay_intact_over_many_calls_checked_while_the_next_call_runs() {
+    let par = std::sync::Arc::new(two_workers(&[("keep_workers", "true")]));
+    const N: u64 = 40;
+    let n = N;
+    let run = |par: &Par, call: u64| {
+        let n = N;
+        for index in 0..n {
+            let mut arg = call.to_ne_bytes().to_vec();
+            arg.extend_from_slice(&index.to_ne_bytes());
+            par.submit(Some(patterned), std::ptr::null_mut(), &arg)
+                .unwrap();
+        }
+        let mut res = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        check(pj_parallel_collect(par.0, &mut res, &mut err), err).unwrap();
+        Held(res)
+    };
+    let mut held = run(&par, 0);
+    for call in 1..12 {
+        let next = {
+            let par = par.clone();
+            std::thread::spawn(move || run(&par, call))
+        };
+        // The previous call's results, read while this one runs (and again once it is over).
+        check_call(&held, call - 1, n);
+        let done = next.join().unwrap();
+        check_call(&held, call - 1, n);
+        pj_results_free(held.0);
+        held = done;
+    }
+    check_call(&held, 11, n);
+    pj_results_free(held.0);
 }

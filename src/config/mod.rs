@@ -52,9 +52,9 @@ pub const DEFAULT_MAX_NBYTES: u64 = 1 << 20;
 
 /// The default cap on an auto batch's argument and result bytes (`batch_bytes`, pj's own): with
 /// pre_dispatch batches in the window, a stream of large results holds about pre_dispatch × this
-/// (plus, on processes, one frame buffer of up to a batch per worker). 16 MiB keeps a stream of
-/// 1 MiB results on 2 workers under 128 MiB and is no slower than larger batches: copying the
-/// bytes costs far more than a batch's fixed cost.
+/// (plus, on processes, each worker's reused argument buffer of up to a batch). 16 MiB keeps a
+/// stream of 1 MiB results on 2 workers under 128 MiB and is no slower than larger batches:
+/// copying the bytes costs far more than a batch's fixed cost.
 pub const DEFAULT_BATCH_BYTES: usize = 16 << 20;
 
 /// loky's default `idle_worker_timeout`: kept worker processes idle this long exit.

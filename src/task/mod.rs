@@ -325,6 +325,12 @@ impl Batch {
         }
     }
 
+    /// The batch's argument bytes, taken out of it (a worker process receives the next batch's
+    /// into the same memory).
+    pub fn into_args(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.args)
+    }
+
     /// A copy of this batch for another attempt, with task `index` recorded as failed (`failure`)
     /// so that the attempt skips it: on_error=collect's way past a worker that died or timed out.
     pub fn retry_without(&self, index: usize, failure: TaskFailure) -> Batch {

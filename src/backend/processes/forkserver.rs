@@ -52,7 +52,7 @@ use super::page::SharedRunning;
 use super::spawn::{answer_handshake, ask_registry};
 use super::worker::{leave, serve, tie_server_to_host, tie_to_parent};
 use crate::backend::crash;
-use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_frame_with_fds, send_frame_with_fds};
+use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_parts, send_parts};
 use crate::fork::{FORK_LOCK, ResetLockGuard};
 use crate::task::Death;
 
@@ -258,11 +258,11 @@ fn request(
     frame[..8].copy_from_slice(&(slot as u64).to_ne_bytes());
     frame[8..].copy_from_slice(&(level as u64).to_ne_bytes());
     let control = server.control.as_fd();
-    send_frame_with_fds(control, &frame, &[socket, page]).map_err(Failure::Broken)?;
+    send_parts(control, &frame, &[], &[socket, page]).map_err(Failure::Broken)?;
     let deadline = Instant::now() + ANSWER_LIMIT;
     let alive = || Instant::now() < deadline && is_running(server.pid);
     let (mut reply, mut fds) = (Vec::new(), Vec::new());
-    match recv_frame_with_fds(control, &mut reply, &mut fds, LIVENESS_PERIOD_MS, &alive) {
+    match recv_parts(control, &mut reply, &mut Vec::new(), &mut fds, LIVENESS_PERIOD_MS, &alive) {
         Ok(true) => {}
         Ok(false) => {
             let closed = io::Error::other("the fork server closed its connection");
@@ -390,9 +390,10 @@ fn serve_requests(control: BorrowedFd<'_>) -> i32 {
             continue;
         }
         received.clear();
-        match recv_frame_with_fds(
+        match recv_parts(
             control,
             &mut frame,
+            &mut Vec::new(),
             &mut received,
             LIVENESS_PERIOD_MS,
             &|| true,
@@ -405,14 +406,14 @@ fn serve_requests(control: BorrowedFd<'_>) -> i32 {
         let sent = match answer {
             Ok((kid, status)) => {
                 let pid = kid.pid.as_raw_pid().to_ne_bytes();
-                let sent = send_frame_with_fds(control, &pid, &[kid.pidfd.as_fd(), status.as_fd()]);
+                let sent = send_parts(control, &pid, &[], &[kid.pidfd.as_fd(), status.as_fd()]);
                 kids.push(kid);
                 sent
             }
             Err(error) => {
                 let mut reply = 0i32.to_ne_bytes().to_vec();
                 reply.extend_from_slice(error.to_string().as_bytes());
-                send_frame_with_fds(control, &reply, &[])
+                send_parts(control, &reply, &[], &[])
             }
         };
         if sent.is_err() {

@@ -50,8 +50,8 @@ use super::start::{Start, Worker, spawn_worker};
 use crate::backend::CallLink;
 use crate::backend::spill::map_results;
 use crate::backend::wire::{
-    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_outcome, encode_batch, recv_frame_with_fds,
-    send_frame_with_fds,
+    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_outcome_parts, encode_batch_meta, recv_parts,
+    send_parts,
 };
 use crate::config::Recycling;
 use crate::memmap::{MapAccess, Mapping};
@@ -74,7 +74,12 @@ pub(super) struct Proxy {
     slot: usize,
     level: usize,
     worker: Option<Worker>,
-    buf: Vec<u8>,
+    /// The meta part of the frames both ways (a few words per task; reused).
+    meta: Vec<u8>,
+    /// Where an outcome's result bytes are received: they become the outcome's `data` by move,
+    /// so this is empty again after each outcome and the next one lands in fresh memory (or in a
+    /// buffer put here before the exchange).
+    bulk: Vec<u8>,
     /// Descriptors of result files that came with the last outcome.
     fds: Vec<OwnedFd>,
     /// How to start a fresh worker.
@@ -106,7 +111,8 @@ impl Proxy {
             slot,
             level,
             worker: None,
-            buf: Vec::new(),
+            meta: Vec::new(),
+            bulk: Vec::new(),
             fds: Vec::new(),
             start,
             recycling,
@@ -311,13 +317,13 @@ impl Proxy {
         let attached_fds: Vec<_> = unsent.iter().map(|(_, fd)| fd.as_fd()).collect();
         let by_index = self.start.by_index();
         // Nothing was sent when the frame cannot be allocated: the worker stays usable.
-        encode_batch(
+        encode_batch_meta(
             batch,
             flags,
             &attached,
             results_folder,
             by_index,
-            &mut self.buf,
+            &mut self.meta,
         )
         .map_err(|e| Some(Lost::fatal(batch.first, TaskFailure::Io(e.to_string()))))?;
         self.fds.clear();
@@ -363,8 +369,17 @@ impl Proxy {
                 "a batch refers to too many spill files",
             ))
         } else {
-            send_frame_with_fds(fd, &self.buf, &attached_fds).and_then(|()| {
-                recv_frame_with_fds(fd, &mut self.buf, &mut self.fds, period, &alive)
+            // The argument bytes go from the batch's own buffer.
+            let (_, args, _) = batch.parts();
+            send_parts(fd, &self.meta, args, &attached_fds).and_then(|()| {
+                recv_parts(
+                    fd,
+                    &mut self.meta,
+                    &mut self.bulk,
+                    &mut self.fds,
+                    period,
+                    &alive,
+                )
             })
         };
         if let Some(worker) = self.worker.as_mut() {
@@ -377,7 +392,9 @@ impl Proxy {
                     slot: self.slot,
                     pid: u32::try_from(pid.as_raw_pid()).unwrap_or(0),
                 };
-                let decoded = decode_outcome(&self.buf, ran)
+                // The received result bytes become the outcome's: no copy.
+                let data = std::mem::take(&mut self.bulk);
+                let decoded = decode_outcome_parts(&self.meta, data, ran)
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;
                 if let Some(worker) = self.worker.as_mut() {

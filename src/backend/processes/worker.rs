@@ -17,6 +17,7 @@
 //! `signal` (rustix sets signal actions only in its unstable `runtime` module), and `_exit`
 //! ([`leave`], likewise: std's `exit` would run the parent image's atexit handlers).
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -29,10 +30,10 @@ use super::page::SharedRunning;
 use crate::backend::crash;
 use crate::backend::spill::{SpillMaps, spill_results};
 use crate::backend::wire::{
-    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_batch, encode_outcome,
-    recv_frame_with_fds, send_frame_with_fds,
+    DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, batch_span, decode_batch_parts,
+    encode_outcome_meta, recv_parts, send_parts,
 };
-use crate::task::{RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
+use crate::task::{BatchOutcome, RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
 
 /// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
 pub(super) fn worker_main(
@@ -98,17 +99,51 @@ pub(in crate::backend) fn serve(
         // In the shared page: the parent raises it when the call is aborted, so a running
         // callback sees it (pj_out_cancelled) and the batch stops before its next task.
         let abort = running.stop();
+        // Frame parts: the batch's meta part in, the outcome's meta part out, and the argument
+        // bytes, received into the memory of the previous batch's (the batch owns them while it
+        // runs and gives them back).
         let (mut inbox, mut outbox) = (Vec::new(), Vec::new());
+        let mut args = Vec::new();
         let mut received = Vec::new();
         let mut spill = SpillMaps::default();
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
-        while let Ok(true) = recv_frame_with_fds(
-            socket,
-            &mut inbox,
-            &mut received,
-            LIVENESS_PERIOD_MS,
-            &|| true,
-        ) {
+        loop {
+            match recv_parts(
+                socket,
+                &mut inbox,
+                &mut args,
+                &mut received,
+                LIVENESS_PERIOD_MS,
+                &|| true,
+            ) {
+                Ok(true) => {}
+                Err(error) if error.kind() == io::ErrorKind::OutOfMemory => {
+                    // No room here for the batch's arguments (the frame was read past them):
+                    // the batch fails with that, and the worker serves the next one.
+                    let Ok((first, size)) = batch_span(&inbox) else {
+                        return 0;
+                    };
+                    let failed = BatchOutcome {
+                        first,
+                        size,
+                        data: Default::default(),
+                        ends: Vec::new(),
+                        failure: Some((first, TaskFailure::Io(error.to_string()))),
+                        errors: Vec::new(),
+                        large: Vec::new(),
+                        seconds: 0.0,
+                        worker: WorkerId::Process { slot, pid: 0 },
+                    };
+                    encode_outcome_meta(&failed, &[], &mut outbox);
+                    // Spill files that came with the frame cannot be filed without its
+                    // arguments; the parent counts them as sent: this worker must go.
+                    if send_parts(socket, &outbox, &[], &[]).is_err() || !received.is_empty() {
+                        return 0;
+                    }
+                    continue;
+                }
+                Ok(false) | Err(_) => break,
+            }
             // SAFETY: the frame was encoded by our parent, of which this process is a fork (its
             // addresses are valid here), or, for a spawned worker, carries registry indices.
             let Ok(DecodedBatch {
@@ -116,7 +151,7 @@ pub(in crate::backend) fn serve(
                 flags,
                 attached,
                 results_folder,
-            }) = (unsafe { decode_batch(&inbox, functions) })
+            }) = (unsafe { decode_batch_parts(&inbox, std::mem::take(&mut args), functions) })
             else {
                 return 3;
             };
@@ -143,6 +178,7 @@ pub(in crate::backend) fn serve(
             let mut outcome = run_batch(&batch, ctx);
             drop(spilled);
             spill.end_batch();
+            args = batch.into_args();
             let mut files = Vec::new();
             if flags.results_above != u64::MAX {
                 let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
@@ -160,8 +196,9 @@ pub(in crate::backend) fn serve(
             }
             let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
             let attached: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.fd.as_fd()).collect();
-            encode_outcome(&outcome, &listed, &mut outbox);
-            if send_frame_with_fds(socket, &outbox, &attached).is_err() {
+            // The result bytes go from the arena the tasks wrote them into.
+            encode_outcome_meta(&outcome, &listed, &mut outbox);
+            if send_parts(socket, &outbox, &outcome.data, &attached).is_err() {
                 return 0;
             }
         }

@@ -63,12 +63,8 @@ impl RunFlags {
     }
 }
 
-/// Encodes `batch` into `out` (cleared first). Of `batch.forced` only the indices travel: the
-/// worker skips those tasks, and the parent, which kept the batch, merges their failures.
-/// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
-/// order of the descriptors; `results_folder` is where the worker writes results above
-/// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
-/// registry indices (the caller checked that every task's function is registered).
+/// Encodes `batch` into `out` (cleared first), its argument bytes last: [`encode_batch_meta`]
+/// followed by the bytes (one buffer, for transports that send one message).
 ///
 /// The frame is as large as the batch's arguments: when it cannot be allocated, this is an
 /// [`io::ErrorKind::OutOfMemory`] error (never an abort).
@@ -80,12 +76,39 @@ pub fn encode_batch(
     by_index: bool,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let (callbacks, args, arg_ends) = batch.parts();
+    encode_batch_meta(batch, flags, attached, results_folder, by_index, out)?;
+    let (_, args, _) = batch.parts();
+    out.try_reserve_exact(args.len())
+        .map_err(|e| out_of_memory(args.len(), &e))?;
+    out.extend_from_slice(args);
+    Ok(())
+}
+
+/// Encodes everything of `batch` but its argument bytes into `out` (cleared first): a socket
+/// sends those from the batch's own buffer (`batch.parts().1`) right after it. Of `batch.forced`
+/// only the indices travel: the worker skips those tasks, and the parent, which kept the batch,
+/// merges their failures.
+/// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
+/// order of the descriptors; `results_folder` is where the worker writes results above
+/// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
+/// registry indices (the caller checked that every task's function is registered).
+///
+/// Its size is a few words per task: when it cannot be allocated, this is an
+/// [`io::ErrorKind::OutOfMemory`] error (never an abort).
+pub fn encode_batch_meta(
+    batch: &Batch,
+    flags: RunFlags,
+    attached: &[u64],
+    results_folder: &[u8],
+    by_index: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let (callbacks, _, arg_ends) = batch.parts();
     out.clear();
-    // Everything written below, so that nothing reallocates.
+    // Everything written below (the argument bytes are not, only their length), so that nothing
+    // reallocates.
     let len = 80
         + callbacks.len() * 24
-        + args.len()
         + results_folder.len()
         + batch.forced.len() * 8
         + batch.spilled.len() * 32
@@ -94,7 +117,7 @@ pub fn encode_batch(
         .map_err(|e| out_of_memory(len, &e))?;
     put(out, batch.first);
     put(out, callbacks.len());
-    put(out, args.len());
+    put(out, batch.parts().1.len());
     put(out, flags.bits());
     out.extend_from_slice(&flags.call.to_ne_bytes());
     out.extend_from_slice(&flags.results_above.to_ne_bytes());
@@ -136,7 +159,6 @@ pub fn encode_batch(
     for &end in arg_ends {
         put(out, end);
     }
-    out.extend_from_slice(args);
     Ok(())
 }
 
@@ -153,14 +175,104 @@ pub struct DecodedBatch {
     pub results_folder: Vec<u8>,
 }
 
-/// Decodes a batch encoded by [`encode_batch`]; with `functions` (a spawned worker's registry),
-/// callbacks are registry indices into it.
+/// Decodes a batch encoded by [`encode_batch`] (its argument bytes are copied out of `buf`);
+/// with `functions` (a spawned worker's registry), callbacks are registry indices into it.
 ///
 /// # Safety
 /// Without `functions`, `buf` must come from `encode_batch` in this process or the process this
 /// one was forked from, so that its callback addresses are valid here.
 pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Result<DecodedBatch> {
     let mut r = Reader { buf, what: "batch" };
+    // SAFETY: forwarded from this function's contract.
+    let head = unsafe { decode_head(&mut r, functions) }?;
+    let bytes = r.bytes(head.args_len)?;
+    let mut args = Vec::new();
+    args.try_reserve_exact(bytes.len())
+        .map_err(|e| out_of_memory(bytes.len(), &e))?;
+    args.extend_from_slice(bytes);
+    head.into_batch(args)
+}
+
+/// Decodes a batch sent as two parts: `meta` from [`encode_batch_meta`] and the argument bytes,
+/// `args`, which become the batch's own (moved, not copied: the worker takes them back with
+/// [`Batch::into_args`] for the next frame).
+///
+/// # Safety
+/// As for [`decode_batch`], with `meta` for `buf`.
+pub unsafe fn decode_batch_parts(
+    meta: &[u8],
+    args: Vec<u8>,
+    functions: Option<&[TaskFn]>,
+) -> io::Result<DecodedBatch> {
+    let mut r = Reader {
+        buf: meta,
+        what: "batch",
+    };
+    // SAFETY: forwarded from this function's contract.
+    let head = unsafe { decode_head(&mut r, functions) }?;
+    if !r.buf.is_empty() || args.len() != head.args_len {
+        return Err(malformed("batch"));
+    }
+    head.into_batch(args)
+}
+
+/// The index of the first task and the number of tasks of a batch whose meta part
+/// ([`encode_batch_meta`]) is `meta`: enough to answer a frame whose arguments could not be had.
+pub fn batch_span(meta: &[u8]) -> io::Result<(usize, usize)> {
+    let mut r = Reader {
+        buf: meta,
+        what: "batch",
+    };
+    Ok((r.word()?, r.word()?))
+}
+
+/// Everything of a decoded batch but its argument bytes.
+struct Head {
+    first: usize,
+    callbacks: Vec<Callback>,
+    arg_ends: Vec<usize>,
+    args_len: usize,
+    forced: Vec<usize>,
+    spilled: Vec<(usize, ArgRef)>,
+    decoded: DecodedBatch,
+}
+
+impl Head {
+    /// The batch, with `args` (`args_len` bytes) for its argument bytes.
+    fn into_batch(self, args: Vec<u8>) -> io::Result<DecodedBatch> {
+        let Head {
+            first,
+            callbacks,
+            arg_ends,
+            args_len,
+            forced,
+            spilled,
+            mut decoded,
+        } = self;
+        if args.len() != args_len
+            || arg_ends.windows(2).any(|w| w[0] > w[1])
+            || arg_ends.last().is_some_and(|&end| end != args_len)
+        {
+            return Err(malformed("batch"));
+        }
+        let mut batch = Batch::from_parts(first, callbacks, args, arg_ends);
+        // The worker only needs to know which tasks to skip; the failures themselves stay with
+        // the parent.
+        batch.forced = forced
+            .into_iter()
+            .map(|index| (index, TaskFailure::Io(String::new())))
+            .collect();
+        batch.spilled = spilled;
+        decoded.batch = batch;
+        Ok(decoded)
+    }
+}
+
+/// Reads what [`encode_batch_meta`] wrote.
+///
+/// # Safety
+/// As for [`decode_batch`].
+unsafe fn decode_head(r: &mut Reader<'_>, functions: Option<&[TaskFn]>) -> io::Result<Head> {
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
     let mut flags = RunFlags::from_bits(r.word()?)?;
     flags.call = r.word()? as u64;
@@ -208,24 +320,18 @@ pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Resu
             .collect(),
     };
     let arg_ends = r.words(count)?;
-    let args = r.bytes(args_len)?.to_vec();
-    if arg_ends.windows(2).any(|w| w[0] > w[1])
-        || arg_ends.last().is_some_and(|&end| end != args_len)
-    {
-        return Err(malformed("batch"));
-    }
-    let mut batch = Batch::from_parts(first, callbacks, args, arg_ends);
-    // The worker only needs to know which tasks to skip; the failures themselves stay with the
-    // parent.
-    batch.forced = forced
-        .into_iter()
-        .map(|index| (index, TaskFailure::Io(String::new())))
-        .collect();
-    batch.spilled = spilled;
-    Ok(DecodedBatch {
-        batch,
-        flags,
-        attached,
-        results_folder,
+    Ok(Head {
+        first,
+        callbacks,
+        arg_ends,
+        args_len,
+        forced,
+        spilled,
+        decoded: DecodedBatch {
+            batch: Batch::new(first, 0),
+            flags,
+            attached,
+            results_folder,
+        },
     })
 }

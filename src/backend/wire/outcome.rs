@@ -7,11 +7,21 @@ use std::time::Duration;
 use super::{Reader, malformed, out_of_memory, put};
 use crate::task::{BatchOutcome, Death, TaskFailure, WorkerId};
 
-/// Encodes `outcome` into `out` (cleared first). `files` lists the results that travel as descriptors with the
-/// frame, as (task index, length), in the order of the descriptors.
+/// Encodes `outcome` into `out` (cleared first), its result bytes last: [`encode_outcome_meta`]
+/// followed by the bytes (one buffer, for transports that send one message). `files` lists the
+/// results that travel as descriptors with the frame, as (task index, length), in the order of
+/// the descriptors.
 pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
+    encode_outcome_meta(outcome, files, out);
+    out.reserve(outcome.data.len());
+    out.extend_from_slice(&outcome.data);
+}
+
+/// Encodes everything of `outcome` but its result bytes into `out` (cleared first): a socket
+/// sends those from the outcome's own arena (`outcome.data`) right after it. `files` as for
+/// [`encode_outcome`].
+pub fn encode_outcome_meta(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(48 + outcome.ends.len() * 8 + outcome.data.len());
     put(out, outcome.first);
     put(out, outcome.size);
     put(out, outcome.ends.len());
@@ -19,7 +29,6 @@ pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mu
     for &end in &outcome.ends {
         put(out, end);
     }
-    out.extend_from_slice(&outcome.data);
     match &outcome.failure {
         None => put(out, 0),
         Some((index, failure)) => put_failure(out, *index, failure),
@@ -164,8 +173,9 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
     }
 }
 
-/// Decodes an outcome encoded by [`encode_outcome`], run by `worker` (which the receiving side
-/// knows); `seconds` is the parent's to fill. Also returns the (task index, length) of the results that came as descriptors.
+/// Decodes an outcome encoded by [`encode_outcome`] (its result bytes are copied out of `buf`),
+/// run by `worker` (which the receiving side knows); `seconds` is the parent's to fill. Also
+/// returns the (task index, length) of the results that came as descriptors.
 pub fn decode_outcome(
     buf: &[u8],
     worker: WorkerId,
@@ -174,19 +184,57 @@ pub fn decode_outcome(
         buf,
         what: "outcome",
     };
-    let (first, size, completed, data_len) = (r.word()?, r.word()?, r.word()?, r.word()?);
-    let ends = r.words(completed)?;
-    let bytes = r.bytes(data_len)?;
+    let (outcome, files) = decode_head(&mut r, worker)?;
+    let bytes = r.bytes(outcome.data_len)?;
     let mut data = Vec::new();
     data.try_reserve_exact(bytes.len())
         .map_err(|e| out_of_memory(bytes.len(), &e))?;
     data.extend_from_slice(bytes);
+    Ok((outcome.with_data(data), files))
+}
+
+/// Decodes an outcome sent as two parts: `meta` from [`encode_outcome_meta`] and the result
+/// bytes, `data`, which become the outcome's own (moved, not copied). Otherwise as
+/// [`decode_outcome`].
+pub fn decode_outcome_parts(
+    meta: &[u8],
+    data: Vec<u8>,
+    worker: WorkerId,
+) -> io::Result<(BatchOutcome, Vec<(usize, usize)>)> {
+    let mut r = Reader {
+        buf: meta,
+        what: "outcome",
+    };
+    let (outcome, files) = decode_head(&mut r, worker)?;
+    if !r.buf.is_empty() || data.len() != outcome.data_len {
+        return Err(malformed("outcome"));
+    }
+    Ok((outcome.with_data(data), files))
+}
+
+/// An outcome without its result bytes, which are `data_len` long.
+struct Head {
+    outcome: BatchOutcome,
+    data_len: usize,
+}
+
+impl Head {
+    fn with_data(mut self, data: Vec<u8>) -> BatchOutcome {
+        self.outcome.data = data.into();
+        self.outcome
+    }
+}
+
+/// Reads what [`encode_outcome_meta`] wrote.
+fn decode_head(r: &mut Reader<'_>, worker: WorkerId) -> io::Result<(Head, Vec<(usize, usize)>)> {
+    let (first, size, completed, data_len) = (r.word()?, r.word()?, r.word()?, r.word()?);
+    let ends = r.words(completed)?;
     if ends.windows(2).any(|w| w[0] > w[1]) || ends.last().is_some_and(|&end| end != data_len) {
         return Err(malformed("outcome"));
     }
     let failure = match r.word()? {
         0 => None,
-        tag => Some(read_failure(&mut r, tag)?),
+        tag => Some(read_failure(r, tag)?),
     };
     let error_count = r.word()?;
     if error_count > size {
@@ -195,7 +243,7 @@ pub fn decode_outcome(
     let mut errors = Vec::with_capacity(error_count);
     for _ in 0..error_count {
         let tag = r.word()?;
-        errors.push(read_failure(&mut r, tag)?);
+        errors.push(read_failure(r, tag)?);
     }
     let file_count = r.word()?;
     if file_count > size {
@@ -208,7 +256,7 @@ pub fn decode_outcome(
     let outcome = BatchOutcome {
         first,
         size,
-        data: data.into(),
+        data: Default::default(),
         ends,
         failure,
         errors,
@@ -216,5 +264,5 @@ pub fn decode_outcome(
         seconds: 0.0,
         worker,
     };
-    Ok((outcome, files))
+    Ok((Head { outcome, data_len }, files))
 }
