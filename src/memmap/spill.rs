@@ -1,5 +1,10 @@
 //! The content-keyed spill of a call's large arguments: each distinct byte string is written once
 //! per call to anonymous backing files, at page-aligned offsets that workers map directly.
+//!
+//! A spill outlives its call when its executor keeps it: [`Spill::clear`] forgets every entry but
+//! keeps the files and the space reserved in them, so the next call writes its arguments at the
+//! same offsets, into pages the file system has already allocated (and that kept workers still
+//! map), instead of creating, reserving, faulting in and finally freeing fresh ones.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,6 +36,9 @@ struct Segment {
     file: BackingFile,
     /// Bytes handed out so far (page-aligned): the next entry starts here.
     used: usize,
+    /// Bytes `0..reserved` are reserved (by this or an earlier call): writing there needs no
+    /// `fallocate`.
+    reserved: u64,
 }
 
 /// The large arguments of one call, written to anonymous files in the temp folder so workers can
@@ -41,6 +49,8 @@ pub struct Spill {
     folder: PathBuf,
     segment_bytes: usize,
     segments: Vec<Segment>,
+    /// The segment new entries go to; earlier ones are full (for this call).
+    current: usize,
     /// (hash, length) -> entries with that key; almost always one.
     index: HashMap<(u64, usize), Vec<SpillRef>>,
 }
@@ -57,8 +67,31 @@ impl Spill {
             folder: folder.into(),
             segment_bytes: round_up(segment_bytes.max(1), page_size()).unwrap_or(usize::MAX),
             segments: Vec::new(),
+            current: 0,
             index: HashMap::new(),
         }
+    }
+
+    /// The folder the files are in.
+    pub fn folder(&self) -> &std::path::Path {
+        &self.folder
+    }
+
+    /// Forgets every entry (their bytes may be overwritten from now on) but keeps the files and
+    /// the space reserved in them: the next entries are written from the first file's start
+    /// again, without creating or reserving anything until they outgrow what earlier ones used.
+    /// Only for when nobody reads the entries any more (every task of the call has ended).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        for segment in &mut self.segments {
+            segment.used = 0;
+        }
+        self.current = 0;
+    }
+
+    /// Bytes reserved in the files (what the spill holds of the file system while it lives).
+    pub fn reserved_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.reserved).sum()
     }
 
     /// Where `bytes` is stored, writing it only if no identical content was stored before (equal
@@ -102,22 +135,34 @@ impl Spill {
         let span = round_up(bytes.len(), page).ok_or_else(|| {
             Error::invalid(format!("an argument of {} bytes is too large", bytes.len()))
         })?;
-        let fits_last = self
-            .segments
-            .last()
-            .is_some_and(|s| s.file.len() as usize - s.used >= bytes.len());
-        if !fits_last {
-            let size = span.max(self.segment_bytes);
-            let file = BackingFile::create_sparse(&self.folder, size as u64)?;
-            self.segments.push(Segment { file, used: 0 });
-        }
-        let file_index = self.segments.len() - 1;
-        let segment = self
-            .segments
-            .last_mut()
-            .expect("a segment was just ensured");
+        // The first file from the current one on with room (a later, larger one kept from an
+        // earlier call may take an entry the current one cannot), else a new one.
+        let fits = |s: &Segment| s.file.len() as usize - s.used >= bytes.len();
+        let found = self.segments.iter().skip(self.current).position(fits);
+        let file_index = match found {
+            Some(skip) => self.current + skip,
+            None => {
+                let size = span.max(self.segment_bytes);
+                let file = BackingFile::create_sparse(&self.folder, size as u64)?;
+                self.segments.push(Segment {
+                    file,
+                    used: 0,
+                    reserved: 0,
+                });
+                self.segments.len() - 1
+            }
+        };
+        self.current = file_index;
+        let segment = &mut self.segments[file_index];
         let offset = segment.used as u64;
-        segment.file.reserve(offset, bytes.len() as u64)?;
+        let end = offset + bytes.len() as u64;
+        if end > segment.reserved {
+            // From the end of what is reserved, gaps between entries included, so that bytes
+            // `0..reserved` are all backed whatever the next call's entries look like.
+            let from = segment.reserved;
+            segment.file.reserve(from, end - from)?;
+            segment.reserved = end;
+        }
         segment.file.write_all_at(offset, bytes).map_err(|e| {
             folder_error(
                 &self.folder,
@@ -289,6 +334,73 @@ mod tests {
                 [i as u8; 100]
             );
         }
+        assert_eq!(dir.entries(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_cleared_spill_writes_again_at_the_same_offsets_of_the_same_files() {
+        let dir = TempDir::new();
+        let page = page_size();
+        let mut spill = Spill::with_segment_bytes(dir.path(), 4 * page);
+        let a: Vec<u8> = (0..2 * page + 10).map(|i| (i % 253) as u8).collect();
+        let b = vec![7u8; 3 * page];
+        let first = [
+            spill.get_or_write(&a).unwrap(),
+            spill.get_or_write(&b).unwrap(),
+        ];
+        assert_eq!(spill.file_count(), 2);
+        let reserved = spill.reserved_bytes();
+        assert_eq!(reserved, (2 * page + 10 + 3 * page) as u64);
+        let inode = |spill: &Spill, i: usize| {
+            rustix::fs::fstat(spill.file(i).unwrap().fd())
+                .unwrap()
+                .st_ino
+        };
+        let inodes = [inode(&spill, 0), inode(&spill, 1)];
+
+        spill.clear();
+        // The same layout lands on the same bytes: no file made, nothing more reserved.
+        let c: Vec<u8> = a.iter().map(|x| x ^ 0x5a).collect();
+        let again = [
+            spill.get_or_write(&c).unwrap(),
+            spill.get_or_write(&b).unwrap(),
+        ];
+        assert_eq!(again, first);
+        assert_eq!(spill.file_count(), 2);
+        assert_eq!(spill.reserved_bytes(), reserved);
+        assert_eq!([inode(&spill, 0), inode(&spill, 1)], inodes);
+        assert_eq!(mapped(spill.file(0).unwrap(), 0, c.len()), c);
+        // The index was forgotten: `a`, overwritten by `c`, is written anew, not found stale.
+        let a_again = spill.get_or_write(&a).unwrap();
+        assert_ne!(a_again, first[0]);
+        assert_eq!(
+            mapped(spill.file(a_again.file).unwrap(), a_again.offset, a.len()),
+            a
+        );
+        assert_eq!(mapped(spill.file(0).unwrap(), 0, c.len()), c);
+
+        // An entry larger than the files before it goes to a larger one kept from before.
+        let big = vec![1u8; 10 * page];
+        assert_eq!(
+            spill.write_new(&big).unwrap(),
+            SpillRef {
+                file: 3,
+                offset: 0,
+                len: big.len()
+            }
+        );
+        spill.clear();
+        assert_eq!(spill.write_new(&[2; 100]).unwrap().file, 0);
+        assert_eq!(
+            spill.write_new(&big).unwrap(),
+            SpillRef {
+                file: 3,
+                offset: 0,
+                len: big.len()
+            }
+        );
+        assert_eq!(spill.file_count(), 4);
+        drop(spill);
         assert_eq!(dir.entries(), Vec::<String>::new());
     }
 
