@@ -32,9 +32,9 @@ pub(super) struct Worker {
     pub(super) pid: Pid,
     pub(super) socket: OwnedFd,
     pub(super) running: SharedRunning,
-    /// Spill files whose descriptors this worker already received, in call `call`.
+    /// Spill files whose descriptors this worker already received, of spill epoch `epoch`.
     pub(super) sent_files: Vec<u64>,
-    pub(super) call: u64,
+    pub(super) epoch: u64,
     /// It returned the outcome of a batch: it was working, so a later death before any task of a
     /// batch started is not a start-up failure that would repeat.
     pub(super) served: bool,
@@ -96,7 +96,7 @@ pub(super) fn spawn_worker(
             socket,
             running,
             sent_files: Vec::new(),
-            call: 0,
+            epoch: 0,
             served: false,
         });
     }
@@ -118,7 +118,7 @@ pub(super) fn spawn_worker(
         socket: parent_end.into(),
         running,
         sent_files: Vec::new(),
-        call: 0,
+        epoch: 0,
         served: false,
     })
 }

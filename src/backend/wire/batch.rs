@@ -19,6 +19,10 @@ pub struct RunFlags {
     /// Which call the batch belongs to: a kept worker drops the previous call's spill files when
     /// it changes.
     pub call: u64,
+    /// Which spill files the batch's arguments are in ([`crate::backend::CallFiles::epoch`]): a
+    /// worker keeps the files and mappings of one epoch, across calls, and drops them when it
+    /// changes.
+    pub spill_epoch: u64,
     /// Results longer than this many bytes go back through files (u64::MAX: never).
     pub results_above: u64,
 }
@@ -29,6 +33,7 @@ impl Default for RunFlags {
             settings: RunSettings::default(),
             access: MapAccess::ReadOnly,
             call: 0,
+            spill_epoch: 0,
             results_above: u64::MAX,
         }
     }
@@ -58,6 +63,7 @@ impl RunFlags {
             },
             access,
             call: 0,
+            spill_epoch: 0,
             results_above: u64::MAX,
         })
     }
@@ -83,7 +89,7 @@ pub fn encode_batch(
     let (callbacks, args, arg_ends) = batch.parts();
     out.clear();
     // Everything written below, so that nothing reallocates.
-    let len = 80
+    let len = 88
         + callbacks.len() * 24
         + args.len()
         + results_folder.len()
@@ -97,6 +103,7 @@ pub fn encode_batch(
     put(out, args.len());
     put(out, flags.bits());
     out.extend_from_slice(&flags.call.to_ne_bytes());
+    out.extend_from_slice(&flags.spill_epoch.to_ne_bytes());
     out.extend_from_slice(&flags.results_above.to_ne_bytes());
     put(out, results_folder.len());
     out.extend_from_slice(results_folder);
@@ -164,6 +171,7 @@ pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Resu
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
     let mut flags = RunFlags::from_bits(r.word()?)?;
     flags.call = r.word()? as u64;
+    flags.spill_epoch = r.word()? as u64;
     flags.results_above = r.word()? as u64;
     let folder_len = r.word()?;
     let results_folder = r.bytes(folder_len)?.to_vec();
