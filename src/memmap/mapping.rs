@@ -123,6 +123,31 @@ impl Mapping {
         Self::map(fd, 0, len, access)
     }
 
+    /// Keeps the mapping out of processes forked from now on (`MADV_DONTFORK`): a worker forked
+    /// later does not inherit it, so it neither sees nor holds the file through it.
+    pub fn dont_fork(&self) -> Result<()> {
+        match &self.map {
+            Some(map) => map
+                .advise(memmap2::Advice::DontFork)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot advise a mapping: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Maps the pages of bytes `offset..offset + len` of the mapping now, writable
+    /// (`MADV_POPULATE_WRITE`), so that writing them takes no page fault. The pages must be
+    /// reserved in the file. Best effort: a kernel without it (before 5.14) faults them in as
+    /// they are written instead.
+    pub fn populate_write(&self, offset: usize, len: usize) {
+        let Some(map) = &self.map else { return };
+        let page = page_size();
+        let start = offset / page * page;
+        let end = offset.saturating_add(len).min(map.len());
+        if end > start {
+            let _ = map.advise_range(memmap2::Advice::PopulateWrite, start, end - start);
+        }
+    }
+
     /// The first mapped byte; for an empty mapping, a non-null, 64-byte-aligned pointer that must
     /// not be dereferenced. Writing through it is allowed only for [`MapAccess::Shared`] and
     /// [`MapAccess::Private`] (a write to a read-only mapping is a SIGSEGV).
