@@ -500,6 +500,9 @@ impl Drop for Parallel {
             // them here would hang or hit the parent's), its temp files too. Leak them.
             std::mem::forget(state.call.take());
             std::mem::forget(state.backend.take());
+            // Its spill files' mappings were not inherited (MADV_DONTFORK): unmapping their
+            // addresses here could unmap whatever this process mapped there since.
+            std::mem::forget(std::mem::take(&mut state.spill_space));
             return;
         }
         if let Some(call) = state.call.take() {

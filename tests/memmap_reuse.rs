@@ -184,3 +184,97 @@ fn a_crash_a_timeout_or_a_cancel_leaves_the_next_call_right() {
     assert_eq!(open_files_in(&folder), 0);
     assert!(entries(&folder).is_empty());
 }
+
+/// The address ranges of this process's mappings of files in `folder`.
+fn mappings_in(folder: &Path) -> Vec<(usize, usize)> {
+    let prefix = folder.to_string_lossy().into_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter(|line| line.contains(&prefix))
+        .map(|line| {
+            let (start, end) = line
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            (
+                usize::from_str_radix(start, 16).unwrap(),
+                usize::from_str_radix(end, 16).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A fork of the caller does not inherit the executor's kept spill mappings, so freeing the
+/// executor's copy there must not unmap their addresses, which the child may have reused.
+#[test]
+fn freeing_an_inherited_executor_leaves_the_childs_mappings_alone() {
+    let folder = fresh_folder("fork");
+    let par = executor(&folder, &[]);
+    good_call(&par, 1);
+    let kept = mappings_in(&folder);
+    assert!(!kept.is_empty(), "the executor maps its kept files");
+    let handle = par.0;
+    // SAFETY: the child maps memory, frees the executor's copy (pj's C API, fork-safe with
+    // glibc) and leaves through _exit, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(|| {
+            if !mappings_in(&folder).is_empty() {
+                return 2;
+            }
+            // The child's own memory where the parent's spill mappings are.
+            let mut ours = Vec::new();
+            for &(start, end) in &kept {
+                // SAFETY: the range is unmapped in this process (checked above); MAP_FIXED puts
+                // fresh anonymous memory there.
+                let at = unsafe {
+                    libc::mmap(
+                        start as *mut c_void,
+                        end - start,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if at as usize != start {
+                    return 3;
+                }
+                // SAFETY: just mapped, readable and writable.
+                unsafe { (at as *mut u8).write_volatile(42) };
+                ours.push(at as *mut u8);
+            }
+            drop(Par(handle));
+            // A SIGSEGV here (an unmapped page) fails the test.
+            // SAFETY: still mapped, unless freeing the copy unmapped it.
+            let intact = ours.iter().all(|&p| unsafe { p.read_volatile() } == 42);
+            if intact { 0 } else { 4 }
+        })
+        .unwrap_or(101);
+        // SAFETY: leaving the child without running the harness's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // SAFETY: polls our own child; `status` is a valid out-pointer.
+    while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+        if std::time::Instant::now() > deadline {
+            // SAFETY: our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("the forked child hung");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child failed: {status:#x}"
+    );
+    // The parent's executor still works, with the same files.
+    assert_eq!(good_call(&par, 2).len(), 1);
+    drop(par);
+    assert_eq!(open_files_in(&folder), 0);
+    assert!(entries(&folder).is_empty());
+}

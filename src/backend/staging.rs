@@ -122,8 +122,21 @@ pub struct Stager {
 /// An executor's spill files between its calls (cheap to clone: every clone is the same space).
 /// Taken by a call's [`Stager`] when the call starts and given back when it ends; a lock per call,
 /// never per task.
-#[derive(Clone, Debug, Default)]
-pub struct SpillSpace(Arc<Mutex<Option<Kept>>>);
+#[derive(Clone, Debug)]
+pub struct SpillSpace {
+    kept: Arc<Mutex<Option<Kept>>>,
+    /// Files holding more reserved bytes than this are not kept ([`KEPT_SPILL_BYTES`]).
+    limit: u64,
+}
+
+impl Default for SpillSpace {
+    fn default() -> Self {
+        SpillSpace {
+            kept: Arc::default(),
+            limit: KEPT_SPILL_BYTES,
+        }
+    }
+}
 
 /// Spill files with the ids and descriptors published to workers.
 #[derive(Debug)]
@@ -136,17 +149,33 @@ struct Kept {
 
 impl SpillSpace {
     fn take(&self) -> Option<Kept> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
-    fn give(&self, kept: Kept) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+    /// Keeps `kept` (emptied) for the next call, unless it holds more than the limit.
+    fn give(&self, mut kept: Kept) {
+        if kept.spill.reserved_bytes() <= self.limit {
+            kept.spill.clear();
+            *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+        }
+    }
+
+    /// A space that keeps files of at most `limit` reserved bytes.
+    #[cfg(test)]
+    fn with_limit(limit: u64) -> Self {
+        SpillSpace {
+            limit,
+            ..SpillSpace::default()
+        }
     }
 
     /// The number of files kept (0 when none are).
     #[cfg(test)]
     pub fn kept_files(&self) -> usize {
-        self.0
+        self.kept
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
@@ -330,11 +359,9 @@ impl Drop for Spilling {
     /// call has ended and they are not too large; else closes them (they go when the workers'
     /// mappings do).
     fn drop(&mut self) {
-        if let (true, Some(space), Some(mut kept)) =
+        if let (true, Some(space), Some(kept)) =
             (self.ended, self.space.as_ref(), self.written.take())
-            && kept.spill.reserved_bytes() <= KEPT_SPILL_BYTES
         {
-            kept.spill.clear();
             space.give(kept);
         }
     }
@@ -437,12 +464,14 @@ mod tests {
     #[test]
     fn files_too_large_to_keep_are_closed_at_the_end_of_their_call() {
         let dir = TempDir::new();
-        let space = SpillSpace::default();
-        let mut stager = stager(&dir, &space);
-        let big = vec![9u8; KEPT_SPILL_BYTES as usize + 1];
-        call(&mut stager, &[&big]);
-        stager.end_call();
-        drop(stager);
-        assert_eq!(space.kept_files(), 0);
+        let space = SpillSpace::with_limit(8192);
+        for (len, kept) in [(8192, 1), (8193, 0)] {
+            let mut stager = stager(&dir, &space);
+            call(&mut stager, &[&vec![9u8; len]]);
+            stager.end_call();
+            drop(stager);
+            assert_eq!(space.kept_files(), kept, "{len} bytes");
+        }
+        assert_eq!(SpillSpace::default().limit, KEPT_SPILL_BYTES);
     }
 }
