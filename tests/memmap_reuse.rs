@@ -278,3 +278,54 @@ fn freeing_an_inherited_executor_leaves_the_childs_mappings_alone() {
     assert_eq!(open_files_in(&folder), 0);
     assert!(entries(&folder).is_empty());
 }
+
+/// With on_error=collect, a crash mid-call costs only its task: the batch runs again on a fresh
+/// worker, which receives the kept files anew, and every other task reads the right bytes, in
+/// this call and the next.
+#[test]
+fn on_error_collect_survives_a_crash_with_the_same_files() {
+    let folder = fresh_folder("collect");
+    let par = executor(&folder, &[("on_error", "collect")]);
+    let files = good_call(&par, 1);
+    let mut expected = Vec::new();
+    for index in 0..6 {
+        let mut bytes = arg(5, index);
+        if index == 3 {
+            bytes[0] = 1;
+        }
+        expected.push(bytes.iter().map(|&b| u64::from(b)).sum::<u64>());
+        par.submit(Some(probe), std::ptr::null_mut(), &bytes)
+            .unwrap();
+    }
+    let mut res = std::ptr::null_mut();
+    assert_eq!(
+        pj_parallel_collect(par.0, &mut res, std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    for (index, expected) in expected.iter().enumerate() {
+        let status = pj_results_status(res, index);
+        if index == 3 {
+            assert_eq!(status, pj_status::WorkerDied);
+            continue;
+        }
+        assert_eq!(status, pj_status::Ok, "task {index}");
+        let (mut data, mut len) = (std::ptr::null(), 0usize);
+        assert_eq!(
+            pj_results_get(res, index, &mut data, &mut len),
+            pj_status::Ok
+        );
+        // SAFETY: pj_results_get gave `len` readable bytes, valid until pj_results_free.
+        let result = unsafe { std::slice::from_raw_parts(data, len) };
+        assert_eq!(
+            u64::from_ne_bytes(result[..8].try_into().unwrap()),
+            *expected
+        );
+        let inode = u64::from_ne_bytes(result[8..16].try_into().unwrap());
+        assert!(files.contains(&inode), "task {index} read another file");
+    }
+    pj_results_free(res);
+    assert_eq!(good_call(&par, 6), files, "after the crash");
+    drop(par);
+    assert_eq!(open_files_in(&folder), 0);
+    assert!(entries(&folder).is_empty());
+}
