@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
-use crate::backend::{Backend, ProcessPool, ThreadPool};
+use crate::backend::{Backend, ProcessPool, SpillSpace, ThreadPool};
 use crate::config::{BackendKind, Config, OnError, ProgressMode, Resolved, StartMethod};
 use crate::dispatch::{
     Batching, Call, CallOptions, CancelReason, Producer, Results, Stop, Streamed,
@@ -44,6 +44,10 @@ struct State {
     /// Argument buffers that every call's batches reuse, so that a later call copies its
     /// arguments into pages an earlier one already mapped.
     buffers: ArgBuffers,
+    /// Spill files (process workers' arguments above max_nbytes) that every call reuses, so that
+    /// a later call writes its arguments into file pages an earlier one allocated and kept
+    /// workers still map.
+    spill_space: SpillSpace,
 }
 
 /// Exclusive access for the owning thread; on drop, ownership ends unless a submit/collect call is
@@ -140,6 +144,7 @@ impl Parallel {
             call: None,
             expected: None,
             buffers: ArgBuffers::default(),
+            spill_space: SpillSpace::default(),
         };
         Ok(Parallel {
             settings,
@@ -180,6 +185,7 @@ impl Parallel {
                 backend,
                 state.expected.take(),
                 &state.buffers,
+                &state.spill_space,
             )),
         };
         call.submit(backend, &mut state.batching, callback, arg);
@@ -259,6 +265,7 @@ impl Parallel {
             backend,
             expected.or(announced),
             &state.buffers,
+            &state.spill_space,
         )
         .with_producer(callback, producer))
     }
@@ -464,6 +471,7 @@ fn new_call(
     backend: &Backend,
     expected: Option<Expected>,
     buffers: &ArgBuffers,
+    spill_space: &SpillSpace,
 ) -> Call {
     // Each call learns its own batch size, as joblib resets its statistics at each call.
     batching.reset();
@@ -488,7 +496,8 @@ fn new_call(
             settings.mmap_mode,
             settings.temp_folder.as_deref(),
         )
-        .with_buffers(buffers.clone());
+        .with_buffers(buffers.clone())
+        .with_spill_space(spill_space);
     Call::new(options, stop)
         .with_progress(progress_for(settings, backend.workers(), expected))
         .with_stager(stager)
@@ -508,6 +517,9 @@ impl Drop for Parallel {
             // them here would hang or hit the parent's), its temp files too. Leak them.
             std::mem::forget(state.call.take());
             std::mem::forget(state.backend.take());
+            // Its spill files' mappings were not inherited (MADV_DONTFORK): unmapping their
+            // addresses here could unmap whatever this process mapped there since.
+            std::mem::forget(std::mem::take(&mut state.spill_space));
             return;
         }
         if let Some(call) = state.call.take() {

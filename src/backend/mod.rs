@@ -26,7 +26,7 @@ pub use mpi::MpiPool;
 pub use processes::ProcessPool;
 pub use processes::forkserver;
 pub use processes::spawn;
-pub use staging::{CallFiles, SpillOptions, Stager};
+pub use staging::{CallFiles, SpillOptions, SpillSpace, Stager};
 pub use threads::ThreadPool;
 
 use crate::config::{MaxNbytes, MmapMode};
@@ -65,6 +65,7 @@ impl CallLink {
             settings: self.settings(),
             access: files.map_or(MapAccess::ReadOnly, |f| f.access),
             call: self.call,
+            spill_epoch: files.map_or(0, CallFiles::epoch),
             results_above: files.map_or(u64::MAX, |f| f.results.0),
         }
     }

@@ -10,28 +10,27 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::memmap::{BackingFile, MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome};
 
-/// A worker's view of spilled arguments: the files it received and its mappings of them.
+/// A worker's view of spilled arguments: the files it received and its mappings of them, for
+/// one spill epoch (kept across the calls of a kept worker while the epoch lasts).
 #[derive(Default)]
 pub struct SpillMaps {
-    /// The call these files belong to.
-    pub call: u64,
+    /// The spill epoch these files belong to.
+    pub epoch: u64,
     pub files: HashMap<u64, OwnedFd>,
-    /// Read-only mappings, kept across batches: "the same big array to every task" is mapped once
-    /// per worker. Keyed by (file, offset).
-    shared: HashMap<(u64, u64), Mapping>,
+    /// Read-only mappings of whole files, kept for the epoch: an argument is a view into one, so
+    /// "the same big array to every task" is mapped once per worker, and the next call's
+    /// arguments, written into the same pages, need neither a mapping nor a page fault.
+    whole: HashMap<u64, Mapping>,
     /// Writable mappings (mmap_mode r+, w+, c): one per task, dropped after the batch, so that
     /// a task's private writes never reach another task.
     private: Vec<Mapping>,
 }
 
-/// Beyond this many cached read-only mappings, the cache starts afresh (bounds address space).
-const MAX_CACHED_MAPPINGS: usize = 64;
-
 impl SpillMaps {
-    /// Empty, for the batches of call `call` (a kept worker starts afresh at each call).
-    pub fn for_call(call: u64) -> Self {
+    /// Empty, for the batches of spill epoch `epoch`.
+    pub fn for_epoch(epoch: u64) -> Self {
         SpillMaps {
-            call,
+            epoch,
             ..SpillMaps::default()
         }
     }
@@ -41,9 +40,6 @@ impl SpillMaps {
         if batch.spilled.is_empty() {
             return Ok(Vec::new());
         }
-        if access == MapAccess::ReadOnly && self.shared.len() > MAX_CACHED_MAPPINGS {
-            self.shared.clear();
-        }
         let mut private_at = Vec::new();
         for (_, at) in &batch.spilled {
             let fd = self
@@ -51,8 +47,18 @@ impl SpillMaps {
                 .get(&at.file)
                 .ok_or_else(|| Error::new(ErrorKind::Io, "a spill file was never received"))?;
             if access == MapAccess::ReadOnly {
-                if let Entry::Vacant(slot) = self.shared.entry((at.file, at.offset)) {
-                    slot.insert(Mapping::map(fd.as_fd(), at.offset, at.len, access)?);
+                let mapping = match self.whole.entry(at.file) {
+                    Entry::Occupied(slot) => slot.into_mut(),
+                    Entry::Vacant(slot) => slot.insert(Mapping::map_whole(fd.as_fd(), access)?),
+                };
+                let fits = (at.offset as usize)
+                    .checked_add(at.len)
+                    .is_some_and(|end| end <= mapping.len());
+                if !fits {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        "a spilled argument lies outside its file",
+                    ));
                 }
             } else {
                 private_at.push(self.private.len());
@@ -65,14 +71,18 @@ impl SpillMaps {
             .spilled
             .iter()
             .map(|(index, at)| {
-                let mapping = if access == MapAccess::ReadOnly {
-                    &self.shared[&(at.file, at.offset)]
+                let start = if access == MapAccess::ReadOnly {
+                    // In bounds: checked above.
+                    self.whole[&at.file]
+                        .as_ptr()
+                        .wrapping_add(at.offset as usize)
                 } else {
-                    &self.private[private.next().unwrap_or_default()]
+                    self.private[private.next().unwrap_or_default()].as_ptr()
                 };
-                // SAFETY: the mapping is `at.len` bytes long (or empty) and outlives the views,
-                // which the worker drops before `end_batch` unmaps anything.
-                let bytes = unsafe { std::slice::from_raw_parts(mapping.as_ptr(), at.len) };
+                // SAFETY: `start` begins `at.len` mapped bytes (checked above, or a mapping of
+                // that length), which outlive the views: the worker drops them before
+                // `end_batch` unmaps private mappings, and whole-file ones live for the epoch.
+                let bytes = unsafe { std::slice::from_raw_parts(start, at.len) };
                 (*index, bytes)
             })
             .collect();

@@ -11,7 +11,16 @@
 //! bad folder is an IO error naming it before the task that needed it runs. With mmap_mode "r"
 //! (the default) and "c", the same content submitted many times is written once; with "r+" and
 //! "w+" each task gets its own copy, so that one task's writes never reach another's argument.
-//! The files are unnamed: they go when the call's last descriptor and the workers' mappings do.
+//! The files are unnamed: they go when the last descriptor and the workers' mappings do.
+//!
+//! The files outlive the call: its executor keeps them in its [`SpillSpace`] (up to
+//! [`KEPT_SPILL_BYTES`] reserved), and its next call writes its arguments into them again, at the
+//! same offsets, once every task of the previous call has ended ([`Stager::end_call`]). Kept
+//! workers keep their descriptors and read-only mappings too, so in the steady state an argument
+//! costs one copy into pages that exist and are mapped already: no file created, no space
+//! reserved, no page fault, nothing unmapped or freed. The files and mappings a worker holds are
+//! those of one *spill epoch*; a new epoch (the executor's first spilling call, a call that resolved
+//! another temp folder, or space dropped for being too large) makes workers drop the old ones.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -35,8 +44,16 @@ pub struct SpillOptions {
     pub folder: Option<PathBuf>,
 }
 
-/// Spill file ids: unique in the process, so a kept worker never confuses two calls' files.
+/// Spill file ids: unique in the process, so a kept worker never confuses two sets of files.
 static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Spill epochs: unique in the process, never 0 (what a call without spill files sends).
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// An executor keeps its spill files for its next call while they hold at most this many
+/// reserved bytes (what an idle executor holds of its temp folder, released when it is freed);
+/// larger ones go at the end of their call.
+pub const KEPT_SPILL_BYTES: u64 = 256 << 20;
 
 /// A spill file's id and descriptor.
 #[derive(Clone, Debug)]
@@ -59,9 +76,19 @@ pub struct CallFiles {
     /// Appended by the dispatcher's thread as arguments spill, read by proxies for the batches
     /// that refer to them (only batches with spilled arguments take the lock).
     files: Mutex<Vec<SpillFile>>,
+    /// The spill epoch of `files` (0 until the call has any): changed by the dispatcher's thread
+    /// before it publishes the files of a new epoch, so a batch that refers to them, dispatched
+    /// later, is sent with the new epoch.
+    epoch: AtomicU64,
 }
 
 impl CallFiles {
+    /// The spill epoch whose files the call's batches refer to: a worker that holds another
+    /// epoch's files drops them and receives this one's.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// The files `batch` refers to that are not in `sent` (the ids a worker already has), each
     /// once, in the order the batch first refers to them: (id, descriptor).
     pub fn unsent(&self, batch: &Batch, sent: &[u64]) -> Vec<(u64, Arc<OwnedFd>)> {
@@ -92,13 +119,83 @@ pub struct Stager {
     buffers: ArgBuffers,
 }
 
+/// An executor's spill files between its calls (cheap to clone: every clone is the same space).
+/// Taken by a call's [`Stager`] when the call starts and given back when it ends; a lock per call,
+/// never per task.
+#[derive(Clone, Debug)]
+pub struct SpillSpace {
+    kept: Arc<Mutex<Option<Kept>>>,
+    /// Files holding more reserved bytes than this are not kept ([`KEPT_SPILL_BYTES`]).
+    limit: u64,
+}
+
+impl Default for SpillSpace {
+    fn default() -> Self {
+        SpillSpace {
+            kept: Arc::default(),
+            limit: KEPT_SPILL_BYTES,
+        }
+    }
+}
+
+/// Spill files with the ids and descriptors published to workers.
+#[derive(Debug)]
+struct Kept {
+    spill: Spill,
+    /// One per file of `spill`, in the same order.
+    files: Vec<SpillFile>,
+    epoch: u64,
+}
+
+impl SpillSpace {
+    fn take(&self) -> Option<Kept> {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Keeps `kept` (emptied) for the next call, unless it holds more than the limit.
+    fn give(&self, mut kept: Kept) {
+        if kept.spill.reserved_bytes() <= self.limit {
+            kept.spill.clear();
+            *self.kept.lock().unwrap_or_else(PoisonError::into_inner) = Some(kept);
+        }
+    }
+
+    /// A space that keeps files of at most `limit` reserved bytes.
+    #[cfg(test)]
+    fn with_limit(limit: u64) -> Self {
+        SpillSpace {
+            limit,
+            ..SpillSpace::default()
+        }
+    }
+
+    /// The number of files kept (0 when none are).
+    #[cfg(test)]
+    pub fn kept_files(&self) -> usize {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |k| k.files.len())
+    }
+}
+
 /// A call whose large arguments go through files.
 #[derive(Debug)]
 struct Spilling {
     options: SpillOptions,
-    /// The files, once the first argument was written.
-    written: Option<Spill>,
+    /// The files: kept from an earlier call, or made at this call's first spilled argument.
+    written: Option<Kept>,
+    /// Whether this call checked its temp folder (at its first spilled argument).
+    checked: bool,
     shared: Arc<CallFiles>,
+    /// Where `written` goes back when the call ends, if the executor keeps it.
+    space: Option<SpillSpace>,
+    /// Every task of the call has ended ([`Stager::end_call`]): `written` may serve the next.
+    ended: bool,
 }
 
 impl Stager {
@@ -113,11 +210,15 @@ impl Stager {
                 access: options.mode.into(),
                 results: (options.above, bytes),
                 files: Mutex::new(Vec::new()),
+                epoch: AtomicU64::new(0),
             });
             Spilling {
                 options,
                 written: None,
+                checked: false,
                 shared,
+                space: None,
+                ended: false,
             }
         });
         Stager {
@@ -130,6 +231,33 @@ impl Stager {
     pub fn with_buffers(mut self, buffers: ArgBuffers) -> Self {
         self.buffers = buffers;
         self
+    }
+
+    /// A stager whose spill files come from, and go back to, `space` (kept by the executor across
+    /// its calls): the files it holds are taken now and published to this call's workers.
+    pub fn with_spill_space(mut self, space: &SpillSpace) -> Self {
+        if let Some(spill) = &mut self.spill {
+            if let Some(kept) = space.take() {
+                spill.shared.epoch.store(kept.epoch, Ordering::Release);
+                *spill
+                    .shared
+                    .files
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = kept.files.clone();
+                spill.written = Some(kept);
+            }
+            spill.space = Some(space.clone());
+        }
+        self
+    }
+
+    /// Says that every task of the call has ended (no worker reads or writes its spilled
+    /// arguments any more): when the stager is dropped, its files go back to its executor's
+    /// [`SpillSpace`] for the next call. A stager dropped without it closes its files instead.
+    pub fn end_call(&mut self) {
+        if let Some(spill) = &mut self.spill {
+            spill.ended = true;
+        }
     }
 
     /// An empty batch for tasks from index `first` on, room for `capacity` tasks
@@ -164,40 +292,186 @@ impl Spilling {
     /// created for it to the call's workers.
     #[cold]
     fn write(&mut self, arg: &[u8]) -> Result<ArgRef> {
-        let spill = match &mut self.written {
-            Some(spill) => spill,
-            empty => {
-                let folder = prepare_temp_folder(self.options.folder.as_deref(), arg.len() as u64)?;
-                empty.insert(Spill::new(folder.path))
+        if !self.checked {
+            // Once per call: this call's folder, resolved and checked; files kept from an
+            // earlier call in another folder are dropped for new ones (a new epoch).
+            let folder = prepare_temp_folder(self.options.folder.as_deref(), arg.len() as u64)?;
+            if self
+                .written
+                .as_ref()
+                .is_none_or(|kept| kept.spill.folder() != folder.path)
+            {
+                self.written = Some(Kept {
+                    spill: Spill::new(folder.path),
+                    files: Vec::new(),
+                    epoch: NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+                });
             }
+            self.checked = true;
+        }
+        let Some(kept) = self.written.as_mut() else {
+            unreachable!("the spill was just ensured")
         };
         let at = if matches!(self.options.mode, MmapMode::R | MmapMode::C) {
-            spill.get_or_write(arg)?
+            kept.spill.get_or_write(arg)?
         } else {
-            spill.write_new(arg)?
+            kept.spill.write_new(arg)?
         };
-        let mut files = self
-            .shared
-            .files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while files.len() <= at.file {
-            let index = files.len();
-            let file = spill.file(index).ok_or_else(|| {
+        if self.shared.epoch.load(Ordering::Relaxed) != kept.epoch {
+            // Before the new epoch's files are published (see `CallFiles::epoch`).
+            let mut files = self
+                .shared
+                .files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            files.clear();
+            self.shared.epoch.store(kept.epoch, Ordering::Release);
+        }
+        while kept.files.len() <= at.file {
+            let index = kept.files.len();
+            let file = kept.spill.file(index).ok_or_else(|| {
                 Error::new(ErrorKind::Panic, "pj internal error: a spill file vanished")
             })?;
             let fd = file.fd().as_fd().try_clone_to_owned().map_err(|e| {
                 Error::new(ErrorKind::Io, format!("cannot share a spill file: {e}"))
             })?;
-            files.push(SpillFile {
+            let file = SpillFile {
                 id: NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed),
                 fd: Arc::new(fd),
-            });
+            };
+            self.shared
+                .files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(file.clone());
+            kept.files.push(file);
         }
         Ok(ArgRef {
-            file: files[at.file].id,
+            file: kept.files[at.file].id,
             offset: at.offset,
             len: at.len,
         })
+    }
+}
+
+impl Drop for Spilling {
+    /// Gives the files back to the executor for its next call, emptied, when every task of this
+    /// call has ended and they are not too large; else closes them (they go when the workers'
+    /// mappings do).
+    fn drop(&mut self) {
+        if let (true, Some(space), Some(kept)) =
+            (self.ended, self.space.as_ref(), self.written.take())
+        {
+            space.give(kept);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memmap::testing::TempDir;
+    use crate::task::TaskOutput;
+    use std::ffi::c_void;
+
+    unsafe extern "C" fn nothing(
+        _: *mut c_void,
+        _: *const u8,
+        _: usize,
+        _: *mut TaskOutput,
+    ) -> i32 {
+        0
+    }
+
+    fn stager(dir: &TempDir, space: &SpillSpace) -> Stager {
+        Stager::new(Some(SpillOptions {
+            above: 1000,
+            mode: MmapMode::R,
+            folder: Some(dir.path().to_path_buf()),
+        }))
+        .with_spill_space(space)
+    }
+
+    /// Pushes `args` as one call's tasks; returns where each went and the call's published
+    /// (epoch, file ids).
+    fn call(stager: &mut Stager, args: &[&[u8]]) -> (Vec<ArgRef>, (u64, Vec<u64>)) {
+        // SAFETY: a plain function that ignores its (null) userdata.
+        let callback = unsafe { Callback::new(nothing, std::ptr::null_mut()) };
+        let mut batch = stager.batch(0, args.len());
+        for arg in args {
+            stager.push(&mut batch, callback, arg).unwrap();
+        }
+        let files = stager.files().unwrap();
+        let ids = files.files.lock().unwrap().iter().map(|f| f.id).collect();
+        let refs = batch.spilled.iter().map(|(_, at)| *at).collect();
+        (refs, (files.epoch(), ids))
+    }
+
+    #[test]
+    fn a_call_reuses_the_files_of_the_previous_one_once_it_ended() {
+        let dir = TempDir::new();
+        let space = SpillSpace::default();
+        let (a, b, c) = (vec![1u8; 5000], vec![2u8; 5000], vec![3u8; 5000]);
+
+        let mut first = stager(&dir, &space);
+        assert_eq!(first.files().unwrap().epoch(), 0, "no files yet");
+        let (refs, published) = call(&mut first, &[&a, &b, &a]);
+        assert_eq!(refs[0], refs[2], "the same content once");
+        assert_ne!(published.0, 0);
+        assert_eq!(published.1.len(), 1);
+        first.end_call();
+        drop(first);
+        assert_eq!(space.kept_files(), 1);
+
+        // The next call starts with the kept files published, under the same epoch, and writes
+        // at the same places: `c` where `a` was (the index was forgotten, so `a` is written anew).
+        let mut second = stager(&dir, &space);
+        assert_eq!(space.kept_files(), 0, "taken by the call");
+        assert_eq!(second.files().unwrap().epoch(), published.0);
+        let (again, republished) = call(&mut second, &[&c, &b, &a]);
+        assert_eq!(republished, published);
+        assert_eq!(&again[..2], &[refs[0], refs[1]]);
+        assert_ne!(again[2], refs[0]);
+        // Dropped before every task ended (say, a panic unwound the call): the files are closed,
+        // not reused, and the next call has a new epoch.
+        drop(second);
+        assert_eq!(space.kept_files(), 0);
+        let mut third = stager(&dir, &space);
+        assert_eq!(third.files().unwrap().epoch(), 0);
+        let (_, fresh) = call(&mut third, &[&a]);
+        assert_ne!(fresh.0, published.0);
+        assert_ne!(fresh.1, published.1);
+
+        // Another temp folder: new files, new epoch.
+        third.end_call();
+        drop(third);
+        let other = TempDir::new();
+        let mut fourth = stager(&other, &space);
+        assert_eq!(fourth.files().unwrap().epoch(), fresh.0);
+        let (_, moved) = call(&mut fourth, &[&a]);
+        assert_ne!(moved.0, fresh.0);
+        assert_ne!(moved.1, fresh.1);
+        assert_eq!(
+            moved.1.len(),
+            1,
+            "the old folder's files are no longer published"
+        );
+        drop(fourth);
+        assert_eq!(dir.entries(), Vec::<String>::new());
+        assert_eq!(other.entries(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn files_too_large_to_keep_are_closed_at_the_end_of_their_call() {
+        let dir = TempDir::new();
+        let space = SpillSpace::with_limit(8192);
+        for (len, kept) in [(8192, 1), (8193, 0)] {
+            let mut stager = stager(&dir, &space);
+            call(&mut stager, &[&vec![9u8; len]]);
+            stager.end_call();
+            drop(stager);
+            assert_eq!(space.kept_files(), kept, "{len} bytes");
+        }
+        assert_eq!(SpillSpace::default().limit, KEPT_SPILL_BYTES);
     }
 }

@@ -301,6 +301,7 @@ impl Call {
         self.close_input();
         self.flush(backend, true);
         self.drain(batching);
+        self.stager.end_call();
         // A cancellation may have ended the work without a wait ever timing out.
         self.check_cancelled();
         self.finish_progress();
@@ -354,6 +355,7 @@ impl Call {
                 // Every result was handed out: no more input can come (a call fed by submits
                 // learns it only here).
                 self.close_input();
+                self.stager.end_call();
                 self.finish_progress();
                 backend.end_call();
                 return Ok(None);
@@ -379,6 +381,7 @@ impl Call {
         self.link.abort.store(true, Ordering::Release);
         self.producer = None;
         self.drain(batching);
+        self.stager.end_call();
         let snapshot = Snapshot {
             aborting: true,
             ..self.snapshot()

@@ -116,8 +116,10 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// the call with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
 /// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
 /// worker writes each to its own unnamed file and the caller's results map it, without a copy (up
-/// to 16 such results per batch; more stay in the socket). Files have no name, so nothing is left
-/// behind, even if the process is killed.
+/// to 16 such results per batch; more stay in the socket). The executor keeps its argument files
+/// (up to 256 MiB of them) for its next calls, which write their large arguments into the same
+/// space, so kept workers read them without new files or page faults; they go when the executor
+/// is freed. Files have no name, so nothing is left behind, even if the process is killed.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;
 /// PJ_STATUS_INVALID_ARGUMENT for an unknown key or a bad value (the message quotes it), or a string

@@ -176,28 +176,6 @@ impl BackingFile {
         }
         Ok(())
     }
-
-    /// Whether the file holds exactly `bytes` at `offset`. Reads through the kernel (`pread`)
-    /// rather than a mapping, so a worker writing the same file concurrently is never a data race
-    /// in this process, and the parent's resident size does not grow with spilled data.
-    pub(super) fn holds_at(&self, mut offset: u64, mut bytes: &[u8]) -> io::Result<bool> {
-        const CHUNK: usize = 256 << 10;
-        let mut buffer = vec![0u8; CHUNK.min(bytes.len())];
-        while !bytes.is_empty() {
-            let want = buffer.len().min(bytes.len());
-            let n = match rustix::io::pread(&self.fd, &mut buffer[..want], offset) {
-                Ok(n) => n,
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 || buffer[..n] != bytes[..n] {
-                return Ok(false);
-            }
-            bytes = &bytes[n..];
-            offset += n as u64;
-        }
-        Ok(true)
-    }
 }
 
 /// Mode 0600: the files are the creating user's only (before the umask, as `mkstemp`'s are).

@@ -1,4 +1,5 @@
-//! XXH64, the content hash that picks candidates for reuse in the [`Spill`](super::Spill).
+//! XXH64, the hash behind the keys that pick candidates for reuse in the [`Spill`](super::Spill)
+//! ([`sample_key`](super::spill::sample_key)).
 
 const P1: u64 = 0x9E37_79B1_85EB_CA87;
 const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;

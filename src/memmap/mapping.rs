@@ -85,14 +85,7 @@ impl Mapping {
                 page_size()
             )));
         }
-        let size = rustix::fs::fstat(fd).map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("cannot map a file: {}", io::Error::from(e)),
-            )
-        })?;
-        // A negative size (never reported for a regular file) fits nothing.
-        let size = u64::try_from(size.st_size).unwrap_or(0);
+        let size = file_size(fd)?;
         let fits = offset
             .checked_add(len as u64)
             .is_some_and(|end| end <= size)
@@ -122,6 +115,39 @@ impl Mapping {
         })
     }
 
+    /// Maps all of `fd` (its size read now); an empty file maps nothing.
+    pub fn map_whole(fd: BorrowedFd<'_>, access: MapAccess) -> Result<Self> {
+        let size = file_size(fd)?;
+        let len = usize::try_from(size)
+            .map_err(|_| Error::invalid(format!("cannot map a file of {size} bytes")))?;
+        Self::map(fd, 0, len, access)
+    }
+
+    /// Keeps the mapping out of processes forked from now on (`MADV_DONTFORK`): a worker forked
+    /// later does not inherit it, so it neither sees nor holds the file through it.
+    pub fn dont_fork(&self) -> Result<()> {
+        match &self.map {
+            Some(map) => map
+                .advise(memmap2::Advice::DontFork)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("cannot advise a mapping: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Maps the pages of bytes `offset..offset + len` of the mapping now, writable
+    /// (`MADV_POPULATE_WRITE`), so that writing them takes no page fault. The pages must be
+    /// reserved in the file. Best effort: a kernel without it (before 5.14) faults them in as
+    /// they are written instead.
+    pub fn populate_write(&self, offset: usize, len: usize) {
+        let Some(map) = &self.map else { return };
+        let page = page_size();
+        let start = offset / page * page;
+        let end = offset.saturating_add(len).min(map.len());
+        if end > start {
+            let _ = map.advise_range(memmap2::Advice::PopulateWrite, start, end - start);
+        }
+    }
+
     /// The first mapped byte; for an empty mapping, a non-null, 64-byte-aligned pointer that must
     /// not be dereferenced. Writing through it is allowed only for [`MapAccess::Shared`] and
     /// [`MapAccess::Private`] (a write to a read-only mapping is a SIGSEGV).
@@ -146,6 +172,18 @@ impl Mapping {
     pub fn access(&self) -> MapAccess {
         self.access
     }
+}
+
+/// The size of the file behind `fd`.
+fn file_size(fd: BorrowedFd<'_>) -> Result<u64> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot map a file: {}", io::Error::from(e)),
+        )
+    })?;
+    // A negative size (never reported for a regular file) fits nothing.
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -10,8 +10,9 @@
 //!   reserved up front;
 //! - [`mapping`]: their mappings (`memmap2` maps), and how numpy's `mmap_mode` maps to `mmap`
 //!   protections;
-//! - [`hash`]: XXH64, the content hash that keys the spill;
-//! - [`spill`]: [`Spill`], which writes each distinct large argument once per call;
+//! - [`hash`]: XXH64, the hash behind the spill's keys;
+//! - [`spill`]: [`Spill`], which writes each distinct large argument once per call, into files
+//!   (and mappings) that its executor keeps for its next calls;
 //! - [`shared`]: [`SharedBuffer`], a zero-filled `MAP_SHARED` buffer that forked workers write in
 //!   place.
 //!
@@ -24,8 +25,8 @@
 //!
 //! # System calls
 //!
-//! Nothing here calls `libc` outside tests: mappings are `memmap2`'s, file system calls (`open`,
-//! `ftruncate`, `fallocate`, `fstat`, `pread`/`pwrite`, `unlink`, `faccessat`, `statvfs`) are
+//! Nothing here calls `libc` outside tests: mappings (and their `madvise`) are `memmap2`'s, file
+//! system calls (`open`, `ftruncate`, `fallocate`, `fstat`, `pread`/`pwrite`, `unlink`, `faccessat`, `statvfs`) are
 //! `rustix`'s, and the page size is `rustix::param::page_size()` (libc's value, kept since
 //! start-up: no system call), the crate's one page-size source. [`Mapping::map`] and unmapping allocate nothing and take no lock
 //! on success, as before. Only the test helpers below stay hand-written (`fork`/`waitpid`/`_exit`,

@@ -291,12 +291,14 @@ impl Proxy {
             self.tasks_run = 0;
             self.over_memory = false;
         }
+        // Read once: the worker and this proxy must agree on which epoch the frame is of.
+        let flags = link.run_flags();
         if let Some(worker) = self.worker.as_mut()
-            && worker.call != link.call
+            && worker.epoch != flags.spill_epoch
         {
-            // The worker forgets the previous call's files when it sees the new call id.
+            // The worker forgets the previous epoch's files when it sees the new one.
             worker.sent_files.clear();
-            worker.call = link.call;
+            worker.epoch = flags.spill_epoch;
         }
         let Some(worker) = self.worker.as_ref() else {
             unreachable!("a worker was just installed")
@@ -307,7 +309,6 @@ impl Proxy {
             .running
             .stop()
             .store(link.abort.load(Ordering::Relaxed), Ordering::Relaxed);
-        let flags = link.run_flags();
         let files = link.files.as_deref();
         let results_folder = files.map_or(&[][..], |f| f.results.1.as_slice());
 

@@ -56,9 +56,9 @@ pub(super) struct Worker {
     pub(super) child: Child,
     pub(super) socket: OwnedFd,
     pub(super) running: SharedRunning,
-    /// Spill files whose descriptors this worker already received, in call `call`.
+    /// Spill files whose descriptors this worker already received, of spill epoch `epoch`.
     pub(super) sent_files: Vec<u64>,
-    pub(super) call: u64,
+    pub(super) epoch: u64,
     /// It returned the outcome of a batch: it was working, so a later death before any task of a
     /// batch started is not a start-up failure that would repeat.
     pub(super) served: bool,
@@ -122,7 +122,7 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
             socket,
             running,
             sent_files: Vec::new(),
-            call: 0,
+            epoch: 0,
             served: false,
         });
     }
@@ -147,7 +147,7 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
         socket: parent_end.into(),
         running,
         sent_files: Vec::new(),
-        call: 0,
+        epoch: 0,
         served: false,
     })
 }
@@ -179,7 +179,7 @@ fn serve_worker(slot: usize, level: usize) -> io::Result<Worker> {
         socket,
         running,
         sent_files: Vec::new(),
-        call: 0,
+        epoch: 0,
         served: false,
     })
 }

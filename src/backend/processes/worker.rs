@@ -158,10 +158,11 @@ pub(in crate::backend) fn serve(
             if attached.len() != received.len() {
                 return 3;
             }
-            if flags.call != spill.call {
-                // A kept worker's new call: the previous call's files and mappings go, so their
-                // space is freed once the parent drops them too.
-                spill = SpillMaps::for_call(flags.call);
+            if flags.spill_epoch != spill.epoch {
+                // New spill files: the previous epoch's files and mappings go, so their space is
+                // freed once the parent drops them too. A kept worker keeps them across calls
+                // of one epoch, mapped, so that the next call's arguments fault nothing in.
+                spill = SpillMaps::for_epoch(flags.spill_epoch);
             }
             spill
                 .files

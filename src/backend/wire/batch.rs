@@ -19,6 +19,10 @@ pub struct RunFlags {
     /// Which call the batch belongs to: a kept worker drops the previous call's spill files when
     /// it changes.
     pub call: u64,
+    /// Which spill files the batch's arguments are in ([`crate::backend::CallFiles::epoch`]): a
+    /// worker keeps the files and mappings of one epoch, across calls, and drops them when it
+    /// changes.
+    pub spill_epoch: u64,
     /// Results longer than this many bytes go back through files (u64::MAX: never).
     pub results_above: u64,
 }
@@ -29,6 +33,7 @@ impl Default for RunFlags {
             settings: RunSettings::default(),
             access: MapAccess::ReadOnly,
             call: 0,
+            spill_epoch: 0,
             results_above: u64::MAX,
         }
     }
@@ -58,6 +63,7 @@ impl RunFlags {
             },
             access,
             call: 0,
+            spill_epoch: 0,
             results_above: u64::MAX,
         })
     }
@@ -107,7 +113,7 @@ pub fn encode_batch_meta(
     out.clear();
     // Everything written below (the argument bytes are not, only their length), so that nothing
     // reallocates.
-    let len = 80
+    let len = 88
         + callbacks.len() * 24
         + results_folder.len()
         + batch.forced.len() * 8
@@ -120,6 +126,7 @@ pub fn encode_batch_meta(
     put(out, batch.parts().1.len());
     put(out, flags.bits());
     out.extend_from_slice(&flags.call.to_ne_bytes());
+    out.extend_from_slice(&flags.spill_epoch.to_ne_bytes());
     out.extend_from_slice(&flags.results_above.to_ne_bytes());
     put(out, results_folder.len());
     out.extend_from_slice(results_folder);
@@ -276,6 +283,7 @@ unsafe fn decode_head(r: &mut Reader<'_>, functions: Option<&[TaskFn]>) -> io::R
     let (first, count, args_len) = (r.word()?, r.word()?, r.word()?);
     let mut flags = RunFlags::from_bits(r.word()?)?;
     flags.call = r.word()? as u64;
+    flags.spill_epoch = r.word()? as u64;
     flags.results_above = r.word()? as u64;
     let folder_len = r.word()?;
     let results_folder = r.bytes(folder_len)?.to_vec();

@@ -137,6 +137,7 @@ mod tests {
             },
             access: MapAccess::Private,
             call: 12,
+            spill_epoch: 5,
             results_above: 1 << 20,
         };
         let batch = batch.retry_without(41, TaskFailure::Io("lost".into()));
