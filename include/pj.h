@@ -348,18 +348,18 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // the caller and ranks 1..N-1 are the workers (n_jobs, when positive, caps how many are used; one
 // rank alone runs calls sequentially). Tasks name registered functions, without userdata
 // (`pj_parallel_submit_named`), and arguments and results travel by MPI messages (a batch above
-// 2 GiB in several; no memmapping). Each worker rank runs its batches in a forked child process, so a task that
-// crashes, exits or overruns `timeout` is reported (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT,
-// the message ending "(MPI rank R)") and the rank goes on; a rank that stops answering for 10 s
+// 2 GiB in several; no memmapping). Each worker rank runs its batches in a child process (forked;
+// spawned from the executable when the program called `pj_worker_main_if_requested` before
+// `pj_mpi_main`), so a task that crashes, exits or overruns `timeout` is reported
+// (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT, the message ending "(MPI rank R)") and the rank
+// goes on; a rank that stops answering for 10 s
 // fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
 // whole job when a rank dies). Without `pj_mpi_main`, `pj_parallel_new` fails with
 // PJ_STATUS_UNSUPPORTED.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
-pj_status pj_config_set_backend(pj_config_t *config,
-                                const char *backend,
-                                pj_error_t **error_out);
+pj_status pj_config_set_backend(pj_config_t *config, const char *backend, pj_error_t **error_out);
 
 // Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
 // the same range). The default is "auto" (joblib's heuristic), which only the string setter can
