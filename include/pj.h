@@ -386,9 +386,11 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // the caller and ranks 1..N-1 are the workers (n_jobs, when positive, caps how many are used; one
 // rank alone runs calls sequentially). Tasks name registered functions, without userdata
 // (`pj_parallel_submit_named`), and arguments and results travel by MPI messages (a batch above
-// 2 GiB in several; no memmapping). Each worker rank runs its batches in a forked child process, so a task that
-// crashes, exits or overruns `timeout` is reported (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT,
-// the message ending "(MPI rank R)") and the rank goes on; a rank that stops answering for 10 s
+// 2 GiB in several; no memmapping). Each worker rank runs its batches in a child process (forked;
+// spawned from the executable when the program called `pj_worker_main_if_requested` before
+// `pj_mpi_main`), so a task that crashes, exits or overruns `timeout` is reported
+// (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT, the message ending "(MPI rank R)") and the rank
+// goes on; a rank that stops answering for 10 s
 // fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
 // whole job when a rank dies). A rank's forked child leads its own process group as a process
 // worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and
@@ -398,9 +400,7 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
-pj_status pj_config_set_backend(pj_config_t *config,
-                                const char *backend,
-                                pj_error_t **error_out);
+pj_status pj_config_set_backend(pj_config_t *config, const char *backend, pj_error_t **error_out);
 
 // Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
 // the same range). The default is "auto" (joblib's heuristic), which only the string setter can
@@ -608,8 +608,12 @@ void pj_error_free(pj_error_t *error);
 pj_status pj_mpi_attach(const pj_mpi_ops_t *ops, pj_error_t **error_out);
 
 // Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
-// process registered (`pj_register`, before this call), each batch in a forked child process so
-// that a crashing task is reported instead of ending the MPI job. Returns the status the rank
+// process registered (`pj_register`, before this call), each batch in a child process so that a
+// crashing task is reported instead of ending the MPI job: a forked child, or, when the program
+// called `pj_worker_main_if_requested` before this call (as the Go binding's MPIMain does: Go code
+// cannot run in a forked child), a copy of the program spawned as a worker (start method "spawn";
+// it must then reach `pj_worker_main_if_requested` before it initializes MPI). The child is kept
+// across batches, and replaced when a task kills it. Returns the status the rank
 // should exit with, once rank 0 detaches: 0; 2 when `ops` is NULL or incomplete, an MPI
 // operation fails, or the registry differs from rank 0's (which rank 0 reports); 3 when rank 0
 // gave up another rank for silence, so that this rank must leave without MPI_Finalize (which

@@ -304,8 +304,10 @@ impl Parallel {
                 Ok(None)
             }
             Err(error) => {
+                // As collect and map do on a failure or a cancellation: running process workers
+                // are killed (abandon would let them finish, which may take as long as they like).
                 if let Some(call) = state.call.take() {
-                    call.abandon(state.backend.as_ref(), &mut state.batching);
+                    call.end_failed(state.backend.as_ref(), &mut state.batching);
                 }
                 Err(error)
             }

@@ -338,3 +338,60 @@ fn a_failure_caused_by_the_stop_is_not_the_calls_failure() {
         assert_eq!(error.code, 3, "{backend}: {error:?}");
     }
 }
+
+#[test]
+fn cancel_during_next_on_processes_kills_the_running_workers() {
+    // pj.h: after pj_parallel_cancel, next (like collect and map) returns once no callback of the
+    // call runs, process workers running a task being killed. next used to wait for the running
+    // tasks to finish instead (10 s here) whenever its end of the call won the race against the
+    // kill: several trials.
+    for trial in 0..5 {
+        next_after_cancel(trial);
+    }
+}
+
+fn next_after_cancel(trial: usize) {
+    let par = Arc::new(
+        parallel(&[
+            ("backend", "processes"),
+            ("n_jobs", "2"),
+            ("batch_size", "1"),
+        ])
+        .unwrap(),
+    );
+    for _ in 0..2 {
+        par.submit(Some(sleep_10s), std::ptr::null_mut(), &[])
+            .unwrap();
+    }
+    let canceller = {
+        let par = par.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(pj_parallel_cancel(par.0), pj_status::Ok);
+        })
+    };
+    let start = Instant::now();
+    let (mut index, mut data, mut len) = (0usize, std::ptr::null(), 0usize);
+    let mut err = std::ptr::null_mut();
+    let status = pj_parallel_next(par.0, &mut index, &mut data, &mut len, &mut err);
+    let elapsed = start.elapsed();
+    canceller.join().unwrap();
+    let error = take_error(status, err);
+    assert_eq!(
+        error.status,
+        pj_status::Cancelled,
+        "trial {trial}: {error:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "trial {trial}: next returned {elapsed:?} after the cancel: it waited for the running tasks"
+    );
+    // The call is over: the object serves another one.
+    par.submit(
+        Some(double_task),
+        std::ptr::null_mut(),
+        &21u64.to_ne_bytes(),
+    )
+    .unwrap();
+    assert_eq!(as_u64s(&par.collect().unwrap()), [42]);
+}

@@ -425,6 +425,9 @@ type event struct {
 	lo, hi int    // a completed chunk's inputs, ready to be read (Stream)
 	over   bool   // the call is over
 	err    *Error // pj's error, when the call ended with one
+	// StreamNamed: input lo's encoded result, or under on_error "collect" its own failure.
+	data   []byte
+	failed *Error
 }
 
 // waiter is the caller's side of a call: it waits for events while reporting progress and watching

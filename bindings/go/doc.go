@@ -12,8 +12,8 @@
 // Map and MapIndexed return every result at once, in input order. Stream yields results as they are
 // ready (in input order, or in completion order with Unordered) as a range-over-func iterator.
 // MapCollect runs every input whatever fails and returns one Result per input, with its Value or its
-// own Err. MapNamed and MapCollectNamed run a function registered with Register, by default in
-// worker processes (see below). Options take joblib's keywords (NJobs, PreDispatch, BatchSize,
+// own Err. MapNamed, MapCollectNamed and StreamNamed run a function registered with Register, by
+// default in worker processes (see below), or on the ranks of an MPI job (MPI below). Options take joblib's keywords (NJobs, PreDispatch, BatchSize,
 // Verbose, ...) and pj's (OnError, ProgressBar, KeepWorkers); Set takes every key of pj_config_set as
 // strings. Timeout, Progress and ChunkSize are handled by this package (by pj for MapNamed). Like
 // joblib, n_jobs defaults to 1: pass NJobs(-1) for every CPU.
@@ -87,6 +87,14 @@
 // failure, as with Map; its *PanicError carries the value as text and the worker's stack. The
 // Go-side registry is fixed by WorkerMainIfRequested, and pj checks at each worker's start that its
 // registered names are the caller's.
+//
+// # MPI
+//
+// Built with the pjmpi tag (go build -tags pjmpi: it compiles pj's MPI shim and links MPI, found
+// with pkg-config ompi-c), a program run under mpirun calls MPIMain at the start of main, on every
+// rank: the worker ranks serve registered functions there and exit, rank 0 returns and runs them
+// on the other ranks with Backend("mpi"), then ends with MPIExit. Without the tag, MPIMain and
+// Backend("mpi") fail with ErrUnsupported saying so. See MPIMain.
 //
 // # Cost and chunks
 //

@@ -420,71 +420,14 @@ func MapCollectNamed[T, R any](ctx context.Context, name string, inputs []T, opt
 // input. It returns the results and the call's state (c.errs holds the inputs' failures under
 // on_error "collect"), or the error that ended the call.
 func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *settings) ([]R, *call, error) {
-	if _, err := lookupNamed[T, R](name); err != nil {
+	nc, handle, ex, err := openNamed[T, R](ctx, name, inputs, s)
+	if err != nil {
 		return nil, nil, err
-	}
-	backend := s.backendFor(named)
-	if s.err == nil && backend == "processes" && !workerMainCalled.Load() {
-		return nil, nil, goError(StatusInvalidArgument, -1,
-			"MapNamed on processes needs pj.WorkerMainIfRequested() at the start of main (of TestMain "+
-				"in tests), after the init functions that call pj.Register: worker processes are "+
-				"fresh runs of this program, which that call turns into workers")
 	}
 	n := len(inputs)
-	nc := &namedCall{n: n, header: appendName(nil, name)}
-	nc.encode = func(i int, b []byte) ([]byte, error) {
-		buf := bytes.NewBuffer(b)
-		err := gob.NewEncoder(buf).Encode(&inputs[i])
-		return buf.Bytes(), err
-	}
-	handle := cgo.NewHandle(nc)
-	var cfg *C.pj_config_t
-	if s.exec == nil {
-		var err error
-		if cfg, err = s.configFor(named); err != nil {
-			handle.Delete()
-			return nil, nil, err
-		}
-		if s.progress != nil {
-			var cerr *C.pj_error_t
-			if status := C.pjgo_set_progress(cfg, C.uintptr_t(handle), &cerr); status != C.PJ_STATUS_OK {
-				C.pj_config_free(cfg)
-				handle.Delete()
-				return nil, nil, takeError(status, cerr)
-			}
-		}
-	} else if s.err != nil {
-		handle.Delete()
-		return nil, nil, s.err
-	}
-	ex, workers, slot, err := s.executorFor(ctx, named, cfg)
-	C.pj_config_free(cfg)
-	if err != nil {
-		handle.Delete()
-		return nil, nil, err
-	}
-	if slot != nil && s.progress != nil {
-		// The Executor's progress callback reports to this call until its turn is given back.
-		*slot = C.uintptr_t(handle)
-		release := ex.release
-		ex.release = func() {
-			*slot = 0
-			release()
-		}
-	}
 	par := ex.par
-	if err := ctx.Err(); err != nil {
-		ex.free()
-		handle.Delete()
-		return nil, nil, err
-	}
 	results := make([]R, n)
-	c := newCall(s, n, workers)
-	c.timeout = 0 // pj's own, per task (configFor)
-	if workers > 1 {
-		c.backend = backend
-	}
-	nc.c = c
+	c := nc.c
 	w := c.waiter(ctx, ex.cancel)
 	defer w.close()
 	if n == 0 {
@@ -517,6 +460,77 @@ func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *setting
 		return nil, nil, err
 	}
 	return results, c, nil
+}
+
+// openNamed prepares a named call over inputs (MapNamed and StreamNamed): it checks the function and
+// the backend, and returns the call's producer state (nc.c is the call), the handle pj's callbacks
+// reach it through, and its executor (with its progress reporting set). On success the caller owns
+// the three: ex.free, handle.Delete and nc.free once the pj side is over.
+func openNamed[T, R any](ctx context.Context, name string, inputs []T, s *settings) (*namedCall, cgo.Handle, *executor, error) {
+	if _, err := lookupNamed[T, R](name); err != nil {
+		return nil, 0, nil, err
+	}
+	backend := s.backendFor(named)
+	if s.err == nil && backend == "processes" && !workerMainCalled.Load() {
+		return nil, 0, nil, goError(StatusInvalidArgument, -1,
+			"MapNamed on processes needs pj.WorkerMainIfRequested() at the start of main (of TestMain "+
+				"in tests), after the init functions that call pj.Register: worker processes are "+
+				"fresh runs of this program, which that call turns into workers")
+	}
+	n := len(inputs)
+	nc := &namedCall{n: n, header: appendName(nil, name)}
+	nc.encode = func(i int, b []byte) ([]byte, error) {
+		buf := bytes.NewBuffer(b)
+		err := gob.NewEncoder(buf).Encode(&inputs[i])
+		return buf.Bytes(), err
+	}
+	handle := cgo.NewHandle(nc)
+	var cfg *C.pj_config_t
+	if s.exec == nil {
+		var err error
+		if cfg, err = s.configFor(named); err != nil {
+			handle.Delete()
+			return nil, 0, nil, err
+		}
+		if s.progress != nil {
+			var cerr *C.pj_error_t
+			if status := C.pjgo_set_progress(cfg, C.uintptr_t(handle), &cerr); status != C.PJ_STATUS_OK {
+				C.pj_config_free(cfg)
+				handle.Delete()
+				return nil, 0, nil, takeError(status, cerr)
+			}
+		}
+	} else if s.err != nil {
+		handle.Delete()
+		return nil, 0, nil, s.err
+	}
+	ex, workers, slot, err := s.executorFor(ctx, named, cfg)
+	C.pj_config_free(cfg)
+	if err != nil {
+		handle.Delete()
+		return nil, 0, nil, err
+	}
+	if slot != nil && s.progress != nil {
+		// The Executor's progress callback reports to this call until its turn is given back.
+		*slot = C.uintptr_t(handle)
+		release := ex.release
+		ex.release = func() {
+			*slot = 0
+			release()
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		ex.free()
+		handle.Delete()
+		return nil, 0, nil, err
+	}
+	c := newCall(s, n, workers)
+	c.timeout = 0 // pj's own, per task (configFor)
+	if workers > 1 {
+		c.backend = backend
+	}
+	nc.c = c
+	return nc, handle, ex, nil
 }
 
 // decodeNamed decodes each task's result into out; under on_error "collect" it records each failed

@@ -116,9 +116,19 @@ func Backend(name string) Option {
 			s.backend = "threads"
 			s.set("backend", name)
 		case "mpi":
-			s.fail(goError(StatusUnsupported, -1, fmt.Sprintf(
-				"backend %q is not available from Go yet: it needs the pj_mpi shim "+
-					"(pj_mpi_main, for C programs run under mpirun)", name)))
+			if !mpiBuilt {
+				s.fail(errNoMPI(fmt.Sprintf("backend %q", name)))
+				return
+			}
+			s.backend = "mpi"
+			if s.processes == nil {
+				s.processes = goError(StatusUnsupported, -1, fmt.Sprintf(
+					"backend %q is not available to Map, MapIndexed, MapCollect and Stream: their "+
+						"function is a Go closure, which cannot run on another rank; register the "+
+						"function with pj.Register from an init function and call pj.MapNamed, "+
+						"pj.MapCollectNamed or pj.StreamNamed", name))
+			}
+			s.set("backend", name)
 		case "sequential":
 			s.backend = "sequential"
 			s.set("backend", name)
@@ -152,6 +162,13 @@ func (s *settings) refuseProcesses(key, value string) {
 			"pj.MapNamed (or pj.MapCollectNamed), which run it in worker processes started afresh "+
 			"from this program (start method \"spawn\"), or use the \"threads\" backend (the "+
 			"default here) or \"sequential\"", key, value))
+}
+
+// errNoMPI is the error of MPIMain and Backend("mpi") in a build without the pjmpi tag.
+func errNoMPI(what string) error {
+	return goError(StatusUnsupported, -1, what+" needs pj's MPI backend, which this program was "+
+		"built without: build it with `go build -tags pjmpi` (which compiles pj's MPI shim, "+
+		"pj_mpi_main, and links MPI), call pj.MPIMain() at the start of main, and run it under mpirun")
 }
 
 // startMethod is Set("start_method", value): "spawn" is what this package always uses for the process
@@ -529,7 +546,7 @@ const (
 // "threads" for closures and "processes" for named functions.
 func (s *settings) backendFor(kind callKind) string {
 	switch {
-	case s.backend == "sequential" || s.backend == "threads":
+	case s.backend == "sequential" || s.backend == "threads" || s.backend == "mpi":
 		return s.backend
 	case kind == named:
 		return "processes"
@@ -632,7 +649,7 @@ func (s *settings) backendName(workers int) string {
 func EffectiveNJobs(opts ...Option) (int, error) {
 	s := newSettings(opts)
 	kind := closures
-	if s.backend == "processes" {
+	if s.backend == "processes" || s.backend == "mpi" {
 		kind = named
 	}
 	cfg, err := s.configFor(kind)

@@ -603,6 +603,13 @@ func TestMPIIsRefused(t *testing.T) {
 		if !errors.Is(err, ErrUnsupported) || !strings.Contains(e.Message, "pj_mpi_main") {
 			t.Errorf("got %v, want ErrUnsupported naming pj_mpi_main", err)
 		}
+		// Built without the pjmpi tag, the error says how to get the MPI backend.
+		if !mpiBuilt && (!strings.Contains(e.Message, "-tags pjmpi") || !strings.Contains(e.Message, "pj.MPIMain()")) {
+			t.Errorf("got %v, want the way to build with MPI", err)
+		}
+	}
+	if err := MPIMain(); !mpiBuilt && (!errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "-tags pjmpi")) {
+		t.Errorf("MPIMain without the pjmpi tag: %v", err)
 	}
 }
 

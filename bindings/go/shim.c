@@ -121,6 +121,13 @@ pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_ite
                            results_out, error_out);
 }
 
+pj_status pjgo_imap_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
+                          pj_error_t **error_out) {
+    pjgo_expect(parallel, n_items, 1);
+    return pj_parallel_imap(parallel, pjgo_named_task, NULL, pjgo_named_produce, (void *)handle,
+                            error_out);
+}
+
 static void pjgo_progress(void *userdata, uint64_t completed, int64_t total, double elapsed) {
     (void)total;
     (void)elapsed;

@@ -52,6 +52,11 @@ int pjgo_worker_main(void);
 pj_status pjgo_map_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
                          pj_results_t **results_out, pj_error_t **error_out);
 
+/* pj_parallel_imap of the named-task trampoline (StreamNamed): as pjgo_map_named, with the results
+ * read by pj_parallel_next. */
+pj_status pjgo_imap_named(pj_parallel_t *parallel, uintptr_t handle, size_t n_items,
+                          pj_error_t **error_out);
+
 /* pj_config_set_progress with a trampoline that reports to the call behind `handle`. */
 pj_status pjgo_set_progress(pj_config_t *config, uintptr_t handle, pj_error_t **error_out);
 

@@ -47,8 +47,10 @@ extern "C" {
  *   leave (pj_mpi_detach) and frees its communicator; then, when this function initialized MPI,
  *   the atexit handler calls MPI_Finalize, so the program must not. Do not end rank 0 with
  *   _exit() or a signal: the other ranks would wait for it until mpirun ends the job.
- * - Every other rank: runs tasks for rank 0 (pj_mpi_serve; each batch in a forked child
- *   process, so a crashing task is reported to rank 0 instead of ending the job) until rank 0
+ * - Every other rank: runs tasks for rank 0 (pj_mpi_serve; each batch in a child process, so a
+ *   crashing task is reported to rank 0 instead of ending the job: a forked child, or a copy of
+ *   the program spawned as a worker when it called pj_worker_main_if_requested before this
+ *   function, as the Go binding's pj.MPIMain does) until rank 0
  *   exits, then frees pj's communicator, finalizes MPI (also when the program initialized it:
  *   these ranks never return to it) and calls exit() with the status pj_mpi_serve returned (0,
  *   or non-zero when the rank could not serve). It never returns.

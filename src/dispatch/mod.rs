@@ -394,6 +394,25 @@ impl Call {
         }
     }
 
+    /// Ends a call whose `next` returned the call's failure (a task's, the producer's, a
+    /// cancellation): the abort stays without `drain`, as in `finish`, so process workers running a
+    /// task are killed instead of waited for; waits for the outcomes in flight, then ends the call.
+    pub fn end_failed(mut self, backend: Option<&Backend>, batching: &mut Batching) {
+        self.link.abort.store(true, Ordering::Release);
+        self.producer = None;
+        self.drain(batching);
+        let snapshot = Snapshot {
+            aborting: true,
+            ..self.snapshot()
+        };
+        if let Some(progress) = self.progress.take() {
+            progress.finish(&snapshot);
+        }
+        if let Some(backend) = backend {
+            backend.end_call();
+        }
+    }
+
     /// Records that the producer failed with `error`: the call stops and returns it.
     fn fail_producer(&mut self, error: Error) {
         self.link.abort.store(true, Ordering::Relaxed);

@@ -178,9 +178,11 @@ pub extern "C" fn pj_config_set_n_jobs(
 /// the caller and ranks 1..N-1 are the workers (n_jobs, when positive, caps how many are used; one
 /// rank alone runs calls sequentially). Tasks name registered functions, without userdata
 /// (`pj_parallel_submit_named`), and arguments and results travel by MPI messages (a batch above
-/// 2 GiB in several; no memmapping). Each worker rank runs its batches in a forked child process, so a task that
-/// crashes, exits or overruns `timeout` is reported (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT,
-/// the message ending "(MPI rank R)") and the rank goes on; a rank that stops answering for 10 s
+/// 2 GiB in several; no memmapping). Each worker rank runs its batches in a child process (forked;
+/// spawned from the executable when the program called `pj_worker_main_if_requested` before
+/// `pj_mpi_main`), so a task that crashes, exits or overruns `timeout` is reported
+/// (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT, the message ending "(MPI rank R)") and the rank
+/// goes on; a rank that stops answering for 10 s
 /// fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
 /// whole job when a rank dies). A rank's forked child leads its own process group as a process
 /// worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and

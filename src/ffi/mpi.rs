@@ -89,8 +89,12 @@ pub extern "C" fn pj_mpi_attach(
 }
 
 /// Every rank but 0 (called by `pj_mpi_main`): serves rank 0's batches with the functions this
-/// process registered (`pj_register`, before this call), each batch in a forked child process so
-/// that a crashing task is reported instead of ending the MPI job. Returns the status the rank
+/// process registered (`pj_register`, before this call), each batch in a child process so that a
+/// crashing task is reported instead of ending the MPI job: a forked child, or, when the program
+/// called `pj_worker_main_if_requested` before this call (as the Go binding's MPIMain does: Go code
+/// cannot run in a forked child), a copy of the program spawned as a worker (start method "spawn";
+/// it must then reach `pj_worker_main_if_requested` before it initializes MPI). The child is kept
+/// across batches, and replaced when a task kills it. Returns the status the rank
 /// should exit with, once rank 0 detaches: 0; 2 when `ops` is NULL or incomplete, an MPI
 /// operation fails, or the registry differs from rank 0's (which rank 0 reports); 3 when rank 0
 /// gave up another rank for silence, so that this rank must leave without MPI_Finalize (which

@@ -1,6 +1,7 @@
 //! A worker rank. Before anything else it reports its registry's fingerprint, and rank 0 checks
 //! every rank against its own. A rank runs each batch through a local one-worker process pool (a
-//! forked child kept across batches): a task that crashes, exits or overruns its timeout kills
+//! child kept across batches: forked, or spawned from the program's executable when the program
+//! called `pj_worker_main_if_requested` first): a task that crashes, exits or overruns its timeout kills
 //! that child, not the rank, so it is reported (naming the rank and the task) instead of ending
 //! the MPI job; on_error=collect retries the rest of the batch there, as on the process backend.
 
@@ -32,11 +33,17 @@ pub fn serve(ops: MpiOps) -> c_int {
     if ops.send_and_wait(0, TAG_HELLO, hello, HELLO_LIMIT).is_err() {
         return 2;
     }
-    // One forked child, kept across batches and calls: the rank survives whatever a task does.
+    // One child, kept across batches and calls: the rank survives whatever a task does. Forked,
+    // unless the program can be its own worker (it called pj_worker_main_if_requested before
+    // pj_mpi_main, as a Go program does: Go code cannot run in a forked child): then spawned.
     // The caller's recycling options do not reach it (documented: MPI ignores them).
     let stack_size = crate::config::default_stack_size();
-    let Ok(pool) = ProcessPool::new(1, true, StartMethod::Fork, stack_size, Recycling::NEVER)
-    else {
+    let start_method = if crate::backend::spawn::can_spawn_itself() {
+        StartMethod::Spawn
+    } else {
+        StartMethod::Fork
+    };
+    let Ok(pool) = ProcessPool::new(1, true, start_method, stack_size, Recycling::NEVER) else {
         return 2;
     };
     let mut worker = WorkerRank {

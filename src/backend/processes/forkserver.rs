@@ -262,7 +262,14 @@ fn request(
     let deadline = Instant::now() + ANSWER_LIMIT;
     let alive = || Instant::now() < deadline && is_running(server.pid);
     let (mut reply, mut fds) = (Vec::new(), Vec::new());
-    match recv_parts(control, &mut reply, &mut Vec::new(), &mut fds, LIVENESS_PERIOD_MS, &alive) {
+    match recv_parts(
+        control,
+        &mut reply,
+        &mut Vec::new(),
+        &mut fds,
+        LIVENESS_PERIOD_MS,
+        &alive,
+    ) {
         Ok(true) => {}
         Ok(false) => {
             let closed = io::Error::other("the fork server closed its connection");

@@ -20,6 +20,7 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::io::{FdFlags, fcntl_setfd};
@@ -247,6 +248,17 @@ fn var<T: std::str::FromStr>(key: &str) -> Option<T> {
     std::env::var(key).ok()?.parse().ok()
 }
 
+/// Set once [`worker_main_if_requested`] has returned in this process: the program calls it, so a
+/// fresh run of its executable can serve as its worker (see [`can_spawn_itself`]).
+static SPAWNABLE: AtomicBool = AtomicBool::new(false);
+
+/// Whether this program called `pj_worker_main_if_requested` (and is not a worker): then a copy of
+/// it spawned with the `PJ_WORKER_*` variables turns into a worker. An MPI worker rank runs its
+/// batches in such a copy instead of a forked child (a Go program cannot run in a forked child).
+pub fn can_spawn_itself() -> bool {
+    SPAWNABLE.load(Ordering::Acquire)
+}
+
 /// Turns this process into a worker if it was started as one; otherwise returns at once.
 /// Never returns in a worker: it serves batches until its parent closes the stream, then exits.
 pub fn worker_main_if_requested() {
@@ -257,6 +269,7 @@ pub fn worker_main_if_requested() {
         var::<usize>(SLOT_VAR),
         var::<usize>(LEVEL_VAR),
     ) else {
+        SPAWNABLE.store(true, Ordering::Release);
         return;
     };
     for key in [FD_VAR, PAGE_VAR, PARENT_VAR, SLOT_VAR, LEVEL_VAR] {
