@@ -1,4 +1,5 @@
-//! Result memory is reused across batches and calls on threads and sequential (issue 17): once an
+//! Result memory is reused across batches and calls on threads, sequential and processes (issue
+//! 17; on processes: the memory the caller receives results into): once an
 //! executor has run the same work twice, a later call writes its results into memory an earlier
 //! call's results used (given back by `pj_results_free`), touching no fresh page, and
 //! `pj_out_alloc` hands that memory out as it is instead of zeroing it again. Results stay intact
@@ -107,10 +108,13 @@ fn later_calls_write_their_results_into_memory_already_mapped() {
         ("sequential", "160"),
         ("threads", "160"),
         ("threads", "1000"),
+        // Results received from worker processes (below max_nbytes: by socket) land in the
+        // executor's kept memory too.
+        ("processes", "160"),
     ] {
         let par = parallel(&[
             ("backend", backend),
-            ("n_jobs", if backend == "threads" { "2" } else { "1" }),
+            ("n_jobs", if backend == "sequential" { "1" } else { "2" }),
             ("keep_workers", "true"),
             ("batch_size", batch_size),
         ])

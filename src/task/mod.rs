@@ -256,6 +256,11 @@ impl Batch {
         batch
     }
 
+    /// The executor's buffer pool this batch's arguments came from (and go back to), if any.
+    pub fn pool(&self) -> Option<&BufferPool> {
+        self.recycle.as_ref()
+    }
+
     /// Appends a task whose argument was written to a spill file, at `arg`.
     pub fn push_spilled(&mut self, callback: Callback, arg: ArgRef) {
         let index = self.first + self.callbacks.len();

@@ -189,6 +189,37 @@ impl BufferPool {
         }
     }
 
+    /// An empty buffer from the output side for result bytes a backend receives (a process proxy
+    /// reading an outcome frame): the largest kept arena's storage, emptied, so that the bytes
+    /// land in pages already mapped; a new empty one when none is kept. Hand the filled buffer to
+    /// [`BufferPool::received`].
+    pub fn take_received(&self) -> Vec<u8> {
+        let reused = {
+            let mut kept = lock(&self.0.outputs);
+            let best = kept
+                .buffers
+                .iter()
+                .map(Vec::capacity)
+                .enumerate()
+                .max_by_key(|&(_, c)| c);
+            best.map(|(at, _)| kept.remove(at))
+        };
+        let mut bytes = reused.unwrap_or_default();
+        bytes.clear();
+        bytes
+    }
+
+    /// The arena of result bytes a backend received into `bytes` (from
+    /// [`BufferPool::take_received`] or anywhere): given back to this pool's output side when
+    /// dropped, as the arenas its own batches write.
+    pub fn received(&self, bytes: Vec<u8>) -> Arena {
+        Arena {
+            len: bytes.len(),
+            bytes,
+            home: Some(Arc::downgrade(&self.0)),
+        }
+    }
+
     /// Records that a batch of `tasks` tasks wrote `bytes` bytes of output, to size later arenas:
     /// the largest recent bytes per task, forgotten slowly (a quarter per smaller batch).
     pub fn note_output(&self, bytes: usize, tasks: usize) {

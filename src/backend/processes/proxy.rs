@@ -370,6 +370,13 @@ impl Proxy {
                 "a batch refers to too many spill files",
             ))
         } else {
+            // The result bytes land in memory the executor's earlier results used (pages already
+            // mapped), when it has some to give.
+            if self.bulk.capacity() == 0
+                && let Some(pool) = batch.pool()
+            {
+                self.bulk = pool.take_received();
+            }
             // The argument bytes go from the batch's own buffer.
             let (_, args, _) = batch.parts();
             send_parts(fd, &self.meta, args, &attached_fds).and_then(|()| {
@@ -393,8 +400,13 @@ impl Proxy {
                     slot: self.slot,
                     pid: u32::try_from(pid.as_raw_pid()).unwrap_or(0),
                 };
-                // The received result bytes become the outcome's: no copy.
+                // The received result bytes become the outcome's: no copy; they go back to the
+                // executor's pool with the results.
                 let data = std::mem::take(&mut self.bulk);
+                let data = match batch.pool() {
+                    Some(pool) => pool.received(data),
+                    None => data.into(),
+                };
                 let decoded = decode_outcome_parts(&self.meta, data, ran)
                     .map_err(|e| Some(Lost::fatal(batch.first, self.kill_worker(&e))))?;
                 let (mut outcome, files) = decoded;

@@ -5,7 +5,7 @@ use std::io;
 use std::time::Duration;
 
 use super::{Reader, malformed, out_of_memory, put};
-use crate::task::{BatchOutcome, Death, TaskFailure, WorkerId};
+use crate::task::{Arena, BatchOutcome, Death, TaskFailure, WorkerId};
 
 /// Encodes `outcome` into `out` (cleared first), its result bytes last: [`encode_outcome_meta`]
 /// followed by the bytes (one buffer, for transports that send one message). `files` lists the
@@ -198,7 +198,7 @@ pub fn decode_outcome(
 /// [`decode_outcome`].
 pub fn decode_outcome_parts(
     meta: &[u8],
-    data: Vec<u8>,
+    data: Arena,
     worker: WorkerId,
 ) -> io::Result<(BatchOutcome, Vec<(usize, usize)>)> {
     let mut r = Reader {
@@ -219,7 +219,7 @@ struct Head {
 }
 
 impl Head {
-    fn with_data(mut self, data: Vec<u8>) -> BatchOutcome {
+    fn with_data(mut self, data: impl Into<Arena>) -> BatchOutcome {
         self.outcome.data = data.into();
         self.outcome
     }
