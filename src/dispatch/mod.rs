@@ -375,32 +375,26 @@ impl Call {
     /// uses the caller's data (userdata, callbacks) when this returns; then ends the call. Running
     /// tasks are waited for on every backend (process workers are not killed): they see the abort
     /// through `pj_out_cancelled` and may end early.
-    pub fn abandon(mut self, backend: Option<&Backend>, batching: &mut Batching) {
+    pub fn abandon(self, backend: Option<&Backend>, batching: &mut Batching) {
         self.link.drain.store(true, Ordering::Relaxed);
-        // Release: whoever sees the abort sees `drain` too.
-        self.link.abort.store(true, Ordering::Release);
-        self.producer = None;
-        self.drain(batching);
-        self.stager.end_call();
-        let snapshot = Snapshot {
-            aborting: true,
-            ..self.snapshot()
-        };
-        if let Some(progress) = self.progress.take() {
-            progress.finish(&snapshot);
-        }
-        if let Some(backend) = backend {
-            backend.end_call();
-        }
+        self.stop_and_end(backend, batching);
     }
 
     /// Ends a call whose `next` returned the call's failure (a task's, the producer's, a
     /// cancellation): the abort stays without `drain`, as in `finish`, so process workers running a
     /// task are killed instead of waited for; waits for the outcomes in flight, then ends the call.
-    pub fn end_failed(mut self, backend: Option<&Backend>, batching: &mut Batching) {
+    pub fn end_failed(self, backend: Option<&Backend>, batching: &mut Batching) {
+        self.stop_and_end(backend, batching);
+    }
+
+    /// Aborts the call (with `drain` as the caller set it), waits for the outcomes in flight and
+    /// ends the call: its spill files go back for reuse, progress reports the abort.
+    fn stop_and_end(mut self, backend: Option<&Backend>, batching: &mut Batching) {
+        // Release: whoever sees the abort sees `drain` too.
         self.link.abort.store(true, Ordering::Release);
         self.producer = None;
         self.drain(batching);
+        self.stager.end_call();
         let snapshot = Snapshot {
             aborting: true,
             ..self.snapshot()
