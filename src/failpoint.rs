@@ -244,6 +244,13 @@ mod armed {
                 // SAFETY: raise only sends this thread a signal; the default or pj's crash
                 // handler then ends the process.
                 unsafe { libc::raise(libc::SIGSEGV) };
+                // A handler that returned (Rust's own, which expects a fault to recur): the
+                // default action now, as a real fault would end up with.
+                // SAFETY: as above; the disposition changes only in a process that must end.
+                unsafe {
+                    libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                    libc::raise(libc::SIGSEGV);
+                }
                 None
             }
             Mode::Hang => loop {

@@ -312,6 +312,12 @@ impl Spilling {
         let Some(kept) = self.written.as_mut() else {
             unreachable!("the spill was just ensured")
         };
+        let stage = crate::failpoint::Stage::SpillWrite;
+        if let Some(injected) = crate::failpoint::hit(stage) {
+            // A short write of the file is the same failure here: the argument is not stored.
+            let error = injected.io_error(stage);
+            return Err(crate::Error::new(crate::ErrorKind::Io, error.to_string()));
+        }
         let at = if matches!(self.options.mode, MmapMode::R | MmapMode::C) {
             kept.spill.get_or_write(arg)?
         } else {

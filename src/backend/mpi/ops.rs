@@ -75,6 +75,11 @@ impl MpiOps {
         tag: c_int,
         bytes: Vec<u8>,
     ) -> Result<Vec<PendingSend>> {
+        let stage = crate::failpoint::Stage::MpiSend;
+        if let Some(injected) = crate::failpoint::hit(stage) {
+            let error = injected.io_error(stage);
+            return Err(Error::new(ErrorKind::Io, error.to_string()));
+        }
         let bytes = Arc::new(bytes);
         let limit = self.max_message.max(1);
         let pieces = bytes.len().div_ceil(limit).max(1);
@@ -183,6 +188,11 @@ impl MpiOps {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
+        let stage = crate::failpoint::Stage::MpiReceive;
+        if let Some(injected) = crate::failpoint::hit(stage) {
+            let error = injected.io_error(stage);
+            return Err(Error::new(ErrorKind::Io, error.to_string()));
+        }
         let start = buf.len();
         buf.try_reserve(len).map_err(|_| {
             Error::new(

@@ -504,7 +504,12 @@ fn served_worker(socket: OwnedFd, page: OwnedFd, server: Pid, slot: usize, level
         leave(6)
     };
     crash::install(running.crash());
-    let code = match answer_handshake(socket.as_fd()) {
+    // A worker that cannot start does not answer the handshake.
+    let started = match crate::failpoint::hit(crate::failpoint::Stage::WorkerStart) {
+        Some(_) => Err(()),
+        None => answer_handshake(socket.as_fd()),
+    };
+    let code = match started {
         Ok(()) => {
             let functions = crate::registry::functions();
             serve(socket.as_fd(), &running, slot, level, Some(&functions))

@@ -42,7 +42,9 @@
 use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvError, Sender, select};
 
@@ -54,6 +56,7 @@ use crate::backend::wire::{
     send_parts,
 };
 use crate::config::Recycling;
+use crate::failpoint::{self, Stage};
 use crate::memmap::{MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome, Death, LargeOutput, TaskFailure, WorkerId};
 
@@ -238,7 +241,18 @@ impl Proxy {
         let mut retry: Option<Batch> = None;
         loop {
             let attempt = retry.as_ref().unwrap_or(batch);
-            match self.exchange(attempt, link) {
+            // A panic here must not end the proxy thread: its batch would never be reported and
+            // the call would wait for it forever. The worker's stream is then in an unknown state.
+            let exchanged = catch_unwind(AssertUnwindSafe(|| self.exchange(attempt, link)))
+                .unwrap_or_else(|panic| {
+                    let message = crate::error::panic_message(panic.as_ref());
+                    let failure = TaskFailure::Panicked(message);
+                    Err(Some(Lost::fatal(
+                        attempt.first,
+                        self.kill_worker_for(failure),
+                    )))
+                });
+            match exchanged {
                 // A worker that had served died before any task of this attempt started (killed
                 // while idle, between calls or batches): nothing of it ran, nobody is to blame.
                 // The same attempt goes to a fresh worker; should that one die before starting,
@@ -334,6 +348,8 @@ impl Proxy {
         let running = worker.running.get();
         let stop = worker.running.stop();
         let overdue = Cell::new(None);
+        let stalled = Cell::new(None);
+        let idle_since = Cell::new(None);
         // EOF is the fast signal of a death; the periodic check covers a stream kept open by a
         // grandchild the task started, which would otherwise hide the death forever. It also
         // stops waiting once the call is aborted (fail fast and cancel kill running tasks; an
@@ -346,12 +362,29 @@ impl Proxy {
                     return false;
                 }
             }
-            if let Some(limit) = link.timeout
-                && let Some((index, elapsed)) = running.elapsed()
-                && elapsed > limit
-            {
-                overdue.set(Some((index, limit, elapsed)));
-                return false;
+            if let Some(limit) = link.timeout {
+                match running.elapsed() {
+                    Some((index, elapsed)) => {
+                        idle_since.set(None);
+                        if elapsed > limit {
+                            overdue.set(Some((index, limit, elapsed)));
+                            return false;
+                        }
+                    }
+                    // Outside any task (receiving the batch, mapping its arguments, sending its
+                    // outcome) the worker is bound by the same limit, else it could hang the
+                    // call.
+                    None => {
+                        let since = idle_since.get().unwrap_or_else(Instant::now);
+                        idle_since.set(Some(since));
+                        let elapsed = since.elapsed();
+                        if elapsed > limit {
+                            let index = running.index().unwrap_or(batch.first);
+                            stalled.set(Some((index, limit, elapsed)));
+                            return false;
+                        }
+                    }
+                }
             }
             child.is_running()
         };
@@ -362,6 +395,7 @@ impl Proxy {
             tenth as i32
         });
         let sent = attached_fds.chunks(MAX_FDS_PER_FRAME).len().max(1);
+        let mut injected_receive = false;
         let received = if sent > 1 {
             // More new files than one frame carries: cannot happen with batches of a few files,
             // but fail clearly rather than send a frame whose files the worker cannot find.
@@ -379,21 +413,52 @@ impl Proxy {
             }
             // The argument bytes go from the batch's own buffer.
             let (_, args, _) = batch.parts();
-            send_parts(fd, &self.meta, args, &attached_fds).and_then(|()| {
-                recv_parts(
+            match failpoint::hit(Stage::BatchSend) {
+                // The worker may have read part of a frame: its stream is unusable.
+                Some(injected) => {
+                    #[cfg(feature = "failpoints")]
+                    if injected == failpoint::Injected::Truncate {
+                        let _ = crate::backend::wire::send_truncated(fd, &self.meta, args);
+                    }
+                    let error = injected.io_error(Stage::BatchSend);
+                    let failure = TaskFailure::Io(format!("cannot send a batch: {error}"));
+                    return Err(Some(Lost::fatal(
+                        batch.first,
+                        self.kill_worker_for(failure),
+                    )));
+                }
+                None => send_parts(fd, &self.meta, args, &attached_fds),
+            }
+            .and_then(|()| {
+                let received = recv_parts(
                     fd,
                     &mut self.meta,
                     &mut self.bulk,
                     &mut self.fds,
                     period,
                     &alive,
-                )
+                );
+                match (received, failpoint::hit(Stage::ResultReceive)) {
+                    (Ok(true), Some(injected)) => {
+                        injected_receive = true;
+                        Err(injected.io_error(Stage::ResultReceive))
+                    }
+                    (received, _) => received,
+                }
             })
         };
         if let Some(worker) = self.worker.as_mut() {
             worker.sent_files.extend_from_slice(&attached);
         }
         match received {
+            // The outcome frame was read, but not understood: the worker goes with it.
+            Err(error) if injected_receive => {
+                let failure = TaskFailure::Io(format!("cannot receive an outcome: {error}"));
+                Err(Some(Lost::fatal(
+                    batch.first,
+                    self.kill_worker_for(failure),
+                )))
+            }
             Ok(true) => {
                 let fds = std::mem::take(&mut self.fds);
                 let ran = WorkerId::Process {
@@ -448,6 +513,19 @@ impl Proxy {
                     unstarted: false,
                 }))
             }
+            _ if stalled.get().is_some() => {
+                let Some((index, limit, elapsed)) = stalled.get() else {
+                    unreachable!("checked by the guard")
+                };
+                if let Some(worker) = self.worker.take() {
+                    worker.child.terminate();
+                }
+                // No task of the batch is to blame: none was running.
+                Err(Some(Lost::fatal(
+                    index,
+                    TaskFailure::TimedOut { limit, elapsed },
+                )))
+            }
             Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {
                 if let Some(worker) = self.worker.take() {
                     worker.child.kill_and_reap();
@@ -493,6 +571,14 @@ impl Proxy {
             retryable: running.is_some() && !batch_forces(batch, index),
             unstarted: running.is_none() && worker.served,
         }
+    }
+
+    /// Kills and reaps a worker whose stream is unusable; `failure` is why.
+    fn kill_worker_for(&mut self, failure: TaskFailure) -> TaskFailure {
+        if let Some(worker) = self.worker.take() {
+            worker.child.kill_and_reap();
+        }
+        failure
     }
 
     /// Kills and reaps a worker that sent garbage.

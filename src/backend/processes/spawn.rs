@@ -299,7 +299,12 @@ pub fn worker_main_if_requested() {
     crate::backend::crash::prepare();
     running.crash().record_modules();
     crate::backend::crash::install(running.crash());
-    let code = match answer_handshake(socket.as_fd()) {
+    // A worker that cannot start does not answer the handshake.
+    let started = match crate::failpoint::hit(crate::failpoint::Stage::WorkerStart) {
+        Some(_) => Err(()),
+        None => answer_handshake(socket.as_fd()),
+    };
+    let code = match started {
         Ok(()) => {
             let functions = crate::registry::functions();
             serve(socket.as_fd(), &running, slot, level, Some(&functions))

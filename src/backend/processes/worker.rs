@@ -33,6 +33,7 @@ use crate::backend::wire::{
     DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, batch_span, decode_batch_parts,
     encode_outcome_meta, recv_parts, send_parts,
 };
+use crate::failpoint::{Injected, Stage, hit};
 use crate::task::{BatchOutcome, RunContext, TaskFailure, TaskFn, WorkerId, run_batch};
 
 /// The worker process: reads batches, runs them, writes outcomes, until the stream ends.
@@ -44,6 +45,11 @@ pub(super) fn worker_main(
     level: usize,
 ) -> ! {
     tie_to_parent(parent_pid);
+    // A worker that cannot start ends before its first batch (a panic must not unwind into the
+    // parent's code, of which this is a copy).
+    if catch_unwind(|| hit(Stage::WorkerStart)).map_or(true, |injected| injected.is_some()) {
+        leave(1);
+    }
     // Record the stack of a crash (async-signal-safe too: sigaltstack and sigaction).
     crash::install(running.crash());
     // Drop the inherited parent ends of every pj socket, so that their workers see EOF when due.
@@ -108,32 +114,32 @@ pub(in crate::backend) fn serve(
         let mut spill = SpillMaps::default();
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
         loop {
-            match recv_parts(
+            let mut received_batch = recv_parts(
                 socket,
                 &mut inbox,
                 &mut args,
                 &mut received,
                 LIVENESS_PERIOD_MS,
                 &|| true,
-            ) {
+            );
+            // An error after the whole frame arrived is reported as the batch's failure.
+            let mut readable = false;
+            if matches!(received_batch, Ok(true))
+                && let Some(injected) = hit(Stage::BatchReceive)
+            {
+                received_batch = Err(injected.io_error(Stage::BatchReceive));
+                readable = true;
+            }
+            match received_batch {
                 Ok(true) => {}
-                Err(error) if error.kind() == io::ErrorKind::OutOfMemory => {
-                    // No room here for the batch's arguments (the frame was read past them):
-                    // the batch fails with that, and the worker serves the next one.
+                Err(error) if readable || error.kind() == io::ErrorKind::OutOfMemory => {
+                    // No room here for the batch's arguments (the frame was read past them),
+                    // or the frame cannot be used: the batch fails with that, and the worker
+                    // serves the next one.
                     let Ok((first, size)) = batch_span(&inbox) else {
                         return 0;
                     };
-                    let failed = BatchOutcome {
-                        first,
-                        size,
-                        data: Default::default(),
-                        ends: Vec::new(),
-                        failure: Some((first, TaskFailure::Io(error.to_string()))),
-                        errors: Vec::new(),
-                        large: Vec::new(),
-                        seconds: 0.0,
-                        worker: WorkerId::Process { slot, pid: 0 },
-                    };
+                    let failed = failed_outcome(first, size, slot, error.to_string());
                     encode_outcome_meta(&failed, &[], &mut outbox);
                     // Spill files that came with the frame cannot be filed without its
                     // arguments; the parent counts them as sent: this worker must go.
@@ -167,8 +173,32 @@ pub(in crate::backend) fn serve(
             spill
                 .files
                 .extend(attached.into_iter().zip(received.drain(..)));
-            let Ok(spilled) = spill.map_batch(&batch, flags.access) else {
-                return 5;
+            let mapped = match hit(Stage::ArgMap) {
+                Some(injected) => Err(crate::Error::new(
+                    crate::ErrorKind::Io,
+                    injected.io_error(Stage::ArgMap).to_string(),
+                )),
+                None => spill.map_batch(&batch, flags.access),
+            };
+            let spilled = match mapped {
+                Ok(spilled) => spilled,
+                Err(error) => {
+                    // No task of the batch can run: the batch fails with why, and the worker
+                    // serves the next one (the files stay filed for it).
+                    let failed = failed_outcome(
+                        batch.first,
+                        batch.len(),
+                        slot,
+                        format!("cannot map a spilled argument: {}", error.message()),
+                    );
+                    spill.end_batch();
+                    args = batch.into_args();
+                    encode_outcome_meta(&failed, &[], &mut outbox);
+                    if send_parts(socket, &outbox, &[], &[]).is_err() {
+                        return 0;
+                    }
+                    continue;
+                }
             };
             let ctx = RunContext {
                 running: Some(running.get()),
@@ -179,6 +209,12 @@ pub(in crate::backend) fn serve(
             let mut outcome = run_batch(&batch, ctx);
             drop(spilled);
             spill.end_batch();
+            if let Some(injected) = hit(Stage::TaskCleanup) {
+                // The batch's tasks ran, but what they leave behind may not be released: the
+                // batch fails with that (its results are not trusted).
+                let error = injected.io_error(Stage::TaskCleanup).to_string();
+                outcome = failed_outcome(batch.first, batch.len(), slot, error);
+            }
             args = batch.into_args();
             let mut files = Vec::new();
             if flags.results_above != u64::MAX {
@@ -198,12 +234,51 @@ pub(in crate::backend) fn serve(
             let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
             let attached: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.fd.as_fd()).collect();
             // The result bytes go from the arena the tasks wrote them into.
-            encode_outcome_meta(&outcome, &listed, &mut outbox);
-            if send_parts(socket, &outbox, &outcome.data, &attached).is_err() {
+            match hit(Stage::ResultEncode) {
+                Some(Injected::Error) => {
+                    let error = Injected::Error.io_error(Stage::ResultEncode).to_string();
+                    let failed = failed_outcome(outcome.first, outcome.size, slot, error);
+                    encode_outcome_meta(&failed, &[], &mut outbox);
+                    if send_parts(socket, &outbox, &[], &[]).is_err() {
+                        return 0;
+                    }
+                    continue;
+                }
+                Some(Injected::Truncate) => {
+                    encode_outcome_meta(&outcome, &listed, &mut outbox);
+                    outbox.truncate(outbox.len() / 2);
+                }
+                None => encode_outcome_meta(&outcome, &listed, &mut outbox),
+            }
+            let sent = match hit(Stage::ResultSend) {
+                #[cfg(feature = "failpoints")]
+                Some(Injected::Truncate) => {
+                    crate::backend::wire::send_truncated(socket, &outbox, &outcome.data)
+                }
+                Some(injected) => Err(injected.io_error(Stage::ResultSend)),
+                None => send_parts(socket, &outbox, &outcome.data, &attached),
+            };
+            if sent.is_err() {
                 return 0;
             }
         }
         0
     }));
     served.unwrap_or(4)
+}
+
+/// The outcome of a batch none of whose tasks ran or whose results cannot be sent: its first task
+/// failed with `error`.
+fn failed_outcome(first: usize, size: usize, slot: usize, error: String) -> BatchOutcome {
+    BatchOutcome {
+        first,
+        size,
+        data: Default::default(),
+        ends: Vec::new(),
+        failure: Some((first, TaskFailure::Io(error))),
+        errors: Vec::new(),
+        large: Vec::new(),
+        seconds: 0.0,
+        worker: WorkerId::Process { slot, pid: 0 },
+    }
 }

@@ -49,6 +49,8 @@ pub use batch::{
     encode_batch_meta,
 };
 pub use outcome::{decode_outcome, decode_outcome_parts, encode_outcome, encode_outcome_meta};
+#[cfg(feature = "failpoints")]
+pub use socket::send_truncated;
 pub use socket::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, recv_frame, recv_parts, send_frame, send_parts,
 };

@@ -227,6 +227,10 @@ impl Head {
 
 /// Reads what [`encode_outcome_meta`] wrote.
 fn decode_head(r: &mut Reader<'_>, worker: WorkerId) -> io::Result<(Head, Vec<(usize, usize)>)> {
+    let stage = crate::failpoint::Stage::ResultDecode;
+    if let Some(injected) = crate::failpoint::hit(stage) {
+        return Err(injected.io_error(stage));
+    }
     let (first, size, completed, data_len) = (r.word()?, r.word()?, r.word()?, r.word()?);
     let ends = r.words(completed)?;
     if ends.windows(2).any(|w| w[0] > w[1]) || ends.last().is_some_and(|&end| end != data_len) {

@@ -69,6 +69,22 @@ pub fn send_parts(
     })
 }
 
+/// Fault injection (feature `failpoints`): writes the header of a two-part frame of `meta` and
+/// `bulk` and only half of its parts, as a writer cut short would, and fails as that writer.
+#[cfg(feature = "failpoints")]
+pub fn send_truncated(fd: BorrowedFd<'_>, meta: &[u8], bulk: &[u8]) -> io::Result<()> {
+    let header = parts_header(meta.len(), bulk.len());
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(meta);
+    bytes.extend_from_slice(bulk);
+    let keep = header.len() + (bytes.len() - header.len()) / 2;
+    send_all(fd, &bytes[..keep])?;
+    Err(io::Error::new(
+        io::ErrorKind::WriteZero,
+        "failpoint: the frame was cut short",
+    ))
+}
+
 /// The header of a two-part frame: the lengths of its two parts.
 fn parts_header(meta: usize, bulk: usize) -> [u8; 16] {
     let mut header = [0u8; 16];
