@@ -938,11 +938,10 @@ pj_status pj_parallel_for_named(pj_parallel_t *parallel,
 // `pj_out_set` or `pj_out_alloc` succeeds.
 pj_status pj_out_set(pj_out_t *out, const uint8_t *data, size_t len);
 
-// Replaces the task's output with `len` bytes and returns a pointer to them, to be written in
-// place. Their content is unspecified: memory the executor reuses is handed out as an earlier
-// output of the same executor left it, not zeroed again (write every byte, or shorten the output
-// with `pj_out_truncate`). The pointer is valid until the callback returns or calls another
-// `pj_out_*` function.
+// Replaces the task's output with `len` zeroed bytes and returns a pointer to them, to be written
+// in place (memory the executor reuses across batches and calls is zeroed again: no task sees
+// another's output). The pointer is valid until the callback returns or calls another `pj_out_*`
+// function.
 // Never NULL for a `len` that can be allocated (even 0). Returns NULL when `out` is NULL, and when
 // the bytes cannot be allocated (any `len` beyond the memory available, SIZE_MAX included): the
 // output is then empty and the task fails with PJ_STATUS_IO ("task N: cannot allocate its output

@@ -153,8 +153,8 @@ impl TaskOutput {
         true
     }
 
-    /// Replaces the task's output with `len` bytes and returns them for writing in place: bytes an
-    /// earlier output of the executor left in a reused arena (not zeroed again), or zeroes.
+    /// Replaces the task's output with `len` zeroed bytes and returns them for writing in place (in
+    /// a reused arena, an earlier output's bytes are zeroed again).
     /// `None` when they cannot be allocated: the output is then empty and the task fails (unless a
     /// later write succeeds).
     pub fn alloc(&mut self, len: usize) -> Option<&mut [u8]> {

@@ -289,8 +289,9 @@ impl Shared {
 /// exists; from anywhere else (`From<Vec<u8>>`) it is plain memory, freed when dropped.
 ///
 /// Reads see the bytes written (`Deref` to `[u8]`). Beyond them, a reused arena keeps the bytes an
-/// earlier batch wrote, initialised: writing in place ([`Arena::grow`]) hands those out as they
-/// are instead of zeroing them again. Only bytes no batch ever wrote are zeroed, once.
+/// earlier batch wrote, initialised: writing in place ([`Arena::grow`]) zeroes them again (a
+/// memset over pages already mapped, not a page fault), and only bytes no batch ever wrote are
+/// zeroed as they are initialised.
 #[derive(Default)]
 pub struct Arena {
     /// Initialised storage: its length is how many bytes have ever been initialised (`len` and
@@ -343,11 +344,17 @@ impl Arena {
         self.len = end;
     }
 
-    /// Appends `len` bytes and returns them for writing in place: bytes an earlier output left
-    /// in a reused arena, or zeroes where no output ever was.
+    /// Appends `len` zeroed bytes and returns them for writing in place. Bytes an earlier output
+    /// left in a reused arena are zeroed again (`pj_out_alloc` promises zeroes: no task sees
+    /// another's output); storage never written is zeroed once, as it is initialised. Reused
+    /// storage costs a memset, not a page fault.
     pub fn grow(&mut self, len: usize) -> &mut [u8] {
         let start = self.len;
         let end = start + len;
+        let reused_end = end.min(self.bytes.len());
+        if start < reused_end {
+            self.bytes[start..reused_end].fill(0);
+        }
         if end > self.bytes.len() {
             self.bytes.resize(end, 0);
         }
@@ -472,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn an_arena_dropped_goes_back_with_its_bytes_and_the_next_one_reuses_them_unzeroed() {
+    fn an_arena_dropped_goes_back_and_the_next_one_reuses_its_memory_zeroed() {
         let pool = BufferPool::default();
         let mut arena = pool.take_output(4);
         arena.extend_from_slice(b"first");
@@ -490,18 +497,18 @@ mod tests {
         assert_eq!(pool.fresh_outputs(), 1);
         assert_eq!(
             again.grow(5),
-            b"first",
-            "written before: handed out as it is"
+            b"\0\0\0\0\0",
+            "written before: zeroed again, never shown to the next output"
         );
         again.truncate(2);
         again.extend_from_slice(b"0123");
-        assert_eq!(&*again, b"fi0123");
+        assert_eq!(&*again, [0, 0, b'0', b'1', b'2', b'3']);
         assert_eq!(
             again.grow(4),
-            b"!!\0\0",
-            "the rest of what was written, then zeroes"
+            b"\0\0\0\0",
+            "what an earlier output wrote, then never-written bytes: all zeroes"
         );
-        assert_eq!(&*again, b"fi0123!!\0\0");
+        assert_eq!(&*again, [0, 0, b'0', b'1', b'2', b'3', 0, 0, 0, 0]);
     }
 
     #[test]
