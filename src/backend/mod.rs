@@ -74,10 +74,24 @@ impl CallLink {
     /// from the batch's dispatch to now. Every backend reports every outcome through here, so
     /// the sample means the same everywhere. A call that is gone (its receiver dropped) has
     /// nobody to tell: the outcome is dropped.
-    pub fn send(&self, batch: &Batch, mut outcome: BatchOutcome) {
-        outcome.seconds = batch
-            .dispatched_at
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+    ///
+    /// The batch is dropped before the outcome leaves, so its argument buffer is back in the
+    /// executor's pool by the time the caller can see the call end: a next call submitted at
+    /// once reuses it instead of mapping fresh pages.
+    pub fn send(&self, batch: Batch, outcome: BatchOutcome) {
+        let dispatched_at = batch.dispatched_at;
+        drop(batch);
+        self.reply_with(dispatched_at, outcome);
+    }
+
+    /// [`CallLink::send`] for a batch still shared with someone else (a thread pool's watchdog
+    /// may hold a job for a moment): its buffer goes back when the last holder drops it.
+    pub fn send_shared(&self, batch: &Batch, outcome: BatchOutcome) {
+        self.reply_with(batch.dispatched_at, outcome);
+    }
+
+    fn reply_with(&self, dispatched_at: Option<std::time::Instant>, mut outcome: BatchOutcome) {
+        outcome.seconds = dispatched_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
         let _ = self.reply.send(outcome);
     }
 
@@ -171,7 +185,7 @@ impl Backend {
                     // call's start, as joblib's does).
                     run_batch(&batch, link.run_context(WorkerId::Caller))
                 };
-                link.send(&batch, outcome);
+                link.send(batch, outcome);
             }
             Backend::Threads(pool) => pool.dispatch(batch, link),
             Backend::Processes(pool) => pool.dispatch(batch, link),

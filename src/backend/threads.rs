@@ -124,10 +124,9 @@ impl ThreadPool {
             if let Err(unsent) = jobs.send(job) {
                 let job = unsent.into_inner();
                 let failure = TaskFailure::Panicked("the worker pool is shut down".into());
-                job.link.send(
-                    &job.batch,
-                    BatchOutcome::failed(&job.batch, WorkerId::Thread(0), job.batch.first, failure),
-                );
+                let outcome =
+                    BatchOutcome::failed(&job.batch, WorkerId::Thread(0), job.batch.first, failure);
+                reply(job, outcome);
             }
         }
     }
@@ -239,7 +238,18 @@ fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
         }
         outcome.merge_forced(&job.batch.forced);
         // A closed reply channel means the call is gone; the outcome has nobody to tell.
-        job.link.send(&job.batch, outcome);
+        reply(job, outcome);
+    }
+}
+
+/// Reports a job's outcome; the job's batch (its argument buffer) is dropped first when nobody
+/// else holds the job, so that the buffer is back in the pool before the caller can see the
+/// call end (see [`CallLink::send`]).
+fn reply(job: Arc<Job>, outcome: BatchOutcome) {
+    match Arc::try_unwrap(job) {
+        Ok(Job { batch, link }) => link.send(batch, outcome),
+        // The watchdog looks at it this moment: the last holder gives the buffer back.
+        Err(job) => job.link.send_shared(&job.batch, outcome),
     }
 }
 
@@ -312,14 +322,13 @@ fn check_slots(shared: &Arc<Shared>, jobs: &Sender<Arc<Job>>) -> Option<Duration
                     index,
                     TaskFailure::Panicked("the worker pool is shut down".into()),
                 );
-                retry.link.send(&retry.batch, outcome);
+                reply(retry, outcome);
             }
         } else {
             job.link.abort.store(true, Ordering::Relaxed);
-            job.link.send(
-                &job.batch,
-                BatchOutcome::failed(&job.batch, WorkerId::Thread(number), index, failure),
-            );
+            let outcome =
+                BatchOutcome::failed(&job.batch, WorkerId::Thread(number), index, failure);
+            job.link.send_shared(&job.batch, outcome);
         }
     }
     period

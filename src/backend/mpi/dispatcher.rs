@@ -137,7 +137,7 @@ impl Dispatcher {
                 // No usable rank at all (every rank failed the handshake or was given up).
                 match queue.recv() {
                     Ok(Order::Run { batch, link }) => {
-                        fail(&batch, &link, "no MPI rank can run tasks")
+                        fail(batch, &link, "no MPI rank can run tasks")
                     }
                     Ok(Order::Wake) => {}
                     Err(_) => break,
@@ -171,7 +171,7 @@ impl Dispatcher {
         while let Ok(order) = queue.try_recv() {
             if let Order::Run { batch, link } = order {
                 fail(
-                    &batch,
+                    batch,
                     &link,
                     "the MPI backend was detached (pj_mpi_detach)",
                 );
@@ -255,7 +255,8 @@ impl Dispatcher {
     /// Sends `batch` to a rank with room.
     fn start(&mut self, batch: Batch, link: CallLink) {
         if link.abort.load(Ordering::Relaxed) {
-            link.send(&batch, BatchOutcome::skipped(&batch, WorkerId::NoRank));
+            let outcome = BatchOutcome::skipped(&batch, WorkerId::NoRank);
+            link.send(batch, outcome);
             return;
         }
         let Some(slot) = self.free_rank() else {
@@ -267,7 +268,7 @@ impl Dispatcher {
         let flags = link.run_flags();
         let mut message = Vec::new();
         if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
-            fail(&batch, &link, &error.to_string());
+            fail(batch, &link, &error.to_string());
             return;
         }
         let timeout = link.timeout.map_or(0, |t| {
@@ -289,7 +290,7 @@ impl Dispatcher {
                     cancelled: false,
                 });
             }
-            Err(error) => fail(&batch, &link, &error.to_string()),
+            Err(error) => fail(batch, &link, &error.to_string()),
         }
     }
 
@@ -364,7 +365,7 @@ impl Dispatcher {
                 )
             }
         };
-        link.send(&batch, outcome);
+        link.send(batch, outcome);
     }
 
     /// A rank that said nothing for [`SILENCE_LIMIT`] while it had work is lost: its batches
@@ -386,10 +387,8 @@ impl Dispatcher {
                     fault_address: None,
                     backtrace: None,
                 };
-                link.send(
-                    &batch,
-                    BatchOutcome::failed(&batch, ran(slot), batch.first, failure),
-                );
+                let outcome = BatchOutcome::failed(&batch, ran(slot), batch.first, failure);
+                link.send(batch, outcome);
             }
         }
     }
@@ -398,7 +397,7 @@ impl Dispatcher {
     fn fail_all(&mut self, message: &str) {
         for rank in &mut self.ranks {
             for InFlight { batch, link, .. } in rank.batches.drain(..) {
-                fail(&batch, &link, message);
+                fail(batch, &link, message);
             }
             rank.usable = false;
         }
@@ -421,7 +420,8 @@ impl Dispatcher {
         }
         for (slot, rank) in self.ranks.iter_mut().enumerate() {
             for InFlight { batch, link, .. } in rank.batches.drain(..) {
-                link.send(&batch, BatchOutcome::skipped(&batch, ran(slot)));
+                let outcome = BatchOutcome::skipped(&batch, ran(slot));
+                link.send(batch, outcome);
             }
         }
         // Sends still pending are abandoned (their bytes are leaked: MPI may still read them).

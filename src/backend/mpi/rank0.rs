@@ -183,7 +183,7 @@ impl MpiPool {
         if let Err(unsent) = self.orders.send(order)
             && let Order::Run { batch, link } = unsent.into_inner()
         {
-            fail(&batch, &link, "the MPI backend is detached (pj_mpi_detach)");
+            fail(batch, &link, "the MPI backend is detached (pj_mpi_detach)");
         }
     }
 }
@@ -199,11 +199,9 @@ pub fn not_attached() -> Error {
 }
 
 /// Fails a batch that never reached a rank.
-pub(super) fn fail(batch: &Batch, link: &CallLink, message: &str) {
+pub(super) fn fail(batch: Batch, link: &CallLink, message: &str) {
     link.abort.store(true, Ordering::Relaxed);
     let failure = TaskFailure::Io(message.to_owned());
-    link.send(
-        batch,
-        BatchOutcome::failed(batch, WorkerId::NoRank, batch.first, failure),
-    );
+    let outcome = BatchOutcome::failed(&batch, WorkerId::NoRank, batch.first, failure);
+    link.send(batch, outcome);
 }

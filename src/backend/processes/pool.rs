@@ -90,15 +90,13 @@ impl ProcessPool {
         {
             let Job { batch, link } = unsent.into_inner();
             let failure = TaskFailure::Io("the process pool is shut down".into());
-            link.send(
+            let outcome = BatchOutcome::failed(
                 &batch,
-                BatchOutcome::failed(
-                    &batch,
-                    WorkerId::Process { slot: 0, pid: 0 },
-                    batch.first,
-                    failure,
-                ),
+                WorkerId::Process { slot: 0, pid: 0 },
+                batch.first,
+                failure,
             );
+            link.send(batch, outcome);
         }
     }
 

@@ -172,7 +172,8 @@ impl Proxy {
     fn run_job(&mut self, Job { mut batch, link }: Job) {
         if link.abort.load(Ordering::Relaxed) {
             // The call already failed: this batch never starts.
-            link.send(&batch, BatchOutcome::skipped(&batch, self.unstarted()));
+            let outcome = BatchOutcome::skipped(&batch, self.unstarted());
+            link.send(batch, outcome);
             return;
         }
         let size = batch.len();
@@ -199,7 +200,7 @@ impl Proxy {
             }
         }
         outcome.size = size;
-        link.send(&batch, outcome);
+        link.send(batch, outcome);
         // A worker that is due leaves now, not when the next batch comes (a kept worker over
         // the memory limit would otherwise hold its memory while idle).
         self.retire_if_due();
