@@ -170,11 +170,7 @@ impl Dispatcher {
         // Batches still queued never reach a rank; their calls learn why.
         while let Ok(order) = queue.try_recv() {
             if let Order::Run { batch, link } = order {
-                fail(
-                    batch,
-                    &link,
-                    "the MPI backend was detached (pj_mpi_detach)",
-                );
+                fail(batch, &link, "the MPI backend was detached (pj_mpi_detach)");
             }
         }
         lost
