@@ -19,6 +19,13 @@
 //! forked); without it the stage fires on every pass. The variable is read once, when the first
 //! executor is created (or at the first pass, whichever comes first); entries that do not parse
 //! are reported on stderr and ignored.
+//!
+//! `PJ_FAILPOINTS_DIR`, when set, names a folder shared by every process of a test (the caller,
+//! its workers, a fork server and its workers, whatever their start method): each firing appends
+//! one line `stage pass pid` to its file `fired` (one `write` with `O_APPEND`, so lines from
+//! several processes do not mix), and once its file `disarmed` exists no stage fires anywhere.
+//! [`disarm`] creates that file, which reaches the processes a test cannot reach otherwise: a
+//! spawned worker or a fork server that was started with the armed environment.
 
 // Without the feature the stages are only named at their call sites, and nothing is injected.
 #![cfg_attr(not(feature = "failpoints"), allow(dead_code))]
@@ -125,9 +132,10 @@ pub(crate) fn hit(stage: Stage) -> Option<Injected> {
 }
 
 /// Disarms every stage in this process and in the workers it starts from now on (forked workers
-/// inherit it; spawned ones no longer find `PJ_FAILPOINTS`): lets a test check that an executor
-/// works again after an injected failure. Test-only (feature `failpoints`): it removes the
-/// environment variable, which is sound only while no other thread reads the environment.
+/// inherit it; spawned ones no longer find `PJ_FAILPOINTS`), and, with `PJ_FAILPOINTS_DIR`, in
+/// every process of the test, running or not (see the module doc): lets a test check that an
+/// executor works again after an injected failure. Test-only (feature `failpoints`): it removes
+/// the environment variable, which is sound only while no other thread reads the environment.
 #[cfg(feature = "failpoints")]
 pub fn disarm() {
     armed::disarm();
@@ -176,6 +184,10 @@ mod armed {
         armed
     });
 
+    /// `PJ_FAILPOINTS_DIR`: where firings are logged and a disarm is seen by every process.
+    static SHARED_DIR: Lazy<Option<std::path::PathBuf>> =
+        Lazy::new(|| std::env::var_os("PJ_FAILPOINTS_DIR").map(std::path::PathBuf::from));
+
     /// Passes through each stage so far, in this process.
     static PASSES: [AtomicU64; Stage::ALL.len()] = [const { AtomicU64::new(0) }; Stage::ALL.len()];
 
@@ -188,6 +200,9 @@ mod armed {
 
     pub(super) fn disarm() {
         DISARMED.store(true, Ordering::SeqCst);
+        if let Some(dir) = &*SHARED_DIR {
+            let _ = std::fs::write(dir.join("disarmed"), b"");
+        }
         // SAFETY: test-only; the caller guarantees no other thread reads the environment now.
         unsafe { std::env::remove_var("PJ_FAILPOINTS") };
     }
@@ -234,6 +249,13 @@ mod armed {
         let entry = armed
             .iter()
             .find(|a| a.stage == stage && a.pass.is_none_or(|n| n == pass))?;
+        if let Some(dir) = &*SHARED_DIR {
+            if dir.join("disarmed").exists() {
+                DISARMED.store(true, Ordering::Relaxed);
+                return None;
+            }
+            log_firing(dir, stage, pass);
+        }
         match entry.mode {
             Mode::Error => Some(Injected::Error),
             Mode::Truncate => Some(Injected::Truncate),
@@ -256,6 +278,19 @@ mod armed {
             Mode::Hang => loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             },
+        }
+    }
+
+    /// Appends `stage pass pid` to the shared folder's `fired` file, in one write.
+    fn log_firing(dir: &std::path::Path, stage: Stage, pass: u64) {
+        use std::io::Write;
+        let line = format!("{} {pass} {}\n", stage.name(), std::process::id());
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("fired"));
+        if let Ok(mut file) = file {
+            let _ = file.write_all(line.as_bytes());
         }
     }
 

@@ -1,10 +1,13 @@
 //! The failpoint matrix: every armed stage x mode x backend x on_error x call style, each cell in a
 //! process of its own (this executable, re-run with `PJ_FP_CELL`), several at a time. Each cell
 //! asserts that the call returns within a bound with a status that is not OK-with-wrong-data,
-//! that the error names the stage (and the task where the stage has one), that the executor works
-//! on the next call, and that nothing is left behind (no child process, no file in the temp
-//! folder). Needs the cargo feature `failpoints` (`cargo test --features failpoints --test
-//! failpoints`); its own main, so that spawned workers can be this executable.
+//! that the error says what failed, that with on_error=collect every task came back right or is
+//! blamed for the fault and the blamed tasks lie in no more batches than the stage fired (the
+//! firings are counted in the cell's `PJ_FAILPOINTS_DIR`), that the executor works on the next
+//! call once disarmed (everywhere, spawned workers and the fork server included), and that
+//! nothing is left behind: no child process, descriptor, thread, mapping of a temp file, or file
+//! in the temp folder. Needs the cargo feature `failpoints` (`cargo test --features failpoints
+//! --test failpoints`); its own main, so that spawned workers can be this executable.
 //!
 //! Cells where a failure cannot be survived by design are not run and are listed as such: a
 //! caller-side stage that ends the process (exit, segv) ends the caller, and one that hangs in the
@@ -58,6 +61,8 @@ const MODES: &[&str] = &["error", "truncate", "panic", "exit", "segv", "hang"];
 
 /// Tasks per call; the argument bytes of each (above max_nbytes 1k on processes: spilled).
 const TASKS: u64 = 24;
+/// Tasks per batch.
+const BATCH: u64 = 4;
 const ARG_BYTES: usize = 2048;
 /// How long a cell may take before it counts as hung.
 const CELL_LIMIT: Duration = Duration::from_secs(60);
@@ -82,6 +87,17 @@ fn main() {
     check(pj_register(c"square".as_ptr(), Some(square), &mut err), err).unwrap();
     pj_worker_main_if_requested(0, std::ptr::null());
     if let Ok(cell) = std::env::var("PJ_FP_CELL") {
+        if std::env::var_os("PJ_FP_CELL_STARTED").is_some() {
+            // A worker this cell spawned came back from pj_worker_main_if_requested into main,
+            // where it would run the cell a second time: a worker must never return (told to the
+            // judge through the shared folder).
+            if let Some(dir) = std::env::var_os("PJ_FAILPOINTS_DIR") {
+                let _ = std::fs::write(std::path::Path::new(&dir).join("returned-into-main"), b"");
+            }
+            std::process::exit(9);
+        }
+        // SAFETY: single-threaded still (no executor yet); the workers it spawns inherit it.
+        unsafe { std::env::set_var("PJ_FP_CELL_STARTED", "1") };
         run_cell(&cell);
         return;
     }
@@ -103,6 +119,9 @@ fn options(backend: &str, on_error: &str) -> Vec<(&'static str, String)> {
         ],
     };
     options.push(("n_jobs", "2".to_string()));
+    // Fixed batches, so that a fault's reach is known: one batch is BATCH tasks from a multiple
+    // of BATCH.
+    options.push(("batch_size", BATCH.to_string()));
     options.push(("max_nbytes", "1k".to_string()));
     // Hangs in a worker end at the task timeout.
     options.push(("timeout", "3".to_string()));
@@ -110,10 +129,20 @@ fn options(backend: &str, on_error: &str) -> Vec<(&'static str, String)> {
     options
 }
 
-/// Runs one call of TASKS tasks; returns the status, the error (message, task index) and the
-/// results that came back OK, by index.
-fn one_call(par: &Par, streamed: bool) -> (pj_status, String, i64, BTreeMap<usize, Vec<u8>>) {
+/// What one call gave: the status, the error (message, task index), the results that came back
+/// OK by index, and (on_error=collect, ordered) the tasks reported failed with their messages.
+struct Call {
+    status: pj_status,
+    message: String,
+    task: i64,
+    got: BTreeMap<usize, Vec<u8>>,
+    blamed: BTreeMap<usize, String>,
+}
+
+/// Runs one call of TASKS tasks.
+fn one_call(par: &Par, streamed: bool) -> Call {
     let mut got = BTreeMap::new();
+    let mut blamed = BTreeMap::new();
     let args: Vec<Vec<u8>> = (0..TASKS)
         .map(|x| {
             let mut a = vec![0u8; ARG_BYTES];
@@ -149,15 +178,19 @@ fn one_call(par: &Par, streamed: bool) -> (pj_status, String, i64, BTreeMap<usiz
                 {
                     // SAFETY: a view of `len` bytes, valid until pj_results_free.
                     got.insert(i, unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
-                } else if pj_results_status(res, i) != pj_status::Ok && message.is_empty() {
-                    // on_error=collect: the first failed task's error stands for the call's.
+                } else if pj_results_status(res, i) != pj_status::Ok {
                     let e = pj_results_error(res, i);
                     // SAFETY: a borrowed error of `res`, read before pj_results_free.
-                    message = unsafe { std::ffi::CStr::from_ptr(pj_error_message(e)) }
+                    let text = unsafe { std::ffi::CStr::from_ptr(pj_error_message(e)) }
                         .to_string_lossy()
                         .into_owned();
-                    task = i as i64;
-                    status = pj_results_status(res, i);
+                    // on_error=collect: the first failed task's error stands for the call's.
+                    if message.is_empty() {
+                        message = text.clone();
+                        task = i as i64;
+                        status = pj_results_status(res, i);
+                    }
+                    blamed.insert(i, format!("{:?} {text}", pj_results_status(res, i)));
                 }
             }
             pj_results_free(res);
@@ -183,7 +216,13 @@ fn one_call(par: &Par, streamed: bool) -> (pj_status, String, i64, BTreeMap<usiz
             );
         }
     }
-    (status, message, task, got)
+    Call {
+        status,
+        message,
+        task,
+        got,
+        blamed,
+    }
 }
 
 /// In the cell's own process: the armed call, then (disarmed) a second call on the same executor;
@@ -196,6 +235,7 @@ fn run_cell(cell: &str) {
     let pairs: Vec<(&str, &str)> = options.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let before = children().len();
     let fds = open_fds();
+    let threads = thread_count();
     let par = match parallel(&pairs) {
         Ok(par) => par,
         Err(e) => {
@@ -209,33 +249,72 @@ fn run_cell(cell: &str) {
             return;
         }
     };
-    let (status, message, task, got) = one_call(&par, style == "streamed");
-    println!("first {status:?} {}", message.replace('\n', " "));
-    println!("first_task {task}");
-    let wrong = got
+    let call = one_call(&par, style == "streamed");
+    println!(
+        "first {:?} {}",
+        call.status,
+        call.message.replace('\n', " ")
+    );
+    println!("first_task {}", call.task);
+    let wrong = call
+        .got
         .iter()
         .filter(|(i, r)| r.len() != 16 || r[..8] != ((**i as u64) * (**i as u64)).to_ne_bytes())
         .count();
     println!("wrong {wrong}");
-    println!("got {}", got.len());
+    println!("got {}", call.got.len());
+    let blamed: Vec<String> = call.blamed.keys().map(usize::to_string).collect();
+    println!("blamed {}", blamed.join(" "));
+    for (index, message) in &call.blamed {
+        println!("blame {index} {}", message.replace('\n', " "));
+    }
+    // Disarmed everywhere: here, in the workers kept from the armed call and in any fork server
+    // (through PJ_FAILPOINTS_DIR), so the next call must work.
     pj::failpoint::disarm();
     // What the armed call left (tasks submitted before a failed submit) is collected first.
     let mut res = std::ptr::null_mut();
     if pj_parallel_collect(par.0, &mut res, std::ptr::null_mut()) == pj_status::Ok {
         pj_results_free(res);
     }
-    // Workers kept from the armed call were started armed (disarming reaches the workers started
-    // from now on): one of them may still fire once. The call after that must work.
-    // (n_jobs of them: as many more calls.)
-    let tries = if backend == "fork" { 3 } else { 1 };
-    for _ in 0..tries {
-        if second_call(&par, style) {
-            break;
-        }
-    }
+    second_call(&par, style);
     drop(par);
     println!("children {}", left_over(before));
     println!("fds {}", fds_left(backend, fds));
+    println!("threads {}", threads_left(backend, threads));
+    println!("mappings {}", mappings_left());
+}
+
+/// This process's threads.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Threads started since `threads` and still running, a little after the executor was freed (a
+/// process pool's proxies are joined by the free; give the scheduler time for the rest). The
+/// thread that forks the fork server, process-wide like the server, is not counted.
+fn threads_left(backend: &str, threads: usize) -> usize {
+    let forker = usize::from(backend == "forkserver");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = thread_count().saturating_sub(threads + forker);
+        if left == 0 || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Mappings of this process still backed by a file of pj's temp folder (spill or result files),
+/// named in `/proc/self/maps`.
+fn mappings_left() -> usize {
+    let Ok(folder) = std::env::var("PJ_TEMP_FOLDER") else {
+        return 0;
+    };
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(folder.as_str()))
+        .count()
 }
 
 /// This process's open descriptors.
@@ -289,17 +368,84 @@ fn left_over(before: usize) -> usize {
 /// The call after the armed one (prints its line; a repeated call overwrites it for the judge);
 /// whether it worked.
 fn second_call(par: &Par, style: &str) -> bool {
-    let (status, message, _, got) = one_call(par, style == "streamed");
+    let call = one_call(par, style == "streamed");
     println!(
-        "second {status:?} {} {}",
-        got.len(),
-        message.replace('\n', " ")
+        "second {:?} {} {}",
+        call.status,
+        call.got.len(),
+        call.message.replace('\n', " ")
     );
-    status == pj_status::Ok && got.len() == TASKS as usize
+    call.status == pj_status::Ok && call.got.len() == TASKS as usize
 }
 
-/// A cell's verdict from its output.
-fn judge(stage: &str, side: Side, mode: &str, out: &str) -> Result<(), String> {
+/// Whether an error (`Status message`) says what failed: it names the stage, or, for a panic, says
+/// pj panicked there; for a dead or timed-out worker, says so.
+fn says_what_failed(stage: &str, side: Side, mode: &str, error: &str) -> bool {
+    let died = error.starts_with("WorkerDied");
+    error.contains(&format!("failpoint {stage}"))
+        || (mode == "panic" && error.contains("panicked"))
+        || (matches!(mode, "exit" | "segv") && died)
+        || (mode == "hang" && error.starts_with("Timeout"))
+        || (side == Side::Worker && mode == "panic" && died)
+        // A worker that cannot send its outcome (or start) can only end: the caller sees a death
+        // (or, for a spawned one, a handshake it never answered).
+        || (matches!(stage, "result_send" | "worker_start") && died)
+        || (stage == "worker_start" && error.contains("handshake"))
+        // An outcome cut short in its encoding reaches the caller, which cannot read it.
+        || (stage == "result_encode" && mode == "truncate" && error.contains("unreadable"))
+}
+
+/// With on_error=collect, only the tasks a fault reached are blamed: every task came back right
+/// or is blamed with an error that says what failed, and the blamed tasks lie in at most `fired`
+/// batches (each firing reaches one batch at most: the one being sent, received, mapped, run,
+/// encoded or decoded when it fired).
+fn check_blame(
+    stage: &str,
+    side: Side,
+    mode: &str,
+    out: &str,
+    got: usize,
+    fired: usize,
+) -> Result<(), String> {
+    let blamed: Vec<usize> = out
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("blamed"))
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    if blamed.is_empty() {
+        // The call failed as a whole (a submit or the collect itself): nothing per task.
+        return Ok(());
+    }
+    if blamed.len() + got != TASKS as usize {
+        return Err(format!(
+            "{} tasks blamed and {got} returned of {TASKS}: some were lost",
+            blamed.len()
+        ));
+    }
+    for line in out.lines().filter_map(|l| l.strip_prefix("blame ")) {
+        let (index, error) = line.split_once(' ').unwrap_or((line, ""));
+        if !says_what_failed(stage, side, mode, error) {
+            return Err(format!(
+                "task {index} is blamed for something else: {error}"
+            ));
+        }
+    }
+    let mut batches: Vec<usize> = blamed.iter().map(|&i| i / BATCH as usize).collect();
+    batches.dedup();
+    if batches.len() > fired {
+        return Err(format!(
+            "tasks {blamed:?} of {} batches are blamed for {fired} firings",
+            batches.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A cell's verdict from its output, and the number of times its stage fired.
+fn judge(stage: &str, side: Side, mode: &str, out: &str, fired: usize) -> Result<(), String> {
     // The last line of each key counts.
     let line = |key: &str| {
         out.lines()
@@ -323,36 +469,31 @@ fn judge(stage: &str, side: Side, mode: &str, out: &str) -> Result<(), String> {
     if first.starts_with("Ok") && !survived {
         return Err(format!("the armed call returned OK: {first}"));
     }
-    // The error names the stage (or, for a panic, says pj panicked there; for a dead or timed-out
-    // worker, says so).
-    let died = first.starts_with("WorkerDied");
-    let named = first.contains(&format!("failpoint {stage}"))
-        || (mode == "panic" && first.contains("panicked"))
-        || (matches!(mode, "exit" | "segv") && died)
-        || (mode == "hang" && first.starts_with("Timeout"))
-        || (side == Side::Worker && mode == "panic" && died)
-        // A worker that cannot send its outcome (or start) can only end: the caller sees a death
-        // (or, for a spawned one, a handshake it never answered).
-        || (matches!(stage, "result_send" | "worker_start") && died)
-        || (stage == "worker_start" && first.contains("handshake"))
-        // An outcome cut short in its encoding reaches the caller, which cannot read it.
-        || (stage == "result_encode" && mode == "truncate" && first.contains("unreadable"));
-    if !named && !survived {
+    if !survived && !says_what_failed(stage, side, mode, &first) {
         return Err(format!("the error does not say what failed: {first}"));
     }
-    // The fork server was forked while armed, and a spawning executor passes its workers the
-    // environment it had when it was created: disarming reaches neither, their workers stay
-    // armed, so the next call is not checked for their worker stages.
-    let armed_server =
-        side == Side::Worker && matches!(line("backend").as_str(), "forkserver" | "spawn");
-    if !armed_server && !second.starts_with(&format!("Ok {TASKS}")) {
+    if fired == 0 {
+        return Err("the stage never fired".into());
+    }
+    // Where the stage has a task: the 5th argument spilled is task 4's, whose submit failed (a
+    // panic is pj's own, reported by the exported function as such).
+    if stage == "spill_write" && mode != "panic" && line("first_task") != "4" {
+        return Err(format!("the error does not name task 4: {first}"));
+    }
+    let got = line("got").parse().unwrap_or(0);
+    check_blame(stage, side, mode, out, got, fired)?;
+    if !second.starts_with(&format!("Ok {TASKS}")) {
         return Err(format!("the next call did not work: {second}"));
     }
-    if line("children") != "0" {
-        return Err(format!("{} child processes were left", line("children")));
-    }
-    if !matches!(line("fds").as_str(), "0" | "") {
-        return Err(format!("{} descriptors were left open", line("fds")));
+    for (key, what) in [
+        ("children", "child processes"),
+        ("fds", "descriptors"),
+        ("threads", "threads"),
+        ("mappings", "mappings of temp files"),
+    ] {
+        if !matches!(line(key).as_str(), "0" | "") {
+            return Err(format!("{} {what} were left", line(key)));
+        }
     }
     Ok(())
 }
@@ -414,20 +555,24 @@ fn run_matrix() {
             .iter()
             .map(|(side, spec, cell)| {
                 let temp = temp_root.join(format!("{}", cells_started.get()));
+                // Outside the temp folder, which must be left empty.
+                let shared = temp_root.join(format!("fp-{}", cells_started.get()));
                 cells_started.set(cells_started.get() + 1);
                 std::fs::create_dir_all(&temp).unwrap();
+                std::fs::create_dir_all(&shared).unwrap();
                 let child = Command::new(&exe)
                     .env("PJ_TEMP_FOLDER", &temp)
+                    .env("PJ_FAILPOINTS_DIR", &shared)
                     .env("PJ_FAILPOINTS", spec)
                     .env("PJ_FP_CELL", cell)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap();
-                (*side, spec, cell, child, Instant::now(), temp)
+                (*side, spec, cell, child, Instant::now(), temp, shared)
             })
             .collect();
-        for (side, spec, cell, mut child, start, temp) in running {
+        for (side, spec, cell, mut child, start, temp, shared) in running {
             let status = loop {
                 if let Some(status) = child.try_wait().unwrap() {
                     break Some(status);
@@ -452,7 +597,16 @@ fn run_matrix() {
                         .last()
                         .unwrap_or("")
                 )),
-                Some(_) => judge(stage, side, mode, &out),
+                Some(_) if shared.join("returned-into-main").exists() => {
+                    Err("a spawned worker returned into the program's main".into())
+                }
+                Some(_) => {
+                    let fired = std::fs::read_to_string(shared.join("fired"))
+                        .unwrap_or_default()
+                        .lines()
+                        .count();
+                    judge(stage, side, mode, &out, fired)
+                }
             };
             // Nothing is left in the cell's temp folder (spill files, result files).
             let left: Vec<_> = walk(&temp);
@@ -461,6 +615,7 @@ fn run_matrix() {
                 false => Err(format!("files were left in the temp folder: {left:?}")),
             });
             let _ = std::fs::remove_dir_all(&temp);
+            let _ = std::fs::remove_dir_all(&shared);
             match verdict {
                 Ok(()) => passed += 1,
                 Err(why) => failures.push(format!("{spec} on {cell}: {why}")),
