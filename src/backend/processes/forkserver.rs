@@ -49,8 +49,8 @@ use super::child::{
 };
 use super::fds;
 use super::page::SharedRunning;
-use super::spawn::{answer_handshake, ask_registry};
-use super::worker::{leave, serve, tie_server_to_host, tie_to_parent};
+use super::spawn::{ask_registry, handshake_and_serve};
+use super::worker::{leave, tie_server_to_host, tie_to_parent};
 use crate::backend::crash;
 use crate::backend::wire::{LIVENESS_PERIOD_MS, recv_parts, send_parts};
 use crate::fork::{FORK_LOCK, ResetLockGuard};
@@ -504,17 +504,5 @@ fn served_worker(socket: OwnedFd, page: OwnedFd, server: Pid, slot: usize, level
         leave(6)
     };
     crash::install(running.crash());
-    // A worker that cannot start does not answer the handshake.
-    let started = match crate::failpoint::hit(crate::failpoint::Stage::WorkerStart) {
-        Some(_) => Err(()),
-        None => answer_handshake(socket.as_fd()),
-    };
-    let code = match started {
-        Ok(()) => {
-            let functions = crate::registry::functions();
-            serve(socket.as_fd(), &running, slot, level, Some(&functions))
-        }
-        Err(()) => 2,
-    };
-    leave(code)
+    handshake_and_serve(socket.as_fd(), &running, slot, level)
 }

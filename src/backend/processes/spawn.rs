@@ -20,6 +20,7 @@ use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -299,20 +300,36 @@ pub fn worker_main_if_requested() {
     crate::backend::crash::prepare();
     running.crash().record_modules();
     crate::backend::crash::install(running.crash());
-    // A worker that cannot start does not answer the handshake.
-    let started = match crate::failpoint::hit(crate::failpoint::Stage::WorkerStart) {
-        Some(_) => Err(()),
-        None => answer_handshake(socket.as_fd()),
-    };
-    let code = match started {
-        Ok(()) => {
-            let functions = crate::registry::functions();
-            serve(socket.as_fd(), &running, slot, level, Some(&functions))
+    handshake_and_serve(socket.as_fd(), &running, slot, level)
+}
+
+/// The rest of a spawned or fork server's worker: answers the registry handshake, serves batches,
+/// and ends the process. Never returns, not even by unwinding: a spawned worker's caller is the
+/// program's `main` (through `pj_worker_main_if_requested`, which would otherwise return into it
+/// and run the program a second time), and a fork server's worker is a copy of the server's code.
+/// A panic here ends the worker with status 3; its caller reports it as a worker that died.
+pub(super) fn handshake_and_serve(
+    socket: BorrowedFd<'_>,
+    running: &SharedRunning,
+    slot: usize,
+    level: usize,
+) -> ! {
+    let served = catch_unwind(AssertUnwindSafe(|| {
+        // A worker that cannot start does not answer the handshake.
+        let started = match crate::failpoint::hit(crate::failpoint::Stage::WorkerStart) {
+            Some(_) => Err(()),
+            None => answer_handshake(socket),
+        };
+        match started {
+            Ok(()) => {
+                let functions = crate::registry::functions();
+                serve(socket, running, slot, level, Some(&functions))
+            }
+            Err(()) => 2,
         }
-        Err(()) => 2,
-    };
+    }));
     // A worker leaves through _exit: the program's atexit handlers are the caller's.
-    leave(code)
+    leave(served.unwrap_or(3))
 }
 
 /// In a spawned (or fork server's) worker: receives the caller's registry fingerprint and says
