@@ -419,6 +419,19 @@ impl Call {
             return;
         }
         if let Err(error) = self.stager.push(&mut self.pending, callback, arg) {
+            // The argument could not be stored (its spill file): the error names the task.
+            let error = match error.kind() {
+                ErrorKind::Io => backend.task_error(
+                    self.submitted,
+                    &TaskFailure::Io(format!(
+                        "its argument ({} bytes) cannot be stored: {}",
+                        arg.len(),
+                        error.message()
+                    )),
+                    WorkerId::Caller,
+                ),
+                _ => error,
+            };
             self.fail_producer(error);
             return;
         }

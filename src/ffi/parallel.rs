@@ -164,8 +164,8 @@ pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
 /// `fn` is not one or
 /// `userdata` is not NULL, or when the executor was created in another process (a fork of its
 /// creator); PJ_STATUS_BUSY when another thread's call is in flight; PJ_STATUS_IO when the workers
-/// cannot be started or the argument cannot be copied (memory, temp folder);
-/// PJ_STATUS_CANCELLED when the call was cancelled (`pj_parallel_cancel`, also while this submit
+/// cannot be started or the argument cannot be copied (memory, temp folder: the error names the
+/// task, `pj_error_task_index`, and says why); PJ_STATUS_CANCELLED when the call was cancelled (`pj_parallel_cancel`, also while this submit
 /// was blocked, or a SIGINT with handle_sigint). Once the call has failed, every submit returns its
 /// failure, without adding the task: PJ_STATUS_TASK_FAILED, PJ_STATUS_WORKER_DIED or
 /// PJ_STATUS_TIMEOUT as `pj_parallel_collect` describes them, with the same error that
