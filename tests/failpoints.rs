@@ -510,12 +510,6 @@ fn run_matrix() {
                 ));
                 continue;
             }
-            if stage == "worker_start" && mode == "hang" {
-                not_run.push(format!(
-                    "{stage}={mode} on spawn, forkserver: a worker that never answers the \
-                     handshake is bounded by its 30 s limit, per start (too slow for the matrix)"
-                ));
-            }
             for &backend in backends {
                 for on_error in ["raise", "collect"] {
                     for style in ["ordered", "streamed"] {
@@ -526,7 +520,11 @@ fn run_matrix() {
                         if side == Side::Worker && style == "streamed" && backend != "fork" {
                             continue;
                         }
-                        if stage == "worker_start" && mode == "hang" && backend != "fork" {
+                        if stage == "worker_start"
+                            && mode == "hang"
+                            && backend != "fork"
+                            && (on_error, style) != ("raise", "ordered")
+                        {
                             continue;
                         }
                         cells.push((
@@ -549,77 +547,38 @@ fn run_matrix() {
     let cells_started = std::cell::Cell::new(0);
     let mut failures = Vec::new();
     let mut passed = 0;
-    // Three cells at a time: the machine has 2 CPUs, and cells mostly wait (for timeouts).
-    for batch in cells.chunks(3) {
-        let running: Vec<_> = batch
-            .iter()
-            .map(|(side, spec, cell)| {
-                let temp = temp_root.join(format!("{}", cells_started.get()));
-                // Outside the temp folder, which must be left empty.
-                let shared = temp_root.join(format!("fp-{}", cells_started.get()));
-                cells_started.set(cells_started.get() + 1);
-                std::fs::create_dir_all(&temp).unwrap();
-                std::fs::create_dir_all(&shared).unwrap();
-                let child = Command::new(&exe)
-                    .env("PJ_TEMP_FOLDER", &temp)
-                    .env("PJ_FAILPOINTS_DIR", &shared)
-                    .env("PJ_FAILPOINTS", spec)
-                    .env("PJ_FP_CELL", cell)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                (*side, spec, cell, child, Instant::now(), temp, shared)
-            })
-            .collect();
-        for (side, spec, cell, mut child, start, temp, shared) in running {
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break Some(status);
-                }
-                if start.elapsed() > CELL_LIMIT {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    // Up to SLOTS cells at a time, a new one as soon as one ends (the machine has 2 CPUs, and
+    // cells mostly wait, for timeouts); the slowest cells first, so that they overlap the rest.
+    cells.sort_by_key(|(_, spec, _)| !spec.contains("=hang"));
+    let mut queue = cells.iter();
+    let mut running: Vec<Running> = Vec::new();
+    loop {
+        while running.len() < SLOTS {
+            let Some((side, spec, cell)) = queue.next() else {
+                break;
             };
-            let output = child.wait_with_output().unwrap();
-            let out = String::from_utf8_lossy(&output.stdout).into_owned();
-            let stage = spec.split('=').next().unwrap();
-            let mode = spec.split(['=', '@']).nth(1).unwrap();
-            let verdict = match status {
-                None => Err(format!("hung (killed after {CELL_LIMIT:?})")),
-                Some(s) if !s.success() => Err(format!(
-                    "the caller died ({s}): {}",
-                    String::from_utf8_lossy(&output.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                )),
-                Some(_) if shared.join("returned-into-main").exists() => {
-                    Err("a spawned worker returned into the program's main".into())
-                }
-                Some(_) => {
-                    let fired = std::fs::read_to_string(shared.join("fired"))
-                        .unwrap_or_default()
-                        .lines()
-                        .count();
-                    judge(stage, side, mode, &out, fired)
-                }
-            };
-            // Nothing is left in the cell's temp folder (spill files, result files).
-            let left: Vec<_> = walk(&temp);
-            let verdict = verdict.and_then(|()| match left.is_empty() {
-                true => Ok(()),
-                false => Err(format!("files were left in the temp folder: {left:?}")),
-            });
-            let _ = std::fs::remove_dir_all(&temp);
-            let _ = std::fs::remove_dir_all(&shared);
-            match verdict {
-                Ok(()) => passed += 1,
-                Err(why) => failures.push(format!("{spec} on {cell}: {why}")),
-            }
+            running.push(start_cell(
+                &exe,
+                &temp_root,
+                cells_started.get(),
+                *side,
+                spec,
+                cell,
+            ));
+            cells_started.set(cells_started.get() + 1);
+        }
+        if running.is_empty() {
+            break;
+        }
+        let Some(done) = running.iter_mut().position(|cell| cell.ended()) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let cell = running.swap_remove(done);
+        let name = format!("{} on {}", cell.spec, cell.cell);
+        match cell.verdict() {
+            Ok(()) => passed += 1,
+            Err(why) => failures.push(format!("{name}: {why}")),
         }
     }
     println!(
@@ -637,6 +596,106 @@ fn run_matrix() {
     }
     let _ = std::fs::remove_dir_all(&temp_root);
     assert!(failures.is_empty(), "{} cells failed", failures.len());
+}
+
+/// Cells run at once.
+const SLOTS: usize = 3;
+
+/// A cell's process, while it runs.
+struct Running<'a> {
+    side: Side,
+    spec: &'a str,
+    cell: &'a str,
+    child: std::process::Child,
+    started: Instant,
+    /// How it ended: its exit status, or `None` when it was killed as hung.
+    status: Option<Option<std::process::ExitStatus>>,
+    temp: std::path::PathBuf,
+    shared: std::path::PathBuf,
+}
+
+/// Starts cell number `number`: its own temp folder and failpoint folder, its output in files
+/// there (a pipe read only at the end could fill up and stop it).
+fn start_cell<'a>(
+    exe: &std::path::Path,
+    root: &std::path::Path,
+    number: usize,
+    side: Side,
+    spec: &'a str,
+    cell: &'a str,
+) -> Running<'a> {
+    let temp = root.join(format!("{number}"));
+    // Outside the temp folder, which must be left empty.
+    let shared = root.join(format!("fp-{number}"));
+    std::fs::create_dir_all(&temp).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    let stdout = std::fs::File::create(shared.join("stdout")).unwrap();
+    let stderr = std::fs::File::create(shared.join("stderr")).unwrap();
+    let child = Command::new(exe)
+        .env("PJ_TEMP_FOLDER", &temp)
+        .env("PJ_FAILPOINTS_DIR", &shared)
+        .env("PJ_FAILPOINTS", spec)
+        .env("PJ_FP_CELL", cell)
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .unwrap();
+    Running {
+        side,
+        spec,
+        cell,
+        child,
+        started: Instant::now(),
+        status: None,
+        temp,
+        shared,
+    }
+}
+
+impl Running<'_> {
+    /// Whether the cell ended (killed when it ran past CELL_LIMIT).
+    fn ended(&mut self) -> bool {
+        if self.status.is_none() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(Some(status));
+            } else if self.started.elapsed() > CELL_LIMIT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.status = Some(None);
+            }
+        }
+        self.status.is_some()
+    }
+
+    /// The ended cell's verdict; removes its folders.
+    fn verdict(self) -> Result<(), String> {
+        let read = |name: &str| std::fs::read_to_string(self.shared.join(name)).unwrap_or_default();
+        let stage = self.spec.split('=').next().unwrap();
+        let mode = self.spec.split(['=', '@']).nth(1).unwrap();
+        let verdict = match self.status.flatten() {
+            None => Err(format!("hung (killed after {CELL_LIMIT:?})")),
+            Some(s) if !s.success() => Err(format!(
+                "the caller died ({s}): {}",
+                read("stderr").lines().last().unwrap_or("")
+            )),
+            Some(_) if self.shared.join("returned-into-main").exists() => {
+                Err("a spawned worker returned into the program's main".into())
+            }
+            Some(_) => {
+                let fired = read("fired").lines().count();
+                judge(stage, self.side, mode, &read("stdout"), fired)
+            }
+        };
+        // Nothing is left in the cell's temp folder (spill files, result files).
+        let left: Vec<_> = walk(&self.temp);
+        let verdict = verdict.and_then(|()| match left.is_empty() {
+            true => Ok(()),
+            false => Err(format!("files were left in the temp folder: {left:?}")),
+        });
+        let _ = std::fs::remove_dir_all(&self.temp);
+        let _ = std::fs::remove_dir_all(&self.shared);
+        verdict
+    }
 }
 
 /// Every file under `dir` (not the folders).

@@ -338,7 +338,8 @@ fn a_worker_that_never_answers_is_given_up_at_the_limit() -> std::thread::JoinHa
         let waited = start.elapsed();
         assert_eq!(err.status, pj_status::Io, "{}", err.message);
         assert!(
-            err.message.contains("did not answer within 30 s")
+            err.message
+                .contains("did not answer pj's handshake within 30 s")
                 && err.message.contains("pj_worker_main_if_requested"),
             "{}",
             err.message

@@ -224,9 +224,9 @@ fn not_answered(pid: Pid, waited: Duration) -> io::Error {
             return io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "the spawned worker (pid {pid}) is running but did not answer within {} s \
-                     (waited {:.1} s), so it was killed: {ENTRY}; it never called it, or its \
-                     start-up before the call takes longer than that",
+                    "the spawned worker (pid {pid}) is running but did not answer pj's \
+                     handshake within {} s (waited {:.1} s), so it was killed: {ENTRY}; it never \
+                     called it, or its start-up before the call takes longer than that",
                     HANDSHAKE_LIMIT.as_secs(),
                     waited.as_secs_f64()
                 ),
