@@ -784,7 +784,9 @@ pj_status pj_parallel_expect(pj_parallel_t *parallel,
 // error names the task, and the signal or exit status); PJ_STATUS_TIMEOUT when a task ran past the
 // timeout (the error names the task and the limit; on processes its worker was killed, on threads
 // the stuck thread was abandoned: it keeps running the callback, so the callback must not use
-// memory you free after this call returns); PJ_STATUS_CANCELLED after `pj_parallel_cancel` (or a
+// memory you free after this call returns), or when a worker process stayed stuck outside any task
+// (receiving, mapping or returning a batch) for longer than the timeout (the error says so and
+// names a task of that batch); PJ_STATUS_CANCELLED after `pj_parallel_cancel` (or a
 // SIGINT with handle_sigint); PJ_STATUS_IO when a worker process cannot be started;
 // PJ_STATUS_PANIC for an internal bug. `*results_out` is written only on success.
 //

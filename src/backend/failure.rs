@@ -81,6 +81,19 @@ impl Backend {
                     ),
                 )
             }
+            TaskFailure::Stalled { limit, elapsed } => {
+                context.timeout = Some((*limit, *elapsed));
+                (
+                    ErrorKind::Timeout,
+                    format!(
+                        "task {index}: its batch's worker was stuck outside any task for {:.2} s \
+                         (receiving, mapping or returning the batch), over the {} s limit \
+                         (timeout), and was stopped",
+                        elapsed.as_secs_f64(),
+                        limit.as_secs_f64()
+                    ),
+                )
+            }
         };
         let message = match rank {
             Some(rank) => format!("{message} (MPI rank {rank})"),

@@ -421,6 +421,15 @@ pub enum TaskFailure {
         /// How long the task had run when it was stopped.
         elapsed: Duration,
     },
+    /// The worker process of the task's batch was stuck outside any task (receiving, mapping or
+    /// returning the batch, or ending after a failure of pj's own) for longer than the call's
+    /// timeout and was stopped: no task was running, the batch could not complete.
+    Stalled {
+        /// The configured limit.
+        limit: Duration,
+        /// How long the worker had been outside any task when it was stopped.
+        elapsed: Duration,
+    },
 }
 
 /// How a worker process ended.

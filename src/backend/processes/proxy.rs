@@ -524,7 +524,7 @@ impl Proxy {
                 // No task of the batch is to blame: none was running.
                 Err(Some(Lost::fatal(
                     index,
-                    TaskFailure::TimedOut { limit, elapsed },
+                    TaskFailure::Stalled { limit, elapsed },
                 )))
             }
             Ok(false) | Err(_) if link.abort.load(Ordering::Relaxed) => {

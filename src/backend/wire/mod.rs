@@ -164,9 +164,9 @@ mod tests {
             ends: vec![2, 5],
             failure: Some((
                 42,
-                TaskFailure::Returned {
-                    code: -3,
-                    message: Some("nope".into()),
+                TaskFailure::Stalled {
+                    limit: Duration::from_millis(500),
+                    elapsed: Duration::from_nanos(701_000_000),
                 },
             )),
             errors: vec![

@@ -94,8 +94,12 @@ fn put_failure(out: &mut Vec<u8>, index: usize, failure: &TaskFailure) {
             put(out, text.len());
             out.extend_from_slice(text.as_bytes());
         }
-        TaskFailure::TimedOut { limit, elapsed } => {
-            put(out, 5);
+        TaskFailure::TimedOut { limit, elapsed } | TaskFailure::Stalled { limit, elapsed } => {
+            let tag = match failure {
+                TaskFailure::TimedOut { .. } => 5,
+                _ => 6,
+            };
+            put(out, tag);
             put(out, index);
             for duration in [limit, elapsed] {
                 out.extend_from_slice(
@@ -168,6 +172,12 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
             let limit = Duration::from_nanos(r.word()? as u64);
             let elapsed = Duration::from_nanos(r.word()? as u64);
             Ok((index, TaskFailure::TimedOut { limit, elapsed }))
+        }
+        6 => {
+            let index = r.word()?;
+            let limit = Duration::from_nanos(r.word()? as u64);
+            let elapsed = Duration::from_nanos(r.word()? as u64);
+            Ok((index, TaskFailure::Stalled { limit, elapsed }))
         }
         _ => Err(malformed(r.what)),
     }
