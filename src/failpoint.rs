@@ -16,7 +16,12 @@
 //! status 0, without cleanup, as `_exit(0)`), `segv` (the process raises SIGSEGV) or `hang` (the
 //! thread sleeps forever). `@n` fires on the n-th pass through the stage only (counted from 1, per
 //! process: a forked worker counts its own passes from what its parent had counted when it was
-//! forked); without it the stage fires on every pass. The variable is read once, when the first
+//! forked); without it the stage fires on every pass. The MPI stages are split by side, so that a
+//! test knows which one fails: `mpi_send` / `mpi_receive` are rank 0's (its dispatcher thread),
+//! `mpi_rank_send` / `mpi_rank_receive` a worker rank's. A worker rank's passes are counted per
+//! thread, which is per rank: every MPI operation of a worker rank runs on the thread serving it
+//! (`pj_mpi_serve`), and in a test that runs several ranks as threads of one process, `@n` then
+//! still means the n-th pass of each rank. The variable is read once, when the first
 //! executor is created (or at the first pass, whichever comes first); entries that do not parse
 //! are reported on stderr and ignored.
 
@@ -46,17 +51,21 @@ pub(crate) enum Stage {
     TaskCleanup,
     /// A worker process starts (after fork, or in a spawned copy before its handshake).
     WorkerStart,
-    /// An MPI message is sent.
+    /// Rank 0 sends an MPI message (pj's dispatcher thread: a batch, a cancellation, a stop).
     MpiSend,
-    /// An MPI message is received.
+    /// Rank 0 receives an MPI message (a registry report, an outcome, a heartbeat).
     MpiReceive,
+    /// A worker rank sends an MPI message (its registry report, an outcome, a heartbeat).
+    MpiRankSend,
+    /// A worker rank receives an MPI message (a batch, a cancellation, a stop).
+    MpiRankReceive,
     /// The body of an exported function called outside any task.
     Export,
 }
 
 impl Stage {
     /// Every stage, in the order of [`Stage::name`]'s table.
-    pub(crate) const ALL: [Stage; 13] = [
+    pub(crate) const ALL: [Stage; 15] = [
         Stage::SpillWrite,
         Stage::BatchSend,
         Stage::BatchReceive,
@@ -69,6 +78,8 @@ impl Stage {
         Stage::WorkerStart,
         Stage::MpiSend,
         Stage::MpiReceive,
+        Stage::MpiRankSend,
+        Stage::MpiRankReceive,
         Stage::Export,
     ];
 
@@ -87,6 +98,8 @@ impl Stage {
             Stage::WorkerStart => "worker_start",
             Stage::MpiSend => "mpi_send",
             Stage::MpiReceive => "mpi_receive",
+            Stage::MpiRankSend => "mpi_rank_send",
+            Stage::MpiRankReceive => "mpi_rank_receive",
             Stage::Export => "export",
         }
     }
@@ -179,6 +192,12 @@ mod armed {
     /// Passes through each stage so far, in this process.
     static PASSES: [AtomicU64; Stage::ALL.len()] = [const { AtomicU64::new(0) }; Stage::ALL.len()];
 
+    thread_local! {
+        /// A worker rank's passes through its MPI stages: counted on the thread serving the rank.
+        static RANK_SENDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        static RANK_RECEIVES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
     /// Set by [`super::disarm`]: no stage fires any more.
     static DISARMED: AtomicBool = AtomicBool::new(false);
 
@@ -230,7 +249,11 @@ mod armed {
             return None;
         }
         let slot = Stage::ALL.iter().position(|&s| s == stage)?;
-        let pass = PASSES[slot].fetch_add(1, Ordering::Relaxed) + 1;
+        let pass = match stage {
+            Stage::MpiRankSend => RANK_SENDS.with(|n| n.replace(n.get() + 1) + 1),
+            Stage::MpiRankReceive => RANK_RECEIVES.with(|n| n.replace(n.get() + 1) + 1),
+            _ => PASSES[slot].fetch_add(1, Ordering::Relaxed) + 1,
+        };
         let entry = armed
             .iter()
             .find(|a| a.stage == stage && a.pass.is_none_or(|n| n == pass))?;

@@ -8,6 +8,12 @@
 //! (pj_parallel_free), to let running tasks finish, as the process backend does; either way those
 //! tasks see pj_out_cancelled. A rank silent for 10 s while it has work is given up (heartbeats
 //! come every second).
+//!
+//! A panic in pj's own code on this thread (a bug) is caught where it would lose a call's batches
+//! or the ranks' way out ([`guarded`]): in sending a batch it fails that batch; in a round of
+//! receiving it ends the backend as an MPI error does (every batch in flight fails with the
+//! panic's text); at the handshake it fails every call; and at detach the ranks are still told to
+//! leave.
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
@@ -24,7 +30,7 @@ use super::{
 };
 use crate::backend::CallLink;
 use crate::backend::wire::{decode_outcome, encode_batch};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::spin::Backoff;
 use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
@@ -65,6 +71,8 @@ pub(super) struct Dispatcher {
     buf: Vec<u8>,
     /// Split outcomes being received.
     parts: Reassembly,
+    /// The error that ended the backend ([`Dispatcher::fail_all`]), told to every later call.
+    ended: Option<String>,
 }
 
 impl Dispatcher {
@@ -84,6 +92,7 @@ impl Dispatcher {
             next_seq: 1,
             buf: Vec::new(),
             parts: Reassembly::default(),
+            ended: None,
         }
     }
 
@@ -95,7 +104,7 @@ impl Dispatcher {
         ready: &Readiness,
         stopping: &AtomicBool,
     ) -> usize {
-        let verdict = self.handshake();
+        let verdict = guarded(|| Ok(self.handshake())).unwrap_or_else(|e| Err(e.to_string()));
         {
             let (lock, changed) = &**ready;
             *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
@@ -104,7 +113,7 @@ impl Dispatcher {
         let stop = || stopping.load(Ordering::Acquire);
         let mut backoff = Backoff::default();
         while !stop() {
-            let mut progressed = match self.poll() {
+            let mut progressed = match guarded(|| self.poll()) {
                 Ok(progressed) => progressed,
                 Err(error) => {
                     self.fail_all(&error.to_string());
@@ -136,9 +145,17 @@ impl Dispatcher {
             if self.ranks.iter().all(|r| !r.usable && r.batches.is_empty()) {
                 // No usable rank at all (every rank failed the handshake or was given up).
                 match queue.recv() {
-                    Ok(Order::Run { batch, link }) => {
-                        fail(batch, &link, "no MPI rank can run tasks")
-                    }
+                    Ok(Order::Run { batch, link }) => match &self.ended {
+                        Some(error) => fail(
+                            batch,
+                            &link,
+                            &format!(
+                                "no MPI rank can run tasks: the MPI backend ended after an \
+                                 error on rank 0 ({error})"
+                            ),
+                        ),
+                        None => fail(batch, &link, "no MPI rank can run tasks"),
+                    },
                     Ok(Order::Wake) => {}
                     Err(_) => break,
                 }
@@ -170,11 +187,7 @@ impl Dispatcher {
         // Batches still queued never reach a rank; their calls learn why.
         while let Ok(order) = queue.try_recv() {
             if let Order::Run { batch, link } = order {
-                fail(
-                    batch,
-                    &link,
-                    "the MPI backend was detached (pj_mpi_detach)",
-                );
+                fail(batch, &link, "the MPI backend was detached (pj_mpi_detach)");
             }
         }
         lost
@@ -264,18 +277,19 @@ impl Dispatcher {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        // MPI ranks get every argument and result in their messages: the link has no files.
-        let flags = link.run_flags();
-        let mut message = Vec::new();
-        if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
-            fail(batch, &link, &error.to_string());
-            return;
-        }
-        let timeout = link.timeout.map_or(0, |t| {
-            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        let sent = guarded(|| {
+            // MPI ranks get every argument and result in their messages: the link has no files.
+            let flags = link.run_flags();
+            let mut message = Vec::new();
+            encode_batch(&batch, flags, &[], &[], true, &mut message)
+                .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+            let timeout = link.timeout.map_or(0, |t| {
+                u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+            });
+            append_trailer(&mut message, seq, timeout);
+            self.ops.start_send(rank_of(slot), TAG_BATCH, message)
         });
-        append_trailer(&mut message, seq, timeout);
-        match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
+        match sent {
             Ok(sends) => {
                 self.sends.extend(sends);
                 let rank = &mut self.ranks[slot];
@@ -393,8 +407,10 @@ impl Dispatcher {
         }
     }
 
-    /// An MPI operation failed: every batch in flight fails with `message`.
+    /// An MPI operation failed: every batch in flight fails with `message`, and no rank gets
+    /// work any more (what MPI left half done cannot be trusted): later calls fail, saying why.
     fn fail_all(&mut self, message: &str) {
+        self.ended.get_or_insert_with(|| message.to_owned());
         for rank in &mut self.ranks {
             for InFlight { batch, link, .. } in rank.batches.drain(..) {
                 fail(batch, &link, message);
@@ -412,7 +428,7 @@ impl Dispatcher {
         let deadline = Instant::now() + STOP_LIMIT;
         let mut backoff = Backoff::default();
         while !self.idle() && Instant::now() < deadline {
-            match self.poll() {
+            match guarded(|| self.poll()) {
                 Ok(true) => backoff.reset(),
                 Ok(false) => backoff.pause(),
                 Err(_) => break,
@@ -431,12 +447,24 @@ impl Dispatcher {
         let lost = self.ranks.iter().filter(|r| r.lost).count();
         for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost) {
             let stop = vec![u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
-            let _ = self
-                .ops
-                .send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT);
+            let ops = &self.ops;
+            let _ = guarded(|| ops.send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT));
         }
         lost
     }
+}
+
+/// Runs `f`, turning a panic in it into an error with the panic's text (see the module doc).
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "pj panicked in its MPI dispatcher: {}",
+                panic_message(&*payload)
+            ),
+        ))
+    })
 }
 
 /// The worker rank of `slot`, as an outcome names it (its process unknown).
