@@ -17,11 +17,11 @@
 //! thread sleeps forever). `@n` fires on the n-th pass through the stage only (counted from 1, per
 //! process: a forked worker counts its own passes from what its parent had counted when it was
 //! forked); without it the stage fires on every pass. The MPI stages are split by side, so that a
-//! test knows which one fails: `mpi_send` / `mpi_receive` are rank 0's (its dispatcher thread),
-//! `mpi_rank_send` / `mpi_rank_receive` a worker rank's. A worker rank's passes are counted per
-//! thread, which is per rank: every MPI operation of a worker rank runs on the thread serving it
-//! (`pj_mpi_serve`), and in a test that runs several ranks as threads of one process, `@n` then
-//! still means the n-th pass of each rank. The variable is read once, when the first
+//! test knows which side fails: `mpi_send` / `mpi_receive` are rank 0's (its dispatcher thread),
+//! `mpi_rank_send` / `mpi_rank_receive` the worker ranks'. Under mpirun each rank is a process,
+//! so `@n` is the n-th pass of each rank; where worker ranks are threads of one process (the
+//! in-process MPI fabric of the tests), they share the count, and `@n` fires on exactly one of
+//! them. The variable is read once, when the first
 //! executor is created (or at the first pass, whichever comes first); entries that do not parse
 //! are reported on stderr and ignored.
 
@@ -192,12 +192,6 @@ mod armed {
     /// Passes through each stage so far, in this process.
     static PASSES: [AtomicU64; Stage::ALL.len()] = [const { AtomicU64::new(0) }; Stage::ALL.len()];
 
-    thread_local! {
-        /// A worker rank's passes through its MPI stages: counted on the thread serving the rank.
-        static RANK_SENDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-        static RANK_RECEIVES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-
     /// Set by [`super::disarm`]: no stage fires any more.
     static DISARMED: AtomicBool = AtomicBool::new(false);
 
@@ -249,11 +243,7 @@ mod armed {
             return None;
         }
         let slot = Stage::ALL.iter().position(|&s| s == stage)?;
-        let pass = match stage {
-            Stage::MpiRankSend => RANK_SENDS.with(|n| n.replace(n.get() + 1) + 1),
-            Stage::MpiRankReceive => RANK_RECEIVES.with(|n| n.replace(n.get() + 1) + 1),
-            _ => PASSES[slot].fetch_add(1, Ordering::Relaxed) + 1,
-        };
+        let pass = PASSES[slot].fetch_add(1, Ordering::Relaxed) + 1;
         let entry = armed
             .iter()
             .find(|a| a.stage == stage && a.pass.is_none_or(|n| n == pass))?;

@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::rank0::{Order, Readiness, fail};
 use super::{
-    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
+    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT, TAG_OUTCOME, TAG_STOP,
     append_trailer, split_trailer,
 };
 use crate::backend::CallLink;
@@ -59,6 +59,8 @@ struct Rank {
     usable: bool,
     /// Given up for silence: gone, so not even told to stop.
     lost: bool,
+    /// Stopped serving on an error of its own (it said so): not told to stop either.
+    left: bool,
 }
 
 /// Rank 0's dispatcher state.
@@ -86,6 +88,7 @@ impl Dispatcher {
                     heard: Instant::now(),
                     usable: false,
                     lost: false,
+                    left: false,
                 })
                 .collect(),
             sends: Vec::new(),
@@ -320,8 +323,10 @@ impl Dispatcher {
                 .receive(&self.ops, (source, tag, len), &mut buf)?;
             if let Some(slot) = slot_of(source, self.ranks.len()) {
                 self.ranks[slot].heard = Instant::now();
-                if whole == Some(TAG_OUTCOME) {
-                    self.finish(slot, &buf);
+                match whole {
+                    Some(TAG_OUTCOME) => self.finish(slot, &buf),
+                    Some(TAG_LEFT) => self.left(slot, &buf),
+                    _ => {}
                 }
             }
             self.buf = buf;
@@ -380,6 +385,23 @@ impl Dispatcher {
             }
         };
         link.send(batch, outcome);
+    }
+
+    /// The rank of `slot` stopped serving on an error of its own, whose text is `why`: its
+    /// batches fail (PJ_STATUS_IO, each at its first task, naming the rank and the error) and it
+    /// gets no more work.
+    fn left(&mut self, slot: usize, why: &[u8]) {
+        let rank = &mut self.ranks[slot];
+        rank.usable = false;
+        rank.left = true;
+        // The outcome's worker names the rank.
+        let message = format!("the rank stopped serving: {}", String::from_utf8_lossy(why));
+        for InFlight { batch, link, .. } in rank.batches.drain(..) {
+            link.abort.store(true, Ordering::Relaxed);
+            let failure = TaskFailure::Io(message.clone());
+            let outcome = BatchOutcome::failed(&batch, ran(slot), batch.first, failure);
+            link.send(batch, outcome);
+        }
     }
 
     /// A rank that said nothing for [`SILENCE_LIMIT`] while it had work is lost: its batches
@@ -445,7 +467,7 @@ impl Dispatcher {
         // A rank refused at the handshake learns it here, and ends with status 2; when a rank
         // was lost, every rank learns that MPI_Finalize would wait for it forever.
         let lost = self.ranks.iter().filter(|r| r.lost).count();
-        for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost) {
+        for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost && !self.ranks[s].left) {
             let stop = vec![u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
             let ops = &self.ops;
             let _ = guarded(|| ops.send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT));
