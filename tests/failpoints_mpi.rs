@@ -170,6 +170,10 @@ fn wrong(got: &BTreeMap<usize, Vec<u8>>) -> usize {
 /// the same executor, then the job's end; prints what the parent checks, one `key value` line
 /// each.
 fn run_cell(cell: &str) {
+    if matches!(cell, "handshake" | "detach") {
+        run_edge_cell(cell);
+        return;
+    }
     let parts: Vec<&str> = cell.split(',').collect();
     let (on_error, style) = (parts[0], parts[1]);
     let streamed = style == "streamed";
@@ -231,6 +235,85 @@ fn run_cell(cell: &str) {
     }
     println!("children {}", children().len().saturating_sub(before));
     println!("fds {}", open_fds().saturating_sub(fds));
+}
+
+/// A cell at the job's edges, where no call runs: "handshake" (the stage fires while rank 0 takes
+/// the ranks' registry reports: creating an executor fails, then, disarmed, again, as the ranks'
+/// check has failed for good) or "detach" (the stage fires as rank 0 tells the ranks to leave).
+/// Prints `first` (a call), `second` (a call on a new executor, disarmed), `lost`, `statuses`,
+/// `children`, `fds`.
+fn run_edge_cell(cell: &str) {
+    let before = children().len();
+    let fds = open_fds();
+    let workers = start_job(3, None);
+    // A call on a new executor (the registry check's verdict reaches the first call).
+    let call = || {
+        let par = parallel(&[("backend", "mpi"), ("batch_size", "2")]).expect("an executor");
+        let call = one_call(&par, false);
+        match (call.status, wrong(&call.got)) {
+            (pj_status::Ok, 0) => format!("Ok {}", call.got.len()),
+            (pj_status::Ok, wrong) => format!("Ok with {wrong} wrong results"),
+            (status, _) => format!("{status:?} {}", call.message.replace('\n', " ")),
+        }
+    };
+    println!("first {}", call());
+    if cell == "handshake" {
+        pj::failpoint::disarm();
+    }
+    println!("second {}", call());
+    let (lost, statuses) = detach_job(workers);
+    println!("lost {lost}");
+    println!("statuses {statuses:?}");
+    println!("children {}", children().len().saturating_sub(before));
+    println!("fds {}", open_fds().saturating_sub(fds));
+}
+
+/// The verdict of an edge cell (see [`run_edge_cell`]).
+fn judge_edge(cell: &str, stage: &str, mode: &str, out: &str) -> Result<(), String> {
+    let line = |key: &str| {
+        out.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (first, second) = (line("first"), line("second"));
+    let expected = if cell == "handshake" {
+        // A failed registry check fails every executor on backend "mpi" (the ranks are refused
+        // and leave with status 2 at detach), naming what failed.
+        let named = first.starts_with("Io ")
+            && (first.contains(&format!("failpoint {stage}"))
+                || (mode == "panic" && first.contains("panicked")));
+        if !named {
+            return Err(format!("the error does not say what failed: {first}"));
+        }
+        if second != first {
+            return Err(format!("the next call did not fail alike: {second}"));
+        }
+        "[2, 2]"
+    } else {
+        let ok = format!("Ok {TASKS}");
+        if first != ok || second != ok {
+            return Err(format!("calls failed: {first} / {second}"));
+        }
+        "[0, 0]"
+    };
+    // Every rank was told to leave, and left.
+    if line("lost") != "0" || line("statuses") != expected {
+        return Err(format!(
+            "detach gave up {} ranks, statuses {} (expected {expected})",
+            line("lost"),
+            line("statuses")
+        ));
+    }
+    if line("children") != "0" || line("fds") != "0" {
+        return Err(format!(
+            "{} children and {} descriptors were left",
+            line("children"),
+            line("fds")
+        ));
+    }
+    Ok(())
 }
 
 /// This process's open descriptors.
@@ -390,6 +473,12 @@ fn run_matrix() {
             }
         }
     }
+    // The job's edges: rank 0's first receive (a registry report) and its 25th send (after two
+    // calls of twelve batches each: the first rank's stop message).
+    for mode in ["error", "panic"] {
+        cells.push((format!("mpi_receive={mode}@1"), "handshake".to_string()));
+        cells.push((format!("mpi_send={mode}@25"), "detach".to_string()));
+    }
     // PJ_FP_ONLY=stage[,stage...]: only those stages' cells (while working on them).
     if let Ok(only) = std::env::var("PJ_FP_ONLY") {
         let only: Vec<&str> = only.split(',').collect();
@@ -443,6 +532,9 @@ fn run_matrix() {
                         .last()
                         .unwrap_or("")
                 )),
+                Some(_) if matches!(cell.as_str(), "handshake" | "detach") => {
+                    judge_edge(cell, stage, mode, &out)
+                }
                 Some(_) => judge(stage, mode, &out),
             };
             match verdict {

@@ -7,7 +7,9 @@
 //! batches are told to cancel them (their running tasks are killed); when it is abandoned
 //! (pj_parallel_free), to let running tasks finish, as the process backend does; either way those
 //! tasks see pj_out_cancelled. A rank silent for 10 s while it has work is given up (heartbeats
-//! come every second).
+//! come every second); a rank that says it stopped serving (`TAG_LEFT`: an error of its own) has
+//! its batches failed at once and gets no more work. At detach every other rank is told to leave;
+//! one that cannot be told (its stop message failed twice) counts as given up.
 //!
 //! A panic in pj's own code on this thread (a bug) is caught where it would lose a call's batches
 //! or the ranks' way out ([`guarded`]): in sending a batch it fails that batch; in a round of
@@ -442,7 +444,7 @@ impl Dispatcher {
     }
 
     /// Cancels what runs, waits (bounded) for it, then tells every rank to leave; returns how many
-    /// ranks were given up.
+    /// ranks were given up (for silence, or because they could not be told).
     fn stop(&mut self) -> usize {
         for running in self.ranks.iter().flat_map(|r| &r.batches) {
             running.link.abort.store(true, Ordering::Relaxed);
@@ -467,12 +469,19 @@ impl Dispatcher {
         // A rank refused at the handshake learns it here, and ends with status 2; when a rank
         // was lost, every rank learns that MPI_Finalize would wait for it forever.
         let lost = self.ranks.iter().filter(|r| r.lost).count();
+        // A stop message that fails is sent once more (a rank leaves at the first it gets); a
+        // rank that could not be told serves on, and counts as given up.
+        let mut untold = 0;
         for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost && !self.ranks[s].left) {
-            let stop = vec![u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
+            let stop = [u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
             let ops = &self.ops;
-            let _ = guarded(|| ops.send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT));
+            let told = (0..2).any(|_| {
+                guarded(|| ops.send_and_wait(rank_of(slot), TAG_STOP, stop.to_vec(), STOP_LIMIT))
+                    .is_ok()
+            });
+            untold += usize::from(!told);
         }
-        lost
+        lost + untold
     }
 }
 
