@@ -392,15 +392,23 @@ pj_status pj_config_set_n_jobs(pj_config_t *config, int64_t n_jobs, pj_error_t *
 // (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT, the message ending "(MPI rank R)") and the rank
 // goes on; a rank that stops answering for 10 s
 // fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
-// whole job when a rank dies). A rank's forked child leads its own process group as a process
-// worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and
+// whole job when a rank dies). An MPI operation that fails on rank 0 (pj's communicator returns
+// MPI errors) fails that batch when it was a batch's send, and otherwise every batch in flight,
+// with PJ_STATUS_IO naming the error; after the latter (or a panic of pj's there) the backend
+// has ended for the program: later calls fail with PJ_STATUS_IO, naming the error, and the
+// worker ranks leave with status 2 at detach. A worker rank whose own MPI operation fails (or
+// in which pj panics) stops serving and tells rank 0 why: its batches fail with PJ_STATUS_IO
+// ("the rank stopped serving: ...", naming the rank) and the other ranks go on. A rank's forked
+// child leads its own process group as a process worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and
 // at the latest when the rank's pj ends; the ranks themselves are mpirun's, and what becomes of
 // their processes when a rank dies or the job is killed is mpirun's to decide. Without
 // `pj_mpi_main`, `pj_parallel_new` fails with PJ_STATUS_UNSUPPORTED.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config` or `backend` is NULL;
 // PJ_STATUS_INVALID_ARGUMENT for an unknown name.
-pj_status pj_config_set_backend(pj_config_t *config, const char *backend, pj_error_t **error_out);
+pj_status pj_config_set_backend(pj_config_t *config,
+                                const char *backend,
+                                pj_error_t **error_out);
 
 // Sets a fixed batch size (tasks per batch), from 1 to 1048576 (2^20; the string setter checks
 // the same range). The default is "auto" (joblib's heuristic), which only the string setter can
@@ -623,7 +631,8 @@ int pj_mpi_serve(const pj_mpi_ops_t *ops);
 // Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still
 // runs on the worker ranks, tells them to leave, and stops pj's dispatcher thread. Calls on
 // backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. Returns the number of worker ranks
-// given up for silence (see backend "mpi"): when it is not 0, MPI_Finalize would wait for them
+// given up for silence (see backend "mpi") or that could not be told to leave (their stop
+// message failed twice): when it is not 0, MPI_Finalize would wait for them
 // forever, so the shim leaves without it. Returns 0 when nothing is attached.
 int pj_mpi_detach(void);
 

@@ -33,6 +33,9 @@ cargo test --doc
 step "failpoint matrix (cargo test --features failpoints --test failpoints)"
 cargo test --features failpoints --test failpoints
 
+step "failpoint matrix, MPI cells (cargo test --features failpoints --test failpoints_mpi)"
+cargo test --features failpoints --test failpoints_mpi
+
 step "cargo build --release"
 cargo build --release
 

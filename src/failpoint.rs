@@ -16,7 +16,12 @@
 //! status 0, without cleanup, as `_exit(0)`), `segv` (the process raises SIGSEGV) or `hang` (the
 //! thread sleeps forever). `@n` fires on the n-th pass through the stage only (counted from 1, per
 //! process: a forked worker counts its own passes from what its parent had counted when it was
-//! forked); without it the stage fires on every pass. The variable is read once, when the first
+//! forked); without it the stage fires on every pass. The MPI stages are split by side, so that a
+//! test knows which side fails: `mpi_send` / `mpi_receive` are rank 0's (its dispatcher thread),
+//! `mpi_rank_send` / `mpi_rank_receive` the worker ranks'. Under mpirun each rank is a process,
+//! so `@n` is the n-th pass of each rank; where worker ranks are threads of one process (the
+//! in-process MPI fabric of the tests), they share the count, and `@n` fires on exactly one of
+//! them. The variable is read once, when the first
 //! executor is created (or at the first pass, whichever comes first); entries that do not parse
 //! are reported on stderr and ignored.
 //!
@@ -53,17 +58,21 @@ pub(crate) enum Stage {
     TaskCleanup,
     /// A worker process starts (after fork, or in a spawned copy before its handshake).
     WorkerStart,
-    /// An MPI message is sent.
+    /// Rank 0 sends an MPI message (pj's dispatcher thread: a batch, a cancellation, a stop).
     MpiSend,
-    /// An MPI message is received.
+    /// Rank 0 receives an MPI message (a registry report, an outcome, a heartbeat).
     MpiReceive,
+    /// A worker rank sends an MPI message (its registry report, an outcome, a heartbeat).
+    MpiRankSend,
+    /// A worker rank receives an MPI message (a batch, a cancellation, a stop).
+    MpiRankReceive,
     /// The body of an exported function called outside any task.
     Export,
 }
 
 impl Stage {
     /// Every stage, in the order of [`Stage::name`]'s table.
-    pub(crate) const ALL: [Stage; 13] = [
+    pub(crate) const ALL: [Stage; 15] = [
         Stage::SpillWrite,
         Stage::BatchSend,
         Stage::BatchReceive,
@@ -76,6 +85,8 @@ impl Stage {
         Stage::WorkerStart,
         Stage::MpiSend,
         Stage::MpiReceive,
+        Stage::MpiRankSend,
+        Stage::MpiRankReceive,
         Stage::Export,
     ];
 
@@ -94,6 +105,8 @@ impl Stage {
             Stage::WorkerStart => "worker_start",
             Stage::MpiSend => "mpi_send",
             Stage::MpiReceive => "mpi_receive",
+            Stage::MpiRankSend => "mpi_rank_send",
+            Stage::MpiRankReceive => "mpi_rank_receive",
             Stage::Export => "export",
         }
     }

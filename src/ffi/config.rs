@@ -184,8 +184,14 @@ pub extern "C" fn pj_config_set_n_jobs(
 /// (PJ_STATUS_WORKER_DIED / PJ_STATUS_TIMEOUT, the message ending "(MPI rank R)") and the rank
 /// goes on; a rank that stops answering for 10 s
 /// fails its batch with PJ_STATUS_WORKER_DIED and gets no more work (by default Open MPI ends the
-/// whole job when a rank dies). A rank's forked child leads its own process group as a process
-/// worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and
+/// whole job when a rank dies). An MPI operation that fails on rank 0 (pj's communicator returns
+/// MPI errors) fails that batch when it was a batch's send, and otherwise every batch in flight,
+/// with PJ_STATUS_IO naming the error; after the latter (or a panic of pj's there) the backend
+/// has ended for the program: later calls fail with PJ_STATUS_IO, naming the error, and the
+/// worker ranks leave with status 2 at detach. A worker rank whose own MPI operation fails (or
+/// in which pj panics) stops serving and tells rank 0 why: its batches fail with PJ_STATUS_IO
+/// ("the rank stopped serving: ...", naming the rank) and the other ranks go on. A rank's forked
+/// child leads its own process group as a process worker does: what a task starts dies with that child (crash, timeout, cancel, fail-fast), and
 /// at the latest when the rank's pj ends; the ranks themselves are mpirun's, and what becomes of
 /// their processes when a rank dies or the job is killed is mpirun's to decide. Without
 /// `pj_mpi_main`, `pj_parallel_new` fails with PJ_STATUS_UNSUPPORTED.

@@ -115,7 +115,8 @@ pub extern "C" fn pj_mpi_serve(ops: *const pj_mpi_ops_t) -> c_int {
 /// Rank 0, at exit (the shim registers it with atexit, before `MPI_Finalize`): cancels what still
 /// runs on the worker ranks, tells them to leave, and stops pj's dispatcher thread. Calls on
 /// backend "mpi" fail with PJ_STATUS_UNSUPPORTED afterwards. Returns the number of worker ranks
-/// given up for silence (see backend "mpi"): when it is not 0, MPI_Finalize would wait for them
+/// given up for silence (see backend "mpi") or that could not be told to leave (their stop
+/// message failed twice): when it is not 0, MPI_Finalize would wait for them
 /// forever, so the shim leaves without it. Returns 0 when nothing is attached.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_mpi_detach() -> c_int {

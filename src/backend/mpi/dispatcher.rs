@@ -7,7 +7,15 @@
 //! batches are told to cancel them (their running tasks are killed); when it is abandoned
 //! (pj_parallel_free), to let running tasks finish, as the process backend does; either way those
 //! tasks see pj_out_cancelled. A rank silent for 10 s while it has work is given up (heartbeats
-//! come every second).
+//! come every second); a rank that says it stopped serving (`TAG_LEFT`: an error of its own) has
+//! its batches failed at once and gets no more work. At detach every other rank is told to leave;
+//! one that cannot be told (its stop message failed twice) counts as given up.
+//!
+//! A panic in pj's own code on this thread (a bug) is caught where it would lose a call's batches
+//! or the ranks' way out ([`guarded`]): in sending a batch it fails that batch; in a round of
+//! receiving it ends the backend as an MPI error does (every batch in flight fails with the
+//! panic's text); at the handshake it fails every call; and at detach the ranks are still told to
+//! leave.
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
@@ -19,12 +27,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::rank0::{Order, Readiness, fail};
 use super::{
-    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
+    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT, TAG_OUTCOME, TAG_STOP,
     append_trailer, split_trailer,
 };
 use crate::backend::CallLink;
 use crate::backend::wire::{decode_outcome, encode_batch};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::spin::Backoff;
 use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
@@ -53,6 +61,8 @@ struct Rank {
     usable: bool,
     /// Given up for silence: gone, so not even told to stop.
     lost: bool,
+    /// Stopped serving on an error of its own (it said so): not told to stop either.
+    left: bool,
 }
 
 /// Rank 0's dispatcher state.
@@ -65,6 +75,8 @@ pub(super) struct Dispatcher {
     buf: Vec<u8>,
     /// Split outcomes being received.
     parts: Reassembly,
+    /// The error that ended the backend ([`Dispatcher::fail_all`]), told to every later call.
+    ended: Option<String>,
 }
 
 impl Dispatcher {
@@ -78,12 +90,14 @@ impl Dispatcher {
                     heard: Instant::now(),
                     usable: false,
                     lost: false,
+                    left: false,
                 })
                 .collect(),
             sends: Vec::new(),
             next_seq: 1,
             buf: Vec::new(),
             parts: Reassembly::default(),
+            ended: None,
         }
     }
 
@@ -95,7 +109,7 @@ impl Dispatcher {
         ready: &Readiness,
         stopping: &AtomicBool,
     ) -> usize {
-        let verdict = self.handshake();
+        let verdict = guarded(|| Ok(self.handshake())).unwrap_or_else(|e| Err(e.to_string()));
         {
             let (lock, changed) = &**ready;
             *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
@@ -104,7 +118,7 @@ impl Dispatcher {
         let stop = || stopping.load(Ordering::Acquire);
         let mut backoff = Backoff::default();
         while !stop() {
-            let mut progressed = match self.poll() {
+            let mut progressed = match guarded(|| self.poll()) {
                 Ok(progressed) => progressed,
                 Err(error) => {
                     self.fail_all(&error.to_string());
@@ -136,9 +150,17 @@ impl Dispatcher {
             if self.ranks.iter().all(|r| !r.usable && r.batches.is_empty()) {
                 // No usable rank at all (every rank failed the handshake or was given up).
                 match queue.recv() {
-                    Ok(Order::Run { batch, link }) => {
-                        fail(batch, &link, "no MPI rank can run tasks")
-                    }
+                    Ok(Order::Run { batch, link }) => match &self.ended {
+                        Some(error) => fail(
+                            batch,
+                            &link,
+                            &format!(
+                                "no MPI rank can run tasks: the MPI backend ended after an \
+                                 error on rank 0 ({error})"
+                            ),
+                        ),
+                        None => fail(batch, &link, "no MPI rank can run tasks"),
+                    },
                     Ok(Order::Wake) => {}
                     Err(_) => break,
                 }
@@ -260,18 +282,19 @@ impl Dispatcher {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        // MPI ranks get every argument and result in their messages: the link has no files.
-        let flags = link.run_flags();
-        let mut message = Vec::new();
-        if let Err(error) = encode_batch(&batch, flags, &[], &[], true, &mut message) {
-            fail(batch, &link, &error.to_string());
-            return;
-        }
-        let timeout = link.timeout.map_or(0, |t| {
-            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        let sent = guarded(|| {
+            // MPI ranks get every argument and result in their messages: the link has no files.
+            let flags = link.run_flags();
+            let mut message = Vec::new();
+            encode_batch(&batch, flags, &[], &[], true, &mut message)
+                .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+            let timeout = link.timeout.map_or(0, |t| {
+                u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+            });
+            append_trailer(&mut message, seq, timeout);
+            self.ops.start_send(rank_of(slot), TAG_BATCH, message)
         });
-        append_trailer(&mut message, seq, timeout);
-        match self.ops.start_send(rank_of(slot), TAG_BATCH, message) {
+        match sent {
             Ok(sends) => {
                 self.sends.extend(sends);
                 let rank = &mut self.ranks[slot];
@@ -302,8 +325,10 @@ impl Dispatcher {
                 .receive(&self.ops, (source, tag, len), &mut buf)?;
             if let Some(slot) = slot_of(source, self.ranks.len()) {
                 self.ranks[slot].heard = Instant::now();
-                if whole == Some(TAG_OUTCOME) {
-                    self.finish(slot, &buf);
+                match whole {
+                    Some(TAG_OUTCOME) => self.finish(slot, &buf),
+                    Some(TAG_LEFT) => self.left(slot, &buf),
+                    _ => {}
                 }
             }
             self.buf = buf;
@@ -364,6 +389,23 @@ impl Dispatcher {
         link.send(batch, outcome);
     }
 
+    /// The rank of `slot` stopped serving on an error of its own, whose text is `why`: its
+    /// batches fail (PJ_STATUS_IO, each at its first task, naming the rank and the error) and it
+    /// gets no more work.
+    fn left(&mut self, slot: usize, why: &[u8]) {
+        let rank = &mut self.ranks[slot];
+        rank.usable = false;
+        rank.left = true;
+        // The outcome's worker names the rank.
+        let message = format!("the rank stopped serving: {}", String::from_utf8_lossy(why));
+        for InFlight { batch, link, .. } in rank.batches.drain(..) {
+            link.abort.store(true, Ordering::Relaxed);
+            let failure = TaskFailure::Io(message.clone());
+            let outcome = BatchOutcome::failed(&batch, ran(slot), batch.first, failure);
+            link.send(batch, outcome);
+        }
+    }
+
     /// A rank that said nothing for [`SILENCE_LIMIT`] while it had work is lost: its batches
     /// fail (WORKER_DIED, each at its first task: which task ran is unknown) and it gets no
     /// more work.
@@ -389,8 +431,10 @@ impl Dispatcher {
         }
     }
 
-    /// An MPI operation failed: every batch in flight fails with `message`.
+    /// An MPI operation failed: every batch in flight fails with `message`, and no rank gets
+    /// work any more (what MPI left half done cannot be trusted): later calls fail, saying why.
     fn fail_all(&mut self, message: &str) {
+        self.ended.get_or_insert_with(|| message.to_owned());
         for rank in &mut self.ranks {
             for InFlight { batch, link, .. } in rank.batches.drain(..) {
                 fail(batch, &link, message);
@@ -400,7 +444,7 @@ impl Dispatcher {
     }
 
     /// Cancels what runs, waits (bounded) for it, then tells every rank to leave; returns how many
-    /// ranks were given up.
+    /// ranks were given up (for silence, or because they could not be told).
     fn stop(&mut self) -> usize {
         for running in self.ranks.iter().flat_map(|r| &r.batches) {
             running.link.abort.store(true, Ordering::Relaxed);
@@ -408,7 +452,7 @@ impl Dispatcher {
         let deadline = Instant::now() + STOP_LIMIT;
         let mut backoff = Backoff::default();
         while !self.idle() && Instant::now() < deadline {
-            match self.poll() {
+            match guarded(|| self.poll()) {
                 Ok(true) => backoff.reset(),
                 Ok(false) => backoff.pause(),
                 Err(_) => break,
@@ -425,14 +469,33 @@ impl Dispatcher {
         // A rank refused at the handshake learns it here, and ends with status 2; when a rank
         // was lost, every rank learns that MPI_Finalize would wait for it forever.
         let lost = self.ranks.iter().filter(|r| r.lost).count();
-        for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost) {
-            let stop = vec![u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
-            let _ = self
-                .ops
-                .send_and_wait(rank_of(slot), TAG_STOP, stop, STOP_LIMIT);
+        // A stop message that fails is sent once more (a rank leaves at the first it gets); a
+        // rank that could not be told serves on, and counts as given up.
+        let mut untold = 0;
+        for slot in (0..self.ranks.len()).filter(|&s| !self.ranks[s].lost && !self.ranks[s].left) {
+            let stop = [u8::from(!self.ranks[slot].usable), u8::from(lost > 0)];
+            let ops = &self.ops;
+            let told = (0..2).any(|_| {
+                guarded(|| ops.send_and_wait(rank_of(slot), TAG_STOP, stop.to_vec(), STOP_LIMIT))
+                    .is_ok()
+            });
+            untold += usize::from(!told);
         }
-        lost
+        lost + untold
     }
+}
+
+/// Runs `f`, turning a panic in it into an error with the panic's text (see the module doc).
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "pj panicked in its MPI dispatcher: {}",
+                panic_message(&*payload)
+            ),
+        ))
+    })
 }
 
 /// The worker rank of `slot`, as an outcome names it (its process unknown).

@@ -40,7 +40,12 @@ const TAG_OUTCOME: c_int = 3;
 const TAG_CANCEL: c_int = 4;
 const TAG_STOP: c_int = 5;
 const TAG_ALIVE: c_int = 6;
+/// A worker rank's last word when it stops serving on an error of its own (an MPI operation that
+/// failed, a panic of pj's): the error's text. (7 is `ops::TAG_PART`.)
+const TAG_LEFT: c_int = 8;
 
+/// How long a worker rank that stops on an error tries to tell rank 0 why.
+const LEFT_LIMIT: Duration = Duration::from_secs(2);
 /// How long rank 0 waits for every worker rank to report its registry.
 const HELLO_LIMIT: Duration = Duration::from_secs(30);
 /// A rank running a batch says it is alive this often...

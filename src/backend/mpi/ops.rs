@@ -75,7 +75,11 @@ impl MpiOps {
         tag: c_int,
         bytes: Vec<u8>,
     ) -> Result<Vec<PendingSend>> {
-        let stage = crate::failpoint::Stage::MpiSend;
+        let stage = if self.rank == 0 {
+            crate::failpoint::Stage::MpiSend
+        } else {
+            crate::failpoint::Stage::MpiRankSend
+        };
         if let Some(injected) = crate::failpoint::hit(stage) {
             let error = injected.io_error(stage);
             return Err(Error::new(ErrorKind::Io, error.to_string()));
@@ -188,7 +192,11 @@ impl MpiOps {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let stage = crate::failpoint::Stage::MpiReceive;
+        let stage = if self.rank == 0 {
+            crate::failpoint::Stage::MpiReceive
+        } else {
+            crate::failpoint::Stage::MpiRankReceive
+        };
         if let Some(injected) = crate::failpoint::hit(stage) {
             let error = injected.io_error(stage);
             return Err(Error::new(ErrorKind::Io, error.to_string()));

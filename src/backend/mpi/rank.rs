@@ -4,6 +4,11 @@
 //! called `pj_worker_main_if_requested` first): a task that crashes, exits or overruns its timeout kills
 //! that child, not the rank, so it is reported (naming the rank and the task) instead of ending
 //! the MPI job; on_error=collect retries the rest of the batch there, as on the process backend.
+//!
+//! A rank whose own MPI operation fails (or in whose loop pj panics) stops serving: what MPI left
+//! half done cannot be trusted. Before it leaves it tells rank 0 why (`TAG_LEFT`, best effort),
+//! so that rank 0 fails that rank's batches at once, naming the error, instead of waiting out the
+//! silence limit; rank 0 gives it no more work and does not tell it to stop.
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
@@ -15,13 +20,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::{
-    HEARTBEAT, HELLO_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_OUTCOME, TAG_STOP,
-    append_trailer, split_trailer,
+    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT,
+    TAG_OUTCOME, TAG_STOP, append_trailer, split_trailer,
 };
 use crate::backend::wire::{decode_batch, encode_outcome};
 use crate::backend::{CallLink, ProcessPool};
 use crate::config::{Recycling, StartMethod};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::spin::Backoff;
 use crate::task::{BatchOutcome, TaskFailure, WorkerId};
 
@@ -56,7 +61,22 @@ pub fn serve(ops: MpiOps) -> c_int {
         buf: Vec::new(),
         parts: Reassembly::default(),
     };
-    let status = worker.serve().unwrap_or(2);
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve()));
+    let (status, left) = match served {
+        Ok(Ok(status)) => (status, None),
+        Ok(Err(error)) => (2, Some(error.to_string())),
+        Err(payload) => (
+            4,
+            Some(format!("pj panicked: {}", panic_message(&*payload))),
+        ),
+    };
+    if let Some(why) = left {
+        // Best effort: when this fails too, rank 0 gives the rank up for its silence.
+        let ops = worker.ops;
+        let _ = std::panic::catch_unwind(move || {
+            ops.send_and_wait(0, TAG_LEFT, why.into_bytes(), LEFT_LIMIT)
+        });
+    }
     // The outcomes of the last batches are on their way; let them leave before the pool goes.
     let mut backoff = Backoff::default();
     while !worker.sends.is_empty() && worker.ops.complete(&mut worker.sends).is_ok() {

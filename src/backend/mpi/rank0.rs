@@ -108,7 +108,8 @@ pub fn attach(ops: MpiOps) -> Result<()> {
 }
 
 /// Rank 0 at exit: cancels what runs, stops the worker ranks and the dispatcher. Returns how
-/// many worker ranks were given up for silence (then MPI_Finalize would wait for them forever).
+/// many worker ranks were given up for silence or could not be told to leave (then MPI_Finalize
+/// would wait for them forever).
 pub fn detach() -> usize {
     let Some(mut world) = world().take() else {
         return 0;
