@@ -14,13 +14,16 @@
 //! caller hangs it, as any library code would.
 
 mod common;
+#[path = "common/fp_cells.rs"]
+mod fp_cells;
 
-use std::collections::BTreeMap;
 use std::ffi::c_void;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fp_cells::*;
 use pj::ffi::*;
 use pj::task::TaskOutput;
 
@@ -64,8 +67,6 @@ const TASKS: u64 = 24;
 /// Tasks per batch.
 const BATCH: u64 = 4;
 const ARG_BYTES: usize = 2048;
-/// How long a cell may take before it counts as hung.
-const CELL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Task: the argument's first word x -> [x * x, pid].
 unsafe extern "C" fn square(
@@ -129,100 +130,15 @@ fn options(backend: &str, on_error: &str) -> Vec<(&'static str, String)> {
     options
 }
 
-/// What one call gave: the status, the error (message, task index), the results that came back
-/// OK by index, and (on_error=collect, ordered) the tasks reported failed with their messages.
-struct Call {
-    status: pj_status,
-    message: String,
-    task: i64,
-    got: BTreeMap<usize, Vec<u8>>,
-    blamed: BTreeMap<usize, String>,
-}
-
-/// Runs one call of TASKS tasks.
-fn one_call(par: &Par, streamed: bool) -> Call {
-    let mut got = BTreeMap::new();
-    let mut blamed = BTreeMap::new();
-    let args: Vec<Vec<u8>> = (0..TASKS)
+/// A call's arguments: TASKS of ARG_BYTES bytes (spilled on processes), the first 8 being x.
+fn arguments() -> Vec<Vec<u8>> {
+    (0..TASKS)
         .map(|x| {
             let mut a = vec![0u8; ARG_BYTES];
             a[..8].copy_from_slice(&x.to_ne_bytes());
             a
         })
-        .collect();
-    let mut status = pj_status::Ok;
-    let mut message = String::new();
-    let mut task = -1;
-    let fail = |st: pj_status, err: *mut pj_error_t| {
-        let e = take_error(st, err);
-        (st, e.message, e.task_index)
-    };
-    for arg in &args {
-        let mut err = std::ptr::null_mut();
-        let st =
-            pj_parallel_submit_named(par.0, c"square".as_ptr(), arg.as_ptr(), arg.len(), &mut err);
-        if st != pj_status::Ok {
-            (status, message, task) = fail(st, err);
-            break;
-        }
-    }
-    if status == pj_status::Ok && !streamed {
-        let mut res = std::ptr::null_mut();
-        let mut err = std::ptr::null_mut();
-        let st = pj_parallel_collect(par.0, &mut res, &mut err);
-        if st == pj_status::Ok {
-            for i in 0..pj_results_len(res) {
-                let (mut data, mut len) = (std::ptr::null(), 0);
-                if pj_results_status(res, i) == pj_status::Ok
-                    && pj_results_get(res, i, &mut data, &mut len) == pj_status::Ok
-                {
-                    // SAFETY: a view of `len` bytes, valid until pj_results_free.
-                    got.insert(i, unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
-                } else if pj_results_status(res, i) != pj_status::Ok {
-                    let e = pj_results_error(res, i);
-                    // SAFETY: a borrowed error of `res`, read before pj_results_free.
-                    let text = unsafe { std::ffi::CStr::from_ptr(pj_error_message(e)) }
-                        .to_string_lossy()
-                        .into_owned();
-                    // on_error=collect: the first failed task's error stands for the call's.
-                    if message.is_empty() {
-                        message = text.clone();
-                        task = i as i64;
-                        status = pj_results_status(res, i);
-                    }
-                    blamed.insert(i, format!("{:?} {text}", pj_results_status(res, i)));
-                }
-            }
-            pj_results_free(res);
-        } else {
-            (status, message, task) = fail(st, err);
-        }
-    } else if status == pj_status::Ok {
-        loop {
-            let (mut index, mut data, mut len) = (0usize, std::ptr::null(), 0usize);
-            let mut err = std::ptr::null_mut();
-            let st = pj_parallel_next(par.0, &mut index, &mut data, &mut len, &mut err);
-            if st == pj_status::Done {
-                break;
-            }
-            if st != pj_status::Ok {
-                (status, message, task) = fail(st, err);
-                break;
-            }
-            // SAFETY: a view of `len` bytes, valid until the next pj_parallel_next.
-            got.insert(
-                index,
-                unsafe { std::slice::from_raw_parts(data, len) }.to_vec(),
-            );
-        }
-    }
-    Call {
-        status,
-        message,
-        task,
-        got,
-        blamed,
-    }
+        .collect()
 }
 
 /// In the cell's own process: the armed call, then (disarmed) a second call on the same executor;
@@ -249,19 +165,14 @@ fn run_cell(cell: &str) {
             return;
         }
     };
-    let call = one_call(&par, style == "streamed");
+    let call = one_call(&par, style == "streamed", &arguments());
     println!(
         "first {:?} {}",
         call.status,
         call.message.replace('\n', " ")
     );
     println!("first_task {}", call.task);
-    let wrong = call
-        .got
-        .iter()
-        .filter(|(i, r)| r.len() != 16 || r[..8] != ((**i as u64) * (**i as u64)).to_ne_bytes())
-        .count();
-    println!("wrong {wrong}");
+    println!("wrong {}", wrong(&call.got));
     println!("got {}", call.got.len());
     let blamed: Vec<String> = call.blamed.keys().map(usize::to_string).collect();
     println!("blamed {}", blamed.join(" "));
@@ -317,11 +228,6 @@ fn mappings_left() -> usize {
         .count()
 }
 
-/// This process's open descriptors.
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
 /// Descriptors opened since `fds` and still open (the fork server, a process-wide child that stays
 /// by design, keeps its socket: not counted).
 fn fds_left(backend: &str, fds: usize) -> usize {
@@ -368,7 +274,7 @@ fn left_over(before: usize) -> usize {
 /// The call after the armed one (prints its line; a repeated call overwrites it for the judge);
 /// whether it worked.
 fn second_call(par: &Par, style: &str) -> bool {
-    let call = one_call(par, style == "streamed");
+    let call = one_call(par, style == "streamed", &arguments());
     println!(
         "second {:?} {} {}",
         call.status,
@@ -452,13 +358,7 @@ fn check_blame(
 /// A cell's verdict from its output, and the number of times its stage fired.
 fn judge(stage: &str, side: Side, mode: &str, out: &str, fired: usize) -> Result<(), String> {
     // The last line of each key counts.
-    let line = |key: &str| {
-        out.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or("")
-            .to_string()
-    };
+    let line = |key: &str| line(out, key);
     let first = line("first");
     let second = line("second");
     if line("wrong") != "0" && !line("wrong").is_empty() {
@@ -504,7 +404,6 @@ fn judge(stage: &str, side: Side, mode: &str, out: &str, fired: usize) -> Result
 }
 
 fn run_matrix() {
-    let started = Instant::now();
     let mut cells = Vec::new();
     let mut not_run = Vec::new();
     for &(stage, side, pass, backends) in STAGES {
@@ -528,175 +427,61 @@ fn run_matrix() {
                         {
                             continue;
                         }
-                        cells.push((
-                            side,
-                            format!("{stage}={mode}@{pass}"),
-                            format!("{backend},{on_error},{style}"),
-                        ));
+                        cells.push(Cell {
+                            spec: format!("{stage}={mode}@{pass}"),
+                            cell: format!("{backend},{on_error},{style}"),
+                        });
                     }
                 }
             }
         }
     }
-    // PJ_FP_ONLY=stage[,stage...]: only those stages' cells (while working on them).
-    if let Ok(only) = std::env::var("PJ_FP_ONLY") {
-        let only: Vec<&str> = only.split(',').collect();
-        cells.retain(|(_, spec, _)| only.iter().any(|o| spec.starts_with(&format!("{o}="))));
-    }
     let exe = std::env::current_exe().unwrap();
-    let temp_root = std::env::temp_dir().join(format!("pj-failpoints-{}", std::process::id()));
-    let cells_started = std::cell::Cell::new(0);
-    let mut failures = Vec::new();
-    let mut passed = 0;
-    // Up to SLOTS cells at a time, a new one as soon as one ends (the machine has 2 CPUs, and
-    // cells mostly wait, for timeouts); the slowest cells first, so that they overlap the rest.
-    cells.sort_by_key(|(_, spec, _)| !spec.contains("=hang"));
-    let mut queue = cells.iter();
-    let mut running: Vec<Running> = Vec::new();
-    loop {
-        while running.len() < SLOTS {
-            let Some((side, spec, cell)) = queue.next() else {
-                break;
-            };
-            running.push(start_cell(
-                &exe,
-                &temp_root,
-                cells_started.get(),
-                *side,
-                spec,
-                cell,
-            ));
-            cells_started.set(cells_started.get() + 1);
+    // Each cell's folder holds its temp folder (which must be left empty) and its failpoint
+    // folder (PJ_FAILPOINTS_DIR: the firings, the disarm, a worker that returned into main).
+    let command = |_: &Cell, folder: &Path| {
+        let (temp, shared) = (folder.join("temp"), folder.join("fp"));
+        std::fs::create_dir_all(&temp).unwrap();
+        std::fs::create_dir_all(&shared).unwrap();
+        let mut command = Command::new(&exe);
+        command
+            .env("PJ_TEMP_FOLDER", temp)
+            .env("PJ_FAILPOINTS_DIR", shared);
+        command
+    };
+    let verdict = |cell: &Cell, ended: &Ended<'_>| {
+        let shared = ended.folder.join("fp");
+        if shared.join("returned-into-main").exists() {
+            return Err("a spawned worker returned into the program's main".into());
         }
-        if running.is_empty() {
-            break;
-        }
-        let Some(done) = running.iter_mut().position(|cell| cell.ended()) else {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        };
-        let cell = running.swap_remove(done);
-        let name = format!("{} on {}", cell.spec, cell.cell);
-        match cell.verdict() {
-            Ok(()) => passed += 1,
-            Err(why) => failures.push(format!("{name}: {why}")),
-        }
-    }
-    println!(
-        "failpoint matrix: {} cells run, {passed} passed, {} failed, {} not run, in {:.0?}",
-        cells.len(),
-        failures.len(),
-        not_run.len(),
-        started.elapsed()
-    );
-    for line in &not_run {
-        println!("  not run: {line}");
-    }
-    for line in &failures {
-        println!("  FAILED: {line}");
-    }
-    let _ = std::fs::remove_dir_all(&temp_root);
-    assert!(failures.is_empty(), "{} cells failed", failures.len());
-}
-
-/// Cells run at once.
-const SLOTS: usize = 3;
-
-/// A cell's process, while it runs.
-struct Running<'a> {
-    side: Side,
-    spec: &'a str,
-    cell: &'a str,
-    child: std::process::Child,
-    started: Instant,
-    /// How it ended: its exit status, or `None` when it was killed as hung.
-    status: Option<Option<std::process::ExitStatus>>,
-    temp: std::path::PathBuf,
-    shared: std::path::PathBuf,
-}
-
-/// Starts cell number `number`: its own temp folder and failpoint folder, its output in files
-/// there (a pipe read only at the end could fill up and stop it).
-fn start_cell<'a>(
-    exe: &std::path::Path,
-    root: &std::path::Path,
-    number: usize,
-    side: Side,
-    spec: &'a str,
-    cell: &'a str,
-) -> Running<'a> {
-    let temp = root.join(format!("{number}"));
-    // Outside the temp folder, which must be left empty.
-    let shared = root.join(format!("fp-{number}"));
-    std::fs::create_dir_all(&temp).unwrap();
-    std::fs::create_dir_all(&shared).unwrap();
-    let stdout = std::fs::File::create(shared.join("stdout")).unwrap();
-    let stderr = std::fs::File::create(shared.join("stderr")).unwrap();
-    let child = Command::new(exe)
-        .env("PJ_TEMP_FOLDER", &temp)
-        .env("PJ_FAILPOINTS_DIR", &shared)
-        .env("PJ_FAILPOINTS", spec)
-        .env("PJ_FP_CELL", cell)
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap();
-    Running {
-        side,
-        spec,
-        cell,
-        child,
-        started: Instant::now(),
-        status: None,
-        temp,
-        shared,
-    }
-}
-
-impl Running<'_> {
-    /// Whether the cell ended (killed when it ran past CELL_LIMIT).
-    fn ended(&mut self) -> bool {
-        if self.status.is_none() {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.status = Some(Some(status));
-            } else if self.started.elapsed() > CELL_LIMIT {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                self.status = Some(None);
-            }
-        }
-        self.status.is_some()
-    }
-
-    /// The ended cell's verdict; removes its folders.
-    fn verdict(self) -> Result<(), String> {
-        let read = |name: &str| std::fs::read_to_string(self.shared.join(name)).unwrap_or_default();
-        let stage = self.spec.split('=').next().unwrap();
-        let mode = self.spec.split(['=', '@']).nth(1).unwrap();
-        let verdict = match self.status.flatten() {
-            None => Err(format!("hung (killed after {CELL_LIMIT:?})")),
-            Some(s) if !s.success() => Err(format!(
-                "the caller died ({s}): {}",
-                read("stderr").lines().last().unwrap_or("")
-            )),
-            Some(_) if self.shared.join("returned-into-main").exists() => {
-                Err("a spawned worker returned into the program's main".into())
-            }
-            Some(_) => {
-                let fired = read("fired").lines().count();
-                judge(stage, self.side, mode, &read("stdout"), fired)
-            }
-        };
+        let fired = std::fs::read_to_string(shared.join("fired"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        judge(
+            cell.stage(),
+            side_of(cell.stage()),
+            cell.mode(),
+            &ended.stdout,
+            fired,
+        )?;
         // Nothing is left in the cell's temp folder (spill files, result files).
-        let left: Vec<_> = walk(&self.temp);
-        let verdict = verdict.and_then(|()| match left.is_empty() {
+        let left = walk(&ended.folder.join("temp"));
+        match left.is_empty() {
             true => Ok(()),
             false => Err(format!("files were left in the temp folder: {left:?}")),
-        });
-        let _ = std::fs::remove_dir_all(&self.temp);
-        let _ = std::fs::remove_dir_all(&self.shared);
-        verdict
-    }
+        }
+    };
+    // Three at a time: the machine has 2 CPUs, and cells mostly wait (for timeouts).
+    run_cells("failpoint matrix", cells, &not_run, 3, command, verdict);
+}
+
+/// Where `stage` runs.
+fn side_of(stage: &str) -> Side {
+    STAGES
+        .iter()
+        .find(|(name, ..)| *name == stage)
+        .map_or(Side::Caller, |&(_, side, ..)| side)
 }
 
 /// Every file under `dir` (not the folders).

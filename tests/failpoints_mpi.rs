@@ -15,15 +15,17 @@
 //! code that hangs in the caller would.
 
 mod common;
+#[path = "common/fp_cells.rs"]
+mod fp_cells;
 #[path = "common/mpi_fabric.rs"]
 mod mpi_fabric;
 
-use std::collections::BTreeMap;
 use std::ffi::c_void;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fp_cells::*;
 use mpi_fabric::*;
 use pj::ffi::*;
 use pj::task::TaskOutput;
@@ -46,8 +48,6 @@ const MODES: &[&str] = &["error", "truncate", "panic", "exit", "segv", "hang"];
 
 /// Tasks per call, two per batch: twelve batches, several on each worker rank.
 const TASKS: u64 = 24;
-/// How long a cell may take before it counts as hung.
-const CELL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Task: x -> [x * x, pid].
 unsafe extern "C" fn square(
@@ -74,96 +74,9 @@ fn main() {
     run_matrix();
 }
 
-/// What one call returned: the status, the error (message, task index), the results that came
-/// back OK by index, and (on_error=collect) how many tasks failed.
-struct CallOutcome {
-    status: pj_status,
-    message: String,
-    task: i64,
-    got: BTreeMap<usize, Vec<u8>>,
-    failed: usize,
-}
-
-/// Runs one call of TASKS tasks.
-fn one_call(par: &Par, streamed: bool) -> CallOutcome {
-    let mut call = CallOutcome {
-        status: pj_status::Ok,
-        message: String::new(),
-        task: -1,
-        got: BTreeMap::new(),
-        failed: 0,
-    };
-    let fail = |call: &mut CallOutcome, st: pj_status, err: *mut pj_error_t| {
-        let e = take_error(st, err);
-        (call.status, call.message, call.task) = (st, e.message, e.task_index);
-    };
-    for x in 0..TASKS {
-        let arg = x.to_ne_bytes();
-        let mut err = std::ptr::null_mut();
-        let st =
-            pj_parallel_submit_named(par.0, c"square".as_ptr(), arg.as_ptr(), arg.len(), &mut err);
-        if st != pj_status::Ok {
-            fail(&mut call, st, err);
-            return call;
-        }
-    }
-    if !streamed {
-        let mut res = std::ptr::null_mut();
-        let mut err = std::ptr::null_mut();
-        let st = pj_parallel_collect(par.0, &mut res, &mut err);
-        if st != pj_status::Ok {
-            fail(&mut call, st, err);
-            return call;
-        }
-        for i in 0..pj_results_len(res) {
-            let (mut data, mut len) = (std::ptr::null(), 0);
-            if pj_results_status(res, i) == pj_status::Ok
-                && pj_results_get(res, i, &mut data, &mut len) == pj_status::Ok
-            {
-                // SAFETY: a view of `len` bytes, valid until pj_results_free.
-                call.got
-                    .insert(i, unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
-            } else if pj_results_status(res, i) != pj_status::Ok {
-                call.failed += 1;
-                if call.message.is_empty() {
-                    // on_error=collect: the first failed task's error stands for the call's.
-                    let e = pj_results_error(res, i);
-                    // SAFETY: a borrowed error of `res`, read before pj_results_free.
-                    call.message = unsafe { std::ffi::CStr::from_ptr(pj_error_message(e)) }
-                        .to_string_lossy()
-                        .into_owned();
-                    call.task = i as i64;
-                    call.status = pj_results_status(res, i);
-                }
-            }
-        }
-        pj_results_free(res);
-        return call;
-    }
-    loop {
-        let (mut index, mut data, mut len) = (0usize, std::ptr::null(), 0usize);
-        let mut err = std::ptr::null_mut();
-        let st = pj_parallel_next(par.0, &mut index, &mut data, &mut len, &mut err);
-        if st == pj_status::Done {
-            return call;
-        }
-        if st != pj_status::Ok {
-            fail(&mut call, st, err);
-            return call;
-        }
-        // SAFETY: a view of `len` bytes, valid until the next pj_parallel_next.
-        call.got.insert(
-            index,
-            unsafe { std::slice::from_raw_parts(data, len) }.to_vec(),
-        );
-    }
-}
-
-/// Results that are not x * x for their index x.
-fn wrong(got: &BTreeMap<usize, Vec<u8>>) -> usize {
-    got.iter()
-        .filter(|(i, r)| r.len() != 16 || r[..8] != ((**i as u64) * (**i as u64)).to_ne_bytes())
-        .count()
+/// A call's arguments: x = 0..TASKS, 8 bytes each.
+fn arguments() -> Vec<Vec<u8>> {
+    (0..TASKS).map(|x| x.to_ne_bytes().to_vec()).collect()
 }
 
 /// In the cell's own process: a job of 3 ranks, the armed call, then (disarmed) a second call on
@@ -188,7 +101,7 @@ fn run_cell(cell: &str) {
         ("on_error", on_error),
     ])
     .expect("an executor on backend mpi");
-    let first = one_call(&par, streamed);
+    let first = one_call(&par, streamed, &arguments());
     println!(
         "first {:?} {}",
         first.status,
@@ -197,14 +110,14 @@ fn run_cell(cell: &str) {
     println!("first_task {}", first.task);
     println!("wrong {}", wrong(&first.got));
     println!("got {}", first.got.len());
-    println!("failed {}", first.failed);
+    println!("failed {}", first.blamed.len());
     pj::failpoint::disarm();
     // What a streamed call left is collected first.
     let mut res = std::ptr::null_mut();
     if pj_parallel_collect(par.0, &mut res, std::ptr::null_mut()) == pj_status::Ok {
         pj_results_free(res);
     }
-    let second = one_call(&par, streamed);
+    let second = one_call(&par, streamed, &arguments());
     println!(
         "second {:?} {} {}",
         second.status,
@@ -249,7 +162,7 @@ fn run_edge_cell(cell: &str) {
     // A call on a new executor (the registry check's verdict reaches the first call).
     let call = || {
         let par = parallel(&[("backend", "mpi"), ("batch_size", "2")]).expect("an executor");
-        let call = one_call(&par, false);
+        let call = one_call(&par, false, &arguments());
         match (call.status, wrong(&call.got)) {
             (pj_status::Ok, 0) => format!("Ok {}", call.got.len()),
             (pj_status::Ok, wrong) => format!("Ok with {wrong} wrong results"),
@@ -270,13 +183,7 @@ fn run_edge_cell(cell: &str) {
 
 /// The verdict of an edge cell (see [`run_edge_cell`]).
 fn judge_edge(cell: &str, stage: &str, mode: &str, out: &str) -> Result<(), String> {
-    let line = |key: &str| {
-        out.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or("")
-            .to_string()
-    };
+    let line = |key: &str| line(out, key);
     let (first, second) = (line("first"), line("second"));
     let expected = if cell == "handshake" {
         // A failed registry check fails every executor on backend "mpi" (the ranks are refused
@@ -316,20 +223,9 @@ fn judge_edge(cell: &str, stage: &str, mode: &str, out: &str) -> Result<(), Stri
     Ok(())
 }
 
-/// This process's open descriptors.
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
 /// A cell's verdict from its output.
 fn judge(stage: &str, mode: &str, out: &str) -> Result<(), String> {
-    let line = |key: &str| {
-        out.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .unwrap_or("")
-            .to_string()
-    };
+    let line = |key: &str| line(out, key);
     let first = line("first");
     let second = line("second");
     for key in ["wrong", "second_wrong"] {
@@ -444,7 +340,6 @@ fn judge_hang(first: &str, second: &str, line: &dyn Fn(&str) -> String) -> Resul
 }
 
 fn run_matrix() {
-    let started = Instant::now();
     let mut cells = Vec::new();
     let mut not_run = Vec::new();
     for &(stage, pass) in STAGES {
@@ -465,10 +360,10 @@ fn run_matrix() {
             }
             for on_error in ["raise", "collect"] {
                 for style in ["ordered", "streamed"] {
-                    cells.push((
-                        format!("{stage}={mode}@{pass}"),
-                        format!("{on_error},{style}"),
-                    ));
+                    cells.push(Cell {
+                        spec: format!("{stage}={mode}@{pass}"),
+                        cell: format!("{on_error},{style}"),
+                    });
                 }
             }
         }
@@ -476,85 +371,28 @@ fn run_matrix() {
     // The job's edges: rank 0's first receive (a registry report) and its 25th send (after two
     // calls of twelve batches each: the first rank's stop message).
     for mode in ["error", "panic"] {
-        cells.push((format!("mpi_receive={mode}@1"), "handshake".to_string()));
-        cells.push((format!("mpi_send={mode}@25"), "detach".to_string()));
-    }
-    // PJ_FP_ONLY=stage[,stage...]: only those stages' cells (while working on them).
-    if let Ok(only) = std::env::var("PJ_FP_ONLY") {
-        let only: Vec<&str> = only.split(',').collect();
-        cells.retain(|(spec, _)| only.iter().any(|o| spec.starts_with(&format!("{o}="))));
+        cells.push(Cell {
+            spec: format!("mpi_receive={mode}@1"),
+            cell: "handshake".to_string(),
+        });
+        cells.push(Cell {
+            spec: format!("mpi_send={mode}@25"),
+            cell: "detach".to_string(),
+        });
     }
     let exe = std::env::current_exe().unwrap();
-    let mut failures = Vec::new();
-    let mut passed = 0;
-    // A hung worker rank's cell waits out rank 0's silence limit (10 s): those first, four cells
-    // at a time (the machine has 2 CPUs; the ranks mostly wait).
-    cells.sort_by_key(|(spec, _)| !spec.contains("=hang"));
-    for batch in cells.chunks(4) {
-        let running: Vec<_> = batch
-            .iter()
-            .map(|(spec, cell)| {
-                let child = Command::new(&exe)
-                    .env("PJ_FAILPOINTS", spec)
-                    .env("PJ_FP_CELL", cell)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                (spec, cell, child, Instant::now())
-            })
-            .collect();
-        for (spec, cell, mut child, start) in running {
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break Some(status);
-                }
-                if start.elapsed() > CELL_LIMIT {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            let output = child.wait_with_output().unwrap();
-            let out = String::from_utf8_lossy(&output.stdout).into_owned();
-            if std::env::var_os("PJ_FP_VERBOSE").is_some() {
-                println!("--- {spec} on {cell} ({:.1?})\n{out}", start.elapsed());
-            }
-            let stage = spec.split('=').next().unwrap();
-            let mode = spec.split(['=', '@']).nth(1).unwrap();
-            let verdict = match status {
-                None => Err(format!("hung (killed after {CELL_LIMIT:?})")),
-                Some(s) if !s.success() => Err(format!(
-                    "the cell died ({s}): {}",
-                    String::from_utf8_lossy(&output.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                )),
-                Some(_) if matches!(cell.as_str(), "handshake" | "detach") => {
-                    judge_edge(cell, stage, mode, &out)
-                }
-                Some(_) => judge(stage, mode, &out),
-            };
-            match verdict {
-                Ok(()) => passed += 1,
-                Err(why) => failures.push(format!("{spec} on {cell}: {why}")),
-            }
-        }
-    }
-    println!(
-        "MPI failpoint matrix: {} cells run, {passed} passed, {} failed, {} not run, in {:.0?}",
-        cells.len(),
-        failures.len(),
-        not_run.len(),
-        started.elapsed()
+    let verdict = |cell: &Cell, ended: &Ended<'_>| match cell.cell.as_str() {
+        "handshake" | "detach" => judge_edge(&cell.cell, cell.stage(), cell.mode(), &ended.stdout),
+        _ => judge(cell.stage(), cell.mode(), &ended.stdout),
+    };
+    // A hung worker rank's cell waits out rank 0's silence limit (10 s): four cells at a time
+    // (the machine has 2 CPUs; the ranks mostly wait), hang cells first.
+    run_cells(
+        "MPI failpoint matrix",
+        cells,
+        &not_run,
+        4,
+        |_, _| Command::new(&exe),
+        verdict,
     );
-    for line in &not_run {
-        println!("  not run: {line}");
-    }
-    for line in &failures {
-        println!("  FAILED: {line}");
-    }
-    assert!(failures.is_empty(), "{} cells failed", failures.len());
 }
