@@ -170,6 +170,11 @@ impl Dispatcher {
                 backoff.reset();
                 continue;
             }
+            if MpiOps::transferring(&self.sends) {
+                // A send in flight moves only while this thread calls into MPI: no sleep.
+                std::thread::yield_now();
+                continue;
+            }
             let wait = backoff.next();
             if wait.is_zero() {
                 continue;
@@ -454,7 +459,7 @@ impl Dispatcher {
         while !self.idle() && Instant::now() < deadline {
             match guarded(|| self.poll()) {
                 Ok(true) => backoff.reset(),
-                Ok(false) => backoff.pause(),
+                Ok(false) => MpiOps::pause(&self.sends, &mut backoff),
                 Err(_) => break,
             }
         }

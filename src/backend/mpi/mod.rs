@@ -17,7 +17,8 @@
 //! Waiting. Nothing here blocks inside MPI: both sides poll with `iprobe` and back off from a
 //! short spin to sleeps of up to a few milliseconds (`spin::Backoff`), so an idle rank costs next
 //! to no CPU. Rank 0's dispatcher blocks on its job queue (no polling at all) while no batch is in
-//! flight.
+//! flight. While a send of theirs is in flight they poll without sleeping (yielding the CPU), for
+//! a bounded time: MPI moves a large message only while its sender calls into MPI (see `ops`).
 
 mod dispatcher;
 mod ops;

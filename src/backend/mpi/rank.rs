@@ -80,7 +80,7 @@ pub fn serve(ops: MpiOps) -> c_int {
     // The outcomes of the last batches are on their way; let them leave before the pool goes.
     let mut backoff = Backoff::default();
     while !worker.sends.is_empty() && worker.ops.complete(&mut worker.sends).is_ok() {
-        backoff.pause();
+        MpiOps::pause(&worker.sends, &mut backoff);
     }
     status
 }
@@ -182,6 +182,11 @@ impl WorkerRank {
             }
             if progressed {
                 backoff.reset();
+                continue;
+            }
+            if MpiOps::transferring(&self.sends) {
+                // An outcome in flight moves only while this thread calls into MPI: no sleep.
+                std::thread::yield_now();
                 continue;
             }
             let wait = backoff.next();
