@@ -5,7 +5,8 @@
 //! 4,096 calls each from their senders. A sender that slept between its polls (from 20 us up to
 //! 10 ms) took about half a minute for them; one that polls without sleeping while its send is
 //! in flight takes milliseconds. And once the call is done, the ranks are idle again: they must
-//! not keep spinning.
+//! not keep spinning. And rank 0 hands a large result to the caller in the memory MPI received
+//! it into, with no copy.
 //!
 //! A test process of its own: an attachment is process-wide.
 
@@ -74,6 +75,28 @@ fn large_messages_move_while_their_sender_polls_and_idle_ranks_do_not_spin() {
         took < Duration::from_secs(10),
         "8 MiB each way took {took:?}: a sender slept while its send was in flight"
     );
+
+    // A large result is received straight into the memory the caller reads: rank 0 neither
+    // zero-fills a receive buffer nor copies the result bytes out of the message.
+    let mut err = std::ptr::null_mut();
+    check(
+        pj_parallel_submit_named(par.0, c"echo".as_ptr(), big.as_ptr(), big.len(), &mut err),
+        err,
+    )
+    .unwrap();
+    let mut res = std::ptr::null_mut();
+    let mut err = std::ptr::null_mut();
+    check(pj_parallel_collect(par.0, &mut res, &mut err), err).unwrap();
+    let (mut data, mut len) = (std::ptr::null(), 0usize);
+    assert_eq!(pj_results_get(res, 0, &mut data, &mut len), pj_status::Ok);
+    // SAFETY: pj_results_get gave `len` readable bytes at `data`, valid until pj_results_free.
+    assert!(unsafe { std::slice::from_raw_parts(data, len) } == &big[..]);
+    assert_eq!(
+        data as usize,
+        LARGE_RECEIVE_AT_RANK_0.load(std::sync::atomic::Ordering::Relaxed),
+        "the result was copied after MPI received it"
+    );
+    pj_results_free(res);
 
     // Idle: the dispatcher blocks on its queue, the worker rank backs off to sleeps.
     std::thread::sleep(Duration::from_millis(300));

@@ -195,8 +195,15 @@ unsafe extern "C" fn recv(
     );
     // SAFETY: `len` bytes fit in `data`.
     unsafe { std::ptr::copy_nonoverlapping(message.bytes.as_ptr(), data, len) };
+    if me.rank == 0 && len >= 1 << 20 {
+        LARGE_RECEIVE_AT_RANK_0.store(data as usize, std::sync::atomic::Ordering::Relaxed);
+    }
     0
 }
+
+/// Where rank 0 last received a message of 1 MiB or more (the address pj's recv wrote to).
+pub static LARGE_RECEIVE_AT_RANK_0: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 fn table(rank: c_int, fabric: &Arc<Fabric>) -> pj_mpi_ops_t {
     let endpoint = Box::new(Endpoint {

@@ -254,14 +254,18 @@ impl MpiOps {
                 format!("cannot allocate {len} bytes for an MPI message from rank {source}"),
             )
         })?;
-        buf.resize(start + len, 0);
-        // SAFETY: `buf` has room for `len` bytes from `start`, the length iprobe announced for
-        // this message.
+        // Received into the spare capacity as it is: zeroing it first would cost a pass over
+        // the whole message (and fault its pages in) for bytes MPI overwrites.
+        // SAFETY: `buf` has room (reserved above) for `len` bytes from `start`, the length
+        // iprobe announced for this message; the shim's recv writes only there.
         let code =
             unsafe { (self.recv)(self.context, source, tag, buf.as_mut_ptr().add(start), len) };
         if code != 0 {
             return Err(mpi_error("receive", code));
         }
+        // SAFETY: recv succeeded: the shim checked that the message it received had exactly
+        // `len` bytes (else it fails with MPI_ERR_TRUNCATE), so they are all initialised.
+        unsafe { buf.set_len(start + len) };
         Ok(())
     }
 }
