@@ -9,7 +9,8 @@
 #   scripts/bench-mpi.sh raw [reps=5] [mib...=16 64 256]
 #       # backend "mpi"'s bandwidth (mpi_large.c's bw mode: one task per call returning, then
 #       # taking, MIB MiB) beside plain MPI_Send/MPI_Recv of the same bytes between the same two
-#       # ranks (benches/mpi/mpi_raw.c); RANKS is 2
+#       # ranks (benches/mpi/mpi_raw.c), and backend "processes" (n_jobs 2) on rank 0 alone (the
+#       # local hop each worker rank makes); RANKS is 2
 #
 # Environment: RANKS (default 3: rank 0 dispatches, the others work), BUILD_DIR (default
 # build-mpi), MPIRUN (default mpirun), MPIRUN_FLAGS (extra flags for mpirun).
@@ -65,6 +66,10 @@ if [[ -n $raw ]]; then
     "$mpirun" "${flags[@]}" -n 2 "$raw" "$@"
     printf '$ %s\n' "$mpirun ${flags[*]} -n 2 $bench bw $*"
     "$mpirun" "${flags[@]}" -n 2 "$bench" bw "$@"
+    # The local hop inside every worker rank (its batch runs in a forked child): backend
+    # "processes" (n_jobs 2: with 1 the task would run on the caller's thread), on rank 0 alone.
+    printf '$ %s\n' "$mpirun ${flags[*]} -n 2 $bench bw-processes $*"
+    "$mpirun" "${flags[@]}" -n 2 "$bench" bw-processes "$@"
     exit
 fi
 printf '$ %s\n' "$mpirun ${flags[*]} -n $ranks $bench $*"

@@ -14,7 +14,9 @@
  * for each size, `reps` calls of one task in one batch that returns MIB MiB (results: rank 1 to
  * rank 0), then `reps` calls of one task that takes an argument of MIB MiB and returns 2 bytes
  * (arguments: rank 0 to rank 1). Each call is timed from its submit to the end of its collect on
- * one executor; prints the median GB/s.
+ * one executor; prints the median GB/s. `bw-processes` instead of `bw`: the same calls on
+ * backend "processes" with n_jobs 2 on rank 0 (a forked worker runs the task: the hop every worker rank
+ * makes to run a batch in its own child), for comparison.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -89,8 +91,8 @@ static double one_call(pj_parallel_t *par, const char *name, const uint8_t *arg,
     return seconds;
 }
 
-/* The bw mode (see the top of the file). */
-static int bandwidth(int argc, char **argv) {
+/* The bw mode (see the top of the file); `backend` "processes" (n_jobs 2) for bw-processes. */
+static int bandwidth(int argc, char **argv, const char *backend) {
     int reps = argc > 2 ? atoi(argv[2]) : 5;
     if (reps < 1) {
         reps = 1;
@@ -107,7 +109,10 @@ static int bandwidth(int argc, char **argv) {
     pj_config_t *cfg = NULL;
     pj_parallel_t *par = NULL;
     pj_status st = pj_config_new(&cfg);
-    if (st == PJ_STATUS_OK) st = pj_config_set(cfg, "backend", "mpi", &err);
+    if (st == PJ_STATUS_OK) st = pj_config_set(cfg, "backend", backend, &err);
+    if (st == PJ_STATUS_OK && strcmp(backend, "processes") == 0) {
+        st = pj_config_set(cfg, "n_jobs", "2", &err);
+    }
     if (st == PJ_STATUS_OK) st = pj_config_set(cfg, "batch_bytes", "none", &err);
     if (st == PJ_STATUS_OK) st = pj_parallel_new(cfg, &par, &err);
     pj_config_free(cfg);
@@ -143,8 +148,9 @@ static int bandwidth(int argc, char **argv) {
         }
         free(arg);
         if (rc == 0) {
-            printf("pj MPI, one task per call, %llu MiB: results %.3f s %.2f GB/s, arguments "
+            printf("pj %s, one task per call, %llu MiB: results %.3f s %.2f GB/s, arguments "
                    "%.3f s %.2f GB/s (median of %d)\n",
+                   strcmp(backend, "mpi") == 0 ? "MPI" : "processes (n_jobs 2, rank 0 alone)",
                    (unsigned long long)sizes[i], median[0], gb / median[0], median[1],
                    gb / median[1], reps);
             fflush(stdout);
@@ -164,7 +170,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (argc > 1 && strcmp(argv[1], "bw") == 0) {
-        return bandwidth(argc, argv);
+        return bandwidth(argc, argv, "mpi");
+    }
+    if (argc > 1 && strcmp(argv[1], "bw-processes") == 0) {
+        return bandwidth(argc, argv, "processes");
     }
     uint64_t tasks = argc > 1 ? strtoull(argv[1], NULL, 10) : 3;
     uint64_t mib = argc > 2 ? strtoull(argv[2], NULL, 10) : 1024;
