@@ -362,6 +362,15 @@ impl Arena {
         &mut self.bytes[start..end]
     }
 
+    /// The output bytes as a plain vector (no copy), taken from the arena: they no longer go
+    /// back to the executor's pool.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.home = None;
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.truncate(self.len);
+        bytes
+    }
+
     /// Where `data` lies in the arena's storage (written now or by an earlier output), if it
     /// lies there whole: its offset.
     pub fn offset_of(&self, data: &[u8]) -> Option<usize> {

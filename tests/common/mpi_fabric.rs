@@ -23,6 +23,45 @@ struct Message {
 struct Fabric {
     mailboxes: Vec<Mutex<VecDeque<Message>>>,
     corrupt_hello_from: Option<c_int>,
+    /// 0: a message reaches its mailbox at once. Otherwise, as MPI's rendezvous over shared
+    /// memory without single-copy support: a message travels `fragment` bytes per call its
+    /// sender makes into the fabric (test or iprobe), and reaches the mailbox (and its send
+    /// completes) only after its last fragment; each rank's messages leave in order.
+    fragment: usize,
+    /// By sender: its messages on their way (fragment mode).
+    outboxes: Vec<Mutex<VecDeque<Outgoing>>>,
+}
+
+/// A message on its way in fragment mode, and the fragments it still needs.
+struct Outgoing {
+    dest: usize,
+    message: Message,
+    remaining: usize,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Fabric {
+    /// Moves `rank`'s oldest message on by one fragment (`advance`), then delivers every message
+    /// at the front that has no fragment left.
+    fn progress(&self, rank: c_int, advance: bool) {
+        if self.fragment == 0 {
+            return;
+        }
+        let mut outbox = self.outboxes[rank as usize].lock().unwrap();
+        if advance && let Some(front) = outbox.front_mut() {
+            front.remaining = front.remaining.saturating_sub(1);
+        }
+        while outbox.front().is_some_and(|o| o.remaining == 0) {
+            let Outgoing {
+                dest,
+                message,
+                done,
+                ..
+            } = outbox.pop_front().unwrap();
+            self.mailboxes[dest].lock().unwrap().push_back(message);
+            done.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 /// A rank's end: its number and the fabric (the table's `context`).
@@ -31,9 +70,13 @@ struct Endpoint {
     fabric: Arc<Fabric>,
 }
 
-/// A send completes at its second test, so that pj's wait for completion is exercised.
+/// A send completes at its second test, so that pj's wait for completion is exercised (in
+/// fragment mode: once its message was delivered).
 struct Request {
     tests: u32,
+    delivered: Option<Arc<std::sync::atomic::AtomicBool>>,
+    sender: c_int,
+    fabric: Arc<Fabric>,
 }
 
 unsafe extern "C" fn isend(
@@ -59,13 +102,37 @@ unsafe extern "C" fn isend(
     let Some(mailbox) = me.fabric.mailboxes.get(dest as usize) else {
         return 6; // MPI_ERR_RANK
     };
-    mailbox.lock().unwrap().push_back(Message {
+    let message = Message {
         source: me.rank,
         tag,
         bytes,
-    });
+    };
+    let mut delivered = None;
+    if me.fabric.fragment == 0 {
+        mailbox.lock().unwrap().push_back(message);
+    } else {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        delivered = Some(Arc::clone(&done));
+        me.fabric.outboxes[me.rank as usize]
+            .lock()
+            .unwrap()
+            .push_back(Outgoing {
+                dest: dest as usize,
+                remaining: len.div_ceil(me.fabric.fragment).saturating_sub(1),
+                message,
+                done,
+            });
+        // A message of one fragment leaves at once (unless older ones are still on their way).
+        me.fabric.progress(me.rank, false);
+    }
+    let pending = Request {
+        tests: 0,
+        delivered,
+        sender: me.rank,
+        fabric: Arc::clone(&me.fabric),
+    };
     // SAFETY: a valid out-pointer (contract).
-    unsafe { *request = Box::into_raw(Box::new(Request { tests: 0 })).cast() };
+    unsafe { *request = Box::into_raw(Box::new(pending)).cast() };
     0
 }
 
@@ -73,7 +140,12 @@ unsafe extern "C" fn test(_: *mut c_void, request: *mut c_void) -> c_int {
     // SAFETY: a request isend made, not yet reported complete.
     let pending = unsafe { &mut *request.cast::<Request>() };
     pending.tests += 1;
-    if pending.tests < 2 {
+    if let Some(delivered) = &pending.delivered {
+        pending.fabric.progress(pending.sender, true);
+        if !delivered.load(std::sync::atomic::Ordering::Acquire) {
+            return 0;
+        }
+    } else if pending.tests < 2 {
         return 0;
     }
     // SAFETY: complete: released once, as the table's contract says.
@@ -89,6 +161,7 @@ unsafe extern "C" fn iprobe(
 ) -> c_int {
     // SAFETY: as in isend; the out-pointers are valid.
     let me = unsafe { &*context.cast::<Endpoint>() };
+    me.fabric.progress(me.rank, true);
     let mailbox = me.fabric.mailboxes[me.rank as usize].lock().unwrap();
     let Some(first) = mailbox.front() else {
         return 0;
@@ -122,8 +195,15 @@ unsafe extern "C" fn recv(
     );
     // SAFETY: `len` bytes fit in `data`.
     unsafe { std::ptr::copy_nonoverlapping(message.bytes.as_ptr(), data, len) };
+    if me.rank == 0 && len >= 1 << 20 {
+        LARGE_RECEIVE_AT_RANK_0.store(data as usize, std::sync::atomic::Ordering::Relaxed);
+    }
     0
 }
+
+/// Where rank 0 last received a message of 1 MiB or more (the address pj's recv wrote to).
+pub static LARGE_RECEIVE_AT_RANK_0: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 fn table(rank: c_int, fabric: &Arc<Fabric>) -> pj_mpi_ops_t {
     let endpoint = Box::new(Endpoint {
@@ -152,9 +232,25 @@ pub fn start_job(
     size: usize,
     corrupt_hello_from: Option<c_int>,
 ) -> Vec<std::thread::JoinHandle<c_int>> {
+    start_fabric(size, corrupt_hello_from, 0)
+}
+
+/// [`start_job`] over a fabric that moves messages above `fragment` bytes only while their
+/// sender calls into it, `fragment` bytes per call (see [`Fabric`]'s fragment mode).
+pub fn start_job_fragmented(size: usize, fragment: usize) -> Vec<std::thread::JoinHandle<c_int>> {
+    start_fabric(size, None, fragment)
+}
+
+fn start_fabric(
+    size: usize,
+    corrupt_hello_from: Option<c_int>,
+    fragment: usize,
+) -> Vec<std::thread::JoinHandle<c_int>> {
     let fabric = Arc::new(Fabric {
         mailboxes: (0..size).map(|_| Mutex::default()).collect(),
         corrupt_hello_from,
+        fragment,
+        outboxes: (0..size).map(|_| Mutex::default()).collect(),
     });
     let workers = (1..size as c_int)
         .map(|rank| {

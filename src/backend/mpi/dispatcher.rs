@@ -28,10 +28,10 @@ use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::rank0::{Order, Readiness, fail};
 use super::{
     HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT, TAG_OUTCOME, TAG_STOP,
-    append_trailer, split_trailer,
+    finish_message, split_message, take_payload,
 };
 use crate::backend::CallLink;
-use crate::backend::wire::{decode_outcome, encode_batch};
+use crate::backend::wire::{decode_outcome_parts, encode_batch_meta};
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::spin::Backoff;
 use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
@@ -77,6 +77,8 @@ pub(super) struct Dispatcher {
     parts: Reassembly,
     /// The error that ended the backend ([`Dispatcher::fail_all`]), told to every later call.
     ended: Option<String>,
+    /// Scratch for a batch's encoding but its argument bytes, reused.
+    meta: Vec<u8>,
 }
 
 impl Dispatcher {
@@ -98,6 +100,7 @@ impl Dispatcher {
             buf: Vec::new(),
             parts: Reassembly::default(),
             ended: None,
+            meta: Vec::new(),
         }
     }
 
@@ -168,6 +171,11 @@ impl Dispatcher {
             }
             if progressed {
                 backoff.reset();
+                continue;
+            }
+            if MpiOps::transferring(&self.sends) {
+                // A send in flight moves only while this thread calls into MPI: no sleep.
+                std::thread::yield_now();
                 continue;
             }
             let wait = backoff.next();
@@ -282,18 +290,30 @@ impl Dispatcher {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        let mut meta = std::mem::take(&mut self.meta);
         let sent = guarded(|| {
             // MPI ranks get every argument and result in their messages: the link has no files.
             let flags = link.run_flags();
-            let mut message = Vec::new();
-            encode_batch(&batch, flags, &[], &[], true, &mut message)
+            encode_batch_meta(&batch, flags, &[], &[], true, &mut meta)
                 .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+            let args = batch.parts().1;
+            // Room for the whole message at once (finish_message then does not reallocate).
+            let len = args.len() + meta.len() + 24;
+            let mut message = Vec::new();
+            message.try_reserve_exact(len).map_err(|_| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot allocate {len} bytes for a batch's message"),
+                )
+            })?;
+            message.extend_from_slice(args);
             let timeout = link.timeout.map_or(0, |t| {
                 u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
             });
-            append_trailer(&mut message, seq, timeout);
+            finish_message(&mut message, &meta, seq, timeout)?;
             self.ops.start_send(rank_of(slot), TAG_BATCH, message)
         });
+        self.meta = meta;
         match sent {
             Ok(sends) => {
                 self.sends.extend(sends);
@@ -326,7 +346,7 @@ impl Dispatcher {
             if let Some(slot) = slot_of(source, self.ranks.len()) {
                 self.ranks[slot].heard = Instant::now();
                 match whole {
-                    Some(TAG_OUTCOME) => self.finish(slot, &buf),
+                    Some(TAG_OUTCOME) => self.finish(slot, &mut buf),
                     Some(TAG_LEFT) => self.left(slot, &buf),
                     _ => {}
                 }
@@ -353,8 +373,9 @@ impl Dispatcher {
     }
 
     /// Hands the outcome in `message` (from the rank of `slot`) to its call.
-    fn finish(&mut self, slot: usize, message: &[u8]) {
-        let Some((body, seq, pid)) = split_trailer(message) else {
+    /// Large result bytes become the outcome's without a copy (`message` is then left empty).
+    fn finish(&mut self, slot: usize, message: &mut Vec<u8>) {
+        let Some((data_len, meta_len, seq, pid)) = split_message(message) else {
             return;
         };
         let batches = &mut self.ranks[slot].batches;
@@ -369,7 +390,11 @@ impl Dispatcher {
             rank: slot + 1,
             pid: pid as u32,
         };
-        let outcome = match decode_outcome(body, worker) {
+        let decoded = take_payload(message, data_len, meta_len).and_then(|(data, meta)| {
+            decode_outcome_parts(&meta, data.into(), worker)
+                .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
+        });
+        let outcome = match decoded {
             Ok((outcome, _)) => {
                 if outcome.failure.is_some() {
                     link.abort.store(true, Ordering::Relaxed);
@@ -454,7 +479,7 @@ impl Dispatcher {
         while !self.idle() && Instant::now() < deadline {
             match guarded(|| self.poll()) {
                 Ok(true) => backoff.reset(),
-                Ok(false) => backoff.pause(),
+                Ok(false) => MpiOps::pause(&self.sends, &mut backoff),
                 Err(_) => break,
             }
         }

@@ -17,15 +17,19 @@
 //! Waiting. Nothing here blocks inside MPI: both sides poll with `iprobe` and back off from a
 //! short spin to sleeps of up to a few milliseconds (`spin::Backoff`), so an idle rank costs next
 //! to no CPU. Rank 0's dispatcher blocks on its job queue (no polling at all) while no batch is in
-//! flight.
+//! flight. While a send of theirs is in flight they poll without sleeping (yielding the CPU), for
+//! a bounded time: MPI moves a large message only while its sender calls into MPI (see `ops`).
 
 mod dispatcher;
 mod ops;
 mod rank;
 mod rank0;
 
+use std::borrow::Cow;
 use std::ffi::c_int;
 use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
 
 pub use ops::MpiOps;
 
@@ -54,17 +58,74 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// job when a rank dies; this covers runtimes that keep the job going (mpirun --enable-recovery).
 const SILENCE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Batch and outcome messages end with two words (sequence number, then the timeout or the worker
-/// pid): a trailer, so that the encoded body is never copied to make room for a header.
-fn append_trailer(message: &mut Vec<u8>, seq: u64, word: u64) {
+/// Batch and outcome messages: the payload (a batch's argument bytes, an outcome's result bytes)
+/// first, then the rest of the encoding (`meta`: `encode_batch_meta`, `encode_outcome_meta`), its
+/// length and two words (sequence number, then the timeout or the worker pid). The payload leads
+/// so that a large one is copied neither into the message (an outcome's result bytes become the
+/// message) nor out of it (the received message becomes the batch's argument bytes or the
+/// outcome's results: [`take_payload`]). `message` holds the payload; this appends the rest.
+fn finish_message(message: &mut Vec<u8>, meta: &[u8], seq: u64, word: u64) -> Result<()> {
+    message.try_reserve_exact(meta.len() + 24).map_err(|_| {
+        Error::new(
+            ErrorKind::Io,
+            format!(
+                "cannot allocate {} bytes for an MPI message",
+                message.len() + meta.len() + 24
+            ),
+        )
+    })?;
+    message.extend_from_slice(meta);
+    message.extend_from_slice(&(meta.len() as u64).to_ne_bytes());
     message.extend_from_slice(&seq.to_ne_bytes());
     message.extend_from_slice(&word.to_ne_bytes());
+    Ok(())
 }
 
-/// The body, sequence number and second word of a message [`append_trailer`] finished.
-fn split_trailer(message: &[u8]) -> Option<(&[u8], u64, u64)> {
-    let (body, trailer) = message.split_at_checked(message.len().checked_sub(16)?)?;
-    let seq = u64::from_ne_bytes(trailer[..8].try_into().ok()?);
-    let word = u64::from_ne_bytes(trailer[8..].try_into().ok()?);
-    Some((body, seq, word))
+/// A message [`finish_message`] built: its payload's length, its meta's length, sequence number
+/// and second word. `None` when it is too short or its lengths do not add up.
+fn split_message(message: &[u8]) -> Option<(usize, usize, u64, u64)> {
+    let word = |at: usize| {
+        message
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    let tail = message.len().checked_sub(24)?;
+    let meta_len = usize::try_from(word(tail)?).ok()?;
+    let payload_len = tail.checked_sub(meta_len)?;
+    Some((payload_len, meta_len, word(tail + 8)?, word(tail + 16)?))
+}
+
+/// A payload at least this large is not copied (see [`finish_message`]).
+const TAKE_ABOVE: usize = 64 << 10;
+
+/// The payload (its first `len` bytes) and meta (the `meta_len` after them) of the received
+/// `message` ([`split_message`]). The payload is owned: the message's own buffer, truncated,
+/// when it is large ([`TAKE_ABOVE`]) and fills at least half of it (`message` is then left empty
+/// and the meta copied); else a copy (`message` stays, for the next receive to reuse).
+fn take_payload(
+    message: &mut Vec<u8>,
+    len: usize,
+    meta_len: usize,
+) -> Result<(Vec<u8>, Cow<'_, [u8]>)> {
+    let meta = len
+        .checked_add(meta_len)
+        .filter(|&end| end <= message.len())
+        .map(|end| len..end)
+        .ok_or_else(|| Error::new(ErrorKind::Io, "a malformed MPI message"))?;
+    if len >= TAKE_ABOVE && len >= message.capacity() / 2 {
+        let meta = message[meta].to_vec();
+        let mut payload = std::mem::take(message);
+        payload.truncate(len);
+        return Ok((payload, Cow::Owned(meta)));
+    }
+    let mut payload = Vec::new();
+    payload.try_reserve_exact(len).map_err(|_| {
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot allocate {len} bytes for an MPI message's payload"),
+        )
+    })?;
+    payload.extend_from_slice(&message[..len]);
+    Ok((payload, Cow::Borrowed(&message[meta])))
 }

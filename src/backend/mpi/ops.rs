@@ -6,6 +6,15 @@
 //! own tag, all started at once so that nothing the same rank sends comes between them. MPI does
 //! not reorder two messages from one rank that match the same receive, and pj's probe takes any
 //! tag from any rank, so a receiver gets the pieces in order and joins them ([`Reassembly`]).
+//!
+//! Progress. An MPI library moves a large message (a rendezvous) only while the program calls
+//! into it: Open MPI's shared-memory transport, without single-copy support, pushes the next
+//! fragments only inside the sender's `test` or `iprobe`. A sender that sleeps between tests
+//! therefore stalls its own transfer (a 64 MiB batch took seconds instead of tens of
+//! milliseconds), so the loops with a send in flight poll without sleeping
+//! ([`MpiOps::transferring`]), yielding the CPU between polls, for as long as the send could take
+//! at a pessimistic rate; past that (a receiver that is gone) they fall back to their backoff, so
+//! that a send that never completes does not make a rank spin.
 
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;
@@ -47,12 +56,20 @@ fn mpi_error(what: &str, code: c_int) -> Error {
 /// The tag of a piece of a message that continues in the sender's next message.
 const TAG_PART: c_int = 7;
 
+/// How long a sender polls a send without sleeping ([`MpiOps::transferring`]): this long...
+const SPIN_BASE: Duration = Duration::from_secs(1);
+/// ...plus its length at this rate (bytes per second: far below what shared memory or a network
+/// carries, so that a transfer that is only slow still gets its polls).
+const SPIN_RATE: u64 = 50_000_000;
+
 /// A send in progress: its request and the bytes MPI reads until it completes (the whole message:
 /// the pieces of a split message share it).
 pub(super) struct PendingSend {
     request: *mut c_void,
     bytes: Arc<Vec<u8>>,
     completed: bool,
+    /// Until when its sender polls without sleeping (see [`MpiOps::transferring`]).
+    spin_until: Instant,
 }
 
 impl Drop for PendingSend {
@@ -85,6 +102,11 @@ impl MpiOps {
             return Err(Error::new(ErrorKind::Io, error.to_string()));
         }
         let bytes = Arc::new(bytes);
+        let spin_until = Instant::now()
+            + SPIN_BASE
+            + Duration::from_micros(
+                u64::try_from(bytes.len()).unwrap_or(u64::MAX) / (SPIN_RATE / 1_000_000),
+            );
         let limit = self.max_message.max(1);
         let pieces = bytes.len().div_ceil(limit).max(1);
         let mut sends = Vec::with_capacity(pieces);
@@ -112,6 +134,7 @@ impl MpiOps {
                 request,
                 bytes: Arc::clone(&bytes),
                 completed: false,
+                spin_until,
             });
         }
         Ok(sends)
@@ -147,6 +170,29 @@ impl MpiOps {
         Ok(sends.len() < before)
     }
 
+    /// Whether a loop with `sends` pending should poll again at once (yielding the CPU, never
+    /// sleeping): MPI moves a large message only while its sender calls into MPI (see the module
+    /// doc), so a sleep between polls stalls the transfer. True while a send is pending that
+    /// started less than a second plus its length at 50 MB/s ago; a send still pending after that
+    /// (its receiver gone, or not receiving) no longer keeps its sender spinning.
+    pub(super) fn transferring(sends: &[PendingSend]) -> bool {
+        if sends.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        sends.iter().any(|s| !s.completed && now < s.spin_until)
+    }
+
+    /// One wait of a polling loop with `sends` in flight: a yield while they transfer
+    /// ([`Self::transferring`]), else `backoff`'s pause.
+    pub(super) fn pause(sends: &[PendingSend], backoff: &mut Backoff) {
+        if Self::transferring(sends) {
+            std::thread::yield_now();
+        } else {
+            backoff.pause();
+        }
+    }
+
     /// Sends `bytes` and waits (polling, backing off) until the send completes or `limit` passes.
     pub(super) fn send_and_wait(
         &self,
@@ -169,7 +215,7 @@ impl MpiOps {
                     format!("MPI rank {dest} did not take a message within {limit:?}"),
                 ));
             }
-            backoff.pause();
+            Self::pause(&sends, &mut backoff);
         }
     }
 
@@ -208,14 +254,18 @@ impl MpiOps {
                 format!("cannot allocate {len} bytes for an MPI message from rank {source}"),
             )
         })?;
-        buf.resize(start + len, 0);
-        // SAFETY: `buf` has room for `len` bytes from `start`, the length iprobe announced for
-        // this message.
+        // Received into the spare capacity as it is: zeroing it first would cost a pass over
+        // the whole message (and fault its pages in) for bytes MPI overwrites.
+        // SAFETY: `buf` has room (reserved above) for `len` bytes from `start`, the length
+        // iprobe announced for this message; the shim's recv writes only there.
         let code =
             unsafe { (self.recv)(self.context, source, tag, buf.as_mut_ptr().add(start), len) };
         if code != 0 {
             return Err(mpi_error("receive", code));
         }
+        // SAFETY: recv succeeded: the shim checked that the message it received had exactly
+        // `len` bytes (else it fails with MPI_ERR_TRUNCATE), so they are all initialised.
+        unsafe { buf.set_len(start + len) };
         Ok(())
     }
 }

@@ -21,9 +21,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::{
     HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT,
-    TAG_OUTCOME, TAG_STOP, append_trailer, split_trailer,
+    TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message, split_message, take_payload,
 };
-use crate::backend::wire::{decode_batch, encode_outcome};
+use crate::backend::wire::{decode_batch_parts, encode_outcome_meta};
 use crate::backend::{CallLink, ProcessPool};
 use crate::config::{Recycling, StartMethod};
 use crate::error::{Error, ErrorKind, Result, panic_message};
@@ -60,6 +60,7 @@ pub fn serve(ops: MpiOps) -> c_int {
         last_sent: Instant::now(),
         buf: Vec::new(),
         parts: Reassembly::default(),
+        meta: Vec::new(),
     };
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve()));
     let (status, left) = match served {
@@ -80,7 +81,7 @@ pub fn serve(ops: MpiOps) -> c_int {
     // The outcomes of the last batches are on their way; let them leave before the pool goes.
     let mut backoff = Backoff::default();
     while !worker.sends.is_empty() && worker.ops.complete(&mut worker.sends).is_ok() {
-        backoff.pause();
+        MpiOps::pause(&worker.sends, &mut backoff);
     }
     status
 }
@@ -107,6 +108,8 @@ struct WorkerRank {
     buf: Vec<u8>,
     /// Split batches being received.
     parts: Reassembly,
+    /// Scratch for an outcome's encoding but its result bytes, reused.
+    meta: Vec<u8>,
 }
 
 impl WorkerRank {
@@ -124,7 +127,7 @@ impl WorkerRank {
                     .parts
                     .receive(&self.ops, (source, tag, len), &mut buf)?;
                 match whole.unwrap_or(0) {
-                    TAG_BATCH => self.start(&buf)?,
+                    TAG_BATCH => self.start(&mut buf)?,
                     TAG_CANCEL => {
                         let seq = buf
                             .get(..8)
@@ -161,7 +164,7 @@ impl WorkerRank {
                     Ok(outcome) => {
                         let seq = front.seq;
                         self.batches.pop_front();
-                        self.send_outcome(seq, &outcome)?;
+                        self.send_outcome(seq, outcome)?;
                         progressed = true;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -184,6 +187,11 @@ impl WorkerRank {
                 backoff.reset();
                 continue;
             }
+            if MpiOps::transferring(&self.sends) {
+                // An outcome in flight moves only while this thread calls into MPI: no sleep.
+                std::thread::yield_now();
+                continue;
+            }
             let wait = backoff.next();
             match self.batches.front() {
                 // Wake at once for the outcome; look at MPI again after `wait`.
@@ -191,7 +199,7 @@ impl WorkerRank {
                     Ok(outcome) => {
                         let seq = front.seq;
                         self.batches.pop_front();
-                        self.send_outcome(seq, &outcome)?;
+                        self.send_outcome(seq, outcome)?;
                         backoff.reset();
                     }
                     Err(RecvTimeoutError::Timeout) => {}
@@ -204,16 +212,18 @@ impl WorkerRank {
         }
     }
 
-    /// Decodes a batch message and hands the batch to the local pool.
-    fn start(&mut self, message: &[u8]) -> Result<()> {
+    /// Decodes a batch message and hands the batch to the local pool. Large argument bytes
+    /// become the batch's without a copy (`message` is then left empty).
+    fn start(&mut self, message: &mut Vec<u8>) -> Result<()> {
         let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
-        let (body, seq, timeout) = split_trailer(message).ok_or_else(malformed)?;
+        let (args_len, meta_len, seq, timeout) = split_message(message).ok_or_else(malformed)?;
+        let (args, meta) = take_payload(message, args_len, meta_len)?;
         let (reply, outcome) = unbounded();
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
         // SAFETY: with a registry, the batch's callbacks are indices into this process's
         // functions.
-        match unsafe { decode_batch(body, Some(&self.functions)) } {
+        match unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) } {
             Ok(decoded) => {
                 let mut batch = decoded.batch;
                 batch.dispatched_at = Some(Instant::now());
@@ -232,7 +242,7 @@ impl WorkerRank {
             Err(error) => {
                 // The batch's first task index and size lead its encoding.
                 let word = |at: usize| {
-                    body.get(at..at + 8)
+                    meta.get(at..at + 8)
                         .and_then(|b| b.try_into().ok())
                         .map_or(0, u64::from_ne_bytes) as usize
                 };
@@ -262,12 +272,30 @@ impl WorkerRank {
 
     /// Starts sending an outcome to rank 0 (rank 0 keeps receiving while it sends, so this
     /// completes unless rank 0 is gone, and then the MPI runtime ends the job).
-    fn send_outcome(&mut self, seq: u64, outcome: &BatchOutcome) -> Result<()> {
-        let mut message = Vec::new();
-        encode_outcome(outcome, &[], &mut message);
-        append_trailer(&mut message, seq, u64::from(outcome.worker.pid()));
-        self.sends
-            .extend(self.ops.start_send(0, TAG_OUTCOME, message)?);
+    /// Large result bytes become the message without a copy.
+    fn send_outcome(&mut self, seq: u64, mut outcome: BatchOutcome) -> Result<()> {
+        let mut meta = std::mem::take(&mut self.meta);
+        encode_outcome_meta(&outcome, &[], &mut meta);
+        let data = std::mem::take(&mut outcome.data);
+        let mut message = if data.len() >= TAKE_ABOVE {
+            data.into_vec()
+        } else {
+            // Room for the whole message at once (finish_message then does not reallocate).
+            let len = data.len() + meta.len() + 24;
+            let mut message = Vec::new();
+            message.try_reserve_exact(len).map_err(|_| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot allocate {len} bytes for an outcome's message"),
+                )
+            })?;
+            message.extend_from_slice(&data);
+            message
+        };
+        let sent = finish_message(&mut message, &meta, seq, u64::from(outcome.worker.pid()))
+            .and_then(|()| self.ops.start_send(0, TAG_OUTCOME, message));
+        self.meta = meta;
+        self.sends.extend(sent?);
         self.last_sent = Instant::now();
         Ok(())
     }

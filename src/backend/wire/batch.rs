@@ -74,6 +74,7 @@ impl RunFlags {
 ///
 /// The frame is as large as the batch's arguments: when it cannot be allocated, this is an
 /// [`io::ErrorKind::OutOfMemory`] error (never an abort).
+#[cfg(test)]
 pub fn encode_batch(
     batch: &Batch,
     flags: RunFlags,
@@ -188,6 +189,7 @@ pub struct DecodedBatch {
 /// # Safety
 /// Without `functions`, `buf` must come from `encode_batch` in this process or the process this
 /// one was forked from, so that its callback addresses are valid here.
+#[cfg(test)]
 pub unsafe fn decode_batch(buf: &[u8], functions: Option<&[TaskFn]>) -> io::Result<DecodedBatch> {
     let mut r = Reader { buf, what: "batch" };
     // SAFETY: forwarded from this function's contract.

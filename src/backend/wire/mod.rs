@@ -5,8 +5,10 @@
 //! words per task) and a `bulk` part (a batch's argument bytes, an outcome's result bytes).
 //! Integers are native-endian (both sides are the same binary on the same machine). The encodings
 //! live in [`batch`] and [`outcome`], the socket reads and writes in [`socket`]; this module holds
-//! what they share. The MPI backend sends the same encodings as one message each
-//! ([`encode_batch`], [`encode_outcome`]: the meta part followed by the bulk bytes).
+//! what they share. The MPI backend sends the same two parts as one message each, the bulk bytes
+//! first (see `backend::mpi`: the bulk part of a large outcome becomes the message, and a large
+//! received message becomes the bulk part, neither copied); [`encode_batch`] and
+//! [`encode_outcome`] (the meta part followed by the bulk bytes) remain for this module's tests.
 //!
 //! Copies of one argument byte below max_nbytes (processes backend), submit to task:
 //! - before: (1) `pj_parallel_submit` copies it into the batch's argument buffer (reused across
@@ -44,11 +46,12 @@ mod batch;
 mod outcome;
 mod socket;
 
-pub use batch::{
-    DecodedBatch, RunFlags, batch_span, decode_batch, decode_batch_parts, encode_batch,
-    encode_batch_meta,
-};
-pub use outcome::{decode_outcome, decode_outcome_parts, encode_outcome, encode_outcome_meta};
+pub use batch::{DecodedBatch, RunFlags, batch_span, decode_batch_parts, encode_batch_meta};
+#[cfg(test)]
+pub use batch::{decode_batch, encode_batch};
+#[cfg(test)]
+pub use outcome::{decode_outcome, encode_outcome};
+pub use outcome::{decode_outcome_parts, encode_outcome_meta};
 #[cfg(feature = "failpoints")]
 pub use socket::send_truncated;
 pub use socket::{

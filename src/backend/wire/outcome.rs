@@ -4,13 +4,16 @@
 use std::io;
 use std::time::Duration;
 
-use super::{Reader, malformed, out_of_memory, put};
+#[cfg(test)]
+use super::out_of_memory;
+use super::{Reader, malformed, put};
 use crate::task::{Arena, BatchOutcome, Death, TaskFailure, WorkerId};
 
 /// Encodes `outcome` into `out` (cleared first), its result bytes last: [`encode_outcome_meta`]
 /// followed by the bytes (one buffer, for transports that send one message). `files` lists the
 /// results that travel as descriptors with the frame, as (task index, length), in the order of
 /// the descriptors.
+#[cfg(test)]
 pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
     encode_outcome_meta(outcome, files, out);
     out.reserve(outcome.data.len());
@@ -186,6 +189,7 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
 /// Decodes an outcome encoded by [`encode_outcome`] (its result bytes are copied out of `buf`),
 /// run by `worker` (which the receiving side knows); `seconds` is the parent's to fill. Also
 /// returns the (task index, length) of the results that came as descriptors.
+#[cfg(test)]
 pub fn decode_outcome(
     buf: &[u8],
     worker: WorkerId,
