@@ -716,9 +716,7 @@ public:
 
     /// Workers: positive, or negative for "all CPUs but |n|-1" (-1: every CPU). 0 is invalid.
     Options& n_jobs(std::int64_t n) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_n_jobs(raw(), n, err.out()), err);
-        return *this;
+        return apply(pj_config_set_n_jobs, n);
     }
     Options&& n_jobs(std::int64_t n) && { return std::move(n_jobs(n)); }
 
@@ -726,9 +724,7 @@ public:
     /// "mpi" (after pj_mpi_main, pj_mpi.h) runs only functions registered with
     /// pj::register_function, through map<F>: lambdas are refused with pj::InvalidArgument.
     Options& backend(const std::string& name) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_backend(raw(), name.c_str(), err.out()), err);
-        return *this;
+        return apply(pj_config_set_backend, name.c_str());
     }
     Options&& backend(const std::string& name) && { return std::move(backend(name)); }
 
@@ -742,16 +738,13 @@ public:
 
     /// joblib's verbosity (0 silent; progress lines on stderr below 50, on stdout from 50).
     Options& verbose(std::int64_t level) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_verbose(raw(), level, err.out()), err);
-        return *this;
+        return apply(pj_config_set_verbose, level);
     }
     Options&& verbose(std::int64_t level) && { return std::move(verbose(level)); }
 
     /// A per-task time limit in seconds (> 0; INFINITY means none). A late task throws TimeoutError.
     Options& timeout(double seconds) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_timeout(raw(), seconds, err.out()), err);
+        apply(pj_config_set_timeout, seconds);
         settings_.timeout = seconds != std::numeric_limits<double>::infinity();
         return *this;
     }
@@ -779,9 +772,7 @@ public:
 
     /// A fixed number of tasks per batch (>= 1).
     Options& batch_size(std::size_t tasks) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_batch_size(raw(), tasks, err.out()), err);
-        return *this;
+        return apply(pj_config_set_batch_size, tasks);
     }
     Options&& batch_size(std::size_t tasks) && { return std::move(batch_size(tasks)); }
     /// "auto" (joblib's heuristic, the default) or a number as text.
@@ -802,9 +793,7 @@ public:
     /// Stack bytes of the threads that run tasks (worker threads, forked workers' task thread);
     /// default: the caller's RLIMIT_STACK (8 MiB when unlimited); 64 KiB to 1 GiB.
     Options& stack_size(std::size_t bytes) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_stack_size(raw(), bytes, err.out()), err);
-        return *this;
+        return apply(pj_config_set_stack_size, bytes);
     }
     Options&& stack_size(std::size_t bytes) && { return std::move(stack_size(bytes)); }
     /// Stack size as text: "8M", a number of bytes, or "none" (the default).
@@ -815,9 +804,7 @@ public:
     /// (>= 1; a task is a chunk of map's elements). Unset: never. Threads and sequential ignore it;
     /// see pj_config_set_max_tasks_per_child.
     Options& max_tasks_per_child(std::uint64_t tasks) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_max_tasks_per_child(raw(), tasks, err.out()), err);
-        return *this;
+        return apply(pj_config_set_max_tasks_per_child, tasks);
     }
     Options&& max_tasks_per_child(std::uint64_t tasks) && { return std::move(max_tasks_per_child(tasks)); }
     /// max_tasks_per_child as text: a number, or "none" (never, the default).
@@ -830,9 +817,7 @@ public:
     /// a batch is replaced, silently, before the next one (loky's memory-leak protection). Unset:
     /// no limit. See pj_config_set_worker_memory_limit.
     Options& worker_memory_limit(std::uint64_t bytes) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_worker_memory_limit(raw(), bytes, err.out()), err);
-        return *this;
+        return apply(pj_config_set_worker_memory_limit, bytes);
     }
     Options&& worker_memory_limit(std::uint64_t bytes) && { return std::move(worker_memory_limit(bytes)); }
     /// worker_memory_limit as text: "512M", a number of bytes, or "none" (the default).
@@ -844,9 +829,7 @@ public:
     /// Process workers only: a worker process idle this many seconds exits (> 0; INFINITY: never;
     /// default 300, as loky); the next call starts new ones. See pj_config_set_idle_worker_timeout.
     Options& idle_worker_timeout(double seconds) & {
-        detail::ErrorSlot err;
-        detail::check(pj_config_set_idle_worker_timeout(raw(), seconds, err.out()), err);
-        return *this;
+        return apply(pj_config_set_idle_worker_timeout, seconds);
     }
     Options&& idle_worker_timeout(double seconds) && { return std::move(idle_worker_timeout(seconds)); }
     /// The idle timeout as a duration, e.g. idle_worker_timeout(std::chrono::seconds(10)).
@@ -1005,6 +988,14 @@ private:
             throw Error(PJ_STATUS_NULL_ARGUMENT, "pj::Options: used after being moved from");
         }
         return handle_.capi();
+    }
+
+    // One typed pj_config_set_* call on this config; its error is thrown.
+    template <typename Setter, typename Value>
+    Options& apply(Setter setter, Value value) {
+        detail::ErrorSlot err;
+        detail::check(setter(raw(), value, err.out()), err);
+        return *this;
     }
 
     Handle<pj_config_t, pj_config_free> handle_;
