@@ -563,3 +563,81 @@ fn no_ending_leaves_a_file_behind() {
         entries(&folder)
     );
 }
+
+/// Task: like `big_result`, but with a non-NULL `userdata` (a NUL-terminated folder path) task 1
+/// of the call (its argument's length is odd: `BIG + 1`) first removes that folder, so that its
+/// result (above max_nbytes) cannot be written to a file there.
+unsafe extern "C" fn big_result_after_removing(
+    userdata: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: 8-byte arguments; userdata is a live C string in the forked worker's copy.
+    unsafe {
+        let n = arg_u64(arg, len) as usize;
+        if n % 2 == 1 {
+            let folder = std::ffi::CStr::from_ptr(userdata as *const std::ffi::c_char);
+            std::fs::remove_dir(folder.to_str().unwrap()).unwrap();
+        }
+        big_result(std::ptr::null_mut(), arg, len, out)
+    }
+}
+
+#[test]
+fn a_result_that_cannot_go_through_a_file_fails_its_own_task_only() {
+    // One batch of four tasks: 10 bytes, BIG + 1 (whose task removes the temp folder first, so
+    // that its result file cannot be created), 10, 10. The failure is that task's, not its
+    // batch's first task's; with on_error=collect the other three come back.
+    let sizes = [10usize, BIG + 1, 12, 14];
+    for on_error in ["raise", "collect"] {
+        let folder = fresh_folder(&format!("unreturnable-{on_error}"));
+        let path = std::ffi::CString::new(folder.to_str().unwrap()).unwrap();
+        let par = executor(&folder, &[("batch_size", "4"), ("on_error", on_error)]);
+        for &n in &sizes {
+            par.submit(
+                Some(big_result_after_removing),
+                path.as_ptr() as *mut c_void,
+                &(n as u64).to_ne_bytes(),
+            )
+            .unwrap();
+        }
+        let mut res = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        let status = pj_parallel_collect(par.0, &mut res, &mut err);
+        if on_error == "raise" {
+            let err = take_error(status, err);
+            assert_eq!(err.status, pj_status::Io, "{}", err.message);
+            assert_eq!(err.task_index, 1, "{}", err.message);
+            assert!(
+                err.message
+                    .contains("cannot return a result through a file"),
+                "{}",
+                err.message
+            );
+            continue;
+        }
+        check(status, err).unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            if i == 1 {
+                assert_eq!(pj_results_status(res, 1), pj_status::Io);
+                let error = pj_results_error(res, 1);
+                assert!(!error.is_null());
+                // SAFETY: a live error lent by res.
+                let message = unsafe { std::ffi::CStr::from_ptr(pj_error_message(error)) };
+                let message = message.to_string_lossy();
+                assert!(
+                    message.contains("task 1") && message.contains("through a file"),
+                    "{message}"
+                );
+                continue;
+            }
+            let (mut data, mut len) = (std::ptr::null(), 0usize);
+            assert_eq!(pj_results_get(res, i, &mut data, &mut len), pj_status::Ok);
+            // SAFETY: a live view into res.
+            let bytes = unsafe { std::slice::from_raw_parts(data, len) };
+            assert!(bytes == expected_result(n).as_slice(), "result {i}");
+        }
+        pj_results_free(res);
+    }
+}

@@ -219,17 +219,14 @@ pub(in crate::backend) fn serve(
             let mut files = Vec::new();
             if flags.results_above != u64::MAX {
                 let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
-                match spill_results(&mut outcome, flags.results_above, folder, MAX_FDS_PER_FRAME) {
-                    Ok(spilled) => files = spilled,
-                    Err(error) => {
-                        outcome.failure = Some((
-                            outcome.first,
-                            TaskFailure::Io(format!(
-                                "cannot return a result through a file: {error}"
-                            )),
-                        ));
-                    }
-                }
+                let collect = flags.settings.collect;
+                files = spill_results(
+                    &mut outcome,
+                    flags.results_above,
+                    folder,
+                    MAX_FDS_PER_FRAME,
+                    collect,
+                );
             }
             let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
             let attached: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.fd.as_fd()).collect();
