@@ -67,3 +67,78 @@ fn an_idle_kept_worker_killed_from_outside_is_replaced_without_blaming_a_task() 
         }
     }
 }
+
+/// Two kept workers, stopped (SIGSTOP: a debugger, a job-control signal sent to their pids)
+/// between calls; then a call that sends each a batch far larger than a socket's buffer, which a
+/// stopped worker never reads. With `cancel`, the call is cancelled after a second from another
+/// thread. Returns the call's error and how long it took; the stopped workers are continued
+/// afterwards (those pj did not kill), and the next call must run on new workers.
+fn call_to_stopped_workers(timeout: &str, cancel: bool) -> (CError, std::time::Duration) {
+    let par = parallel(&[
+        ("backend", "processes"),
+        ("n_jobs", "2"),
+        ("keep_workers", "true"),
+        ("timeout", timeout),
+        ("max_nbytes", "none"),
+        ("batch_size", "1"),
+    ])
+    .unwrap();
+    let first: Vec<u64> = call(&par, 4).unwrap().iter().map(|&(_, pid)| pid).collect();
+    let mut stopped: Vec<i32> = first.iter().map(|&p| p as i32).collect();
+    stopped.sort_unstable();
+    stopped.dedup();
+    for &pid in &stopped {
+        // SAFETY: signalling our own worker processes.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    }
+    let big = vec![7u8; 16 << 20];
+    let par = std::sync::Arc::new(par);
+    let (done, result) = std::sync::mpsc::channel();
+    let caller = std::sync::Arc::clone(&par);
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || {
+        let outcome = (|| {
+            for _ in 0..2 {
+                caller.submit(Some(pid_task), std::ptr::null_mut(), &big)?;
+            }
+            caller.collect()
+        })();
+        let _ = done.send(outcome);
+    });
+    if cancel {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        assert_eq!(pj_parallel_cancel(par.0), pj_status::Ok);
+    }
+    let outcome = result.recv_timeout(std::time::Duration::from_secs(60));
+    let took = started.elapsed();
+    for &pid in &stopped {
+        // SAFETY: as above; the workers may be gone already.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    let error = outcome
+        .expect("the call blocked in sending to a stopped worker")
+        .unwrap_err();
+    let again = call(&par, 4).unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|&(status, pid)| status == pj_status::Ok && !stopped.contains(&(pid as i32)))
+    );
+    (error, took)
+}
+
+#[test]
+fn a_kept_worker_stopped_while_idle_cannot_block_the_next_call_past_its_timeout() {
+    // The worker is stuck outside any task: bound by the timeout, not waited for in the send.
+    let (error, took) = call_to_stopped_workers("2", false);
+    assert_eq!(error.status, pj_status::Timeout, "{}", error.message);
+    assert!(error.message.contains("stuck"), "{}", error.message);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+#[test]
+fn a_call_blocked_sending_to_a_stopped_worker_can_be_cancelled() {
+    let (error, took) = call_to_stopped_workers("none", true);
+    assert_eq!(error.status, pj_status::Cancelled, "{}", error.message);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}

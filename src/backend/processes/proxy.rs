@@ -53,7 +53,7 @@ use crate::backend::CallLink;
 use crate::backend::spill::map_results;
 use crate::backend::wire::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_outcome_parts, encode_batch_meta, recv_parts,
-    send_parts,
+    send_parts_watched,
 };
 use crate::config::Recycling;
 use crate::failpoint::{self, Stage};
@@ -428,7 +428,7 @@ impl Proxy {
                         self.kill_worker_for(failure),
                     )));
                 }
-                None => send_parts(fd, &self.meta, args, &attached_fds),
+                None => send_parts_watched(fd, &self.meta, args, &attached_fds, period, &alive),
             }
             .and_then(|()| {
                 let received = recv_parts(

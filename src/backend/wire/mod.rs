@@ -56,6 +56,7 @@ pub use outcome::{decode_outcome_parts, encode_outcome_meta};
 pub use socket::send_truncated;
 pub use socket::{
     LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, recv_frame, recv_parts, send_frame, send_parts,
+    send_parts_watched,
 };
 
 use std::io;

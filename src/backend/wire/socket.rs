@@ -46,6 +46,33 @@ pub fn send_parts(
     bulk: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    write_parts(fd, meta, bulk, fds, None)
+}
+
+/// [`send_parts`] for a peer that may stop reading (a worker stopped, or stuck before it reads
+/// its batch): while the socket has no room, `alive` is asked every `period_ms` milliseconds, as
+/// [`recv_parts`] does while no data comes; when it says no, the write fails with `BrokenPipe`
+/// (the peer may have read part of the frame: the stream cannot be used any more).
+pub fn send_parts_watched(
+    fd: BorrowedFd<'_>,
+    meta: &[u8],
+    bulk: &[u8],
+    fds: &[BorrowedFd<'_>],
+    period_ms: i32,
+    alive: &dyn Fn() -> bool,
+) -> io::Result<()> {
+    write_parts(fd, meta, bulk, fds, Some(&Watch { period_ms, alive }))
+}
+
+/// [`send_parts`], blocking in the kernel (`watch` None) or waiting in poll while the socket is
+/// full, checking `watch` every period.
+fn write_parts(
+    fd: BorrowedFd<'_>,
+    meta: &[u8],
+    bulk: &[u8],
+    fds: &[BorrowedFd<'_>],
+    watch: Option<&Watch<'_>>,
+) -> io::Result<()> {
     if fds.len() > MAX_FDS_PER_FRAME {
         return Err(too_many_fds());
     }
@@ -55,17 +82,29 @@ pub fn send_parts(
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(too_many_fds());
     }
+    let flags = match watch {
+        Some(_) => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        None => SendFlags::NOSIGNAL,
+    };
     let mut first = true;
     write_all_vectored([&header[..], meta, bulk], |slices| {
-        let sent = if first {
-            retry_on_intr(|| sendmsg(fd, slices, &mut control, SendFlags::NOSIGNAL))?
-        } else {
-            let mut none = SendAncillaryBuffer::default();
-            retry_on_intr(|| sendmsg(fd, slices, &mut none, SendFlags::NOSIGNAL))?
-        };
-        // The descriptors went with the first bytes.
-        first = false;
-        Ok(sent)
+        loop {
+            let sent = if first {
+                retry_on_intr(|| sendmsg(fd, slices, &mut control, flags))
+            } else {
+                let mut none = SendAncillaryBuffer::default();
+                retry_on_intr(|| sendmsg(fd, slices, &mut none, flags))
+            };
+            match (sent, watch) {
+                (Ok(sent), _) => {
+                    // The descriptors went with the first bytes.
+                    first = false;
+                    return Ok(sent);
+                }
+                (Err(rustix::io::Errno::AGAIN), Some(watch)) => wait_writable(fd, watch)?,
+                (Err(error), _) => return Err(error.into()),
+            }
+        }
     })
 }
 
@@ -310,24 +349,39 @@ fn wait_readable(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
 
 /// Waits in poll, checking `watch` every period.
 fn wait_readable_sleeping(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
+    wait_polling(fd, PollFlags::IN, watch, "the worker is gone")
+}
+
+/// Waits in poll until `fd` has room for more bytes (or failed: the write reports how), checking
+/// `watch` every period.
+fn wait_writable(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
+    wait_polling(fd, PollFlags::OUT, watch, "the worker stopped reading")
+}
+
+/// Waits in poll until `fd` is ready for `events`; every `watch.period_ms` without it, asks
+/// `watch.alive`, and fails with `BrokenPipe` (saying `gone`) when it says no.
+fn wait_polling(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    watch: &Watch<'_>,
+    gone: &str,
+) -> io::Result<()> {
     let period_ms = watch.period_ms.max(1);
     let period = Timespec {
         tv_sec: i64::from(period_ms / 1000),
         tv_nsec: i64::from(period_ms % 1000) * 1_000_000,
     };
     loop {
-        match poll_readable(fd, &period) {
+        let mut poll_fd = [PollFd::from_borrowed_fd(fd, events)];
+        match poll(&mut poll_fd, Some(&period)) {
             Ok(0) => {
                 if !(watch.alive)() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the worker is gone",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, gone));
                 }
             }
             Ok(_) => return Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
         }
     }
 }
