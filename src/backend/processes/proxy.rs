@@ -12,7 +12,11 @@
 //! Timeouts. With a timeout, the worker stamps each task's start (CLOCK_MONOTONIC, shared by every
 //! process) in the shared page; the proxy, waiting for the outcome, checks the stamp every tenth
 //! of the limit (at most 100 ms apart). An overdue task's worker gets SIGTERM, then SIGKILL after a
-//! short grace, and is reaped; the next batch forks a fresh one.
+//! short grace, and is reaped; the next batch forks a fresh one. A worker outside any task
+//! (receiving its batch, mapping its arguments, returning its outcome) is held to the same limit
+//! (`TaskFailure::Stalled`), including while the proxy sends it a batch it does not read (a
+//! stopped worker): the worker's socket has a send timeout, so a send that makes no progress
+//! returns to check, as the wait for the outcome does.
 //!
 //! on_error=collect. When a worker dies or times out, the proxy runs the batch again in a fresh
 //! worker without the task that killed it (recorded as that task's failure). The tasks the dead
@@ -52,8 +56,8 @@ use super::start::{Start, Worker, spawn_worker};
 use crate::backend::CallLink;
 use crate::backend::spill::map_results;
 use crate::backend::wire::{
-    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, decode_outcome_parts, encode_batch_meta, recv_parts,
-    send_parts_watched,
+    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, bound_sends, decode_outcome_parts, encode_batch_meta,
+    recv_parts, send_parts_watched,
 };
 use crate::config::Recycling;
 use crate::failpoint::{self, Stage};
@@ -292,12 +296,22 @@ impl Proxy {
     fn exchange(&mut self, batch: &Batch, link: &CallLink) -> Result<BatchOutcome, Option<Lost>> {
         self.reap_if_dead();
         if self.worker.is_none() {
-            let worker = spawn_worker(self.slot, self.level, &self.start).map_err(|e| {
-                Some(Lost::fatal(
-                    batch.first,
-                    TaskFailure::Io(format!("cannot start a worker process: {e}")),
-                ))
-            })?;
+            // A batch's send waits for a worker that stops reading no longer than a call's
+            // checks allow (see `send_parts_watched`).
+            let worker = spawn_worker(self.slot, self.level, &self.start)
+                .and_then(|worker| match bound_sends(worker.socket.as_fd()) {
+                    Ok(()) => Ok(worker),
+                    Err(error) => {
+                        worker.child.kill_and_reap();
+                        Err(error)
+                    }
+                })
+                .map_err(|e| {
+                    Some(Lost::fatal(
+                        batch.first,
+                        TaskFailure::Io(format!("cannot start a worker process: {e}")),
+                    ))
+                })?;
             self.statm = self
                 .recycling
                 .worker_memory_limit
@@ -428,7 +442,7 @@ impl Proxy {
                         self.kill_worker_for(failure),
                     )));
                 }
-                None => send_parts_watched(fd, &self.meta, args, &attached_fds, period, &alive),
+                None => send_parts_watched(fd, &self.meta, args, &attached_fds, &alive),
             }
             .and_then(|()| {
                 let received = recv_parts(

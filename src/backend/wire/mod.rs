@@ -55,8 +55,8 @@ pub use outcome::{decode_outcome_parts, encode_outcome_meta};
 #[cfg(feature = "failpoints")]
 pub use socket::send_truncated;
 pub use socket::{
-    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, recv_frame, recv_parts, send_frame, send_parts,
-    send_parts_watched,
+    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, bound_sends, recv_frame, recv_parts, send_frame,
+    send_parts, send_parts_watched,
 };
 
 use std::io;

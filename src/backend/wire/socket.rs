@@ -50,28 +50,37 @@ pub fn send_parts(
 }
 
 /// [`send_parts`] for a peer that may stop reading (a worker stopped, or stuck before it reads
-/// its batch): while the socket has no room, `alive` is asked every `period_ms` milliseconds, as
-/// [`recv_parts`] does while no data comes; when it says no, the write fails with `BrokenPipe`
-/// (the peer may have read part of the frame: the stream cannot be used any more).
+/// its batch). `fd` must have a send timeout (`SO_SNDTIMEO`, [`bound_sends`]): each time a write
+/// makes no progress for that long, `alive` is asked, as [`recv_parts`] does while no data comes;
+/// when it says no, the write fails with `BrokenPipe` (the peer may have read part of the frame:
+/// the stream cannot be used any more). The writes block in the kernel as [`send_parts`]'s do
+/// (waking as soon as the peer makes room), so a peer that reads costs nothing more.
 pub fn send_parts_watched(
     fd: BorrowedFd<'_>,
     meta: &[u8],
     bulk: &[u8],
     fds: &[BorrowedFd<'_>],
-    period_ms: i32,
     alive: &dyn Fn() -> bool,
 ) -> io::Result<()> {
-    write_parts(fd, meta, bulk, fds, Some(&Watch { period_ms, alive }))
+    write_parts(fd, meta, bulk, fds, Some(alive))
 }
 
-/// [`send_parts`], blocking in the kernel (`watch` None) or waiting in poll while the socket is
-/// full, checking `watch` every period.
+/// Gives `fd` the send timeout [`send_parts_watched`] needs: a write that makes no progress for
+/// [`LIVENESS_PERIOD_MS`] returns, so that the writer can check on its peer.
+pub fn bound_sends(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let period = std::time::Duration::from_millis(LIVENESS_PERIOD_MS as u64);
+    rustix::net::sockopt::set_socket_timeout(fd, rustix::net::sockopt::Timeout::Send, Some(period))
+        .map_err(io::Error::from)
+}
+
+/// [`send_parts`]; with `alive`, a write that times out (see [`send_parts_watched`]) asks it
+/// whether to go on.
 fn write_parts(
     fd: BorrowedFd<'_>,
     meta: &[u8],
     bulk: &[u8],
     fds: &[BorrowedFd<'_>],
-    watch: Option<&Watch<'_>>,
+    alive: Option<&dyn Fn() -> bool>,
 ) -> io::Result<()> {
     if fds.len() > MAX_FDS_PER_FRAME {
         return Err(too_many_fds());
@@ -82,26 +91,30 @@ fn write_parts(
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(too_many_fds());
     }
-    let flags = match watch {
-        Some(_) => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-        None => SendFlags::NOSIGNAL,
-    };
     let mut first = true;
     write_all_vectored([&header[..], meta, bulk], |slices| {
         loop {
             let sent = if first {
-                retry_on_intr(|| sendmsg(fd, slices, &mut control, flags))
+                retry_on_intr(|| sendmsg(fd, slices, &mut control, SendFlags::NOSIGNAL))
             } else {
                 let mut none = SendAncillaryBuffer::default();
-                retry_on_intr(|| sendmsg(fd, slices, &mut none, flags))
+                retry_on_intr(|| sendmsg(fd, slices, &mut none, SendFlags::NOSIGNAL))
             };
-            match (sent, watch) {
+            match (sent, alive) {
                 (Ok(sent), _) => {
                     // The descriptors went with the first bytes.
                     first = false;
                     return Ok(sent);
                 }
-                (Err(rustix::io::Errno::AGAIN), Some(watch)) => wait_writable(fd, watch)?,
+                // The send timeout passed without progress: the peer is not reading.
+                (Err(rustix::io::Errno::AGAIN), Some(alive)) => {
+                    if !alive() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "the worker stopped reading",
+                        ));
+                    }
+                }
                 (Err(error), _) => return Err(error.into()),
             }
         }
@@ -349,39 +362,24 @@ fn wait_readable(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
 
 /// Waits in poll, checking `watch` every period.
 fn wait_readable_sleeping(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
-    wait_polling(fd, PollFlags::IN, watch, "the worker is gone")
-}
-
-/// Waits in poll until `fd` has room for more bytes (or failed: the write reports how), checking
-/// `watch` every period.
-fn wait_writable(fd: BorrowedFd<'_>, watch: &Watch<'_>) -> io::Result<()> {
-    wait_polling(fd, PollFlags::OUT, watch, "the worker stopped reading")
-}
-
-/// Waits in poll until `fd` is ready for `events`; every `watch.period_ms` without it, asks
-/// `watch.alive`, and fails with `BrokenPipe` (saying `gone`) when it says no.
-fn wait_polling(
-    fd: BorrowedFd<'_>,
-    events: PollFlags,
-    watch: &Watch<'_>,
-    gone: &str,
-) -> io::Result<()> {
     let period_ms = watch.period_ms.max(1);
     let period = Timespec {
         tv_sec: i64::from(period_ms / 1000),
         tv_nsec: i64::from(period_ms % 1000) * 1_000_000,
     };
     loop {
-        let mut poll_fd = [PollFd::from_borrowed_fd(fd, events)];
-        match poll(&mut poll_fd, Some(&period)) {
+        match poll_readable(fd, &period) {
             Ok(0) => {
                 if !(watch.alive)() {
-                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, gone));
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the worker is gone",
+                    ));
                 }
             }
             Ok(_) => return Ok(()),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(error) => return Err(error.into()),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
     }
 }
