@@ -223,6 +223,7 @@ fn main() {
     plain_pointers_must_be_registered_and_without_userdata();
     errors_crashes_and_timeouts_are_reported_as_with_fork();
     cancel_kills_the_running_workers();
+    a_call_cancelled_while_the_server_is_stopped_ends_at_once();
     a_crashed_workers_grandchild_is_gone();
     kept_workers_are_reused_and_freed_workers_are_gone();
     a_killed_server_is_replaced();
@@ -461,6 +462,40 @@ fn cancel_kills_the_running_workers() {
     for pid in workers {
         assert!(!exists(pid), "worker {pid} outlived the cancelled call");
     }
+}
+
+/// A call cancelled while the server cannot answer (stopped: a debugger, a job-control signal)
+/// ends at once, not when the 30 s answer limit is over, and the server is kept: once it runs
+/// again, the answer it owes is read and the worker it started is killed, and the next call is
+/// served by the same server, with no stray worker.
+fn a_call_cancelled_while_the_server_is_stopped_ends_at_once() {
+    let server = the_server();
+    // SAFETY: our own child.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGSTOP) }, 0);
+    let par = forkserver(&[]);
+    let start = Instant::now();
+    submit_named(&par, "square", &3u64.to_ne_bytes()).unwrap();
+    let raw = par.0 as usize;
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(pj_parallel_cancel(raw as *mut pj_parallel_t), pj_status::Ok);
+    });
+    let err = par.collect().unwrap_err();
+    canceller.join().unwrap();
+    let waited = start.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGCONT) }, 0);
+    assert_eq!(err.status, pj_status::Cancelled, "{}", err.message);
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    for i in 0..4u64 {
+        submit_named(&par, "square", &i.to_ne_bytes()).unwrap();
+    }
+    let results = par.collect().unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(words(&results[3])[0], 9);
+    assert_eq!(the_server(), server, "the server was kept");
+    drop(par);
+    let server = server.to_string();
+    eventually("no worker is left", || children_of(&server).is_empty());
 }
 
 fn kept_workers_are_reused_and_freed_workers_are_gone() {

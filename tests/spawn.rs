@@ -190,6 +190,7 @@ fn main() {
     a_program_that_forgets_the_worker_entry_is_reported();
     a_worker_that_starts_slowly_still_works();
     worker_variables_that_name_no_descriptor_or_pid_make_the_copy_leave();
+    a_call_cancelled_while_its_workers_start_ends_at_once();
     // 30 s of waiting: runs beside the scenarios below.
     let hung = a_worker_that_never_answers_is_given_up_at_the_limit();
 
@@ -317,6 +318,30 @@ fn a_worker_that_starts_slowly_still_works() {
     unsafe { std::env::remove_var("PJ_TEST_SLOW_START") };
     let results = results.unwrap_or_else(|e| panic!("{}", e.message));
     assert_eq!(words(&results[3])[0], 9);
+}
+
+/// A call cancelled while its workers start (copies stuck before the entry point) ends at once,
+/// not when the 30 s start-up limit is over; the copies are killed.
+fn a_call_cancelled_while_its_workers_start_ends_at_once() {
+    // SAFETY: no other pj thread runs yet; the variable is read when the pool starts (first submit).
+    unsafe { std::env::set_var("PJ_TEST_HANG", "1") };
+    let par = spawn_executor(&[]);
+    let before = children().len();
+    let start = Instant::now();
+    submit_named(&par, "square", &1u64.to_ne_bytes()).unwrap();
+    // SAFETY: the pool captured its environment at the submit; its proxies never read it.
+    unsafe { std::env::remove_var("PJ_TEST_HANG") };
+    let raw = par.0 as usize;
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(pj_parallel_cancel(raw as *mut pj_parallel_t), pj_status::Ok);
+    });
+    let err = par.collect().unwrap_err();
+    canceller.join().unwrap();
+    let waited = start.elapsed();
+    assert_eq!(err.status, pj_status::Cancelled, "{}", err.message);
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    assert_eq!(children().len(), before, "the stuck copies are gone");
 }
 
 /// A copy that never answers (alive, stuck before the entry point) fails the call once the

@@ -63,6 +63,10 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(30);
 struct Server {
     pid: Pid,
     control: OwnedFd,
+    /// Answers the server still owes to requests whose caller stopped waiting (its call was
+    /// cancelled or failed meanwhile): read, and their workers killed, before the next request,
+    /// so that the stream stays in step without killing the server and every worker it serves.
+    owed: std::cell::Cell<usize>,
 }
 
 /// The thread that forks servers, and the process it lives in.
@@ -166,7 +170,11 @@ fn start(state: &mut State, me: Pid) -> io::Result<Server> {
                 .map_err(|_| io::Error::other("the fork server's thread is gone"))?
         });
     match forked {
-        Ok(pid) => Ok(Server { pid, control }),
+        Ok(pid) => Ok(Server {
+            pid,
+            control,
+            owed: std::cell::Cell::new(0),
+        }),
         Err(error) => {
             fds::forget(control.as_raw_fd());
             Err(error)
@@ -206,13 +214,14 @@ pub(super) fn fork_worker(
     page: BorrowedFd<'_>,
     slot: usize,
     level: usize,
+    give_up: &dyn Fn() -> bool,
 ) -> io::Result<Started> {
-    match request(server(held)?, socket, page, slot, level) {
+    match request(server(held)?, socket, page, slot, level, give_up) {
         Err(Failure::Broken(_)) => {
             // The server died, or its stream is out of step (it did not answer in time): it is
             // replaced (its workers die with it) and asked once more.
             discard_server(state(held));
-            request(server(held)?, socket, page, slot, level).map_err(Failure::into_error)
+            request(server(held)?, socket, page, slot, level, give_up).map_err(Failure::into_error)
         }
         answer => answer.map_err(Failure::into_error),
     }
@@ -224,12 +233,15 @@ enum Failure {
     Refused(io::Error),
     /// No answer: the server is dead or out of step.
     Broken(io::Error),
+    /// The caller gave up waiting (`give_up`); the server owes the answer (the stream stays
+    /// usable: [`Server::owed`]).
+    Abandoned(io::Error),
 }
 
 impl Failure {
     fn into_error(self) -> io::Error {
         match self {
-            Failure::Refused(error) | Failure::Broken(error) => error,
+            Failure::Refused(error) | Failure::Broken(error) | Failure::Abandoned(error) => error,
         }
     }
 }
@@ -253,14 +265,50 @@ fn request(
     page: BorrowedFd<'_>,
     slot: usize,
     level: usize,
+    give_up: &dyn Fn() -> bool,
 ) -> Result<Started, Failure> {
+    settle_owed(server)?;
     let mut frame = [0u8; 16];
     frame[..8].copy_from_slice(&(slot as u64).to_ne_bytes());
     frame[8..].copy_from_slice(&(level as u64).to_ne_bytes());
     let control = server.control.as_fd();
     send_parts(control, &frame, &[], &[socket, page]).map_err(Failure::Broken)?;
+    let answered = answer(server, give_up);
+    if matches!(answered, Err(Failure::Broken(_))) && give_up() {
+        server.owed.set(server.owed.get() + 1);
+        return Err(Failure::Abandoned(gave_up()));
+    }
+    answered
+}
+
+/// The error of a worker start the caller gave up (its call ended meanwhile).
+pub(super) fn gave_up() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Interrupted,
+        "the call ended while its worker started",
+    )
+}
+
+/// Reads the answers owed to abandoned requests (see [`Server::owed`]) and kills the workers
+/// they started.
+fn settle_owed(server: &Server) -> Result<(), Failure> {
+    while server.owed.get() > 0 {
+        match answer(server, &|| false) {
+            Ok(started) => started.child.kill_and_reap(),
+            Err(Failure::Refused(_)) => {}
+            Err(broken) => return Err(broken),
+        }
+        server.owed.set(server.owed.get() - 1);
+    }
+    Ok(())
+}
+
+/// Reads the server's answer to a request, for at most [`ANSWER_LIMIT`] and while `give_up`
+/// says no.
+fn answer(server: &Server, give_up: &dyn Fn() -> bool) -> Result<Started, Failure> {
+    let control = server.control.as_fd();
     let deadline = Instant::now() + ANSWER_LIMIT;
-    let alive = || Instant::now() < deadline && is_running(server.pid);
+    let alive = || Instant::now() < deadline && !give_up() && is_running(server.pid);
     let (mut reply, mut fds) = (Vec::new(), Vec::new());
     match recv_parts(
         control,
@@ -301,12 +349,20 @@ fn request(
 
 /// In the caller: checks that the server's worker `pid` knows the same task functions as this
 /// process (the server's registry is the caller's as of its fork). On failure the worker is gone.
-pub(super) fn handshake(socket: BorrowedFd<'_>, pid: Pid, child: &Child) -> io::Result<()> {
+pub(super) fn handshake(
+    socket: BorrowedFd<'_>,
+    pid: Pid,
+    child: &Child,
+    give_up: &dyn Fn() -> bool,
+) -> io::Result<()> {
     let deadline = Instant::now() + ANSWER_LIMIT;
-    let alive = || Instant::now() < deadline && child.is_running();
+    let alive = || Instant::now() < deadline && !give_up() && child.is_running();
     let answer = ask_registry(socket, &alive);
     if !matches!(answer, Ok(None)) {
         child.kill_and_reap();
+    }
+    if answer.is_err() && give_up() {
+        return Err(gave_up());
     }
     match answer {
         Ok(None) => Ok(()),

@@ -298,7 +298,10 @@ impl Proxy {
         if self.worker.is_none() {
             // A batch's send waits for a worker that stops reading no longer than a call's
             // checks allow (see `send_parts_watched`).
-            let worker = spawn_worker(self.slot, self.level, &self.start)
+            // A start the call stops waiting for (cancelled, or failed meanwhile) is given up at
+            // once rather than awaited up to the start-up limit.
+            let give_up = || link.abort.load(Ordering::Relaxed);
+            let worker = spawn_worker(self.slot, self.level, &self.start, &give_up)
                 .and_then(|worker| match bound_sends(worker.socket.as_fd()) {
                     Ok(()) => Ok(worker),
                     Err(error) => {
@@ -307,10 +310,12 @@ impl Proxy {
                     }
                 })
                 .map_err(|e| {
-                    Some(Lost::fatal(
-                        batch.first,
-                        TaskFailure::Io(format!("cannot start a worker process: {e}")),
-                    ))
+                    (!give_up()).then(|| {
+                        Lost::fatal(
+                            batch.first,
+                            TaskFailure::Io(format!("cannot start a worker process: {e}")),
+                        )
+                    })
                 })?;
             self.statm = self
                 .recycling

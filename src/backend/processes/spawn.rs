@@ -141,15 +141,21 @@ impl SpawnPlan {
 }
 
 /// In the parent: checks that the worker `pid` on `socket` registered the same functions, in the
-/// same order. Fails if it differs, exits first, or does not answer within [`HANDSHAKE_LIMIT`]; on
-/// failure the worker is gone (killed if needed, and reaped).
-pub fn handshake(socket: BorrowedFd<'_>, pid: Pid) -> io::Result<()> {
+/// same order. Fails if it differs, exits first, does not answer within [`HANDSHAKE_LIMIT`], or
+/// `give_up` says yes first (its call ended); on failure the worker is gone (killed if needed, and
+/// reaped).
+pub fn handshake(socket: BorrowedFd<'_>, pid: Pid, give_up: &dyn Fn() -> bool) -> io::Result<()> {
     let started = Instant::now();
     let deadline = started + HANDSHAKE_LIMIT;
-    let alive = || Instant::now() < deadline && is_running(pid);
+    let alive = || Instant::now() < deadline && !give_up() && is_running(pid);
     let theirs = match ask_registry(socket, &alive) {
         Ok(None) => return Ok(()),
         Ok(Some(theirs)) => theirs,
+        Err(()) if give_up() => {
+            // Our own child, not yet reaped; its call ended while it started.
+            kill_and_reap(pid);
+            return Err(super::forkserver::gave_up());
+        }
         Err(()) => return Err(not_answered(pid, started.elapsed())),
     };
     // Our own child, not yet reaped.

@@ -71,11 +71,16 @@ impl Drop for Worker {
 }
 
 /// Forks a worker for `slot`. The child never returns from here.
-pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Result<Worker> {
+pub(super) fn spawn_worker(
+    slot: usize,
+    level: usize,
+    start: &Start,
+    give_up: &dyn Fn() -> bool,
+) -> io::Result<Worker> {
     let spawn = match start {
         Start::Spawn(plan) => Some(&**plan),
         Start::Fork => None,
-        Start::ForkServer => return serve_worker(slot, level),
+        Start::ForkServer => return serve_worker(slot, level, give_up),
     };
     // Proxies fork one at a time: between the socket pair's creation and the parent closing its copy
     // of the child's end, a concurrent fork would let another worker inherit that end and keep the
@@ -111,7 +116,7 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
         drop(forking);
         let pid = started.inspect_err(|_| fds::forget(parent_end.as_raw_fd()))?;
         let socket: OwnedFd = parent_end.into();
-        if let Err(error) = handshake(socket.as_fd(), pid) {
+        if let Err(error) = handshake(socket.as_fd(), pid, give_up) {
             // The handshake already killed and reaped the worker.
             fds::forget(socket.as_raw_fd());
             return Err(error);
@@ -153,7 +158,7 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
 }
 
 /// Has the fork server start a worker for `slot` (see [`forkserver`]), then checks its registry.
-fn serve_worker(slot: usize, level: usize) -> io::Result<Worker> {
+fn serve_worker(slot: usize, level: usize, give_up: &dyn Fn() -> bool) -> io::Result<Worker> {
     // As in `spawn_worker`: the socket pair exists, and the server may fork, only under the lock.
     let mut forking = crate::fork::FORK_LOCK.lock();
     let running = SharedRunning::new(true)?;
@@ -163,13 +168,15 @@ fn serve_worker(slot: usize, level: usize) -> io::Result<Worker> {
     let (parent_end, child_end) = UnixStream::pair()?;
     fds::remember(parent_end.as_raw_fd());
     fds::remember(child_end.as_raw_fd());
-    let started = forkserver::fork_worker(&mut forking, child_end.as_fd(), page, slot, level);
+    let started =
+        forkserver::fork_worker(&mut forking, child_end.as_fd(), page, slot, level, give_up);
     fds::forget(child_end.as_raw_fd());
     drop(child_end);
     drop(forking);
     let socket: OwnedFd = parent_end.into();
     let started = started.inspect_err(|_| fds::forget(socket.as_raw_fd()))?;
-    if let Err(error) = forkserver::handshake(socket.as_fd(), started.pid, &started.child) {
+    if let Err(error) = forkserver::handshake(socket.as_fd(), started.pid, &started.child, give_up)
+    {
         fds::forget(socket.as_raw_fd());
         return Err(error);
     }
