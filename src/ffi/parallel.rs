@@ -430,9 +430,9 @@ fn c_producer(producer: pj_producer_fn, userdata: *mut c_void) -> Result<Produce
 /// Cancels the call in flight on `parallel`, if any: dispatch stops, queued tasks never start, and
 /// the blocked call returns PJ_STATUS_CANCELLED. A submit blocked by a full window returns within
 /// about 20 ms. collect, map, next and `pj_parallel_for` return once no callback of the call runs
-/// any more: process workers running a task are killed (within about 100 ms); callbacks running on
-/// threads (or on the caller's thread, n_jobs 1) cannot be interrupted and are waited for, so that
-/// none touches your memory after the call returns. They see `pj_out_cancelled` return 1: a
+/// any more: process workers running a task, still starting, or not reading their batch are killed
+/// (within about 100 ms); callbacks running on threads (or on the caller's thread, n_jobs 1) cannot
+/// be interrupted and are waited for, so that none touches your memory after the call returns. They see `pj_out_cancelled` return 1: a
 /// long callback that polls it and returns early makes the cancellation prompt. The object stays
 /// usable. No effect when no call is in flight.
 ///

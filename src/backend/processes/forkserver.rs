@@ -14,7 +14,10 @@
 //! process, never a reused pid) and the read end of a status socket. The server is the workers'
 //! parent: it polls their pidfds, reaps each one that ends and writes its [`Death`] on that
 //! worker's status socket, so a crash report still says "killed by signal 9"
-//! ([`super::child::Child`] reads it).
+//! ([`super::child::Child`] reads it). A caller that stops waiting for an answer (its call was
+//! cancelled, or failed meanwhile) leaves the server running: the answer it owes is read, and
+//! the worker it started is killed, before the next request (`Server::owed`); only a server that
+//! does not answer within the limit is replaced (with every worker it serves).
 //!
 //! Lifetime. The server is forked by a thread pj starts for that purpose, which lives as long as the
 //! process: the server's PR_SET_PDEATHSIG (which fires when the forking *thread* ends) therefore
