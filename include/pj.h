@@ -751,7 +751,9 @@ void pj_parallel_free(pj_parallel_t *parallel);
 // failure, without adding the task: PJ_STATUS_TASK_FAILED, PJ_STATUS_WORKER_DIED or
 // PJ_STATUS_TIMEOUT as `pj_parallel_collect` describes them, with the same error that
 // `pj_parallel_collect` then ends the call with (under on_error=collect, task failures never stop
-// a submit).
+// a submit). A failed submit does not end the call: end it with `pj_parallel_collect` (which
+// returns that failure) before the next call; until then this executor's next submit returns the
+// same failure and other threads get PJ_STATUS_BUSY.
 pj_status pj_parallel_submit(pj_parallel_t *parallel,
                              pj_task_fn fn,
                              void *userdata,

@@ -170,7 +170,9 @@ pub extern "C" fn pj_parallel_free(parallel: *mut pj_parallel_t) {
 /// failure, without adding the task: PJ_STATUS_TASK_FAILED, PJ_STATUS_WORKER_DIED or
 /// PJ_STATUS_TIMEOUT as `pj_parallel_collect` describes them, with the same error that
 /// `pj_parallel_collect` then ends the call with (under on_error=collect, task failures never stop
-/// a submit).
+/// a submit). A failed submit does not end the call: end it with `pj_parallel_collect` (which
+/// returns that failure) before the next call; until then this executor's next submit returns the
+/// same failure and other threads get PJ_STATUS_BUSY.
 #[unsafe(no_mangle)]
 pub extern "C" fn pj_parallel_submit(
     parallel: *mut pj_parallel_t,
