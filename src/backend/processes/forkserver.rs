@@ -270,7 +270,7 @@ fn request(
     level: usize,
     give_up: &dyn Fn() -> bool,
 ) -> Result<Started, Failure> {
-    settle_owed(server)?;
+    settle_owed(server, give_up)?;
     let mut frame = [0u8; 16];
     frame[..8].copy_from_slice(&(slot as u64).to_ne_bytes());
     frame[8..].copy_from_slice(&(level as u64).to_ne_bytes());
@@ -293,12 +293,13 @@ pub(super) fn gave_up() -> io::Error {
 }
 
 /// Reads the answers owed to abandoned requests (see [`Server::owed`]) and kills the workers
-/// they started.
-fn settle_owed(server: &Server) -> Result<(), Failure> {
+/// they started (this caller may give up waiting for them too).
+fn settle_owed(server: &Server, give_up: &dyn Fn() -> bool) -> Result<(), Failure> {
     while server.owed.get() > 0 {
-        match answer(server, &|| false) {
+        match answer(server, give_up) {
             Ok(started) => started.child.kill_and_reap(),
             Err(Failure::Refused(_)) => {}
+            Err(Failure::Broken(_)) if give_up() => return Err(Failure::Abandoned(gave_up())),
             Err(broken) => return Err(broken),
         }
         server.owed.set(server.owed.get() - 1);
