@@ -1078,13 +1078,22 @@ public:
     bool empty() const noexcept { return size() == 0; }
 
     /// The bytes of result `index`, valid while this object lives. Throws InvalidArgument when
-    /// `index >= size()`.
+    /// `index >= size()`, and the pj::Error of any other status pj_results_get returns (naming
+    /// the function and the index, which is its task_index()).
     ByteView bytes(std::size_t index) const {
         ByteView view;
         pj_status status = pj_results_get(handle_.capi(), index, &view.data, &view.size);
         if (status != PJ_STATUS_OK) {
-            throw_error(status, "pj::Results: no result " + std::to_string(index) + " among " +
-                                    std::to_string(size()));
+            const std::size_t n = size();
+            if (index >= n) {
+                throw_error(status, "pj::Results: no result " + std::to_string(index) +
+                                        " among " + std::to_string(n));
+            }
+            throw_error(status,
+                        "pj::Results: pj_results_get failed for result " +
+                            std::to_string(index) + " of " + std::to_string(n) + " (" +
+                            pj::status_str(status) + ")",
+                        {}, static_cast<std::int64_t>(index));
         }
         return view;
     }
