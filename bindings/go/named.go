@@ -558,7 +558,7 @@ func decodeNamed[R any](res *C.pj_results_t, out []R, c *call) *Error {
 		var data *C.uint8_t
 		var length C.size_t
 		if status := C.pj_results_get(res, index, &data, &length); status != C.PJ_STATUS_OK {
-			return takeError(status, nil)
+			return statusError(status, "pj_results_get", i)
 		}
 		b := unsafe.Slice((*byte)(unsafe.Pointer(data)), int(length))
 		if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&out[i]); err != nil {
