@@ -274,6 +274,9 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 			yield(Result[R]{Index: -1}, err)
 			return
 		}
+		if ex.release != nil {
+			ex.release = s.exec.streaming(ex.release) // this loop holds the Executor's turn
+		}
 		if err := ctx.Err(); err != nil {
 			ex.free()
 			yield(Result[R]{Index: -1}, err)
