@@ -467,6 +467,9 @@ func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *setting
 // reach it through, and its executor (with its progress reporting set). On success the caller owns
 // the three: ex.free, handle.Delete and nc.free once the pj side is over.
 func openNamed[T, R any](ctx context.Context, name string, inputs []T, s *settings) (*namedCall, cgo.Handle, *executor, error) {
+	if ctx == nil {
+		return nil, 0, nil, errNilContext()
+	}
 	if _, err := lookupNamed[T, R](name); err != nil {
 		return nil, 0, nil, err
 	}

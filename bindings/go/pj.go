@@ -79,6 +79,11 @@ func errNilFunction() error {
 	return goError(StatusInvalidArgument, -1, "pj: the function is nil")
 }
 
+// errNilContext is the error of a call given a nil context.Context.
+func errNilContext() error {
+	return goError(StatusInvalidArgument, -1, "pj: the context is nil (use context.Background())")
+}
+
 // mapAll is Map and MapIndexed.
 func mapAll[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), opts []Option) ([]R, error) {
 	results, c, err := run(ctx, inputs, fn, indexed, newSettings(opts))
@@ -175,6 +180,9 @@ func (s *settings) openFor(ctx context.Context) (*executor, int, error) {
 // state (c.errs holds the inputs' failures under on_error "collect"), or the error that ended the
 // call.
 func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), s *settings) ([]R, *call, error) {
+	if ctx == nil {
+		return nil, nil, errNilContext()
+	}
 	if fn == nil && indexed == nil {
 		return nil, nil, errNilFunction()
 	}
@@ -262,6 +270,10 @@ type Result[R any] struct {
 // callback runs inside the range statement, between iterations.
 func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) iter.Seq2[Result[R], error] {
 	return func(yield func(Result[R], error) bool) {
+		if ctx == nil {
+			yield(Result[R]{Index: -1}, errNilContext())
+			return
+		}
 		if fn == nil {
 			yield(Result[R]{Index: -1}, errNilFunction())
 			return

@@ -313,3 +313,54 @@ func TestSeamContextCancelledMidStream(t *testing.T) {
 		}
 	}
 }
+
+// A nil context (which Go's convention forbids, but which compiles) is an error, not a panic.
+func TestSeamNilContextIsAnError(t *testing.T) {
+	var ctx context.Context // nil
+	fn := func(x int) (int, error) { return x, nil }
+	cfn := func(_ context.Context, x int) (int, error) { return x, nil }
+	in := ints(5)
+	firstErr := func(seq func(func(Result[int], error) bool)) (err error) {
+		for _, e := range seq {
+			if e != nil {
+				return e
+			}
+		}
+		return nil
+	}
+	firstNamedErr := func(seq func(func(Result[pidSquare], error) bool)) (err error) {
+		for _, e := range seq {
+			if e != nil {
+				return e
+			}
+		}
+		return nil
+	}
+	for name, call := range map[string]func() error{
+		"Map":        func() error { _, err := Map(ctx, in, fn, NJobs(2)); return err },
+		"MapIndexed": func() error { _, err := MapIndexed(ctx, in, func(int, int) (int, error) { return 0, nil }); return err },
+		"MapCollect": func() error { _, err := MapCollect(ctx, in, fn); return err },
+		"Stream":     func() error { return firstErr(Stream(ctx, in, fn)) },
+		"MapContext": func() error { _, err := MapContext(ctx, in, cfn); return err },
+		"MapIndexedContext": func() error {
+			_, err := MapIndexedContext(ctx, in, func(context.Context, int, int) (int, error) { return 0, nil })
+			return err
+		},
+		"MapCollectContext": func() error { _, err := MapCollectContext(ctx, in, cfn); return err },
+		"StreamContext":     func() error { return firstErr(StreamContext(ctx, in, cfn)) },
+		"MapNamed":          func() error { _, err := MapNamed[int, pidSquare](ctx, "test.square", in); return err },
+		"MapCollectNamed":   func() error { _, err := MapCollectNamed[int, pidSquare](ctx, "test.square", in); return err },
+		"StreamNamed":       func() error { return firstNamedErr(StreamNamed[int, pidSquare](ctx, "test.square", in)) },
+	} {
+		func() {
+			defer func() {
+				if v := recover(); v != nil {
+					t.Errorf("%s with a nil ctx panicked: %v", name, v)
+				}
+			}()
+			if err := call(); !errors.Is(err, ErrInvalidArgument) {
+				t.Errorf("%s with a nil ctx: %v, want ErrInvalidArgument", name, err)
+			}
+		}()
+	}
+}
