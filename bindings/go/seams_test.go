@@ -364,3 +364,56 @@ func TestSeamNilContextIsAnError(t *testing.T) {
 		}()
 	}
 }
+
+// A panicking function on an Executor (threads, and kept spawned workers): a *PanicError for the
+// input, and the next call on the same Executor works (on processes, in the same workers: a
+// recovered panic does not end one).
+func TestSeamPanicOnAnExecutorLeavesItUsable(t *testing.T) {
+	ctx := context.Background()
+	threads, err := NewExecutor(NJobs(2), Backend("threads"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer threads.Close()
+	_, err = Map(ctx, ints(30), func(x int) (int, error) {
+		if x == 17 {
+			panic("seventeen")
+		}
+		return x, nil
+	}, On(threads))
+	var pe *PanicError
+	if !errors.As(err, &pe) || pe.Index != 17 {
+		t.Fatalf("threads: %v, want a *PanicError for input 17", err)
+	}
+	if out, err := Map(ctx, ints(30), square, On(threads)); err != nil || out[29] != 29*29 {
+		t.Fatalf("threads, the next call: %v", err)
+	}
+
+	procs, err := NewExecutor(NJobs(2), KeepWorkers(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer procs.Close()
+	before, err := MapNamed[int, pidSquare](ctx, "test.square", ints(8), On(procs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = MapNamed[int, int](ctx, "test.outcome", []int{1, 2, 5}, On(procs)) // 5 panics
+	var e *Error
+	if !errors.As(err, &e) || e.TaskIndex != 2 || !errors.Is(err, ErrTaskFailed) || !errors.As(err, &pe) {
+		t.Fatalf("processes: %v, want ErrTaskFailed with a *PanicError for input 2", err)
+	}
+	after, err := MapNamed[int, pidSquare](ctx, "test.square", ints(8), On(procs))
+	if err != nil {
+		t.Fatalf("processes, the next call: %v", err)
+	}
+	pids := map[int]bool{}
+	for _, r := range before {
+		pids[r.Pid] = true
+	}
+	for _, r := range after {
+		if r.Square != r.X*r.X || !pids[r.Pid] || r.Pid == os.Getpid() {
+			t.Fatalf("processes, the next call: %+v (workers before: %v)", r, pids)
+		}
+	}
+}
