@@ -145,7 +145,7 @@ func (ex *Executor) Close() error {
 	close(ex.closing)
 	if ex.streamer != 0 && ex.streamer == goroutineID() {
 		// From the loop of the stream that holds the turn, which comes back only once this loop
-		// ends: the stream frees the pools then (releaseStream).
+		// ends: the stream frees the pools then (see streaming).
 		ex.closeOnRelease = true
 		ex.mu.Unlock()
 		return nil
@@ -169,18 +169,18 @@ func (ex *Executor) freePools() {
 	runtime.SetFinalizer(ex, nil)
 }
 
-// streaming marks the turn that release gives back as held by a stream whose loop runs on this
-// goroutine, and returns the release function to use instead: it clears the mark, and finishes a
-// Close made from the loop (keeping the turn for good) instead of giving the turn back. Called once
-// per streaming call on an Executor, before the stream's first result.
-func (ex *Executor) streaming(release func()) func() {
+// streaming marks the Executor as held by a stream whose loop runs on this goroutine, until
+// loopDone (deferred by the stream's iterator function: once it returns, no loop body can run).
+// It returns the release function to use instead of release: it finishes a Close made from the
+// loop (keeping the turn for good) instead of giving the turn back. Called once per streaming call
+// on an Executor, before the stream's first result.
+func (ex *Executor) streaming(release func()) (wrapped func(), loopDone func()) {
 	g := goroutineID()
 	ex.mu.Lock()
 	ex.streamer = g
 	ex.mu.Unlock()
-	return func() {
+	wrapped = func() {
 		ex.mu.Lock()
-		ex.streamer = 0
 		closing := ex.closeOnRelease
 		ex.mu.Unlock()
 		if closing {
@@ -189,6 +189,14 @@ func (ex *Executor) streaming(release func()) func() {
 		}
 		release()
 	}
+	loopDone = func() {
+		ex.mu.Lock()
+		if ex.streamer == g {
+			ex.streamer = 0
+		}
+		ex.mu.Unlock()
+	}
+	return wrapped, loopDone
 }
 
 // goroutineID is the calling goroutine's number, read from the first line of its stack trace
@@ -223,7 +231,7 @@ func errNested() error {
 
 // errInStreamLoop is the error of a call on an Executor made from the loop of a Stream on it.
 func errInStreamLoop() error {
-	return goError(StatusBusy, -1, "pj: the executor is running a Stream whose loop made this call: "+
+	return goError(StatusBusy, -1, "the executor is running a Stream whose loop made this call: "+
 		"the stream holds the executor until its loop ends (break first, or use another Executor)")
 }
 
@@ -240,8 +248,11 @@ func (ex *Executor) acquire(ctx context.Context, s *settings, kind callKind) (*p
 			return nil, nil, errNested()
 		}
 		ex.mu.Lock()
-		inLoop := ex.streamer != 0 && ex.streamer == goroutineID()
+		closed, inLoop := ex.closed, ex.streamer != 0 && ex.streamer == goroutineID()
 		ex.mu.Unlock()
+		if closed {
+			return nil, nil, errClosed()
+		}
 		if inLoop {
 			// From the loop of the stream that holds the turn: it comes back when the loop ends.
 			return nil, nil, errInStreamLoop()

@@ -76,12 +76,12 @@ func MapCollect[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error)
 
 // errNilFunction is the error of a call given a nil function (before any executor is made).
 func errNilFunction() error {
-	return goError(StatusInvalidArgument, -1, "pj: the function is nil")
+	return goError(StatusInvalidArgument, -1, "the function is nil")
 }
 
 // errNilContext is the error of a call given a nil context.Context.
 func errNilContext() error {
-	return goError(StatusInvalidArgument, -1, "pj: the context is nil (use context.Background())")
+	return goError(StatusInvalidArgument, -1, "the context is nil (use context.Background())")
 }
 
 // mapAll is Map and MapIndexed.
@@ -286,8 +286,10 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 			yield(Result[R]{Index: -1}, err)
 			return
 		}
-		if ex.release != nil {
-			ex.release = s.exec.streaming(ex.release) // this loop holds the Executor's turn
+		if ex.release != nil { // this loop holds the Executor's turn
+			var loopDone func()
+			ex.release, loopDone = s.exec.streaming(ex.release)
+			defer loopDone()
 		}
 		if err := ctx.Err(); err != nil {
 			ex.free()

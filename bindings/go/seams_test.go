@@ -169,6 +169,11 @@ func TestSeamCloseInsideAStreamLoop(t *testing.T) {
 						t.Errorf("Close: %v", err)
 					}
 				}
+				if seen == 3 {
+					if _, err := Map(ctx, ints(3), square, On(ex)); !errors.Is(err, ErrClosed) {
+						t.Errorf("named=%v: a call from the loop after its Close: %v, want ErrClosed", named, err)
+					}
+				}
 			}
 			if seen != 10 {
 				t.Errorf("named=%v: the loop saw %d results of 10", named, seen)
@@ -416,4 +421,39 @@ func TestSeamPanicOnAnExecutorLeavesItUsable(t *testing.T) {
 			t.Fatalf("processes, the next call: %+v (workers before: %v)", r, pids)
 		}
 	}
+}
+
+// A Stream on an Executor whose loop ended on its ctx while calls of fn still run: the next call
+// from the same goroutine waits for them (the Executor's turn), as from any goroutine; it is not
+// taken for a call from inside the loop.
+func TestSeamCallAfterAStreamLoopEndedOnItsContext(t *testing.T) {
+	ex, err := NewExecutor(NJobs(2), Backend("threads"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ex.Close()
+	// The loop and the next call on one goroutine (bounded's).
+	bounded(t, 60*time.Second, "a Stream ended on its ctx, then the next call", func() {
+		for round := range 3 {
+			ctx, cancel := context.WithCancel(context.Background())
+			var last error
+			for _, err := range Stream(ctx, ints(100), func(x int) (int, error) {
+				time.Sleep(30 * time.Millisecond)
+				return x, nil
+			}, On(ex), ChunkSize(1)) {
+				if err != nil {
+					last = err
+					break
+				}
+				cancel()
+			}
+			cancel()
+			if !errors.Is(last, context.Canceled) {
+				t.Errorf("round %d: the loop ended with %v", round, last)
+			}
+			if out, err := Map(context.Background(), ints(4), square, On(ex)); err != nil || len(out) != 4 {
+				t.Errorf("round %d: the next call from the same goroutine: %v", round, err)
+			}
+		}
+	})
 }

@@ -51,8 +51,10 @@ func StreamNamed[T, R any](ctx context.Context, name string, inputs []T, opts ..
 			yield(Result[R]{Index: -1}, err)
 			return
 		}
-		if ex.release != nil {
-			ex.release = s.exec.streaming(ex.release) // this loop holds the Executor's turn
+		if ex.release != nil { // this loop holds the Executor's turn
+			var loopDone func()
+			ex.release, loopDone = s.exec.streaming(ex.release)
+			defer loopDone()
 		}
 		c := nc.c
 		w := c.waiter(ctx, ex.cancel)
