@@ -65,3 +65,17 @@ if [[ -f bindings/go/go.mod ]]; then
         go test -race -count=1 ./...
     )
 fi
+
+# The wrappers' failpoint matrices, against the libpj with the cargo feature failpoints in its own
+# target directory (target/failpoints/debug; the release libraries never have it). The C++ one is
+# ctest's cpp_failpoints above (CMake builds that library); the Go one needs the pjfailpoints tag.
+if [[ -f bindings/go/go.mod ]]; then
+    step "failpoint matrix of the Go bindings (go test -tags pjfailpoints -run Failpoint)"
+    cargo build --features failpoints --target-dir target/failpoints
+    (
+        cd bindings/go
+        export GOTOOLCHAIN=local
+        go vet -tags pjfailpoints ./...
+        go test -tags pjfailpoints -count=1 -run Failpoint ./...
+    )
+fi

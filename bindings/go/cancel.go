@@ -26,6 +26,9 @@ import (
 // The context costs nothing per input: it is one context.WithCancel per call, cancelled by the
 // call itself (pj never needs to be asked).
 func MapContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, T) (R, error), opts ...Option) ([]R, error) {
+	if ctx == nil {
+		return nil, errNilContext()
+	}
 	callCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	return mapAll(ctx, inputs, withContext(callCtx, fn), nil, stoppedBy(cancel, opts))
@@ -33,6 +36,9 @@ func MapContext[T, R any](ctx context.Context, inputs []T, fn func(context.Conte
 
 // MapIndexedContext is MapIndexed for a function that takes a context, as MapContext gives it.
 func MapIndexedContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, int, T) (R, error), opts ...Option) ([]R, error) {
+	if ctx == nil {
+		return nil, errNilContext()
+	}
 	callCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wrapped func(int, T) (R, error)
@@ -46,6 +52,9 @@ func MapIndexedContext[T, R any](ctx context.Context, inputs []T, fn func(contex
 // failed input does not stop a collecting call, so the context is done when ctx is, when a call
 // of fn runs past the Timeout option, or when the call returned).
 func MapCollectContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, T) (R, error), opts ...Option) ([]Result[R], error) {
+	if ctx == nil {
+		return nil, errNilContext()
+	}
 	callCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	return MapCollect(ctx, inputs, withContext(callCtx, fn), stoppedBy(cancel, opts)...)
@@ -55,6 +64,10 @@ func MapCollectContext[T, R any](ctx context.Context, inputs []T, fn func(contex
 // out of the loop also makes it done, so the calls of fn still running can return at once.
 func StreamContext[T, R any](ctx context.Context, inputs []T, fn func(context.Context, T) (R, error), opts ...Option) iter.Seq2[Result[R], error] {
 	return func(yield func(Result[R], error) bool) {
+		if ctx == nil {
+			yield(Result[R]{Index: -1}, errNilContext())
+			return
+		}
 		callCtx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		Stream(ctx, inputs, withContext(callCtx, fn), stoppedBy(cancel, opts)...)(yield)

@@ -1,4 +1,4 @@
-//go:build !pkgconfig
+//go:build !pkgconfig && !pjfailpoints
 
 package pj
 

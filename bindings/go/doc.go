@@ -111,7 +111,8 @@
 // sentinel: errors.Is(err, pj.ErrTimeout). A panic in fn never unwinds into C: every Go function pj
 // calls recovers it, the call fails fast, and the *Error names the input and the panic value. With
 // MapNamed on processes, fn's error itself stays in the worker: the cause is an error with its text.
-// A cancelled context gives ctx.Err().
+// A cancelled context gives ctx.Err(). A nil ctx or a nil fn gives an *Error with
+// ErrInvalidArgument before anything starts.
 //
 // With OnError("collect") (pj's on_error) failures do not stop the call: every input runs, and each
 // failed input gets its own *Error: in its Result with MapCollect, yielded in its turn by Stream, or

@@ -240,6 +240,17 @@ func goError(status Status, index int, msg string) *Error {
 	}
 }
 
+// statusError is the *Error of a C function that reports a status without an error object
+// (pj_config_new, pj_results_get): its message names the function, so that the error says what
+// failed; index is the input it concerns, or -1.
+func statusError(status C.pj_status, function string, index int) *Error {
+	msg := fmt.Sprintf("%s failed: %v", function, Status(status))
+	if index >= 0 {
+		msg = fmt.Sprintf("task %d: %s", index, msg)
+	}
+	return goError(Status(status), index, msg)
+}
+
 // takeError copies a pj error into an *Error and frees it. err may be NULL (a status without an error
 // object).
 func takeError(status C.pj_status, err *C.pj_error_t) *Error {

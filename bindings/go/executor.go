@@ -7,10 +7,12 @@ package pj
 import "C"
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -54,6 +56,11 @@ var ErrClosed = errors.New("pj: executor closed")
 // returned. A function running in a call on an Executor that makes a call on the same Executor gets
 // ErrBusy at once (the inner call could never start); do not wait from such a function for another
 // goroutine's call on it either. Close waits for the call in flight, if any, to end.
+//
+// A Stream or StreamNamed on an Executor holds it until its loop ends (the loop is the call in
+// flight). From that loop's body, a call on the same Executor gets ErrBusy at once, and Close
+// returns at once: the loop goes on to its end, and the Executor is freed then (calls made
+// meanwhile get ErrClosed). From another goroutine both wait for the loop to end, as above.
 type Executor struct {
 	opts []Option // the executor's options, applied before each call's own
 	// turn holds a token while a call runs: acquiring it is waiting for one's turn.
@@ -64,6 +71,13 @@ type Executor struct {
 	mu     sync.Mutex
 	closed bool
 	pools  map[poolKey]*pool // the pj executors, made at their first call
+	// streamer is the goroutine running the loop of the Stream (or StreamNamed) that holds the
+	// turn (0: none); under mu. A call or Close from that loop's body could only wait for a turn
+	// that comes back when the loop ends: the call gets ErrBusy, Close is finished by the stream.
+	streamer int64
+	// closeOnRelease: Close was called from the loop of the stream holding the turn; the stream
+	// frees the pools when it gives the turn back (under mu).
+	closeOnRelease bool
 }
 
 // poolKey tells apart the pj executors an Executor needs: the kind of call, and for named functions
@@ -129,8 +143,21 @@ func (ex *Executor) Close() error {
 	}
 	ex.closed = true
 	close(ex.closing)
+	if ex.streamer != 0 && ex.streamer == goroutineID() {
+		// From the loop of the stream that holds the turn, which comes back only once this loop
+		// ends: the stream frees the pools then (see streaming).
+		ex.closeOnRelease = true
+		ex.mu.Unlock()
+		return nil
+	}
 	ex.mu.Unlock()
 	ex.turn <- struct{}{} // the call in flight has ended; no other can start (closed): kept forever
+	ex.freePools()
+	return nil
+}
+
+// freePools frees the pj executors; the caller holds the turn for good.
+func (ex *Executor) freePools() {
 	ex.mu.Lock()
 	pools := ex.pools
 	ex.pools = nil
@@ -140,7 +167,51 @@ func (ex *Executor) Close() error {
 		C.free(unsafe.Pointer(p.slot))
 	}
 	runtime.SetFinalizer(ex, nil)
-	return nil
+}
+
+// streaming marks the Executor as held by a stream whose loop runs on this goroutine, until
+// loopDone (deferred by the stream's iterator function: once it returns, no loop body can run).
+// It returns the release function to use instead of release: it finishes a Close made from the
+// loop (keeping the turn for good) instead of giving the turn back. Called once per streaming call
+// on an Executor, before the stream's first result.
+func (ex *Executor) streaming(release func()) (wrapped func(), loopDone func()) {
+	g := goroutineID()
+	ex.mu.Lock()
+	ex.streamer = g
+	ex.mu.Unlock()
+	wrapped = func() {
+		ex.mu.Lock()
+		closing := ex.closeOnRelease
+		ex.mu.Unlock()
+		if closing {
+			ex.freePools()
+			return
+		}
+		release()
+	}
+	loopDone = func() {
+		ex.mu.Lock()
+		if ex.streamer == g {
+			ex.streamer = 0
+		}
+		ex.mu.Unlock()
+	}
+	return wrapped, loopDone
+}
+
+// goroutineID is the calling goroutine's number, read from the first line of its stack trace
+// ("goroutine 18 [running]:"); 0 if it cannot be read. Only on slow paths: a streaming call's start,
+// a call that finds the turn taken, Close.
+func goroutineID() int64 {
+	var buf [64]byte
+	line := buf[:runtime.Stack(buf[:], false)]
+	line = bytes.TrimPrefix(line, []byte("goroutine "))
+	if end := bytes.IndexByte(line, ' '); end > 0 {
+		if id, err := strconv.ParseInt(string(line[:end]), 10, 64); err == nil {
+			return id
+		}
+	}
+	return 0
 }
 
 // errClosed is the error of a call on a closed Executor.
@@ -158,6 +229,12 @@ func errNested() error {
 		"call without On)")
 }
 
+// errInStreamLoop is the error of a call on an Executor made from the loop of a Stream on it.
+func errInStreamLoop() error {
+	return goError(StatusBusy, -1, "the executor is running a Stream whose loop made this call: "+
+		"the stream holds the executor until its loop ends (break first, or use another Executor)")
+}
+
 // acquire waits for the Executor's turn, then returns the pj executor for a call of that kind with
 // settings s, the number of its workers, and the function that gives the turn back (to call once
 // the pj side of the call is over, after the call's executor was detached).
@@ -169,6 +246,16 @@ func (ex *Executor) acquire(ctx context.Context, s *settings, kind callKind) (*p
 			// Inside a pj task: most likely of this very Executor's call, which would wait for
 			// this one forever.
 			return nil, nil, errNested()
+		}
+		ex.mu.Lock()
+		closed, inLoop := ex.closed, ex.streamer != 0 && ex.streamer == goroutineID()
+		ex.mu.Unlock()
+		if closed {
+			return nil, nil, errClosed()
+		}
+		if inLoop {
+			// From the loop of the stream that holds the turn: it comes back when the loop ends.
+			return nil, nil, errInStreamLoop()
 		}
 		select {
 		case ex.turn <- struct{}{}:

@@ -467,6 +467,9 @@ func runNamed[T, R any](ctx context.Context, name string, inputs []T, s *setting
 // reach it through, and its executor (with its progress reporting set). On success the caller owns
 // the three: ex.free, handle.Delete and nc.free once the pj side is over.
 func openNamed[T, R any](ctx context.Context, name string, inputs []T, s *settings) (*namedCall, cgo.Handle, *executor, error) {
+	if ctx == nil {
+		return nil, 0, nil, errNilContext()
+	}
 	if _, err := lookupNamed[T, R](name); err != nil {
 		return nil, 0, nil, err
 	}
@@ -558,7 +561,7 @@ func decodeNamed[R any](res *C.pj_results_t, out []R, c *call) *Error {
 		var data *C.uint8_t
 		var length C.size_t
 		if status := C.pj_results_get(res, index, &data, &length); status != C.PJ_STATUS_OK {
-			return takeError(status, nil)
+			return statusError(status, "pj_results_get", i)
 		}
 		b := unsafe.Slice((*byte)(unsafe.Pointer(data)), int(length))
 		if err := gob.NewDecoder(bytes.NewReader(b)).Decode(&out[i]); err != nil {

@@ -419,7 +419,7 @@ func handleSigint(desc, value string) Option {
 func checkOption(key, value string) error {
 	var cfg *C.pj_config_t
 	if status := C.pj_config_new(&cfg); status != C.PJ_STATUS_OK {
-		return takeError(status, nil)
+		return statusError(status, "pj_config_new", -1)
 	}
 	defer C.pj_config_free(cfg)
 	return setOption(cfg, key, value)
@@ -570,7 +570,7 @@ func (s *settings) configFor(kind callKind) (*C.pj_config_t, error) {
 	}
 	var cfg *C.pj_config_t
 	if status := C.pj_config_new(&cfg); status != C.PJ_STATUS_OK {
-		return nil, takeError(status, nil)
+		return nil, statusError(status, "pj_config_new", -1)
 	}
 	for _, kv := range s.kv {
 		if strings.ContainsRune(kv.key, 0) || strings.ContainsRune(kv.value, 0) {

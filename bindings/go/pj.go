@@ -34,7 +34,8 @@ import (
 // *Error values in input order (see OnError; MapCollect gives each input's outcome directly).
 //
 // fn runs on several threads at once: it must be safe for concurrent use. It must not call
-// runtime.Goexit (so no t.FailNow inside it).
+// runtime.Goexit (so no t.FailNow inside it). A nil fn gives an *Error with ErrInvalidArgument
+// before anything starts (likewise for MapIndexed, MapCollect, Stream and their Context forms).
 func Map[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) ([]R, error) {
 	return mapAll(ctx, inputs, fn, nil, opts)
 }
@@ -71,6 +72,16 @@ func MapCollect[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error)
 		}
 	}
 	return results, nil
+}
+
+// errNilFunction is the error of a call given a nil function (before any executor is made).
+func errNilFunction() error {
+	return goError(StatusInvalidArgument, -1, "the function is nil")
+}
+
+// errNilContext is the error of a call given a nil context.Context.
+func errNilContext() error {
+	return goError(StatusInvalidArgument, -1, "the context is nil (use context.Background())")
 }
 
 // mapAll is Map and MapIndexed.
@@ -169,6 +180,12 @@ func (s *settings) openFor(ctx context.Context) (*executor, int, error) {
 // state (c.errs holds the inputs' failures under on_error "collect"), or the error that ended the
 // call.
 func run[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), indexed func(int, T) (R, error), s *settings) ([]R, *call, error) {
+	if ctx == nil {
+		return nil, nil, errNilContext()
+	}
+	if fn == nil && indexed == nil {
+		return nil, nil, errNilFunction()
+	}
 	ex, workers, err := s.openFor(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -253,6 +270,14 @@ type Result[R any] struct {
 // callback runs inside the range statement, between iterations.
 func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), opts ...Option) iter.Seq2[Result[R], error] {
 	return func(yield func(Result[R], error) bool) {
+		if ctx == nil {
+			yield(Result[R]{Index: -1}, errNilContext())
+			return
+		}
+		if fn == nil {
+			yield(Result[R]{Index: -1}, errNilFunction())
+			return
+		}
 		n := len(inputs)
 		results := make([]R, n)
 		s := newSettings(opts)
@@ -260,6 +285,11 @@ func Stream[T, R any](ctx context.Context, inputs []T, fn func(T) (R, error), op
 		if err != nil {
 			yield(Result[R]{Index: -1}, err)
 			return
+		}
+		if ex.release != nil { // this loop holds the Executor's turn
+			var loopDone func()
+			ex.release, loopDone = s.exec.streaming(ex.release)
+			defer loopDone()
 		}
 		if err := ctx.Err(); err != nil {
 			ex.free()

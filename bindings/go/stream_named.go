@@ -45,10 +45,16 @@ import (
 // runs inside the range statement, between iterations, and counts inputs.
 func StreamNamed[T, R any](ctx context.Context, name string, inputs []T, opts ...Option) iter.Seq2[Result[R], error] {
 	return func(yield func(Result[R], error) bool) {
-		nc, handle, ex, err := openNamed[T, R](ctx, name, inputs, newSettings(opts))
+		s := newSettings(opts)
+		nc, handle, ex, err := openNamed[T, R](ctx, name, inputs, s)
 		if err != nil {
 			yield(Result[R]{Index: -1}, err)
 			return
+		}
+		if ex.release != nil { // this loop holds the Executor's turn
+			var loopDone func()
+			ex.release, loopDone = s.exec.streaming(ex.release)
+			defer loopDone()
 		}
 		c := nc.c
 		w := c.waiter(ctx, ex.cancel)

@@ -53,6 +53,30 @@
  *   cancelled, has failed or is being destroyed (a call waits for the functions running on
  *   threads).
  *
+ * @par What each failure throws (worker processes)
+ * Whatever fails, the call returns (a stuck worker within the timeout, when one is set), never with
+ * a wrong result; task_index() names the task (or, over a random-access range, the first element of
+ * the chunk; what() then says "items i..j"); the pj::Parallel is ready for the next call; and no
+ * worker process, descriptor or temp file is left (test_failpoints.cpp injects each of these).
+ * - The function throws: TaskError, what() holds its what() ("unknown C++ exception" otherwise).
+ * - A worker dies: it crashed, exited, or pj itself failed in it while sending or encoding a
+ *   result or cleaning up after a task (pj ends such a worker): WorkerDiedError, what() saying
+ *   how ("exited with exit status 4", "was killed by SIGSEGV") and the worker's pid.
+ * - A worker dies before any task of its batch started (receiving or mapping the batch): it is
+ *   replaced and the batch runs again; the call succeeds.
+ * - A task runs past timeout, or a worker is stuck outside any task (receiving, mapping or
+ *   returning a batch): TimeoutError ("stuck outside any task" in what() for the latter); the
+ *   worker is killed and replaced. Without a timeout, a stuck worker is waited for.
+ * - A worker cannot start (a spawned one that ends before its handshake, or a start that fails):
+ *   pj::Error with PJ_STATUS_IO ("cannot start a worker process: ...") or WorkerDiedError.
+ * - pj's own I/O fails (a spilled argument cannot be written: "task 4: its argument (2048 bytes)
+ *   cannot be stored: ..."; a batch or its arguments cannot be read in the worker): pj::Error
+ *   with PJ_STATUS_IO naming the task.
+ * - pj panics (a bug in pj): pj::Error with PJ_STATUS_PANIC, "pj panicked: ..."; no unwinding
+ *   crosses into your code.
+ * - A C function of pj that reports only a status fails: pj::Error naming it ("pj_config_new
+ *   failed", "pj::Results: pj_results_get failed for result 3 of 24").
+ *
  * @par Threading
  * A pj::Parallel runs one call at a time; another thread that uses it meanwhile gets a pj::Error
  * with PJ_STATUS_BUSY. A task must not use the pj::Parallel running it (also BUSY).
@@ -1078,13 +1102,22 @@ public:
     bool empty() const noexcept { return size() == 0; }
 
     /// The bytes of result `index`, valid while this object lives. Throws InvalidArgument when
-    /// `index >= size()`.
+    /// `index >= size()`, and the pj::Error of any other status pj_results_get returns (naming
+    /// the function and the index, which is its task_index()).
     ByteView bytes(std::size_t index) const {
         ByteView view;
         pj_status status = pj_results_get(handle_.capi(), index, &view.data, &view.size);
         if (status != PJ_STATUS_OK) {
-            throw_error(status, "pj::Results: no result " + std::to_string(index) + " among " +
-                                    std::to_string(size()));
+            const std::size_t n = size();
+            if (index >= n) {
+                throw_error(status, "pj::Results: no result " + std::to_string(index) +
+                                        " among " + std::to_string(n));
+            }
+            throw_error(status,
+                        "pj::Results: pj_results_get failed for result " +
+                            std::to_string(index) + " of " + std::to_string(n) + " (" +
+                            pj::status_str(status) + ")",
+                        {}, static_cast<std::int64_t>(index));
         }
         return view;
     }
