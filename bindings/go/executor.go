@@ -217,14 +217,14 @@ func goroutineID() int64 {
 // errClosed is the error of a call on a closed Executor.
 func errClosed() error {
 	return &Error{Status: StatusInvalidArgument, TaskIndex: -1,
-		Message: "pj: the executor is closed (a call after Executor.Close)",
-		Report:  report(kinds[StatusInvalidArgument], -1, "", "pj: the executor is closed", nil),
+		Message: "the executor is closed (a call after Executor.Close)",
+		Report:  report(kinds[StatusInvalidArgument], -1, "", "the executor is closed", nil),
 		Err:     ErrClosed}
 }
 
 // errNested is the error of a call on an Executor made by a function running in its own call.
 func errNested() error {
-	return goError(StatusBusy, -1, "pj: the executor is running a call: a function running in a "+
+	return goError(StatusBusy, -1, "the executor is running a call: a function running in a "+
 		"call on an Executor cannot make a call on the same Executor (make another Executor, or a "+
 		"call without On)")
 }
@@ -305,7 +305,7 @@ func newPool(s *settings, kind callKind) (*pool, error) {
 	if kind == named {
 		p.slot = (*C.uintptr_t)(C.calloc(1, C.size_t(unsafe.Sizeof(C.uintptr_t(0)))))
 		if p.slot == nil {
-			return nil, goError(StatusIO, -1, "pj: out of memory")
+			return nil, goError(StatusIO, -1, "out of memory")
 		}
 		var cerr *C.pj_error_t
 		if status := C.pjgo_set_progress_slot(cfg, p.slot, &cerr); status != C.PJ_STATUS_OK {

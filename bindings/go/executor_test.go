@@ -276,7 +276,8 @@ func TestExecutorClose(t *testing.T) {
 	if err := ex.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := Map(ctx, ints(2), square, On(ex)); !errors.Is(err, ErrClosed) {
+	if _, err := Map(ctx, ints(2), square, On(ex)); !errors.Is(err, ErrClosed) ||
+		!strings.HasPrefix(err.Error(), "pj: the executor is closed") {
 		t.Fatalf("Map after Close: %v", err)
 	}
 	if _, err := MapNamed[int, pidSquare](ctx, "test.square", ints(2), On(ex)); !errors.Is(err, ErrClosed) {
