@@ -445,11 +445,7 @@ fn cancel_kills_the_running_workers() {
     }
     eventually("two workers run", || children_of(&server).len() == 2);
     let workers = children_of(&server);
-    let raw = par.0 as usize;
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(pj_parallel_cancel(raw as *mut pj_parallel_t), pj_status::Ok);
-    });
+    let canceller = cancel_after(&par, Duration::from_millis(100));
     let start = Instant::now();
     let err = par.collect().unwrap_err();
     canceller.join().unwrap();
@@ -475,11 +471,7 @@ fn a_call_cancelled_while_the_server_is_stopped_ends_at_once() {
     let par = forkserver(&[]);
     let start = Instant::now();
     submit_named(&par, "square", &3u64.to_ne_bytes()).unwrap();
-    let raw = par.0 as usize;
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(pj_parallel_cancel(raw as *mut pj_parallel_t), pj_status::Ok);
-    });
+    let canceller = cancel_after(&par, Duration::from_secs(1));
     let err = par.collect().unwrap_err();
     canceller.join().unwrap();
     let waited = start.elapsed();

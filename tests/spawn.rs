@@ -331,11 +331,7 @@ fn a_call_cancelled_while_its_workers_start_ends_at_once() {
     submit_named(&par, "square", &1u64.to_ne_bytes()).unwrap();
     // SAFETY: the pool captured its environment at the submit; its proxies never read it.
     unsafe { std::env::remove_var("PJ_TEST_HANG") };
-    let raw = par.0 as usize;
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(pj_parallel_cancel(raw as *mut pj_parallel_t), pj_status::Ok);
-    });
+    let canceller = cancel_after(&par, Duration::from_secs(1));
     let err = par.collect().unwrap_err();
     canceller.join().unwrap();
     let waited = start.elapsed();

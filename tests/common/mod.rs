@@ -74,6 +74,19 @@ impl Drop for Par {
     }
 }
 
+/// Cancels the call in flight on `par` after `delay`, from another thread (`pj_parallel_cancel`,
+/// checked to return OK). Join the handle before `par` is dropped.
+pub fn cancel_after(par: &Par, delay: std::time::Duration) -> std::thread::JoinHandle<()> {
+    let raw = par.0 as usize;
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        assert_eq!(
+            pj_parallel_cancel(raw as *const pj_parallel_t),
+            pj_status::Ok
+        );
+    })
+}
+
 /// Builds a config from string options.
 pub fn config(options: &[(&str, &str)]) -> Result<*mut pj_config_t, CError> {
     let mut cfg = std::ptr::null_mut();

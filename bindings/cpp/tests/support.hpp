@@ -4,7 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <dirent.h>
+
+#include <cstddef>
 #include <cstdint>
+#include <fstream>
 #include <string>
 
 #include "pj.hpp"
@@ -25,6 +29,26 @@ protected:
 /// Whether `text` contains `part` (for readable EXPECT_TRUE messages, use EXPECT_THAT elsewhere).
 inline bool contains(const std::string& text, const std::string& part) {
     return text.find(part) != std::string::npos;
+}
+
+/// This process's children (every thread's), as /proc lists them: what pj forked and has not
+/// reaped yet.
+inline std::size_t children() {
+    std::size_t n = 0;
+    if (DIR* d = ::opendir("/proc/self/task")) {
+        while (const dirent* e = ::readdir(d)) {
+            if (e->d_name[0] == '.') {
+                continue;
+            }
+            std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
+            std::string pid;
+            while (in >> pid) {
+                ++n;
+            }
+        }
+        ::closedir(d);
+    }
+    return n;
 }
 
 }  // namespace pj_test

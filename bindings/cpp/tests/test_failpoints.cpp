@@ -39,8 +39,11 @@
 #include <vector>
 
 #include "pj.hpp"
+#include "support.hpp"
 
 namespace {
+
+using pj_test::children;
 
 constexpr std::uint64_t kTasks = 24;
 constexpr std::size_t kArgBytes = 2048;  // above max_nbytes 1k: spilled on processes
@@ -131,26 +134,6 @@ std::vector<std::string> files_under(const std::string& dir) {
     return files;
 }
 
-/// This process's children (every thread's).
-std::size_t children() {
-    std::size_t n = 0;
-    DIR* d = ::opendir("/proc/self/task");
-    if (d == nullptr) {
-        return 0;
-    }
-    while (const dirent* e = ::readdir(d)) {
-        if (e->d_name[0] == '.') {
-            continue;
-        }
-        std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
-        std::string pid;
-        while (in >> pid) {
-            ++n;
-        }
-    }
-    ::closedir(d);
-    return n;
-}
 
 /// Waits up to 5 s for `probe()` to come down to `want` (the pool's threads and children end
 /// asynchronously after the executor is freed); returns the last value.

@@ -20,27 +20,10 @@
 
 namespace {
 
+using pj_test::children;
 using pj_test::contains;
 using pj_test::OnBackend;
 
-/// This process's children (every thread's).
-std::size_t children() {
-    std::size_t n = 0;
-    if (DIR* d = ::opendir("/proc/self/task")) {
-        while (const dirent* e = ::readdir(d)) {
-            if (e->d_name[0] == '.') {
-                continue;
-            }
-            std::ifstream in(std::string("/proc/self/task/") + e->d_name + "/children");
-            std::string pid;
-            while (in >> pid) {
-                ++n;
-            }
-        }
-        ::closedir(d);
-    }
-    return n;
-}
 
 /// Waits up to 10 s for the children to come down to `want`; returns how many are left above it.
 std::size_t children_left(std::size_t want) {
