@@ -1,14 +1,13 @@
-//! The worker's side of memmapping: mapping spilled arguments it receives, and sending results
-//! above max_nbytes back through files instead of the socket.
+//! The worker's side of memmapping: mapping the spilled arguments it receives (results above
+//! max_nbytes go back through result slabs: `backend::slabs`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::memmap::{BackingFile, MapAccess, Mapping};
-use crate::task::{Batch, BatchOutcome};
+use crate::memmap::{MapAccess, Mapping};
+use crate::task::Batch;
 
 /// A worker's view of spilled arguments: the files it received and its mappings of them, for
 /// one spill epoch (kept across the calls of a kept worker while the epoch lasts).
@@ -93,88 +92,4 @@ impl SpillMaps {
     pub fn end_batch(&mut self) {
         self.private.clear();
     }
-}
-
-/// A result written to a file by the worker: its task, length, and the file (sent to the parent).
-#[derive(Debug)]
-pub struct SpilledResult {
-    /// The task's index.
-    pub index: usize,
-    /// The result's length in bytes.
-    pub len: usize,
-    /// The unnamed file holding it.
-    pub fd: OwnedFd,
-}
-
-/// Moves every result longer than `above` bytes (at most `max` of them; later ones stay inline)
-/// out of `outcome` into its own unnamed file in `folder` (its entry in `outcome.ends` becomes
-/// empty), so that it travels as a descriptor.
-pub fn spill_results(
-    outcome: &mut BatchOutcome,
-    above: u64,
-    folder: &Path,
-    max: usize,
-) -> Result<Vec<SpilledResult>> {
-    let mut spilled = Vec::new();
-    let mut start = 0;
-    for (offset, &end) in outcome.ends.iter().enumerate() {
-        let len = end - start;
-        if len as u64 > above && spilled.len() < max {
-            let file = BackingFile::create(folder, len as u64)?;
-            file.write_all_at(0, &outcome.data[start..end])
-                .map_err(|error| {
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("cannot write a result file: {error}"),
-                    )
-                })?;
-            spilled.push(SpilledResult {
-                index: outcome.first + offset,
-                len,
-                fd: file.into_fd(),
-            });
-        }
-        start = end;
-    }
-    if spilled.is_empty() {
-        return Ok(spilled);
-    }
-    // Rebuild the arena without the spilled results.
-    let mut data =
-        Vec::with_capacity(outcome.data.len() - spilled.iter().map(|s| s.len).sum::<usize>());
-    let mut ends = Vec::with_capacity(outcome.ends.len());
-    let (mut start, mut next) = (0, spilled.iter().peekable());
-    for (offset, &end) in outcome.ends.iter().enumerate() {
-        if next
-            .next_if(|s| s.index == outcome.first + offset)
-            .is_none()
-        {
-            data.extend_from_slice(&outcome.data[start..end]);
-        }
-        ends.push(data.len());
-        start = end;
-    }
-    outcome.data = data.into();
-    outcome.ends = ends;
-    Ok(spilled)
-}
-
-/// In the parent: maps the results a worker sent through files, read-only.
-pub fn map_results(files: Vec<(usize, usize)>, fds: Vec<OwnedFd>) -> Result<Vec<(usize, Mapping)>> {
-    if files.len() != fds.len() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            "a worker sent result files that do not match its outcome",
-        ));
-    }
-    files
-        .into_iter()
-        .zip(fds)
-        .map(|((index, len), fd)| {
-            Ok((
-                index,
-                Mapping::map(fd.as_fd(), 0, len, MapAccess::ReadOnly)?,
-            ))
-        })
-        .collect()
 }

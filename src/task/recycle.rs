@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 const KEPT: usize = 64;
 
 /// At most this many bytes (of capacity) of each kind wait for reuse: what an idle executor keeps,
-/// released when it is freed.
-const KEPT_BYTES: usize = 256 << 20;
+/// released when it is freed (process workers' result slabs are bounded alike).
+pub const KEPT_BYTES: usize = 256 << 20;
 
 /// An executor's free lists of byte buffers (cheap to clone: every clone is the same pool).
 /// Taking and giving back never block on anything but one list's lock, taken once per batch

@@ -294,7 +294,7 @@ impl Dispatcher {
         let sent = guarded(|| {
             // MPI ranks get every argument and result in their messages: the link has no files.
             let flags = link.run_flags();
-            encode_batch_meta(&batch, flags, &[], &[], true, &mut meta)
+            encode_batch_meta(&batch, flags, &[], &[], &[], true, &mut meta)
                 .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
             let args = batch.parts().1;
             // Room for the whole message at once (finish_message then does not reallocate).

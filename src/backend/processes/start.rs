@@ -59,6 +59,8 @@ pub(super) struct Worker {
     /// Spill files whose descriptors this worker already received, of spill epoch `epoch`.
     pub(super) sent_files: Vec<u64>,
     pub(super) epoch: u64,
+    /// Result slabs whose descriptors this worker holds (those lent with its last batch).
+    pub(super) sent_slabs: Vec<u64>,
     /// It returned the outcome of a batch: it was working, so a later death before any task of a
     /// batch started is not a start-up failure that would repeat.
     pub(super) served: bool,
@@ -122,6 +124,7 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
             socket,
             running,
             sent_files: Vec::new(),
+            sent_slabs: Vec::new(),
             epoch: 0,
             served: false,
         });
@@ -147,6 +150,7 @@ pub(super) fn spawn_worker(slot: usize, level: usize, start: &Start) -> io::Resu
         socket: parent_end.into(),
         running,
         sent_files: Vec::new(),
+        sent_slabs: Vec::new(),
         epoch: 0,
         served: false,
     })
@@ -179,6 +183,7 @@ fn serve_worker(slot: usize, level: usize) -> io::Result<Worker> {
         socket,
         running,
         sent_files: Vec::new(),
+        sent_slabs: Vec::new(),
         epoch: 0,
         served: false,
     })

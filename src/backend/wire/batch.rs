@@ -79,11 +79,12 @@ pub fn encode_batch(
     batch: &Batch,
     flags: RunFlags,
     attached: &[u64],
+    lent: &[LentSlab],
     results_folder: &[u8],
     by_index: bool,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    encode_batch_meta(batch, flags, attached, results_folder, by_index, out)?;
+    encode_batch_meta(batch, flags, attached, lent, results_folder, by_index, out)?;
     let (_, args, _) = batch.parts();
     out.try_reserve_exact(args.len())
         .map_err(|e| out_of_memory(args.len(), &e))?;
@@ -106,6 +107,7 @@ pub fn encode_batch_meta(
     batch: &Batch,
     flags: RunFlags,
     attached: &[u64],
+    lent: &[LentSlab],
     results_folder: &[u8],
     by_index: bool,
     out: &mut Vec<u8>,
@@ -119,7 +121,8 @@ pub fn encode_batch_meta(
         + results_folder.len()
         + batch.forced.len() * 8
         + batch.spilled.len() * 32
-        + attached.len() * 8;
+        + attached.len() * 8
+        + lent.len() * 24;
     out.try_reserve_exact(len)
         .map_err(|e| out_of_memory(len, &e))?;
     put(out, batch.first);
@@ -146,6 +149,12 @@ pub fn encode_batch_meta(
     for id in attached {
         out.extend_from_slice(&id.to_ne_bytes());
     }
+    put(out, lent.len());
+    for slab in lent {
+        out.extend_from_slice(&slab.id.to_ne_bytes());
+        put(out, slab.capacity);
+        put(out, usize::from(slab.with_fd));
+    }
     // Tasks of a batch usually share their function: look each one up once.
     let mut last: Option<(usize, usize)> = None;
     for callback in callbacks {
@@ -170,6 +179,17 @@ pub fn encode_batch_meta(
     Ok(())
 }
 
+/// A result slab lent to the worker with a batch (see `backend::slabs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LentSlab {
+    /// The caller's id of the slab.
+    pub id: u64,
+    /// Its size in bytes.
+    pub capacity: usize,
+    /// Its descriptor comes with this frame (else the worker holds it from its previous batch).
+    pub with_fd: bool,
+}
+
 /// A batch as the worker receives it.
 #[derive(Debug)]
 pub struct DecodedBatch {
@@ -179,6 +199,9 @@ pub struct DecodedBatch {
     pub flags: RunFlags,
     /// The ids of the spill files whose descriptors came with the frame, in their order.
     pub attached: Vec<u64>,
+    /// The result slabs lent with the batch; the descriptors of those `with_fd` follow the spill
+    /// files' in the frame, in this order.
+    pub lent: Vec<LentSlab>,
     /// Where to write results above `flags.results_above` (a path, as bytes).
     pub results_folder: Vec<u8>,
 }
@@ -311,6 +334,20 @@ unsafe fn decode_head(r: &mut Reader<'_>, functions: Option<&[TaskFn]>) -> io::R
         .into_iter()
         .map(|id| id as u64)
         .collect();
+    let lent_count = r.word()?;
+    if lent_count > count {
+        return Err(malformed("batch"));
+    }
+    let mut lent = Vec::with_capacity(lent_count);
+    for _ in 0..lent_count {
+        let id = r.word()? as u64;
+        let (capacity, with_fd) = (r.word()?, r.word()? != 0);
+        lent.push(LentSlab {
+            id,
+            capacity,
+            with_fd,
+        });
+    }
     let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
     let callbacks = match functions {
         Some(functions) => raw
@@ -341,6 +378,7 @@ unsafe fn decode_head(r: &mut Reader<'_>, functions: Option<&[TaskFn]>) -> io::R
             batch: Batch::new(first, 0),
             flags,
             attached,
+            lent,
             results_folder,
         },
     })

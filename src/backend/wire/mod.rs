@@ -46,12 +46,14 @@ mod batch;
 mod outcome;
 mod socket;
 
-pub use batch::{DecodedBatch, RunFlags, batch_span, decode_batch_parts, encode_batch_meta};
+pub use batch::{
+    DecodedBatch, LentSlab, RunFlags, batch_span, decode_batch_parts, encode_batch_meta,
+};
 #[cfg(test)]
 pub use batch::{decode_batch, encode_batch};
+pub use outcome::{SlabResultRef, decode_outcome_parts, encode_outcome_meta};
 #[cfg(test)]
 pub use outcome::{decode_outcome, encode_outcome};
-pub use outcome::{decode_outcome_parts, encode_outcome_meta};
 #[cfg(feature = "failpoints")]
 pub use socket::send_truncated;
 pub use socket::{
@@ -146,11 +148,17 @@ mod tests {
             results_above: 1 << 20,
         };
         let batch = batch.retry_without(41, TaskFailure::Io("lost".into()));
-        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", false, &mut buf).unwrap();
+        let lent = [LentSlab {
+            id: 3,
+            capacity: 8 << 20,
+            with_fd: true,
+        }];
+        encode_batch(&batch, flags, &[7, 9], &lent, b"/tmp/x", false, &mut buf).unwrap();
         // SAFETY: encoded in this process.
         let decoded = unsafe { decode_batch(&buf, None) }.unwrap();
         let (back, back_flags) = (decoded.batch, decoded.flags);
         assert_eq!(decoded.attached, vec![7, 9]);
+        assert_eq!(decoded.lent, lent);
         assert_eq!(decoded.results_folder, b"/tmp/x");
         assert_eq!(back_flags, flags);
         assert_eq!(back.forced.len(), 1);
@@ -211,9 +219,9 @@ mod tests {
             seconds: 0.0,
             worker: WorkerId::Caller,
         };
-        encode_outcome(&outcome, &[(41, 5 << 20)], &mut buf);
+        encode_outcome(&outcome, &[(41, 5 << 20, 0), (43, 3 << 20, 17)], &mut buf);
         let (back, files) = decode_outcome(&buf, WorkerId::Thread(1)).unwrap();
-        assert_eq!(files, vec![(41, 5 << 20)]);
+        assert_eq!(files, vec![(41, 5 << 20, 0), (43, 3 << 20, 17)]);
         assert_eq!(
             (back.first, back.size, &back.data, &back.ends),
             (40, 5, &outcome.data, &outcome.ends)
