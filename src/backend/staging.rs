@@ -89,6 +89,20 @@ impl CallFiles {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// For a call whose arguments all travel inline but whose results above `above` bytes go
+    /// back through result slabs in the temp folder resolved from the environment (an MPI worker
+    /// rank's local pool).
+    pub fn results_only(above: u64) -> Arc<CallFiles> {
+        let folder = resolve_temp_folder(None);
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(folder.path.as_os_str()).to_vec();
+        Arc::new(CallFiles {
+            access: MapAccess::ReadOnly,
+            results: (above, bytes),
+            files: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
     /// The files `batch` refers to that are not in `sent` (the ids a worker already has), each
     /// once, in the order the batch first refers to them: (id, descriptor).
     pub fn unsent(&self, batch: &Batch, sent: &[u64]) -> Vec<(u64, Arc<OwnedFd>)> {

@@ -570,6 +570,12 @@ impl LargeOutput {
     }
 }
 
+impl AsRef<[u8]> for LargeOutput {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 impl std::fmt::Debug for LargeOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LargeOutput({} bytes)", self.bytes().len())

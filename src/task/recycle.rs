@@ -404,6 +404,12 @@ impl std::ops::Deref for Arena {
     }
 }
 
+impl AsRef<[u8]> for Arena {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl From<Vec<u8>> for Arena {
     fn from(bytes: Vec<u8>) -> Self {
         Arena {

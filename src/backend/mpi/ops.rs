@@ -62,11 +62,15 @@ const SPIN_BASE: Duration = Duration::from_secs(1);
 /// carries, so that a transfer that is only slow still gets its polls).
 const SPIN_RATE: u64 = 50_000_000;
 
+/// The bytes of a message being sent, and whatever holds them (a vector, or a result slab's
+/// mapping), kept until MPI no longer reads them.
+type SendBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// A send in progress: its request and the bytes MPI reads until it completes (the whole message:
 /// the pieces of a split message share it).
 pub(super) struct PendingSend {
     request: *mut c_void,
-    bytes: Arc<Vec<u8>>,
+    bytes: SendBytes,
     completed: bool,
     /// Until when its sender polls without sleeping (see [`MpiOps::transferring`]).
     spin_until: Instant,
@@ -92,6 +96,17 @@ impl MpiOps {
         tag: c_int,
         bytes: Vec<u8>,
     ) -> Result<Vec<PendingSend>> {
+        self.start_send_from(dest, tag, Arc::new(bytes))
+    }
+
+    /// [`MpiOps::start_send`] of bytes held by `owner` (a result read in place from its slab),
+    /// which the returned sends keep until they complete.
+    pub(super) fn start_send_from(
+        &self,
+        dest: c_int,
+        tag: c_int,
+        owner: SendBytes,
+    ) -> Result<Vec<PendingSend>> {
         let stage = if self.rank == 0 {
             crate::failpoint::Stage::MpiSend
         } else {
@@ -101,7 +116,7 @@ impl MpiOps {
             let error = injected.io_error(stage);
             return Err(Error::new(ErrorKind::Io, error.to_string()));
         }
-        let bytes = Arc::new(bytes);
+        let bytes = (*owner).as_ref();
         let spin_until = Instant::now()
             + SPIN_BASE
             + Duration::from_micros(
@@ -132,7 +147,7 @@ impl MpiOps {
             }
             sends.push(PendingSend {
                 request,
-                bytes: Arc::clone(&bytes),
+                bytes: Arc::clone(&owner),
                 completed: false,
                 spin_until,
             });

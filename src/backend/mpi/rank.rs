@@ -20,11 +20,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::{
-    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT,
-    TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message, split_message, take_payload,
+    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, RESULTS_ABOVE, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO,
+    TAG_LARGE, TAG_LEFT, TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message, split_message,
+    take_payload,
 };
 use crate::backend::wire::{decode_batch_parts, encode_outcome_meta};
-use crate::backend::{CallLink, ProcessPool};
+use crate::backend::{CallFiles, CallLink, ProcessPool};
 use crate::config::{Recycling, StartMethod};
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::spin::Backoff;
@@ -61,6 +62,7 @@ pub fn serve(ops: MpiOps) -> c_int {
         buf: Vec::new(),
         parts: Reassembly::default(),
         meta: Vec::new(),
+        files: CallFiles::results_only(RESULTS_ABOVE),
     };
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve()));
     let (status, left) = match served {
@@ -110,6 +112,9 @@ struct WorkerRank {
     parts: Reassembly,
     /// Scratch for an outcome's encoding but its result bytes, reused.
     meta: Vec<u8>,
+    /// What the local pool's batches share: results above [`RESULTS_ABOVE`] come back in
+    /// result slabs, which this rank sends to rank 0 from where they lie.
+    files: Arc<CallFiles>,
 }
 
 impl WorkerRank {
@@ -234,8 +239,9 @@ impl WorkerRank {
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
                     collect: decoded.flags.settings.collect,
                     call: decoded.flags.call,
-                    // Batches from rank 0 carry every argument inline.
-                    files: None,
+                    // Batches from rank 0 carry every argument inline; large results come back
+                    // in result slabs.
+                    files: Some(Arc::clone(&self.files)),
                 };
                 self.pool.dispatch(batch, &link);
             }
@@ -272,10 +278,16 @@ impl WorkerRank {
 
     /// Starts sending an outcome to rank 0 (rank 0 keeps receiving while it sends, so this
     /// completes unless rank 0 is gone, and then the MPI runtime ends the job).
-    /// Large result bytes become the message without a copy.
+    /// Large result bytes become the message without a copy; results in slabs follow it, one
+    /// message each ([`TAG_LARGE`]), sent from the memory the child wrote them into.
     fn send_outcome(&mut self, seq: u64, mut outcome: BatchOutcome) -> Result<()> {
         let mut meta = std::mem::take(&mut self.meta);
-        encode_outcome_meta(&outcome, &[], &mut meta);
+        let large = std::mem::take(&mut outcome.large);
+        let listed: Vec<_> = large
+            .iter()
+            .map(|(index, output)| (*index, output.bytes().len(), 0))
+            .collect();
+        encode_outcome_meta(&outcome, &listed, &mut meta);
         let data = std::mem::take(&mut outcome.data);
         let mut message = if data.len() >= TAKE_ABOVE {
             data.into_vec()
@@ -296,6 +308,11 @@ impl WorkerRank {
             .and_then(|()| self.ops.start_send(0, TAG_OUTCOME, message));
         self.meta = meta;
         self.sends.extend(sent?);
+        for (_, output) in large {
+            // The slab goes back to the local pool once MPI no longer reads it.
+            let sent = self.ops.start_send_from(0, TAG_LARGE, Arc::new(output))?;
+            self.sends.extend(sent);
+        }
         self.last_sent = Instant::now();
         Ok(())
     }
