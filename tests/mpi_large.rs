@@ -51,6 +51,35 @@ unsafe extern "C" fn fill(_: *mut c_void, arg: *const u8, len: usize, out: *mut 
     0
 }
 
+/// Task: returns [sum of the argument's bytes, 1 if the argument lies in a mapping of a file
+/// (a landing file the worker rank received the batch into), its length] as three u64.
+unsafe extern "C" fn inspect(
+    _: *mut c_void,
+    arg: *const u8,
+    len: usize,
+    out: *mut TaskOutput,
+) -> i32 {
+    // SAFETY: pj passes `len` readable bytes at `arg`.
+    let bytes = unsafe { std::slice::from_raw_parts(arg, len) };
+    let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let in_file = maps.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some((start, end)) = fields.first().and_then(|r| r.split_once('-')) else {
+            return false;
+        };
+        let (start, end) = (
+            usize::from_str_radix(start, 16).unwrap_or(0),
+            usize::from_str_radix(end, 16).unwrap_or(0),
+        );
+        (start..end).contains(&(arg as usize)) && fields.get(4).is_some_and(|inode| *inode != "0")
+    });
+    let words = [sum, u64::from(in_file), len as u64];
+    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    pj_out_set(out, raw.as_ptr(), raw.len());
+    0
+}
+
 fn submit(par: &Par, seed: u64, n: usize, crash: bool) {
     let words = [seed, n as u64, u64::from(crash)];
     let arg: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -85,6 +114,10 @@ fn large_results_go_from_the_ranks_slabs_to_the_callers_memory() {
     unsafe { std::env::set_var("PJ_TEMP_FOLDER", &folder) };
     assert_eq!(
         pj_register(c"fill".as_ptr(), Some(fill), std::ptr::null_mut()),
+        pj_status::Ok
+    );
+    assert_eq!(
+        pj_register(c"inspect".as_ptr(), Some(inspect), std::ptr::null_mut()),
         pj_status::Ok
     );
     let fds = open_fds();
@@ -151,6 +184,41 @@ fn large_results_go_from_the_ranks_slabs_to_the_callers_memory() {
                 .all(|(at, &b)| b == pattern(seed as u64, at)),
             "after the crash: result {seed} differs"
         );
+    }
+
+    // Large arguments: the worker rank receives the batch into a landing file, and its child
+    // reads them there; small ones travel in the batch. Batches of one and of four, twice.
+    for batch_size in ["1", "4"] {
+        let args = parallel(&[("backend", "mpi"), ("batch_size", batch_size)]).unwrap();
+        for round in 0..2u64 {
+            let sizes = [6 << 20, 1000, 3 << 20, 2 << 20];
+            let inputs: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (0..n).map(|b| pattern(round + i as u64, b)).collect())
+                .collect();
+            for input in &inputs {
+                let mut err = std::ptr::null_mut();
+                let name = c"inspect".as_ptr();
+                let status =
+                    pj_parallel_submit_named(args.0, name, input.as_ptr(), input.len(), &mut err);
+                check(status, err).unwrap();
+            }
+            let results = args.collect().unwrap();
+            for (i, (input, result)) in inputs.iter().zip(&results).enumerate() {
+                let words: Vec<u64> = result
+                    .chunks(8)
+                    .map(|w| u64::from_ne_bytes(w.try_into().unwrap()))
+                    .collect();
+                let sum: u64 = input.iter().map(|&b| u64::from(b)).sum();
+                let what = format!("batch_size {batch_size}, round {round}, argument {i}");
+                assert_eq!(
+                    words,
+                    [sum, u64::from(input.len() > 1 << 20), input.len() as u64],
+                    "{what}"
+                );
+            }
+        }
     }
     drop(par);
     assert_eq!(end_job(workers), vec![0], "the worker rank leaves cleanly");

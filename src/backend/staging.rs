@@ -47,6 +47,11 @@ pub struct SpillOptions {
 /// Spill file ids: unique in the process, so a kept worker never confuses two sets of files.
 static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new spill file id, unique in the process.
+pub fn next_spill_file_id() -> u64 {
+    NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Spill epochs: unique in the process, never 0 (what a call without spill files sends).
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
@@ -101,6 +106,21 @@ impl CallFiles {
             files: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Publishes `files` (id, descriptor) as the call's spill files, under a new epoch (workers
+    /// drop the files and mappings of the previous one): an MPI worker rank's landing files.
+    pub fn publish(&self, files: &[(u64, Arc<OwnedFd>)]) {
+        let mut published = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        published.clear();
+        published.extend(files.iter().map(|(id, fd)| SpillFile {
+            id: *id,
+            fd: Arc::clone(fd),
+        }));
+        self.epoch.store(
+            NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            Ordering::Release,
+        );
     }
 
     /// The files `batch` refers to that are not in `sent` (the ids a worker already has), each

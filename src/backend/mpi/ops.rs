@@ -246,6 +246,23 @@ impl MpiOps {
     }
 
     /// Receives the message `probe` announced, appended to `buf`.
+    /// Receives the message `probe` announced (`source`, `tag`, `dst.len()` bytes) into `dst`,
+    /// a message that was not split (the caller checked [`Reassembly::continues`]).
+    pub(super) fn receive_into(&self, source: c_int, tag: c_int, dst: &mut [u8]) -> Result<()> {
+        let stage = crate::failpoint::Stage::MpiRankReceive;
+        if let Some(injected) = crate::failpoint::hit(stage) {
+            let error = injected.io_error(stage);
+            return Err(Error::new(ErrorKind::Io, error.to_string()));
+        }
+        // SAFETY: `dst` is `dst.len()` writable bytes, the length iprobe announced for this
+        // message; the shim's recv writes only there.
+        let code = unsafe { (self.recv)(self.context, source, tag, dst.as_mut_ptr(), dst.len()) };
+        if code != 0 {
+            return Err(mpi_error("receive", code));
+        }
+        Ok(())
+    }
+
     fn receive_appended(
         &self,
         source: c_int,
@@ -293,6 +310,14 @@ pub(super) struct Reassembly {
 }
 
 impl Reassembly {
+    /// Whether a message from `source` is in progress: its next piece continues it.
+    pub(super) fn continues(&self, source: c_int) -> bool {
+        usize::try_from(source)
+            .ok()
+            .and_then(|slot| self.partial.get(slot))
+            .is_some_and(|partial| !partial.is_empty())
+    }
+
     /// Receives the message `probe` announced (source, tag, len). `Some(tag)` when `buf` then
     /// holds a whole message with that tag (a piece joined to the ones before it, or a message
     /// that was never split), `None` when it was a piece to be continued.

@@ -24,11 +24,15 @@ use super::{
     TAG_LARGE, TAG_LEFT, TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message, split_message,
     take_payload,
 };
-use crate::backend::wire::{decode_batch_parts, encode_outcome_meta};
+use crate::backend::staging::next_spill_file_id;
+use crate::backend::wire::{decode_batch_landed, decode_batch_parts, encode_outcome_meta};
 use crate::backend::{CallFiles, CallLink, ProcessPool};
 use crate::config::{Recycling, StartMethod};
 use crate::error::{Error, ErrorKind, Result, panic_message};
+use crate::memmap::folder::resolve_temp_folder;
+use crate::memmap::{BackingFile, MapAccess, Mapping};
 use crate::spin::Backoff;
+use crate::task::KEPT_BYTES;
 use crate::task::{BatchOutcome, TaskFailure, WorkerId};
 
 /// A worker rank: reports its registry, then runs rank 0's batches until told to stop. Returns
@@ -63,6 +67,8 @@ pub fn serve(ops: MpiOps) -> c_int {
         parts: Reassembly::default(),
         meta: Vec::new(),
         files: CallFiles::results_only(RESULTS_ABOVE),
+        folder: resolve_temp_folder(None).path,
+        landings: Vec::new(),
     };
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve()));
     let (status, left) = match served {
@@ -95,6 +101,18 @@ struct LocalBatch {
     /// Raised with `abort` when rank 0's call was abandoned: the running task may finish.
     drain: Arc<AtomicBool>,
     outcome: Receiver<BatchOutcome>,
+    /// The landing file holding its message, busy until its outcome comes.
+    landing: Option<u64>,
+}
+
+/// A file a worker rank receives large batch messages into ([`WorkerRank::land`]): its spill
+/// file id and descriptor (published to the local pool's calls) and the rank's mapping of it.
+struct Landing {
+    id: u64,
+    fd: Arc<std::os::fd::OwnedFd>,
+    map: Mapping,
+    /// A local batch in flight refers to it.
+    busy: bool,
 }
 
 /// A worker rank's state.
@@ -115,7 +133,17 @@ struct WorkerRank {
     /// What the local pool's batches share: results above [`RESULTS_ABOVE`] come back in
     /// result slabs, which this rank sends to rank 0 from where they lie.
     files: Arc<CallFiles>,
+    /// Where landing files are made (the temp folder resolved from the environment).
+    folder: std::path::PathBuf,
+    /// The files large batch messages are received into, at most [`DEPTH`].
+    landings: Vec<Landing>,
 }
+
+/// A batch message at least this large is received into a landing file.
+const LAND_ABOVE: usize = 1 << 20;
+
+/// At most this many landing files: the batches rank 0 keeps in flight per rank.
+const DEPTH: usize = 2;
 
 impl WorkerRank {
     /// The loop: takes messages, hands batches to the pool, returns outcomes in order, says it is
@@ -127,6 +155,15 @@ impl WorkerRank {
             let mut progressed = self.ops.complete(&mut self.sends)?;
             while let Some((source, tag, len)) = self.ops.probe()? {
                 progressed = true;
+                // A large batch lands in a file its child maps (an unsplit message only).
+                if tag == TAG_BATCH
+                    && source == 0
+                    && len >= LAND_ABOVE
+                    && !self.parts.continues(source)
+                    && self.land(len)?
+                {
+                    continue;
+                }
                 let mut buf = std::mem::take(&mut self.buf);
                 let whole = self
                     .parts
@@ -168,7 +205,9 @@ impl WorkerRank {
                 match front.outcome.try_recv() {
                     Ok(outcome) => {
                         let seq = front.seq;
-                        self.batches.pop_front();
+                        if let Some(id) = self.batches.pop_front().and_then(|b| b.landing) {
+                            self.landed(id);
+                        }
                         self.send_outcome(seq, outcome)?;
                         progressed = true;
                     }
@@ -203,7 +242,9 @@ impl WorkerRank {
                 Some(front) if !wait.is_zero() => match front.outcome.recv_timeout(wait) {
                     Ok(outcome) => {
                         let seq = front.seq;
-                        self.batches.pop_front();
+                        if let Some(id) = self.batches.pop_front().and_then(|b| b.landing) {
+                            self.landed(id);
+                        }
                         self.send_outcome(seq, outcome)?;
                         backoff.reset();
                     }
@@ -223,12 +264,123 @@ impl WorkerRank {
         let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
         let (args_len, meta_len, seq, timeout) = split_message(message).ok_or_else(malformed)?;
         let (args, meta) = take_payload(message, args_len, meta_len)?;
+        // SAFETY: with a registry, the batch's callbacks are indices into this process's
+        // functions.
+        let decoded = unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) };
+        self.run_local(decoded, &meta, seq, timeout, None);
+        Ok(())
+    }
+
+    /// Receives a batch message of `len` bytes (announced by iprobe) into a landing file, when
+    /// one can be had: its large arguments stay there, and the child maps them (the spill files
+    /// of the local pool's calls) instead of receiving them over the socket. False when no
+    /// landing file could be had: the caller receives the message as any other.
+    fn land(&mut self, len: usize) -> Result<bool> {
+        let Some(at) = self.landing_for(len) else {
+            return Ok(false);
+        };
+        let (id, start) = (self.landings[at].id, self.landings[at].map.as_ptr());
+        // SAFETY: a writable shared mapping of at least `len` bytes (`landing_for`), which no
+        // one else reads or writes now: it is not busy, so no local batch refers to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(start, len) };
+        self.ops.receive_into(0, TAG_BATCH, dst)?;
+        self.landings[at].busy = true;
+        // SAFETY: the `len` bytes just received, which stay mapped and unchanged while the
+        // batch runs (the landing is busy until its outcome comes).
+        let message = unsafe { std::slice::from_raw_parts(start.cast_const(), len) };
+        let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
+        let (args_len, meta_len, seq, timeout) = split_message(message).ok_or_else(malformed)?;
+        let meta = message
+            .get(args_len..args_len + meta_len)
+            .ok_or_else(malformed)?
+            .to_vec();
+        // SAFETY: as in `start`.
+        let decoded = unsafe {
+            decode_batch_landed(
+                &meta,
+                &message[..args_len],
+                id,
+                TAKE_ABOVE,
+                Some(&self.functions),
+            )
+        };
+        self.run_local(decoded, &meta, seq, timeout, Some(id));
+        Ok(true)
+    }
+
+    /// A free landing file of at least `len` bytes (its index): the smallest free one that holds
+    /// them, else a new one (replacing the smallest free one when [`DEPTH`] exist). `None` when
+    /// none is free or a file cannot be made.
+    fn landing_for(&mut self, len: usize) -> Option<usize> {
+        let fits = (0..self.landings.len())
+            .filter(|&at| !self.landings[at].busy && self.landings[at].map.len() >= len)
+            .min_by_key(|&at| self.landings[at].map.len());
+        if fits.is_some() {
+            return fits;
+        }
+        if self.landings.len() >= DEPTH {
+            let free = (0..self.landings.len())
+                .filter(|&at| !self.landings[at].busy)
+                .min_by_key(|&at| self.landings[at].map.len())?;
+            self.landings.swap_remove(free);
+        }
+        let page = rustix::param::page_size();
+        let size = len.checked_add(page - 1)? / page * page;
+        let file = BackingFile::create(&self.folder, size as u64).ok()?;
+        let map = Mapping::map_whole(file.fd(), MapAccess::Shared).ok()?;
+        // The child maps the file itself; a copy of this writable mapping is not its business.
+        map.dont_fork().ok()?;
+        self.landings.push(Landing {
+            id: next_spill_file_id(),
+            fd: Arc::new(file.into_fd()),
+            map,
+            busy: false,
+        });
+        self.publish_landings();
+        Some(self.landings.len() - 1)
+    }
+
+    /// Publishes the landing files to the local pool's calls (a new spill epoch).
+    fn publish_landings(&self) {
+        let files: Vec<_> = self
+            .landings
+            .iter()
+            .map(|l| (l.id, Arc::clone(&l.fd)))
+            .collect();
+        self.files.publish(&files);
+    }
+
+    /// The local batch that used landing file `id` is over: the file is free again, and goes
+    /// when the landing files hold more than an executor keeps ([`KEPT_BYTES`], plus a page per
+    /// file for the messages' other parts).
+    fn landed(&mut self, id: u64) {
+        let Some(at) = self.landings.iter().position(|l| l.id == id) else {
+            return;
+        };
+        self.landings[at].busy = false;
+        let page = rustix::param::page_size();
+        let bound = KEPT_BYTES + self.landings.len() * page.max(1 << 20);
+        let held: usize = self.landings.iter().map(|l| l.map.len()).sum();
+        if held > bound {
+            self.landings.swap_remove(at);
+            self.publish_landings();
+        }
+    }
+
+    /// Hands a decoded batch (`meta`: its encoding, for the failure of one that could not be
+    /// decoded) to the local pool; `landing`: the landing file holding its message.
+    fn run_local(
+        &mut self,
+        decoded: std::io::Result<crate::backend::wire::DecodedBatch>,
+        meta: &[u8],
+        seq: u64,
+        timeout: u64,
+        landing: Option<u64>,
+    ) {
         let (reply, outcome) = unbounded();
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
-        // SAFETY: with a registry, the batch's callbacks are indices into this process's
-        // functions.
-        match unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) } {
+        match decoded {
             Ok(decoded) => {
                 let mut batch = decoded.batch;
                 batch.dispatched_at = Some(Instant::now());
@@ -239,8 +391,7 @@ impl WorkerRank {
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
                     collect: decoded.flags.settings.collect,
                     call: decoded.flags.call,
-                    // Batches from rank 0 carry every argument inline; large results come back
-                    // in result slabs.
+                    // Large arguments in landing files, large results back in result slabs.
                     files: Some(Arc::clone(&self.files)),
                 };
                 self.pool.dispatch(batch, &link);
@@ -272,8 +423,8 @@ impl WorkerRank {
             abort,
             drain,
             outcome,
+            landing,
         });
-        Ok(())
     }
 
     /// Starts sending an outcome to rank 0 (rank 0 keeps receiving while it sends, so this

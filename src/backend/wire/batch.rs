@@ -248,6 +248,71 @@ pub unsafe fn decode_batch_parts(
     head.into_batch(args)
 }
 
+/// Decodes a batch whose argument bytes, `args`, lie in spill file `file` from offset 0 (an MPI
+/// worker rank received the batch's message there): arguments longer than `above` bytes stay
+/// there (spilled, for the worker process to map), the others are copied into the batch.
+///
+/// # Safety
+/// As for [`decode_batch_parts`].
+pub unsafe fn decode_batch_landed(
+    meta: &[u8],
+    args: &[u8],
+    file: u64,
+    above: usize,
+    functions: Option<&[TaskFn]>,
+) -> io::Result<DecodedBatch> {
+    let mut r = Reader {
+        buf: meta,
+        what: "batch",
+    };
+    // SAFETY: forwarded from this function's contract.
+    let head = unsafe { decode_head(&mut r, functions) }?;
+    let Head {
+        first,
+        callbacks,
+        arg_ends,
+        args_len,
+        forced,
+        spilled,
+        mut decoded,
+    } = head;
+    if !r.buf.is_empty()
+        || args.len() != args_len
+        || !spilled.is_empty()
+        || arg_ends.windows(2).any(|w| w[0] > w[1])
+        || arg_ends.last().is_some_and(|&end| end != args_len)
+    {
+        return Err(malformed("batch"));
+    }
+    let mut batch = Batch::new(first, callbacks.len());
+    let mut start = 0;
+    for (callback, end) in callbacks.into_iter().zip(arg_ends) {
+        let arg = &args[start..end];
+        if arg.len() > above {
+            let offset = start as u64;
+            batch.push_spilled(
+                callback,
+                ArgRef {
+                    file,
+                    offset,
+                    len: arg.len(),
+                },
+            );
+        } else {
+            batch
+                .push(callback, arg)
+                .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e.message().to_owned()))?;
+        }
+        start = end;
+    }
+    batch.forced = forced
+        .into_iter()
+        .map(|index| (index, TaskFailure::Io(String::new())))
+        .collect();
+    decoded.batch = batch;
+    Ok(decoded)
+}
+
 /// The index of the first task and the number of tasks of a batch whose meta part
 /// ([`encode_batch_meta`]) is `meta`: enough to answer a frame whose arguments could not be had.
 pub fn batch_span(meta: &[u8]) -> io::Result<(usize, usize)> {

@@ -47,7 +47,8 @@ mod outcome;
 mod socket;
 
 pub use batch::{
-    DecodedBatch, LentSlab, RunFlags, batch_span, decode_batch_parts, encode_batch_meta,
+    DecodedBatch, LentSlab, RunFlags, batch_span, decode_batch_landed, decode_batch_parts,
+    encode_batch_meta,
 };
 #[cfg(test)]
 pub use batch::{decode_batch, encode_batch};
@@ -119,13 +120,61 @@ mod tests {
     use super::*;
     use crate::memmap::MapAccess;
     use crate::task::{
-        Batch, BatchOutcome, Callback, Death, RunSettings, TaskFailure, TaskOutput, WorkerId,
+        ArgRef, Batch, BatchOutcome, Callback, Death, RunSettings, TaskFailure, TaskOutput,
+        WorkerId,
     };
     use std::ffi::c_void;
     use std::time::Duration;
 
     unsafe extern "C" fn echo(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
         0
+    }
+
+    #[test]
+    fn a_landed_batch_leaves_its_large_arguments_in_the_file() {
+        // SAFETY: a plain function with unused userdata.
+        let cb = unsafe { Callback::new(echo, std::ptr::null_mut()) };
+        let mut batch = Batch::new(7, 3);
+        let big = vec![9u8; 100];
+        for arg in [&big[..], b"xyz", &big[..60]] {
+            batch.push(cb, arg).unwrap();
+        }
+        let mut meta = Vec::new();
+        encode_batch_meta(&batch, RunFlags::default(), &[], &[], &[], false, &mut meta).unwrap();
+        let (_, args, _) = batch.parts();
+        // SAFETY: encoded in this process.
+        let landed = unsafe { decode_batch_landed(&meta, args, 42, 50, None) }.unwrap();
+        let back = landed.batch;
+        assert_eq!(
+            back.spilled,
+            vec![
+                (
+                    7,
+                    ArgRef {
+                        file: 42,
+                        offset: 0,
+                        len: 100
+                    }
+                ),
+                (
+                    9,
+                    ArgRef {
+                        file: 42,
+                        offset: 103,
+                        len: 60
+                    }
+                ),
+            ],
+            "above 50 bytes: where they lie in the message"
+        );
+        assert_eq!(back.parts().1, b"xyz", "the small one is copied");
+        assert_eq!(back.len(), 3);
+        // SAFETY: as above.
+        let short = unsafe { decode_batch_landed(&meta, &args[1..], 42, 50, None) };
+        assert!(
+            short.is_err(),
+            "arguments that do not match the meta are refused"
+        );
     }
 
     #[test]
