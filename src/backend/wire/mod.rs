@@ -135,7 +135,7 @@ mod tests {
         // SAFETY: a plain function with unused userdata.
         let cb = unsafe { Callback::new(echo, std::ptr::null_mut()) };
         let mut batch = Batch::new(7, 3);
-        let big = vec![9u8; 100];
+        let big = [9u8; 100];
         for arg in [&big[..], b"xyz", &big[..60]] {
             batch.push(cb, arg).unwrap();
         }
