@@ -408,6 +408,12 @@ impl Batch {
         }
     }
 
+    /// The batch's argument bytes, taken out of it, the batch left with its tasks (rank 0 sends
+    /// them apart from the rest of the batch, which must no longer run).
+    pub fn take_args(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.args)
+    }
+
     /// The batch's argument bytes, taken out of it (a worker process receives the next batch's
     /// into the same memory).
     pub fn into_args(mut self) -> Vec<u8> {

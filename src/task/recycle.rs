@@ -150,7 +150,9 @@ impl BufferPool {
             return;
         }
         buffer.clear();
-        let refused = lock(&self.0.args).keep(buffer);
+        // Smaller kept buffers make room for a larger one (a call of larger arguments after a
+        // phase of smaller ones would otherwise copy into fresh memory every time).
+        let refused = lock(&self.0.args).keep_evicting(buffer);
         // Freed outside the lock (unmapping a large buffer is a system call).
         drop(refused);
     }

@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::rank0::{Order, Readiness, fail};
 use super::{
-    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LARGE, TAG_LEFT, TAG_OUTCOME,
-    TAG_STOP, finish_message, split_message, take_payload,
+    ARGS_APART, HELLO_LIMIT, SILENCE_LIMIT, TAG_ARGS, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LARGE,
+    TAG_LEFT, TAG_OUTCOME, TAG_STOP, finish_message, split_message, take_payload,
 };
 use crate::backend::CallLink;
 use crate::backend::wire::{SlabResultRef, decode_outcome_parts, encode_batch_meta};
@@ -47,6 +48,27 @@ struct InFlight {
     cancelled: bool,
     /// Its outcome came, listing results in slabs: it waits for them ([`TAG_LARGE`]).
     waiting: Option<Waiting>,
+}
+
+/// A batch's arguments sent apart ([`TAG_ARGS`]): given back to the executor's buffers when MPI
+/// no longer reads them.
+struct PooledArgs {
+    bytes: Vec<u8>,
+    pool: Option<BufferPool>,
+}
+
+impl AsRef<[u8]> for PooledArgs {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PooledArgs {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give(std::mem::take(&mut self.bytes));
+        }
+    }
 }
 
 /// An outcome whose results in slabs are on their way, one message each, in the order listed.
@@ -299,11 +321,25 @@ impl Dispatcher {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut meta = std::mem::take(&mut self.meta);
+        let mut batch = batch;
         let sent = guarded(|| {
             // MPI ranks get every argument and result in their messages: the link has no files.
             let flags = link.run_flags();
             encode_batch_meta(&batch, flags, &[], &[], &[], true, &mut meta)
                 .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+            let mut sends = Vec::new();
+            if batch.parts().1.len() >= ARGS_APART {
+                // Large arguments go first, in a message of their own sent from the batch's
+                // buffer (no copy, no fresh memory), which goes back to the executor's buffers
+                // once MPI is done with it; the batch message then carries none.
+                let args = PooledArgs {
+                    bytes: batch.take_args(),
+                    pool: batch.pool().cloned(),
+                };
+                sends = self
+                    .ops
+                    .start_send_from(rank_of(slot), TAG_ARGS, Arc::new(args))?;
+            }
             let args = batch.parts().1;
             // Room for the whole message at once (finish_message then does not reallocate).
             let len = args.len() + meta.len() + 24;
@@ -319,7 +355,8 @@ impl Dispatcher {
                 u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
             });
             finish_message(&mut message, &meta, seq, timeout)?;
-            self.ops.start_send(rank_of(slot), TAG_BATCH, message)
+            sends.extend(self.ops.start_send(rank_of(slot), TAG_BATCH, message)?);
+            Ok(sends)
         });
         self.meta = meta;
         match sent {

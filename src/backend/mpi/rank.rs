@@ -20,9 +20,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::{
-    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, RESULTS_ABOVE, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO,
-    TAG_LARGE, TAG_LEFT, TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message, split_message,
-    take_payload,
+    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, RESULTS_ABOVE, TAG_ALIVE, TAG_ARGS, TAG_BATCH, TAG_CANCEL,
+    TAG_HELLO, TAG_LARGE, TAG_LEFT, TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message,
+    split_message, take_payload,
 };
 use crate::backend::staging::next_spill_file_id;
 use crate::backend::wire::{decode_batch_landed, decode_batch_parts, encode_outcome_meta};
@@ -69,6 +69,7 @@ pub fn serve(ops: MpiOps) -> c_int {
         files: CallFiles::results_only(RESULTS_ABOVE),
         folder: resolve_temp_folder(None).path,
         landings: Vec::new(),
+        pending: None,
     };
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve()));
     let (status, left) = match served {
@@ -135,11 +136,21 @@ struct WorkerRank {
     files: Arc<CallFiles>,
     /// Where landing files are made (the temp folder resolved from the environment).
     folder: std::path::PathBuf,
-    /// The files large batch messages are received into, at most [`DEPTH`].
+    /// The files large arguments are received into, at most [`DEPTH`].
     landings: Vec<Landing>,
+    /// Arguments that came apart ([`TAG_ARGS`]), for the batch message that follows them.
+    pending: Option<Pending>,
 }
 
-/// A batch message at least this large is received into a landing file.
+/// A batch's arguments received apart, waiting for the batch.
+enum Pending {
+    /// The first `len` bytes of landing file `id`.
+    Landed { id: u64, len: usize },
+    /// In memory.
+    Inline(Vec<u8>),
+}
+
+/// Arguments sent apart of at least this many bytes are received into a landing file.
 const LAND_ABOVE: usize = 1 << 20;
 
 /// At most this many landing files: the batches rank 0 keeps in flight per rank.
@@ -155,8 +166,8 @@ impl WorkerRank {
             let mut progressed = self.ops.complete(&mut self.sends)?;
             while let Some((source, tag, len)) = self.ops.probe()? {
                 progressed = true;
-                // A large batch lands in a file its child maps (an unsplit message only).
-                if tag == TAG_BATCH
+                // Large arguments land in a file the child maps (an unsplit message only).
+                if tag == TAG_ARGS
                     && source == 0
                     && len >= LAND_ABOVE
                     && !self.parts.continues(source)
@@ -170,6 +181,8 @@ impl WorkerRank {
                     .receive(&self.ops, (source, tag, len), &mut buf)?;
                 match whole.unwrap_or(0) {
                     TAG_BATCH => self.start(&mut buf)?,
+                    // Arguments that could not land: they wait for their batch in memory.
+                    TAG_ARGS => self.pending = Some(Pending::Inline(std::mem::take(&mut buf))),
                     TAG_CANCEL => {
                         let seq = buf
                             .get(..8)
@@ -264,17 +277,42 @@ impl WorkerRank {
         let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
         let (args_len, meta_len, seq, timeout) = split_message(message).ok_or_else(malformed)?;
         let (args, meta) = take_payload(message, args_len, meta_len)?;
-        // SAFETY: with a registry, the batch's callbacks are indices into this process's
-        // functions.
-        let decoded = unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) };
-        self.run_local(decoded, &meta, seq, timeout, None);
+        let (decoded, landing) = match self.pending.take() {
+            // The batch's arguments came apart, just before it.
+            Some(Pending::Landed { id, len }) => {
+                let Some(landing) = self.landings.iter().find(|l| l.id == id) else {
+                    return Err(malformed());
+                };
+                // SAFETY: the `len` bytes received into the landing file, which stay mapped and
+                // unchanged while the batch runs (it is busy until its outcome comes).
+                let args = unsafe { std::slice::from_raw_parts(landing.map.as_ptr(), len) };
+                // SAFETY: with a registry, the batch's callbacks are indices into this
+                // process's functions.
+                let decoded = unsafe {
+                    decode_batch_landed(&meta, args, id, TAKE_ABOVE, Some(&self.functions))
+                };
+                (decoded, Some(id))
+            }
+            // SAFETY: as above.
+            Some(Pending::Inline(args)) => (
+                unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) },
+                None,
+            ),
+            // SAFETY: as above.
+            None => (
+                unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) },
+                None,
+            ),
+        };
+        self.run_local(decoded, &meta, seq, timeout, landing);
         Ok(())
     }
 
-    /// Receives a batch message of `len` bytes (announced by iprobe) into a landing file, when
-    /// one can be had: its large arguments stay there, and the child maps them (the spill files
-    /// of the local pool's calls) instead of receiving them over the socket. False when no
-    /// landing file could be had: the caller receives the message as any other.
+    /// Receives a batch's arguments (`len` bytes, announced by iprobe: [`TAG_ARGS`]) into a
+    /// landing file, when one can be had: they wait there for their batch, whose large arguments
+    /// the child then maps (the spill files of the local pool's calls) instead of receiving them
+    /// over the socket. False when no landing file could be had: the caller receives the message
+    /// as any other.
     fn land(&mut self, len: usize) -> Result<bool> {
         let Some(at) = self.landing_for(len) else {
             return Ok(false);
@@ -283,28 +321,9 @@ impl WorkerRank {
         // SAFETY: a writable shared mapping of at least `len` bytes (`landing_for`), which no
         // one else reads or writes now: it is not busy, so no local batch refers to it.
         let dst = unsafe { std::slice::from_raw_parts_mut(start, len) };
-        self.ops.receive_into(0, TAG_BATCH, dst)?;
+        self.ops.receive_into(0, TAG_ARGS, dst)?;
         self.landings[at].busy = true;
-        // SAFETY: the `len` bytes just received, which stay mapped and unchanged while the
-        // batch runs (the landing is busy until its outcome comes).
-        let message = unsafe { std::slice::from_raw_parts(start.cast_const(), len) };
-        let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
-        let (args_len, meta_len, seq, timeout) = split_message(message).ok_or_else(malformed)?;
-        let meta = message
-            .get(args_len..args_len + meta_len)
-            .ok_or_else(malformed)?
-            .to_vec();
-        // SAFETY: as in `start`.
-        let decoded = unsafe {
-            decode_batch_landed(
-                &meta,
-                &message[..args_len],
-                id,
-                TAKE_ABOVE,
-                Some(&self.functions),
-            )
-        };
-        self.run_local(decoded, &meta, seq, timeout, Some(id));
+        self.pending = Some(Pending::Landed { id, len });
         Ok(true)
     }
 
@@ -326,6 +345,14 @@ impl WorkerRank {
         }
         let page = rustix::param::page_size();
         let size = len.checked_add(page - 1)? / page * page;
+        // Free smaller files make room for a larger one within the bound (see `landed`).
+        while self.landings_held() + size > self.landing_bound() {
+            let smaller = (0..self.landings.len())
+                .filter(|&at| !self.landings[at].busy && self.landings[at].map.len() < size)
+                .min_by_key(|&at| self.landings[at].map.len());
+            let Some(at) = smaller else { break };
+            self.landings.swap_remove(at);
+        }
         let file = BackingFile::create(&self.folder, size as u64).ok()?;
         let map = Mapping::map_whole(file.fd(), MapAccess::Shared).ok()?;
         // The child maps the file itself; a copy of this writable mapping is not its business.
@@ -338,6 +365,17 @@ impl WorkerRank {
         });
         self.publish_landings();
         Some(self.landings.len() - 1)
+    }
+
+    /// The bytes of the landing files.
+    fn landings_held(&self) -> usize {
+        self.landings.iter().map(|l| l.map.len()).sum()
+    }
+
+    /// What the landing files may hold once free: what an executor keeps ([`KEPT_BYTES`]), plus
+    /// a MiB per file for the messages' other parts.
+    fn landing_bound(&self) -> usize {
+        KEPT_BYTES + self.landings.len().max(1) * (1 << 20)
     }
 
     /// Publishes the landing files to the local pool's calls (a new spill epoch).
@@ -358,10 +396,7 @@ impl WorkerRank {
             return;
         };
         self.landings[at].busy = false;
-        let page = rustix::param::page_size();
-        let bound = KEPT_BYTES + self.landings.len() * page.max(1 << 20);
-        let held: usize = self.landings.iter().map(|l| l.map.len()).sum();
-        if held > bound {
+        if self.landings_held() > self.landing_bound() {
             self.landings.swap_remove(at);
             self.publish_landings();
         }
