@@ -481,6 +481,25 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_argument_buffer_replaces_smaller_ones_when_the_bytes_are_full() {
+        let buffers = ArgBuffers::default();
+        for _ in 0..3 {
+            buffers.give(Vec::with_capacity(KEPT_BYTES / 4));
+        }
+        buffers.give(Vec::with_capacity(KEPT_BYTES / 2));
+        assert_eq!(buffers.kept(), 3, "one smaller buffer freed for it");
+        assert!(
+            buffers.take(Some(KEPT_BYTES / 2)).capacity() >= KEPT_BYTES / 2,
+            "the next call of large arguments finds it"
+        );
+        buffers.give(Vec::with_capacity(KEPT_BYTES / 4));
+        buffers.give(Vec::with_capacity(KEPT_BYTES));
+        assert_eq!(buffers.kept(), 1, "the smaller ones made room");
+        buffers.give(Vec::with_capacity(KEPT_BYTES / 4));
+        assert_eq!(buffers.kept(), 1, "no room, and nothing smaller to free");
+    }
+
+    #[test]
     fn a_known_size_takes_the_smallest_that_fits_and_an_unknown_one_the_largest() {
         let buffers = ArgBuffers::default();
         for capacity in [4096, 1 << 20, 64 << 10] {
