@@ -549,7 +549,7 @@ pub struct BatchOutcome {
     /// (empty) entry in `ends`, so results stay aligned with task indices.
     pub errors: Vec<(usize, TaskFailure)>,
     /// Outputs kept outside `data` by the backend (process backend: results above max_nbytes
-    /// that came back through files, mapped): (task index, output), sorted. Their entry in `ends`
+    /// in result slabs, mapped; MPI: results received apart): (task index, output), sorted. Their entry in `ends`
     /// is empty.
     pub large: Vec<(usize, LargeOutput)>,
     /// Seconds from dispatch to completion (auto batching's sample), set by the backend as it

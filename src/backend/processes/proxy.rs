@@ -82,7 +82,7 @@ pub(super) struct Proxy {
     /// so this is empty again after each outcome and the next one lands in fresh memory (or in a
     /// buffer put here before the exchange).
     bulk: Vec<u8>,
-    /// Descriptors of result files that came with the last outcome.
+    /// Descriptors of result slabs the worker made for the last outcome.
     fds: Vec<OwnedFd>,
     /// How to start a fresh worker.
     start: Start,

@@ -97,8 +97,9 @@ pub fn encode_batch(
 /// only the indices travel: the worker skips those tasks, and the parent, which kept the batch,
 /// merges their failures.
 /// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
-/// order of the descriptors; `results_folder` is where the worker writes results above
-/// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
+/// order of the descriptors; `lent`, the result slabs lent with the batch (the descriptors of
+/// those `with_fd` follow the spill files'); `results_folder` is where the worker makes slabs for
+/// results above `flags.results_above` when no lent one fits. `by_index`: the worker was spawned, not forked, so callbacks travel as
 /// registry indices (the caller checked that every task's function is registered).
 ///
 /// Its size is a few words per task: when it cannot be allocated, this is an

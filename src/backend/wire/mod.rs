@@ -5,7 +5,9 @@
 //! words per task) and a `bulk` part (a batch's argument bytes, an outcome's result bytes).
 //! Integers are native-endian (both sides are the same binary on the same machine). The encodings
 //! live in [`batch`] and [`outcome`], the socket reads and writes in [`socket`]; this module holds
-//! what they share. The MPI backend sends the same two parts as one message each, the bulk bytes
+//! what they share. Results above max_nbytes do not travel in frames: they lie in result slabs
+//! (`backend::slabs`), which the outcome lists. The MPI backend sends the same two parts as one
+//! message each, the bulk bytes
 //! first (see `backend::mpi`: the bulk part of a large outcome becomes the message, and a large
 //! received message becomes the bulk part, neither copied); [`encode_batch`] and
 //! [`encode_outcome`] (the meta part followed by the bulk bytes) remain for this module's tests.
