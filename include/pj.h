@@ -141,9 +141,10 @@ typedef struct pj_error_t pj_error_t;
 // results in submission order. Created by `pj_parallel_new`, owned by the caller, freed with
 // `pj_parallel_free`. Its worker pool starts with the first call and is reused by later ones.
 //
-// Memory: the memory of its calls' arguments, and on threads and sequential of their results, is
-// kept for later calls (results' once `pj_results_free` frees them), so that a call repeated
-// touches no fresh page: at most 256 MiB of each while the executor lives.
+// Memory: the memory of its calls' arguments, and of their results (on processes and MPI: of
+// the results above max_nbytes, in files), is kept for later calls (results' once
+// `pj_results_free` frees them), so that a call repeated touches no fresh page: at most 256 MiB
+// of each kind while the executor lives.
 //
 // Threading: any thread may use it, but it runs one call at a time. A submit/collect call belongs to
 // the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call
@@ -339,11 +340,13 @@ void pj_config_free(pj_config_t *config);
 // room (/dev/shm, then TMPDIR/TEMP/TMP, then /tmp). A folder that is missing, unwritable, or full
 // when named by `temp_folder` or PJ_TEMP_FOLDER (or when no folder of the order has room) fails
 // the call with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
-// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
-// worker writes each to its own unnamed file and the caller's results map it, without a copy (up
-// to 16 such results per batch; more stay in the socket). The executor keeps its argument files
-// (up to 256 MiB of them) for its next calls, which write their large arguments into the same
-// space, so kept workers read them without new files or page faults; they go when the executor
+// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way:
+// `pj_out_alloc` (or `pj_out_set`) hands the task a window of an unnamed file, which the caller's
+// results map, so the bytes are neither sent nor copied (up to 16 new files per batch; later
+// large results stay in the socket); once the results are freed, the executor keeps those files
+// (up to 256 MiB of them) for its next calls' large results. It keeps its argument files (up to
+// 256 MiB of them) too, for its next calls, which write their large arguments into the same
+// space, so kept workers read them without new files or page faults. Both go when the executor
 // is freed. Files have no name, so nothing is left behind, even if the process is killed.
 //
 // Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;

@@ -11,6 +11,7 @@ mod crash;
 mod failure;
 pub mod mpi;
 mod processes;
+mod slabs;
 mod spill;
 mod staging;
 mod threads;
@@ -183,7 +184,7 @@ impl Backend {
                     let _task_level = crate::nesting::Deeper::enter();
                     // No timeout here: one thread cannot watch itself (a warning says so at the
                     // call's start, as joblib's does).
-                    run_batch(&batch, link.run_context(WorkerId::Caller))
+                    run_batch(&batch, link.run_context(WorkerId::Caller), None)
                 };
                 link.send(batch, outcome);
             }

@@ -1,14 +1,13 @@
-//! The worker's side of memmapping: mapping spilled arguments it receives, and sending results
-//! above max_nbytes back through files instead of the socket.
+//! The worker's side of memmapping: mapping the spilled arguments it receives (results above
+//! max_nbytes go back through result slabs: `backend::slabs`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::memmap::{BackingFile, MapAccess, Mapping};
-use crate::task::{Batch, BatchOutcome, TaskFailure};
+use crate::memmap::{MapAccess, Mapping};
+use crate::task::Batch;
 
 /// A worker's view of spilled arguments: the files it received and its mappings of them, for
 /// one spill epoch (kept across the calls of a kept worker while the epoch lasts).
@@ -93,112 +92,4 @@ impl SpillMaps {
     pub fn end_batch(&mut self) {
         self.private.clear();
     }
-}
-
-/// A result written to a file by the worker: its task, length, and the file (sent to the parent).
-#[derive(Debug)]
-pub struct SpilledResult {
-    /// The task's index.
-    pub index: usize,
-    /// The result's length in bytes.
-    pub len: usize,
-    /// The unnamed file holding it.
-    pub fd: OwnedFd,
-}
-
-/// Moves every result longer than `above` bytes (at most `max` of them; later ones stay inline)
-/// out of `outcome` into its own unnamed file in `folder` (its entry in `outcome.ends` becomes
-/// empty), so that it travels as a descriptor.
-///
-/// A result that cannot be written to a file (a full, missing or unwritable folder) fails its own
-/// task, never another: with on_error=collect (`collect`) that task joins `outcome.errors` with
-/// an empty output and the rest of the batch comes back; otherwise it becomes the batch's failure
-/// and the results after it are dropped (the call ends there, as when that task itself failed).
-pub fn spill_results(
-    outcome: &mut BatchOutcome,
-    above: u64,
-    folder: &Path,
-    max: usize,
-    collect: bool,
-) -> Vec<SpilledResult> {
-    let mut spilled = Vec::new();
-    // Offsets (in `ends`) of the results that leave the arena: spilled, or failed.
-    let (mut moved, mut moved_bytes) = (Vec::new(), 0);
-    let mut start = 0;
-    for offset in 0..outcome.ends.len() {
-        let end = outcome.ends[offset];
-        let len = end - start;
-        let index = outcome.first + offset;
-        if len as u64 > above && spilled.len() < max {
-            match write_result(folder, &outcome.data[start..end]) {
-                Ok(fd) => spilled.push(SpilledResult { index, len, fd }),
-                Err(error) => {
-                    let failure = TaskFailure::Io(format!(
-                        "cannot return a result through a file: {}",
-                        error.message()
-                    ));
-                    if !collect {
-                        outcome.failure = Some((index, failure));
-                        outcome.ends.truncate(offset);
-                        outcome.data.truncate(start);
-                        break;
-                    }
-                    let at = outcome.errors.partition_point(|(i, _)| *i < index);
-                    outcome.errors.insert(at, (index, failure));
-                }
-            }
-            moved.push(offset);
-            moved_bytes += len;
-        }
-        start = end;
-    }
-    if moved.is_empty() {
-        return spilled;
-    }
-    // Rebuild the arena without the results that left it.
-    let mut data = Vec::with_capacity(outcome.data.len() - moved_bytes);
-    let mut ends = Vec::with_capacity(outcome.ends.len());
-    let (mut start, mut next) = (0, moved.iter().peekable());
-    for (offset, &end) in outcome.ends.iter().enumerate() {
-        if next.next_if(|&&m| m == offset).is_none() {
-            data.extend_from_slice(&outcome.data[start..end]);
-        }
-        ends.push(data.len());
-        start = end;
-    }
-    outcome.data = data.into();
-    outcome.ends = ends;
-    spilled
-}
-
-/// `bytes` in a new unnamed file in `folder`, its space reserved first.
-fn write_result(folder: &Path, bytes: &[u8]) -> Result<OwnedFd> {
-    let file = BackingFile::create(folder, bytes.len() as u64)?;
-    file.write_all_at(0, bytes).map_err(|error| {
-        Error::new(
-            ErrorKind::Io,
-            format!("cannot write a result file: {error}"),
-        )
-    })?;
-    Ok(file.into_fd())
-}
-
-/// In the parent: maps the results a worker sent through files, read-only.
-pub fn map_results(files: Vec<(usize, usize)>, fds: Vec<OwnedFd>) -> Result<Vec<(usize, Mapping)>> {
-    if files.len() != fds.len() {
-        return Err(Error::new(
-            ErrorKind::Io,
-            "a worker sent result files that do not match its outcome",
-        ));
-    }
-    files
-        .into_iter()
-        .zip(fds)
-        .map(|((index, len), fd)| {
-            Ok((
-                index,
-                Mapping::map(fd.as_fd(), 0, len, MapAccess::ReadOnly)?,
-            ))
-        })
-        .collect()
 }

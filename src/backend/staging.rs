@@ -47,6 +47,11 @@ pub struct SpillOptions {
 /// Spill file ids: unique in the process, so a kept worker never confuses two sets of files.
 static NEXT_FILE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new spill file id, unique in the process.
+pub fn next_spill_file_id() -> u64 {
+    NEXT_FILE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Spill epochs: unique in the process, never 0 (what a call without spill files sends).
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
@@ -87,6 +92,35 @@ impl CallFiles {
     /// epoch's files drops them and receives this one's.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// For a call whose arguments all travel inline but whose results above `above` bytes go
+    /// back through result slabs in the temp folder resolved from the environment (an MPI worker
+    /// rank's local pool).
+    pub fn results_only(above: u64) -> Arc<CallFiles> {
+        let folder = resolve_temp_folder(None);
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(folder.path.as_os_str()).to_vec();
+        Arc::new(CallFiles {
+            access: MapAccess::ReadOnly,
+            results: (above, bytes),
+            files: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+        })
+    }
+
+    /// Publishes `files` (id, descriptor) as the call's spill files, under a new epoch (workers
+    /// drop the files and mappings of the previous one): an MPI worker rank's landing files.
+    pub fn publish(&self, files: &[(u64, Arc<OwnedFd>)]) {
+        let mut published = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        published.clear();
+        published.extend(files.iter().map(|(id, fd)| SpillFile {
+            id: *id,
+            fd: Arc::clone(fd),
+        }));
+        self.epoch.store(
+            NEXT_EPOCH.fetch_add(1, Ordering::Relaxed),
+            Ordering::Release,
+        );
     }
 
     /// The files `batch` refers to that are not in `sent` (the ids a worker already has), each

@@ -214,7 +214,7 @@ fn worker_loop(worker: usize, slot: &Slot, shared: &Shared) {
             ..job.link.run_context(WorkerId::Thread(worker))
         };
         let (first, size) = (job.batch.first, job.batch.len());
-        let mut outcome = catch_unwind(AssertUnwindSafe(|| run_batch(&job.batch, ctx)))
+        let mut outcome = catch_unwind(AssertUnwindSafe(|| run_batch(&job.batch, ctx, None)))
             .unwrap_or_else(|panic| {
                 job.link.abort.store(true, Ordering::Relaxed);
                 lost_batch(

@@ -114,11 +114,13 @@ pub extern "C" fn pj_config_free(config: *mut pj_config_t) {
 /// room (/dev/shm, then TMPDIR/TEMP/TMP, then /tmp). A folder that is missing, unwritable, or full
 /// when named by `temp_folder` or PJ_TEMP_FOLDER (or when no folder of the order has room) fails
 /// the call with PJ_STATUS_IO naming it, before the task that needed it runs; a call with no argument above
-/// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way: the
-/// worker writes each to its own unnamed file and the caller's results map it, without a copy (up
-/// to 16 such results per batch; more stay in the socket). The executor keeps its argument files
-/// (up to 256 MiB of them) for its next calls, which write their large arguments into the same
-/// space, so kept workers read them without new files or page faults; they go when the executor
+/// max_nbytes never touches the folder. Results larger than max_nbytes come back the same way:
+/// `pj_out_alloc` (or `pj_out_set`) hands the task a window of an unnamed file, which the caller's
+/// results map, so the bytes are neither sent nor copied (up to 16 new files per batch; later
+/// large results stay in the socket); once the results are freed, the executor keeps those files
+/// (up to 256 MiB of them) for its next calls' large results. It keeps its argument files (up to
+/// 256 MiB of them) too, for its next calls, which write their large arguments into the same
+/// space, so kept workers read them without new files or page faults. Both go when the executor
 /// is freed. Files have no name, so nothing is left behind, even if the process is killed.
 ///
 /// Returns PJ_STATUS_OK; PJ_STATUS_NULL_ARGUMENT when `config`, `key` or `value` is NULL;

@@ -62,9 +62,10 @@ pub type pj_producer_fn = Option<
 /// results in submission order. Created by `pj_parallel_new`, owned by the caller, freed with
 /// `pj_parallel_free`. Its worker pool starts with the first call and is reused by later ones.
 ///
-/// Memory: the memory of its calls' arguments, and on threads and sequential of their results, is
-/// kept for later calls (results' once `pj_results_free` frees them), so that a call repeated
-/// touches no fresh page: at most 256 MiB of each while the executor lives.
+/// Memory: the memory of its calls' arguments, and of their results (on processes and MPI: of
+/// the results above max_nbytes, in files), is kept for later calls (results' once
+/// `pj_results_free` frees them), so that a call repeated touches no fresh page: at most 256 MiB
+/// of each kind while the executor lives.
 ///
 /// Threading: any thread may use it, but it runs one call at a time. A submit/collect call belongs to
 /// the thread that made its first `pj_parallel_submit` until its `pj_parallel_collect`; while a call

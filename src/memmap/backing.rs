@@ -162,6 +162,7 @@ impl BackingFile {
     }
 
     /// Writes all of `bytes` at `offset` (which must have been reserved).
+    #[cfg(test)]
     pub(crate) fn write_all_at(&self, mut offset: u64, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             match rustix::io::pwrite(&self.fd, bytes, offset) {

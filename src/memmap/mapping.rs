@@ -148,6 +148,22 @@ impl Mapping {
         }
     }
 
+    /// Maps the pages of bytes `offset..offset + len` of the mapping now (`MADV_POPULATE_READ`),
+    /// the way a read fault does: many pages per fault where the file system maps around the
+    /// faulting one (shmem and tmpfs do). For a shared mapping of a file the kernel does not
+    /// track writes to (tmpfs, `/dev/shm`) the pages come writable, so that writing them then
+    /// takes no fault either; elsewhere a write still faults once per page. Best effort, as
+    /// [`Mapping::populate_write`].
+    pub fn populate_read(&self, offset: usize, len: usize) {
+        let Some(map) = &self.map else { return };
+        let page = page_size();
+        let start = offset / page * page;
+        let end = offset.saturating_add(len).min(map.len());
+        if end > start {
+            let _ = map.advise_range(memmap2::Advice::PopulateRead, start, end - start);
+        }
+    }
+
     /// The first mapped byte; for an empty mapping, a non-null, 64-byte-aligned pointer that must
     /// not be dereferenced. Writing through it is allowed only for [`MapAccess::Shared`] and
     /// [`MapAccess::Private`] (a write to a read-only mapping is a SIGSEGV).

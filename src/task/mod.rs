@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod recycle;
 mod worker;
 
-pub use recycle::{Arena, ArgBuffers, BufferPool};
+pub use recycle::{Arena, ArgBuffers, BufferPool, KEPT_BYTES};
 pub use worker::WorkerId;
 
 /// The task callback, exactly as C declares `pj_task_fn` (the header's typedef lives in `ffi`).
@@ -88,6 +88,26 @@ impl Callback {
     }
 }
 
+/// Where a worker process puts the outputs above a size instead of its batch's arena: memory it
+/// shares with the caller (a result slab), written in place by the task and read in place by the
+/// caller, so that a large result crosses no socket and is never copied by pj.
+///
+/// Every method is called on the thread running the batch, between tasks or from inside the
+/// running task's `pj_out_*` calls; none may unmap memory it handed out before the batch ends.
+pub trait LargeSink {
+    /// Outputs longer than this many bytes go to the sink (when it has room for them).
+    fn above(&self) -> usize;
+    /// `len` writable bytes for the running task's output (zeroed when `zeroed`), replacing the
+    /// window it had (whose bytes stay readable until the batch ends). `None` when the sink has
+    /// no room for it: the output then goes to the arena.
+    fn window(&mut self, len: usize, zeroed: bool) -> Option<std::ptr::NonNull<u8>>;
+    /// The running task's window is not its output (a smaller output replaced it, or the task
+    /// failed): the sink may hand it out again.
+    fn release(&mut self);
+    /// The running task's window holds its output: task `index`, the first `len` bytes.
+    fn commit(&mut self, index: usize, len: usize);
+}
+
 /// A task's output handle, lent to the task callback for the duration of the call: write the
 /// result with `pj_out_set` (copy) or `pj_out_alloc` (in place), attach a failure message with
 /// `pj_out_error`. Each write replaces the previous one. Never keep it after the callback returns.
@@ -105,12 +125,18 @@ pub struct TaskOutput {
     /// The running batch's abort flag ([`RunContext::abort`]); valid while the callback runs,
     /// which is the only time a `TaskOutput` is lent out.
     stop: *const AtomicBool,
+    /// Where outputs above its size go (a worker process's result slabs); valid while the batch
+    /// runs, like `stop`.
+    sink: Option<*mut dyn LargeSink>,
+    /// The output, when it lies in a window of `sink`: its start and length.
+    large: Option<(std::ptr::NonNull<u8>, usize)>,
 }
 
 impl TaskOutput {
     /// Makes room for an output of `len` bytes (the previous output is dropped); false, with the
     /// output empty and the failure recorded, when the memory cannot be had. Never aborts.
     fn make_room(&mut self, len: usize) -> bool {
+        self.drop_large();
         self.arena.truncate(self.start);
         if !self.arena.try_reserve(len) {
             self.failed_alloc = Some(len);
@@ -126,6 +152,13 @@ impl TaskOutput {
     /// `pj_out_alloc` gave it), or anywhere in the arena's memory: those bytes are moved to the
     /// window's start (allocating only when they reach past the arena's end).
     pub fn set(&mut self, data: &[u8]) -> bool {
+        if let Some(window) = self.sink_window(data.len(), false) {
+            // SAFETY: `window` begins `data.len()` writable bytes of the sink; `data` is readable
+            // (it may overlap the window: an earlier window's bytes stay mapped, and `copy` is a
+            // memmove).
+            unsafe { std::ptr::copy(data.as_ptr(), window.as_ptr(), data.len()) };
+            return true;
+        }
         if let Some(from) = self.arena.offset_of(data).filter(|_| !data.is_empty()) {
             // Only the range is used from here on, not `data`: the arena moves the bytes itself
             // (they may overlap where they go, and lie anywhere in the arena's memory).
@@ -146,6 +179,13 @@ impl TaskOutput {
     /// Shortens the output to its first `len` bytes (an output written in place larger than it
     /// turned out to be). False, with the output unchanged, when it is shorter than `len`.
     pub fn truncate(&mut self, len: usize) -> bool {
+        if let Some((_, have)) = &mut self.large {
+            if len > *have {
+                return false;
+            }
+            *have = len;
+            return true;
+        }
         if len > self.arena.len() - self.start {
             return false;
         }
@@ -158,6 +198,11 @@ impl TaskOutput {
     /// `None` when they cannot be allocated: the output is then empty and the task fails (unless a
     /// later write succeeds).
     pub fn alloc(&mut self, len: usize) -> Option<&mut [u8]> {
+        if let Some(window) = self.sink_window(len, true) {
+            // SAFETY: `window` begins `len` writable, zeroed bytes of the sink, which stay mapped
+            // (and are not handed out again) until the task's output is released or committed.
+            return Some(unsafe { std::slice::from_raw_parts_mut(window.as_ptr(), len) });
+        }
         if !self.make_room(len) {
             return None;
         }
@@ -172,7 +217,40 @@ impl TaskOutput {
 
     /// The bytes written so far (for tests and the safe API).
     pub fn data(&self) -> &[u8] {
-        &self.arena[self.start..]
+        match self.large {
+            // SAFETY: the window's first `len` bytes, mapped until the batch ends.
+            Some((at, len)) => unsafe { std::slice::from_raw_parts(at.as_ptr(), len) },
+            None => &self.arena[self.start..],
+        }
+    }
+
+    /// A window of `len` bytes of the sink for the output (which then lies there), when there is
+    /// a sink, `len` is above its size and it has room; the arena's part of the output is
+    /// emptied. `None`: the output goes to the arena as usual.
+    #[inline]
+    fn sink_window(&mut self, len: usize, zeroed: bool) -> Option<std::ptr::NonNull<u8>> {
+        let sink = self.sink?;
+        // SAFETY: `sink` outlives the batch's run (see `run_batch_with`) and is only used from
+        // the thread running it.
+        let sink = unsafe { &mut *sink };
+        if len <= sink.above() {
+            return None;
+        }
+        let window = sink.window(len, zeroed)?;
+        self.arena.truncate(self.start);
+        self.failed_alloc = None;
+        self.large = Some((window, len));
+        Some(window)
+    }
+
+    /// The output no longer lies in the sink: its window goes back to it.
+    fn drop_large(&mut self) {
+        if self.large.take().is_some()
+            && let Some(sink) = self.sink
+        {
+            // SAFETY: as in `sink_window`.
+            unsafe { &mut *sink }.release();
+        }
     }
 
     /// Whether the task's call is stopping: cancelled (`pj_parallel_cancel`, SIGINT with
@@ -330,6 +408,12 @@ impl Batch {
         }
     }
 
+    /// The batch's argument bytes, taken out of it, the batch left with its tasks (rank 0 sends
+    /// them apart from the rest of the batch, which must no longer run).
+    pub fn take_args(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.args)
+    }
+
     /// The batch's argument bytes, taken out of it (a worker process receives the next batch's
     /// into the same memory).
     pub fn into_args(mut self) -> Vec<u8> {
@@ -465,7 +549,7 @@ pub struct BatchOutcome {
     /// (empty) entry in `ends`, so results stay aligned with task indices.
     pub errors: Vec<(usize, TaskFailure)>,
     /// Outputs kept outside `data` by the backend (process backend: results above max_nbytes
-    /// that came back through files, mapped): (task index, output), sorted. Their entry in `ends`
+    /// in result slabs, mapped; MPI: results received apart): (task index, output), sorted. Their entry in `ends`
     /// is empty.
     pub large: Vec<(usize, LargeOutput)>,
     /// Seconds from dispatch to completion (auto batching's sample), set by the backend as it
@@ -489,6 +573,12 @@ impl LargeOutput {
     /// The output's bytes.
     pub fn bytes(&self) -> &[u8] {
         (*self.0).as_ref()
+    }
+}
+
+impl AsRef<[u8]> for LargeOutput {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
     }
 }
 
@@ -689,7 +779,15 @@ impl<'a> RunContext<'a> {
 /// empty result and an entry in `errors`, and the batch goes on. Tasks in `batch.forced` are not
 /// run (their failures are the caller's to merge). Any worker stops before its next task once
 /// `abort` is raised (or its `running` record is abandoned).
-pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
+///
+/// With a `sink` (a worker process's result slabs), the outputs above its size are written
+/// there instead of the arena: such a task's entry in `ends` is empty, and the sink is told its
+/// index ([`LargeSink::commit`]).
+pub fn run_batch(
+    batch: &Batch,
+    ctx: RunContext<'_>,
+    sink: Option<&mut dyn LargeSink>,
+) -> BatchOutcome {
     let size = batch.len();
     // The executor's reused memory when the batch has a pool (threads, sequential).
     let arena = batch
@@ -702,6 +800,13 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         message: None,
         failed_alloc: None,
         stop: ctx.abort,
+        sink: sink.map(|sink| {
+            let sink: *mut (dyn LargeSink + '_) = sink;
+            // SAFETY: only the lifetime is erased: `out`, the only holder of the pointer, lives
+            // in this function, shorter than the borrow of `sink`.
+            unsafe { std::mem::transmute::<*mut (dyn LargeSink + '_), *mut dyn LargeSink>(sink) }
+        }),
+        large: None,
     };
     let mut ends = Vec::with_capacity(size);
     let mut failure = None;
@@ -734,6 +839,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
         let code = unsafe { (callback.func)(callback.userdata, arg.as_ptr(), arg.len(), &mut out) };
         if let Some(len) = out.failed_alloc.take() {
             // The output could not be kept: the task failed, whatever its callback returned.
+            out.drop_large();
             out.arena.truncate(out.start);
             out.message = None;
             let lost = TaskFailure::Io(format!(
@@ -750,6 +856,7 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
             break;
         }
         if code != 0 {
+            out.drop_large();
             out.arena.truncate(out.start);
             let returned = TaskFailure::Returned {
                 code,
@@ -771,6 +878,10 @@ pub fn run_batch(batch: &Batch, ctx: RunContext<'_>) -> BatchOutcome {
             break;
         }
         out.message = None;
+        if let (Some((_, len)), Some(sink)) = (out.large.take(), out.sink) {
+            // SAFETY: as in `TaskOutput::sink_window`.
+            unsafe { &mut *sink }.commit(index, len);
+        }
         ends.push(out.arena.len());
     }
     if let Some(running) = ctx.running {
@@ -829,6 +940,7 @@ mod tests {
         let outcome = run_batch(
             &batch_of(10, &[1, 2, 3, 4]),
             RunContext::new(&abort, WorkerId::Caller),
+            None,
         );
         assert_eq!(outcome.completed(), 2);
         assert_eq!(&outcome.data[..8], &2u64.to_ne_bytes());
@@ -855,7 +967,7 @@ mod tests {
         }
         let tail = batch.split_off(1);
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(&tail, RunContext::new(&abort, WorkerId::Caller));
+        let outcome = run_batch(&tail, RunContext::new(&abort, WorkerId::Caller), None);
         assert_eq!(outcome.data.len(), 24, "the piece keeps its arguments");
         assert_eq!(buffers.kept(), 0);
         drop(tail);
@@ -871,7 +983,7 @@ mod tests {
         let tail = batch.split_off(1);
         assert_eq!(tail.first, 6);
         let abort = AtomicBool::new(false);
-        let outcome = run_batch(&tail, RunContext::new(&abort, WorkerId::Caller));
+        let outcome = run_batch(&tail, RunContext::new(&abort, WorkerId::Caller), None);
         let values: Vec<u64> = outcome
             .data
             .chunks(8)
@@ -879,7 +991,7 @@ mod tests {
             .collect();
         assert_eq!(values, vec![4, 8, 10]);
         assert_eq!(
-            run_batch(&batch, RunContext::new(&abort, WorkerId::Caller)).completed(),
+            run_batch(&batch, RunContext::new(&abort, WorkerId::Caller), None).completed(),
             1
         );
     }

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 const KEPT: usize = 64;
 
 /// At most this many bytes (of capacity) of each kind wait for reuse: what an idle executor keeps,
-/// released when it is freed.
-const KEPT_BYTES: usize = 256 << 20;
+/// released when it is freed (process workers' result slabs are bounded alike).
+pub const KEPT_BYTES: usize = 256 << 20;
 
 /// An executor's free lists of byte buffers (cheap to clone: every clone is the same pool).
 /// Taking and giving back never block on anything but one list's lock, taken once per batch
@@ -150,7 +150,9 @@ impl BufferPool {
             return;
         }
         buffer.clear();
-        let refused = lock(&self.0.args).keep(buffer);
+        // Smaller kept buffers make room for a larger one (a call of larger arguments after a
+        // phase of smaller ones would otherwise copy into fresh memory every time).
+        let refused = lock(&self.0.args).keep_evicting(buffer);
         // Freed outside the lock (unmapping a large buffer is a system call).
         drop(refused);
     }
@@ -404,6 +406,12 @@ impl std::ops::Deref for Arena {
     }
 }
 
+impl AsRef<[u8]> for Arena {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl From<Vec<u8>> for Arena {
     fn from(bytes: Vec<u8>) -> Self {
         Arena {
@@ -470,6 +478,25 @@ mod tests {
         let _ = buffers.take(None);
         buffers.give(Vec::with_capacity(KEPT_BYTES / 2));
         assert_eq!(buffers.kept(), 2, "taking one makes room for one");
+    }
+
+    #[test]
+    fn a_larger_argument_buffer_replaces_smaller_ones_when_the_bytes_are_full() {
+        let buffers = ArgBuffers::default();
+        for _ in 0..3 {
+            buffers.give(Vec::with_capacity(KEPT_BYTES / 4));
+        }
+        buffers.give(Vec::with_capacity(KEPT_BYTES / 2));
+        assert_eq!(buffers.kept(), 3, "one smaller buffer freed for it");
+        assert!(
+            buffers.take(Some(KEPT_BYTES / 2)).capacity() >= KEPT_BYTES / 2,
+            "the next call of large arguments finds it"
+        );
+        buffers.give(Vec::with_capacity(KEPT_BYTES / 4));
+        buffers.give(Vec::with_capacity(KEPT_BYTES));
+        assert_eq!(buffers.kept(), 1, "the smaller ones made room");
+        buffers.give(Vec::with_capacity(KEPT_BYTES / 4));
+        assert_eq!(buffers.kept(), 1, "no room, and nothing smaller to free");
     }
 
     #[test]

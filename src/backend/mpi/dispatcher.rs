@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::c_int;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,14 +28,14 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::rank0::{Order, Readiness, fail};
 use super::{
-    HELLO_LIMIT, SILENCE_LIMIT, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT, TAG_OUTCOME, TAG_STOP,
-    finish_message, split_message, take_payload,
+    ARGS_APART, HELLO_LIMIT, SILENCE_LIMIT, TAG_ARGS, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LARGE,
+    TAG_LEFT, TAG_OUTCOME, TAG_STOP, finish_message, split_message, take_payload,
 };
 use crate::backend::CallLink;
-use crate::backend::wire::{decode_outcome_parts, encode_batch_meta};
+use crate::backend::wire::{SlabResultRef, decode_outcome_parts, encode_batch_meta};
 use crate::error::{Error, ErrorKind, Result, panic_message};
 use crate::spin::Backoff;
-use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
+use crate::task::{Batch, BatchOutcome, BufferPool, TaskFailure, WorkerId};
 
 /// How long stopping waits for cancelled batches and the final messages.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
@@ -45,6 +46,35 @@ struct InFlight {
     batch: Batch,
     link: CallLink,
     cancelled: bool,
+    /// Its outcome came, listing results in slabs: it waits for them ([`TAG_LARGE`]).
+    waiting: Option<Waiting>,
+}
+
+/// A batch's arguments sent apart ([`TAG_ARGS`]): given back to the executor's buffers when MPI
+/// no longer reads them.
+struct PooledArgs {
+    bytes: Vec<u8>,
+    pool: Option<BufferPool>,
+}
+
+impl AsRef<[u8]> for PooledArgs {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PooledArgs {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// An outcome whose results in slabs are on their way, one message each, in the order listed.
+struct Waiting {
+    outcome: BatchOutcome,
+    listed: Vec<SlabResultRef>,
 }
 
 /// Batches in flight per worker rank: while one runs, the next is already there, so a rank never
@@ -291,11 +321,25 @@ impl Dispatcher {
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut meta = std::mem::take(&mut self.meta);
+        let mut batch = batch;
         let sent = guarded(|| {
             // MPI ranks get every argument and result in their messages: the link has no files.
             let flags = link.run_flags();
-            encode_batch_meta(&batch, flags, &[], &[], true, &mut meta)
+            encode_batch_meta(&batch, flags, &[], &[], &[], true, &mut meta)
                 .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+            let mut sends = Vec::new();
+            if batch.parts().1.len() >= ARGS_APART {
+                // Large arguments go first, in a message of their own sent from the batch's
+                // buffer (no copy, no fresh memory), which goes back to the executor's buffers
+                // once MPI is done with it; the batch message then carries none.
+                let args = PooledArgs {
+                    bytes: batch.take_args(),
+                    pool: batch.pool().cloned(),
+                };
+                sends = self
+                    .ops
+                    .start_send_from(rank_of(slot), TAG_ARGS, Arc::new(args))?;
+            }
             let args = batch.parts().1;
             // Room for the whole message at once (finish_message then does not reallocate).
             let len = args.len() + meta.len() + 24;
@@ -311,7 +355,8 @@ impl Dispatcher {
                 u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
             });
             finish_message(&mut message, &meta, seq, timeout)?;
-            self.ops.start_send(rank_of(slot), TAG_BATCH, message)
+            sends.extend(self.ops.start_send(rank_of(slot), TAG_BATCH, message)?);
+            Ok(sends)
         });
         self.meta = meta;
         match sent {
@@ -323,6 +368,7 @@ impl Dispatcher {
                     rank.heard = Instant::now();
                 }
                 rank.batches.push_back(InFlight {
+                    waiting: None,
                     seq,
                     batch,
                     link,
@@ -339,7 +385,24 @@ impl Dispatcher {
         let mut progressed = self.ops.complete(&mut self.sends)?;
         while let Some((source, tag, len)) = self.ops.probe()? {
             progressed = true;
-            let mut buf = std::mem::take(&mut self.buf);
+            // A result of its own is received into memory the executor's earlier results used
+            // (pages already mapped), when it has some to give: it becomes the result.
+            let pooled = match tag {
+                TAG_LARGE => slot_of(source, self.ranks.len()).and_then(|slot| {
+                    let waiting = self.ranks[slot]
+                        .batches
+                        .iter()
+                        .find(|r| r.waiting.is_some());
+                    waiting
+                        .and_then(|r| r.batch.pool())
+                        .map(BufferPool::take_received)
+                }),
+                _ => None,
+            };
+            let mut buf = match &pooled {
+                Some(_) => pooled.unwrap_or_default(),
+                None => std::mem::take(&mut self.buf),
+            };
             let whole = self
                 .parts
                 .receive(&self.ops, (source, tag, len), &mut buf)?;
@@ -347,11 +410,14 @@ impl Dispatcher {
                 self.ranks[slot].heard = Instant::now();
                 match whole {
                     Some(TAG_OUTCOME) => self.finish(slot, &mut buf),
+                    Some(TAG_LARGE) => self.large_result(slot, &mut buf),
                     Some(TAG_LEFT) => self.left(slot, &buf),
                     _ => {}
                 }
             }
-            self.buf = buf;
+            if tag != TAG_LARGE {
+                self.buf = buf;
+            }
         }
         self.give_up_silent_ranks();
         for slot in 0..self.ranks.len() {
@@ -379,10 +445,15 @@ impl Dispatcher {
             return;
         };
         let batches = &mut self.ranks[slot].batches;
-        let Some(InFlight { batch, link, .. }) = batches
-            .iter()
-            .position(|r| r.seq == seq)
-            .and_then(|at| batches.remove(at))
+        let Some(at) = batches.iter().position(|r| r.seq == seq) else {
+            return;
+        };
+        let Some(InFlight {
+            batch,
+            link,
+            cancelled,
+            ..
+        }) = batches.remove(at)
         else {
             return;
         };
@@ -395,9 +466,25 @@ impl Dispatcher {
                 .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))
         });
         let outcome = match decoded {
-            Ok((outcome, _)) => {
+            Ok((outcome, listed)) => {
                 if outcome.failure.is_some() {
                     link.abort.store(true, Ordering::Relaxed);
+                }
+                if !listed.is_empty() {
+                    // Its results in slabs follow, one message each: the batch waits for them,
+                    // still the rank's (should the rank go, it fails as any batch in flight).
+                    let waiting = Some(Waiting { outcome, listed });
+                    batches.insert(
+                        at,
+                        InFlight {
+                            seq,
+                            batch,
+                            link,
+                            cancelled,
+                            waiting,
+                        },
+                    );
+                    return;
                 }
                 outcome
             }
@@ -411,6 +498,61 @@ impl Dispatcher {
                 )
             }
         };
+        link.send(batch, outcome);
+    }
+
+    /// Adds the result in `message` (from the rank of `slot`: [`TAG_LARGE`]) to the outcome
+    /// waiting for it, in the memory MPI received it into (`message` is left empty); hands the
+    /// outcome to its call once it has every result it listed.
+    fn large_result(&mut self, slot: usize, message: &mut Vec<u8>) {
+        let batches = &mut self.ranks[slot].batches;
+        let Some(at) = batches.iter().position(|r| r.waiting.is_some()) else {
+            return;
+        };
+        let Some(waiting) = batches[at].waiting.as_mut() else {
+            return;
+        };
+        let (index, len, _) = waiting.listed[waiting.outcome.large.len()];
+        if message.len() != len {
+            let Some(InFlight { batch, link, .. }) = batches.remove(at) else {
+                return;
+            };
+            link.abort.store(true, Ordering::Relaxed);
+            let failure = TaskFailure::Io(format!(
+                "MPI rank {}: task {index}'s result has {} bytes, not {len}",
+                rank_of(slot),
+                message.len()
+            ));
+            let outcome = BatchOutcome::failed(&batch, ran(slot), index, failure);
+            link.send(batch, outcome);
+            return;
+        }
+        let bytes = std::mem::take(message);
+        // Given back to the executor's pool when the caller frees its results.
+        let bytes = match batches[at].batch.pool() {
+            Some(pool) => pool.received(bytes),
+            None => bytes.into(),
+        };
+        let Some(waiting) = batches[at].waiting.as_mut() else {
+            return;
+        };
+        waiting
+            .outcome
+            .large
+            .push((index, crate::task::LargeOutput::new(bytes)));
+        if waiting.outcome.large.len() < waiting.listed.len() {
+            return;
+        }
+        let Some(InFlight {
+            batch,
+            link,
+            waiting: Some(Waiting { mut outcome, .. }),
+            ..
+        }) = batches.remove(at)
+        else {
+            return;
+        };
+        outcome.large.sort_unstable_by_key(|(index, _)| *index);
         link.send(batch, outcome);
     }
 

@@ -47,6 +47,22 @@ const TAG_ALIVE: c_int = 6;
 /// A worker rank's last word when it stops serving on an error of its own (an MPI operation that
 /// failed, a panic of pj's): the error's text. (7 is `ops::TAG_PART`.)
 const TAG_LEFT: c_int = 8;
+/// One result of an outcome that lists results in slabs: the result's bytes alone, sent by the
+/// worker rank from the memory its child wrote them into, right after the outcome's message (in
+/// the order the outcome lists them); rank 0 receives each into the memory the caller reads.
+const TAG_LARGE: c_int = 9;
+
+/// A batch's argument bytes, when they are [`ARGS_APART`] or more: sent by rank 0 straight from
+/// the batch's buffer right before the batch's message (which then carries none); the worker
+/// rank receives them into a landing file its child maps.
+const TAG_ARGS: c_int = 10;
+
+/// A batch whose argument bytes reach this many goes with them apart ([`TAG_ARGS`]).
+const ARGS_APART: usize = 1 << 20;
+
+/// A worker rank's child returns results above this many bytes in result slabs, which the rank
+/// sends from where they lie ([`TAG_LARGE`]).
+const RESULTS_ABOVE: u64 = 1 << 20;
 
 /// How long a worker rank that stops on an error tries to tell rank 0 why.
 const LEFT_LIMIT: Duration = Duration::from_secs(2);

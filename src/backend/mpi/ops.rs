@@ -62,11 +62,15 @@ const SPIN_BASE: Duration = Duration::from_secs(1);
 /// carries, so that a transfer that is only slow still gets its polls).
 const SPIN_RATE: u64 = 50_000_000;
 
+/// The bytes of a message being sent, and whatever holds them (a vector, or a result slab's
+/// mapping), kept until MPI no longer reads them.
+type SendBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// A send in progress: its request and the bytes MPI reads until it completes (the whole message:
 /// the pieces of a split message share it).
 pub(super) struct PendingSend {
     request: *mut c_void,
-    bytes: Arc<Vec<u8>>,
+    bytes: SendBytes,
     completed: bool,
     /// Until when its sender polls without sleeping (see [`MpiOps::transferring`]).
     spin_until: Instant,
@@ -92,6 +96,17 @@ impl MpiOps {
         tag: c_int,
         bytes: Vec<u8>,
     ) -> Result<Vec<PendingSend>> {
+        self.start_send_from(dest, tag, Arc::new(bytes))
+    }
+
+    /// [`MpiOps::start_send`] of bytes held by `owner` (a result read in place from its slab),
+    /// which the returned sends keep until they complete.
+    pub(super) fn start_send_from(
+        &self,
+        dest: c_int,
+        tag: c_int,
+        owner: SendBytes,
+    ) -> Result<Vec<PendingSend>> {
         let stage = if self.rank == 0 {
             crate::failpoint::Stage::MpiSend
         } else {
@@ -101,7 +116,7 @@ impl MpiOps {
             let error = injected.io_error(stage);
             return Err(Error::new(ErrorKind::Io, error.to_string()));
         }
-        let bytes = Arc::new(bytes);
+        let bytes = (*owner).as_ref();
         let spin_until = Instant::now()
             + SPIN_BASE
             + Duration::from_micros(
@@ -132,7 +147,7 @@ impl MpiOps {
             }
             sends.push(PendingSend {
                 request,
-                bytes: Arc::clone(&bytes),
+                bytes: Arc::clone(&owner),
                 completed: false,
                 spin_until,
             });
@@ -231,6 +246,23 @@ impl MpiOps {
     }
 
     /// Receives the message `probe` announced, appended to `buf`.
+    /// Receives the message `probe` announced (`source`, `tag`, `dst.len()` bytes) into `dst`,
+    /// a message that was not split (the caller checked [`Reassembly::continues`]).
+    pub(super) fn receive_into(&self, source: c_int, tag: c_int, dst: &mut [u8]) -> Result<()> {
+        let stage = crate::failpoint::Stage::MpiRankReceive;
+        if let Some(injected) = crate::failpoint::hit(stage) {
+            let error = injected.io_error(stage);
+            return Err(Error::new(ErrorKind::Io, error.to_string()));
+        }
+        // SAFETY: `dst` is `dst.len()` writable bytes, the length iprobe announced for this
+        // message; the shim's recv writes only there.
+        let code = unsafe { (self.recv)(self.context, source, tag, dst.as_mut_ptr(), dst.len()) };
+        if code != 0 {
+            return Err(mpi_error("receive", code));
+        }
+        Ok(())
+    }
+
     fn receive_appended(
         &self,
         source: c_int,
@@ -278,6 +310,14 @@ pub(super) struct Reassembly {
 }
 
 impl Reassembly {
+    /// Whether a message from `source` is in progress: its next piece continues it.
+    pub(super) fn continues(&self, source: c_int) -> bool {
+        usize::try_from(source)
+            .ok()
+            .and_then(|slot| self.partial.get(slot))
+            .is_some_and(|partial| !partial.is_empty())
+    }
+
     /// Receives the message `probe` announced (source, tag, len). `Some(tag)` when `buf` then
     /// holds a whole message with that tag (a piece joined to the ones before it, or a message
     /// that was never split), `None` when it was a piece to be continued.

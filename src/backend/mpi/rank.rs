@@ -20,14 +20,19 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 
 use super::ops::{MpiOps, PendingSend, Reassembly};
 use super::{
-    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, TAG_ALIVE, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LEFT,
-    TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message, split_message, take_payload,
+    HEARTBEAT, HELLO_LIMIT, LEFT_LIMIT, RESULTS_ABOVE, TAG_ALIVE, TAG_ARGS, TAG_BATCH, TAG_CANCEL,
+    TAG_HELLO, TAG_LARGE, TAG_LEFT, TAG_OUTCOME, TAG_STOP, TAKE_ABOVE, finish_message,
+    split_message, take_payload,
 };
-use crate::backend::wire::{decode_batch_parts, encode_outcome_meta};
-use crate::backend::{CallLink, ProcessPool};
+use crate::backend::staging::next_spill_file_id;
+use crate::backend::wire::{decode_batch_landed, decode_batch_parts, encode_outcome_meta};
+use crate::backend::{CallFiles, CallLink, ProcessPool};
 use crate::config::{Recycling, StartMethod};
 use crate::error::{Error, ErrorKind, Result, panic_message};
+use crate::memmap::folder::resolve_temp_folder;
+use crate::memmap::{BackingFile, MapAccess, Mapping};
 use crate::spin::Backoff;
+use crate::task::KEPT_BYTES;
 use crate::task::{BatchOutcome, TaskFailure, WorkerId};
 
 /// A worker rank: reports its registry, then runs rank 0's batches until told to stop. Returns
@@ -61,6 +66,10 @@ pub fn serve(ops: MpiOps) -> c_int {
         buf: Vec::new(),
         parts: Reassembly::default(),
         meta: Vec::new(),
+        files: CallFiles::results_only(RESULTS_ABOVE),
+        folder: resolve_temp_folder(None).path,
+        landings: Vec::new(),
+        pending: None,
     };
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.serve()));
     let (status, left) = match served {
@@ -93,6 +102,18 @@ struct LocalBatch {
     /// Raised with `abort` when rank 0's call was abandoned: the running task may finish.
     drain: Arc<AtomicBool>,
     outcome: Receiver<BatchOutcome>,
+    /// The landing file holding its message, busy until its outcome comes.
+    landing: Option<u64>,
+}
+
+/// A file a worker rank receives large batch messages into ([`WorkerRank::land`]): its spill
+/// file id and descriptor (published to the local pool's calls) and the rank's mapping of it.
+struct Landing {
+    id: u64,
+    fd: Arc<std::os::fd::OwnedFd>,
+    map: Mapping,
+    /// A local batch in flight refers to it.
+    busy: bool,
 }
 
 /// A worker rank's state.
@@ -110,7 +131,30 @@ struct WorkerRank {
     parts: Reassembly,
     /// Scratch for an outcome's encoding but its result bytes, reused.
     meta: Vec<u8>,
+    /// What the local pool's batches share: results above [`RESULTS_ABOVE`] come back in
+    /// result slabs, which this rank sends to rank 0 from where they lie.
+    files: Arc<CallFiles>,
+    /// Where landing files are made (the temp folder resolved from the environment).
+    folder: std::path::PathBuf,
+    /// The files large arguments are received into, at most [`DEPTH`].
+    landings: Vec<Landing>,
+    /// Arguments that came apart ([`TAG_ARGS`]), for the batch message that follows them.
+    pending: Option<Pending>,
 }
+
+/// A batch's arguments received apart, waiting for the batch.
+enum Pending {
+    /// The first `len` bytes of landing file `id`.
+    Landed { id: u64, len: usize },
+    /// In memory.
+    Inline(Vec<u8>),
+}
+
+/// Arguments sent apart of at least this many bytes are received into a landing file.
+const LAND_ABOVE: usize = 1 << 20;
+
+/// At most this many landing files: the batches rank 0 keeps in flight per rank.
+const DEPTH: usize = 2;
 
 impl WorkerRank {
     /// The loop: takes messages, hands batches to the pool, returns outcomes in order, says it is
@@ -122,12 +166,23 @@ impl WorkerRank {
             let mut progressed = self.ops.complete(&mut self.sends)?;
             while let Some((source, tag, len)) = self.ops.probe()? {
                 progressed = true;
+                // Large arguments land in a file the child maps (an unsplit message only).
+                if tag == TAG_ARGS
+                    && source == 0
+                    && len >= LAND_ABOVE
+                    && !self.parts.continues(source)
+                    && self.land(len)?
+                {
+                    continue;
+                }
                 let mut buf = std::mem::take(&mut self.buf);
                 let whole = self
                     .parts
                     .receive(&self.ops, (source, tag, len), &mut buf)?;
                 match whole.unwrap_or(0) {
                     TAG_BATCH => self.start(&mut buf)?,
+                    // Arguments that could not land: they wait for their batch in memory.
+                    TAG_ARGS => self.pending = Some(Pending::Inline(std::mem::take(&mut buf))),
                     TAG_CANCEL => {
                         let seq = buf
                             .get(..8)
@@ -163,7 +218,9 @@ impl WorkerRank {
                 match front.outcome.try_recv() {
                     Ok(outcome) => {
                         let seq = front.seq;
-                        self.batches.pop_front();
+                        if let Some(id) = self.batches.pop_front().and_then(|b| b.landing) {
+                            self.landed(id);
+                        }
                         self.send_outcome(seq, outcome)?;
                         progressed = true;
                     }
@@ -198,7 +255,9 @@ impl WorkerRank {
                 Some(front) if !wait.is_zero() => match front.outcome.recv_timeout(wait) {
                     Ok(outcome) => {
                         let seq = front.seq;
-                        self.batches.pop_front();
+                        if let Some(id) = self.batches.pop_front().and_then(|b| b.landing) {
+                            self.landed(id);
+                        }
                         self.send_outcome(seq, outcome)?;
                         backoff.reset();
                     }
@@ -218,12 +277,145 @@ impl WorkerRank {
         let malformed = || Error::new(ErrorKind::Io, "a malformed batch message from rank 0");
         let (args_len, meta_len, seq, timeout) = split_message(message).ok_or_else(malformed)?;
         let (args, meta) = take_payload(message, args_len, meta_len)?;
+        let (decoded, landing) = match self.pending.take() {
+            // The batch's arguments came apart, just before it.
+            Some(Pending::Landed { id, len }) => {
+                let Some(landing) = self.landings.iter().find(|l| l.id == id) else {
+                    return Err(malformed());
+                };
+                // SAFETY: the `len` bytes received into the landing file, which stay mapped and
+                // unchanged while the batch runs (it is busy until its outcome comes).
+                let args = unsafe { std::slice::from_raw_parts(landing.map.as_ptr(), len) };
+                // SAFETY: with a registry, the batch's callbacks are indices into this
+                // process's functions.
+                let decoded = unsafe {
+                    decode_batch_landed(&meta, args, id, TAKE_ABOVE, Some(&self.functions))
+                };
+                (decoded, Some(id))
+            }
+            // SAFETY: as above.
+            Some(Pending::Inline(args)) => (
+                unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) },
+                None,
+            ),
+            // SAFETY: as above.
+            None => (
+                unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) },
+                None,
+            ),
+        };
+        self.run_local(decoded, &meta, seq, timeout, landing);
+        Ok(())
+    }
+
+    /// Receives a batch's arguments (`len` bytes, announced by iprobe: [`TAG_ARGS`]) into a
+    /// landing file, when one can be had: they wait there for their batch, whose large arguments
+    /// the child then maps (the spill files of the local pool's calls) instead of receiving them
+    /// over the socket. False when no landing file could be had: the caller receives the message
+    /// as any other.
+    fn land(&mut self, len: usize) -> Result<bool> {
+        let Some(at) = self.landing_for(len) else {
+            return Ok(false);
+        };
+        let (id, start) = (self.landings[at].id, self.landings[at].map.as_ptr());
+        // SAFETY: a writable shared mapping of at least `len` bytes (`landing_for`), which no
+        // one else reads or writes now: it is not busy, so no local batch refers to it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(start, len) };
+        self.ops.receive_into(0, TAG_ARGS, dst)?;
+        self.landings[at].busy = true;
+        self.pending = Some(Pending::Landed { id, len });
+        Ok(true)
+    }
+
+    /// A free landing file of at least `len` bytes (its index): the smallest free one that holds
+    /// them, else a new one (replacing the smallest free one when [`DEPTH`] exist). `None` when
+    /// none is free or a file cannot be made.
+    fn landing_for(&mut self, len: usize) -> Option<usize> {
+        let fits = (0..self.landings.len())
+            .filter(|&at| !self.landings[at].busy && self.landings[at].map.len() >= len)
+            .min_by_key(|&at| self.landings[at].map.len());
+        if fits.is_some() {
+            return fits;
+        }
+        if self.landings.len() >= DEPTH {
+            let free = (0..self.landings.len())
+                .filter(|&at| !self.landings[at].busy)
+                .min_by_key(|&at| self.landings[at].map.len())?;
+            self.landings.swap_remove(free);
+        }
+        let page = rustix::param::page_size();
+        let size = len.checked_add(page - 1)? / page * page;
+        // Free smaller files make room for a larger one within the bound (see `landed`).
+        while self.landings_held() + size > self.landing_bound() {
+            let smaller = (0..self.landings.len())
+                .filter(|&at| !self.landings[at].busy && self.landings[at].map.len() < size)
+                .min_by_key(|&at| self.landings[at].map.len());
+            let Some(at) = smaller else { break };
+            self.landings.swap_remove(at);
+        }
+        let file = BackingFile::create(&self.folder, size as u64).ok()?;
+        let map = Mapping::map_whole(file.fd(), MapAccess::Shared).ok()?;
+        // The child maps the file itself; a copy of this writable mapping is not its business.
+        map.dont_fork().ok()?;
+        self.landings.push(Landing {
+            id: next_spill_file_id(),
+            fd: Arc::new(file.into_fd()),
+            map,
+            busy: false,
+        });
+        self.publish_landings();
+        Some(self.landings.len() - 1)
+    }
+
+    /// The bytes of the landing files.
+    fn landings_held(&self) -> usize {
+        self.landings.iter().map(|l| l.map.len()).sum()
+    }
+
+    /// What the landing files may hold once free: what an executor keeps ([`KEPT_BYTES`]), plus
+    /// a MiB per file for the messages' other parts.
+    fn landing_bound(&self) -> usize {
+        KEPT_BYTES + self.landings.len().max(1) * (1 << 20)
+    }
+
+    /// Publishes the landing files to the local pool's calls (a new spill epoch).
+    fn publish_landings(&self) {
+        let files: Vec<_> = self
+            .landings
+            .iter()
+            .map(|l| (l.id, Arc::clone(&l.fd)))
+            .collect();
+        self.files.publish(&files);
+    }
+
+    /// The local batch that used landing file `id` is over: the file is free again, and goes
+    /// when the landing files hold more than an executor keeps ([`KEPT_BYTES`], plus a page per
+    /// file for the messages' other parts).
+    fn landed(&mut self, id: u64) {
+        let Some(at) = self.landings.iter().position(|l| l.id == id) else {
+            return;
+        };
+        self.landings[at].busy = false;
+        if self.landings_held() > self.landing_bound() {
+            self.landings.swap_remove(at);
+            self.publish_landings();
+        }
+    }
+
+    /// Hands a decoded batch (`meta`: its encoding, for the failure of one that could not be
+    /// decoded) to the local pool; `landing`: the landing file holding its message.
+    fn run_local(
+        &mut self,
+        decoded: std::io::Result<crate::backend::wire::DecodedBatch>,
+        meta: &[u8],
+        seq: u64,
+        timeout: u64,
+        landing: Option<u64>,
+    ) {
         let (reply, outcome) = unbounded();
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
-        // SAFETY: with a registry, the batch's callbacks are indices into this process's
-        // functions.
-        match unsafe { decode_batch_parts(&meta, args, Some(&self.functions)) } {
+        match decoded {
             Ok(decoded) => {
                 let mut batch = decoded.batch;
                 batch.dispatched_at = Some(Instant::now());
@@ -234,8 +426,8 @@ impl WorkerRank {
                     timeout: (timeout != 0).then(|| Duration::from_nanos(timeout)),
                     collect: decoded.flags.settings.collect,
                     call: decoded.flags.call,
-                    // Batches from rank 0 carry every argument inline.
-                    files: None,
+                    // Large arguments in landing files, large results back in result slabs.
+                    files: Some(Arc::clone(&self.files)),
                 };
                 self.pool.dispatch(batch, &link);
             }
@@ -266,16 +458,22 @@ impl WorkerRank {
             abort,
             drain,
             outcome,
+            landing,
         });
-        Ok(())
     }
 
     /// Starts sending an outcome to rank 0 (rank 0 keeps receiving while it sends, so this
     /// completes unless rank 0 is gone, and then the MPI runtime ends the job).
-    /// Large result bytes become the message without a copy.
+    /// Large result bytes become the message without a copy; results in slabs follow it, one
+    /// message each ([`TAG_LARGE`]), sent from the memory the child wrote them into.
     fn send_outcome(&mut self, seq: u64, mut outcome: BatchOutcome) -> Result<()> {
         let mut meta = std::mem::take(&mut self.meta);
-        encode_outcome_meta(&outcome, &[], &mut meta);
+        let large = std::mem::take(&mut outcome.large);
+        let listed: Vec<_> = large
+            .iter()
+            .map(|(index, output)| (*index, output.bytes().len(), 0))
+            .collect();
+        encode_outcome_meta(&outcome, &listed, &mut meta);
         let data = std::mem::take(&mut outcome.data);
         let mut message = if data.len() >= TAKE_ABOVE {
             data.into_vec()
@@ -296,6 +494,11 @@ impl WorkerRank {
             .and_then(|()| self.ops.start_send(0, TAG_OUTCOME, message));
         self.meta = meta;
         self.sends.extend(sent?);
+        for (_, output) in large {
+            // The slab goes back to the local pool once MPI no longer reads it.
+            let sent = self.ops.start_send_from(0, TAG_LARGE, Arc::new(output))?;
+            self.sends.extend(sent);
+        }
         self.last_sent = Instant::now();
         Ok(())
     }

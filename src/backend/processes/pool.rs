@@ -13,6 +13,7 @@ use super::spawn::SpawnPlan;
 use super::start::Start;
 use crate::backend::CallLink;
 use crate::backend::crash;
+use crate::backend::slabs::ResultSlabs;
 use crate::config::{Recycling, StartMethod};
 use crate::task::{Batch, BatchOutcome, TaskFailure, WorkerId};
 
@@ -53,6 +54,8 @@ impl ProcessPool {
         crash::prepare();
         crate::fork::register_handlers();
         let level = crate::nesting::level() + 1;
+        // The result slabs the executor keeps, shared by its proxies.
+        let slabs = ResultSlabs::default();
         let mut pool = ProcessPool {
             jobs: Some(jobs),
             controls: Vec::with_capacity(size),
@@ -63,11 +66,14 @@ impl ProcessPool {
             let (control, inbox) = unbounded();
             let queue = queue.clone();
             let start = start.clone();
+            let slabs = slabs.clone();
             // If spawning fails part-way, dropping `pool` on the error path joins what started.
             let proxy = std::thread::Builder::new()
                 .name(format!("pj-proxy-{slot}"))
                 .stack_size(stack_size)
-                .spawn(move || Proxy::new(slot, level, start, recycling).run(queue, inbox))?;
+                .spawn(move || {
+                    Proxy::new(slot, level, start, recycling, slabs).run(queue, inbox)
+                })?;
             pool.controls.push(control);
             pool.proxies.push(proxy);
         }

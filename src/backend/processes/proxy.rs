@@ -54,14 +54,13 @@ use crossbeam_channel::{Receiver, RecvError, Sender, select};
 
 use super::start::{Start, Worker, spawn_worker};
 use crate::backend::CallLink;
-use crate::backend::spill::map_results;
+use crate::backend::slabs::{ResultSlabs, Slab};
 use crate::backend::wire::{
-    LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, bound_sends, decode_outcome_parts, encode_batch_meta,
-    recv_parts, send_parts_watched,
+    LIVENESS_PERIOD_MS, LentSlab, MAX_FDS_PER_FRAME, SlabResultRef, bound_sends,
+    decode_outcome_parts, encode_batch_meta, recv_parts, send_parts_watched,
 };
 use crate::config::Recycling;
 use crate::failpoint::{self, Stage};
-use crate::memmap::{MapAccess, Mapping};
 use crate::task::{Batch, BatchOutcome, Death, LargeOutput, TaskFailure, WorkerId};
 
 /// One batch for a proxy.
@@ -87,7 +86,7 @@ pub(super) struct Proxy {
     /// so this is empty again after each outcome and the next one lands in fresh memory (or in a
     /// buffer put here before the exchange).
     bulk: Vec<u8>,
-    /// Descriptors of result files that came with the last outcome.
+    /// Descriptors of result slabs the worker made for the last outcome.
     fds: Vec<OwnedFd>,
     /// How to start a fresh worker.
     start: Start,
@@ -99,6 +98,10 @@ pub(super) struct Proxy {
     statm: Option<OwnedFd>,
     /// The current worker's resident set exceeded the memory limit after its last batch.
     over_memory: bool,
+    /// The executor's kept result slabs, lent to batches of calls with results above max_nbytes.
+    slabs: ResultSlabs,
+    /// The slabs lent with the batch being exchanged: what its outcome did not use goes back.
+    lent: Vec<Slab>,
 }
 
 /// What woke a waiting proxy.
@@ -113,7 +116,13 @@ enum Event {
 
 impl Proxy {
     /// A proxy for `slot` whose worker's tasks run at nesting `level`; it has no worker yet.
-    pub(super) fn new(slot: usize, level: usize, start: Start, recycling: Recycling) -> Self {
+    pub(super) fn new(
+        slot: usize,
+        level: usize,
+        start: Start,
+        recycling: Recycling,
+        slabs: ResultSlabs,
+    ) -> Self {
         Proxy {
             slot,
             level,
@@ -126,6 +135,8 @@ impl Proxy {
             tasks_run: 0,
             statm: None,
             over_memory: false,
+            slabs,
+            lent: Vec::new(),
         }
     }
 
@@ -257,6 +268,11 @@ impl Proxy {
                         self.kill_worker_for(failure),
                     )))
                 });
+            // Lent slabs the outcome did not fill go back (all of them when the worker died or
+            // was killed: it writes nothing any more).
+            if !self.lent.is_empty() {
+                self.slabs.give_back(self.lent.drain(..));
+            }
             match exchanged {
                 // A worker that had served died before any task of this attempt started (killed
                 // while idle, between calls or batches): nothing of it ran, nobody is to blame.
@@ -349,13 +365,36 @@ impl Proxy {
         // Spill files this worker has not seen travel with the frame (SCM_RIGHTS).
         let unsent = files.map_or_else(Vec::new, |f| f.unsent(batch, &worker.sent_files));
         let attached: Vec<u64> = unsent.iter().map(|(id, _)| *id).collect();
-        let attached_fds: Vec<_> = unsent.iter().map(|(_, fd)| fd.as_fd()).collect();
+        let mut attached_fds: Vec<_> = unsent.iter().map(|(_, fd)| fd.as_fd()).collect();
+        // Kept result slabs for the batch's large results, when the call has some: the worker
+        // gets the descriptors it does not hold from its previous batch.
+        if flags.results_above != u64::MAX {
+            let room = MAX_FDS_PER_FRAME.saturating_sub(attached_fds.len());
+            self.lent = self.slabs.lend(batch.len().min(room));
+        }
+        let lent: Vec<LentSlab> = self
+            .lent
+            .iter()
+            .map(|slab| LentSlab {
+                id: slab.id(),
+                capacity: slab.capacity(),
+                with_fd: !worker.sent_slabs.contains(&slab.id()),
+            })
+            .collect();
+        attached_fds.extend(
+            self.lent
+                .iter()
+                .zip(&lent)
+                .filter(|(_, l)| l.with_fd)
+                .map(|(slab, _)| slab.fd()),
+        );
         let by_index = self.start.by_index();
         // Nothing was sent when the frame cannot be allocated: the worker stays usable.
         encode_batch_meta(
             batch,
             flags,
             &attached,
+            &lent,
             results_folder,
             by_index,
             &mut self.meta,
@@ -469,6 +508,9 @@ impl Proxy {
         };
         if let Some(worker) = self.worker.as_mut() {
             worker.sent_files.extend_from_slice(&attached);
+            // The worker keeps the slabs of this batch, and drops the others.
+            worker.sent_slabs.clear();
+            worker.sent_slabs.extend(lent.iter().map(|slab| slab.id));
         }
         match received {
             // The outcome frame was read, but not understood: the worker goes with it.
@@ -502,16 +544,12 @@ impl Proxy {
                 if let Some(limit) = self.recycling.worker_memory_limit {
                     self.over_memory = self.statm.as_ref().and_then(resident_bytes) > Some(limit);
                 }
-                let mapped = map_results(files, fds).map_err(|e| {
+                outcome.large = self.slab_results(files, fds).map_err(|e| {
                     Some(Lost::fatal(
                         batch.first,
                         TaskFailure::Io(e.message().to_owned()),
                     ))
                 })?;
-                outcome.large = mapped
-                    .into_iter()
-                    .map(|(index, mapping)| (index, MappedResult::output(mapping)))
-                    .collect();
                 Ok(outcome)
             }
             // The caller could not allocate the outcome (a result too large for its memory):
@@ -555,6 +593,41 @@ impl Proxy {
             // The stream ended (or broke) before a whole outcome: the worker died.
             Ok(false) | Err(_) => Err(Some(self.reap_dead(batch))),
         }
+    }
+
+    /// The results an outcome says lie in slabs, (task index, length, slab id: a lent slab, or
+    /// 0 for one the worker made, whose descriptor is the next of `fds`), read in place.
+    fn slab_results(
+        &mut self,
+        files: Vec<SlabResultRef>,
+        fds: Vec<OwnedFd>,
+    ) -> crate::Result<Vec<(usize, LargeOutput)>> {
+        let garbled = || {
+            crate::Error::new(
+                crate::ErrorKind::Io,
+                "a worker sent result slabs that do not match its outcome",
+            )
+        };
+        if files.iter().filter(|(_, _, id)| *id == 0).count() != fds.len() {
+            return Err(garbled());
+        }
+        let mut fds = fds.into_iter();
+        let mut large = Vec::with_capacity(files.len());
+        for (index, len, id) in files {
+            let slab = match id {
+                0 => Slab::adopt(fds.next().ok_or_else(garbled)?)?,
+                _ => {
+                    let at = self.lent.iter().position(|s| s.id() == id);
+                    self.lent.swap_remove(at.ok_or_else(garbled)?)
+                }
+            };
+            if len > slab.capacity() {
+                return Err(garbled());
+            }
+            large.push((index, self.slabs.output(slab, len)));
+        }
+        large.sort_unstable_by_key(|(index, _)| *index);
+        Ok(large)
     }
 
     /// Reaps a worker whose stream ended (it is exiting now) and names the task it was running:
@@ -655,29 +728,6 @@ impl Lost {
             retryable: false,
             unstarted: false,
         }
-    }
-}
-
-/// A result that came back through a file, mapped read-only: the call reads it in place until its
-/// results are freed, which unmaps it.
-struct MappedResult(Mapping);
-
-impl MappedResult {
-    fn output(mapping: Mapping) -> LargeOutput {
-        // Read in place by the caller: nothing may write to it (see `as_ref`).
-        debug_assert_eq!(mapping.access(), MapAccess::ReadOnly);
-        LargeOutput::new(MappedResult(mapping))
-    }
-}
-
-impl AsRef<[u8]> for MappedResult {
-    fn as_ref(&self) -> &[u8] {
-        if self.0.is_empty() {
-            return &[];
-        }
-        // SAFETY: a read-only mapping of `len()` bytes, unmapped only when `self` is dropped,
-        // which the borrow of `self` prevents while the slice lives.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
     }
 }
 

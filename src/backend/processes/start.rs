@@ -59,6 +59,8 @@ pub(super) struct Worker {
     /// Spill files whose descriptors this worker already received, of spill epoch `epoch`.
     pub(super) sent_files: Vec<u64>,
     pub(super) epoch: u64,
+    /// Result slabs whose descriptors this worker holds (those lent with its last batch).
+    pub(super) sent_slabs: Vec<u64>,
     /// It returned the outcome of a batch: it was working, so a later death before any task of a
     /// batch started is not a start-up failure that would repeat.
     pub(super) served: bool,
@@ -127,6 +129,7 @@ pub(super) fn spawn_worker(
             socket,
             running,
             sent_files: Vec::new(),
+            sent_slabs: Vec::new(),
             epoch: 0,
             served: false,
         });
@@ -152,6 +155,7 @@ pub(super) fn spawn_worker(
         socket: parent_end.into(),
         running,
         sent_files: Vec::new(),
+        sent_slabs: Vec::new(),
         epoch: 0,
         served: false,
     })
@@ -186,6 +190,7 @@ fn serve_worker(slot: usize, level: usize, give_up: &dyn Fn() -> bool) -> io::Re
         socket,
         running,
         sent_files: Vec::new(),
+        sent_slabs: Vec::new(),
         epoch: 0,
         served: false,
     })

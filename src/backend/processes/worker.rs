@@ -18,7 +18,7 @@
 //! ([`leave`], likewise: std's `exit` would run the parent image's atexit handlers).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -28,7 +28,8 @@ use super::child::mark_as_worker;
 use super::fds;
 use super::page::SharedRunning;
 use crate::backend::crash;
-use crate::backend::spill::{SpillMaps, spill_results};
+use crate::backend::slabs::WorkerSlabs;
+use crate::backend::spill::SpillMaps;
 use crate::backend::wire::{
     DecodedBatch, LIVENESS_PERIOD_MS, MAX_FDS_PER_FRAME, batch_span, decode_batch_parts,
     encode_outcome_meta, recv_parts, send_parts,
@@ -112,6 +113,8 @@ pub(in crate::backend) fn serve(
         let mut args = Vec::new();
         let mut received = Vec::new();
         let mut spill = SpillMaps::default();
+        // Where outputs above max_nbytes are written: slabs the parent lends, or new ones.
+        let mut slabs = WorkerSlabs::default();
         // The parent's death is PR_SET_PDEATHSIG's to notice; here only the stream's end counts.
         loop {
             let mut received_batch = recv_parts(
@@ -156,14 +159,27 @@ pub(in crate::backend) fn serve(
                 batch,
                 flags,
                 attached,
+                lent,
                 results_folder,
             }) = (unsafe { decode_batch_parts(&inbox, std::mem::take(&mut args), functions) })
             else {
                 return 3;
             };
-            if attached.len() != received.len() {
+            let slab_fds = lent.iter().filter(|slab| slab.with_fd).count();
+            if attached.len() + slab_fds != received.len() {
                 return 3;
             }
+            let mut slab_fds = received.split_off(attached.len()).into_iter();
+            let lent = lent
+                .iter()
+                .map(|slab| {
+                    let fd = if slab.with_fd { slab_fds.next() } else { None };
+                    (slab.id, slab.capacity, fd)
+                })
+                .collect();
+            let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
+            let above = usize::try_from(flags.results_above).unwrap_or(usize::MAX);
+            slabs.begin(above, folder, MAX_FDS_PER_FRAME, lent);
             if flags.spill_epoch != spill.epoch {
                 // New spill files: the previous epoch's files and mappings go, so their space is
                 // freed once the parent drops them too. A kept worker keeps them across calls
@@ -206,7 +222,9 @@ pub(in crate::backend) fn serve(
                 spilled: &spilled,
                 ..RunContext::new(abort, WorkerId::Process { slot, pid: 0 })
             };
-            let mut outcome = run_batch(&batch, ctx);
+            let sink =
+                (above != usize::MAX).then_some(&mut slabs as &mut dyn crate::task::LargeSink);
+            let mut outcome = run_batch(&batch, ctx, sink);
             drop(spilled);
             spill.end_batch();
             if let Some(injected) = hit(Stage::TaskCleanup) {
@@ -214,22 +232,26 @@ pub(in crate::backend) fn serve(
                 // batch fails with that (its results are not trusted).
                 let error = injected.io_error(Stage::TaskCleanup).to_string();
                 outcome = failed_outcome(batch.first, batch.len(), slot, error);
+                slabs.discard();
             }
             args = batch.into_args();
-            let mut files = Vec::new();
-            if flags.results_above != u64::MAX {
-                let folder = std::path::Path::new(std::ffi::OsStr::from_bytes(&results_folder));
-                let collect = flags.settings.collect;
-                files = spill_results(
-                    &mut outcome,
-                    flags.results_above,
-                    folder,
-                    MAX_FDS_PER_FRAME,
-                    collect,
-                );
+            if let Some(error) = slabs.error.take()
+                && outcome.failure.is_none()
+                && !flags.settings.collect
+            {
+                // A result could not get a slab (a bad or full temp folder) and went inline: the
+                // batch fails with why, naming that task, as joblib's would when it cannot dump a
+                // result (a task that failed anyway, say its output could not be allocated at
+                // all, keeps its own failure; with on_error=collect the result is simply returned
+                // inline).
+                let index = first_inline_above(&outcome, above).unwrap_or(outcome.first);
+                outcome.failure = Some((
+                    index,
+                    TaskFailure::Io(format!("cannot return a result through a file: {error}")),
+                ));
             }
-            let listed: Vec<(usize, usize)> = files.iter().map(|f| (f.index, f.len)).collect();
-            let attached: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.fd.as_fd()).collect();
+            let listed = slabs.listed();
+            let attached = slabs.made_fds();
             // The result bytes go from the arena the tasks wrote them into.
             match hit(Stage::ResultEncode) {
                 Some(Injected::Error) => {
@@ -258,10 +280,28 @@ pub(in crate::backend) fn serve(
             if sent.is_err() {
                 return 0;
             }
+            // The slabs made for this outcome are the parent's now.
+            drop(attached);
+            slabs.end_batch();
         }
         0
     }));
     served.unwrap_or(4)
+}
+
+/// The first task of `outcome` whose output stayed in its arena though it is longer than `above`:
+/// after a slab could not be made (`WorkerSlabs::error`), the task that needed it (an output goes
+/// inline above `above` otherwise only once a frame's descriptors are used up, and then no slab
+/// is made any more, so none fails).
+fn first_inline_above(outcome: &BatchOutcome, above: usize) -> Option<usize> {
+    let mut start = 0;
+    for (offset, &end) in outcome.ends.iter().enumerate() {
+        if end - start > above {
+            return Some(outcome.first + offset);
+        }
+        start = end;
+    }
+    None
 }
 
 /// The outcome of a batch none of whose tasks ran or whose results cannot be sent: its first task

@@ -79,11 +79,12 @@ pub fn encode_batch(
     batch: &Batch,
     flags: RunFlags,
     attached: &[u64],
+    lent: &[LentSlab],
     results_folder: &[u8],
     by_index: bool,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    encode_batch_meta(batch, flags, attached, results_folder, by_index, out)?;
+    encode_batch_meta(batch, flags, attached, lent, results_folder, by_index, out)?;
     let (_, args, _) = batch.parts();
     out.try_reserve_exact(args.len())
         .map_err(|e| out_of_memory(args.len(), &e))?;
@@ -96,8 +97,9 @@ pub fn encode_batch(
 /// only the indices travel: the worker skips those tasks, and the parent, which kept the batch,
 /// merges their failures.
 /// `attached` lists the ids of the spill files whose descriptors travel with this frame, in the
-/// order of the descriptors; `results_folder` is where the worker writes results above
-/// `flags.results_above`. `by_index`: the worker was spawned, not forked, so callbacks travel as
+/// order of the descriptors; `lent`, the result slabs lent with the batch (the descriptors of
+/// those `with_fd` follow the spill files'); `results_folder` is where the worker makes slabs for
+/// results above `flags.results_above` when no lent one fits. `by_index`: the worker was spawned, not forked, so callbacks travel as
 /// registry indices (the caller checked that every task's function is registered).
 ///
 /// Its size is a few words per task: when it cannot be allocated, this is an
@@ -106,6 +108,7 @@ pub fn encode_batch_meta(
     batch: &Batch,
     flags: RunFlags,
     attached: &[u64],
+    lent: &[LentSlab],
     results_folder: &[u8],
     by_index: bool,
     out: &mut Vec<u8>,
@@ -119,7 +122,8 @@ pub fn encode_batch_meta(
         + results_folder.len()
         + batch.forced.len() * 8
         + batch.spilled.len() * 32
-        + attached.len() * 8;
+        + attached.len() * 8
+        + lent.len() * 24;
     out.try_reserve_exact(len)
         .map_err(|e| out_of_memory(len, &e))?;
     put(out, batch.first);
@@ -146,6 +150,12 @@ pub fn encode_batch_meta(
     for id in attached {
         out.extend_from_slice(&id.to_ne_bytes());
     }
+    put(out, lent.len());
+    for slab in lent {
+        out.extend_from_slice(&slab.id.to_ne_bytes());
+        put(out, slab.capacity);
+        put(out, usize::from(slab.with_fd));
+    }
     // Tasks of a batch usually share their function: look each one up once.
     let mut last: Option<(usize, usize)> = None;
     for callback in callbacks {
@@ -170,6 +180,17 @@ pub fn encode_batch_meta(
     Ok(())
 }
 
+/// A result slab lent to the worker with a batch (see `backend::slabs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LentSlab {
+    /// The caller's id of the slab.
+    pub id: u64,
+    /// Its size in bytes.
+    pub capacity: usize,
+    /// Its descriptor comes with this frame (else the worker holds it from its previous batch).
+    pub with_fd: bool,
+}
+
 /// A batch as the worker receives it.
 #[derive(Debug)]
 pub struct DecodedBatch {
@@ -179,6 +200,9 @@ pub struct DecodedBatch {
     pub flags: RunFlags,
     /// The ids of the spill files whose descriptors came with the frame, in their order.
     pub attached: Vec<u64>,
+    /// The result slabs lent with the batch; the descriptors of those `with_fd` follow the spill
+    /// files' in the frame, in this order.
+    pub lent: Vec<LentSlab>,
     /// Where to write results above `flags.results_above` (a path, as bytes).
     pub results_folder: Vec<u8>,
 }
@@ -223,6 +247,71 @@ pub unsafe fn decode_batch_parts(
         return Err(malformed("batch"));
     }
     head.into_batch(args)
+}
+
+/// Decodes a batch whose argument bytes, `args`, lie in spill file `file` from offset 0 (an MPI
+/// worker rank received the batch's message there): arguments longer than `above` bytes stay
+/// there (spilled, for the worker process to map), the others are copied into the batch.
+///
+/// # Safety
+/// As for [`decode_batch_parts`].
+pub unsafe fn decode_batch_landed(
+    meta: &[u8],
+    args: &[u8],
+    file: u64,
+    above: usize,
+    functions: Option<&[TaskFn]>,
+) -> io::Result<DecodedBatch> {
+    let mut r = Reader {
+        buf: meta,
+        what: "batch",
+    };
+    // SAFETY: forwarded from this function's contract.
+    let head = unsafe { decode_head(&mut r, functions) }?;
+    let Head {
+        first,
+        callbacks,
+        arg_ends,
+        args_len,
+        forced,
+        spilled,
+        mut decoded,
+    } = head;
+    if !r.buf.is_empty()
+        || args.len() != args_len
+        || !spilled.is_empty()
+        || arg_ends.windows(2).any(|w| w[0] > w[1])
+        || arg_ends.last().is_some_and(|&end| end != args_len)
+    {
+        return Err(malformed("batch"));
+    }
+    let mut batch = Batch::new(first, callbacks.len());
+    let mut start = 0;
+    for (callback, end) in callbacks.into_iter().zip(arg_ends) {
+        let arg = &args[start..end];
+        if arg.len() > above {
+            let offset = start as u64;
+            batch.push_spilled(
+                callback,
+                ArgRef {
+                    file,
+                    offset,
+                    len: arg.len(),
+                },
+            );
+        } else {
+            batch
+                .push(callback, arg)
+                .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e.message().to_owned()))?;
+        }
+        start = end;
+    }
+    batch.forced = forced
+        .into_iter()
+        .map(|index| (index, TaskFailure::Io(String::new())))
+        .collect();
+    decoded.batch = batch;
+    Ok(decoded)
 }
 
 /// The index of the first task and the number of tasks of a batch whose meta part
@@ -311,6 +400,20 @@ unsafe fn decode_head(r: &mut Reader<'_>, functions: Option<&[TaskFn]>) -> io::R
         .into_iter()
         .map(|id| id as u64)
         .collect();
+    let lent_count = r.word()?;
+    if lent_count > count {
+        return Err(malformed("batch"));
+    }
+    let mut lent = Vec::with_capacity(lent_count);
+    for _ in 0..lent_count {
+        let id = r.word()? as u64;
+        let (capacity, with_fd) = (r.word()?, r.word()? != 0);
+        lent.push(LentSlab {
+            id,
+            capacity,
+            with_fd,
+        });
+    }
     let raw = r.words(count.checked_mul(2).ok_or_else(|| malformed("batch"))?)?;
     let callbacks = match functions {
         Some(functions) => raw
@@ -341,6 +444,7 @@ unsafe fn decode_head(r: &mut Reader<'_>, functions: Option<&[TaskFn]>) -> io::R
             batch: Batch::new(first, 0),
             flags,
             attached,
+            lent,
             results_folder,
         },
     })

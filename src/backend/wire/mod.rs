@@ -5,7 +5,9 @@
 //! words per task) and a `bulk` part (a batch's argument bytes, an outcome's result bytes).
 //! Integers are native-endian (both sides are the same binary on the same machine). The encodings
 //! live in [`batch`] and [`outcome`], the socket reads and writes in [`socket`]; this module holds
-//! what they share. The MPI backend sends the same two parts as one message each, the bulk bytes
+//! what they share. Results above max_nbytes do not travel in frames: they lie in result slabs
+//! (`backend::slabs`), which the outcome lists. The MPI backend sends the same two parts as one
+//! message each, the bulk bytes
 //! first (see `backend::mpi`: the bulk part of a large outcome becomes the message, and a large
 //! received message becomes the bulk part, neither copied); [`encode_batch`] and
 //! [`encode_outcome`] (the meta part followed by the bulk bytes) remain for this module's tests.
@@ -46,12 +48,15 @@ mod batch;
 mod outcome;
 mod socket;
 
-pub use batch::{DecodedBatch, RunFlags, batch_span, decode_batch_parts, encode_batch_meta};
+pub use batch::{
+    DecodedBatch, LentSlab, RunFlags, batch_span, decode_batch_landed, decode_batch_parts,
+    encode_batch_meta,
+};
 #[cfg(test)]
 pub use batch::{decode_batch, encode_batch};
+pub use outcome::{SlabResultRef, decode_outcome_parts, encode_outcome_meta};
 #[cfg(test)]
 pub use outcome::{decode_outcome, encode_outcome};
-pub use outcome::{decode_outcome_parts, encode_outcome_meta};
 #[cfg(feature = "failpoints")]
 pub use socket::send_truncated;
 pub use socket::{
@@ -118,13 +123,61 @@ mod tests {
     use super::*;
     use crate::memmap::MapAccess;
     use crate::task::{
-        Batch, BatchOutcome, Callback, Death, RunSettings, TaskFailure, TaskOutput, WorkerId,
+        ArgRef, Batch, BatchOutcome, Callback, Death, RunSettings, TaskFailure, TaskOutput,
+        WorkerId,
     };
     use std::ffi::c_void;
     use std::time::Duration;
 
     unsafe extern "C" fn echo(_: *mut c_void, _: *const u8, _: usize, _: *mut TaskOutput) -> i32 {
         0
+    }
+
+    #[test]
+    fn a_landed_batch_leaves_its_large_arguments_in_the_file() {
+        // SAFETY: a plain function with unused userdata.
+        let cb = unsafe { Callback::new(echo, std::ptr::null_mut()) };
+        let mut batch = Batch::new(7, 3);
+        let big = [9u8; 100];
+        for arg in [&big[..], b"xyz", &big[..60]] {
+            batch.push(cb, arg).unwrap();
+        }
+        let mut meta = Vec::new();
+        encode_batch_meta(&batch, RunFlags::default(), &[], &[], &[], false, &mut meta).unwrap();
+        let (_, args, _) = batch.parts();
+        // SAFETY: encoded in this process.
+        let landed = unsafe { decode_batch_landed(&meta, args, 42, 50, None) }.unwrap();
+        let back = landed.batch;
+        assert_eq!(
+            back.spilled,
+            vec![
+                (
+                    7,
+                    ArgRef {
+                        file: 42,
+                        offset: 0,
+                        len: 100
+                    }
+                ),
+                (
+                    9,
+                    ArgRef {
+                        file: 42,
+                        offset: 103,
+                        len: 60
+                    }
+                ),
+            ],
+            "above 50 bytes: where they lie in the message"
+        );
+        assert_eq!(back.parts().1, b"xyz", "the small one is copied");
+        assert_eq!(back.len(), 3);
+        // SAFETY: as above.
+        let short = unsafe { decode_batch_landed(&meta, &args[1..], 42, 50, None) };
+        assert!(
+            short.is_err(),
+            "arguments that do not match the meta are refused"
+        );
     }
 
     #[test]
@@ -147,11 +200,17 @@ mod tests {
             results_above: 1 << 20,
         };
         let batch = batch.retry_without(41, TaskFailure::Io("lost".into()));
-        encode_batch(&batch, flags, &[7, 9], b"/tmp/x", false, &mut buf).unwrap();
+        let lent = [LentSlab {
+            id: 3,
+            capacity: 8 << 20,
+            with_fd: true,
+        }];
+        encode_batch(&batch, flags, &[7, 9], &lent, b"/tmp/x", false, &mut buf).unwrap();
         // SAFETY: encoded in this process.
         let decoded = unsafe { decode_batch(&buf, None) }.unwrap();
         let (back, back_flags) = (decoded.batch, decoded.flags);
         assert_eq!(decoded.attached, vec![7, 9]);
+        assert_eq!(decoded.lent, lent);
         assert_eq!(decoded.results_folder, b"/tmp/x");
         assert_eq!(back_flags, flags);
         assert_eq!(back.forced.len(), 1);
@@ -212,9 +271,9 @@ mod tests {
             seconds: 0.0,
             worker: WorkerId::Caller,
         };
-        encode_outcome(&outcome, &[(41, 5 << 20)], &mut buf);
+        encode_outcome(&outcome, &[(41, 5 << 20, 0), (43, 3 << 20, 17)], &mut buf);
         let (back, files) = decode_outcome(&buf, WorkerId::Thread(1)).unwrap();
-        assert_eq!(files, vec![(41, 5 << 20)]);
+        assert_eq!(files, vec![(41, 5 << 20, 0), (43, 3 << 20, 17)]);
         assert_eq!(
             (back.first, back.size, &back.data, &back.ends),
             (40, 5, &outcome.data, &outcome.ends)

@@ -9,12 +9,16 @@ use super::out_of_memory;
 use super::{Reader, malformed, put};
 use crate::task::{Arena, BatchOutcome, Death, TaskFailure, WorkerId};
 
+/// A result that lies in a result slab, as an outcome lists it: (task index, length, slab id:
+/// a slab lent with the batch, or 0 for one the worker made, whose descriptor travels with the
+/// frame, in the order of these entries).
+pub type SlabResultRef = (usize, usize, u64);
+
 /// Encodes `outcome` into `out` (cleared first), its result bytes last: [`encode_outcome_meta`]
 /// followed by the bytes (one buffer, for transports that send one message). `files` lists the
-/// results that travel as descriptors with the frame, as (task index, length), in the order of
-/// the descriptors.
+/// results that lie in result slabs ([`SlabResultRef`]).
 #[cfg(test)]
-pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
+pub fn encode_outcome(outcome: &BatchOutcome, files: &[SlabResultRef], out: &mut Vec<u8>) {
     encode_outcome_meta(outcome, files, out);
     out.reserve(outcome.data.len());
     out.extend_from_slice(&outcome.data);
@@ -23,7 +27,7 @@ pub fn encode_outcome(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mu
 /// Encodes everything of `outcome` but its result bytes into `out` (cleared first): a socket
 /// sends those from the outcome's own arena (`outcome.data`) right after it. `files` as for
 /// [`encode_outcome`].
-pub fn encode_outcome_meta(outcome: &BatchOutcome, files: &[(usize, usize)], out: &mut Vec<u8>) {
+pub fn encode_outcome_meta(outcome: &BatchOutcome, files: &[SlabResultRef], out: &mut Vec<u8>) {
     out.clear();
     put(out, outcome.first);
     put(out, outcome.size);
@@ -41,9 +45,10 @@ pub fn encode_outcome_meta(outcome: &BatchOutcome, files: &[(usize, usize)], out
         put_failure(out, *index, failure);
     }
     put(out, files.len());
-    for &(index, len) in files {
+    for &(index, len, slab) in files {
         put(out, index);
         put(out, len);
+        out.extend_from_slice(&slab.to_ne_bytes());
     }
 }
 
@@ -188,12 +193,12 @@ fn read_failure(r: &mut Reader<'_>, tag: usize) -> io::Result<(usize, TaskFailur
 
 /// Decodes an outcome encoded by [`encode_outcome`] (its result bytes are copied out of `buf`),
 /// run by `worker` (which the receiving side knows); `seconds` is the parent's to fill. Also
-/// returns the (task index, length) of the results that came as descriptors.
+/// returns the results that lie in result slabs ([`SlabResultRef`]).
 #[cfg(test)]
 pub fn decode_outcome(
     buf: &[u8],
     worker: WorkerId,
-) -> io::Result<(BatchOutcome, Vec<(usize, usize)>)> {
+) -> io::Result<(BatchOutcome, Vec<SlabResultRef>)> {
     let mut r = Reader {
         buf,
         what: "outcome",
@@ -214,7 +219,7 @@ pub fn decode_outcome_parts(
     meta: &[u8],
     data: Arena,
     worker: WorkerId,
-) -> io::Result<(BatchOutcome, Vec<(usize, usize)>)> {
+) -> io::Result<(BatchOutcome, Vec<SlabResultRef>)> {
     let mut r = Reader {
         buf: meta,
         what: "outcome",
@@ -240,7 +245,7 @@ impl Head {
 }
 
 /// Reads what [`encode_outcome_meta`] wrote.
-fn decode_head(r: &mut Reader<'_>, worker: WorkerId) -> io::Result<(Head, Vec<(usize, usize)>)> {
+fn decode_head(r: &mut Reader<'_>, worker: WorkerId) -> io::Result<(Head, Vec<SlabResultRef>)> {
     let stage = crate::failpoint::Stage::ResultDecode;
     if let Some(injected) = crate::failpoint::hit(stage) {
         return Err(injected.io_error(stage));
@@ -269,7 +274,7 @@ fn decode_head(r: &mut Reader<'_>, worker: WorkerId) -> io::Result<(Head, Vec<(u
     }
     let mut files = Vec::with_capacity(file_count);
     for _ in 0..file_count {
-        files.push((r.word()?, r.word()?));
+        files.push((r.word()?, r.word()?, r.word()? as u64));
     }
     let outcome = BatchOutcome {
         first,
