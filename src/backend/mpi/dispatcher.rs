@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::ops::{MpiOps, PendingSend, Reassembly};
-use super::rank0::{Order, Readiness, fail};
+use super::rank0::{Gate, Order, Readiness, fail};
 use super::{
     ARGS_APART, HELLO_LIMIT, SILENCE_LIMIT, TAG_ARGS, TAG_BATCH, TAG_CANCEL, TAG_HELLO, TAG_LARGE,
     TAG_LEFT, TAG_OUTCOME, TAG_STOP, finish_message, split_message, take_payload,
@@ -139,6 +139,7 @@ impl Dispatcher {
     pub(super) fn run(
         mut self,
         queue: &Receiver<Order>,
+        gate: &Gate,
         ready: &Readiness,
         stopping: &AtomicBool,
     ) -> usize {
@@ -227,12 +228,18 @@ impl Dispatcher {
             }
         }
         let lost = self.stop();
-        // Batches still queued never reach a rank; their calls learn why.
+        // Batches still queued never reach a rank; their calls learn why. Closed first, under
+        // the gate: a batch queued from now on is failed by its caller instead.
+        let mut open = gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *open = false;
         while let Ok(order) = queue.try_recv() {
             if let Order::Run { batch, link } = order {
                 fail(batch, &link, "the MPI backend was detached (pj_mpi_detach)");
             }
         }
+        drop(open);
         lost
     }
 

@@ -3,7 +3,7 @@
 //! object on backend "mpi" queue their batches to that one thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, unbounded};
@@ -26,10 +26,16 @@ pub(super) enum Order {
 /// waiting for them).
 pub(super) type Readiness = Arc<(Mutex<Option<std::result::Result<(), String>>>, Condvar)>;
 
+/// Whether the dispatcher still takes orders. Queueing a batch and closing the queue happen under
+/// its lock, so that no batch lands in the queue after the dispatcher's last look at it (it would
+/// be dropped with the queue, unanswered, and its call would wait for it forever).
+pub(super) type Gate = Arc<Mutex<bool>>;
+
 /// Rank 0's attachment: the dispatcher's queue, stop flag and thread (which returns how many
 /// ranks it gave up).
 struct World {
     orders: Sender<Order>,
+    gate: Gate,
     ready: Readiness,
     workers: usize,
     stopping: Arc<AtomicBool>,
@@ -82,14 +88,16 @@ pub fn attach(ops: MpiOps) -> Result<()> {
         ));
     }
     let (orders, queue) = unbounded();
+    let gate: Gate = Arc::new(Mutex::new(true));
     let ready: Readiness = Arc::default();
     let stopping = Arc::new(AtomicBool::new(false));
     let workers = (ops.size - 1) as usize;
     let thread = {
-        let (ready, stopping) = (Arc::clone(&ready), Arc::clone(&stopping));
+        let (ready, stopping, gate) =
+            (Arc::clone(&ready), Arc::clone(&stopping), Arc::clone(&gate));
         std::thread::Builder::new()
             .name("pj-mpi".into())
-            .spawn(move || Dispatcher::new(ops).run(&queue, &ready, &stopping))
+            .spawn(move || Dispatcher::new(ops).run(&queue, &gate, &ready, &stopping))
             .map_err(|e| {
                 Error::new(
                     ErrorKind::Io,
@@ -99,6 +107,7 @@ pub fn attach(ops: MpiOps) -> Result<()> {
     };
     *world = Some(World {
         orders,
+        gate,
         ready,
         workers,
         stopping,
@@ -134,6 +143,7 @@ pub fn worker_ranks() -> Option<usize> {
 #[derive(Debug)]
 pub struct MpiPool {
     orders: Sender<Order>,
+    gate: Gate,
     workers: usize,
 }
 
@@ -147,11 +157,12 @@ impl MpiPool {
     /// A handle using up to `workers` ranks; waits until every rank has reported its registry
     /// and fails if one differs from this process's or never answered.
     pub fn connect(workers: usize) -> Result<Self> {
-        let (orders, ready, ranks) = {
+        let (orders, gate, ready, ranks) = {
             let world = world();
             let world = world.as_ref().ok_or_else(not_attached)?;
             (
                 world.orders.clone(),
+                Arc::clone(&world.gate),
                 Arc::clone(&world.ready),
                 world.workers,
             )
@@ -166,6 +177,7 @@ impl MpiPool {
         }
         Ok(MpiPool {
             orders,
+            gate,
             workers: workers.clamp(1, ranks.max(1)),
         })
     }
@@ -177,11 +189,19 @@ impl MpiPool {
 
     /// Queues `batch`; its outcome arrives on `link.reply`.
     pub fn dispatch(&self, batch: Batch, link: &CallLink) {
+        let open = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*open {
+            drop(open);
+            fail(batch, link, "the MPI backend is detached (pj_mpi_detach)");
+            return;
+        }
         let order = Order::Run {
             batch,
             link: link.clone(),
         };
-        if let Err(unsent) = self.orders.send(order)
+        let unsent = self.orders.send(order).err();
+        drop(open);
+        if let Some(unsent) = unsent
             && let Order::Run { batch, link } = unsent.into_inner()
         {
             fail(batch, &link, "the MPI backend is detached (pj_mpi_detach)");
