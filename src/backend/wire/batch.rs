@@ -237,13 +237,9 @@ pub unsafe fn decode_batch_parts(
     args: Vec<u8>,
     functions: Option<&[TaskFn]>,
 ) -> io::Result<DecodedBatch> {
-    let mut r = Reader {
-        buf: meta,
-        what: "batch",
-    };
     // SAFETY: forwarded from this function's contract.
-    let head = unsafe { decode_head(&mut r, functions) }?;
-    if !r.buf.is_empty() || args.len() != head.args_len {
+    let head = unsafe { decode_meta(meta, functions) }?;
+    if args.len() != head.args_len {
         return Err(malformed("batch"));
     }
     head.into_batch(args)
@@ -262,12 +258,8 @@ pub unsafe fn decode_batch_landed(
     above: usize,
     functions: Option<&[TaskFn]>,
 ) -> io::Result<DecodedBatch> {
-    let mut r = Reader {
-        buf: meta,
-        what: "batch",
-    };
     // SAFETY: forwarded from this function's contract.
-    let head = unsafe { decode_head(&mut r, functions) }?;
+    let head = unsafe { decode_meta(meta, functions) }?;
     let Head {
         first,
         callbacks,
@@ -277,8 +269,7 @@ pub unsafe fn decode_batch_landed(
         spilled,
         mut decoded,
     } = head;
-    if !r.buf.is_empty()
-        || args.len() != args_len
+    if args.len() != args_len
         || !spilled.is_empty()
         || arg_ends.windows(2).any(|w| w[0] > w[1])
         || arg_ends.last().is_some_and(|&end| end != args_len)
@@ -364,6 +355,23 @@ impl Head {
         decoded.batch = batch;
         Ok(decoded)
     }
+}
+
+/// Reads a whole meta part (what [`encode_batch_meta`] wrote, nothing after it).
+///
+/// # Safety
+/// As for [`decode_batch`].
+unsafe fn decode_meta(meta: &[u8], functions: Option<&[TaskFn]>) -> io::Result<Head> {
+    let mut r = Reader {
+        buf: meta,
+        what: "batch",
+    };
+    // SAFETY: forwarded from this function's contract.
+    let head = unsafe { decode_head(&mut r, functions) }?;
+    if !r.buf.is_empty() {
+        return Err(malformed("batch"));
+    }
+    Ok(head)
 }
 
 /// Reads what [`encode_batch_meta`] wrote.
